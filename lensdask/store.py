@@ -1,0 +1,435 @@
+"""The cutout store: one Zarr v3 group holding multi-band stamps tile by tile.
+
+The same format serves training sets and survey data. Layout (schema
+``lensdask.cutouts/1``)::
+
+    attributes  schema, bands, pixel_scale (arcsec/px), stamp (px), classes,
+                params (names of the per-row simulation parameters), provenance
+    images      (n_tiles, capacity, n_bands, stamp, stamp)  float32
+                chunks (1, chunk_rows, ...), one shard per tile
+    count       (n_tiles,)            int64  rows written in each tile; -1 = not written
+    tile        (n_tiles,)            str    tile names
+    object_id   (n_tiles, capacity)   int64
+    ra, dec     (n_tiles, capacity)   float64, degrees
+    label       (n_tiles, capacity)   int16  index into ``classes``; -1 = unknown
+    params/<p>  (n_tiles, capacity)   float32, NaN where not applicable
+
+A tile is one shard of ``images`` and one chunk of every per-row array, so one
+task writes a tile in one go and no two writers ever touch the same shard
+(zarr-python #3514). ``count`` is written last: a tile whose count is -1 was
+never committed, and rewriting a tile is idempotent, so tile writes are safe
+to retry.
+
+This module does I/O only: it hands out numpy arrays and pandas tables and
+never decides how work is chunked.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import zarr
+from zarr.codecs import BloscCodec
+
+from . import config
+from .errors import StoreNotFoundError, StoreSchemaError, StoreWriteError
+
+SCHEMA = "lensdask.cutouts/1"
+"""Schema name and version written to, and required of, every store."""
+
+ROW_COLUMNS = {
+    "object_id": ("int64", -1),
+    "ra": ("float64", np.nan),
+    "dec": ("float64", np.nan),
+    "label": ("int16", -1),
+}
+"""Per-row arrays every store has: name -> (dtype, fill value)."""
+
+PARAM_DTYPE = "float32"
+
+
+def _storage_options(url: str) -> dict | None:
+    if "://" in url and url.split("://", 1)[0] in ("file", "local"):
+        return {"auto_mkdir": True}
+    return None
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url
+
+
+def provenance(command: str | None = None, **extra) -> dict:
+    """Provenance attributes for a new store or model card.
+
+    Parameters
+    ----------
+    command : str, optional
+        The command line or API call that made the product; defaults to ``sys.argv``.
+    **extra
+        Further JSON-serialisable items (seed, inputs, ...).
+    """
+    from . import __version__
+
+    prov = {
+        "command": command if command is not None else " ".join(sys.argv),
+        "lensdask_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    prov.update(extra)
+    return prov
+
+
+@dataclass(frozen=True)
+class TileData:
+    """The rows of one tile: ``images`` (n, n_bands, stamp, stamp) and their ``table``."""
+
+    name: str
+    index: int
+    images: np.ndarray
+    table: pd.DataFrame
+
+
+class CutoutStore:
+    """An open cutout store. Create one with :func:`create_store` or :func:`open_store`."""
+
+    def __init__(self, group: zarr.Group, url: str):
+        self.group = group
+        self.url = url
+        attrs = dict(group.attrs)
+        self.bands: list[str] = list(attrs["bands"])
+        self.pixel_scale: float = float(attrs["pixel_scale"])
+        self.stamp: int = int(attrs["stamp"])
+        self.classes: list[str] = list(attrs["classes"])
+        self.params: list[str] = list(attrs.get("params", []))
+        self.provenance: dict = dict(attrs.get("provenance", {}))
+        images = group["images"]
+        self.n_tiles: int = int(images.shape[0])
+        self.capacity: int = int(images.shape[1])
+
+    # -- description -----------------------------------------------------------------
+    def __repr__(self) -> str:
+        return (
+            f"CutoutStore({self.url!r}, tiles={self.n_tiles}, rows={self.n_rows}, "
+            f"bands={''.join(self.bands)}, stamp={self.stamp}, classes={self.classes})"
+        )
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self.group.attrs)
+
+    @property
+    def tiles(self) -> list[str]:
+        """Tile names, in tile-index order."""
+        return [str(t) for t in self.group["tile"][:]]
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Rows written per tile; -1 for a tile never written."""
+        return np.asarray(self.group["count"][:])
+
+    @property
+    def n_rows(self) -> int:
+        """Total rows in committed tiles."""
+        c = self.counts
+        return int(c[c > 0].sum())
+
+    def written_tiles(self) -> list[int]:
+        """Indices of the tiles whose write was committed."""
+        return [int(i) for i in np.flatnonzero(self.counts >= 0)]
+
+    def tile_index(self, tile: int | str) -> int:
+        """The index of a tile given by index or name."""
+        if isinstance(tile, (int, np.integer)):
+            if not 0 <= tile < self.n_tiles:
+                raise IndexError(f"tile index {tile} outside 0..{self.n_tiles - 1}")
+            return int(tile)
+        names = self.tiles
+        if tile not in names:
+            raise KeyError(f"no tile named {tile!r} in {self.url}")
+        return names.index(tile)
+
+    @property
+    def lens_class(self) -> int:
+        """Index of the lens class in ``classes``."""
+        return self.classes.index("lens")
+
+    # -- writing ---------------------------------------------------------------------
+    def write_tile(self, tile: int | str, images: np.ndarray, table: pd.DataFrame) -> int:
+        """Write all rows of one tile, replacing whatever the tile held.
+
+        Parameters
+        ----------
+        tile : int or str
+            Tile index or name.
+        images : numpy.ndarray
+            (n, n_bands, stamp, stamp) pixel values, in the store's band order.
+        table : pandas.DataFrame
+            n rows with ``object_id``, ``ra``, ``dec`` (degrees), optionally ``label``
+            (index into ``classes``, -1 unknown) and any of the store's ``params``.
+
+        Returns
+        -------
+        int
+            The number of rows written.
+        """
+        t = self.tile_index(tile)
+        images = np.asarray(images)
+        n = len(table)
+        expected = (n, len(self.bands), self.stamp, self.stamp)
+        if images.shape != expected:
+            raise StoreWriteError(
+                f"tile {t}: images have shape {images.shape}, expected {expected} "
+                f"(rows, bands {self.bands}, stamp, stamp)"
+            )
+        if n > self.capacity:
+            raise StoreWriteError(f"tile {t}: {n} rows exceed the store's capacity of {self.capacity}")
+        missing = [c for c in ("object_id", "ra", "dec") if c not in table.columns]
+        if missing:
+            raise StoreWriteError(f"tile {t}: table lacks the columns {missing}")
+        known = set(ROW_COLUMNS) | set(self.params) | {"tile", "row"}
+        unknown = [c for c in table.columns if c not in known]
+        if unknown:
+            raise StoreWriteError(
+                f"tile {t}: columns {unknown} are neither row columns {list(ROW_COLUMNS)} "
+                f"nor parameters declared when the store was created {self.params}"
+            )
+        if "label" in table.columns:
+            labels = table["label"].to_numpy()
+            bad = (labels < -1) | (labels >= len(self.classes))
+            if bad.any():
+                raise StoreWriteError(
+                    f"tile {t}: labels {sorted(set(labels[bad].tolist()))} are not indices "
+                    f"into classes {self.classes} (or -1 for unknown)"
+                )
+
+        g = self.group
+        g["count"][t] = -1  # uncommitted while the rows change
+        if n:
+            g["images"][t, :n] = images.astype(g["images"].dtype, copy=False)
+        for name, (dtype, fill) in ROW_COLUMNS.items():
+            row = np.full(self.capacity, fill, dtype=dtype)
+            if name in table.columns:
+                row[:n] = table[name].to_numpy(dtype=dtype)
+            g[name][t] = row
+        for p in self.params:
+            row = np.full(self.capacity, np.nan, dtype=PARAM_DTYPE)
+            if p in table.columns:
+                row[:n] = table[p].to_numpy(dtype=PARAM_DTYPE, na_value=np.nan)
+            g[f"params/{p}"][t] = row
+        g["count"][t] = n
+        return n
+
+    # -- reading ---------------------------------------------------------------------
+    def _count(self, t: int) -> int:
+        n = int(self.group["count"][t])
+        if n < 0:
+            raise StoreWriteError(f"tile {t} ({self.tiles[t]}) of {self.url} has not been written")
+        return n
+
+    def read_table(self, tile: int | str, start: int = 0, stop: int | None = None) -> pd.DataFrame:
+        """Per-row metadata of rows ``start:stop`` of one tile (no pixels)."""
+        t = self.tile_index(tile)
+        n = self._count(t)
+        stop = n if stop is None else min(stop, n)
+        g = self.group
+        cols = {"tile": np.full(stop - start, self.tiles[t], dtype=object), "row": np.arange(start, stop)}
+        for name in ROW_COLUMNS:
+            cols[name] = np.asarray(g[name][t, start:stop])
+        for p in self.params:
+            cols[p] = np.asarray(g[f"params/{p}"][t, start:stop])
+        return pd.DataFrame(cols)
+
+    def read_images(self, tile: int | str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Pixels of rows ``start:stop`` of one tile, (n, n_bands, stamp, stamp)."""
+        t = self.tile_index(tile)
+        n = self._count(t)
+        stop = n if stop is None else min(stop, n)
+        return np.asarray(self.group["images"][t, start:stop])
+
+    def read_tile(self, tile: int | str) -> TileData:
+        """All rows of one tile, pixels and table."""
+        t = self.tile_index(tile)
+        return TileData(self.tiles[t], t, self.read_images(t), self.read_table(t))
+
+    def read_catalog(self) -> pd.DataFrame:
+        """Per-row metadata of every committed tile, one table."""
+        frames = [self.read_table(t) for t in self.written_tiles()]
+        if not frames:
+            return self.read_table_empty()
+        return pd.concat(frames, ignore_index=True)
+
+    def read_table_empty(self) -> pd.DataFrame:
+        cols = ["tile", "row", *ROW_COLUMNS, *self.params]
+        return pd.DataFrame({c: [] for c in cols})
+
+    def iter_batches(self, batch_size: int, tiles: Iterable[int] | None = None):
+        """Yield ``(images, table)`` batches of at most ``batch_size`` rows, tile by tile.
+
+        Reads one batch at a time, so a store larger than memory can be streamed.
+        """
+        for t in self.written_tiles() if tiles is None else tiles:
+            n = self._count(t)
+            for start in range(0, n, batch_size):
+                stop = min(start + batch_size, n)
+                yield self.read_images(t, start, stop), self.read_table(t, start, stop)
+
+    def to_dask(self):
+        """``images`` as a lazy dask array with one chunk per tile."""
+        import dask.array as da
+
+        arr = self.group["images"]
+        return da.from_zarr(arr, chunks=(1, self.capacity, *arr.shape[2:]))
+
+
+def _open_group(url: str, mode: str) -> zarr.Group:
+    return zarr.open_group(url, mode=mode, zarr_format=3, storage_options=_storage_options(url))
+
+
+def create_store(
+    url: str | os.PathLike,
+    *,
+    tiles: Sequence[str],
+    capacity: int,
+    bands: Sequence[str],
+    pixel_scale: float,
+    stamp: int,
+    classes: Sequence[str] = ("non-lens", "lens"),
+    params: Sequence[str] = (),
+    provenance: dict | None = None,
+    chunk_rows: int | None = None,
+    dtype: str | None = None,
+    overwrite: bool = False,
+) -> CutoutStore:
+    """Create an empty cutout store.
+
+    Parameters
+    ----------
+    url : str or path
+        Local path or fsspec URL (``memory://``, ``file://``, ``s3://`` ...).
+    tiles : sequence of str
+        Tile names; their number fixes the first axis.
+    capacity : int
+        Maximum rows per tile. Rounded up to a multiple of ``chunk_rows``.
+    bands : sequence of str
+        Filter names in the order stored, e.g. ``["g", "r", "i", "z"]``.
+    pixel_scale : float
+        Arcsec per pixel.
+    stamp : int
+        Stamp side in pixels.
+    classes : sequence of str
+        Class names; a row's ``label`` indexes this list. Must contain ``"lens"``.
+    params : sequence of str
+        Names of per-row float parameters (simulation truth: ``theta_E`` ...).
+    provenance : dict, optional
+        See :func:`provenance`; made from ``sys.argv`` if omitted.
+    chunk_rows : int, optional
+        Rows per chunk inside a tile's shard (config ``store.chunk_rows``).
+    dtype : str, optional
+        ``float32`` or ``float16`` (config ``store.dtype``).
+    overwrite : bool
+        Replace an existing store; otherwise an existing path is an error.
+    """
+    url = os.fspath(url)
+    if "lens" not in classes:
+        raise StoreWriteError(f"classes {list(classes)} must include 'lens'")
+    if len(set(classes)) != len(classes):
+        raise StoreWriteError(f"classes {list(classes)} repeat a name")
+    if _is_local(url) and os.path.exists(url) and not overwrite:
+        raise FileExistsError(f"{url} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    chunk_rows = int(config.get("store.chunk_rows", chunk_rows))
+    chunk_rows = max(1, min(chunk_rows, int(capacity)))
+    capacity = int(-(-max(int(capacity), 1) // chunk_rows) * chunk_rows)
+    dtype = config.get("store.dtype", dtype)
+    n_tiles = len(tiles)
+    nb = len(bands)
+
+    g = _open_group(url, mode="w")
+    level = int(config.get("store.compressor_level"))
+    compressor = BloscCodec(cname="zstd", clevel=level, shuffle="shuffle")
+    g.create_array(
+        "images",
+        shape=(n_tiles, capacity, nb, stamp, stamp),
+        chunks=(1, chunk_rows, nb, stamp, stamp),
+        shards=(1, capacity, nb, stamp, stamp),
+        dtype=dtype,
+        fill_value=np.nan,
+        compressors=compressor,
+        dimension_names=["tile", "row", "band", "y", "x"],
+    )
+    g.create_array("count", shape=(n_tiles,), chunks=(1,), dtype="int64", fill_value=-1)
+    names = g.create_array("tile", shape=(n_tiles,), chunks=(max(n_tiles, 1),), dtype=str)
+    if n_tiles:
+        names[:] = np.asarray(list(tiles), dtype=object)
+    for name, (dt, fill) in ROW_COLUMNS.items():
+        g.create_array(
+            name, shape=(n_tiles, capacity), chunks=(1, capacity), dtype=dt, fill_value=fill,
+            dimension_names=["tile", "row"],
+        )
+    if params:
+        pg = g.create_group("params")
+        for p in params:
+            pg.create_array(
+                p, shape=(n_tiles, capacity), chunks=(1, capacity), dtype=PARAM_DTYPE,
+                fill_value=np.nan, dimension_names=["tile", "row"],
+            )
+    g.attrs.update(
+        {
+            "schema": SCHEMA,
+            "bands": list(bands),
+            "pixel_scale": float(pixel_scale),
+            "stamp": int(stamp),
+            "classes": list(classes),
+            "params": list(params),
+            "provenance": provenance if provenance is not None else globals()["provenance"](),
+        }
+    )
+    return CutoutStore(g, url)
+
+
+def open_store(url: str | os.PathLike, mode: str = "r") -> CutoutStore:
+    """Open an existing cutout store and check its schema.
+
+    Parameters
+    ----------
+    url : str or path
+        Local path or fsspec URL.
+    mode : {"r", "r+"}
+        Read only, or read and write tiles.
+
+    Raises
+    ------
+    StoreNotFoundError
+        Nothing at ``url``.
+    StoreSchemaError
+        Something is there, but not a ``lensdask.cutouts/1`` store.
+    """
+    url = os.fspath(url)
+    if _is_local(url) and not os.path.exists(url):
+        raise StoreNotFoundError(f"no cutout store at {url!r}: the path does not exist")
+    try:
+        g = _open_group(url, mode=mode)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+        raise StoreNotFoundError(f"no cutout store at {url!r}: {exc}") from exc
+    except (ValueError, zarr.errors.ZarrError) as exc:
+        raise StoreSchemaError(
+            f"{url!r} is not a Zarr v3 group ({exc}); expected a lensdask store of schema {SCHEMA!r}"
+        ) from exc
+    found = g.attrs.get("schema")
+    if found != SCHEMA:
+        what = "no 'schema' attribute" if found is None else f"schema {found!r}"
+        raise StoreSchemaError(
+            f"{url!r} has {what}; this lensdask reads schema {SCHEMA!r}. "
+            "Re-create the store with this version (lensdask simulate / ingest / mock-survey)."
+        )
+    required = ["images", "count", "tile", *ROW_COLUMNS]
+    missing = [a for a in required if a not in g]
+    missing += [f"params/{p}" for p in g.attrs.get("params", []) if f"params/{p}" not in g]
+    if missing:
+        raise StoreSchemaError(f"{url!r} claims schema {SCHEMA!r} but lacks the arrays {missing}")
+    return CutoutStore(g, url)
