@@ -1,0 +1,29 @@
+# Two entry points, both self-contained on a fresh machine:
+#   make demo   creates .venv, installs lensdask, runs the embedded default job
+#   make test   creates .venv, installs lensdask with its test extra, runs the tests
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-lensdask
+PYTEST_ARGS ?=
+
+.PHONY: demo test install benchmark clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/lensdask demo --out demo-output
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+benchmark: $(STAMP)
+	$(PY) benchmarks/bench_throughput.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache
