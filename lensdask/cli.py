@@ -71,8 +71,12 @@ def _cmd_evaluate(a) -> int:
 
 
 def _cmd_search(a) -> int:
+    from .model.checkpoint import check_compatible, read_card, resolve_model_dir
     from .search import search
+    from .store import open_store
 
+    # Bad input fails here, before any cluster is started.
+    check_compatible(read_card(resolve_model_dir(a.model)), open_store(a.zarr))
     with _with_client(a.cluster) as client:
         result = search(
             a.zarr, a.model, a.out, client=client, threshold=a.threshold, floor=a.floor,

@@ -62,7 +62,7 @@ def cluster_client(spec: str | None = "local", *, quiet: bool = False):
     if spec.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
         try:
             client = Client(spec, timeout="30s")
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise ClusterError(f"cannot reach the Dask scheduler at {spec}: {exc}") from exc
         try:
             if not quiet:
