@@ -1,0 +1,39 @@
+"""Lens classifiers: timm Vision Transformers, their checkpoint format, training and metrics."""
+
+from .architectures import ARCHITECTURES, create_model, describe_architectures
+from .checkpoint import (
+    check_compatible,
+    default_model_dir,
+    load_checkpoint,
+    read_card,
+    resolve_model_dir,
+    save_checkpoint,
+)
+from .evaluate import evaluate
+from .infer import nonfinite_rows, predict_proba, resolve_device
+from .metrics import auroc, binary_metrics, tpr_at_false_positives, tpr_at_fpr
+from .normalise import DEFAULT_NORMALISATION, normalise
+from .train import train
+
+__all__ = [
+    "ARCHITECTURES",
+    "DEFAULT_NORMALISATION",
+    "auroc",
+    "binary_metrics",
+    "check_compatible",
+    "create_model",
+    "default_model_dir",
+    "describe_architectures",
+    "evaluate",
+    "load_checkpoint",
+    "nonfinite_rows",
+    "normalise",
+    "predict_proba",
+    "read_card",
+    "resolve_device",
+    "resolve_model_dir",
+    "save_checkpoint",
+    "tpr_at_false_positives",
+    "tpr_at_fpr",
+    "train",
+]

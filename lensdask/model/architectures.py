@@ -1,0 +1,153 @@
+"""Named Vision Transformer shapes for lens finding, built with timm.
+
+Each entry of :data:`ARCHITECTURES` holds keyword arguments of
+:class:`timm.models.vision_transformer.VisionTransformer` plus a one-line
+``description``. The input side (``in_chans``, ``img_size``) and the number of
+classes come from the data, so they are passed to :func:`create_model`, not
+stored here. A checkpoint records the full keyword set it was built with, so
+editing this table never breaks a saved model.
+
+No weights are ever downloaded: every model starts from random initialisation
+(or from a local checkpoint, see :mod:`lensdask.model.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+import torch
+
+ARCHITECTURES: dict[str, dict] = {
+    "vit-lens-tiny": dict(
+        patch_size=5, embed_dim=96, depth=4, num_heads=3, mlp_ratio=3.0,
+        description="CPU default: 5 px patches (81 tokens on 45 px), width 96, 4 blocks, ~0.4 M parameters",
+    ),
+    "vit-small": dict(
+        patch_size=5, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0,
+        description="ViT-S width (384, 12 blocks, 6 heads) with 5 px patches, ~21 M parameters; for a GPU",
+    ),
+    "vit-base": dict(
+        patch_size=5, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
+        description="ViT-Base (768, 12 blocks, 12 heads) with 5 px patches, ~86 M parameters; for a GPU",
+    ),
+    "test-vit": dict(
+        patch_size=9, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0,
+        description="Tiny model for unit tests (like timm's test_vit, smaller): 9 px patches, width 32, 2 blocks",
+    ),
+}
+"""Architecture name -> VisionTransformer keyword arguments and a ``description``."""
+
+
+def arch_kwargs(arch: str, *, in_chans: int, img_size: int, num_classes: int) -> dict:
+    """The complete ``VisionTransformer`` keyword arguments for a named architecture.
+
+    Parameters
+    ----------
+    arch : str
+        A key of :data:`ARCHITECTURES`.
+    in_chans : int
+        Number of bands.
+    img_size : int
+        Stamp side, pixels.
+    num_classes : int
+        Number of output classes.
+
+    Raises
+    ------
+    ValueError
+        ``arch`` is not a known name.
+    """
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    kwargs = {k: v for k, v in copy.deepcopy(ARCHITECTURES[arch]).items() if k != "description"}
+    kwargs.update(in_chans=int(in_chans), img_size=int(img_size), num_classes=int(num_classes))
+    return kwargs
+
+
+def build_vit(kwargs: dict) -> torch.nn.Module:
+    """A timm ``VisionTransformer`` from a complete keyword set (as stored in a model card)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(**kwargs)
+
+
+def create_model(arch: str, *, in_chans: int, img_size: int, num_classes: int) -> torch.nn.Module:
+    """Create a randomly initialised timm ``VisionTransformer``.
+
+    Parameters
+    ----------
+    arch : str
+        A key of :data:`ARCHITECTURES` (``"vit-lens-tiny"``, ``"vit-small"``,
+        ``"vit-base"``, ``"test-vit"``).
+    in_chans : int
+        Number of bands (input channels).
+    img_size : int
+        Stamp side, pixels. A side that is not a multiple of the patch size
+        loses its last ``img_size % patch_size`` rows and columns.
+    num_classes : int
+        Number of output classes (logits).
+
+    Returns
+    -------
+    torch.nn.Module
+        The model, in training mode, on the CPU. Weights are random: nothing is
+        downloaded.
+
+    Raises
+    ------
+    ValueError
+        ``arch`` is not a known name; the message lists the known names.
+    """
+    return build_vit(arch_kwargs(arch, in_chans=in_chans, img_size=img_size, num_classes=num_classes))
+
+
+def _gflops(model: torch.nn.Module, in_chans: int, img_size: int) -> float:
+    """Forward GFLOPs for one cutout (multiply-add = 2 FLOPs), by counting matmuls analytically."""
+    d = model.embed_dim
+    n_tok = model.patch_embed.num_patches + model.num_prefix_tokens
+    p = model.patch_embed.patch_size[0]
+    flops = 2.0 * model.patch_embed.num_patches * in_chans * p * p * d
+    for blk in model.blocks:
+        hidden = blk.mlp.fc1.out_features
+        flops += 2.0 * n_tok * d * 3 * d  # qkv
+        flops += 2.0 * 2 * n_tok * n_tok * d  # q k^T and attn v
+        flops += 2.0 * n_tok * d * d  # proj
+        flops += 2.0 * 2 * n_tok * d * hidden  # mlp
+    flops += 2.0 * d * model.num_classes
+    return flops / 1e9
+
+
+def describe_architectures(in_chans: int = 4, img_size: int = 45, num_classes: int = 2) -> pd.DataFrame:
+    """A table of the named architectures for a given input.
+
+    Parameters
+    ----------
+    in_chans : int
+        Number of bands.
+    img_size : int
+        Stamp side, pixels.
+    num_classes : int
+        Number of classes.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``name``, ``params`` (trainable parameters), ``tokens`` (patch
+        tokens plus the class token), ``gflops`` (forward GFLOPs per cutout) and
+        ``description``.
+    """
+    rows = []
+    for name, spec in ARCHITECTURES.items():
+        with torch.device("meta"):
+            m = create_model(name, in_chans=in_chans, img_size=img_size, num_classes=num_classes)
+        rows.append(
+            dict(
+                name=name,
+                params=int(sum(p.numel() for p in m.parameters())),
+                tokens=int(m.patch_embed.num_patches + m.num_prefix_tokens),
+                gflops=round(_gflops(m, in_chans, img_size), 4),
+                description=spec["description"],
+            )
+        )
+    return pd.DataFrame(rows)

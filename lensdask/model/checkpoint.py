@@ -1,0 +1,233 @@
+"""The checkpoint format: a directory with weights and a model card.
+
+::
+
+    model_dir/
+      model.safetensors   the state dict (safetensors: no pickle, safe to load)
+      model_card.json     everything needed to rebuild and apply the model
+
+The card holds ``arch`` and ``arch_kwargs`` (the full timm ``VisionTransformer``
+keyword set, so the model rebuilds even if :data:`ARCHITECTURES` changes),
+``bands`` (order matters), ``stamp`` (pixels), ``pixel_scale`` (arcsec/pixel),
+``normalisation`` (see :mod:`lensdask.model.normalise`), ``classes``,
+``lens_class`` (index into ``classes``), ``training`` (data, command, seed,
+hyper-parameters, history), ``metrics`` (validation), ``lensdask_version``,
+``created``, ``sha256`` of ``model.safetensors`` and
+``model_id = f"{arch}-{sha256[:12]}"``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+import pathlib
+
+import torch
+
+from ..errors import CheckpointError, ModelMismatchError
+from .architectures import build_vit
+
+WEIGHTS = "model.safetensors"
+CARD = "model_card.json"
+REQUIRED = ("arch", "arch_kwargs", "bands", "stamp", "pixel_scale", "normalisation", "classes", "lens_class")
+
+
+def default_model_dir() -> pathlib.Path:
+    """The model shipped inside the package, ``lensdask/data/default_model``."""
+    return pathlib.Path(__file__).resolve().parent.parent / "data" / "default_model"
+
+
+def resolve_model_dir(model: str | os.PathLike | None) -> pathlib.Path:
+    """A model directory from a user argument; ``None`` gives :func:`default_model_dir`."""
+    if model is None:
+        return default_model_dir()
+    return pathlib.Path(os.fspath(model)).expanduser()
+
+
+def _sha256(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _jsonable(obj):
+    """Card values as strict JSON (NaN -> null, numpy scalars -> Python)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
+
+
+def save_checkpoint(model: torch.nn.Module, out_dir: str | os.PathLike, card: dict) -> dict:
+    """Write a checkpoint directory.
+
+    Files are written under temporary names and renamed into place, weights
+    first and card last, so a directory with a card always has its weights.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model; its state dict is saved from the CPU.
+    out_dir : str or path
+        Directory to create (or overwrite the two checkpoint files in).
+    card : dict
+        The model card; must hold at least ``arch``, ``arch_kwargs``, ``bands``,
+        ``stamp``, ``pixel_scale``, ``normalisation``, ``classes`` and ``lens_class``.
+
+    Returns
+    -------
+    dict
+        The card as written, with ``sha256``, ``model_id`` (and ``created``,
+        ``lensdask_version`` if absent) filled in.
+    """
+    from safetensors.torch import save_file
+
+    from .. import __version__
+
+    missing = [k for k in REQUIRED if k not in card]
+    if missing:
+        raise CheckpointError(f"model card lacks the fields {missing}")
+    out = pathlib.Path(os.fspath(out_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tmp_w = out / (WEIGHTS + ".tmp")
+    # one metadata key only: safetensors writes a multi-key metadata map in random (hash) order,
+    # which would give identical weights different sha256 digests and model ids
+    save_file(state, str(tmp_w), metadata={"format": "pt"})
+    digest = _sha256(tmp_w)
+    card = dict(card)
+    card.setdefault("lensdask_version", __version__)
+    card.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    card["sha256"] = digest
+    card["model_id"] = f"{card['arch']}-{digest[:12]}"
+    card = _jsonable(card)
+    tmp_c = out / (CARD + ".tmp")
+    tmp_c.write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp_w, out / WEIGHTS)
+    os.replace(tmp_c, out / CARD)
+    return card
+
+
+def _no_model_hint(path: pathlib.Path) -> str:
+    if path == default_model_dir():
+        return " (no default model is shipped in this installation; train one with `lensdask train` and pass its directory)"
+    return ""
+
+
+def read_card(model_dir: str | os.PathLike | None) -> dict:
+    """The model card of a checkpoint directory (``None``: the default model).
+
+    Raises
+    ------
+    CheckpointError
+        The directory or its card is missing or not valid JSON, or lacks fields.
+    """
+    path = resolve_model_dir(model_dir)
+    if not path.is_dir():
+        raise CheckpointError(f"no model directory at {str(path)!r}{_no_model_hint(path)}")
+    card_path = path / CARD
+    if not card_path.is_file():
+        raise CheckpointError(f"{str(path)!r} has no {CARD}; not a lensdask checkpoint{_no_model_hint(path)}")
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {str(card_path)!r}: {exc}") from exc
+    missing = [k for k in REQUIRED if k not in card]
+    if missing:
+        raise CheckpointError(f"{str(card_path)!r} lacks the fields {missing}")
+    return card
+
+
+def load_checkpoint(model_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
+    """Load a checkpoint.
+
+    Parameters
+    ----------
+    model_dir : str, path or None
+        Checkpoint directory; ``None`` loads the default model.
+    device : str or torch.device
+        Where to put the model.
+
+    Returns
+    -------
+    tuple of (torch.nn.Module, dict)
+        The model in eval mode on ``device``, and its card.
+
+    Raises
+    ------
+    CheckpointError
+        Missing directory or files, a weights file whose sha256 differs from the
+        card's, or weights that cannot be read or do not fit the architecture.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = resolve_model_dir(model_dir)
+    card = read_card(path)
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{str(path)!r} has a model card but no {WEIGHTS}")
+    digest = _sha256(weights)
+    if card.get("sha256") and digest != card["sha256"]:
+        raise CheckpointError(
+            f"{str(weights)!r} is corrupt or was replaced: its sha256 is {digest[:12]}…, "
+            f"the model card expects {card['sha256'][:12]}…"
+        )
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot read the weights {str(weights)!r}: {exc}") from exc
+    try:
+        model = build_vit(dict(card["arch_kwargs"]))
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"weights in {str(path)!r} do not fit architecture {card['arch']!r}: {exc}") from exc
+    model.to(device)
+    model.eval()
+    return model, card
+
+
+def check_compatible(card: dict, store) -> None:
+    """Check that a model can score a cutout store.
+
+    Parameters
+    ----------
+    card : dict
+        A model card.
+    store : lensdask.store.CutoutStore
+        The store to be scored.
+
+    Raises
+    ------
+    ModelMismatchError
+        Bands (names or order), stamp size (pixels) or pixel scale (arcsec/pixel,
+        relative tolerance 1e-4) differ; the message names both values.
+    """
+    where = card.get("model_id", card.get("arch", "model"))
+    if list(card["bands"]) != list(store.bands):
+        raise ModelMismatchError(
+            f"bands differ: model {where} was trained on {list(card['bands'])}, "
+            f"store {store.url!r} holds {list(store.bands)} (order matters)"
+        )
+    if int(card["stamp"]) != int(store.stamp):
+        raise ModelMismatchError(
+            f"stamp sizes differ: model {where} takes {int(card['stamp'])} px stamps, "
+            f"store {store.url!r} holds {int(store.stamp)} px"
+        )
+    if not math.isclose(float(card["pixel_scale"]), float(store.pixel_scale), rel_tol=1e-4):
+        raise ModelMismatchError(
+            f"pixel scales differ: model {where} was trained at {float(card['pixel_scale'])} arcsec/px, "
+            f"store {store.url!r} is at {float(store.pixel_scale)} arcsec/px"
+        )

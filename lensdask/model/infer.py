@@ -1,0 +1,132 @@
+"""Score cutouts with a trained model: device choice, NaN handling, batching."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from .. import config
+from ..errors import LensdaskError, ModelMismatchError
+from .normalise import normalise
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The torch device to run on.
+
+    Parameters
+    ----------
+    device : str, torch.device or None
+        ``None`` reads config ``search.device``; ``"auto"`` picks CUDA when a GPU
+        is visible, else the CPU; anything else is passed to ``torch.device``.
+
+    Raises
+    ------
+    LensdaskError
+        CUDA asked for but not available, or an unknown device string.
+    """
+    device = config.get("search.device", device)
+    if isinstance(device, torch.device):
+        dev = device
+    elif str(device).lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(str(device))
+        except (RuntimeError, ValueError) as exc:
+            raise LensdaskError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LensdaskError(f"device {str(device)!r} requested but torch sees no CUDA GPU; use 'cpu' or 'auto'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise LensdaskError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return dev
+
+
+def nonfinite_rows(images: np.ndarray) -> np.ndarray:
+    """Boolean (n,) mask of the stamps holding any NaN or infinite pixel."""
+    images = np.asarray(images)
+    if images.shape[0] == 0:
+        return np.zeros(0, dtype=bool)
+    return ~np.isfinite(images.reshape(images.shape[0], -1)).all(axis=1)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA, nothing elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def forward_proba(model: torch.nn.Module, x: np.ndarray, *, batch_size: int, device: torch.device) -> np.ndarray:
+    """Softmax probabilities of already normalised, finite inputs, (n, n_classes) float32."""
+    out = []
+    with torch.inference_mode(), autocast(device):
+        for start in range(0, x.shape[0], batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(device)
+            logits = model(xb).float()
+            out.append(torch.softmax(logits, dim=1).cpu().numpy())
+    if not out:
+        return np.zeros((0, int(model.num_classes)), dtype=np.float32)
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def predict_proba(
+    model: torch.nn.Module,
+    card: dict,
+    images: np.ndarray,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = "cpu",
+) -> np.ndarray:
+    """Class probabilities for raw cutouts.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A model from :func:`lensdask.model.load_checkpoint` (moved to ``device``
+        and put in eval mode here).
+    card : dict
+        Its model card; ``normalisation`` is applied to ``images`` batch by batch.
+    images : numpy.ndarray
+        (n, n_bands, stamp, stamp) pixel values, bands in the card's order.
+    batch_size : int
+        Cutouts per forward pass.
+    device : str or torch.device
+        See :func:`resolve_device`. CUDA runs under bf16 autocast.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n, n_classes) float32 softmax probabilities; rows whose input holds a
+        non-finite pixel are NaN and never reach the model.
+
+    Raises
+    ------
+    ModelMismatchError
+        ``images`` do not have the card's band count or stamp size.
+    """
+    images = np.asarray(images)
+    n_classes = len(card["classes"])
+    n_bands = len(card["bands"])
+    stamp = int(card["stamp"])
+    if images.ndim != 4 or images.shape[1:] != (n_bands, stamp, stamp):
+        raise ModelMismatchError(
+            f"images have shape {images.shape}; model {card.get('model_id', '?')} expects "
+            f"(n, {n_bands}, {stamp}, {stamp}) for bands {card['bands']}"
+        )
+    dev = resolve_device(device)
+    model.eval()
+    if next(model.parameters()).device != dev:
+        model.to(dev)
+    batch_size = max(1, int(batch_size))
+    bad = nonfinite_rows(images)
+    probs = np.full((images.shape[0], n_classes), np.nan, dtype=np.float32)
+    good = np.flatnonzero(~bad)
+    spec = card.get("normalisation")
+    for start in range(0, good.size, batch_size):
+        idx = good[start : start + batch_size]
+        x = normalise(images[idx], spec)
+        probs[idx] = forward_proba(model, x, batch_size=batch_size, device=dev)
+    return probs
