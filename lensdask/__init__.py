@@ -1,8 +1,42 @@
-"""lensdask: find strong gravitational lenses in wide-field survey images with Dask."""
+"""lensdask: find strong gravitational lenses in wide-field survey images with Dask.
+
+The public API, one function per CLI command::
+
+    simulate(out, n, seed)              lenstronomy lenses and non-lenses -> training store
+    mock_survey(out, tiles, per_tile)   DES-like survey store with injected lenses + truth table
+    train(data, out)                    a timm ViT checkpoint (weights + model card)
+    evaluate(model, data)               AUROC, TPR0, TPR10, TPR at FPR 1e-3
+    search(zarr, model, out)            one Dask task per tile -> candidates.parquet
+    demo(out)                           mock survey -> search -> scored against the truth
+    create_store / open_store           the Zarr v3 cutout store
+    cluster_client(spec)                a Dask client for 'local' or 'tcp://...'
+"""
 
 __version__ = "0.1.0"
 
-from . import config  # noqa: E402,F401  (loads the defaults into dask.config)
+# The functions are bound after their subpackages are imported, so that
+# ``lensdask.simulate`` and ``lensdask.search`` name the functions, not the subpackages.
+from . import config  # noqa: E402  (loads the defaults into dask.config)
+from .cluster import cluster_client  # noqa: E402
+from .demo import demo  # noqa: E402
+from .model import evaluate, train  # noqa: E402
+from .search import SearchResult, search  # noqa: E402
+from .simulate import simulate  # noqa: E402
 from .store import CutoutStore, create_store, open_store  # noqa: E402
+from .survey import mock_survey  # noqa: E402
 
-__all__ = ["CutoutStore", "create_store", "open_store", "__version__"]
+__all__ = [
+    "CutoutStore",
+    "SearchResult",
+    "__version__",
+    "cluster_client",
+    "config",
+    "create_store",
+    "demo",
+    "evaluate",
+    "mock_survey",
+    "open_store",
+    "search",
+    "simulate",
+    "train",
+]

@@ -7,6 +7,8 @@ import pathlib
 
 import pytest
 
+from lensdask.model.checkpoint import untrained_checkpoint
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("LENSDASK_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -30,29 +32,9 @@ def client():
         yield c
 
 
-def make_checkpoint(out, *, arch="test-vit", bands=("g", "r", "i", "z"), stamp=45, pixel_scale=0.263,
-                    classes=("non-lens", "lens"), seed=0):
-    """Save a randomly initialised model with a complete card; returns the card."""
-    import torch
-
-    from lensdask.model.architectures import arch_kwargs, build_vit
-    from lensdask.model.checkpoint import save_checkpoint
-    from lensdask.model.normalise import DEFAULT_NORMALISATION
-
-    torch.manual_seed(seed)
-    kwargs = arch_kwargs(arch, in_chans=len(bands), img_size=stamp, num_classes=len(classes))
-    model = build_vit(kwargs)
-    card = {
-        "arch": arch, "arch_kwargs": kwargs, "bands": list(bands), "stamp": stamp,
-        "pixel_scale": pixel_scale, "normalisation": dict(DEFAULT_NORMALISATION),
-        "classes": list(classes), "lens_class": list(classes).index("lens"),
-    }
-    return save_checkpoint(model, out, card)
-
-
 @pytest.fixture(scope="session")
 def random_model(tmp_path_factory):
     """A randomly initialised ``test-vit`` checkpoint for 4-band 45 px stamps."""
     path = tmp_path_factory.mktemp("model") / "test-vit"
-    make_checkpoint(path)
+    untrained_checkpoint(path, "test-vit")
     return path

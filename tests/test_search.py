@@ -12,7 +12,7 @@ from lensdask.search import read_scores, search, search_tile
 from lensdask.search.worker import loaded_models
 from lensdask.store import create_store, open_store
 
-from conftest import make_checkpoint
+from lensdask.model.checkpoint import untrained_checkpoint
 
 TILES = ["DES0101-2958", "DES0104-2958", "DES0107-2958", "DES0110-2958"]
 
@@ -96,11 +96,11 @@ def test_corrupt_tile_is_reported_and_the_rest_completes(tmp_path, client, rando
 def test_bands_that_do_not_match_are_refused(tmp_path, random_model):
     _survey(tmp_path / "s.zarr")
     wrong = tmp_path / "gri-model"
-    make_checkpoint(wrong, bands=("g", "r", "i"))
+    untrained_checkpoint(wrong, "test-vit", bands=("g", "r", "i"))
     with pytest.raises(ModelMismatchError, match="bands"):
         search(tmp_path / "s.zarr", wrong, tmp_path / "run", progress=False)
     order = tmp_path / "zirg-model"
-    make_checkpoint(order, bands=("z", "i", "r", "g"))
+    untrained_checkpoint(order, "test-vit", bands=("z", "i", "r", "g"))
     with pytest.raises(ModelMismatchError, match="bands"):
         search(tmp_path / "s.zarr", order, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "candidates.parquet").exists()

@@ -8,6 +8,7 @@ from .checkpoint import (
     read_card,
     resolve_model_dir,
     save_checkpoint,
+    untrained_checkpoint,
 )
 from .evaluate import evaluate
 from .infer import nonfinite_rows, predict_proba, resolve_device
@@ -36,4 +37,5 @@ __all__ = [
     "tpr_at_false_positives",
     "tpr_at_fpr",
     "train",
+    "untrained_checkpoint",
 ]

@@ -231,3 +231,59 @@ def check_compatible(card: dict, store) -> None:
             f"pixel scales differ: model {where} was trained at {float(card['pixel_scale'])} arcsec/px, "
             f"store {store.url!r} is at {float(store.pixel_scale)} arcsec/px"
         )
+
+
+def untrained_checkpoint(
+    out_dir: str | os.PathLike,
+    arch: str = "vit-lens-tiny",
+    *,
+    bands=("g", "r", "i", "z"),
+    stamp: int = 45,
+    pixel_scale: float = 0.263,
+    classes=("non-lens", "lens"),
+    seed: int = 0,
+) -> dict:
+    """Save a randomly initialised model of ``arch`` with a complete card.
+
+    For throughput benchmarks and tests, where the weights do not matter but the
+    checkpoint must load and run exactly like a trained one.
+
+    Parameters
+    ----------
+    out_dir : str or path
+        Checkpoint directory to write.
+    arch : str
+        A name of :data:`lensdask.model.ARCHITECTURES`.
+    bands : sequence of str
+        Filters, in input-channel order.
+    stamp : int
+        Stamp side, pixels.
+    pixel_scale : float
+        Arcsec per pixel.
+    classes : sequence of str
+        Class names; must include ``"lens"``.
+    seed : int
+        Seed of the random initialisation.
+
+    Returns
+    -------
+    dict
+        The card as written.
+    """
+    from .architectures import arch_kwargs
+    from .normalise import DEFAULT_NORMALISATION
+
+    torch.manual_seed(seed)
+    kwargs = arch_kwargs(arch, in_chans=len(bands), img_size=stamp, num_classes=len(classes))
+    card = {
+        "arch": arch,
+        "arch_kwargs": kwargs,
+        "bands": list(bands),
+        "stamp": int(stamp),
+        "pixel_scale": float(pixel_scale),
+        "normalisation": dict(DEFAULT_NORMALISATION),
+        "classes": list(classes),
+        "lens_class": list(classes).index("lens"),
+        "training": {"note": f"untrained: random initialisation with seed {seed}"},
+    }
+    return save_checkpoint(build_vit(kwargs), out_dir, card)
