@@ -3,7 +3,8 @@
 Prints cutouts per second for
   * the bare forward pass (the same batches already in memory, normalised, as tensors),
   * ``search()`` in this process (read + normalise + forward + write per tile),
-  * ``search()`` on a LocalCluster (one tile per task, model loaded once per worker),
+  * ``search()`` on a LocalCluster (one tile per task, model loaded once per worker;
+    timed on the second run, after the workers hold the model, and also cold),
 and the ratios end-to-end / bare, all measured in one run. Run:
 
     python benchmarks/bench_search.py                       # default model, 4 tiles x 500
@@ -62,33 +63,40 @@ def main(argv=None) -> None:
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores; torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); device {device}"
           + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""))
-    with tempfile.TemporaryDirectory() as tmp, LocalCluster(
-        n_workers=args.workers, threads_per_worker=1, dashboard_address=":0"
-    ) as cluster, Client(cluster) as client:
+    with tempfile.TemporaryDirectory() as tmp:
         model_dir = default_model_dir()
         if args.arch:
             model_dir = os.path.join(tmp, args.arch)
             untrained_checkpoint(model_dir, args.arch)
-        t0 = time.perf_counter()
-        mock_survey(os.path.join(tmp, "des.zarr"), args.tiles, args.per_tile, 0.01, 1, client=client, progress=False)
-        print(f"mock survey of {args.tiles * args.per_tile} cutouts made in {time.perf_counter() - t0:.1f} s")
-        store = open_store(os.path.join(tmp, "des.zarr"))
+        des = os.path.join(tmp, "des.zarr")
+        with LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=":0") as cluster, \
+                Client(cluster) as client:
+            t0 = time.perf_counter()
+            mock_survey(des, args.tiles, args.per_tile, 0.01, 1, client=client, progress=False)
+            print(f"mock survey of {args.tiles * args.per_tile} cutouts made in {time.perf_counter() - t0:.1f} s")
+        # No client exists now, so search() runs the tiles one after another in this process.
+        store = open_store(des)
         model, card = load_checkpoint(model_dir, device=str(device))
-
         t_bare, n = bare_forward(model, card, store, args.batch_size, device)
+        opts = dict(batch_size=args.batch_size, device=str(device), progress=False)
+        search(des, model_dir, os.path.join(tmp, "warm-up"), client=None, **opts)
         t0 = time.perf_counter()
-        search(store.url, model_dir, os.path.join(tmp, "run-local"), client=None, batch_size=args.batch_size,
-               device=str(device), progress=False)
+        search(des, model_dir, os.path.join(tmp, "run-local"), client=None, **opts)
         t_proc = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        search(store.url, model_dir, os.path.join(tmp, "run-dist"), client=client, batch_size=args.batch_size,
-               device=str(device), progress=False)
-        t_dist = time.perf_counter() - t0
+        with LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=":0") as cluster, \
+                Client(cluster) as client:
+            t0 = time.perf_counter()
+            search(des, model_dir, os.path.join(tmp, "run-cold"), client=client, **opts)
+            t_cold = time.perf_counter() - t0  # includes loading the model on each worker
+            t0 = time.perf_counter()
+            search(des, model_dir, os.path.join(tmp, "run-dist"), client=client, **opts)
+            t_dist = time.perf_counter() - t0
 
     print(f"model {card['model_id']} ({card['arch']}), {n} cutouts of {len(card['bands'])}x{card['stamp']}x{card['stamp']}, batch {args.batch_size}")
     print(f"bare forward pass            {n / t_bare:10.1f} cutouts/s")
     print(f"search, in process           {n / t_proc:10.1f} cutouts/s   ratio to bare {t_bare / t_proc:.2f}")
-    print(f"search, LocalCluster {args.workers}x1 thr  {n / t_dist:10.1f} cutouts/s   ratio to bare {t_bare / t_dist:.2f}")
+    print(f"search, LocalCluster {args.workers}x1 thr  {n / t_dist:10.1f} cutouts/s   ratio to bare {t_bare / t_dist:.2f}"
+          f"   (first run, loading the model on each worker: {n / t_cold:.1f} cutouts/s)")
 
 
 if __name__ == "__main__":
