@@ -12,6 +12,7 @@ The same format serves training sets and survey data. Layout (schema
     object_id   (n_tiles, capacity)   int64
     ra, dec     (n_tiles, capacity)   float64, degrees
     label       (n_tiles, capacity)   int16  index into ``classes``; -1 = unknown
+    flags       (n_tiles, capacity)   int32  bit set: FLAG_EDGE (1), FLAG_MASKED (2); 0 = clean
     params/<p>  (n_tiles, capacity)   float32, NaN where not applicable
 
 A tile is one shard of ``images`` and one chunk of every per-row array, so one
@@ -48,8 +49,14 @@ ROW_COLUMNS = {
     "ra": ("float64", np.nan),
     "dec": ("float64", np.nan),
     "label": ("int16", -1),
+    "flags": ("int32", 0),
 }
 """Per-row arrays every store has: name -> (dtype, fill value)."""
+
+FLAG_EDGE = 1
+"""``flags`` bit: the stamp reached past the image edge; the missing pixels are padded (NaN)."""
+FLAG_MASKED = 2
+"""``flags`` bit: some pixels were masked by the data-quality plane."""
 
 PARAM_DTYPE = "float32"
 
