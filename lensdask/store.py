@@ -232,6 +232,37 @@ class CutoutStore:
         g["count"][t] = n
         return n
 
+    def add_tiles(self, names: Sequence[str]) -> list[int]:
+        """Grow the store by empty tiles named ``names``; returns their indices.
+
+        Only the first axis of every array grows; existing tiles are untouched.
+        Changing the store's shape is not safe while another process adds tiles
+        (tile writes to distinct tiles remain safe).
+        """
+        names = [str(n) for n in names]
+        clash = sorted(set(names) & set(self.tiles)) + sorted({n for n in names if names.count(n) > 1})
+        if clash:
+            raise StoreWriteError(f"tile names {clash} already exist in {self.url}")
+        g = self.group
+        n0 = self.n_tiles
+        n1 = n0 + len(names)
+        arrays = ["images", "count", "tile", *ROW_COLUMNS] + [f"params/{p}" for p in self.params]
+        for name in arrays:
+            arr = g[name]
+            arr.resize((n1, *arr.shape[1:]))
+        g["count"][n0:n1] = -1
+        g["tile"][n0:n1] = np.asarray(names, dtype=object)
+        self.n_tiles = n1
+        return list(range(n0, n1))
+
+    def add_classes(self, classes: Sequence[str]) -> list[str]:
+        """Append class names not yet in ``classes`` (existing labels keep their indices)."""
+        new = [c for c in dict.fromkeys(classes) if c not in self.classes]
+        if new:
+            self.classes = self.classes + new
+            self.group.attrs["classes"] = self.classes
+        return self.classes
+
     # -- reading ---------------------------------------------------------------------
     def _count(self, t: int) -> int:
         n = int(self.group["count"][t])

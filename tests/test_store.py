@@ -130,3 +130,20 @@ def test_fsspec_urls(tmp_path):
     _store(url).write_tile(0, np.zeros((1, 4, 9, 9), "float32"), _rows(1))
     assert open_store(url).n_rows == 1
     assert open_store(tmp_path / "f.zarr").n_rows == 1
+
+
+def test_add_tiles_and_classes(tmp_path):
+    s = _store(tmp_path / "s.zarr")
+    s.write_tile(0, np.ones((3, 4, 9, 9), "float32"), _rows(3))
+    new = s.add_tiles(["review-1", "review-2"])
+    assert new == [3, 4]
+    s.add_classes(["ring", "lens", "spiral"])
+    s.write_tile("review-2", 5 * np.ones((2, 4, 9, 9), "float32"), _rows(2, start=50, label=[2, 3]))
+    r = open_store(tmp_path / "s.zarr")
+    assert r.n_tiles == 5 and r.tiles[3:] == ["review-1", "review-2"]
+    assert r.classes == ["non-lens", "lens", "ring", "spiral"]
+    assert r.counts.tolist() == [3, -1, -1, -1, 2]
+    np.testing.assert_array_equal(r.read_images(0), np.ones((3, 4, 9, 9)))
+    assert r.read_table("review-2")["label"].tolist() == [2, 3]
+    with pytest.raises(StoreWriteError, match="already exist"):
+        s.add_tiles(["review-1"])

@@ -1,0 +1,115 @@
+"""Hand candidates to citizen scientists: Zooniverse subject images and a Panoptes manifest.
+
+The folder written by :func:`export_zooniverse` uploads with the Panoptes CLI::
+
+    panoptes subject-set upload-subjects SUBJECT_SET_ID DIR/manifest.csv
+
+Metadata columns starting with ``#`` are hidden from volunteers (Zooniverse's
+convention), so scores and ids travel with the subjects without biasing anyone.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pandas as pd
+
+from ..errors import LensdaskError
+from .cutouts import fetch_stamps, run_store
+from .images import colour_composite, png_bytes
+
+
+def export_zooniverse(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    top: int = 100,
+    zarr: str | os.PathLike | None = None,
+    candidates: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Write subject images (PNG colour composites) and ``manifest.csv`` for the best ``top`` candidates.
+
+    Parameters
+    ----------
+    run_dir : str or path
+        Search run directory.
+    out : str or path
+        New folder to create; an existing one is refused (nothing is overwritten).
+    top : int
+        Number of candidates, best first.
+    zarr : str or path, optional
+        The survey store, if it moved since the search.
+    candidates : pandas.DataFrame, optional
+        Rows to export instead of ``candidates.parquet``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The manifest as written.
+    """
+    out = pathlib.Path(out)
+    if out.exists():
+        raise LensdaskError(f"{out} exists; choose a new folder (an export never overwrites another)")
+    run_dir = pathlib.Path(run_dir)
+    if candidates is None:
+        path = run_dir / "candidates.parquet"
+        if not path.exists():
+            raise LensdaskError(f"{run_dir} has no candidates.parquet: run `lensdask search` first")
+        candidates = pd.read_parquet(path)
+    cand = candidates.sort_values("score", ascending=False, kind="stable").head(int(top)).reset_index(drop=True)
+    store = run_store(run_dir, zarr)
+    stamps = fetch_stamps(store, cand)
+    tmp = out.with_name(out.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=False)
+    rows = []
+    for i, row in cand.iterrows():
+        name = f"{row['tile']}_{int(row['object_id'])}.png"
+        (tmp / name).write_bytes(png_bytes(colour_composite(stamps[i], store.bands), scale=6))
+        rows.append(
+            {
+                "image": name,
+                "ra": round(float(row["ra"]), 6),
+                "dec": round(float(row["dec"]), 6),
+                "#tile": row["tile"],
+                "#object_id": int(row["object_id"]),
+                "#score": float(row["score"]),
+                "#rank": int(row["rank"]) if "rank" in row.index else i + 1,
+                "#model": row.get("model", ""),
+            }
+        )
+    manifest = pd.DataFrame(rows, columns=["image", "ra", "dec", "#tile", "#object_id", "#score", "#rank", "#model"])
+    manifest.to_csv(tmp / "manifest.csv", index=False)
+    os.replace(tmp, out)
+    return manifest
+
+
+def upload_subjects(manifest_dir: str | os.PathLike, project_id: int, subject_set_name: str,
+                    username: str, password: str) -> int:  # pragma: no cover - needs Zooniverse credentials
+    """Upload an export to a Zooniverse project with ``panoptes-client`` (``pip install panoptes-client``).
+
+    Returns the id of the subject set created. Not exercised in tests: it needs
+    credentials and the network.
+    """
+    try:
+        from panoptes_client import Panoptes, Project, Subject, SubjectSet
+    except ImportError as exc:
+        raise LensdaskError("upload needs panoptes-client: pip install panoptes-client") from exc
+    manifest_dir = pathlib.Path(manifest_dir)
+    manifest = pd.read_csv(manifest_dir / "manifest.csv")
+    Panoptes.connect(username=username, password=password)
+    project = Project.find(project_id)
+    subject_set = SubjectSet()
+    subject_set.links.project = project
+    subject_set.display_name = subject_set_name
+    subject_set.save()
+    subjects = []
+    for row in manifest.to_dict("records"):
+        subject = Subject()
+        subject.links.project = project
+        subject.add_location(str(manifest_dir / row.pop("image")))
+        subject.metadata.update(row)
+        subject.save()
+        subjects.append(subject)
+    subject_set.add(subjects)
+    return int(subject_set.id)
