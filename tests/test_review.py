@@ -159,3 +159,19 @@ def test_swap_learns_volunteer_skill_and_separates_lenses(tmp_path):
     skills = volunteer_skills(votes, result.set_index("subject_id")["gold"].dropna().astype(bool))
     assert skills.loc["user0", "P_L"] > 0.8 and abs(skills.loc["user11", "P_D"] - 0.5) < 0.2
     assert set(result["status"]) <= {"detected", "rejected", "undecided"}
+
+
+def test_label_widget_buttons_and_keys(run, tmp_path):
+    pytest.importorskip("ipywidgets")
+    from lensdask.review.widget import LabelWidget
+
+    widget = LabelWidget(run / "run", tmp_path / "labels.csv", top=5, labeller="carol")
+    first = widget.candidates.iloc[0]
+    widget.buttons[widget.classes.index("spiral")].click()
+    widget.keys.value = "s"            # skip the second
+    widget.keys.value = str(widget.classes.index("lens") + 1)   # third: lens, by key
+    labels = read_labels(tmp_path / "labels.csv")
+    assert labels["class"].tolist() == ["spiral", "lens"]
+    assert labels["object_id"].tolist() == [int(first["object_id"]), int(widget.candidates.iloc[2]["object_id"])]
+    assert (labels["labeller"] == "carol").all() and widget.position == 3
+    assert widget.image.value[:4] == b"\x89PNG"
