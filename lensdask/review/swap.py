@@ -25,6 +25,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from .. import config
 from ..errors import LensdaskError
 
 
@@ -102,7 +103,7 @@ def swap(
     votes: pd.DataFrame,
     gold: pd.DataFrame | pd.Series | None = None,
     *,
-    prior: float = 0.05,
+    prior: float | None = None,
     detect: float = 0.95,
     reject: float = 1e-5,
 ) -> pd.DataFrame:
@@ -115,8 +116,8 @@ def swap(
     gold : DataFrame or Series, optional
         Truth of training subjects: a Series ``is_lens`` indexed by ``subject_id``,
         or a table with ``subject_id`` (or ``#object_id``/``object_id``) and ``is_lens``.
-    prior : float
-        Lens probability of a subject before any vote.
+    prior : float, optional
+        Lens probability of a subject before any vote (config ``review.swap_prior``).
     detect, reject : float
         Posterior thresholds for the ``status`` column.
 
@@ -127,6 +128,7 @@ def swap(
         ``posterior``, ``status`` (``detected``, ``rejected`` or ``undecided``),
         ``gold`` (truth where known).
     """
+    prior = float(config.get("review.swap_prior", prior))
     gold_s = _gold_series(votes, gold)
     skills = volunteer_skills(votes, gold_s)
     ordered = votes.sort_values(["created_at", "classification_id"], kind="stable")
