@@ -61,7 +61,7 @@ def test_store_hides_truth(survey):
     assert store.params == []
     assert cat["object_id"].is_unique
     assert cat["object_id"].min() > 1_000_000
-    assert set(cat.columns) == {"tile", "row", "object_id", "ra", "dec", "label"}
+    assert set(cat.columns) == {"tile", "row", "object_id", "ra", "dec", "label", "flags"}
 
 
 def test_truth_apart_and_consistent(survey):

@@ -103,7 +103,7 @@ def test_noise_ignores_global_rng():
 
 
 def test_constraints_hold_for_accepted_lenses():
-    over = {"magnification_min": 4.0, "arc_snr_min": 200.0, "theta_E_min": 1.0, "snr_band": "r"}
+    over = {"magnification_min": 4.0, "arc_snr_min": 60.0, "theta_E_min": 1.0, "snr_band": "r"}
     stats = RejectionStats()
     _, tab = simulate_rows(range(10), 11, lens_fraction=1.0, constraints=over, stats=stats)
     c = Constraints.from_config(over)

@@ -1,6 +1,8 @@
 """Simulated training sets: priors (pure), render (lenstronomy), constraints (pure), run (Dask)."""
 
-from .constraints import Constraints, RejectionStats
+from .constraints import CONSTRAINT_NAMES, Constraints, RejectionStats
+from .gallery import gallery
 from .run import PARAMS, param_names, simulate, simulate_rows
 
-__all__ = ["simulate", "simulate_rows", "PARAMS", "param_names", "Constraints", "RejectionStats"]
+__all__ = ["simulate", "simulate_rows", "PARAMS", "param_names", "Constraints", "RejectionStats",
+           "CONSTRAINT_NAMES", "gallery"]

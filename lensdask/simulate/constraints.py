@@ -9,10 +9,15 @@ little as possible.
 Configuration (``lensdask.simulate.constraints``)::
 
     theta_E_min, theta_E_max   arcsec   Einstein radius range
-    theta_E_over_seeing_min             theta_E / worst seeing FWHM among the bands
+    theta_E_over_seeing_min             theta_E / worst seeing FWHM among the bands (the system's own)
     magnification_min                   total magnification of the source
     arc_snr_min                         optimal S/N of the arc in snr_band
-    snr_band                            band of the S/N constraint
+    snr_band                            band of the S/N, image and contrast constraints
+    n_images_min                        images_or_arc: at least this many separate arc pieces ...
+    arc_extent_min             deg      ... or an arc spanning at least this angle around the lens
+    contrast_min                        arc flux / lens-galaxy flux in the arc's pixels (snr_band)
+
+The arc's pixels are those whose noiseless arc has per-pixel S/N above 1 in ``snr_band``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import numpy as np
 from .. import config
 from ..errors import ConstraintError
 
-CONSTRAINT_NAMES = ("theta_E_min", "theta_E_max", "theta_E_over_seeing_min", "magnification_min", "arc_snr_min")
+CONSTRAINT_NAMES = ("theta_E_min", "theta_E_max", "theta_E_over_seeing_min", "magnification_min", "arc_snr_min",
+                    "images_or_arc", "contrast_min")
 """Constraint names, cheapest to check first; rejection counts are kept under these names."""
 
 
@@ -44,7 +50,13 @@ class Constraints:
     arc_snr_min : float
         Minimum optimal S/N of the lensed source in ``snr_band``.
     snr_band : str
-        Band of the S/N cut.
+        Band of the S/N, images-or-arc and contrast cuts.
+    n_images_min : int
+        ``images_or_arc`` passes with at least this many separate arc pieces ...
+    arc_extent_min : float, deg
+        ... or with an arc spanning at least this azimuthal angle around the lens centre.
+    contrast_min : float
+        Minimum arc flux over lens-galaxy flux in the arc's pixels, in ``snr_band``.
     """
 
     theta_E_min: float
@@ -53,6 +65,9 @@ class Constraints:
     magnification_min: float
     arc_snr_min: float
     snr_band: str
+    n_images_min: int = 0
+    arc_extent_min: float = 0.0
+    contrast_min: float = 0.0
 
     @classmethod
     def from_config(cls, overrides: Mapping[str, Any] | None = None) -> "Constraints":
@@ -66,21 +81,39 @@ class Constraints:
             magnification_min=float(conf["magnification_min"]),
             arc_snr_min=float(conf["arc_snr_min"]),
             snr_band=str(conf["snr_band"]),
+            n_images_min=int(conf.get("n_images_min", 0)),
+            arc_extent_min=float(conf.get("arc_extent_min", 0.0)),
+            contrast_min=float(conf.get("contrast_min", 0.0)),
         )
+
+    def describe(self, name: str) -> str:
+        """The setting of constraint ``name``, as text."""
+        if name == "images_or_arc":
+            return f"n_images_min={self.n_images_min} or arc_extent_min={self.arc_extent_min}"
+        return f"{name}={getattr(self, name)!r}"
+
+    def check_shape(self, n_images: float, arc_extent: float) -> bool:
+        """True when the arc has ``n_images_min`` pieces or spans ``arc_extent_min`` degrees."""
+        if self.n_images_min <= 0 and self.arc_extent_min <= 0:
+            return True
+        return n_images >= max(self.n_images_min, 1) or arc_extent >= self.arc_extent_min > 0
 
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def check_params(self, params: Mapping[str, float], worst_seeing: float) -> str | None:
+    def check_params(self, params: Mapping[str, float], worst_seeing: float | None = None) -> str | None:
         """The first cheap (no rendering) constraint that ``params`` fail, or None.
 
         Parameters
         ----------
         params : mapping
-            Must hold ``theta_E`` (arcsec).
-        worst_seeing : float, arcsec
-            Largest PSF FWHM among the bands.
+            Must hold ``theta_E`` (arcsec); the system's ``seeing_<band>`` (arcsec) when present.
+        worst_seeing : float, arcsec, optional
+            Largest PSF FWHM among the bands, when ``params`` has no ``seeing_<band>``.
         """
+        seeing = [v for k, v in params.items() if k.startswith("seeing_") and np.isfinite(v)]
+        if seeing:
+            worst_seeing = max(seeing)
         te = params["theta_E"]
         if te < self.theta_E_min:
             return "theta_E_min"
@@ -90,10 +123,11 @@ class Constraints:
             return "theta_E_over_seeing_min"
         return None
 
-    def check(self, params: Mapping[str, float], worst_seeing: float) -> str | None:
+    def check(self, params: Mapping[str, float], worst_seeing: float | None = None) -> str | None:
         """The first constraint that a finished system fails, or None.
 
-        ``params`` must hold ``theta_E``, ``magnification`` and ``arc_snr_<snr_band>``.
+        ``params`` must hold ``theta_E``, ``magnification``, ``arc_snr_<snr_band>``,
+        ``n_images``, ``arc_extent`` and ``contrast_<snr_band>``.
         """
         failed = self.check_params(params, worst_seeing)
         if failed:
@@ -102,6 +136,10 @@ class Constraints:
             return "magnification_min"
         if not params[f"arc_snr_{self.snr_band}"] >= self.arc_snr_min:
             return "arc_snr_min"
+        if not self.check_shape(params.get("n_images", 0), params.get("arc_extent", 0)):
+            return "images_or_arc"
+        if not params.get(f"contrast_{self.snr_band}", 0) >= self.contrast_min:
+            return "contrast_min"
         return None
 
 
@@ -184,6 +222,12 @@ def sample_lens(
                 failed = "magnification_min"
             elif not cand.arc_snr(constraints.snr_band) >= constraints.arc_snr_min:
                 failed = "arc_snr_min"
+            else:
+                m = cand.morphology(constraints.snr_band)
+                if not constraints.check_shape(m["n_images"], m["arc_extent"]):
+                    failed = "images_or_arc"
+                elif not m[f"contrast_{constraints.snr_band}"] >= constraints.contrast_min:
+                    failed = "contrast_min"
         if failed is None:
             own.accepted += 1
             if stats is not None:
@@ -196,9 +240,9 @@ def sample_lens(
     rate = own.acceptance()[worst]
     raise ConstraintError(
         f"no simulated lens passed the constraints in {own.draws} draws "
-        f"(simulate.max_draws_per_lens): '{worst}' = {getattr(constraints, worst)!r} rejected "
+        f"(simulate.max_draws_per_lens): '{worst}' ({constraints.describe(worst)}) rejected "
         f"{own.rejected[worst]} of them (acceptance rate {rate:.1%} among draws reaching it). "
-        f"Relax lensdask.simulate.constraints.{worst} or raise max_draws_per_lens."
+        f"Relax lensdask.simulate.constraints ({worst}) or raise max_draws_per_lens."
     )
 
 
@@ -207,3 +251,25 @@ def _merge_into(stats: RejectionStats, other: RejectionStats) -> None:
     stats.draws += other.draws
     for n in CONSTRAINT_NAMES:
         stats.rejected[n] = stats.rejected.get(n, 0) + other.rejected.get(n, 0)
+
+
+def load_constraints_file(path: str) -> dict:
+    """Constraint overrides from a YAML file: a mapping of ``simulate.constraints`` keys,
+    optionally under a top-level ``constraints:`` key. Unknown keys are refused."""
+    import os
+
+    import yaml
+
+    if not os.path.exists(path):
+        raise ConstraintError(f"constraints file {path!r} not found")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if isinstance(data, dict) and isinstance(data.get("constraints"), dict):
+        data = data["constraints"]
+    if not isinstance(data, dict):
+        raise ConstraintError(f"{path}: expected a mapping of constraint names to values")
+    known = set(Constraints.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConstraintError(f"{path}: unknown constraints {unknown}; known: {sorted(known)}")
+    return data

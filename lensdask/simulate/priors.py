@@ -30,6 +30,14 @@ Keys of :func:`draw_lensed_source`::
     source_n_sersic                       source Sersic index
     source_e1, source_e2                  source ellipticity
     mag_source_<band>           mag       intrinsic (unlensed) total magnitude per band
+    source_index                          row of the COSMOS catalogue (NaN: Sersic source)
+    source_pixel_scale          arcsec    COSMOS stamp pixel scale after resizing (NaN: Sersic)
+    source_angle                rad       rotation of the COSMOS stamp (NaN: Sersic)
+
+Keys of :func:`draw_redshifts` (SIS Einstein radius from a velocity dispersion)::
+
+    sigma_v                     km/s      velocity dispersion of the lens
+    z_lens, z_source                      redshifts
 """
 
 from __future__ import annotations
@@ -48,8 +56,26 @@ SOURCE_COLOURS = {"g-r": (0.0, 0.5), "r-i": (0.0, 0.3), "i-z": (-0.05, 0.2)}
 LENS_MAG_I = (17.5, 20.5)
 """Uniform range of the lens galaxy i-band magnitude (mag)."""
 
-SOURCE_MAG_I = (20.0, 23.5)
-"""Uniform range of the source i-band (intrinsic) magnitude (mag)."""
+SOURCE_MAG_I = (21.0, 26.0)
+"""Range of the source i-band (intrinsic, unlensed) magnitude (mag), drawn with the density of
+galaxy number counts, dN/dm ~ 10**(SOURCE_COUNT_SLOPE m): most sources are faint, so many systems
+sit near the DES detection limit and the arc S/N constraint bites."""
+
+SOURCE_COUNT_SLOPE = 0.3
+"""Slope (dex per mag) of the source number counts used for the magnitude prior."""
+
+Z_LENS = (0.2, 0.7)
+"""Uniform range of the lens redshift (DES lens candidates)."""
+
+Z_SOURCE = (1.0, 3.0)
+"""Uniform range of the source redshift."""
+
+SIGMA_V = (250.0, 35.0, 170.0, 380.0)
+"""Velocity dispersion prior (km/s) when the lens galaxy has none: Normal(250, 35) clipped to 170-380
+(massive early-type galaxies, the bulk of galaxy-scale lenses)."""
+
+COSMOS_SIZE_FACTOR = (0.5, 1.0)
+"""COSMOS stamps (z ~ 0.3-1) are shrunk by this uniform factor to stand in for z ~ 1-3 sources."""
 
 THETA_E_RANGE = (0.8, 3.0)
 """Default Einstein radius range (arcsec); :mod:`lensdask.simulate.run` passes the configured one."""
@@ -131,12 +157,14 @@ def draw_lensed_source(
     *,
     lens: dict | None = None,
     theta_E_range: tuple[float, float] = THETA_E_RANGE,
+    theta_E: float | None = None,
+    cosmos=None,
 ) -> dict:
     """Draw an SIE + external shear deflector and a background Sersic source.
 
     Priors:
 
-    - ``theta_E`` ~ Uniform(theta_E_range) arcsec;
+    - ``theta_E`` ~ Uniform(theta_E_range) arcsec, unless given (SIS from sigma_v, :func:`draw_redshifts`);
     - mass axis ratio q_m ~ Uniform(0.5, 1.0); position angle that of the light
       (``lens``) plus Normal(0, 10 deg) scatter, uniform without ``lens``;
       the mass is centred on the light;
@@ -145,7 +173,7 @@ def draw_lensed_source(
       centre, so the source lies near the caustics and is strongly lensed;
     - ``source_R_sersic`` ~ Uniform(0.1, 0.6) arcsec, ``source_n_sersic`` ~ Uniform(0.7, 2.5),
       q ~ Uniform(0.4, 1.0), position angle uniform;
-    - ``mag_source_i`` ~ Uniform(20.0, 23.5) mag (intrinsic), colours uniform in
+    - ``mag_source_i`` in 21-26 mag (intrinsic) with number-count density (:func:`draw_source_mag`), colours uniform in
       :data:`SOURCE_COLOURS` (blue, star-forming).
 
     Parameters
@@ -158,6 +186,11 @@ def draw_lensed_source(
         Output of :func:`draw_lens_galaxy`: the mass is centred on and aligned with it.
     theta_E_range : (float, float), arcsec
         Einstein radius range.
+    theta_E : float, arcsec, optional
+        A given Einstein radius (e.g. from :func:`draw_redshifts`), instead of the range.
+    cosmos : CosmosSources, optional
+        Real COSMOS galaxies: the source is one of them (uniform), rotated uniformly and shrunk
+        by :data:`COSMOS_SIZE_FACTOR`; the Sersic keys are then NaN.
 
     Returns
     -------
@@ -166,7 +199,7 @@ def draw_lensed_source(
     """
     cx = lens["lens_x"] if lens is not None else 0.0
     cy = lens["lens_y"] if lens is not None else 0.0
-    theta_E = rng.uniform(*theta_E_range)
+    theta_E = rng.uniform(*theta_E_range) if theta_E is None else float(theta_E)
     if lens is not None:
         phi_l, _ = _e_to_phi_q(lens["lens_e1"], lens["lens_e2"])
         phi_m = phi_l + rng.normal(0.0, np.deg2rad(10.0))
@@ -194,8 +227,39 @@ def draw_lensed_source(
         source_e1=se1,
         source_e2=se2,
     )
-    out.update(_mags(rng, bands, rng.uniform(*SOURCE_MAG_I), SOURCE_COLOURS, "mag_source"))
+    out.update(_mags(rng, bands, draw_source_mag(rng), SOURCE_COLOURS, "mag_source"))
+    if cosmos is not None:
+        k = int(rng.integers(len(cosmos)))
+        out.update(source_index=float(k),
+                   source_pixel_scale=float(cosmos.pixel_scale[k] * rng.uniform(*COSMOS_SIZE_FACTOR)),
+                   source_angle=float(rng.uniform(0.0, 2 * np.pi)),
+                   source_R_sersic=np.nan, source_n_sersic=np.nan, source_e1=np.nan, source_e2=np.nan)
+    else:
+        out.update(source_index=np.nan, source_pixel_scale=np.nan, source_angle=np.nan)
     return out
+
+
+def draw_source_mag(rng: np.random.Generator) -> float:
+    """Intrinsic source i magnitude in :data:`SOURCE_MAG_I`, density ~ 10**(SOURCE_COUNT_SLOPE m)."""
+    a = SOURCE_COUNT_SLOPE * np.log(10.0)
+    lo, hi = SOURCE_MAG_I
+    u = rng.uniform()
+    return float(lo + np.log1p(u * np.expm1(a * (hi - lo))) / a)
+
+
+def draw_redshifts(rng: np.random.Generator, sigma_v: float | None = None) -> dict:
+    """Lens and source redshifts, and a velocity dispersion if none is given.
+
+    ``z_lens`` ~ Uniform(:data:`Z_LENS`), ``z_source`` ~ Uniform(:data:`Z_SOURCE`) (above
+    ``z_lens``), ``sigma_v`` (km/s) ~ Uniform(:data:`SIGMA_V`) unless given (a real lens galaxy's).
+    """
+    z_lens = rng.uniform(*Z_LENS)
+    z_source = rng.uniform(max(Z_SOURCE[0], z_lens + 0.2), Z_SOURCE[1])
+    if sigma_v is None or not np.isfinite(sigma_v):
+        sv = float(np.clip(rng.normal(SIGMA_V[0], SIGMA_V[1]), SIGMA_V[2], SIGMA_V[3]))
+    else:
+        sv = float(sigma_v)
+    return {"sigma_v": float(sv), "z_lens": float(z_lens), "z_source": float(z_source)}
 
 
 def lens_galaxy_keys(bands: Sequence[str]) -> list[str]:
@@ -208,4 +272,4 @@ def lensed_source_keys(bands: Sequence[str]) -> list[str]:
     """Names of the parameters :func:`draw_lensed_source` returns."""
     return ["theta_E", "mass_e1", "mass_e2", "gamma1", "gamma2", "source_x", "source_y",
             "source_R_sersic", "source_n_sersic", "source_e1", "source_e2",
-            *(f"mag_source_{b}" for b in bands)]
+            *(f"mag_source_{b}" for b in bands), "source_index", "source_pixel_scale", "source_angle"]
