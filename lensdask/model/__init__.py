@@ -12,7 +12,18 @@ from .checkpoint import (
 )
 from .evaluate import evaluate
 from .infer import nonfinite_rows, predict_proba, resolve_device
-from .metrics import auroc, binary_metrics, tpr_at_false_positives, tpr_at_fpr
+from .metrics import (
+    auroc,
+    binary_metrics,
+    completeness_by,
+    confusion_matrix,
+    roc_curve,
+    threshold_at_fpr,
+    tpr_at_false_positives,
+    tpr_at_fpr,
+)
+from .pretrained import load_pretrained
+from .report import classifier_report, plot_roc
 from .normalise import DEFAULT_NORMALISATION, normalise
 from .train import train
 
@@ -22,18 +33,25 @@ __all__ = [
     "auroc",
     "binary_metrics",
     "check_compatible",
+    "classifier_report",
+    "completeness_by",
+    "confusion_matrix",
     "create_model",
     "default_model_dir",
     "describe_architectures",
     "evaluate",
     "load_checkpoint",
+    "load_pretrained",
     "nonfinite_rows",
     "normalise",
+    "plot_roc",
     "predict_proba",
     "read_card",
     "resolve_device",
     "resolve_model_dir",
+    "roc_curve",
     "save_checkpoint",
+    "threshold_at_fpr",
     "tpr_at_false_positives",
     "tpr_at_fpr",
     "train",

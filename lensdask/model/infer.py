@@ -59,13 +59,35 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def forward_proba(model: torch.nn.Module, x: np.ndarray, *, batch_size: int, device: torch.device) -> np.ndarray:
-    """Softmax probabilities of already normalised, finite inputs, (n, n_classes) float32."""
+def resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Resample (n, bands, s, s) stamps to ``size`` px (bilinear, antialiased); no-op if None or equal."""
+    if size is None or int(size) == x.shape[-1]:
+        return x
+    return torch.nn.functional.interpolate(
+        x, size=(int(size), int(size)), mode="bilinear", align_corners=False, antialias=True
+    )
+
+
+def input_size(card: dict) -> int | None:
+    """The side the model takes when it differs from the stamp (card ``input_size``), else None."""
+    size = card.get("input_size")
+    if size is None or int(size) == int(card["stamp"]):
+        return None
+    return int(size)
+
+
+def forward_proba(
+    model: torch.nn.Module, x: np.ndarray, *, batch_size: int, device: torch.device, size: int | None = None
+) -> np.ndarray:
+    """Softmax probabilities of already normalised, finite inputs, (n, n_classes) float32.
+
+    ``size``: resample the stamps to this side first (see :func:`resize`).
+    """
     out = []
     with torch.inference_mode(), autocast(device):
         for start in range(0, x.shape[0], batch_size):
             xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(device)
-            logits = model(xb).float()
+            logits = model(resize(xb, size)).float()
             out.append(torch.softmax(logits, dim=1).cpu().numpy())
     if not out:
         return np.zeros((0, int(model.num_classes)), dtype=np.float32)
@@ -88,7 +110,9 @@ def predict_proba(
         A model from :func:`lensdask.model.load_checkpoint` (moved to ``device``
         and put in eval mode here).
     card : dict
-        Its model card; ``normalisation`` is applied to ``images`` batch by batch.
+        Its model card; ``normalisation`` is applied to ``images`` batch by batch,
+        then, if the card has an ``input_size`` other than its ``stamp``, the
+        stamps are resampled to it exactly as in training.
     images : numpy.ndarray
         (n, n_bands, stamp, stamp) pixel values, bands in the card's order.
     batch_size : int
@@ -125,8 +149,9 @@ def predict_proba(
     probs = np.full((images.shape[0], n_classes), np.nan, dtype=np.float32)
     good = np.flatnonzero(~bad)
     spec = card.get("normalisation")
+    size = input_size(card)
     for start in range(0, good.size, batch_size):
         idx = good[start : start + batch_size]
         x = normalise(images[idx], spec)
-        probs[idx] = forward_proba(model, x, batch_size=batch_size, device=dev)
+        probs[idx] = forward_proba(model, x, batch_size=batch_size, device=dev, size=size)
     return probs

@@ -1,0 +1,237 @@
+"""Start a model from pretrained weights in a local file (never downloaded).
+
+Accepted files:
+
+- a timm / PyTorch state dict: ``.safetensors``, or ``.pth`` / ``.pt`` / ``.bin``
+  read with ``torch.load(weights_only=True)`` (no pickle code runs); a dict
+  nested under ``state_dict``, ``model`` or ``state_dict_ema`` and a
+  ``module.`` prefix (DDP) are unwrapped;
+- a lensdask checkpoint directory (fine-tuning a previous model).
+
+The file may have been made for another input: typically a ViT trained on
+3-channel RGB images of 224 px with 16 px patches. Three tensors are adapted to
+the model being trained, every other tensor must fit as is:
+
+``patch_embed.proj.weight``
+    *Patch size*: resampled with FlexiViT's pseudo-inverse resize
+    (``timm.layers.resample_patch_embed``), which keeps the response of each
+    filter to a patch resized along with it. *Channels*: from RGB, each band
+    takes the kernel of the RGB channel nearest in wavelength (u, g -> B;
+    r -> G; i, z, y -> R; unknown names cycle R, G, B), scaled by 3 / n_bands so
+    that a grey image gives the same embedding; from one channel the kernel is
+    repeated and scaled by 1 / n_bands; from a lensdask checkpoint bands are
+    matched by name (all must be present). Other channel counts cycle the
+    source channels (timm's rule) scaled by n_source / n_bands.
+``pos_embed``
+    The grid of patch-position embeddings is resampled bicubically (with
+    antialiasing) to the model's token grid (``timm.layers.resample_abs_pos_embed``);
+    class-token embeddings are copied.
+``head.*``
+    Kept only if the number of classes matches; otherwise the new head stays
+    randomly initialised (an ImageNet head has 1000 classes).
+
+A tensor that is missing from the file or does not fit (another width or depth)
+stops with a :class:`~lensdask.errors.CheckpointError` naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+
+import torch
+
+from ..errors import CheckpointError, ModelMismatchError
+
+RGB_FOR_BAND = {"u": 2, "g": 2, "r": 1, "i": 0, "z": 0, "y": 0, "Y": 0}
+"""Band name -> index of the RGB channel (R=0, G=1, B=2) nearest in wavelength."""
+
+_NESTED = ("state_dict", "model", "state_dict_ema", "model_ema")
+
+
+def _sha256(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """The state dict in a local weights file or lensdask checkpoint directory.
+
+    Returns
+    -------
+    (dict, dict or None)
+        Tensor name -> CPU tensor, and the model card when ``path`` is a lensdask
+        checkpoint directory (else None).
+
+    Raises
+    ------
+    CheckpointError
+        Nothing at ``path``, or a file that cannot be read as tensors.
+    """
+    path = pathlib.Path(os.fspath(path)).expanduser()
+    if path.is_dir():
+        from .checkpoint import load_checkpoint
+
+        model, card = load_checkpoint(path, device="cpu")
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}, card
+    if not path.is_file():
+        raise CheckpointError(f"no pretrained weights file at {str(path)!r} (weights are never downloaded)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # safetensors, pickle and zip errors have no common base
+        raise CheckpointError(f"cannot read pretrained weights {str(path)!r}: {exc}") from exc
+    for key in _NESTED:
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{str(path)!r} holds no state dict of tensors")
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    return state, None
+
+
+def _adapt_channels(w: torch.Tensor, bands: list[str], source_bands: list[str] | None) -> tuple[torch.Tensor, str]:
+    c0, c = w.shape[1], len(bands)
+    if source_bands is not None:
+        missing = [b for b in bands if b not in source_bands]
+        if missing:
+            raise ModelMismatchError(
+                f"pretrained checkpoint has bands {source_bands}; the data's bands {bands} include {missing}"
+            )
+        return w[:, [source_bands.index(b) for b in bands]], f"bands matched by name from {source_bands}"
+    if c0 == c:
+        return w, "channels copied"
+    if c0 == 3:
+        idx = [RGB_FOR_BAND.get(b, k % 3) for k, b in enumerate(bands)]
+        how = "RGB -> " + ", ".join(f"{b}<-{'RGB'[i]}" for b, i in zip(bands, idx)) + f", x 3/{c}"
+        return w[:, idx] * (3.0 / c), how
+    if c0 == 1:
+        return w.repeat(1, c, 1, 1) / c, f"1 channel repeated to {c}, x 1/{c}"
+    idx = [k % c0 for k in range(c)]
+    return w[:, idx] * (c0 / c), f"{c0} channels cycled to {c}, x {c0}/{c}"
+
+
+def adapt_state_dict(
+    state: dict[str, torch.Tensor],
+    model: torch.nn.Module,
+    bands: list[str],
+    source_bands: list[str] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Fit a pretrained ViT state dict to ``model`` (see the module docstring).
+
+    Parameters
+    ----------
+    state : dict
+        The pretrained tensors.
+    model : timm VisionTransformer
+        The model to be initialised (its input side, patch size, band count and
+        class count may differ from the file's).
+    bands : list of str
+        The model's bands, in input-channel order.
+    source_bands : list of str, optional
+        The file's bands, when known (a lensdask checkpoint).
+
+    Returns
+    -------
+    (dict, dict)
+        The adapted state dict (only tensors that fit) and a report:
+        ``loaded`` (count), ``adapted`` (name -> how), ``skipped`` (name -> why),
+        ``unused`` (file tensors the model has no place for).
+
+    Raises
+    ------
+    CheckpointError
+        A tensor of the model, other than the head, is missing from the file or
+        has another shape (a different width, depth or MLP ratio).
+    """
+    from timm.layers import resample_abs_pos_embed, resample_patch_embed
+
+    target = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    adapted: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    bad: list[str] = []
+    for name, t in target.items():
+        if name not in state:
+            if name.startswith("head."):
+                skipped[name] = "not in the file; randomly initialised"
+            else:
+                bad.append(f"{name} (missing)")
+            continue
+        w = state[name].to(t.dtype)
+        if name == "patch_embed.proj.weight" and w.ndim == 4:
+            how = []
+            if w.shape[-2:] != t.shape[-2:]:
+                w = resample_patch_embed(w, list(t.shape[-2:]))
+                how.append(f"patch {tuple(state[name].shape[-2:])} -> {tuple(t.shape[-2:])} (FlexiViT pseudo-inverse)")
+            w, ch = _adapt_channels(w, bands, source_bands)
+            if state[name].shape[1] != t.shape[1] or source_bands is not None:
+                how.append(ch)
+            if how:
+                adapted[name] = "; ".join(how)
+        elif name == "pos_embed" and w.ndim == 3 and w.shape != t.shape and w.shape[-1] == t.shape[-1]:
+            n_prefix = 0 if getattr(model, "no_embed_class", False) else int(model.num_prefix_tokens)
+            grid = list(model.patch_embed.grid_size)
+            old = int(round((w.shape[1] - n_prefix) ** 0.5))
+            w = resample_abs_pos_embed(w, new_size=grid, num_prefix_tokens=n_prefix)
+            adapted[name] = f"grid {old}x{old} -> {grid[0]}x{grid[1]} (bicubic, antialiased)"
+        if w.shape != t.shape:
+            if name.startswith("head."):
+                skipped[name] = f"shape {tuple(w.shape)} in the file, {tuple(t.shape)} here; randomly initialised"
+            else:
+                bad.append(f"{name} {tuple(state[name].shape)} vs {tuple(t.shape)}")
+            continue
+        out[name] = w.contiguous()
+    if bad:
+        shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CheckpointError(
+            f"pretrained weights do not fit this architecture (width, depth and MLP size must match): {shown}"
+        )
+    report = {
+        "loaded": len(out),
+        "adapted": adapted,
+        "skipped": skipped,
+        "unused": sorted(k for k in state if k not in target),
+    }
+    return out, report
+
+
+def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, bands: list[str]) -> dict:
+    """Initialise ``model`` in place from a local pretrained file.
+
+    Parameters
+    ----------
+    model : timm VisionTransformer
+        The freshly built model.
+    path : str or path
+        Weights file or lensdask checkpoint directory (see the module docstring).
+    bands : list of str
+        The data's bands in input-channel order.
+
+    Returns
+    -------
+    dict
+        ``file``, ``sha256`` (of the file; absent for a directory), and the
+        report of :func:`adapt_state_dict`; recorded in the model card.
+    """
+    path = pathlib.Path(os.fspath(path)).expanduser()
+    state, card = read_weights(path)
+    source_bands = list(card["bands"]) if card is not None else None
+    new, report = adapt_state_dict(state, model, list(bands), source_bands)
+    model.load_state_dict(new, strict=False)
+    info = {"file": str(path)}
+    if card is not None:
+        info["model_id"] = card.get("model_id")
+    else:
+        info["sha256"] = _sha256(path)
+    info.update(report)
+    return info
