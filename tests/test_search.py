@@ -121,3 +121,157 @@ def test_one_tile_in_process(tmp_path, random_model):
     out = pd.read_parquet(tmp_path / "run" / "tiles" / f"{TILES[0]}.parquet")
     assert len(out) == 30 and (out["model"] == card["model_id"]).all()
     assert not list((tmp_path / "run" / "tiles").glob(".*tmp"))  # no temporary files left
+
+
+def _sorted(df):
+    return df.sort_values(["tile", "object_id"]).reset_index(drop=True)
+
+
+def test_killed_worker_gives_exactly_the_rows_of_a_clean_run(tmp_path, random_model):
+    import os
+    import signal
+    import threading
+    import time
+
+    from distributed import Client, LocalCluster
+
+    _survey(tmp_path / "s.zarr", nan_row=2)
+    clean = search(tmp_path / "s.zarr", random_model, tmp_path / "clean", threshold=0.3, progress=False, client=None)
+    killed = {}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      memory_limit="2GiB") as cluster, Client(cluster) as c:
+        pids = c.run(os.getpid)
+
+        def kill_first_busy_worker():
+            deadline = time.time() + 60
+            while time.time() < deadline and not killed:
+                for addr, keys in c.processing().items():
+                    if any(str(k).startswith("search-tile") for k in keys) and addr in pids:
+                        os.kill(pids[addr], signal.SIGKILL)  # the worker process ends mid-task
+                        killed[addr] = keys
+                        return
+                time.sleep(0.005)
+
+        th = threading.Thread(target=kill_first_busy_worker)
+        th.start()
+        result = search(tmp_path / "s.zarr", random_model, tmp_path / "run", threshold=0.3, progress=False,
+                        client=c, report=True)
+        th.join()
+    assert killed, "no worker was killed"
+    assert result.failures.empty and result.summary["tiles_searched"] == 4
+    pd.testing.assert_frame_equal(_sorted(result.scores()), _sorted(clean.scores()), check_exact=False, rtol=1e-5)
+    pd.testing.assert_frame_equal(result.candidates, clean.candidates, check_exact=False, rtol=1e-5)
+    assert not list((tmp_path / "run" / "tiles").glob(".*"))  # no half-written files
+    assert (tmp_path / "run" / "dask-report.html").stat().st_size > 1000
+
+
+def test_ctrl_c_leaves_only_whole_tiles_and_resume_completes(tmp_path, random_model, monkeypatch):
+    import importlib
+
+    run = importlib.import_module("lensdask.search.run")
+    monkeypatch.setattr(run, "current_client", lambda: None)  # in this process, even beside the session cluster
+
+    _survey(tmp_path / "s.zarr")
+    clean = search(tmp_path / "s.zarr", random_model, tmp_path / "clean", threshold=0.0, progress=False, client=None)
+    real = run._commit_tile
+    calls = []
+
+    def interrupted_commit(out, name, table, stats):
+        calls.append(name)
+        if len(calls) == 2:  # Ctrl-C while the second tile is being written
+            tmp = run._tmp_name(out / f"{name}.parquet")
+            tmp.write_bytes(b"PAR1 half a file")
+            try:
+                raise KeyboardInterrupt
+            finally:
+                tmp.unlink()  # what _commit_tile's own cleanup does
+        return real(out, name, table, stats)
+
+    monkeypatch.setattr(run, "_commit_tile", interrupted_commit)
+    with pytest.raises(KeyboardInterrupt):
+        search(tmp_path / "s.zarr", random_model, tmp_path / "run", threshold=0.0, progress=False, client=None)
+    monkeypatch.setattr(run, "_commit_tile", real)
+    files = sorted(p.name for p in (tmp_path / "run" / "tiles").iterdir())
+    assert files == [f"{TILES[0]}.json", f"{TILES[0]}.parquet"]  # one whole tile, nothing else
+    again = search(tmp_path / "s.zarr", random_model, tmp_path / "run", threshold=0.0, resume=True, progress=False, client=None)
+    assert again.summary["tiles_resumed"] == 1
+    pd.testing.assert_frame_equal(again.candidates, clean.candidates)
+
+
+def test_half_written_files_are_cleaned(tmp_path):
+    from lensdask.search.run import clean_run_dir
+
+    d = tmp_path / "tiles"
+    d.mkdir()
+    for n in ("A.json", "A.parquet", "B.parquet", ".C.parquet.1.2.tmp"):
+        (d / n).write_text("x")
+    assert sorted(clean_run_dir(tmp_path)) == [".C.parquet.1.2.tmp", "B.parquet"]
+    assert sorted(p.name for p in d.iterdir()) == ["A.json", "A.parquet"]
+
+
+def test_cli_exits_nonzero_naming_the_corrupt_tile(tmp_path, client, random_model, capsys):
+    from lensdask.cli import main
+
+    _survey(tmp_path / "s.zarr")
+    (tmp_path / "s.zarr" / "images" / "c" / "1" / "0" / "0" / "0" / "0").write_bytes(b"garbage" * 40)
+    code = main(["search", "--zarr", str(tmp_path / "s.zarr"), "--model", str(random_model), "--out",
+                 str(tmp_path / "run"), "--cluster", client.scheduler.address, "--export", "csv", "--no-crossmatch"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "1 tiles FAILED" in err and TILES[1] in err
+    assert "searched 3 of 4 tiles" in out  # tile 1 failed (tile 2 is empty)
+    assert (tmp_path / "run" / "candidates.csv").exists()
+
+
+def test_outputs_carry_row_flags_and_tile_statistics(tmp_path, random_model):
+    from lensdask.store import FLAG_EDGE, FLAG_MASKED
+
+    s = _survey(tmp_path / "s.zarr", per_tile=(6, 0, 0, 0))
+    t = s.read_tile(0)
+    table = t.table[["object_id", "ra", "dec"]].copy()
+    table["flags"] = [0, FLAG_EDGE, FLAG_MASKED, 0, FLAG_EDGE | FLAG_MASKED, 0]
+    open_store(tmp_path / "s.zarr", mode="r+").write_tile(0, t.images, table)
+    res = search(tmp_path / "s.zarr", random_model, tmp_path / "run", progress=False, client=None)
+    sc = _sorted(res.scores())
+    assert sc["flags"].tolist() == [0, 1, 2, 0, 3, 0]
+    stats = json.loads((tmp_path / "run" / "tiles" / f"{TILES[0]}.json").read_text())
+    assert stats["masked_rows"] == 2 and stats["edge_rows"] == 2
+    assert stats["ra_min"] <= sc["ra"].min() and stats["dec_max"] >= sc["dec"].max()
+    assert res.summary["rows_masked"] == 2
+
+
+def test_gpu_benchmark_script_runs_on_cpu_with_a_tiny_model(tmp_path):
+    import importlib.util
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_search_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_search_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(["--arch", "test-vit", "--device", "cpu", "--tiles", "2", "--per-tile", "16",
+                      "--batch-size", "8", "--json", str(tmp_path / "r.json")])
+    assert res["cutouts"] == 32 and res["end_to_end_cutouts_per_s"] > 0 and res["des_320M_hours_per_gpu"] > 0
+    assert json.loads((tmp_path / "r.json").read_text())["arch"] == "test-vit"
+
+
+def test_search_applies_the_cards_resize(tmp_path):
+    """A model made for another input size scores in search exactly as predict_proba scores it."""
+    import torch
+
+    from lensdask.model.architectures import arch_kwargs, build_vit
+    from lensdask.model.checkpoint import load_checkpoint, save_checkpoint
+    from lensdask.model.infer import predict_proba
+    from lensdask.model.normalise import DEFAULT_NORMALISATION
+
+    _survey(tmp_path / "s.zarr")
+    torch.manual_seed(0)
+    kwargs = arch_kwargs("test-vit", in_chans=4, img_size=36, num_classes=2)
+    card = {"arch": "test-vit", "arch_kwargs": kwargs, "bands": list("griz"), "stamp": 45, "input_size": 36,
+            "pixel_scale": 0.263, "normalisation": dict(DEFAULT_NORMALISATION), "classes": ["non-lens", "lens"],
+            "lens_class": 1}
+    save_checkpoint(build_vit(kwargs), tmp_path / "m36", card)
+    result = search(tmp_path / "s.zarr", tmp_path / "m36", tmp_path / "run", floor=0.0, progress=False)
+    model, card = load_checkpoint(tmp_path / "m36")
+    tile = open_store(tmp_path / "s.zarr").read_tile(0)
+    expected = predict_proba(model, card, tile.images)[:, 1]
+    got = result.scores().set_index("object_id").loc[tile.table["object_id"], "score"].to_numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -52,10 +52,16 @@ def nonfinite_rows(images: np.ndarray) -> np.ndarray:
     return ~np.isfinite(images.reshape(images.shape[0], -1)).all(axis=1)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA, nothing elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+PRECISIONS = ("auto", "fp32", "bf16")
+"""Inference precisions: ``auto`` (bf16 autocast on CUDA, fp32 elsewhere), ``fp32``, ``bf16``."""
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """The autocast context for ``precision`` on ``device`` (see :data:`PRECISIONS`)."""
+    if precision not in PRECISIONS:
+        raise LensdaskError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -77,16 +83,27 @@ def input_size(card: dict) -> int | None:
 
 
 def forward_proba(
-    model: torch.nn.Module, x: np.ndarray, *, batch_size: int, device: torch.device, size: int | None = None
+    model: torch.nn.Module,
+    x: np.ndarray,
+    *,
+    batch_size: int,
+    device: torch.device,
+    size: int | None = None,
+    precision: str = "auto",
 ) -> np.ndarray:
     """Softmax probabilities of already normalised, finite inputs, (n, n_classes) float32.
 
     ``size``: resample the stamps to this side first (see :func:`resize`).
+    ``precision``: see :data:`PRECISIONS`.
     """
     out = []
-    with torch.inference_mode(), autocast(device):
+    with torch.inference_mode(), autocast(device, precision):
         for start in range(0, x.shape[0], batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(device)
+            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
+            if device.type == "cuda":
+                xb = xb.pin_memory().to(device, non_blocking=True)
+            else:
+                xb = xb.to(device)
             logits = model(resize(xb, size)).float()
             out.append(torch.softmax(logits, dim=1).cpu().numpy())
     if not out:

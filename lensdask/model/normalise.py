@@ -38,7 +38,7 @@ the sky noise; ``border``: width of the frame used for the noise estimate, pixel
 
 METHODS = ("asinh-noise", "none")
 MAD_TO_SIGMA = 1.4826
-_CHUNK = 2048  # stamps per float64 working block, bounds temporary memory
+_CHUNK = 32  # stamps per float64 working block: small enough to stay in cache (large temporaries cost page faults)
 
 
 def normalisation_spec(spec: dict | None = None) -> dict:
@@ -73,15 +73,39 @@ def _border_pixels(x: np.ndarray, border: int) -> np.ndarray:
     return x[:, :, mask]
 
 
+def _median(a: np.ndarray) -> np.ndarray:
+    """``np.median(a.astype(float64), axis=-1)``, bit for bit, without sorting whole rows.
+
+    One partition around the upper middle element; the lower middle one is the
+    maximum of the part before it. Rows holding a NaN give NaN, as ``np.median`` does.
+    """
+    k = a.shape[-1]
+    h = k // 2
+    part = np.partition(a, h, axis=-1)
+    upper = part[..., h].astype(np.float64)
+    if k % 2:
+        med = upper
+    else:
+        med = (part[..., :h].max(axis=-1).astype(np.float64) + upper) / 2.0
+    nan = np.isnan(a).any(axis=-1)
+    if nan.any():
+        med = np.where(nan, np.nan, med)
+    return med
+
+
 def _robust_scale(x: np.ndarray, border: int) -> tuple[np.ndarray, np.ndarray]:
-    """Background (median) and noise sigma (1.4826 MAD), each (n, b, 1, 1), float64."""
+    """Background (median) and noise sigma (1.4826 MAD), each (n, b, 1, 1), float64.
+
+    ``x`` may be float32: medians pick exact input values, so the result equals
+    that of the same pixels promoted to float64.
+    """
     n, b, s, _ = x.shape
     edge = _border_pixels(x, border)
-    bg = np.median(edge, axis=-1)
-    sigma = MAD_TO_SIGMA * np.median(np.abs(edge - bg[..., None]), axis=-1)
+    bg = _median(edge)
+    sigma = MAD_TO_SIGMA * _median(np.abs(edge.astype(np.float64) - bg[..., None]))
     bad = ~(sigma > 0)
-    if bad.any():  # noiseless border: fall back to the whole stamp
-        flat = x.reshape(n, b, s * s)
+    if bad.any():  # noiseless border: fall back to the whole stamp (rare: plain np.median)
+        flat = x.reshape(n, b, s * s).astype(np.float64)
         med = np.median(flat, axis=-1)
         whole = MAD_TO_SIGMA * np.median(np.abs(flat - med[..., None]), axis=-1)
         sigma = np.where(bad, whole, sigma)
@@ -120,10 +144,17 @@ def normalise(images: np.ndarray, spec: dict | None = None) -> np.ndarray:
     if spec["method"] == "none":
         return images.astype(np.float32, copy=True)
     out = np.empty(images.shape, dtype=np.float32)
+    buf = np.empty((min(_CHUNK, images.shape[0]), *images.shape[1:]), dtype=np.float64)
     for start in range(0, images.shape[0], _CHUNK):
-        x = images[start : start + _CHUNK].astype(np.float64)
+        x = images[start : start + _CHUNK]
+        if x.dtype not in (np.float32, np.float64):
+            x = x.astype(np.float64)
         bg, sigma = _robust_scale(x, spec["border"])
+        y = buf[: x.shape[0]]
+        # the same float64 operations, in the same order, as arcsinh((x - bg) / (sigma * softening))
         with np.errstate(over="ignore", invalid="ignore"):
-            y = np.arcsinh((x - bg) / (sigma * spec["softening"]))
+            np.subtract(x, bg, out=y, dtype=np.float64)
+            np.divide(y, sigma * spec["softening"], out=y)
+            np.arcsinh(y, out=y)
         out[start : start + _CHUNK] = y
     return out

@@ -4,9 +4,17 @@ Layout of a run directory::
 
     RUN_DIR/tiles/<tile>.parquet   every row of the tile scoring >= floor (and NaN-flagged rows)
     RUN_DIR/tiles/<tile>.json      per-tile statistics; written last, it marks the tile done
-    RUN_DIR/candidates.parquet     rows scoring >= threshold, sorted by score, ranked
+    RUN_DIR/candidates.parquet     rows scoring >= threshold, sorted by score, ranked, with the
+                                   nearest known lens (lenscat) within the cross-match radius
+    RUN_DIR/candidates.fits|.csv   the same table, when exports are asked for (astropy)
+    RUN_DIR/known_lenses.parquet   known lenses inside the searched footprint, with their best score
     RUN_DIR/failures.parquet       tiles whose task raised (only when some did)
     RUN_DIR/summary.json           what was searched, with which model, and the counts
+    RUN_DIR/dask-report.html       the Dask performance report (runs on a Dask client)
+
+A tile is committed by renaming its JSON marker into place, after its Parquet
+file: a tile without a marker is not done, and :func:`clean_run_dir` removes
+what an interrupted or killed task left (temporary files, a Parquet without marker).
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ from ..cluster import current_client
 from ..errors import LensdaskError
 from ..model.checkpoint import check_compatible, read_card, resolve_model_dir
 from ..store import open_store
-from .score import score_batches
+from ..model.infer import PRECISIONS
+from .score import prepare_batch, score_batches
 from .worker import get_model
 
 TILES_DIR = "tiles"
@@ -82,10 +91,53 @@ def _prefetch(iterator, depth: int = 2):
         yield item
 
 
+def _tmp_name(path: pathlib.Path) -> pathlib.Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
 def _write_atomic(path: pathlib.Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    tmp = _tmp_name(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:  # KeyboardInterrupt included: leave no partial file behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _commit_tile(out: pathlib.Path, name: str, table: pd.DataFrame, stats: dict) -> None:
+    """Write a tile's Parquet and marker to temporary files, then rename the Parquet and, last, the marker."""
+    pq, js = out / f"{name}.parquet", out / f"{name}.json"
+    tpq, tjs = _tmp_name(pq), _tmp_name(js)
+    try:
+        table.to_parquet(tpq, index=False)
+        tjs.write_text(json.dumps(stats))
+        os.replace(tpq, pq)
+        os.replace(tjs, js)
+    except BaseException:
+        tpq.unlink(missing_ok=True)
+        tjs.unlink(missing_ok=True)
+        raise
+
+
+def clean_run_dir(run_dir: str | os.PathLike) -> list[str]:
+    """Remove what interrupted or killed tile tasks left in ``RUN_DIR/tiles``; returns the names removed.
+
+    Temporary files and Parquet files without a done marker go; finished tiles stay.
+    Call it only when no tile task is writing into ``run_dir``.
+    """
+    d = pathlib.Path(run_dir) / TILES_DIR
+    removed = []
+    if not d.is_dir():
+        return removed
+    for p in d.glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+        removed.append(p.name)
+    for p in d.glob("*.parquet"):
+        if not p.with_suffix(".json").exists():
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed
 
 
 def tile_done(run_dir: str | os.PathLike, tile: str) -> dict | None:
@@ -106,6 +158,7 @@ def search_tile(
     device: str = "auto",
     batch_size: int = 256,
     floor: float = 0.0,
+    precision: str | None = None,
 ) -> dict:
     """Score one tile and write its outputs atomically; the unit of work of a search.
 
@@ -127,6 +180,8 @@ def search_tile(
         Cutouts per forward pass (and per read from the store).
     floor : float
         Lens probability below which rows are not kept.
+    precision : str, optional
+        ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32`` or ``bf16`` (config ``search.precision``).
 
     Returns
     -------
@@ -136,19 +191,21 @@ def search_tile(
     t0 = time.perf_counter()
     store = open_store(zarr)
     name = store.tiles[tile]
+    precision = str(config.get("search.precision", precision))
     model, card, dev = get_model(model_dir, sha256, device)
-    batches = _prefetch(store.iter_batches(batch_size, tiles=[tile]))
+    # the reader thread reads and normalises the next batch while the model scores this one
+    batches = _prefetch(prepare_batch(images, table, card) for images, table in store.iter_batches(batch_size, tiles=[tile]))
     table, stats = score_batches(
-        batches, model, card, model_id=card["model_id"], device=dev, batch_size=batch_size, floor=floor
+        batches, model, card, model_id=card["model_id"], device=dev, batch_size=batch_size, floor=floor,
+        precision=precision, prepared=True,
     )
     out = pathlib.Path(run_dir) / TILES_DIR
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / f"{name}.parquet", lambda p: table.to_parquet(p, index=False))
     stats.update(
         tile=name, tile_index=int(tile), model_id=card["model_id"], floor=floor,
-        seconds=round(time.perf_counter() - t0, 3), device=str(dev),
+        seconds=round(time.perf_counter() - t0, 3), device=str(dev), precision=precision,
     )
-    _write_atomic(out / f"{name}.json", lambda p: p.write_text(json.dumps(stats)))
+    _commit_tile(out, name, table, stats)
     return stats
 
 
@@ -164,15 +221,87 @@ def read_scores(run_dir: str | os.PathLike, tiles: list[str] | None = None) -> p
     return pd.concat(frames, ignore_index=True)
 
 
-def merge(run_dir: str | os.PathLike, threshold: float | None = None, tiles: list[str] | None = None) -> pd.DataFrame:
-    """Build ``candidates.parquet`` from the per-tile outputs: rows >= threshold, best first, ranked."""
+EXPORTS = ("fits", "csv")
+
+
+def export_table(table: pd.DataFrame, path: pathlib.Path, fmt: str) -> pathlib.Path:
+    """Write ``table`` as FITS or CSV with astropy (atomically); returns the path written."""
+    from astropy.table import Table
+
+    if fmt not in EXPORTS:
+        raise LensdaskError(f"unknown export format {fmt!r}; use {', '.join(EXPORTS)}")
+    path = path.with_suffix("." + fmt)
+    t = Table.from_pandas(table.reset_index(drop=True))
+    _write_atomic(path, lambda p: t.write(p, format="fits" if fmt == "fits" else "ascii.csv", overwrite=True))
+    return path
+
+
+def merge(
+    run_dir: str | os.PathLike,
+    threshold: float | None = None,
+    tiles: list[str] | None = None,
+    *,
+    crossmatch: bool | None = None,
+    radius: float | None = None,
+    catalog=None,
+    export: list[str] | str | None = None,
+) -> pd.DataFrame:
+    """Build ``candidates.parquet`` from the per-tile outputs: rows >= threshold, best first, ranked.
+
+    Runs without Dask, on whatever per-tile outputs are finished (``tiles``: these only).
+
+    Parameters
+    ----------
+    run_dir : str or path
+    threshold : float, optional
+        Lens probability (config ``search.threshold``).
+    tiles : list of str, optional
+        Tile names to merge; default every finished tile.
+    crossmatch : bool, optional
+        Add the nearest known lens (``known_*`` columns) and write ``known_lenses.parquet``
+        (config ``crossmatch.enabled``).
+    radius : float, arcsec, optional
+        Cross-match radius (config ``crossmatch.radius``).
+    catalog : optional
+        Known-lens catalogue (see :func:`lensdask.review.known_lenses`).
+    export : list of {"fits", "csv"}, optional
+        Also write ``candidates.fits`` / ``candidates.csv`` (config ``search.export``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The candidates; ``attrs["known_lenses"]`` holds the known-lens summary when cross-matched.
+    """
     threshold = float(config.get("search.threshold", threshold))
+    crossmatch = bool(config.get("crossmatch.enabled", crossmatch))
+    export = config.get("search.export", export) or []
+    if isinstance(export, str):
+        export = [e for e in export.replace(",", " ").split() if e]
+    bad = [e for e in export if e not in EXPORTS]
+    if bad:
+        raise LensdaskError(f"unknown export formats {bad}; use {', '.join(EXPORTS)}")
+    run_dir = pathlib.Path(run_dir)
     scores = read_scores(run_dir, tiles)
     cand = scores[(scores["score"] >= threshold) & ~scores["nan_pixels"].astype(bool)]
     cand = cand.sort_values(["score", "tile", "object_id"], ascending=[False, True, True], kind="stable")
     cand = cand.reset_index(drop=True)
     cand.insert(0, "rank", np.arange(1, len(cand) + 1))
-    _write_atomic(pathlib.Path(run_dir) / "candidates.parquet", lambda p: cand.to_parquet(p, index=False))
+    summary = None
+    if crossmatch:
+        from ..review.crossmatch import crossmatch as xmatch
+        from ..review.crossmatch import known_lens_report, known_lenses
+
+        cat = known_lenses(catalog)
+        cand = xmatch(cand, radius=radius, catalog=cat)
+        names = tiles if tiles is not None else sorted(p.stem for p in (run_dir / TILES_DIR).glob("*.json"))
+        stats = [tile_done(run_dir, n) for n in names]
+        known, summary = known_lens_report(scores, [s for s in stats if s], threshold=threshold, radius=radius, catalog=cat)
+        _write_atomic(run_dir / "known_lenses.parquet", lambda p: known.to_parquet(p, index=False))
+    _write_atomic(run_dir / "candidates.parquet", lambda p: cand.to_parquet(p, index=False))
+    for fmt in export:
+        export_table(cand, run_dir / "candidates.parquet", fmt)
+    if summary is not None:
+        cand.attrs["known_lenses"] = summary
     return cand
 
 
@@ -191,14 +320,27 @@ def search(
     floor: float | None = None,
     batch_size: int | None = None,
     device: str | None = None,
+    precision: str | None = None,
     resume: bool = False,
     progress: bool = True,
+    crossmatch: bool | None = None,
+    radius: float | None = None,
+    catalog=None,
+    export: list[str] | str | None = None,
+    report: bool | None = None,
+    retries: int | None = None,
 ) -> SearchResult:
     """Search every tile of a survey store for lenses.
 
     One task per tile runs on ``client`` (or the current Dask client); each
     worker loads the model once. Without any client the tiles run one after
     another in this process.
+
+    A tile whose task raises is listed in ``failures`` (and ``failures.parquet``)
+    while the others complete; a worker that dies has its tiles redone on another
+    worker by the scheduler. On ``KeyboardInterrupt`` the pending tiles are
+    cancelled, half-written files are removed and the interrupt is re-raised:
+    only whole tiles stay, and ``resume=True`` finishes the run.
 
     Parameters
     ----------
@@ -217,21 +359,43 @@ def search(
         Cutouts per forward pass (config ``search.batch_size``).
     device : str, optional
         ``auto``, ``cpu`` or ``cuda`` on the workers (config ``search.device``).
+    precision : str, optional
+        ``auto`` (bf16 on CUDA), ``fp32`` or ``bf16`` (config ``search.precision``).
     resume : bool
-        Skip tiles already finished in ``out`` with the same model.
+        Skip tiles already finished in ``out`` with the same model and floor.
     progress : bool
         Show a progress bar over tiles.
+    crossmatch : bool, optional
+        Cross-match candidates with known lenses (config ``crossmatch.enabled``).
+    radius : float, arcsec, optional
+        Cross-match radius (config ``crossmatch.radius``).
+    catalog : path or DataFrame, optional
+        Known-lens catalogue (config ``crossmatch.catalog``; default lenscat's).
+    export : list of {"fits", "csv"}, optional
+        Extra formats of the candidate table (config ``search.export``).
+    report : bool, optional
+        Save the Dask performance report as ``dask-report.html`` (config
+        ``search.performance_report``; only with a Dask client).
+    retries : int, optional
+        Automatic retries of a tile task that raised (config ``search.retries``).
 
     Returns
     -------
     SearchResult
     """
+    import contextlib
+
     from tqdm.auto import tqdm
 
     threshold = float(config.get("search.threshold", threshold))
     floor = float(config.get("search.floor", floor))
     batch_size = int(config.get("search.batch_size", batch_size))
     device = str(config.get("search.device", device))
+    precision = str(config.get("search.precision", precision))
+    if precision not in PRECISIONS:
+        raise LensdaskError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    report = bool(config.get("search.performance_report", report))
+    retries = int(config.get("search.retries", retries))
     zarr = os.fspath(zarr)
     store = open_store(zarr)
     model_dir = resolve_model_dir(model)
@@ -239,6 +403,7 @@ def search(
     check_compatible(card, store)
     run_dir = pathlib.Path(out)
     (run_dir / TILES_DIR).mkdir(parents=True, exist_ok=True)
+    clean_run_dir(run_dir)
     if "://" not in zarr:
         zarr = os.path.abspath(zarr)
 
@@ -253,47 +418,61 @@ def search(
             todo.append(t)
     unwritten = sorted(set(names) - {names[t] for t in written})
 
-    kwargs = dict(device=device, batch_size=batch_size, floor=floor)
+    kwargs = dict(device=device, batch_size=batch_size, floor=floor, precision=precision)
     args = (str(model_dir), card["sha256"], str(run_dir.resolve()))
     failures: list[dict] = []
     t0 = time.perf_counter()
     client = client if client is not None else current_client()
     bar = tqdm(total=len(todo), desc="tiles", unit="tile", disable=not progress)
-    if client is None:
-        for t in todo:
-            try:
-                search_tile(zarr, t, *args, **kwargs)
-            except LensdaskError:
-                raise
-            except Exception as exc:  # a corrupt tile must not stop the others
-                failures.append(
-                    {"tile": names[t], "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-2000:]}
-                )
-            bar.update()
-    else:
-        from distributed import as_completed
+    futures: dict = {}
+    try:
+        if client is None:
+            for t in todo:
+                try:
+                    search_tile(zarr, t, *args, **kwargs)
+                except LensdaskError:
+                    raise
+                except Exception as exc:  # a corrupt tile must not stop the others
+                    failures.append(
+                        {"tile": names[t], "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-2000:]}
+                    )
+                bar.update()
+        else:
+            from distributed import as_completed, performance_report
 
-        resources = {"GPU": 1} if _gpu_workers(client) else None
-        futures = {
-            client.submit(
-                search_tile, zarr, t, *args, **kwargs,
-                key=f"search-tile-{names[t]}-{card['model_id']}-{time.time_ns()}",
-                pure=False, retries=2, resources=resources,
-            ): t
-            for t in todo
-        }
-        for fut in as_completed(futures):
-            t = futures[fut]
-            if fut.status == "error":
-                exc = fut.exception()
-                tb = "".join(traceback.format_tb(fut.traceback()))[-2000:]
-                failures.append({"tile": names[t], "error": f"{type(exc).__name__}: {exc}", "traceback": tb})
-            bar.update()
+            resources = {"GPU": 1} if _gpu_workers(client) else None
+            ctx = performance_report(filename=str(run_dir / "dask-report.html")) if report else contextlib.nullcontext()
+            with ctx:
+                futures = {
+                    client.submit(
+                        search_tile, zarr, t, *args, **kwargs,
+                        key=f"search-tile-{names[t]}-{card['model_id']}-{time.time_ns()}",
+                        pure=False, retries=retries, resources=resources,
+                    ): t
+                    for t in todo
+                }
+                for fut in as_completed(futures):
+                    t = futures[fut]
+                    if fut.status == "error":
+                        exc = fut.exception()
+                        tb = "".join(traceback.format_tb(fut.traceback()))[-2000:]
+                        failures.append({"tile": names[t], "error": f"{type(exc).__name__}: {exc}", "traceback": tb})
+                    elif fut.status == "cancelled":
+                        failures.append({"tile": names[t], "error": "cancelled (worker lost or task cancelled)", "traceback": ""})
+                    bar.update()
+    except KeyboardInterrupt:
+        # Ctrl-C: stop handing out tiles; what is finished stays, nothing half-written does.
+        if futures:
+            client.cancel(list(futures), force=True)
+        bar.close()
+        clean_run_dir(run_dir)
+        raise
     bar.close()
     elapsed = time.perf_counter() - t0
+    clean_run_dir(run_dir)  # leftovers of workers killed mid-write (their tiles were redone)
 
     finished = [names[t] for t in todo + skipped if tile_done(run_dir, names[t]) is not None]
-    cand = merge(run_dir, threshold, tiles=finished)
+    cand = merge(run_dir, threshold, tiles=finished, crossmatch=crossmatch, radius=radius, catalog=catalog, export=export)
     stats = [tile_done(run_dir, n) for n in finished]
     failures_df = pd.DataFrame(failures, columns=["tile", "error", "traceback"])
     if failures:
@@ -307,6 +486,7 @@ def search(
         "model_id": card["model_id"],
         "threshold": threshold,
         "floor": floor,
+        "precision": precision,
         "tiles_total": store.n_tiles,
         "tiles_searched": len(finished),
         "tiles_resumed": len(skipped),
@@ -314,10 +494,14 @@ def search(
         "tiles_unwritten": unwritten,
         "rows_scored": sum(s["scored"] for s in stats),
         "rows_nan": sum(s["nan_rows"] for s in stats),
+        "rows_masked": sum(s.get("masked_rows", 0) for s in stats),
+        "rows_edge": sum(s.get("edge_rows", 0) for s in stats),
         "rows": rows,
         "candidates": len(cand),
+        "known_lenses": cand.attrs.get("known_lenses"),
         "seconds": round(elapsed, 2),
         "cutouts_per_second": round(sum(store.counts[t] for t in todo) / elapsed, 1) if todo and elapsed > 0 else None,
+        "performance_report": str(run_dir / "dask-report.html") if report and client is not None else None,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return SearchResult(run_dir, cand, summary, failures_df)

@@ -1,5 +1,6 @@
-"""Survey data: a mock DES survey with injected lenses (and, elsewhere, ingest of real tiles)."""
+"""Survey data: a mock DES survey with injected lenses, and ingest of real tiles and cutouts."""
 
+from .ingest import cut_stamps, ingest
 from .mock import mock_survey
 
-__all__ = ["mock_survey"]
+__all__ = ["cut_stamps", "ingest", "mock_survey"]
