@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from .. import config
+from ..simulate.lookalikes import KINDS, render_lookalike
+from ..simulate.render import get_renderer, renderer_config
 from ..simulate.run import (
     CLASSES, _absolute, compute_partitions, resolve_sim_kwargs, row_rng, simulate_rows,
 )
@@ -29,6 +31,9 @@ TILE_SIZE = 0.7306
 
 SURVEY_STREAM = 0x5EED
 """Seed stream of mock-survey rows (training rows use none)."""
+
+LOOKALIKE_STREAM = SURVEY_STREAM + 3
+"""Seed stream deciding which mock-survey rows become look-alikes, and drawing them."""
 
 OBJECT_ID_BASE = 1_000_000_000
 """Object ids are ``OBJECT_ID_BASE + tile_index * 1_000_000 + row`` (DES COADD_OBJECT_ID-like)."""
@@ -90,17 +95,47 @@ def object_positions(rng: np.random.Generator, n: int, ra0: float, dec0: float) 
     return ra, dec
 
 
-def _mock_partition(part, *, url, seed, per_tile, sim_kwargs):
+def plant_lookalikes(images, table, indices, seed, fraction, kinds, sim_kwargs) -> np.ndarray:
+    """Replace some non-lens rows by look-alikes, in place; returns each row's truth class.
+
+    Row ``i`` becomes a look-alike with probability ``fraction`` (of all rows), drawn from
+    its own seed stream, so planting never changes which rows are lenses.
+    """
+    truth = np.where(table["label"].to_numpy() == 1, "lens", "non-lens").astype(object)
+    if fraction <= 0:
+        return truth
+    lens_fraction = float(sim_kwargs["lens_fraction"])
+    p = min(1.0, fraction / max(1.0 - lens_fraction, 1e-9))
+    renderer = get_renderer(*renderer_config(
+        sim_kwargs["bands"], sim_kwargs["pixel_scale"], sim_kwargs["stamp"], sim_kwargs["coadd_years"],
+        sim_kwargs["supersampling"], sim_kwargs["sources"], sim_kwargs["backgrounds"], sim_kwargs["psf"],
+        sim_kwargs["conditions"]))
+    for row, i in enumerate(indices):
+        if truth[row] == "lens":
+            continue
+        rng = row_rng(seed, i, LOOKALIKE_STREAM)
+        if rng.random() < p:
+            kind = kinds[int(rng.integers(len(kinds)))]
+            images[row], _ = render_lookalike(renderer, rng, kind)
+            truth[row] = kind
+    return truth
+
+
+def _mock_partition(part, *, url, seed, per_tile, sim_kwargs, lookalike_fraction=0.0, lookalikes=()):
     truths = []
     for t, name, ra0, dec0 in part:
         indices = range(t * per_tile, (t + 1) * per_tile)
         images, table = simulate_rows(indices, seed, stream=SURVEY_STREAM, **sim_kwargs)
+        truth_class = plant_lookalikes(images, table, indices, seed, lookalike_fraction, lookalikes, sim_kwargs)
         ra, dec = object_positions(row_rng(seed, t, SURVEY_STREAM + 1), per_tile, ra0, dec0)
         object_id = OBJECT_ID_BASE + t * 1_000_000 + np.arange(per_tile, dtype=np.int64)
         rows = pd.DataFrame({"object_id": object_id, "ra": ra, "dec": dec,
                              "label": np.full(per_tile, -1, dtype=np.int16)})
         open_store(url, mode="r+").write_tile(t, images, rows)
         truth = table.drop(columns=["object_id", "ra", "dec", "label"])
+        # a look-alike replaced the row's galaxy: its simulation parameters no longer apply
+        truth.loc[~np.isin(truth_class, ["lens", "non-lens"])] = np.nan
+        truth.insert(0, "truth_class", truth_class)
         truth.insert(0, "is_lens", table["label"].to_numpy() == 1)
         truth.insert(0, "dec", dec)
         truth.insert(0, "ra", ra)
@@ -127,6 +162,8 @@ def mock_survey(
     seed: int = 0,
     *,
     truth: str | os.PathLike | None = None,
+    lookalike_fraction: float | None = None,
+    lookalikes=None,
     client=None,
     overwrite: bool = False,
     progress: bool = True,
@@ -148,6 +185,11 @@ def mock_survey(
         Survey seed; object ``k`` depends only on ``(seed, k)``.
     truth : str or path, optional
         Truth parquet path; default :func:`default_truth_path` of ``out``.
+    lookalike_fraction : float, optional
+        Fraction of objects planted as false-positive look-alikes
+        (config ``mock_survey.lookalike_fraction``); see :mod:`lensdask.simulate.lookalikes`.
+    lookalikes : sequence of str, optional
+        Look-alike kinds to plant, drawn uniformly (config ``mock_survey.lookalikes``).
     client : distributed.Client, optional
         Where to compute; default the current client, else the local threaded scheduler.
     overwrite : bool
@@ -159,7 +201,8 @@ def mock_survey(
     -------
     (CutoutStore, str)
         The survey store, opened for reading, and the truth parquet path. The truth has
-        ``tile``, ``row``, ``object_id``, ``ra``, ``dec`` (degrees), ``is_lens`` and the
+        ``tile``, ``row``, ``object_id``, ``ra``, ``dec`` (degrees), ``is_lens``, ``truth_class``
+        (``lens``, ``non-lens`` or a look-alike kind) and the
         simulation parameters (``theta_E`` arcsec, ``magnification``, ``arc_snr_<band>``,
         ...; NaN for non-lenses).
     """
@@ -168,6 +211,13 @@ def mock_survey(
     n_tiles = int(config.get("mock_survey.tiles", tiles))
     per_tile = int(config.get("mock_survey.per_tile", per_tile))
     lens_fraction = float(config.get("mock_survey.lens_fraction", lens_fraction))
+    lookalike_fraction = float(config.get("mock_survey.lookalike_fraction", lookalike_fraction))
+    lookalikes = list(config.get("mock_survey.lookalikes", lookalikes))
+    unknown = sorted(set(lookalikes) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown look-alikes {unknown}; known: {list(KINDS)}")
+    if not 0 <= lens_fraction + lookalike_fraction <= 1:
+        raise ValueError(f"lens_fraction + lookalike_fraction must be in [0, 1], got {lens_fraction + lookalike_fraction}")
     if n_tiles < 1 or per_tile < 1:
         raise ValueError(f"tiles and per_tile must be at least 1, got {n_tiles} and {per_tile}")
     ra_range = config.get("mock_survey.ra_range")
@@ -181,6 +231,7 @@ def mock_survey(
     centres = draw_tiles(row_rng(seed, 0, SURVEY_STREAM + 2), n_tiles, ra_range, dec_range)
     prov = make_provenance(
         None, seed=int(seed), tiles=n_tiles, per_tile=per_tile, lens_fraction=lens_fraction,
+        lookalike_fraction=lookalike_fraction, lookalikes=lookalikes,
         truth=os.path.abspath(truth_path) if "://" not in truth_path else truth_path,
     )
     create_store(
@@ -190,7 +241,8 @@ def mock_survey(
     )
     parts = [(t, r.tile, float(r.ra), float(r.dec)) for t, r in enumerate(centres.itertuples())]
     bag = db.from_sequence(parts, npartitions=n_tiles).map_partitions(
-        _mock_partition, url=url, seed=int(seed), per_tile=per_tile, sim_kwargs=sim_kwargs
+        _mock_partition, url=url, seed=int(seed), per_tile=per_tile, sim_kwargs=sim_kwargs,
+        lookalike_fraction=lookalike_fraction, lookalikes=lookalikes,
     )
     truths = compute_partitions(bag, client, progress)
     table = pd.concat(truths, ignore_index=True)
