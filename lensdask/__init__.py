@@ -4,12 +4,18 @@ The public API, one function per CLI command::
 
     simulate(out, n, seed)              lenstronomy lenses and non-lenses -> training store
     mock_survey(out, tiles, per_tile)   DES-like survey store with injected lenses + truth table
+    ingest(out, ...)                    real coadd tiles + catalogue, or cutout cubes -> survey store
     train(data, out)                    a timm ViT checkpoint (weights + model card)
     evaluate(model, data)               AUROC, TPR0, TPR10, TPR at FPR 1e-3
     search(zarr, model, out)            one Dask task per tile -> candidates.parquet
     demo(out)                           mock survey -> search -> scored against the truth
     create_store / open_store           the Zarr v3 cutout store
-    cluster_client(spec)                a Dask client for 'local' or 'tcp://...'
+    cluster_client(spec)                a Dask client for 'local', 'slurm', 'htcondor' or 'tcp://...'
+    gallery(run_dir)                    offline HTML gallery of the best candidates (`lensdask review`)
+    add_labels / read_labels            the append-only labels table (`lensdask label`)
+    trainset_add(labels, zarr, to)      labelled survey cutouts -> training store (`lensdask trainset add`)
+    export_zooniverse(run_dir, out)     subject images + Panoptes manifest
+    swap(votes, gold)                   Space Warps aggregation of volunteer votes
 """
 
 __version__ = "0.1.0"
@@ -20,23 +26,33 @@ from . import config  # noqa: E402  (loads the defaults into dask.config)
 from .cluster import cluster_client  # noqa: E402
 from .demo import demo  # noqa: E402
 from .model import evaluate, train  # noqa: E402
-from .search import SearchResult, search  # noqa: E402
+from .review import add_labels, export_zooniverse, gallery, read_labels, swap, trainset_add  # noqa: E402
+from .search import SearchResult, merge, search, search_tile  # noqa: E402
 from .simulate import simulate  # noqa: E402
 from .store import CutoutStore, create_store, open_store  # noqa: E402
-from .survey import mock_survey  # noqa: E402
+from .survey import ingest, mock_survey  # noqa: E402
 
 __all__ = [
     "CutoutStore",
     "SearchResult",
+    "add_labels",
+    "export_zooniverse",
+    "gallery",
+    "read_labels",
+    "swap",
+    "trainset_add",
     "__version__",
     "cluster_client",
     "config",
     "create_store",
     "demo",
     "evaluate",
+    "ingest",
+    "merge",
     "mock_survey",
     "open_store",
     "search",
+    "search_tile",
     "simulate",
     "train",
 ]

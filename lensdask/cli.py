@@ -13,28 +13,72 @@ import sys
 from .errors import LensdaskError
 
 
+class _ClusterSpec(str):
+    """The --cluster value, carrying --jobs and --adapt so every command hands one value to _with_client."""
+
+    jobs: int | None = None
+    adapt: str | None = None
+
+
+class _ClusterOption(argparse.Action):
+    # --cluster, --jobs and --adapt each rebuild args.cluster, so their order on the command line is free.
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        spec = _ClusterSpec(str(getattr(namespace, "cluster", None) or "local"))
+        spec.jobs = getattr(namespace, "jobs", None)
+        spec.adapt = getattr(namespace, "adapt", None)
+        namespace.cluster = spec
+
+
 def _cluster_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--cluster", default="local", metavar="SPEC",
-        help="where tasks run: 'local' (a LocalCluster, default) or a scheduler address tcp://HOST:PORT",
+    """--cluster SPEC, --jobs N, --adapt MIN:MAX: the options of every command that fans out."""
+    g = p.add_argument_group("where tasks run")
+    g.add_argument(
+        "--cluster", default=_ClusterSpec("local"), metavar="SPEC", action=_ClusterOption,
+        help="'local' (a LocalCluster, default), a scheduler address tcp://HOST:PORT, or a batch system: "
+        "'htcondor', 'htcondor-gpu', 'slurm', 'slurm-gpu' (profiles in deploy/jobqueue.yaml), "
+        "'htcondor:PROFILE' or 'slurm:PROFILE'",
+    )
+    g.add_argument(
+        "--jobs", type=int, metavar="N", action=_ClusterOption,
+        help="batch systems: keep N worker jobs running, replacing any that end (config cluster.jobs)",
+    )
+    g.add_argument(
+        "--adapt", metavar="MIN:MAX", action=_ClusterOption,
+        help="batch systems: scale between MIN and MAX worker jobs with the work (instead of --jobs)",
     )
 
 
-def _with_client(spec: str):
+def _with_client(spec):
+    """A client for the --cluster value of any fan-out command (with its --jobs/--adapt)."""
     from .cluster import cluster_client
 
-    return cluster_client(spec)
+    return cluster_client(str(spec), jobs=getattr(spec, "jobs", None), adapt=getattr(spec, "adapt", None))
 
 
 def _cmd_simulate(a) -> int:
-    from .simulate import simulate
+    from .simulate import gallery, simulate
+    from .simulate.constraints import load_constraints_file
+    from .simulate.run import resolve_sim_kwargs
 
+    constraints = load_constraints_file(a.constraints) if a.constraints else None
+    inputs = dict(sources=a.sources, backgrounds=a.backgrounds, psf=a.psf, conditions=a.conditions,
+                  negatives=a.negatives, real_negative_fraction=a.real_negative_fraction)
+    resolve_sim_kwargs(a.lens_fraction, constraints, None, **inputs)  # bad input fails before the cluster starts
     with _with_client(a.cluster) as client:
-        store = simulate(
+        store, stats = simulate(
             a.out, a.n, a.seed, lens_fraction=a.lens_fraction, partition_size=a.partition_size,
-            client=client, overwrite=a.overwrite,
+            client=client, overwrite=a.overwrite, constraints=constraints, return_stats=True, **inputs,
         )
     print(f"wrote {store}")
+    print(f"lenses: {stats.accepted} accepted of {stats.draws} draws ({stats.acceptance_fraction:.1%})")
+    for name, frac in stats.acceptance().items():
+        print(f"  {name:24s} rejected {stats.rejected[name]:7d}  passed {frac:6.1%} of the draws reaching it")
+    if a.gallery:
+        tile = store.read_tile(0)
+        gallery(tile.images, tile.table, a.gallery, bands=store.bands, n=a.gallery_n,
+                title=f"{a.out} (seed {a.seed})")
+        print(f"gallery: {a.gallery}")
     return 0
 
 
@@ -44,33 +88,89 @@ def _cmd_mock_survey(a) -> int:
     with _with_client(a.cluster) as client:
         store, truth = mock_survey(
             a.out, a.tiles, a.per_tile, a.lens_fraction, a.seed, truth=a.truth, client=client,
-            overwrite=a.overwrite,
+            overwrite=a.overwrite, lookalike_fraction=a.lookalike_fraction,
+            lookalikes=a.lookalikes.split(",") if a.lookalikes else None,
         )
     print(f"wrote {store}\ntruth table (never read by search): {truth}")
     return 0
 
 
-def _cmd_train(a) -> int:
-    from .model import train
+def _cmd_ingest(a) -> int:
+    from .survey import ingest
 
+    if sum(x is not None for x in (a.images, a.cubes, a.arrays)) != 1:
+        raise LensdaskError("give one of --images (with --catalog), --cubes or --arrays")
+    with _with_client(a.cluster) as client:
+        store = ingest(
+            a.out, images=a.images, catalog=a.catalog, weights=a.weights, masks=a.masks, tiles=a.tiles,
+            cubes=a.cubes, arrays=a.arrays, table=a.table, bands=a.bands.split(",") if a.bands else None,
+            stamp=a.stamp, pixel_scale=a.pixel_scale, per_tile=a.per_tile, hdu=a.hdu, mask_fill=a.mask_fill,
+            client=client, overwrite=a.overwrite,
+        )
+    flags = store.group["flags"][:]
+    print(f"wrote {store}; {int(((flags & 1) != 0).sum())} rows edge-padded, {int(((flags & 2) != 0).sum())} masked")
+    return 0
+
+
+def _cmd_train(a) -> int:
+    from .model import describe_architectures, train
+
+    if a.list_archs:
+        print(describe_architectures().to_string(index=False))
+        return 0
+    if not a.data or not a.out:
+        raise LensdaskError("train needs --data STORE and --out MODEL_DIR")
     card = train(
         a.data, a.out, arch=a.arch, epochs=a.epochs, batch_size=a.batch_size, learning_rate=a.lr,
-        device=a.device, seed=a.seed, command="lensdask " + " ".join(a.argv),
+        device=a.device, seed=a.seed, pretrained=a.pretrained, resize_to=a.resize, patch_size=a.patch_size,
+        patience=a.patience, balance=a.balance, shift_px=a.shift, compile=a.compile or None, resume=a.resume,
+        validation_fraction=a.validation_fraction, command="lensdask " + " ".join(a.argv),
     )
     m = card.get("metrics", {})
-    print(f"wrote {a.out} ({card['model_id']}); validation AUROC {m.get('auroc', float('nan')):.4f}")
+    t = card["training"]
+    print(
+        f"wrote {a.out} ({card['model_id']}); best epoch {t['best_epoch']} of {len(t['history'])}; "
+        f"{t['cutouts_per_second']:.0f} cutouts/s on {t['device']}; validation AUROC "
+        f"{m.get('auroc', float('nan')):.4f}, TPR at FPR 1e-3 {m.get('tpr_fpr_1e-3', float('nan')):.3f}"
+    )
     return 0
 
 
 def _cmd_evaluate(a) -> int:
     from .model import evaluate
 
-    metrics = evaluate(a.model, a.data, json_path=a.json, batch_size=a.batch_size, device=a.device)
-    print(json.dumps(metrics, indent=2))
+    m = evaluate(
+        a.model, a.data, json_path=a.json, batch_size=a.batch_size, device=a.device, roc_path=a.roc,
+        threshold=a.threshold, record=a.record,
+    )
+    print(f"model {m['model_id']} on {m['data']}: {m['n_pos']} lenses, {m['n_neg']} others, "
+          f"{m['n_nan']} unscorable, {m['n_unlabelled']} unlabelled")
+    for key, name in (("auroc", "AUROC"), ("tpr0", "TPR0"), ("tpr10", "TPR10"),
+                      ("tpr_fpr_1e-3", "TPR at FPR 1e-3"), ("tpr_fpr_1e-4", "TPR at FPR 1e-4"),
+                      ("completeness", f"completeness at p >= {m['threshold']:g}"),
+                      ("purity", f"purity at p >= {m['threshold']:g}")):
+        print(f"  {name:<28} {m[key]:.4f}")
+    c = m["confusion"]
+    width = max(len(x) for x in c["truth"] + c["predicted"]) + 2
+    print("confusion (rows: truth, columns: predicted)")
+    print(" " * width + "".join(f"{x:>{width}}" for x in c["predicted"]))
+    for name, row in zip(c["truth"], c["counts"]):
+        print(f"{name:>{width}}" + "".join(f"{v:>{width}}" for v in row))
+    for param, bins in m["selection_function"].items():
+        print(f"completeness vs {param} (at p >= {m['threshold']:g} / at FPR 1e-3)")
+        for b in bins:
+            print(f"  [{b['lo']:8.3g}, {b['hi']:8.3g}]  n={b['n']:<6} {b['completeness']:.3f} / "
+                  f"{b['completeness_fpr_1e-3']:.3f}")
+    if a.roc:
+        print(f"ROC curve: {a.roc}")
+    if a.json:
+        print(f"all metrics: {a.json}")
     return 0
 
 
 def _cmd_search(a) -> int:
+    if getattr(a, "emit_htcondor", None):
+        return _cmd_emit_htcondor(a)
     from .model.checkpoint import check_compatible, read_card, resolve_model_dir
     from .search import search
     from .store import open_store
@@ -80,7 +180,9 @@ def _cmd_search(a) -> int:
     with _with_client(a.cluster) as client:
         result = search(
             a.zarr, a.model, a.out, client=client, threshold=a.threshold, floor=a.floor,
-            batch_size=a.batch_size, device=a.device, resume=a.resume,
+            batch_size=a.batch_size, device=a.device, resume=a.resume, precision=a.precision,
+            crossmatch=False if a.no_crossmatch else None, radius=a.radius, catalog=a.known_lenses,
+            export=a.export, report=False if a.no_report else None,
         )
     s = result.summary
     print(
@@ -88,11 +190,160 @@ def _cmd_search(a) -> int:
         f"{s['rows_nan']} flagged for non-finite pixels) with {s['model_id']} in {s['seconds']} s"
     )
     print(f"{s['candidates']} candidates with score >= {s['threshold']}: {result.run_dir / 'candidates.parquet'}")
+    k = s.get("known_lenses")
+    if k:
+        print(f"known lenses (lenscat, {k['radius_arcsec']}\" radius): {k['in_footprint']} inside the searched footprint, "
+              f"{k['matched']} matched to a cutout, {k['above_threshold']} scored >= {s['threshold']}")
+    if s.get("performance_report"):
+        print(f"Dask performance report: {s['performance_report']}")
     if len(result.failures):
         print(f"{len(result.failures)} tiles FAILED (see {result.run_dir / 'failures.parquet'}):", file=sys.stderr)
         for row in result.failures.itertuples():
             print(f"  {row.tile}: {row.error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _search_inputs(zarr, model):
+    """Absolute store path (URLs kept), model directory and card, checked against each other."""
+    import os
+
+    from .model.checkpoint import check_compatible, read_card, resolve_model_dir
+    from .store import open_store
+
+    store = open_store(zarr)
+    model_dir = resolve_model_dir(model)
+    card = read_card(model_dir)
+    check_compatible(card, store)
+    zarr = str(zarr) if "://" in str(zarr) else os.path.abspath(zarr)
+    return store, zarr, os.path.abspath(str(model_dir)), card
+
+
+def _cmd_emit_htcondor(a) -> int:
+    import os
+
+    from . import config
+    from .cluster import emit_htcondor_search
+    from .search.run import tile_done
+
+    store, zarr, model_dir, card = _search_inputs(a.zarr, a.model)
+    floor = float(config.get("search.floor", a.floor))
+    run_dir = os.path.abspath(a.out)
+    names = store.tiles
+    tiles = [(t, names[t]) for t in store.written_tiles()]
+    if a.resume:
+        tiles = [(t, n) for t, n in tiles if (tile_done(run_dir, n) or {}).get("model_id") != card["model_id"]]
+    spec = str(a.cluster) if str(a.cluster).startswith("htcondor") else "htcondor"
+    files = emit_htcondor_search(
+        a.emit_htcondor, zarr=zarr, model_dir=model_dir, run_dir=run_dir, tiles=tiles,
+        threshold=float(config.get("search.threshold", a.threshold)), floor=floor,
+        batch_size=int(config.get("search.batch_size", a.batch_size)),
+        device=str(config.get("search.device", a.device)), spec=spec,
+    )
+    print(f"wrote {files['search.sub']} ({len(tiles)} tile jobs), {files['merge.sub']} and {files['search.dag']}")
+    print(f"submit: cd {a.emit_htcondor} && condor_submit_dag search.dag   (results: {run_dir}/candidates.parquet)")
+    return 0
+
+
+def _cmd_search_tile(a) -> int:
+    from . import config
+    from .errors import LensdaskError
+    from .search.run import search_tile
+
+    store, zarr, model_dir, card = _search_inputs(a.zarr, a.model)
+    tile = int(a.tile) if a.tile.isdigit() else None
+    if tile is None:
+        if a.tile not in store.tiles:
+            raise LensdaskError(f"--tile {a.tile!r}: no such tile in {zarr} (give an index or one of its tile names)")
+        tile = list(store.tiles).index(a.tile)
+    if not 0 <= tile < store.n_tiles:
+        raise LensdaskError(f"--tile {tile}: the store has tiles 0..{store.n_tiles - 1}")
+    stats = search_tile(
+        zarr, tile, model_dir, card["sha256"], a.out,
+        device=str(config.get("search.device", a.device)),
+        batch_size=int(config.get("search.batch_size", a.batch_size)),
+        floor=float(config.get("search.floor", a.floor)),
+    )
+    print(json.dumps(stats))
+    return 0
+
+
+def _cmd_merge(a) -> int:
+    import pathlib
+
+    from .errors import LensdaskError
+    from .search.run import TILES_DIR, merge
+
+    tiles_dir = pathlib.Path(a.run_dir) / TILES_DIR
+    if not any(tiles_dir.glob("*.json")):
+        raise LensdaskError(f"no finished tiles in {tiles_dir} (run lensdask search-tile first)")
+    cand = merge(a.run_dir, a.threshold)
+    n = len(list(tiles_dir.glob("*.json")))
+    print(f"merged {n} tiles: {len(cand)} candidates in {pathlib.Path(a.run_dir) / 'candidates.parquet'}")
+    return 0
+
+
+def _cmd_review(a) -> int:
+    from .review import gallery
+
+    g = gallery(a.run_dir, top=a.top, per_page=a.per_page, out=a.out, zarr=a.zarr)
+    print(f"gallery of {len(g.candidates)} candidates in {len(g.pages)} pages: {g.index}")
+    return 0
+
+
+def _cmd_label(a) -> int:
+    import pandas as pd
+
+    from .review import add_labels, label_conflicts, read_labels
+    from .store import open_store
+
+    if a.from_csv:
+        rows = pd.read_csv(a.from_csv)
+    elif a.object_id is not None and a.tile and a.cls:
+        rows = pd.DataFrame([{"tile": a.tile, "object_id": a.object_id, "class": a.cls}])
+    else:
+        raise LensdaskError("give --from-csv FILE, or --tile, --object-id and --class")
+    store = open_store(a.zarr) if a.zarr else None
+    added = add_labels(a.labels, rows, labeller=a.labeller, store=store)
+    conflicts = label_conflicts(read_labels(a.labels))
+    print(f"appended {len(added)} labels to {a.labels}")
+    if len(conflicts):
+        print(f"{len(conflicts)} objects have conflicting labels:")
+        print(conflicts.to_string(index=False))
+    return 0
+
+
+def _cmd_trainset(a) -> int:
+    from .review import trainset_add
+
+    added = trainset_add(a.labels, a.zarr, a.to)
+    counts = added["class"].value_counts().to_dict() if len(added) else {}
+    print(f"added {len(added)} labelled cutouts to {a.to}: {counts}")
+    return 0
+
+
+def _cmd_export_zooniverse(a) -> int:
+    from .review import export_zooniverse
+
+    manifest = export_zooniverse(a.run_dir, a.out, top=a.top, zarr=a.zarr)
+    print(f"wrote {len(manifest)} subjects and {a.out}/manifest.csv; upload with:\n"
+          f"  panoptes subject-set upload-subjects SUBJECT_SET_ID {a.out}/manifest.csv")
+    return 0
+
+
+def _cmd_swap(a) -> int:
+    import pandas as pd
+
+    from .review import read_classifications, swap
+
+    votes = read_classifications(a.classifications, task=a.task, yes=a.yes)
+    gold = pd.read_csv(a.gold) if a.gold else None
+    result = swap(votes, gold, prior=a.prior)  # prior None: config review.swap_prior
+    if a.run_dir:
+        cand = pd.read_parquet(f"{a.run_dir}/candidates.parquet")
+        result = cand.merge(result.drop(columns=[c for c in ("tile",) if c in result]), on="object_id", how="left")
+    result.to_csv(a.out, index=False)
+    print(f"{len(votes)} votes on {votes['subject_id'].nunique()} subjects -> {a.out}")
     return 0
 
 
@@ -133,6 +384,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lens-fraction", type=float, help="fraction of lenses (config simulate.lens_fraction)")
     p.add_argument("--partition-size", type=int, help="rows per task and per tile (config simulate.partition_size)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--constraints", metavar="YAML", help="constraint overrides (keys of simulate.constraints)")
+    p.add_argument("--sources", metavar="COSMOS", help="'sersic' or a GalSim COSMOS catalogue (config simulate.sources)")
+    p.add_argument("--backgrounds", metavar="PATH",
+                   help="real lens galaxies: folder of <band>.fits cubes (+ sigma_v.txt) or a store")
+    p.add_argument("--negatives", metavar="PATH", help="real non-lens cutouts (default: the backgrounds)")
+    p.add_argument("--real-negative-fraction", type=float, help="fraction of non-lenses taken from real cutouts")
+    p.add_argument("--conditions", metavar="DES|DIR", help="'des', 'fixed' or a folder of 2d<band>_DES.txt samples")
+    p.add_argument("--psf", metavar="PSFEX", help="'gaussian' or a PSFEx .psf file")
+    p.add_argument("--gallery", metavar="PNG", help="also write colour composites of the first rows, with parameters")
+    p.add_argument("--gallery-n", type=int, default=24, help="stamps in the gallery (default 24)")
     _cluster_arg(p)
     p.set_defaults(func=_cmd_simulate)
 
@@ -143,25 +404,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lens-fraction", type=float, help="fraction of injected lenses (config mock_survey.lens_fraction)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--truth", help="truth table path (default: OUT with .truth.parquet)")
+    p.add_argument("--lookalike-fraction", type=float,
+                   help="fraction of false-positive look-alikes (config mock_survey.lookalike_fraction)")
+    p.add_argument("--lookalikes", help="comma-separated kinds: ring,spiral,merger,companion (config mock_survey.lookalikes)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     _cluster_arg(p)
     p.set_defaults(func=_cmd_mock_survey)
 
+    p = sub.add_parser("ingest", help="real data to a cutout store: coadd tile images + catalogue, or cutout cubes/arrays")
+    p.add_argument("--out", required=True, help="output store, e.g. des.zarr")
+    p.add_argument("--images", metavar="PATTERN", help="per-band images with WCS, e.g. 'tiles/{tile}_{band}.fits'")
+    p.add_argument("--catalog", help="objects for --images: FITS/CSV/Parquet with id, ra, dec [deg] (tile, label optional)")
+    p.add_argument("--weights", metavar="PATTERN", help="inverse-variance maps like --images (0 = masked)")
+    p.add_argument("--masks", metavar="PATTERN", help="data-quality planes like --images (non-zero = masked)")
+    p.add_argument("--tiles", nargs="+", metavar="TILE", help="tile names (default: every tile matching --images)")
+    p.add_argument("--cubes", metavar="PATTERN", help="per-band FITS cutout cubes (n, H, W), e.g. 'gal/{band}.fits'")
+    p.add_argument("--arrays", metavar="FILE", help=".npy (n, bands, H, W) or .npz cutouts")
+    p.add_argument("--table", help="rows of --cubes/--arrays: object_id, ra, dec, label, tile")
+    p.add_argument("--bands", help="comma-separated bands in store order (config survey.bands)")
+    p.add_argument("--stamp", type=int, help="stamp side in pixels (config survey.stamp)")
+    p.add_argument("--pixel-scale", type=float, help="arcsec/pixel (config survey.pixel_scale)")
+    p.add_argument("--per-tile", type=int, help="rows per tile for cubes/arrays (config ingest.per_tile)")
+    p.add_argument("--hdu", help="FITS HDU of the images (config ingest.hdu)")
+    p.add_argument("--mask-fill", choices=["median", "nan"], help="masked pixels become (config ingest.mask_fill)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    _cluster_arg(p)
+    p.set_defaults(func=_cmd_ingest)
+
     p = sub.add_parser("train", help="train a Vision Transformer on a labelled store")
-    p.add_argument("--data", required=True, help="labelled training store")
-    p.add_argument("--out", required=True, help="checkpoint directory to write")
-    p.add_argument("--arch", help="architecture name (config train.arch)")
+    p.add_argument("--data", help="labelled training store (required)")
+    p.add_argument("--out", help="checkpoint directory to write (required)")
+    p.add_argument("--arch", help="architecture name (config train.arch); --list-archs shows them")
+    p.add_argument("--list-archs", action="store_true", help="print the architectures (parameters, tokens, GFLOPs) and exit")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: CUDA (bf16 autocast) when present")
     p.add_argument("--seed", type=int)
+    p.add_argument("--validation-fraction", type=float, help="held-out fraction per class (config train.validation_fraction)")
+    p.add_argument("--pretrained", metavar="FILE", help="start from local weights (.safetensors/.pth or a lensdask model dir)")
+    p.add_argument("--resize", type=int, metavar="PX", help="model input side if not the stamp, e.g. 224 (config train.resize)")
+    p.add_argument("--patch-size", type=int, metavar="PX", help="override the architecture's patch side")
+    p.add_argument("--patience", type=int, help="early stopping: epochs without a better validation AUROC; 0 off")
+    p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=None,
+                   help="weight the loss by inverse class frequency (config train.balance)")
+    p.add_argument("--shift", type=float, metavar="PX", help="largest sub-pixel shift augmentation (config train.augment.shift_px)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt (saved every epoch)")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="AUROC, TPR0, TPR10 and TPR at FPR 1e-3 of a model on a labelled store")
+    p = sub.add_parser("evaluate", help="AUROC, TPR0, TPR10, TPR at FPR 1e-3/1e-4, ROC, confusion, selection function")
     p.add_argument("--model", help="checkpoint directory (default: the shipped model)")
     p.add_argument("--data", required=True, help="labelled store")
     p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("--roc", metavar="PNG", help="write the ROC curve to this PNG")
+    p.add_argument("--threshold", type=float, help="operating lens probability (config search.threshold)")
+    p.add_argument("--record", action="store_true", help="append the metrics to the model card's evaluations")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_evaluate)
@@ -175,8 +473,75 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="cutouts per forward pass (config search.batch_size)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device on the workers")
     p.add_argument("--resume", action="store_true", help="skip tiles already finished in --out")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 on CUDA (config search.precision)")
+    p.add_argument("--export", help="also write candidates as fits,csv (config search.export)")
+    p.add_argument("--radius", type=float, help="known-lens cross-match radius, arcsec (config crossmatch.radius)")
+    p.add_argument("--known-lenses", metavar="FILE", help="known-lens catalogue (default: lenscat's)")
+    p.add_argument("--no-crossmatch", action="store_true", help="skip the known-lens cross-match")
+    p.add_argument("--no-report", action="store_true", help="do not save the Dask performance report")
+    p.add_argument(
+        "--emit-htcondor", metavar="DIR",
+        help="do not search: write an HTCondor submission (one search-tile job per tile, then merge) into DIR",
+    )
     _cluster_arg(p)
     p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("search-tile", help="score one tile of a store and write its per-tile outputs (a batch job)")
+    p.add_argument("--zarr", required=True, help="survey store")
+    p.add_argument("--tile", required=True, help="tile index or tile name")
+    p.add_argument("--model", help="checkpoint directory (default: the shipped model)")
+    p.add_argument("--out", required=True, help="run directory; writes OUT/tiles/<tile>.parquet and .json")
+    p.add_argument("--floor", type=float, help="lens probability kept (config search.floor)")
+    p.add_argument("--batch-size", type=int, help="cutouts per forward pass (config search.batch_size)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_cmd_search_tile)
+
+    p = sub.add_parser("merge", help="build RUN_DIR/candidates.parquet from finished per-tile outputs")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--threshold", type=float, help="lens probability for candidates (config search.threshold)")
+    p.set_defaults(func=_cmd_merge)
+
+    p = sub.add_parser("review", help="write an offline HTML gallery of a search run's best candidates")
+    p.add_argument("run_dir", help="search run directory")
+    p.add_argument("--top", type=int, default=100, help="number of candidates (default 100)")
+    p.add_argument("--per-page", type=int, default=50)
+    p.add_argument("--out", help="gallery folder (default RUN_DIR/gallery)")
+    p.add_argument("--zarr", help="the survey store, if it moved since the search")
+    p.set_defaults(func=_cmd_review)
+
+    p = sub.add_parser("label", help="append reviewer labels (class per object) to a labels table")
+    p.add_argument("--labels", required=True, help="labels CSV (append-only)")
+    p.add_argument("--from-csv", help="CSV with tile, object_id, class columns")
+    p.add_argument("--tile")
+    p.add_argument("--object-id", type=int)
+    p.add_argument("--class", dest="cls", help="class name (config review.classes)")
+    p.add_argument("--labeller", help="who labels (default: $USER)")
+    p.add_argument("--zarr", help="check that every object is in this store")
+    p.set_defaults(func=_cmd_label)
+
+    p = sub.add_parser("trainset", help="add labelled survey cutouts to a training store")
+    p.add_argument("action", choices=["add"])
+    p.add_argument("--labels", required=True, help="labels CSV")
+    p.add_argument("--zarr", required=True, help="survey store the labelled objects come from")
+    p.add_argument("--to", required=True, help="training store to extend")
+    p.set_defaults(func=_cmd_trainset)
+
+    p = sub.add_parser("export-zooniverse", help="subject images + Panoptes manifest of the best candidates")
+    p.add_argument("run_dir", help="search run directory")
+    p.add_argument("--top", type=int, default=100)
+    p.add_argument("--out", required=True, help="new folder to write (never overwritten)")
+    p.add_argument("--zarr", help="the survey store, if it moved since the search")
+    p.set_defaults(func=_cmd_export_zooniverse)
+
+    p = sub.add_parser("swap", help="aggregate a Zooniverse classification export, Space Warps style")
+    p.add_argument("--classifications", required=True, help="Zooniverse classification export CSV")
+    p.add_argument("--gold", help="CSV of known subjects: object_id (or subject_id), is_lens")
+    p.add_argument("--run-dir", help="join the result with this run's candidates")
+    p.add_argument("--out", required=True, help="output CSV")
+    p.add_argument("--task", default="T0", help="question task key (default T0)")
+    p.add_argument("--yes", default="Yes", help="answer meaning 'lens' (default Yes)")
+    p.add_argument("--prior", type=float, help="lens probability before any vote (config review.swap_prior)")
+    p.set_defaults(func=_cmd_swap)
 
     p = sub.add_parser("config", help="show the effective configuration")
     p.add_argument("action", choices=["show"])

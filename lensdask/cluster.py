@@ -2,17 +2,48 @@
 
 Only the CLI and notebooks create clusters; library functions take a ``client=``
 or use the current one (:func:`current_client`).
+
+Specifications
+--------------
+``local``
+    A ``LocalCluster`` sized by ``lensdask.cluster.*``.
+``tcp://HOST:PORT`` (or ``tls://``, ``ucx://``, ``inproc://``)
+    A scheduler that is already running.
+``htcondor``, ``htcondor-gpu``, ``slurm``, ``slurm-gpu``
+    A dask-jobqueue ``HTCondorCluster`` / ``SLURMCluster`` built from the profile that
+    ``lensdask.cluster.profiles.<spec>`` names (``lensdask-slurm``, ...). The scheduler
+    runs in this process; workers are batch jobs.
+``htcondor:PROFILE``, ``slurm:PROFILE``
+    The same, with the dask-jobqueue profile ``jobqueue.PROFILE``.
+
+Profiles come from ``deploy/jobqueue.yaml`` (or ``lensdask.cluster.jobqueue_file``),
+overridden key by key by a profile of the same name in the user's Dask configuration.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
+import os
+import pathlib
+import re
+import shlex
 
 from . import config
 from .errors import ClusterError
 
-SPECS = "'local' or a scheduler address 'tcp://HOST:PORT'"
+BATCH_KINDS = ("htcondor", "slurm")
+SPECS = (
+    "'local', a scheduler address 'tcp://HOST:PORT', 'htcondor', 'htcondor-gpu', 'slurm', 'slurm-gpu', "
+    "or 'htcondor:PROFILE' / 'slurm:PROFILE'"
+)
+# Keys a lensdask profile must set itself (the rest fall back to dask-jobqueue's defaults).
+REQUIRED_KEYS = {
+    "htcondor": ("cores", "memory", "processes", "death-timeout", "worker-extra-args", "scheduler-options"),
+    "slurm": ("cores", "memory", "processes", "death-timeout", "worker-extra-args", "scheduler-options", "walltime"),
+}
+DEFAULT_JOBQUEUE_FILE = pathlib.Path(__file__).resolve().parents[1] / "deploy" / "jobqueue.yaml"
 
 
 def current_client():
@@ -25,17 +56,190 @@ def current_client():
         return None
 
 
+# -- specifications and profiles -------------------------------------------------------------------
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """Split a cluster specification into ``(kind, profile)``.
+
+    ``kind`` is ``"local"``, ``"address"``, ``"htcondor"`` or ``"slurm"``; ``profile`` is the
+    dask-jobqueue profile name for the batch kinds, else None.
+
+    Raises
+    ------
+    ClusterError
+        For an unknown specification.
+    """
+    spec = (spec or "local").strip()
+    if spec == "local":
+        return "local", None
+    if re.match(r"^(tcp|tls|ucx|inproc)://", spec):
+        return "address", None
+    kind, sep, profile = spec.partition(":")
+    if sep and kind in BATCH_KINDS and profile:
+        return kind, profile
+    profiles = config.get("cluster.profiles") or {}
+    if not sep and spec in profiles:
+        kind = spec.split("-", 1)[0]
+        if kind not in BATCH_KINDS:
+            raise ClusterError(
+                f"lensdask.cluster.profiles.{spec} names {profiles[spec]!r}, but '{spec}' does not start with "
+                f"one of {', '.join(BATCH_KINDS)}"
+            )
+        return kind, str(profiles[spec])
+    raise ClusterError(f"unknown cluster {spec!r}: use {SPECS} (profiles: lensdask.cluster.profiles)")
+
+
+def jobqueue_file() -> pathlib.Path | None:
+    """The profile file in use: ``lensdask.cluster.jobqueue_file``, else this checkout's ``deploy/jobqueue.yaml``."""
+    path = config.get("cluster.jobqueue_file")
+    if path:
+        path = pathlib.Path(os.path.expanduser(str(path)))
+        if not path.is_file():
+            raise ClusterError(f"lensdask.cluster.jobqueue_file: no such file {path}")
+        return path
+    return DEFAULT_JOBQUEUE_FILE if DEFAULT_JOBQUEUE_FILE.is_file() else None
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_profile(kind: str, name: str) -> dict:
+    """The complete dask-jobqueue profile ``name`` for a batch system ``kind``.
+
+    File profile, overridden by the user's ``jobqueue.<name>`` in ``dask.config``, checked for
+    :data:`REQUIRED_KEYS`, then completed with dask-jobqueue's defaults for ``kind``.
+
+    Raises
+    ------
+    ClusterError
+        The profile does not exist, or lacks a required key (the message names
+        ``jobqueue.<name>.<key>``).
+    """
+    import dask.config
+    import dask_jobqueue  # noqa: F401  (loads dask-jobqueue's own defaults into dask.config)
+    import yaml
+
+    path = jobqueue_file()
+    from_file = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ClusterError(f"cannot parse the jobqueue profiles in {path}: {exc}") from exc
+        from_file = (data.get("jobqueue") or {}).get(name) or {}
+    from_user = dask.config.get(f"jobqueue.{name}", default=None) or {}
+    if not from_file and not from_user:
+        where = f"{path} or " if path else ""
+        raise ClusterError(
+            f"no dask-jobqueue profile 'jobqueue.{name}' in {where}the Dask configuration; add one, or point "
+            f"lensdask.cluster.jobqueue_file at a file that has it"
+        )
+    profile = _merge(copy.deepcopy(from_file), from_user)
+    missing = [k for k in REQUIRED_KEYS[kind] if k not in profile]
+    if missing:
+        where = f" (file {path})" if path else ""
+        raise ClusterError(
+            "missing profile key " + ", ".join(f"jobqueue.{name}.{k}" for k in missing) + where
+        )
+    for key in ("cores", "memory"):
+        if profile.get(key) in (None, ""):
+            raise ClusterError(f"profile key jobqueue.{name}.{key} must be set (it is empty)")
+    base = copy.deepcopy(dask.config.get(f"jobqueue.{kind}", default={}) or {})
+    return _merge(base, profile)
+
+
 @contextlib.contextmanager
-def cluster_client(spec: str | None = "local", *, quiet: bool = False):
+def _profile_in_config(name: str, profile: dict):
+    """Put the complete profile in ``dask.config`` while a cluster lives (new jobs re-read it)."""
+    import dask.config
+
+    with dask.config.set({f"jobqueue.{name}": profile}):
+        yield
+
+
+def make_batch_cluster(kind: str, name: str, **kwargs):
+    """A dask-jobqueue cluster for ``kind`` from profile ``name``; submits nothing until scaled.
+
+    The caller must keep the profile in ``dask.config`` while the cluster lives: use
+    :func:`batch_cluster` (or :func:`cluster_client`) rather than this directly.
+    """
+    from dask_jobqueue import HTCondorCluster, SLURMCluster
+
+    cls = {"htcondor": HTCondorCluster, "slurm": SLURMCluster}[kind]
+    try:
+        return cls(config_name=name, **kwargs)
+    except KeyError as exc:
+        key = str(exc).strip("'\"")
+        raise ClusterError(f"missing profile key {key} (dask-jobqueue could not read it)") from exc
+    except ValueError as exc:
+        raise ClusterError(f"profile jobqueue.{name}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def batch_cluster(spec: str, **kwargs):
+    """A dask-jobqueue cluster for a batch ``spec``, with its profile in effect; closed on exit.
+
+    Useful to inspect what would be submitted (``cluster.job_script()``) without a pool.
+    """
+    kind, name = parse_spec(spec)
+    if kind not in BATCH_KINDS:
+        raise ClusterError(f"{spec!r} is not a batch-system cluster; use 'htcondor' or 'slurm'")
+    profile = load_profile(kind, name)
+    with _profile_in_config(name, profile):
+        cluster = make_batch_cluster(kind, name, **kwargs)
+        try:
+            yield cluster
+        finally:
+            cluster.close()
+
+
+def parse_adapt(text: str) -> tuple[int, int]:
+    """``"MIN:MAX"`` → ``(MIN, MAX)`` jobs; a clear error otherwise."""
+    m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(text))
+    if not m or int(m.group(2)) < max(1, int(m.group(1))):
+        raise ClusterError(f"--adapt {text!r}: use MIN:MAX jobs with 0 <= MIN <= MAX and MAX >= 1, e.g. 1:20")
+    return int(m.group(1)), int(m.group(2))
+
+
+# -- clients ------------------------------------------------------------------------------------------
+
+
+def _print_dashboard(client, quiet):
+    if not quiet:
+        print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+
+
+@contextlib.contextmanager
+def cluster_client(
+    spec: str | None = "local",
+    *,
+    quiet: bool = False,
+    jobs: int | None = None,
+    adapt: str | tuple[int, int] | None = None,
+    worker_timeout: str | float | None = None,
+):
     """Open a Dask client for ``spec`` and close what was opened on exit.
 
     Parameters
     ----------
     spec : str, optional
-        ``"local"`` (default): a ``LocalCluster`` from the ``lensdask.cluster``
-        configuration. ``"tcp://HOST:PORT"``: connect to a running scheduler.
+        See the module docstring: ``local`` (default), ``tcp://HOST:PORT``, ``htcondor``,
+        ``htcondor-gpu``, ``slurm``, ``slurm-gpu``, ``htcondor:PROFILE``, ``slurm:PROFILE``.
     quiet : bool
         Do not print the dashboard link.
+    jobs : int, optional
+        Batch systems: keep this many worker jobs (config ``cluster.jobs``); a job that ends
+        (walltime, preemption, ``scancel``) is replaced.
+    adapt : str or (int, int), optional
+        Batch systems: ``"MIN:MAX"`` jobs, scaled with the work instead of ``jobs``.
+    worker_timeout : str or float, optional
+        Batch systems: how long to wait for the first worker to connect (config
+        ``cluster.worker_timeout``); then a :class:`ClusterError` and every job is cancelled.
 
     Yields
     ------
@@ -43,8 +247,12 @@ def cluster_client(spec: str | None = "local", *, quiet: bool = False):
     """
     from distributed import Client, LocalCluster
 
-    spec = spec or "local"
-    if spec == "local":
+    kind, profile = parse_spec(spec)
+    if kind != "local" and kind not in BATCH_KINDS and (jobs is not None or adapt is not None):
+        raise ClusterError("--jobs and --adapt apply to --cluster htcondor|slurm only")
+    if kind == "local":
+        if jobs is not None or adapt is not None:
+            raise ClusterError("--jobs and --adapt apply to --cluster htcondor|slurm only (local: lensdask.cluster.n_workers)")
         cfg = config.effective()["cluster"]
         # LocalCluster logs a warning when the preferred dashboard port is taken; it then picks another.
         logging.getLogger("distributed.node").setLevel(logging.ERROR)
@@ -55,20 +263,181 @@ def cluster_client(spec: str | None = "local", *, quiet: bool = False):
             memory_limit=cfg["memory_limit"],
             processes=True,
         ) as cluster, Client(cluster) as client:
-            if not quiet:
-                print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+            _print_dashboard(client, quiet)
             yield client
         return
-    if spec.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
+    if kind == "address":
         try:
             client = Client(spec, timeout="30s")
         except (OSError, ValueError) as exc:
             raise ClusterError(f"cannot reach the Dask scheduler at {spec}: {exc}") from exc
         try:
-            if not quiet:
-                print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+            _print_dashboard(client, quiet)
             yield client
         finally:
             client.close()
         return
-    raise ClusterError(f"unknown cluster {spec!r}: use {SPECS}")
+    with _batch_client(kind, profile, quiet=quiet, jobs=jobs, adapt=adapt, worker_timeout=worker_timeout) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def _batch_client(kind, name, *, quiet, jobs, adapt, worker_timeout):
+    from dask.utils import parse_timedelta
+    from distributed import Client
+
+    if adapt is not None and jobs is not None:
+        raise ClusterError("give --jobs N or --adapt MIN:MAX, not both")
+    if adapt is not None:
+        lo, hi = adapt if isinstance(adapt, tuple) else parse_adapt(adapt)
+    else:
+        n = int(config.get("cluster.jobs", jobs))
+        if n < 1:
+            raise ClusterError(f"--jobs must be at least 1 (lensdask.cluster.jobs), got {n}")
+        lo = hi = n
+    timeout_key = "lensdask.cluster.worker_timeout"
+    try:
+        timeout = parse_timedelta(config.get("cluster.worker_timeout", worker_timeout))
+    except (ValueError, TypeError) as exc:
+        raise ClusterError(f"{timeout_key}: {exc}") from exc
+    profile = load_profile(kind, name)
+    with _profile_in_config(name, profile):
+        cluster = make_batch_cluster(kind, name)
+        client = None
+        try:
+            client = Client(cluster)
+            # Adapting with minimum = maximum keeps N jobs alive: a job that ends is resubmitted.
+            # Ask for at least one job first, so that a scheduler no worker reaches is found out now.
+            cluster.adapt(minimum_jobs=max(1, lo), maximum_jobs=hi)
+            try:
+                client.wait_for_workers(1, timeout=timeout)
+            except TimeoutError as exc:
+                sched = profile.get("scheduler-options") or {}
+                raise ClusterError(
+                    f"no {kind} worker connected within {timeout:g} s ({timeout_key}). Check that jobs start "
+                    f"(queue, jobqueue.{name}.cores/memory/queue), that workers can run "
+                    f"jobqueue.{name}.python ({profile.get('python') or 'this interpreter'}), and that they "
+                    f"reach the scheduler at {cluster.scheduler_address} (jobqueue.{name}.scheduler-options: "
+                    f"{sched}). Every submitted job was cancelled."
+                ) from exc
+            if lo != max(1, lo):
+                cluster.adapt(minimum_jobs=lo, maximum_jobs=hi)
+            if not quiet:
+                what = f"{lo}:{hi} adaptive" if adapt is not None else f"{hi}"
+                print(f"{kind} cluster (profile {name}): {what} worker jobs", flush=True)
+            _print_dashboard(client, quiet)
+            yield client
+        finally:
+            # Closing the cluster cancels every job it submitted (condor_rm / scancel).
+            if client is not None:
+                client.close()
+            cluster.close()
+
+
+# -- HTCondor without a scheduler: one batch job per tile ----------------------------------------------
+
+
+def _submit_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def emit_htcondor_search(
+    directory: str | os.PathLike,
+    *,
+    zarr: str,
+    model_dir: str,
+    run_dir: str,
+    tiles: list[tuple[int, str]],
+    threshold: float,
+    floor: float,
+    batch_size: int,
+    device: str,
+    spec: str = "htcondor",
+) -> dict:
+    """Write an HTCondor submission of a search as one job per tile, plus a DAG that merges.
+
+    Files written into ``directory``:
+
+    ``search.sub``
+        One job per line of ``tiles.txt`` (``queue tile,name from tiles.txt``), each running
+        ``python -m lensdask.cli search-tile``; resources, container and extra directives from
+        the dask-jobqueue profile of ``spec``.
+    ``merge.sub``
+        ``lensdask merge RUN_DIR`` in the local universe (on the submit machine).
+    ``search.dag``
+        ``condor_submit_dag search.dag``: every tile, then the merge.
+    ``tiles.txt``
+        ``index, name`` of every tile to search.
+
+    Returns
+    -------
+    dict
+        Paths of the files written.
+    """
+    kind, name = parse_spec(spec)
+    if kind != "htcondor":
+        kind, name = "htcondor", config.get("cluster.profiles")["htcondor"]
+    profile = load_profile(kind, name)
+    d = pathlib.Path(directory)
+    (d / "logs").mkdir(parents=True, exist_ok=True)
+    python = profile.get("python") or __import__("sys").executable
+    extra = profile.get("job-extra-directives") or {}
+    if isinstance(extra, list):  # a Slurm-style list has no meaning here
+        extra = {}
+    from dask.utils import parse_bytes
+
+    mem_mb = parse_bytes(str(profile["memory"])) // 2**20
+    disk_kb = parse_bytes(str(profile.get("disk") or "4GiB")) // 1024
+    tile_args = (
+        f"-m lensdask.cli search-tile --zarr {shlex.quote(zarr)} --tile $(tile) --model {shlex.quote(model_dir)} "
+        f"--out {shlex.quote(run_dir)} --batch-size {int(batch_size)} --floor {float(floor)!r} --device {device}"
+    )
+    lines = [
+        f"# lensdask search as one HTCondor job per tile (profile jobqueue.{name}).",
+        "# Submit everything, merge included:  condor_submit_dag search.dag",
+        "# or only the tiles:                  condor_submit search.sub   (then: lensdask merge RUN_DIR)",
+        "# Every job reads the store and the model and writes RUN_DIR/tiles/<tile>.parquet + .json, exactly",
+        "# as a Dask tile task does. Paths must exist where jobs run (shared filesystem, or see deploy/README.md",
+        "# for staging with transfer_input_files/OSDF on pools without one).",
+        "universe = vanilla",
+        f"executable = {python}",
+        "transfer_executable = false",
+        f"arguments = \"{tile_args}\"",
+        f"request_cpus = {int(profile['cores'])}",
+        f"request_memory = {mem_mb}",
+        f"request_disk = {disk_kb}",
+        # One tile per thread budget; torch follows OMP_NUM_THREADS.
+        f"environment = \"OMP_NUM_THREADS={int(profile['cores'])}\"",
+    ]
+    lines += [f"{k} = {_submit_value(v)}" for k, v in extra.items()]
+    lines += [
+        "log = logs/search.log",
+        "output = logs/tile-$(name).out",
+        "error = logs/tile-$(name).err",
+        "# retry a tile whose job failed (preemption, a bad node): tiles are idempotent",
+        "max_retries = 3",
+        "queue tile,name from tiles.txt",
+        "",
+    ]
+    (d / "search.sub").write_text("\n".join(lines))
+    (d / "tiles.txt").write_text("".join(f"{i}, {n}\n" for i, n in tiles))
+    merge_args = f"-m lensdask.cli merge {shlex.quote(run_dir)} --threshold {float(threshold)!r}"
+    (d / "merge.sub").write_text(
+        "\n".join(
+            [
+                "# lensdask merge: candidates.parquet from the per-tile outputs (runs on the submit machine)",
+                "universe = local",
+                f"executable = {__import__('sys').executable}",
+                f"arguments = \"{merge_args}\"",
+                "log = logs/merge.log",
+                "output = logs/merge.out",
+                "error = logs/merge.err",
+                "queue",
+                "",
+            ]
+        )
+    )
+    (d / "search.dag").write_text("JOB tiles search.sub\nJOB merge merge.sub\nPARENT tiles CHILD merge\n")
+    return {k: d / k for k in ("search.sub", "merge.sub", "search.dag", "tiles.txt")}

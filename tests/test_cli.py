@@ -7,7 +7,8 @@ import pytest
 
 from lensdask.cli import build_parser, main
 
-COMMANDS = ["simulate", "mock-survey", "train", "evaluate", "search", "config", "demo"]
+COMMANDS = ["simulate", "mock-survey", "ingest", "train", "evaluate", "search", "search-tile", "merge", "config", "demo",
+            "review", "label", "trainset", "export-zooniverse", "swap"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

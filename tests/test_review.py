@@ -175,3 +175,33 @@ def test_label_widget_buttons_and_keys(run, tmp_path):
     assert labels["object_id"].tolist() == [int(first["object_id"]), int(widget.candidates.iloc[2]["object_id"])]
     assert (labels["labeller"] == "carol").all() and widget.position == 3
     assert widget.image.value[:4] == b"\x89PNG"
+
+
+def test_review_commands_through_the_cli(run, tmp_path, capsys):
+    from lensdask.cli import main
+
+    assert main(["review", str(run / "run"), "--top", "5", "--out", str(tmp_path / "g")]) == 0
+    assert (tmp_path / "g" / "index.html").exists()
+    labels = tmp_path / "labels.csv"
+    assert main(["label", "--labels", str(labels), "--tile", TILES[0], "--object-id", "5002", "--class", "ring",
+                 "--labeller", "dan", "--zarr", str(run / "des.zarr")]) == 0
+    assert main(["label", "--labels", str(labels), "--tile", TILES[0], "--object-id", "5002", "--class", "lens",
+                 "--labeller", "eve"]) == 0
+    assert "conflicting" in capsys.readouterr().out
+    assert main(["label", "--labels", str(labels), "--tile", TILES[0], "--object-id", "5002", "--class", "blob"]) == 2
+    assert "unknown class 'blob'" in capsys.readouterr().err
+    assert len(read_labels(labels)) == 2
+    assert main(["export-zooniverse", str(run / "run"), "--top", "3", "--out", str(tmp_path / "z")]) == 0
+    assert main(["export-zooniverse", str(run / "run"), "--top", "3", "--out", str(tmp_path / "z")]) == 2
+    # trainset add: the conflicting object is left out, so nothing is added
+    train = create_store(tmp_path / "t.zarr", tiles=["sim-0"], capacity=4, bands="griz", pixel_scale=0.263, stamp=45)
+    assert main(["trainset", "add", "--labels", str(labels), "--zarr", str(run / "des.zarr"), "--to", str(tmp_path / "t.zarr")]) == 0
+    assert "added 0" in capsys.readouterr().out
+    truth = {100 + i: i % 3 == 0 for i in range(30)}
+    _export(tmp_path / "cls.csv", truth, {u: 0.9 for u in range(12)})
+    gold = pd.DataFrame({"subject_id": [str(k) for k in list(truth)[:10]], "is_lens": list(truth.values())[:10]})
+    gold.to_csv(tmp_path / "gold.csv", index=False)
+    assert main(["swap", "--classifications", str(tmp_path / "cls.csv"), "--gold", str(tmp_path / "gold.csv"),
+                 "--out", str(tmp_path / "swap.csv")]) == 0
+    out = pd.read_csv(tmp_path / "swap.csv")
+    assert len(out) == 30 and out["posterior"].between(0, 1).all()

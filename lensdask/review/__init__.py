@@ -1,5 +1,25 @@
-"""Review of search results: known-lens cross-match (galleries, labels and Zooniverse export to come)."""
+"""Review of search results: galleries, labels, feedback into training, known lenses, Zooniverse."""
 
 from .crossmatch import crossmatch, known_lens_report, known_lenses
+from .gallery import Gallery, gallery
+from .labels import add_labels, consensus, label_conflicts, read_labels
+from .swap import read_classifications, swap, volunteer_skills
+from .trainset import trainset_add
+from .zooniverse import export_zooniverse
 
-__all__ = ["crossmatch", "known_lens_report", "known_lenses"]
+__all__ = [
+    "Gallery",
+    "add_labels",
+    "consensus",
+    "crossmatch",
+    "export_zooniverse",
+    "gallery",
+    "known_lens_report",
+    "known_lenses",
+    "label_conflicts",
+    "read_classifications",
+    "read_labels",
+    "swap",
+    "trainset_add",
+    "volunteer_skills",
+]

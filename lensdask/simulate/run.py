@@ -14,6 +14,7 @@ import os
 import threading
 from typing import Iterable, Sequence
 
+import dask
 import numpy as np
 import pandas as pd
 
@@ -291,34 +292,34 @@ def _absolute(url: str) -> str:
     return url if "://" in url else os.path.abspath(url)
 
 
-def current_client(client=None):
-    """``client`` if given, else the current distributed client, else None."""
-    if client is not None:
-        return client
-    try:
-        from distributed import get_client
-
-        return get_client()
-    except (ImportError, ValueError):
-        return None
-
-
 def compute_partitions(bag, client=None, progress: bool = True) -> list:
-    """Compute a dask bag on ``client`` (or the current one), else the threaded scheduler."""
-    client = current_client(client)
-    if client is not None:
-        future = client.compute(bag)
-        if progress:
-            from distributed import progress as show_progress
+    """Compute a dask bag, one task per partition, and return its items in order.
 
-            show_progress(future)
-        return future.result()
-    if progress:
+    Runs on ``client`` (or the current distributed client) with a progress bar over
+    partitions (tiles), else on the local threaded scheduler.
+    """
+    from tqdm.auto import tqdm
+
+    from ..cluster import current_client
+
+    client = client if client is not None else current_client()
+    parts = bag.to_delayed()
+    if client is not None:
+        from distributed import as_completed
+
+        futures = client.compute(parts)
+        with tqdm(total=len(futures), desc="tiles", unit="tile", disable=not progress) as bar:
+            for _ in as_completed(futures):
+                bar.update()
+        results = client.gather(futures)
+    elif progress:
         from dask.diagnostics import ProgressBar
 
         with ProgressBar():
-            return bag.compute(scheduler="threads")
-    return bag.compute(scheduler="threads")
+            results = dask.compute(*parts, scheduler="threads")
+    else:
+        results = dask.compute(*parts, scheduler="threads")
+    return [item for part in results for item in part]
 
 
 def _simulate_partition(part, *, url, seed, sim_kwargs):
