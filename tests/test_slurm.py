@@ -21,7 +21,7 @@ import pytest
 from lensdask.cli import main
 from lensdask.store import open_store
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(480)]  # a hung batch job must not hang CI
 
 
 def _slurm_state() -> str | None:

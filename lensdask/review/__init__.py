@@ -3,6 +3,7 @@
 from .crossmatch import crossmatch, known_lens_report, known_lenses
 from .gallery import Gallery, gallery
 from .labels import add_labels, consensus, label_conflicts, read_labels
+from .loop import labels_from_truth, purity_at_top, review_round
 from .swap import read_classifications, swap, volunteer_skills
 from .trainset import trainset_add
 from .zooniverse import export_zooniverse
@@ -17,8 +18,11 @@ __all__ = [
     "known_lens_report",
     "known_lenses",
     "label_conflicts",
+    "labels_from_truth",
+    "purity_at_top",
     "read_classifications",
     "read_labels",
+    "review_round",
     "swap",
     "trainset_add",
     "volunteer_skills",
