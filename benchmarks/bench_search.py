@@ -19,7 +19,6 @@ import platform
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from lensdask.cli import build_parser, main
+from lensdask.cli import main
 
 COMMANDS = ["simulate", "mock-survey", "ingest", "train", "evaluate", "search", "search-tile", "merge", "config", "demo",
             "review", "label", "trainset", "export-zooniverse", "swap"]

@@ -47,7 +47,8 @@ def resolve_model_dir(model: str | os.PathLike | None) -> pathlib.Path:
     return pathlib.Path(os.fspath(model)).expanduser()
 
 
-def _sha256(path: pathlib.Path) -> str:
+def sha256_file(path: pathlib.Path) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -106,7 +107,7 @@ def save_checkpoint(model: torch.nn.Module, out_dir: str | os.PathLike, card: di
     # one metadata key only: safetensors writes a multi-key metadata map in random (hash) order,
     # which would give identical weights different sha256 digests and model ids
     save_file(state, str(tmp_w), metadata={"format": "pt"})
-    digest = _sha256(tmp_w)
+    digest = sha256_file(tmp_w)
     card = dict(card)
     card.setdefault("lensdask_version", __version__)
     card.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
@@ -179,7 +180,7 @@ def load_checkpoint(model_dir: str | os.PathLike | None = None, device: str | to
     weights = path / WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"{str(path)!r} has a model card but no {WEIGHTS}")
-    digest = _sha256(weights)
+    digest = sha256_file(weights)
     if card.get("sha256") and digest != card["sha256"]:
         raise CheckpointError(
             f"{str(weights)!r} is corrupt or was replaced: its sha256 is {digest[:12]}…, "

@@ -36,12 +36,12 @@ stops with a :class:`~lensdask.errors.CheckpointError` naming it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 
 import torch
 
+from .checkpoint import sha256_file
 from ..errors import CheckpointError, ModelMismatchError
 
 RGB_FOR_BAND = {"u": 2, "g": 2, "r": 1, "i": 0, "z": 0, "y": 0, "Y": 0}
@@ -49,13 +49,6 @@ RGB_FOR_BAND = {"u": 2, "g": 2, "r": 1, "i": 0, "z": 0, "y": 0, "Y": 0}
 
 _NESTED = ("state_dict", "model", "state_dict_ema", "model_ema")
 
-
-def _sha256(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict | None]:
@@ -232,6 +225,6 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, bands: list
     if card is not None:
         info["model_id"] = card.get("model_id")
     else:
-        info["sha256"] = _sha256(path)
+        info["sha256"] = sha256_file(path)
     info.update(report)
     return info

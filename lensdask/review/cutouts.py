@@ -63,3 +63,23 @@ def fetch_stamps(store: CutoutStore, table: pd.DataFrame) -> np.ndarray:
         tile = store.read_images(int(t), int(rows.min()), int(rows.max()) + 1)
         images[[table.index.get_loc(i) for i in group.index]] = tile[rows - rows.min()]
     return images
+
+
+def best_candidates(run_dir: str | os.PathLike, top: int, *, zarr=None, candidates: pd.DataFrame | None = None):
+    """The ``top`` best candidates of a run (or of ``candidates``), their store and their pixels.
+
+    Returns
+    -------
+    (pandas.DataFrame, CutoutStore, numpy.ndarray)
+        Candidates best first, the survey store, and (n, n_bands, stamp, stamp) stamps.
+    """
+    run_dir = pathlib.Path(run_dir)
+    if candidates is None:
+        path = run_dir / "candidates.parquet"
+        if not path.exists():
+            raise LensdaskError(f"{run_dir} has no candidates.parquet: run `lensdask search` first")
+        candidates = pd.read_parquet(path)
+    cand = candidates.sort_values("score", ascending=False, kind="stable").head(int(top)).reset_index(drop=True)
+    store = run_store(run_dir, zarr)
+    stamps = fetch_stamps(store, cand) if len(cand) else np.zeros((0, len(store.bands), store.stamp, store.stamp))
+    return cand, store, stamps

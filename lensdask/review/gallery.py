@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..errors import LensdaskError
-from .cutouts import fetch_stamps, run_store
+from .cutouts import best_candidates
 from .images import colour_composite, png_bytes
 
 STYLE = """
@@ -99,14 +98,7 @@ def gallery(
         Page heading.
     """
     run_dir = pathlib.Path(run_dir)
-    if candidates is None:
-        path = run_dir / "candidates.parquet"
-        if not path.exists():
-            raise LensdaskError(f"{run_dir} has no candidates.parquet: run `lensdask search` first")
-        candidates = pd.read_parquet(path)
-    cand = candidates.sort_values("score", ascending=False, kind="stable").head(int(top)).reset_index(drop=True)
-    store = run_store(run_dir, zarr)
-    stamps = fetch_stamps(store, cand) if len(cand) else np.zeros((0,))
+    cand, store, stamps = best_candidates(run_dir, top, zarr=zarr, candidates=candidates)
     out = pathlib.Path(out) if out is not None else run_dir / "gallery"
     out.mkdir(parents=True, exist_ok=True)
     title = title or f"lensdask candidates — {run_dir.name}"

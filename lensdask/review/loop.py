@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pathlib
 
-import numpy as np
 import pandas as pd
 
 from ..errors import LensdaskError

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import datetime
-import os
 
 import numpy as np
 import pandas as pd
 
-from ..errors import LensdaskError, StoreWriteError
+from ..errors import StoreWriteError
 from ..store import open_store
 from .cutouts import fetch_stamps, locate
 from .labels import consensus, read_labels

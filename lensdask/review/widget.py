@@ -9,9 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 
-import pandas as pd
-
-from .cutouts import fetch_stamps, run_store
+from .cutouts import best_candidates
 from .images import colour_composite, png_bytes
 from .labels import add_labels, review_classes
 
@@ -46,10 +44,7 @@ class LabelWidget:
         self.labels = pathlib.Path(labels)
         self.labeller = labeller or os.environ.get("USER") or "unknown"
         self.classes = review_classes(classes)
-        cand = pd.read_parquet(self.run_dir / "candidates.parquet")
-        self.candidates = cand.sort_values("score", ascending=False, kind="stable").head(top).reset_index(drop=True)
-        self.store = run_store(self.run_dir, zarr)
-        self.stamps = fetch_stamps(self.store, self.candidates)
+        self.candidates, self.store, self.stamps = best_candidates(self.run_dir, top, zarr=zarr)
         self.position = 0
         self.image = w.Image(format="png", width=270, height=270)
         self.info = w.HTML()

@@ -16,7 +16,7 @@ import pathlib
 import pandas as pd
 
 from ..errors import LensdaskError
-from .cutouts import fetch_stamps, run_store
+from .cutouts import best_candidates
 from .images import colour_composite, png_bytes
 
 
@@ -51,15 +51,7 @@ def export_zooniverse(
     out = pathlib.Path(out)
     if out.exists():
         raise LensdaskError(f"{out} exists; choose a new folder (an export never overwrites another)")
-    run_dir = pathlib.Path(run_dir)
-    if candidates is None:
-        path = run_dir / "candidates.parquet"
-        if not path.exists():
-            raise LensdaskError(f"{run_dir} has no candidates.parquet: run `lensdask search` first")
-        candidates = pd.read_parquet(path)
-    cand = candidates.sort_values("score", ascending=False, kind="stable").head(int(top)).reset_index(drop=True)
-    store = run_store(run_dir, zarr)
-    stamps = fetch_stamps(store, cand)
+    cand, store, stamps = best_candidates(run_dir, top, zarr=zarr, candidates=candidates)
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=False)
     rows = []

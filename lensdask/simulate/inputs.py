@@ -12,7 +12,6 @@ import functools
 import glob
 import os
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -437,8 +437,8 @@ def ingest(
         per = _assign_tiles(cat, files, bands, hdu)
         names = list(files)
         capacity = max([len(r) for r in per.values()] + [1])
-        store = create_store(out, tiles=names, capacity=capacity, bands=bands, pixel_scale=pixel_scale, stamp=stamp,
-                             provenance=prov, overwrite=overwrite)
+        create_store(out, tiles=names, capacity=capacity, bands=bands, pixel_scale=pixel_scale, stamp=stamp,
+                     provenance=prov, overwrite=overwrite)
         for i, t in enumerate(names):
             jobs.append((ingest_fits_tile, (out, i, files[t], per[t]),
                          dict(weights=wfiles.get(t), masks=mfiles.get(t), hdu=hdu, mask_fill=mask_fill)))
@@ -458,8 +458,8 @@ def ingest(
             groups = [np.arange(s, min(s + per_tile, n)) for s in range(0, n, per_tile)] or [np.arange(0)]
             names = [f"{tile_prefix}{k:04d}" for k in range(len(groups))]
         capacity = max([len(g) for g in groups] + [1])
-        store = create_store(out, tiles=names, capacity=capacity, bands=bands, pixel_scale=pixel_scale, stamp=stamp,
-                             provenance=prov, overwrite=overwrite)
+        create_store(out, tiles=names, capacity=capacity, bands=bands, pixel_scale=pixel_scale, stamp=stamp,
+                     provenance=prov, overwrite=overwrite)
         for i, g in enumerate(groups):
             jobs.append((ingest_cutout_tile, (out, i, np.asarray(pix[g]), rows.iloc[g].drop(columns="tile", errors="ignore")), {}))
 
