@@ -118,6 +118,8 @@ def adapt_state_dict(
     model: torch.nn.Module,
     bands: list[str],
     source_bands: list[str] | None = None,
+    classes: list[str] | None = None,
+    source_classes: list[str] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Fit a pretrained ViT state dict to ``model`` (see the module docstring).
 
@@ -177,6 +179,16 @@ def adapt_state_dict(
             old = int(round((w.shape[1] - n_prefix) ** 0.5))
             w = resample_abs_pos_embed(w, new_size=grid, num_prefix_tokens=n_prefix)
             adapted[name] = f"grid {old}x{old} -> {grid[0]}x{grid[1]} (bicubic, antialiased)"
+        if (name.startswith("head.") and w.shape != t.shape and classes and source_classes
+                and w.shape[1:] == t.shape[1:] and set(classes) & set(source_classes)):
+            # A lensdask checkpoint: keep what it learned for the classes both have, by name;
+            # only the new classes' rows start from random.
+            kept = [c for c in classes if c in source_classes]
+            w_new = t.clone()
+            for c in kept:
+                w_new[classes.index(c)] = w[source_classes.index(c)]
+            w = w_new
+            adapted[name] = f"rows of classes {kept} kept by name; {[c for c in classes if c not in kept]} new"
         if w.shape != t.shape:
             if name.startswith("head."):
                 skipped[name] = f"shape {tuple(w.shape)} in the file, {tuple(t.shape)} here; randomly initialised"
@@ -198,7 +210,8 @@ def adapt_state_dict(
     return out, report
 
 
-def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, bands: list[str]) -> dict:
+def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, bands: list[str],
+                    classes: list[str] | None = None) -> dict:
     """Initialise ``model`` in place from a local pretrained file.
 
     Parameters
@@ -209,6 +222,10 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, bands: list
         Weights file or lensdask checkpoint directory (see the module docstring).
     bands : list of str
         The data's bands in input-channel order.
+    classes : list of str, optional
+        The model's classes; from a lensdask checkpoint, the head rows of the classes
+        both share are kept (matched by name), so retraining with new false-positive
+        classes starts from what the model already knew.
 
     Returns
     -------
@@ -219,7 +236,8 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, bands: list
     path = pathlib.Path(os.fspath(path)).expanduser()
     state, card = read_weights(path)
     source_bands = list(card["bands"]) if card is not None else None
-    new, report = adapt_state_dict(state, model, list(bands), source_bands)
+    source_classes = list(card["classes"]) if card is not None else None
+    new, report = adapt_state_dict(state, model, list(bands), source_bands, classes, source_classes)
     model.load_state_dict(new, strict=False)
     info = {"file": str(path)}
     if card is not None:

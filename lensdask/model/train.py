@@ -243,7 +243,7 @@ def train(
     if pretrained and not resume:
         from .pretrained import load_pretrained
 
-        pretrained_info = load_pretrained(model, pretrained, list(store.bands))
+        pretrained_info = load_pretrained(model, pretrained, list(store.bands), list(store.classes))
     model.to(dev)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

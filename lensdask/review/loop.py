@@ -61,7 +61,8 @@ def review_round(
     *,
     model: str | os.PathLike | None = None,
     top: int = 50,
-    epochs: int = 3,
+    epochs: int = 15,
+    learning_rate: float = 5e-4,
     client=None,
     seed: int = 0,
     progress: bool = False,
@@ -84,7 +85,12 @@ def review_round(
     top : int
         Candidates reviewed, and the N of the purity measured.
     epochs : int
-        Epochs of the retraining.
+        Epochs of the retraining. The labelled cutouts are a few percent of the
+        training set, so they need many passes; the retraining keeps its last
+        epoch (no validation split: a handful of labelled objects makes a noisy one).
+    learning_rate : float
+        Peak learning rate of the retraining (lower than from scratch: the model
+        starts from ``model``, whose head rows for classes it already knew are kept).
     client : distributed.Client, optional
     seed : int
         Training seed.
@@ -110,8 +116,9 @@ def review_round(
     labels = labels_from_truth(scores_before, truth, top)
     add_labels(work / "labels.csv", labels)
     added = trainset_add(work / "labels.csv", survey, train_store)
+    train_kwargs.setdefault("validation_fraction", 0.0)
     card = train(train_store, work / "model", pretrained=str(model_dir), epochs=epochs, seed=seed,
-                 progress=progress, **train_kwargs)
+                 learning_rate=learning_rate, progress=progress, **train_kwargs)
     after = search(survey, work / "model", work / "run-after", client=client, floor=0.0, progress=progress)
     return {
         "top": int(top),
