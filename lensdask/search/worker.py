@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 
 _MODELS: dict[tuple[str, str], tuple[object, dict]] = {}
+_LOADS: dict[str, int] = {}
 _LOCK = threading.Lock()
 
 
@@ -45,6 +46,7 @@ def get_model(model_dir: str, sha256: str, device: str = "auto"):
                     f"expected {sha256[:12]}"
                 )
             _MODELS[key] = (model, card)
+            _LOADS[sha256] = _LOADS.get(sha256, 0) + 1
     model, card = _MODELS[key]
     return model, card, dev
 
@@ -52,3 +54,8 @@ def get_model(model_dir: str, sha256: str, device: str = "auto"):
 def loaded_models() -> list[tuple[str, str]]:
     """Keys ``(sha256, device)`` of the models this process holds (for tests and diagnostics)."""
     return list(_MODELS)
+
+
+def load_counts() -> dict[str, int]:
+    """How many times this process loaded each model (weights hash -> loads); 1 when the cache works."""
+    return dict(_LOADS)
