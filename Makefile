@@ -23,7 +23,8 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 benchmark: $(STAMP)
-	$(PY) benchmarks/bench_throughput.py
+	$(PY) benchmarks/bench_search_parts.py
+	$(PY) benchmarks/bench_search.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

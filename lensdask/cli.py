@@ -237,7 +237,7 @@ def _cmd_emit_htcondor(a) -> int:
     files = emit_htcondor_search(
         a.emit_htcondor, zarr=zarr, model_dir=model_dir, run_dir=run_dir, tiles=tiles,
         threshold=float(config.get("search.threshold", a.threshold)), floor=floor,
-        batch_size=int(config.get("search.batch_size", a.batch_size)),
+        batch_size=config.get("search.batch_size", a.batch_size),
         device=str(config.get("search.device", a.device)), spec=spec,
     )
     print(f"wrote {files['search.sub']} ({len(tiles)} tile jobs), {files['merge.sub']} and {files['search.dag']}")
@@ -261,7 +261,7 @@ def _cmd_search_tile(a) -> int:
     stats = search_tile(
         zarr, tile, model_dir, card["sha256"], a.out,
         device=str(config.get("search.device", a.device)),
-        batch_size=int(config.get("search.batch_size", a.batch_size)),
+        batch_size=config.get("search.batch_size", a.batch_size),
         floor=float(config.get("search.floor", a.floor)),
     )
     print(json.dumps(stats))
@@ -460,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roc", metavar="PNG", help="write the ROC curve to this PNG")
     p.add_argument("--threshold", type=float, help="operating lens probability (config search.threshold)")
     p.add_argument("--record", action="store_true", help="append the metrics to the model card's evaluations")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", help="cutouts per forward pass, or auto (config search.batch_size)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_evaluate)
 
@@ -470,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="lensdask-run", help="run directory (default: lensdask-run)")
     p.add_argument("--threshold", type=float, help="lens probability for candidates (config search.threshold)")
     p.add_argument("--floor", type=float, help="lens probability kept in per-tile outputs (config search.floor)")
-    p.add_argument("--batch-size", type=int, help="cutouts per forward pass (config search.batch_size)")
+    p.add_argument("--batch-size", help="cutouts per forward pass, or auto (config search.batch_size)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device on the workers")
     p.add_argument("--resume", action="store_true", help="skip tiles already finished in --out")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 on CUDA (config search.precision)")
@@ -492,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint directory (default: the shipped model)")
     p.add_argument("--out", required=True, help="run directory; writes OUT/tiles/<tile>.parquet and .json")
     p.add_argument("--floor", type=float, help="lens probability kept (config search.floor)")
-    p.add_argument("--batch-size", type=int, help="cutouts per forward pass (config search.batch_size)")
+    p.add_argument("--batch-size", help="cutouts per forward pass, or auto (config search.batch_size)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_search_tile)
 

@@ -352,7 +352,7 @@ def emit_htcondor_search(
     tiles: list[tuple[int, str]],
     threshold: float,
     floor: float,
-    batch_size: int,
+    batch_size: int | str,
     device: str,
     spec: str = "htcondor",
 ) -> dict:
@@ -392,7 +392,7 @@ def emit_htcondor_search(
     disk_kb = parse_bytes(str(profile.get("disk") or "4GiB")) // 1024
     tile_args = (
         f"-m lensdask.cli search-tile --zarr {shlex.quote(zarr)} --tile $(tile) --model {shlex.quote(model_dir)} "
-        f"--out {shlex.quote(run_dir)} --batch-size {int(batch_size)} --floor {float(floor)!r} --device {device}"
+        f"--out {shlex.quote(run_dir)} --batch-size {shlex.quote(str(batch_size))} --floor {float(floor)!r} --device {device}"
     )
     lines = [
         f"# lensdask search as one HTCondor job per tile (profile jobqueue.{name}).",

@@ -118,6 +118,8 @@ class CutoutStore:
         images = group["images"]
         self.n_tiles: int = int(images.shape[0])
         self.capacity: int = int(images.shape[1])
+        self.chunk_rows: int = int(images.chunks[1])
+        """Rows per compressed chunk: a read of fewer rows still decodes the whole chunk."""
 
     # -- description -----------------------------------------------------------------
     def __repr__(self) -> str:
@@ -306,16 +308,41 @@ class CutoutStore:
         cols = ["tile", "row", *ROW_COLUMNS, *self.params]
         return pd.DataFrame({c: [] for c in cols})
 
-    def iter_batches(self, batch_size: int, tiles: Iterable[int] | None = None):
+    def iter_batches(self, batch_size: int, tiles: Iterable[int] | None = None, *, reuse: bool = False):
         """Yield ``(images, table)`` batches of at most ``batch_size`` rows, tile by tile.
 
-        Reads one batch at a time, so a store larger than memory can be streamed.
+        Reads the pixels one batch at a time, so a store larger than memory can be
+        streamed; a tile's table (a few columns per row) is read once, whole.
+
+        Parameters
+        ----------
+        batch_size : int
+            Rows per batch; a multiple of :attr:`chunk_rows` decodes each chunk once.
+        tiles : iterable of int, optional
+            Tile indices (default: every written tile).
+        reuse : bool
+            Decode every batch into one buffer: ``images`` is then overwritten by the
+            next batch, so a consumer must be done with it (or copy it) before asking
+            for the next. Saves an allocation and its page faults per batch.
         """
+        from zarr.buffer.cpu import NDBuffer
+
+        images = self.group["images"]
+        buf = None
         for t in self.written_tiles() if tiles is None else tiles:
-            n = self._count(t)
+            table = self.read_table(t)
+            n = len(table)
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
-                yield self.read_images(t, start, stop), self.read_table(t, start, stop)
+                batch = table.iloc[start:stop].reset_index(drop=True)
+                if not reuse:
+                    yield np.asarray(images[t, start:stop]), batch
+                    continue
+                if buf is None:
+                    buf = np.empty((min(batch_size, self.capacity), *images.shape[2:]), dtype=images.dtype)
+                out = buf[: stop - start]
+                images.get_basic_selection((t, slice(start, stop)), out=NDBuffer.from_numpy_array(out))
+                yield out, batch
 
     def to_dask(self):
         """``images`` as a lazy dask array with one chunk per tile."""
@@ -323,6 +350,17 @@ class CutoutStore:
 
         arr = self.group["images"]
         return da.from_zarr(arr, chunks=(1, self.capacity, *arr.shape[2:]))
+
+
+COMPRESSORS = ("lz4", "zstd")
+"""Blosc compressors a new store may use (config ``store.compressor``)."""
+
+
+def _compressor_name() -> str:
+    name = str(config.get("store.compressor"))
+    if name not in COMPRESSORS:
+        raise StoreWriteError(f"unknown store compressor {name!r}; use one of {', '.join(COMPRESSORS)}")
+    return name
 
 
 def _open_group(url: str, mode: str) -> zarr.Group:
@@ -388,8 +426,7 @@ def create_store(
     nb = len(bands)
 
     g = _open_group(url, mode="w")
-    level = int(config.get("store.compressor_level"))
-    compressor = BloscCodec(cname="zstd", clevel=level, shuffle="shuffle")
+    compressor = BloscCodec(cname=_compressor_name(), clevel=int(config.get("store.compressor_level")), shuffle="shuffle")
     g.create_array(
         "images",
         shape=(n_tiles, capacity, nb, stamp, stamp),

@@ -13,7 +13,7 @@ from .. import config
 from ..errors import LensdaskError
 from ..store import open_store
 from .checkpoint import CARD, _jsonable, check_compatible, load_checkpoint, resolve_model_dir
-from .infer import predict_proba, resolve_device
+from .infer import predict_proba, resolve_batch_size, resolve_device
 from .metrics import roc_curve
 from .report import classifier_report, plot_roc, selection_params
 
@@ -40,7 +40,7 @@ def evaluate(
         Labelled cutout store (path or URL).
     json_path : str or path, optional
         Also write the result there as JSON.
-    batch_size : int, optional
+    batch_size : int or "auto", optional
         Cutouts per forward pass (config ``search.batch_size``).
     device : str, optional
         ``"auto"``, ``"cpu"``, ``"cuda"`` (config ``search.device``).
@@ -79,9 +79,9 @@ def evaluate(
 
     if data is ...:
         raise TypeError("evaluate() needs data=, the labelled store to score")
-    batch_size = int(config.get("search.batch_size", batch_size))
     threshold = float(config.get("search.threshold", threshold))
     dev = resolve_device(device)
+    batch_size = resolve_batch_size(config.get("search.batch_size", batch_size), dev)
     model_dir = resolve_model_dir(model)
     net, card = load_checkpoint(model_dir, device=dev)
     store = open_store(data)

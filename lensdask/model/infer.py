@@ -52,6 +52,30 @@ def nonfinite_rows(images: np.ndarray) -> np.ndarray:
     return ~np.isfinite(images.reshape(images.shape[0], -1)).all(axis=1)
 
 
+BATCH_SIZES = {"cpu": 64, "cuda": 512}
+"""Cutouts per forward pass when the batch size is ``"auto"``, by device type. On a CPU small
+batches keep a ViT's activations in cache (``benchmarks/RESULTS.md``); a GPU wants large ones."""
+
+
+def resolve_batch_size(batch_size: int | str | None, device: torch.device) -> int:
+    """Cutouts per forward pass: ``batch_size``, or for ``None`` / ``"auto"`` the :data:`BATCH_SIZES` default.
+
+    Raises
+    ------
+    LensdaskError
+        Not a positive integer or ``"auto"``.
+    """
+    if batch_size is None or str(batch_size).lower() == "auto":
+        return BATCH_SIZES.get(torch.device(device).type, BATCH_SIZES["cpu"])
+    try:
+        n = int(batch_size)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or str(n) != str(batch_size).strip():
+        raise LensdaskError(f"batch size must be a positive integer or 'auto', got {batch_size!r}")
+    return n
+
+
 PRECISIONS = ("auto", "fp32", "bf16")
 """Inference precisions: ``auto`` (bf16 autocast on CUDA, fp32 elsewhere), ``fp32``, ``bf16``."""
 

@@ -1,4 +1,4 @@
-"""Per-stamp normalisation of multi-band cutouts (pure numpy).
+"""Per-stamp normalisation of multi-band cutouts (numpy, float32).
 
 Simulated training sets and real coadds disagree on flux units (counts,
 nanomaggies, ADU at different zero points) and on depth. The classifier should
@@ -28,6 +28,8 @@ training, evaluation and search.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..errors import LensdaskError
@@ -38,7 +40,7 @@ the sky noise; ``border``: width of the frame used for the noise estimate, pixel
 
 METHODS = ("asinh-noise", "none")
 MAD_TO_SIGMA = 1.4826
-_CHUNK = 32  # stamps per float64 working block: small enough to stay in cache (large temporaries cost page faults)
+_CHUNK = 64  # stamps per working block: small enough to stay in cache (large temporaries cost page faults)
 
 
 def normalisation_spec(spec: dict | None = None) -> dict:
@@ -63,18 +65,28 @@ def normalisation_spec(spec: dict | None = None) -> dict:
     return out
 
 
+@functools.lru_cache(maxsize=16)
+def _border_index(stamp: int, border: int) -> np.ndarray:
+    """Flat indices of the frame of width ``border`` in a (stamp, stamp) image, row-major."""
+    mask = np.ones((stamp, stamp), dtype=bool)
+    mask[border:-border, border:-border] = False
+    return np.flatnonzero(mask)
+
+
 def _border_pixels(x: np.ndarray, border: int) -> np.ndarray:
-    """(n, b, k) pixels of the frame of width ``border`` around each (s, s) stamp."""
+    """(n, b, k) pixels of the frame of width ``border`` around each (s, s) stamp, C-contiguous.
+
+    ``np.take`` rather than a boolean mask: the mask's result is laid out with the
+    pixel axis outermost, and partitioning along a strided axis is ~3x slower.
+    """
     n, b, s, _ = x.shape
     if border <= 0 or 2 * border >= s:
         return x.reshape(n, b, s * s)
-    mask = np.ones((s, s), dtype=bool)
-    mask[border:-border, border:-border] = False
-    return x[:, :, mask]
+    return np.take(x.reshape(n, b, s * s), _border_index(s, border), axis=-1)
 
 
 def _median(a: np.ndarray) -> np.ndarray:
-    """``np.median(a.astype(float64), axis=-1)``, bit for bit, without sorting whole rows.
+    """``np.median(a, axis=-1)`` in float64, without sorting whole rows.
 
     One partition around the upper middle element; the lower middle one is the
     maximum of the part before it. Rows holding a NaN give NaN, as ``np.median`` does.
@@ -94,17 +106,26 @@ def _median(a: np.ndarray) -> np.ndarray:
 
 
 def _robust_scale(x: np.ndarray, border: int) -> tuple[np.ndarray, np.ndarray]:
-    """Background (median) and noise sigma (1.4826 MAD), each (n, b, 1, 1), float64.
+    """Background (median) and noise sigma (1.4826 MAD) of float32 stamps, each (n, b) float64.
 
-    ``x`` may be float32: medians pick exact input values, so the result equals
-    that of the same pixels promoted to float64.
+    The medians pick exact pixel values (their mean for an even count); the
+    absolute deviations are taken in float32, like the pixels themselves.
     """
     n, b, s, _ = x.shape
     edge = _border_pixels(x, border)
     bg = _median(edge)
-    sigma = MAD_TO_SIGMA * _median(np.abs(edge.astype(np.float64) - bg[..., None]))
+    sigma = MAD_TO_SIGMA * _median(np.abs(edge - bg[..., None].astype(np.float32)))
     bad = ~(sigma > 0)
     if bad.any():  # noiseless border: fall back to the whole stamp (rare: plain np.median)
+        return _fallback_scale(x, bg, sigma, bad)
+    # NaN input keeps sigma NaN (the row is flagged elsewhere); only finite zeros were replaced
+    return bg, sigma
+
+
+def _fallback_scale(x, bg, sigma, bad):
+    """Sigma from the whole stamp where the border's MAD is zero; 1 for a constant stamp."""
+    n, b, s, _ = x.shape
+    with np.errstate(invalid="ignore", over="ignore"):  # inf pixels: the row is flagged anyway
         flat = x.reshape(n, b, s * s).astype(np.float64)
         med = np.median(flat, axis=-1)
         whole = MAD_TO_SIGMA * np.median(np.abs(flat - med[..., None]), axis=-1)
@@ -113,8 +134,7 @@ def _robust_scale(x: np.ndarray, border: int) -> tuple[np.ndarray, np.ndarray]:
         if bad.any():
             sigma = np.where(bad, flat.std(axis=-1), sigma)
             sigma = np.where(sigma > 0, sigma, 1.0)  # constant stamp -> zeros
-    # NaN input keeps sigma NaN (the row is flagged elsewhere); only finite zeros were replaced
-    return bg[..., None, None], sigma[..., None, None]
+    return bg, sigma
 
 
 def normalise(images: np.ndarray, spec: dict | None = None) -> np.ndarray:
@@ -124,7 +144,8 @@ def normalise(images: np.ndarray, spec: dict | None = None) -> np.ndarray:
     ----------
     images : numpy.ndarray
         (n, n_bands, stamp, stamp) pixel values in any flux unit (one unit per
-        stamp and band; sky-subtracted or not).
+        stamp and band; sky-subtracted or not). Computed in float32: float64
+        input is rounded to float32 first, float16 is promoted exactly.
     spec : dict, optional
         Normalisation specification (see :data:`DEFAULT_NORMALISATION`), as
         stored in a model card. ``None`` uses the defaults.
@@ -144,17 +165,15 @@ def normalise(images: np.ndarray, spec: dict | None = None) -> np.ndarray:
     if spec["method"] == "none":
         return images.astype(np.float32, copy=True)
     out = np.empty(images.shape, dtype=np.float32)
-    buf = np.empty((min(_CHUNK, images.shape[0]), *images.shape[1:]), dtype=np.float64)
     for start in range(0, images.shape[0], _CHUNK):
         x = images[start : start + _CHUNK]
-        if x.dtype not in (np.float32, np.float64):
-            x = x.astype(np.float64)
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)
+        y = out[start : start + _CHUNK]
         bg, sigma = _robust_scale(x, spec["border"])
-        y = buf[: x.shape[0]]
-        # the same float64 operations, in the same order, as arcsinh((x - bg) / (sigma * softening))
-        with np.errstate(over="ignore", invalid="ignore"):
-            np.subtract(x, bg, out=y, dtype=np.float64)
-            np.divide(y, sigma * spec["softening"], out=y)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            scale = (1.0 / (sigma * spec["softening"])).astype(np.float32)
+            np.subtract(x, bg.astype(np.float32)[..., None, None], out=y)  # three passes over the pixels
+            np.multiply(y, scale[..., None, None], out=y)
             np.arcsinh(y, out=y)
-        out[start : start + _CHUNK] = y
     return out

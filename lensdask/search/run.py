@@ -36,7 +36,7 @@ from ..cluster import current_client
 from ..errors import LensdaskError
 from ..model.checkpoint import check_compatible, read_card, resolve_model_dir
 from ..store import open_store
-from ..model.infer import PRECISIONS
+from ..model.infer import PRECISIONS, resolve_batch_size
 from .score import prepare_batch, score_batches
 from .worker import get_model
 
@@ -89,6 +89,22 @@ def _prefetch(iterator, depth: int = 2):
         if isinstance(item, BaseException):
             raise item
         yield item
+
+
+def _reader_has_a_core(device) -> bool:
+    """Whether a reader thread can run beside the forward pass without slowing it.
+
+    True on a GPU, or when torch leaves a CPU core of this process free. When
+    torch's OpenMP threads use every core (a search in one process, no Dask), a
+    reader thread preempts one of them and the others spin at the next barrier:
+    reading between forward passes is then faster (``benchmarks/RESULTS.md``).
+    """
+    import torch
+
+    if torch.device(device).type != "cpu":
+        return True
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return torch.get_num_threads() < cores
 
 
 def _tmp_name(path: pathlib.Path) -> pathlib.Path:
@@ -156,7 +172,7 @@ def search_tile(
     run_dir: str,
     *,
     device: str = "auto",
-    batch_size: int = 256,
+    batch_size: int | str | None = None,
     floor: float = 0.0,
     precision: str | None = None,
 ) -> dict:
@@ -176,8 +192,10 @@ def search_tile(
         Output directory (must be reachable from where this runs).
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
-    batch_size : int
-        Cutouts per forward pass (and per read from the store).
+    batch_size : int or "auto", optional
+        Cutouts per forward pass (config ``search.batch_size``; ``auto``: see
+        :data:`lensdask.model.infer.BATCH_SIZES`). The store is read in whole
+        compressed chunks of at least this many rows.
     floor : float
         Lens probability below which rows are not kept.
     precision : str, optional
@@ -193,8 +211,13 @@ def search_tile(
     name = store.tiles[tile]
     precision = str(config.get("search.precision", precision))
     model, card, dev = get_model(model_dir, sha256, device)
-    # the reader thread reads and normalises the next batch while the model scores this one
-    batches = _prefetch(prepare_batch(images, table, card) for images, table in store.iter_batches(batch_size, tiles=[tile]))
+    batch_size = resolve_batch_size(config.get("search.batch_size", batch_size), dev)
+    read_rows = -(-batch_size // store.chunk_rows) * store.chunk_rows  # whole chunks: each is decoded once
+    # prepare_batch is done with the pixels before the next read, so one read buffer serves all
+    blocks = store.iter_batches(read_rows, tiles=[tile], reuse=True)
+    batches = (prepare_batch(images, table, card) for images, table in blocks)
+    if _reader_has_a_core(dev):  # read and normalise the next block while the model scores this one
+        batches = _prefetch(batches)
     table, stats = score_batches(
         batches, model, card, model_id=card["model_id"], device=dev, batch_size=batch_size, floor=floor,
         precision=precision, prepared=True,
@@ -203,7 +226,7 @@ def search_tile(
     out.mkdir(parents=True, exist_ok=True)
     stats.update(
         tile=name, tile_index=int(tile), model_id=card["model_id"], floor=floor,
-        seconds=round(time.perf_counter() - t0, 3), device=str(dev), precision=precision,
+        seconds=round(time.perf_counter() - t0, 3), device=str(dev), precision=precision, batch_size=batch_size,
     )
     _commit_tile(out, name, table, stats)
     return stats
@@ -318,7 +341,7 @@ def search(
     client=None,
     threshold: float | None = None,
     floor: float | None = None,
-    batch_size: int | None = None,
+    batch_size: int | str | None = None,
     device: str | None = None,
     precision: str | None = None,
     resume: bool = False,
@@ -355,8 +378,9 @@ def search(
         Lens probability for ``candidates.parquet`` (config ``search.threshold``).
     floor : float, optional
         Lens probability kept in per-tile outputs (config ``search.floor``).
-    batch_size : int, optional
-        Cutouts per forward pass (config ``search.batch_size``).
+    batch_size : int or "auto", optional
+        Cutouts per forward pass (config ``search.batch_size``; ``auto``: 64 on a CPU,
+        512 on a GPU, chosen on each worker).
     device : str, optional
         ``auto``, ``cpu`` or ``cuda`` on the workers (config ``search.device``).
     precision : str, optional
@@ -389,7 +413,8 @@ def search(
 
     threshold = float(config.get("search.threshold", threshold))
     floor = float(config.get("search.floor", floor))
-    batch_size = int(config.get("search.batch_size", batch_size))
+    batch_size = config.get("search.batch_size", batch_size)
+    resolve_batch_size(batch_size, "cpu")  # a bad value fails here, not in every tile task
     device = str(config.get("search.device", device))
     precision = str(config.get("search.precision", precision))
     if precision not in PRECISIONS:

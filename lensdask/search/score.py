@@ -32,7 +32,8 @@ def prepare_batch(images: np.ndarray, table: pd.DataFrame, card: dict):
     """Normalised finite rows of one batch: ``(x, bad, table)``.
 
     ``x`` is (n_good, bands, stamp, stamp) float32, ``bad`` the (n,) mask of rows
-    with non-finite pixels (never shown to the model).
+    with non-finite pixels (never shown to the model). ``x`` is a new array: the
+    caller may overwrite ``images`` with the next read as soon as this returns.
     """
     from ..errors import ModelMismatchError
 

@@ -7,11 +7,54 @@ the model is never serialised into the graph and never loaded twice per process.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import sys
 import threading
 
 _MODELS: dict[tuple[str, str], tuple[object, dict]] = {}
 _LOADS: dict[str, int] = {}
 _LOCK = threading.Lock()
+_MALLOC_TUNED: list[bool] = []
+
+MMAP_THRESHOLD = 32 * 2**20
+"""Bytes: allocations below this come from the heap (glibc's largest dynamic value)."""
+TRIM_THRESHOLD = 256 * 2**20
+"""Bytes of free heap kept before it is returned to the operating system."""
+
+
+def tune_malloc() -> bool:
+    """Let glibc reuse freed memory for the model's activations, once per process.
+
+    A Dask nanny starts its worker with ``MALLOC_TRIM_THRESHOLD_=65536``
+    (``distributed.nanny.pre-spawn-environ``). Setting that variable also pins
+    glibc's mmap threshold at 128 KiB, so every activation tensor of a forward
+    pass becomes a fresh ``mmap`` whose pages the kernel zero-fills on first
+    touch: CPU inference then runs ~40% slower (``benchmarks/RESULTS.md``).
+    This restores thresholds like glibc's own dynamic ones (mmap
+    :data:`MMAP_THRESHOLD`, trim :data:`TRIM_THRESHOLD`) with ``mallopt``.
+    A search worker's memory is the model plus a few batches, so keeping up to
+    256 MiB of freed heap costs nothing the memory monitor would mind.
+
+    Returns
+    -------
+    bool
+        True when the thresholds were set (Linux with glibc), False elsewhere.
+    """
+    if _MALLOC_TUNED:
+        return _MALLOC_TUNED[0]
+    ok = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+            ok = bool(libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)) and bool(
+                libc.mallopt(m_trim_threshold, TRIM_THRESHOLD)
+            )
+        except (OSError, AttributeError):  # musl or no libc found: nothing to tune
+            ok = False
+    _MALLOC_TUNED.append(ok)
+    return ok
 
 
 def get_model(model_dir: str, sha256: str, device: str = "auto"):
@@ -38,6 +81,7 @@ def get_model(model_dir: str, sha256: str, device: str = "auto"):
     dev = resolve_device(device)
     key = (sha256, str(dev))
     with _LOCK:
+        tune_malloc()
         if key not in _MODELS:
             model, card = load_checkpoint(model_dir, device=str(dev))
             if card["sha256"] != sha256:
