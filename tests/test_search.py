@@ -277,3 +277,18 @@ def test_search_applies_the_cards_resize(tmp_path):
     expected = predict_proba(model, card, tile.images)[:, 1]
     got = result.scores().set_index("object_id").loc[tile.table["object_id"], "score"].to_numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_search_on_a_client_that_is_not_the_default(tmp_path, random_model, monkeypatch):
+    """A notebook may hold several clients: the one passed is used, the report included."""
+    import distributed.client
+    from distributed import Client, LocalCluster
+
+    _survey(tmp_path / "s.zarr")
+    monkeypatch.setattr(distributed.client, "_get_global_client", lambda: None)  # no default client at all
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        result = search(tmp_path / "s.zarr", random_model, tmp_path / "run", client=client, progress=False,
+                        crossmatch=False, report=True)
+    assert result.summary["rows"] == 73 and result.summary["tiles_failed"] == []
+    assert (tmp_path / "run" / "dask-report.html").stat().st_size > 0

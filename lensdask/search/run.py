@@ -467,7 +467,9 @@ def search(
 
             resources = {"GPU": 1} if _gpu_workers(client) else None
             ctx = performance_report(filename=str(run_dir / "dask-report.html")) if report else contextlib.nullcontext()
-            with ctx:
+            # as_current: the report (and anything else asking for "the" client) uses this one, even
+            # when it is not the process's default client
+            with client.as_current(), ctx:
                 futures = {
                     client.submit(
                         search_tile, zarr, t, *args, **kwargs,
@@ -476,7 +478,7 @@ def search(
                     ): t
                     for t in todo
                 }
-                for fut in as_completed(futures):
+                for fut in as_completed(futures, loop=client.loop):
                     t = futures[fut]
                     if fut.status == "error":
                         exc = fut.exception()

@@ -309,7 +309,7 @@ def compute_partitions(bag, client=None, progress: bool = True) -> list:
 
         futures = client.compute(parts)
         with tqdm(total=len(futures), desc="tiles", unit="tile", disable=not progress) as bar:
-            for _ in as_completed(futures):
+            for _ in as_completed(futures, loop=client.loop):
                 bar.update()
         results = client.gather(futures)
     elif progress:

@@ -474,7 +474,7 @@ def ingest(
         from distributed import as_completed
 
         futs = [client.submit(f, *a, **k, pure=False) for f, a, k in jobs]
-        for fut in as_completed(futs):
+        for fut in as_completed(futs, loop=client.loop):
             fut.result()  # a failed tile is an error: the store would be incomplete
             bar.update()
     bar.close()
