@@ -36,7 +36,7 @@ def _cluster_arg(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--cluster", default=_ClusterSpec("local"), metavar="SPEC", action=_ClusterOption,
         help="'local' (a LocalCluster, default), a scheduler address tcp://HOST:PORT, or a batch system: "
-        "'htcondor', 'htcondor-gpu', 'slurm', 'slurm-gpu' (profiles in deploy/jobqueue.yaml), "
+        "'htcondor', 'htcondor-gpu', 'slurm', 'slurm-gpu' (profiles in lensdask/jobqueue.yaml), "
         "'htcondor:PROFILE' or 'slurm:PROFILE'",
     )
     g.add_argument(

@@ -16,8 +16,9 @@ Specifications
 ``htcondor:PROFILE``, ``slurm:PROFILE``
     The same, with the dask-jobqueue profile ``jobqueue.PROFILE``.
 
-Profiles come from ``deploy/jobqueue.yaml`` (or ``lensdask.cluster.jobqueue_file``),
-overridden key by key by a profile of the same name in the user's Dask configuration.
+Profiles come from ``lensdask/jobqueue.yaml``, installed with the package (or the file named by
+``lensdask.cluster.jobqueue_file``), overridden key by key by a profile of the same name in the
+user's Dask configuration.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ REQUIRED_KEYS = {
     "htcondor": ("cores", "memory", "processes", "death-timeout", "worker-extra-args", "scheduler-options"),
     "slurm": ("cores", "memory", "processes", "death-timeout", "worker-extra-args", "scheduler-options", "walltime"),
 }
-DEFAULT_JOBQUEUE_FILE = pathlib.Path(__file__).resolve().parents[1] / "deploy" / "jobqueue.yaml"
+DEFAULT_JOBQUEUE_FILE = pathlib.Path(__file__).resolve().parent / "jobqueue.yaml"
 
 
 def current_client():
@@ -91,7 +92,7 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 
 def jobqueue_file() -> pathlib.Path | None:
-    """The profile file in use: ``lensdask.cluster.jobqueue_file``, else this checkout's ``deploy/jobqueue.yaml``."""
+    """The profile file in use: ``lensdask.cluster.jobqueue_file``, else the package's ``jobqueue.yaml``."""
     path = config.get("cluster.jobqueue_file")
     if path:
         path = pathlib.Path(os.path.expanduser(str(path)))

@@ -19,7 +19,7 @@ from lensdask.errors import ClusterError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
-PROFILES = yaml.safe_load((DEPLOY / "jobqueue.yaml").read_text())["jobqueue"]
+PROFILES = yaml.safe_load((REPO / "lensdask" / "jobqueue.yaml").read_text())["jobqueue"]
 
 
 def test_specs():
@@ -260,3 +260,26 @@ def test_start_script_is_valid_bash():
 
     for script in (DEPLOY / "slurm" / "start-single-node.sh", REPO / ".ci" / "run"):
         assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
+def test_installed_package_carries_the_jobqueue_profiles(tmp_path):
+    """A plain `pip install` (no checkout) must still find the profiles of --cluster slurm|htcondor."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from lensdask.cluster import DEFAULT_JOBQUEUE_FILE
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(REPO / "lensdask", src / "lensdask", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path / "wheel"), str(src)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "wheel").glob("lensdask-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "lensdask/jobqueue.yaml" in names and "lensdask/lensdask.yaml" in names
+    assert DEFAULT_JOBQUEUE_FILE.parent == REPO / "lensdask"  # found next to the code, wherever it is installed
+    assert yaml.safe_load(DEFAULT_JOBQUEUE_FILE.read_text())["jobqueue"] == PROFILES
