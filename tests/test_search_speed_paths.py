@@ -122,3 +122,34 @@ def test_reader_thread_only_when_a_core_is_free(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert run._reader_has_a_core("cpu") is True  # a Dask worker's one torch thread leaves cores free
     assert run._reader_has_a_core(torch.device("cuda")) is True
+
+
+def test_only_the_deep_profile_sizeof_warning_is_silenced(caplog, monkeypatch):
+    from distributed.sizeof import safe_sizeof
+
+    from lensdask.search.worker import quiet_deep_profile_sizeof
+
+    deep = leaf = {}
+    for _ in range(5000):  # like a worker's statistical profile of torch call stacks, only deeper
+        leaf["children"] = {"f": {}}
+        leaf = leaf["children"]["f"]
+
+    class Unmeasurable:
+        def __sizeof__(self):
+            raise ValueError("no size")
+
+    import logging
+
+    from lensdask.search import worker
+
+    logger = logging.getLogger("distributed.sizeof")
+    monkeypatch.setattr(logger, "filters", [f for f in logger.filters if f is not worker._SIZEOF_FILTER])
+    caplog.set_level("WARNING", logger="distributed.sizeof")
+    safe_sizeof(deep, default_size=-1)
+    assert "Sizeof calculation" in caplog.text  # what a search worker logged at every report
+    caplog.clear()
+    quiet_deep_profile_sizeof()
+    quiet_deep_profile_sizeof()  # once is enough; twice adds nothing
+    assert safe_sizeof(deep, default_size=-1) == -1 and caplog.text == ""
+    safe_sizeof({"x": Unmeasurable()}, default_size=-1)
+    assert "Sizeof calculation" in caplog.text  # other failures are still reported

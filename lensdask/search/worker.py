@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import sys
 import threading
 
@@ -57,6 +58,31 @@ def tune_malloc() -> bool:
     return ok
 
 
+class _DropDeepProfileSizeof(logging.Filter):
+    """Drop distributed's sizeof warning when the cause is Python's recursion limit."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not isinstance(sys.exc_info()[1], RecursionError)
+
+
+_SIZEOF_FILTER = _DropDeepProfileSizeof()
+
+
+def quiet_deep_profile_sizeof() -> None:
+    """Silence a harmless warning the Dask performance report provokes on search workers.
+
+    The report asks every worker for its statistical profile. Call stacks through
+    torch and timm make that profile a tree deep enough that ``dask.sizeof``, measuring
+    the message before sending it, exceeds Python's recursion limit; distributed then
+    logs "Sizeof calculation for object of type 'dict' failed" and sends the message
+    anyway. Only warnings raised by a ``RecursionError`` are dropped; any other sizeof
+    failure is still logged.
+    """
+    logger = logging.getLogger("distributed.sizeof")
+    if _SIZEOF_FILTER not in logger.filters:
+        logger.addFilter(_SIZEOF_FILTER)
+
+
 def get_model(model_dir: str, sha256: str, device: str = "auto"):
     """The model at ``model_dir`` on ``device``, loaded once per process.
 
@@ -82,6 +108,7 @@ def get_model(model_dir: str, sha256: str, device: str = "auto"):
     key = (sha256, str(dev))
     with _LOCK:
         tune_malloc()
+        quiet_deep_profile_sizeof()
         if key not in _MODELS:
             model, card = load_checkpoint(model_dir, device=str(dev))
             if card["sha256"] != sha256:
