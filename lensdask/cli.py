@@ -63,7 +63,10 @@ def _cmd_simulate(a) -> int:
 
     constraints = load_constraints_file(a.constraints) if a.constraints else None
     inputs = dict(sources=a.sources, backgrounds=a.backgrounds, psf=a.psf, conditions=a.conditions,
-                  negatives=a.negatives, real_negative_fraction=a.real_negative_fraction)
+                  negatives=a.negatives, real_negative_fraction=a.real_negative_fraction,
+                  lookalike_fraction=a.lookalike_fraction,
+                  lookalikes=a.lookalikes.split(",") if a.lookalikes else None,
+                  background_fraction=a.background_fraction)
     resolve_sim_kwargs(a.lens_fraction, constraints, None, **inputs)  # bad input fails before the cluster starts
     with _with_client(a.cluster) as client:
         store, stats = simulate(
@@ -76,7 +79,7 @@ def _cmd_simulate(a) -> int:
         print(f"  {name:24s} rejected {stats.rejected[name]:7d}  passed {frac:6.1%} of the draws reaching it")
     if a.gallery:
         tile = store.read_tile(0)
-        gallery(tile.images, tile.table, a.gallery, bands=store.bands, n=a.gallery_n,
+        gallery(tile.images, tile.table, a.gallery, bands=store.bands, n=a.gallery_n, classes=store.classes,
                 title=f"{a.out} (seed {a.seed})")
         print(f"gallery: {a.gallery}")
     return 0
@@ -156,6 +159,14 @@ def _cmd_evaluate(a) -> int:
     print(" " * width + "".join(f"{x:>{width}}" for x in c["predicted"]))
     for name, row in zip(c["truth"], c["counts"]):
         print(f"{name:>{width}}" + "".join(f"{v:>{width}}" for v in row))
+    fp = m.get("false_positives_by_class") or {}
+    if fp:
+        t = m["threshold_fpr_1e-3"]
+        print(f"false positives by class (score >= {m['threshold']:g} / score > {t:.4g}, the FPR 1e-3 threshold)")
+        cw = max(len(x) for x in fp) + 2
+        for name, f in fp.items():
+            print(f"  {name:<{cw}} n={f['n']:<7} above={f['above_threshold']:<6} FPR {f['fpr']:.4f} / "
+                  f"{f['fpr_at_fpr_1e-3_threshold']:.4f}  median score {f['median_score']:.4f}")
     for param, bins in m["selection_function"].items():
         print(f"completeness vs {param} (at p >= {m['threshold']:g} / at FPR 1e-3)")
         for b in bins:
@@ -390,6 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="real lens galaxies: folder of <band>.fits cubes (+ sigma_v.txt) or a store")
     p.add_argument("--negatives", metavar="PATH", help="real non-lens cutouts (default: the backgrounds)")
     p.add_argument("--real-negative-fraction", type=float, help="fraction of non-lenses taken from real cutouts")
+    p.add_argument("--background-fraction", type=float,
+                   help="fraction of lenses painted on the real backgrounds, the rest on modelled galaxies "
+                   "(config simulate.background_fraction)")
+    p.add_argument("--lookalike-fraction", type=float,
+                   help="fraction of rows that are false-positive look-alikes, each its own class "
+                   "(config simulate.lookalike_fraction)")
+    p.add_argument("--lookalikes", help="comma-separated kinds: ring,spiral,merger,companion,edge-on,group "
+                   "(config simulate.lookalikes)")
     p.add_argument("--conditions", metavar="DES|DIR", help="'des', 'fixed' or a folder of 2d<band>_DES.txt samples")
     p.add_argument("--psf", metavar="PSFEX", help="'gaussian' or a PSFEx .psf file")
     p.add_argument("--gallery", metavar="PNG", help="also write colour composites of the first rows, with parameters")
@@ -406,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", help="truth table path (default: OUT with .truth.parquet)")
     p.add_argument("--lookalike-fraction", type=float,
                    help="fraction of false-positive look-alikes (config mock_survey.lookalike_fraction)")
-    p.add_argument("--lookalikes", help="comma-separated kinds: ring,spiral,merger,companion (config mock_survey.lookalikes)")
+    p.add_argument("--lookalikes", help="comma-separated kinds: ring,spiral,merger,companion,edge-on,group "
+                   "(config mock_survey.lookalikes)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     _cluster_arg(p)
     p.set_defaults(func=_cmd_mock_survey)

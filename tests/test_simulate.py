@@ -133,7 +133,8 @@ def test_simulate_on_client_writes_store(tmp_path, client):
     assert list(store.counts) == [3, 3, 1]
     again = open_store(url)
     assert again.params == PARAMS
-    assert again.classes == ["non-lens", "lens"]
+    # hard negatives by default: every look-alike kind is a class after non-lens and lens
+    assert again.classes == ["non-lens", "lens", "ring", "spiral", "merger", "companion", "edge-on", "group"]
     assert again.provenance["seed"] == 4
     cat = again.read_catalog()
     assert list(cat["object_id"]) == list(range(7))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
@@ -107,14 +108,33 @@ def test_constraints_bite_and_hold(real):
 
 
 def test_real_negatives_and_mixed_proportions(real):
-    img, tab = simulate_rows(range(40), 3, lens_fraction=0.0, backgrounds=real["bg"], real_negative_fraction=0.5)
+    kw = dict(lens_fraction=0.0, backgrounds=real["bg"], real_negative_fraction=0.5, lookalike_fraction=0.0)
+    img, tab = simulate_rows(range(40), 3, **kw)
     bg = get_renderer(backgrounds=real["bg"]).backgrounds
     is_real = tab["background_index"].notna()
     assert 8 <= is_real.sum() <= 32
+    # by default a real cutout keeps its own sky: its neighbours and stars are real already
     for row in np.flatnonzero(is_real):
         np.testing.assert_array_equal(img[row], bg.images[int(tab["background_index"][row])])
     assert tab.loc[~is_real, "mag_lens_i"].notna().all()
+    assert tab.loc[~is_real, "scene_n_galaxies"].notna().all()  # modelled galaxies get scenes
     assert (tab["label"] == 0).all()
+    # scene.on_real adds field galaxies and stars (never satellites) to real cutouts, painted or not:
+    # light and its Poisson noise only
+    img2, tab2 = simulate_rows(range(40), 3, scene={**dask.config.get("lensdask.simulate.scene"), "on_real": True},
+                               **kw)
+    assert (tab2["background_index"].notna() == is_real).all()
+    rows = np.flatnonzero(is_real)
+    assert tab2.loc[rows, "scene_n_galaxies"].notna().all() and tab2.loc[rows, "scene_n_satellites"].eq(0).all()
+    bright = 0
+    for row in rows:
+        k = int(tab2["background_index"][row])
+        added = (img2[row] - bg.images[k]) / bg.noise[k][:, None, None]
+        assert added.mean() > 0
+        if tab2["scene_brightest_mag_i"][row] < 22:
+            bright += 1
+            assert added.max() > 3.0  # a neighbour brighter than i = 22 shows
+    assert bright > 0
 
 
 def test_bad_inputs_are_named(real, tmp_path):

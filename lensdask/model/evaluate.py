@@ -63,7 +63,9 @@ def evaluate(
         ``n_neg``, ``n_nan``, ``threshold``, ``threshold_fpr_1e-3``,
         ``completeness``, ``purity``, ``confusion``, ``roc``,
         ``selection_function`` over ``theta_E`` and ``arc_snr_<band>`` when the
-        store has them), plus ``n_unlabelled`` (rows with label -1, skipped),
+        store has them, ``false_positives_by_class``: for each truth class other
+        than ``lens``, ``n``, ``n_nan``, ``above_threshold``, ``fpr``,
+        ``fpr_at_fpr_1e-3_threshold`` and ``median_score``), plus ``n_unlabelled`` (rows with label -1, skipped),
         ``model_id``, ``model`` (directory), ``data`` and ``roc_png``. The score
         is the probability of the card's lens class; truth is the store's class
         named ``lens``, so any labelled store works, real cutouts included.

@@ -80,7 +80,8 @@ def classifier_report(
         argmax prediction), ``roc`` (``fpr``/``tpr`` on :data:`ROC_GRID`) and
         ``selection_function`` (parameter -> list of bins with ``lo``, ``hi``,
         ``n``, ``found``, ``completeness`` at ``threshold`` and
-        ``completeness_fpr_1e-3``).
+        ``completeness_fpr_1e-3``), and ``false_positives_by_class`` (see
+        :func:`false_positives_by_class`).
     """
     truth = np.asarray(truth, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
@@ -118,6 +119,65 @@ def classifier_report(
                 row["completeness_fpr_1e-3"] = other["completeness"]
             selection[col] = at_t
     out["selection_function"] = selection
+    out["false_positives_by_class"] = false_positives_by_class(
+        truth, score, truth_classes=truth_classes, threshold=threshold, threshold_fpr=t_fpr,
+    )
+    return out
+
+
+def false_positives_by_class(
+    truth: np.ndarray,
+    score: np.ndarray,
+    *,
+    truth_classes: list[str],
+    threshold: float,
+    threshold_fpr: float,
+) -> dict:
+    """How often each non-lens truth class is scored as a lens.
+
+    Parameters
+    ----------
+    truth : numpy.ndarray of int
+        True class of each row, indices into ``truth_classes``.
+    score : numpy.ndarray of float
+        Lens probability of each row; non-finite rows are unscorable and only counted.
+    truth_classes : list of str
+        Class names of the data; every class but ``"lens"`` is reported, in this order,
+        including classes with no rows.
+    threshold : float
+        Operating lens probability: a row is a false positive when its score >= threshold.
+    threshold_fpr : float
+        The pooled FPR-1e-3 threshold of :func:`classifier_report`; a row counts
+        there when its score is strictly above it (as lenses do in ``tpr_fpr_1e-3``).
+
+    Returns
+    -------
+    dict
+        Class name -> ``n`` (scored rows), ``n_nan`` (unscorable rows),
+        ``above_threshold`` (rows with score >= ``threshold``), ``fpr``
+        (``above_threshold / n``), ``fpr_at_fpr_1e-3_threshold`` (fraction with
+        score > ``threshold_fpr``) and ``median_score``; the fractions and the
+        median are NaN for a class with no scored rows.
+    """
+    truth = np.asarray(truth, dtype=np.int64)
+    score = np.asarray(score, dtype=np.float64)
+    ok = np.isfinite(score)
+    out = {}
+    for k, name in enumerate(truth_classes):
+        if name == "lens":
+            continue
+        rows = truth == k
+        s = score[rows & ok]
+        n = int(s.size)
+        above = int((s >= threshold).sum())
+        out[str(name)] = {
+            "n": n,
+            "n_nan": int((rows & ~ok).sum()),
+            "above_threshold": above,
+            "fpr": above / n if n else math.nan,
+            "fpr_at_fpr_1e-3_threshold": float((s > threshold_fpr).mean()) if n else math.nan,
+            "median_score": float(np.median(s)) if n else math.nan,
+        }
     return out
 
 

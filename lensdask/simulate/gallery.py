@@ -34,7 +34,7 @@ def colour_composite(image: np.ndarray, bands: Sequence[str], stretch: float = 4
 
 
 def gallery(images: np.ndarray, table: pd.DataFrame, path: str | os.PathLike, bands: Sequence[str] = ("g", "r", "i", "z"),
-            n: int = 24, columns: int = 6, title: str | None = None) -> str:
+            n: int = 24, columns: int = 6, title: str | None = None, classes: Sequence[str] | None = None) -> str:
     """Write a PNG grid of colour composites, each captioned with its parameters.
 
     Parameters
@@ -51,6 +51,11 @@ def gallery(images: np.ndarray, table: pd.DataFrame, path: str | os.PathLike, ba
         Stamps shown (the first ``n``).
     columns : int
         Stamps per row of the grid.
+    title : str, optional
+    classes : sequence of str, optional
+        The store's class names (``label`` indexes them); default ``["non-lens", "lens"]``.
+
+    Captions name the class, and the neighbours and stars of the stamp's scene when recorded.
 
     Returns
     -------
@@ -62,6 +67,7 @@ def gallery(images: np.ndarray, table: pd.DataFrame, path: str | os.PathLike, ba
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    classes = list(classes) if classes is not None else ["non-lens", "lens"]
     n = min(n, len(images))
     rows = max(1, -(-n // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.55 * rows), squeeze=False)
@@ -77,11 +83,15 @@ def gallery(images: np.ndarray, table: pd.DataFrame, path: str | os.PathLike, ba
                     f"S/N{snr_band}={r[f'arc_snr_{snr_band}']:.0f} c={r.get(f'contrast_{snr_band}', np.nan):.2f} "
                     f"src {snr_band}={r[f'mag_source_{snr_band}']:.1f}")
         else:
-            real = np.isfinite(r.get("background_index", np.nan)) and not np.isfinite(r.get("seeing_g", np.nan))
-            text = "non-lens (real cutout)" if real else f"non-lens mi={r.get('mag_lens_i', np.nan):.1f}"
+            label = int(r.get("label", 0))
+            name = classes[label] if label < len(classes) else f"class {label}"
+            real = np.isfinite(r.get("background_index", np.nan))
+            text = f"{name} (real cutout)" if real else f"{name} mi={r.get('mag_lens_i', np.nan):.1f}"
         seeing = r.get(f"seeing_{snr_band}", np.nan)
         if np.isfinite(seeing):
             text += f"\nseeing {snr_band} {seeing:.2f}\""
+        if np.isfinite(r.get("scene_n_galaxies", np.nan)):
+            text += f" nbr {r['scene_n_galaxies']:.0f} star {r['scene_n_stars']:.0f}"
         ax.set_title(text, fontsize=6.5)
     if title:
         fig.suptitle(title, fontsize=9)

@@ -38,6 +38,7 @@ import numpy as np
 
 from .. import config
 from . import inputs as _inputs
+from . import scene as _scene
 from .conditions import draw_conditions
 
 __all__ = ["Renderer", "Rendered", "get_renderer", "bare_render", "reference_render", "renderer_config"]
@@ -131,14 +132,20 @@ class Candidate:
     arc pixels; :meth:`finish` renders the remaining bands and draws the noise.
     """
 
-    def __init__(self, renderer: "Renderer", params: dict):
+    def __init__(self, renderer: "Renderer", params: dict, backgrounds=None, scene=None):
         self.r = renderer
         self.params = params
+        # real cutouts this system is painted on: the renderer's own set unless another is given
+        self.backgrounds = renderer.backgrounds if backgrounds is None else backgrounds
         self.bg = _has_background(params)
+        if self.bg and self.backgrounds is None:
+            raise ValueError("a system with background_index needs real backgrounds (none were given)")
+        self.scene = scene
         self._mu = None
         self._arc1 = None  # unconvolved lensed source at unit amplitude (flux per pixel)
         self._ll1 = None
-        self._arc, self._ll, self._conv, self._morph = {}, {}, {}, {}
+        self._arc, self._ll, self._conv, self._morph, self._scene = {}, {}, {}, {}, {}
+        self._scene_unit = None
         self.background_rms, self.exposure_time, self.scale = {}, {}, {}
         # systems drawn without conditions get the fixed lenstronomy DES ones
         self.seeing = {b: float(params.get(f"seeing_{b}", renderer.seeing[b])) for b in renderer.bands}
@@ -147,7 +154,7 @@ class Candidate:
             self.background_rms[b], self.exposure_time[b] = renderer.noise_of(b, self.sky[b])
             if self.bg:
                 k = int(params["background_index"])
-                self.scale[b] = float(renderer.backgrounds.noise[k, renderer.bands.index(b)]
+                self.scale[b] = float(self.backgrounds.noise[k, renderer.bands.index(b)]
                                       / self.background_rms[b])
             else:
                 self.scale[b] = 1.0
@@ -192,12 +199,31 @@ class Candidate:
         if band not in self._ll:
             if self.bg:
                 k, j = int(self.params["background_index"]), self.r.bands.index(band)
-                self._ll[band] = self.r.backgrounds.images[k, j].astype(float) / self.scale[band]
+                self._ll[band] = self.backgrounds.images[k, j].astype(float) / self.scale[band]
             else:
                 unit = self._ll_unit()
                 amp = self.r.magnitude2cps(band, self.params[f"mag_lens_{band}"]) / self._ll_norm
                 self._ll[band] = self.conv(band).convolution2d(unit * amp)
         return self._ll[band]
+
+    def scene_light(self, band: str) -> np.ndarray | float:
+        """Noiseless light of the scene's neighbours and stars in ``band`` (e-/s per pixel), or 0.
+
+        Objects on the stamp go through the system's own PSF convolution; stars off the stamp and
+        the halos of bright stars are added after it; pixels past the saturation level bleed.
+        """
+        if self.scene is None or len(self.scene) == 0:
+            return 0.0
+        if band not in self._scene:
+            r = self.r
+            if self._scene_unit is None:
+                self._scene_unit = self.scene.profiles(r.stamp, r.pixel_scale)
+            j = r.bands.index(band)
+            counts = 10.0 ** (-0.4 * (self.scene.mag[:, j] - r._zp[band]))
+            light = self.conv(band).convolution2d(np.tensordot(counts, self._scene_unit, axes=1))
+            light = light + self.scene.outside_light(j, counts, r.stamp, r.pixel_scale, self.seeing[band])
+            self._scene[band] = _scene.saturate(light, self.scene.saturation)
+        return self._scene[band]
 
     def variance(self, band: str) -> np.ndarray:
         """Per-pixel variance (e-/s)**2 of the lensed system in ``band``."""
@@ -372,11 +398,17 @@ class Renderer:
             return self._ref_cosmos
         return self._ref
 
-    def candidate(self, params: dict) -> Candidate:
-        """A lazily measured lens system (see :class:`Candidate`)."""
-        return Candidate(self, params)
+    def candidate(self, params: dict, backgrounds=None, scene=None) -> Candidate:
+        """A lazily measured lens system (see :class:`Candidate`).
 
-    def render(self, params: dict, rng: np.random.Generator, lensed: bool = True) -> Rendered:
+        ``backgrounds`` (:class:`~lensdask.simulate.inputs.Backgrounds`) replaces the renderer's
+        own real cutouts for a system with ``background_index``; ``scene``
+        (:class:`~lensdask.simulate.scene.Scene`) adds neighbours and stars.
+        """
+        return Candidate(self, params, backgrounds, scene)
+
+    def render(self, params: dict, rng: np.random.Generator, lensed: bool = True, backgrounds=None,
+               scene=None) -> Rendered:
         """Render one system.
 
         Parameters
@@ -388,15 +420,17 @@ class Renderer:
         lensed : bool
             False renders the galaxy alone (a non-lens).
         """
-        return self._assemble(Candidate(self, params), rng, lensed=lensed)
+        return self._assemble(Candidate(self, params, backgrounds, scene), rng, lensed=lensed)
 
     def _assemble(self, cand: Candidate, rng: np.random.Generator, lensed: bool) -> Rendered:
         nb, s = len(self.bands), self.stamp
         ll = np.empty((nb, s, s))
         arc = np.zeros((nb, s, s))
+        scene = np.zeros((nb, s, s))
         scale = np.array([cand.scale[b] for b in self.bands])
         for k, b in enumerate(self.bands):
             ll[k] = cand.lens_light(b)
+            scene[k] = cand.scene_light(b)
             if lensed:
                 arc[k] = cand.arc(b)
         noise = rng.standard_normal(ll.shape)
@@ -405,15 +439,16 @@ class Renderer:
         for k, b in enumerate(self.bands):
             derived[f"seeing_{b}"], derived[f"sky_{b}"] = cand.seeing[b], cand.sky[b]
             t = cand.exposure_time[b]
+            added = arc[k] + scene[k]
             if cand.bg:
-                # the cutout already holds its own sky and galaxy noise: add the arc and its Poisson noise
-                image[k] = self.backgrounds.images[int(cand.params["background_index"]), k] + scale[k] * (
-                    arc[k] + np.sqrt(np.maximum(arc[k], 0.0) / t) * noise[k])
+                # the cutout already holds its own sky and galaxy noise: add the arc, the scene and their Poisson noise
+                image[k] = cand.backgrounds.images[int(cand.params["background_index"]), k] + scale[k] * (
+                    added + np.sqrt(np.maximum(added, 0.0) / t) * noise[k])
             else:
-                var = cand.background_rms[b] ** 2 + np.maximum(ll[k] + arc[k], 0.0) / t
-                image[k] = ll[k] + arc[k] + np.sqrt(var) * noise[k]
+                var = cand.background_rms[b] ** 2 + np.maximum(ll[k] + added, 0.0) / t
+                image[k] = ll[k] + added + np.sqrt(var) * noise[k]
             if lensed:
-                var = cand.background_rms[b] ** 2 + np.maximum(ll[k] + arc[k], 0.0) / t
+                var = cand.background_rms[b] ** 2 + np.maximum(ll[k] + added, 0.0) / t
                 derived[f"arc_snr_{b}"] = float(np.sqrt(np.sum(arc[k] ** 2 / var)))
                 derived[f"contrast_{b}"] = cand.morphology(b)[f"contrast_{b}"]
         if not lensed:
@@ -425,6 +460,8 @@ class Renderer:
             # shapes are measured in the S/N band of the constraints (set by the sampler)
             m = cand.morphology(getattr(cand, "shape_band", self.bands[0]))
             derived["n_images"], derived["arc_extent"] = float(m["n_images"]), m["arc_extent"]
+        if cand.scene is not None:
+            derived.update(cand.scene.summary(self._zp))
         return Rendered(image.astype(np.float32), ll, arc, derived, scale)
 
 

@@ -24,11 +24,25 @@ from ..store import provenance as make_provenance
 from .constraints import Constraints, RejectionStats, sample_lens
 from .conditions import check_source
 from .inputs import InputError, load_backgrounds, theta_E_sis
+from .lookalikes import KINDS as LOOKALIKE_KINDS
+from .lookalikes import render_lookalike
 from .priors import draw_lens_galaxy, draw_lensed_source, draw_redshifts, lens_galaxy_keys, lensed_source_keys
 from .render import get_renderer, renderer_config
+from .scene import SCENE_KEYS, draw_scene
 
 CLASSES = ["non-lens", "lens"]
-"""Class names of simulated stores; ``label`` indexes this list."""
+"""Class names of two-class simulated stores; ``label`` indexes the store's classes."""
+
+SCENE_STREAM = 0x5CE7E
+"""Seed stream of the scenes (neighbours and stars): apart from the label, central galaxy and noise."""
+
+LOOKALIKE_ROWS_STREAM = 0x100C
+"""Seed stream deciding which non-lens rows of a training store become look-alikes."""
+
+
+def store_classes(lookalike_fraction: float, lookalikes) -> list[str]:
+    """Classes of a simulated store: ``non-lens``, ``lens``, then each look-alike kind when planted."""
+    return CLASSES + (list(lookalikes) if lookalike_fraction > 0 else [])
 
 
 def param_names(bands: Sequence[str]) -> list[str]:
@@ -41,7 +55,9 @@ def param_names(bands: Sequence[str]) -> list[str]:
     arc's ``contrast_<band>`` (arc / lens flux in the arc's pixels), ``n_images`` and
     ``arc_extent`` (deg) in the S/N band, ``background_index`` (row of the real cutout set;
     NaN for a modelled galaxy), ``sigma_v`` (km/s), ``z_lens``, ``z_source`` (NaN when theta_E
-    came from its prior), and ``psf_x``, ``psf_y`` (CCD position of a PSFEx PSF, px).
+    came from its prior), ``psf_x``, ``psf_y`` (CCD position of a PSFEx PSF, px), and what the
+    stamp's scene placed (:data:`~lensdask.simulate.scene.SCENE_KEYS`: neighbours, satellites and
+    stars on the stamp, the brightest one's i magnitude and distance in arcsec, saturated stars).
     """
     bands = list(bands)
     return [
@@ -53,6 +69,7 @@ def param_names(bands: Sequence[str]) -> list[str]:
         *(f"sky_{b}" for b in bands),
         *(f"contrast_{b}" for b in bands),
         "n_images", "arc_extent", "background_index", "sigma_v", "z_lens", "z_source", "psf_x", "psf_y",
+        *SCENE_KEYS,
     ]
 
 
@@ -136,6 +153,10 @@ def simulate_rows(
     negatives: str | None = None,
     real_negative_fraction: float | None = None,
     theta_E_from: str | None = None,
+    scene: dict | None = None,
+    lookalike_fraction: float | None = None,
+    lookalikes: Sequence[str] | None = None,
+    background_fraction: float | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Simulate the rows ``indices`` of the run ``seed``. Pure: no Dask.
 
@@ -179,6 +200,18 @@ def simulate_rows(
         Einstein radius of modelled lens galaxies: SIS from a drawn velocity dispersion and
         redshifts, or uniform in the constraints' range (config ``simulate.theta_E_from``).
         Real backgrounds always use their own sigma_v when known.
+    scene : dict, optional
+        The ``simulate.scene`` configuration: every row's field galaxies, satellites and stars
+        (:func:`~lensdask.simulate.scene.draw_scene`), drawn from the seed stream
+        :data:`SCENE_STREAM` whatever the row's label; ``enabled: false`` renders isolated galaxies.
+    lookalike_fraction : float, optional
+        Fraction of the non-lens rows that are false-positive look-alikes, each labelled with its
+        own class (config ``simulate.lookalike_fraction``).
+    lookalikes : sequence of str, optional
+        Look-alike kinds, drawn uniformly (config ``simulate.lookalikes``).
+    background_fraction : float, optional
+        Fraction of lens rows painted on the real backgrounds when there are any (config
+        ``simulate.background_fraction``); the rest have modelled lens galaxies.
 
     Returns
     -------
@@ -187,7 +220,8 @@ def simulate_rows(
         cutouts' own units for rows on real backgrounds and real negatives.
     table : pandas.DataFrame
         ``object_id`` (= the global index), ``ra``, ``dec`` (0.0: simulations have no sky
-        position), ``label`` (1 lens, 0 non-lens; classes ``["non-lens", "lens"]``) and the
+        position), ``label`` (index into :func:`store_classes`: 0 non-lens, 1 lens, 2... the
+        look-alike kinds in order) and the
         parameters of :func:`param_names` (NaN where not applicable).
     """
     renderer = get_renderer(bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds, psf,
@@ -217,9 +251,18 @@ def simulate_rows(
     theta_E_from = config.get("simulate.theta_E_from", theta_E_from)
     if theta_E_from not in ("sigma_v", "uniform"):
         raise ValueError(f"theta_E_from must be 'sigma_v' or 'uniform', got {theta_E_from!r}")
+    scene = dict(config.get("simulate.scene", scene))
+    lookalike_fraction = float(config.get("simulate.lookalike_fraction", lookalike_fraction))
+    lookalikes = list(config.get("simulate.lookalikes", lookalikes))
+    check_lookalikes(lookalike_fraction, lookalikes)
+    background_fraction = float(config.get("simulate.background_fraction", background_fraction))
+    if not 0.0 <= background_fraction <= 1.0:
+        raise ValueError(f"background_fraction must be in [0, 1], got {background_fraction}")
 
     def propose(rng):
-        if bg is not None:
+        # a draw of rng only when lens galaxies are mixed, so stores without the option keep their rows
+        on_real = bg is not None and (background_fraction >= 1.0 or rng.random() < background_fraction)
+        if on_real:
             k = int(rng.integers(len(bg)))
             lens = {"lens_x": 0.0, "lens_y": 0.0, "background_index": float(k)}
             lens.update(draw_redshifts(rng, bg.sigma_v[k]))
@@ -248,9 +291,14 @@ def simulate_rows(
     values = np.full((n, len(names)), np.nan)
     labels = np.zeros(n, dtype=np.int16)
     col = {name: k for k, name in enumerate(names)}
+    rows = _RowMaker(seed, stream, lens_fraction, propose, measure, renderer, constraints, max_draws, stats,
+                     neg_set, real_neg, scene, lookalike_fraction, lookalikes)
     with _malloc_keep_small_arrays():
-        _fill_rows(indices, seed, stream, lens_fraction, propose, measure, renderer, constraints, max_draws,
-                   stats, images, values, labels, col, neg_set, real_neg)
+        for row, i in enumerate(indices):
+            image, params, labels[row] = rows.make(i)
+            images[row] = image
+            for k, v in params.items():
+                values[row, col[k]] = v
     table = pd.DataFrame(values, columns=names)
     table.insert(0, "label", labels)
     table.insert(0, "dec", np.zeros(n))
@@ -259,30 +307,78 @@ def simulate_rows(
     return images, table
 
 
-def _fill_rows(indices, seed, stream, lens_fraction, propose, measure, renderer, constraints, max_draws, stats,
-               images, values, labels, col, neg_set, real_neg):
-    for row, i in enumerate(indices):
-        rng = row_rng(seed, i, stream)
-        if rng.random() < lens_fraction:
-            params, cand = sample_lens(rng, propose, measure, constraints,
-                                       renderer.worst_seeing, max_draws, stats)
+def check_lookalikes(lookalike_fraction: float, lookalikes) -> None:
+    """Refuse unknown look-alike kinds, and a fraction outside [0, 1]."""
+    unknown = sorted(set(lookalikes) - set(LOOKALIKE_KINDS))
+    if unknown:
+        raise ValueError(f"unknown look-alikes {unknown}; known: {list(LOOKALIKE_KINDS)}")
+    if lookalike_fraction > 0 and not lookalikes:
+        raise ValueError("lookalike_fraction is above 0 but no look-alike kinds are given")
+    if not 0.0 <= lookalike_fraction <= 1.0:
+        raise ValueError(f"lookalike_fraction must be in [0, 1], got {lookalike_fraction}")
+
+
+def row_scene(seed: int, index: int, stream: int | None, renderer, cfg: dict, central_mag_i: float | None = None,
+              real: bool = False):
+    """The scene of row ``index`` of a run (None when scenes are off, or for a real cutout with ``on_real`` off).
+
+    Drawn from its own seed stream (:data:`SCENE_STREAM`), so a row's neighbours and stars do not
+    depend on its label. ``central_mag_i`` (mag) of a modelled central galaxy gives it satellites;
+    a real cutout (``real``) gets field galaxies and stars only.
+    """
+    if not cfg.get("enabled", True) or (real and not cfg.get("on_real", False)):
+        return None
+    srng = row_rng(seed, index, SCENE_STREAM ^ (stream or 0))
+    mag = None if real or central_mag_i is None or not np.isfinite(central_mag_i) else float(central_mag_i)
+    return draw_scene(srng, renderer.bands, renderer.stamp, renderer.pixel_scale, cfg, central_mag_i=mag)
+
+
+class _RowMaker:
+    """Makes row ``i`` of a run: a lens, a look-alike, a real negative or a modelled non-lens, in its scene."""
+
+    def __init__(self, seed, stream, lens_fraction, propose, measure, renderer, constraints, max_draws, stats,
+                 neg_set, real_neg, scene, lookalike_fraction, lookalikes):
+        self.seed, self.stream, self.lens_fraction = seed, stream, lens_fraction
+        self.propose, self.measure, self.r = propose, measure, renderer
+        self.constraints, self.max_draws, self.stats = constraints, max_draws, stats
+        self.neg_set, self.real_neg, self.scene_cfg = neg_set, real_neg, scene
+        self.lookalikes = list(lookalikes)
+        self.p_lookalike = lookalike_fraction
+        self.classes = store_classes(lookalike_fraction, lookalikes)
+
+    def scene(self, i, central_mag_i=None, real=False):
+        return row_scene(self.seed, i, self.stream, self.r, self.scene_cfg, central_mag_i, real)
+
+    def make(self, i):
+        r = self.r
+        rng = row_rng(self.seed, i, self.stream)
+        if rng.random() < self.lens_fraction:
+            params, cand = sample_lens(rng, self.propose, self.measure, self.constraints, r.worst_seeing,
+                                       self.max_draws, self.stats)
+            cand.scene = self.scene(i, params.get("mag_lens_i"), real=cand.bg)
             out = cand.finish(rng)
-            labels[row] = 1
-        elif real_neg > 0 and rng.random() < real_neg:
-            k = int(rng.integers(len(neg_set)))
-            images[row] = neg_set.images[k]
-            values[row, col["background_index"]] = k
-            values[row, col["sigma_v"]] = neg_set.sigma_v[k]
-            continue
-        else:
-            params = draw_lens_galaxy(rng, renderer.bands)
-            params.update(renderer.draw_conditions(rng))
-            out = renderer.render(params, rng, lensed=False)
-        images[row] = out.image
-        for k, v in params.items():
-            values[row, col[k]] = v
-        for k, v in out.derived.items():
-            values[row, col[k]] = v
+            return out.image, {**params, **out.derived}, 1
+        if self.p_lookalike > 0:
+            lrng = row_rng(self.seed, i, LOOKALIKE_ROWS_STREAM ^ (self.stream or 0))
+            if lrng.random() < self.p_lookalike:
+                kind = self.lookalikes[int(lrng.integers(len(self.lookalikes)))]
+                image, params = render_lookalike(r, lrng, kind,
+                                                 scene_for=lambda g: self.scene(i, g.get("mag_lens_i")))
+                return image, {k: v for k, v in params.items() if not k.startswith("fp_") and
+                               not k.startswith("mag_fp_")}, self.classes.index(kind)
+        if self.real_neg > 0 and rng.random() < self.real_neg:
+            k = int(rng.integers(len(self.neg_set)))
+            params = {"background_index": float(k), "sigma_v": float(self.neg_set.sigma_v[k])}
+            scene = self.scene(i, real=True)
+            if scene is None:
+                return self.neg_set.images[k], params, 0
+            params.update(r.draw_conditions(rng))
+            out = r.render(params, rng, lensed=False, backgrounds=self.neg_set, scene=scene)
+            return out.image, {**params, **out.derived}, 0
+        params = draw_lens_galaxy(rng, r.bands)
+        params.update(r.draw_conditions(rng))
+        out = r.render(params, rng, lensed=False, scene=self.scene(i, params["mag_lens_i"]))
+        return out.image, {**params, **out.derived}, 0
 
 
 # -- Dask wiring ---------------------------------------------------------------------------
@@ -333,7 +429,8 @@ def _simulate_partition(part, *, url, seed, sim_kwargs):
 
 
 def resolve_sim_kwargs(lens_fraction=None, constraints=None, max_draws=None, *, sources=None, backgrounds=None,
-                       psf=None, conditions=None, negatives=None, real_negative_fraction=None) -> dict:
+                       psf=None, conditions=None, negatives=None, real_negative_fraction=None,
+                       lookalike_fraction=None, lookalikes=None, background_fraction=None, scene=None) -> dict:
     """Resolve every configured value now (worker processes do not see ``dask.config.set``).
 
     Paths become absolute, and the inputs they name are read once here, so a missing or
@@ -357,7 +454,14 @@ def resolve_sim_kwargs(lens_fraction=None, constraints=None, max_draws=None, *, 
         theta_E_from=config.get("simulate.theta_E_from"),
         negatives=negatives, real_negative_fraction=config.get("simulate.real_negative_fraction",
                                                                real_negative_fraction),
+        scene=dict(config.get("simulate.scene", scene)),
+        lookalike_fraction=float(config.get("simulate.lookalike_fraction", lookalike_fraction)),
+        lookalikes=list(config.get("simulate.lookalikes", lookalikes)),
+        background_fraction=float(config.get("simulate.background_fraction", background_fraction)),
     )
+    check_lookalikes(kw["lookalike_fraction"], kw["lookalikes"])
+    if not 0.0 <= kw["background_fraction"] <= 1.0:
+        raise ValueError(f"background_fraction must be in [0, 1], got {kw['background_fraction']}")
     check_source(conditions, bands)
     get_renderer(*renderer_config(bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds,
                                   psf, conditions))  # reads and checks the inputs now
@@ -385,6 +489,9 @@ def simulate(
     conditions: str | None = None,
     negatives: str | None = None,
     real_negative_fraction: float | None = None,
+    lookalike_fraction: float | None = None,
+    lookalikes: Sequence[str] | None = None,
+    background_fraction: float | None = None,
 ) -> CutoutStore | tuple[CutoutStore, RejectionStats]:
     """Simulate a training store of ``n`` rows, one tile per Dask bag partition.
 
@@ -415,6 +522,10 @@ def simulate(
     sources, backgrounds, psf, conditions, negatives, real_negative_fraction : optional
         Inputs of the simulation (see :func:`simulate_rows`; config ``simulate.*``). Files are
         checked before any task starts.
+    lookalike_fraction, lookalikes, background_fraction : optional
+        False-positive look-alike classes and the share of lenses painted on real backgrounds
+        (see :func:`simulate_rows`; config ``simulate.*``). The store's classes are
+        :func:`store_classes`. Every row is drawn in a scene (config ``simulate.scene``).
 
     Returns
     -------
@@ -431,7 +542,9 @@ def simulate(
     n_tiles = math.ceil(n / size)
     sim_kwargs = resolve_sim_kwargs(lens_fraction, constraints, max_draws, sources=sources,
                                     backgrounds=backgrounds, psf=psf, conditions=conditions, negatives=negatives,
-                                    real_negative_fraction=real_negative_fraction)
+                                    real_negative_fraction=real_negative_fraction,
+                                    lookalike_fraction=lookalike_fraction, lookalikes=lookalikes,
+                                    background_fraction=background_fraction)
     prov = make_provenance(
         None, seed=int(seed), n=n, partition_size=size,
         lens_fraction=sim_kwargs["lens_fraction"],
@@ -439,12 +552,14 @@ def simulate(
         max_draws_per_lens=sim_kwargs["max_draws"],
         coadd_years=sim_kwargs["coadd_years"], supersampling=sim_kwargs["supersampling"],
         **{k: sim_kwargs[k] for k in ("sources", "backgrounds", "psf", "conditions", "negatives",
-                                      "real_negative_fraction")},
+                                      "real_negative_fraction", "lookalike_fraction", "lookalikes",
+                                      "background_fraction", "scene")},
     )
     create_store(
         url, tiles=[f"sim-{t:06d}" for t in range(n_tiles)], capacity=min(size, n),
         bands=sim_kwargs["bands"], pixel_scale=sim_kwargs["pixel_scale"], stamp=sim_kwargs["stamp"],
-        classes=CLASSES, params=param_names(sim_kwargs["bands"]), provenance=prov, overwrite=overwrite,
+        classes=store_classes(sim_kwargs["lookalike_fraction"], sim_kwargs["lookalikes"]),
+        params=param_names(sim_kwargs["bands"]), provenance=prov, overwrite=overwrite,
     )
     parts = [(t, t * size, min(n, (t + 1) * size)) for t in range(n_tiles)]
     bag = db.from_sequence(parts, npartitions=n_tiles).map_partitions(

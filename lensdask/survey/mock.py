@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from .. import config
-from ..simulate.lookalikes import KINDS, render_lookalike
+from ..simulate.lookalikes import render_lookalike
 from ..simulate.render import get_renderer, renderer_config
 from ..simulate.run import (
-    CLASSES, _absolute, compute_partitions, resolve_sim_kwargs, row_rng, simulate_rows,
+    CLASSES, _absolute, check_lookalikes, compute_partitions, resolve_sim_kwargs, row_rng, row_scene, simulate_rows,
 )
 from ..store import CutoutStore, create_store, open_store
 from ..store import provenance as make_provenance
@@ -99,7 +99,8 @@ def plant_lookalikes(images, table, indices, seed, fraction, kinds, sim_kwargs) 
     """Replace some non-lens rows by look-alikes, in place; returns each row's truth class.
 
     Row ``i`` becomes a look-alike with probability ``fraction`` (of all rows), drawn from
-    its own seed stream, so planting never changes which rows are lenses.
+    its own seed stream, so planting never changes which rows are lenses. A look-alike keeps the
+    row's scene (neighbours and stars), as every other row has.
     """
     truth = np.where(table["label"].to_numpy() == 1, "lens", "non-lens").astype(object)
     if fraction <= 0:
@@ -116,7 +117,10 @@ def plant_lookalikes(images, table, indices, seed, fraction, kinds, sim_kwargs) 
         rng = row_rng(seed, i, LOOKALIKE_STREAM)
         if rng.random() < p:
             kind = kinds[int(rng.integers(len(kinds)))]
-            images[row], _ = render_lookalike(renderer, rng, kind)
+            images[row], _ = render_lookalike(
+                renderer, rng, kind,
+                scene_for=lambda g, i=i: row_scene(seed, i, SURVEY_STREAM, renderer, sim_kwargs["scene"],
+                                                   g.get("mag_lens_i")))
             truth[row] = kind
     return truth
 
@@ -213,9 +217,7 @@ def mock_survey(
     lens_fraction = float(config.get("mock_survey.lens_fraction", lens_fraction))
     lookalike_fraction = float(config.get("mock_survey.lookalike_fraction", lookalike_fraction))
     lookalikes = list(config.get("mock_survey.lookalikes", lookalikes))
-    unknown = sorted(set(lookalikes) - set(KINDS))
-    if unknown:
-        raise ValueError(f"unknown look-alikes {unknown}; known: {list(KINDS)}")
+    check_lookalikes(lookalike_fraction, lookalikes)
     if not 0 <= lens_fraction + lookalike_fraction <= 1:
         raise ValueError(f"lens_fraction + lookalike_fraction must be in [0, 1], got {lens_fraction + lookalike_fraction}")
     if n_tiles < 1 or per_tile < 1:
@@ -226,7 +228,8 @@ def mock_survey(
     truth_path = os.fspath(truth) if truth is not None else default_truth_path(url)
     if os.path.exists(truth_path) and not overwrite:
         raise FileExistsError(f"{truth_path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    sim_kwargs = resolve_sim_kwargs(lens_fraction=lens_fraction)
+    # the survey plants its own look-alikes (truth classes, not labels): none from the training-set option
+    sim_kwargs = resolve_sim_kwargs(lens_fraction=lens_fraction, lookalike_fraction=0.0)
 
     centres = draw_tiles(row_rng(seed, 0, SURVEY_STREAM + 2), n_tiles, ra_range, dec_range)
     prov = make_provenance(
