@@ -7,6 +7,7 @@ The public API, one function per CLI command::
     ingest(out, ...)                    real coadd tiles + catalogue, or cutout cubes -> survey store
     train(data, out)                    a timm ViT checkpoint (weights + model card)
     evaluate(model, data)               AUROC, TPR0, TPR10, TPR at FPR 1e-3
+    inject(model, cutouts)              arcs painted on real cutouts: completeness and false-positive rate
     search(zarr, model, out)            one Dask task per tile -> candidates.parquet
     demo(out)                           mock survey -> search -> scored against the truth
     create_store / open_store           the Zarr v3 cutout store
@@ -25,7 +26,7 @@ __version__ = "0.1.0"
 from . import config  # noqa: E402  (loads the defaults into dask.config)
 from .cluster import cluster_client  # noqa: E402
 from .demo import demo  # noqa: E402
-from .model import evaluate, train  # noqa: E402
+from .model import evaluate, inject, train  # noqa: E402
 from .review import add_labels, export_zooniverse, gallery, read_labels, swap, trainset_add  # noqa: E402
 from .search import SearchResult, merge, search, search_tile  # noqa: E402
 from .simulate import simulate  # noqa: E402
@@ -48,6 +49,7 @@ __all__ = [
     "demo",
     "evaluate",
     "ingest",
+    "inject",
     "merge",
     "mock_survey",
     "open_store",

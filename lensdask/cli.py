@@ -66,7 +66,7 @@ def _cmd_simulate(a) -> int:
                   negatives=a.negatives, real_negative_fraction=a.real_negative_fraction,
                   lookalike_fraction=a.lookalike_fraction,
                   lookalikes=a.lookalikes.split(",") if a.lookalikes else None,
-                  background_fraction=a.background_fraction)
+                  background_fraction=a.background_fraction, galaxies=a.galaxies)
     resolve_sim_kwargs(a.lens_fraction, constraints, None, **inputs)  # bad input fails before the cluster starts
     with _with_client(a.cluster) as client:
         store, stats = simulate(
@@ -176,6 +176,43 @@ def _cmd_evaluate(a) -> int:
         print(f"ROC curve: {a.roc}")
     if a.json:
         print(f"all metrics: {a.json}")
+    return 0
+
+
+def _cmd_inject(a) -> int:
+    from .model import inject
+    from .simulate.constraints import load_constraints_file
+
+    m = inject(
+        a.model, a.cutouts, galaxies=a.galaxies, orientations=a.orientations, seed=a.seed, threshold=a.threshold,
+        constraints=load_constraints_file(a.constraints) if a.constraints else None, max_draws=a.max_draws,
+        zeropoint=a.zeropoint, aperture=a.aperture, n_bins=a.bins, top=a.top, out=a.out, png=a.png,
+        json_path=a.json, record=a.record, batch_size=a.batch_size, device=a.device,
+    )
+    print(f"model {m['model_id']} on {m['n_cutouts']} real cutouts of {m['cutouts']} (rows {m['galaxies'] or 'all'}), "
+          f"{m['orientations']} orientations each; {m['n_nonfinite']} skipped for non-finite pixels, "
+          f"{m['n_no_noise']} for no measurable noise")
+    print(f"  painted {m['n_painted']} (no system passed the constraints on {m['n_paint_failed']}), "
+          f"unpainted {m['n_unpainted']}")
+    print(f"  AUROC painted vs unpainted   {m['auroc']:.4f}   TPR0 {m['tpr0']:.3f}   TPR10 {m['tpr10']:.3f}")
+    lo, hi = m["fpr_interval"]
+    print(f"  unpainted at p >= {m['threshold']:g}: {m['false_positives']} of {m['n_unpainted']} = "
+          f"{m['fpr']:.4f}  (95% Clopper-Pearson {lo:.4f} - {hi:.4f})")
+    lo, hi = m["completeness_interval"]
+    print(f"  painted at p >= {m['threshold']:g}: completeness {m['completeness']:.4f}  (95% {lo:.4f} - {hi:.4f})")
+    for param, bins in m["completeness_by"].items():
+        print(f"completeness vs {param}")
+        for b in bins:
+            print(f"  [{b['lo']:8.3g}, {b['hi']:8.3g}]  n={b['n']:<5} {b['completeness']:.3f}")
+    if m["top_unpainted"]:
+        print("highest-scoring unpainted: " + ", ".join(
+            f"row {t['row']} o{t['orientation']} {t['score']:.3f}" for t in m["top_unpainted"][:5]))
+    for key, name in (("completeness_png", "completeness curves"), ("top_unpainted_png", "top unpainted"),
+                      ("json", "all results")):
+        if m.get(key):
+            print(f"{name}: {m[key]}")
+    if a.record:
+        print(f"recorded in {m['model']}/model_card.json (evaluations)")
     return 0
 
 
@@ -404,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background-fraction", type=float,
                    help="fraction of lenses painted on the real backgrounds, the rest on modelled galaxies "
                    "(config simulate.background_fraction)")
+    p.add_argument("--galaxies", metavar="SPEC",
+                   help="rows of the real backgrounds and negatives to use: all, train, heldout (config "
+                   "simulate.galaxy_split), a slice 0:20 or a list 1,4,7 (config simulate.galaxies)")
     p.add_argument("--lookalike-fraction", type=float,
                    help="fraction of rows that are false-positive look-alikes, each its own class "
                    "(config simulate.lookalike_fraction)")
@@ -483,6 +523,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", help="cutouts per forward pass, or auto (config search.batch_size)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("inject", help="injection-recovery on real cutouts: arcs painted on real galaxies, "
+                       "scored with and without the arc (completeness, false-positive rate)")
+    p.add_argument("--model", help="checkpoint directory (default: the shipped model)")
+    p.add_argument("--cutouts", required=True,
+                   help="real cutouts: a store, a folder of <band>.fits cubes (+ sigma_v.txt), or .npy/.npz")
+    p.add_argument("--galaxies", metavar="SPEC",
+                   help="rows to use: all, train, heldout (config simulate.galaxy_split), 0:20 or 1,4,7")
+    p.add_argument("--orientations", type=int, help="rotations/flips of each cutout, 1-8 (config inject.orientations)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the painted arcs")
+    p.add_argument("--threshold", type=float, help="operating lens probability (config search.threshold)")
+    p.add_argument("--constraints", metavar="YAML", help="constraint overrides for the painted arcs")
+    p.add_argument("--max-draws", type=int, help="draws per painted system (config simulate.max_draws_per_lens)")
+    p.add_argument("--zeropoint", type=float, help="mag of unit flux for lens magnitudes (config inject.zeropoint)")
+    p.add_argument("--aperture", type=float, help="lens-flux aperture radius, arcsec (config inject.aperture)")
+    p.add_argument("--bins", type=int, help="bins per completeness curve (config inject.bins)")
+    p.add_argument("--top", type=int, help="highest-scoring unpainted cutouts listed and drawn (config inject.top)")
+    p.add_argument("--out", metavar="DIR", help="write DIR/inject.json, DIR/completeness.png, DIR/top_unpainted.png")
+    p.add_argument("--png", metavar="PREFIX", help="write PREFIX_completeness.png and PREFIX_top_unpainted.png")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--record", action="store_true", help="append the results to the model card's evaluations")
+    p.add_argument("--batch-size", help="cutouts per forward pass, or auto (config search.batch_size)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_cmd_inject)
 
     p = sub.add_parser("search", help="score every cutout of a survey store, one task per tile")
     p.add_argument("--zarr", required=True, help="survey store")

@@ -11,6 +11,7 @@ from .checkpoint import (
     untrained_checkpoint,
 )
 from .evaluate import evaluate
+from .inject import inject
 from .infer import nonfinite_rows, predict_proba, resolve_device
 from .metrics import (
     auroc,
@@ -40,6 +41,7 @@ __all__ = [
     "default_model_dir",
     "describe_architectures",
     "evaluate",
+    "inject",
     "load_checkpoint",
     "load_pretrained",
     "nonfinite_rows",

@@ -34,9 +34,10 @@ import torch
 
 from .. import config
 from ..errors import CheckpointError, LensdaskError
+from ..simulate.galaxies import training_galaxies
 from ..store import open_store, provenance
 from .architectures import arch_kwargs, build_vit
-from .checkpoint import save_checkpoint
+from .checkpoint import read_card, save_checkpoint
 from .data import TRAIN, StoreBatches, augment, class_weights, epoch_torch_generator
 from .infer import autocast, resize, resolve_device
 from .normalise import normalisation_spec
@@ -366,6 +367,11 @@ def train(
         "normalisation": spec,
         "classes": list(store.classes),
         "lens_class": int(lens_class),
+        # the real galaxies (source, rows, rotation-invariant fingerprints) the training store painted
+        # arcs on or used as negatives: evaluations on them are refused (lensdask.simulate.galaxies)
+        "training_galaxies": training_galaxies(
+            store.provenance.get("real_galaxies"),
+            read_card(pretrained) if (pretrained_info or {}).get("model_id") else None),
         "training": {
             "data": str(store.url),
             "data_provenance": store.provenance,

@@ -49,15 +49,42 @@ class Backgrounds:
         (n,) velocity dispersion, km/s (NaN when unknown).
     source : str
         Where they were read from.
+    rows : numpy.ndarray, optional
+        (n,) int64 original row index of every cutout in ``source`` (a selection keeps its
+        rows' indices); default ``0..n-1``.
+
+    ``fingerprints`` (computed once) are the rotation- and flip-invariant hashes of the cropped
+    cutouts (:func:`~lensdask.simulate.galaxies.fingerprint`), the galaxies' identities.
     """
 
     images: np.ndarray
     noise: np.ndarray
     sigma_v: np.ndarray
     source: str
+    rows: np.ndarray | None = None
+
+    def __post_init__(self):
+        rows = np.arange(len(self.images), dtype=np.int64) if self.rows is None else \
+            np.asarray(self.rows, dtype=np.int64).ravel()
+        if rows.shape != (len(self.images),):
+            raise InputError(f"{self.source}: {rows.size} row indices for {len(self.images)} cutouts")
+        object.__setattr__(self, "rows", rows)
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @functools.cached_property
+    def fingerprints(self) -> list[str]:
+        """:func:`~lensdask.simulate.galaxies.fingerprint` of every cutout, in row order."""
+        from .galaxies import fingerprints
+
+        return fingerprints(self.images)
+
+    def select(self, rows) -> "Backgrounds":
+        """The cutouts at positions ``rows`` (into this set), keeping their original row indices."""
+        idx = np.asarray(rows, dtype=np.int64).ravel()
+        return Backgrounds(np.ascontiguousarray(self.images[idx]), self.noise[idx], self.sigma_v[idx],
+                           self.source, self.rows[idx])
 
 
 def _crop(cube: np.ndarray, stamp: int, what: str) -> np.ndarray:
@@ -79,8 +106,9 @@ def _header_pixel_scale(header) -> float | None:
     return None
 
 
-@functools.lru_cache(maxsize=4)
-def load_backgrounds(source: str, bands: tuple, pixel_scale: float, stamp: int) -> Backgrounds:
+@functools.lru_cache(maxsize=8)
+def load_backgrounds(source: str, bands: tuple, pixel_scale: float, stamp: int,
+                     rows: tuple | None = None) -> Backgrounds:
     """Read real cutouts from per-band FITS cubes or from a cutout store.
 
     Parameters
@@ -95,12 +123,63 @@ def load_backgrounds(source: str, bands: tuple, pixel_scale: float, stamp: int) 
         Must match the store's, or the FITS header's when it gives one (DES: 0.263).
     stamp : int, px
         Cutouts are cropped to this size around their centre.
+    rows : tuple of int, optional
+        Keep only these rows (original indices into ``source``, in this order; see
+        :func:`~lensdask.simulate.galaxies.select_rows`); None keeps every row. A tuple, so
+        that the result is cached per selection.
     """
+    if rows is not None:
+        full = load_backgrounds(source, bands, pixel_scale, stamp)
+        idx = np.asarray(rows, dtype=np.int64).ravel()
+        bad = idx[(idx < 0) | (idx >= len(full))]
+        if bad.size:
+            raise InputError(f"{source}: rows {sorted(set(bad.tolist()))} out of range for {len(full)} cutouts")
+        return full.select(idx)
     if not os.path.exists(source):
         raise InputError(f"background cutouts {source!r} not found")
     if os.path.isdir(source) and not os.path.exists(os.path.join(source, "zarr.json")):
         return _backgrounds_from_fits(source, bands, pixel_scale, stamp)
     return _backgrounds_from_store(source, bands, pixel_scale, stamp)
+
+
+def galaxy_rows(galaxies, source: str, bands: tuple, pixel_scale: float, stamp: int) -> tuple | None:
+    """The rows of ``source`` a galaxy selection keeps: a tuple for :func:`load_backgrounds`, or None for all.
+
+    ``galaxies`` is a :func:`~lensdask.simulate.galaxies.select_rows` spec (None / ``"all"``,
+    ``"train"``, ``"heldout"``, ``"0:20"``, ``"1,4,7"`` or a sequence of ints), resolved against
+    the number of cutouts in ``source``.
+    """
+    from .galaxies import select_rows
+
+    if galaxies is None or (isinstance(galaxies, str) and galaxies.strip().lower() == "all"):
+        return None
+    n = len(load_backgrounds(source, tuple(bands), pixel_scale, stamp))
+    return tuple(int(i) for i in select_rows(galaxies, n))
+
+
+def real_galaxies_record(backgrounds: "Backgrounds | None", negatives: "Backgrounds | None") -> dict | None:
+    """The provenance ``real_galaxies`` of a simulation: which real cutouts it used.
+
+    Returns
+    -------
+    dict or None
+        ``source`` (the backgrounds' path, else the negatives'), ``rows`` (original row indices
+        of the real cutouts used, sorted; the union of both sets when they come from one source),
+        ``fingerprints`` (the union over both sets, one per distinct galaxy) and, when the
+        negatives come from another source, ``negatives``: ``{"source", "rows"}``. None when the
+        simulation used no real cutouts.
+    """
+    sets = [s for s in (backgrounds, negatives) if s is not None]
+    if not sets:
+        return None
+    first = sets[0]
+    fps = list(dict.fromkeys(f for s in sets for f in s.fingerprints))  # in order, each galaxy once
+    same = [s for s in sets if s.source == first.source]
+    out = {"source": first.source, "rows": sorted({int(r) for s in same for r in s.rows}), "fingerprints": fps}
+    other = [s for s in sets if s.source != first.source]
+    if other:
+        out["negatives"] = {"source": other[0].source, "rows": sorted(int(r) for r in other[0].rows)}
+    return out
 
 
 def _backgrounds_from_fits(folder, bands, pixel_scale, stamp):

@@ -23,7 +23,7 @@ from ..store import CutoutStore, create_store, open_store
 from ..store import provenance as make_provenance
 from .constraints import Constraints, RejectionStats, sample_lens
 from .conditions import check_source
-from .inputs import InputError, load_backgrounds, theta_E_sis
+from .inputs import InputError, galaxy_rows, load_backgrounds, real_galaxies_record, theta_E_sis
 from .lookalikes import KINDS as LOOKALIKE_KINDS
 from .lookalikes import render_lookalike
 from .priors import draw_lens_galaxy, draw_lensed_source, draw_redshifts, lens_galaxy_keys, lensed_source_keys
@@ -157,6 +157,7 @@ def simulate_rows(
     lookalike_fraction: float | None = None,
     lookalikes: Sequence[str] | None = None,
     background_fraction: float | None = None,
+    galaxies: str | Sequence[int] | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Simulate the rows ``indices`` of the run ``seed``. Pure: no Dask.
 
@@ -212,6 +213,11 @@ def simulate_rows(
     background_fraction : float, optional
         Fraction of lens rows painted on the real backgrounds when there are any (config
         ``simulate.background_fraction``); the rest have modelled lens galaxies.
+    galaxies : str or sequence of int, optional
+        Which rows of the real backgrounds and of the real negatives are used (config
+        ``simulate.galaxies``; None or ``"all"``: every row): ``"train"``, ``"heldout"``,
+        ``"0:20"``, ``"1,4,7"`` (see :func:`~lensdask.simulate.galaxies.select_rows`).
+        ``background_index`` then counts rows of the selection.
 
     Returns
     -------
@@ -229,10 +235,12 @@ def simulate_rows(
     bands = renderer.bands
     check_source(renderer.conditions, bands)
     negs = config.get("simulate.negatives", negatives) or renderer.backgrounds_path
+    galaxies = config.get("simulate.galaxies", galaxies)
     neg_set = None
     if negs is not None:
-        neg_set = load_backgrounds(negs if "://" in negs else os.path.abspath(negs), tuple(bands),
-                                   renderer.pixel_scale, renderer.stamp)
+        negs = negs if "://" in negs else os.path.abspath(negs)
+        neg_set = load_backgrounds(negs, tuple(bands), renderer.pixel_scale, renderer.stamp,
+                                   galaxy_rows(galaxies, negs, bands, renderer.pixel_scale, renderer.stamp))
     real_neg = config.get("simulate.real_negative_fraction", real_negative_fraction)
     real_neg = (1.0 if neg_set is not None else 0.0) if real_neg is None else float(real_neg)
     if real_neg > 0 and neg_set is None:
@@ -248,6 +256,10 @@ def simulate_rows(
     theta_E_range = (constraints.theta_E_min, constraints.theta_E_max)
 
     bg = renderer.backgrounds
+    if bg is not None and galaxies is not None:  # the selected rows only; lens systems index into them
+        bg = load_backgrounds(renderer.backgrounds_path, tuple(bands), renderer.pixel_scale, renderer.stamp,
+                              galaxy_rows(galaxies, renderer.backgrounds_path, bands, renderer.pixel_scale,
+                                          renderer.stamp))
     theta_E_from = config.get("simulate.theta_E_from", theta_E_from)
     if theta_E_from not in ("sigma_v", "uniform"):
         raise ValueError(f"theta_E_from must be 'sigma_v' or 'uniform', got {theta_E_from!r}")
@@ -281,7 +293,7 @@ def simulate_rows(
         return lens
 
     def measure(params):
-        cand = renderer.candidate(params)
+        cand = renderer.candidate(params, backgrounds=bg)
         cand.shape_band = constraints.snr_band
         return cand
 
@@ -430,11 +442,13 @@ def _simulate_partition(part, *, url, seed, sim_kwargs):
 
 def resolve_sim_kwargs(lens_fraction=None, constraints=None, max_draws=None, *, sources=None, backgrounds=None,
                        psf=None, conditions=None, negatives=None, real_negative_fraction=None,
-                       lookalike_fraction=None, lookalikes=None, background_fraction=None, scene=None) -> dict:
+                       lookalike_fraction=None, lookalikes=None, background_fraction=None, scene=None,
+                       galaxies=None) -> dict:
     """Resolve every configured value now (worker processes do not see ``dask.config.set``).
 
     Paths become absolute, and the inputs they name are read once here, so a missing or
-    mismatched file fails before any task is submitted.
+    mismatched file fails before any task is submitted. ``galaxies`` (config
+    ``simulate.galaxies``) becomes ``"all"`` or the explicit list of selected rows.
     """
     (bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds, psf,
      conditions) = renderer_config(None, None, None, None, None, sources, backgrounds, psf, conditions)
@@ -467,7 +481,34 @@ def resolve_sim_kwargs(lens_fraction=None, constraints=None, max_draws=None, *, 
                                   psf, conditions))  # reads and checks the inputs now
     if negatives is not None:
         load_backgrounds(negatives, tuple(bands), pixel_scale, stamp)
+    kw["galaxies"] = _resolve_galaxies(config.get("simulate.galaxies", galaxies), kw)
     return kw
+
+
+def _resolve_galaxies(galaxies, kw) -> str | list[int]:
+    # a galaxy selection made explicit here, so that workers never read the split from their own config
+    if galaxies is None or (isinstance(galaxies, str) and galaxies.strip().lower() == "all"):
+        return "all"
+    sources = [p for p in (kw["backgrounds"], kw["negatives"]) if p is not None]
+    if not sources:
+        raise InputError(f"galaxies {galaxies!r} selects real cutouts, but the simulation has none "
+                         "(give simulate.backgrounds or simulate.negatives)")
+    args = (tuple(kw["bands"]), kw["pixel_scale"], kw["stamp"])
+    rows = list(galaxy_rows(galaxies, sources[0], *args))
+    for p in sources[1:]:
+        galaxy_rows(rows, p, *args)  # the same rows must exist in the negatives
+    return rows
+
+
+def real_galaxies(sim_kwargs: dict) -> dict | None:
+    """The provenance ``real_galaxies`` of a resolved simulation (see
+    :func:`~lensdask.simulate.inputs.real_galaxies_record`): source, rows and fingerprints of
+    every real background and negative it may use; None when it uses none."""
+    args = (tuple(sim_kwargs["bands"]), sim_kwargs["pixel_scale"], sim_kwargs["stamp"])
+    sel = sim_kwargs.get("galaxies", "all")
+    bg, neg = (None if p is None else load_backgrounds(p, *args, galaxy_rows(sel, p, *args))
+               for p in (sim_kwargs["backgrounds"], sim_kwargs["negatives"] or sim_kwargs["backgrounds"]))
+    return real_galaxies_record(bg, neg)
 
 
 def simulate(
@@ -492,6 +533,7 @@ def simulate(
     lookalike_fraction: float | None = None,
     lookalikes: Sequence[str] | None = None,
     background_fraction: float | None = None,
+    galaxies: str | Sequence[int] | None = None,
 ) -> CutoutStore | tuple[CutoutStore, RejectionStats]:
     """Simulate a training store of ``n`` rows, one tile per Dask bag partition.
 
@@ -526,6 +568,10 @@ def simulate(
         False-positive look-alike classes and the share of lenses painted on real backgrounds
         (see :func:`simulate_rows`; config ``simulate.*``). The store's classes are
         :func:`store_classes`. Every row is drawn in a scene (config ``simulate.scene``).
+    galaxies : str or sequence of int, optional
+        Rows of the real backgrounds and negatives to use (config ``simulate.galaxies``; e.g.
+        ``"train"``, see :func:`simulate_rows`). The store's provenance ``real_galaxies`` records
+        the source, rows and fingerprints of the real cutouts the run may use (null: none).
 
     Returns
     -------
@@ -544,7 +590,7 @@ def simulate(
                                     backgrounds=backgrounds, psf=psf, conditions=conditions, negatives=negatives,
                                     real_negative_fraction=real_negative_fraction,
                                     lookalike_fraction=lookalike_fraction, lookalikes=lookalikes,
-                                    background_fraction=background_fraction)
+                                    background_fraction=background_fraction, galaxies=galaxies)
     prov = make_provenance(
         None, seed=int(seed), n=n, partition_size=size,
         lens_fraction=sim_kwargs["lens_fraction"],
@@ -553,7 +599,8 @@ def simulate(
         coadd_years=sim_kwargs["coadd_years"], supersampling=sim_kwargs["supersampling"],
         **{k: sim_kwargs[k] for k in ("sources", "backgrounds", "psf", "conditions", "negatives",
                                       "real_negative_fraction", "lookalike_fraction", "lookalikes",
-                                      "background_fraction", "scene")},
+                                      "background_fraction", "scene", "galaxies")},
+        real_galaxies=real_galaxies(sim_kwargs),
     )
     create_store(
         url, tiles=[f"sim-{t:06d}" for t in range(n_tiles)], capacity=min(size, n),

@@ -1,0 +1,523 @@
+"""Injection-recovery on real cutouts: paint simulated arcs on real galaxies, score both versions.
+
+The simulated validation set of :func:`~lensdask.model.train.train` says how well a model
+separates simulations. On real sky that number can mislead twice over: real galaxies are not
+the modelled ones (their neighbours, colours and noise differ), and a model may flag plain
+real galaxies. :func:`inject` measures both on real cutouts the model never trained on:
+
+* each real cutout, in up to 8 rotations/flips, is scored as it is (a non-lens: the false-
+  positive rate at the operating threshold, with a Clopper-Pearson interval);
+* the same oriented cutout with a simulated arc painted on it (:func:`~lensdask.simulate.paint.paint_arcs`,
+  the training simulator and constraints) is scored too (completeness, by Einstein radius, arc
+  S/N and lens-galaxy magnitude; AUROC painted vs unpainted).
+
+Galaxies a model trained on are refused (:func:`~lensdask.simulate.galaxies.check_disjoint`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+
+import numpy as np
+import pandas as pd
+
+from .. import config
+from ..errors import LensdaskError, ModelMismatchError
+from ..simulate.galaxies import N_DIHEDRAL, check_disjoint, dihedral, fingerprints, select_rows
+
+__all__ = ["inject", "clopper_pearson", "read_real_cutouts"]
+
+
+def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Clopper-Pearson (exact binomial) interval of a rate ``k / n``.
+
+    Returns
+    -------
+    (float, float)
+        Lower and upper bounds; (0, 1) when ``n`` is 0.
+    """
+    from scipy.stats import beta
+
+    k, n = int(k), int(n)
+    if n <= 0:
+        return 0.0, 1.0
+    a = (1.0 - float(confidence)) / 2
+    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    return lo, hi
+
+
+def read_real_cutouts(source, bands) -> dict:
+    """Real cutouts in the given band order, as stored (not cropped).
+
+    Parameters
+    ----------
+    source : str or path
+        A ``lensdask.cutouts/1`` store (rows labelled ``lens`` are skipped, as for simulation
+        backgrounds), a folder of ``<band>.fits`` cubes (n, H, W) with optional ``sigma_v.txt``
+        (km/s), or a ``.npy`` (n, bands, H, W) / ``.npz`` (``images`` or one array per band;
+        optional ``bands``, ``pixel_scale``, ``sigma_v``).
+    bands : sequence of str
+        The bands wanted, in order (the model's).
+
+    Returns
+    -------
+    dict
+        ``images`` (n, n_bands, H, W) float32, ``sigma_v`` (n,) km/s (NaN when unknown),
+        ``pixel_scale`` (arcsec/px, or None when the source does not say), ``source`` (str).
+
+    Raises
+    ------
+    ModelMismatchError
+        A band is missing, or the bands differ in names or order (stores and ``.npz`` with
+        ``bands``), or an array has another number of bands.
+    LensdaskError
+        Nothing readable at ``source``.
+    """
+    from ..simulate.inputs import _header_pixel_scale
+    from ..survey.ingest import _read_header, load_cutouts
+
+    bands = list(bands)
+    path = pathlib.Path(os.fspath(source))
+    src = str(source) if "://" in str(source) else str(path.resolve())
+    if "://" in str(source) or (path / "zarr.json").exists():
+        from ..store import open_store
+
+        s = open_store(source)
+        if list(s.bands) != bands:
+            raise ModelMismatchError(f"bands differ: the model takes {bands}, store {s.url!r} holds "
+                                     f"{list(s.bands)} (order matters)")
+        lens = s.classes.index("lens") if "lens" in s.classes else None
+        imgs, sig = [], []
+        for t in s.written_tiles():
+            tile = s.read_tile(t)
+            keep = np.ones(len(tile.table), bool) if lens is None else tile.table["label"].to_numpy() != lens
+            imgs.append(tile.images[keep])
+            sig.append(tile.table["sigma_v"].to_numpy()[keep] if "sigma_v" in tile.table
+                       else np.full(int(keep.sum()), np.nan))
+        shape = (0, len(bands), s.stamp, s.stamp)
+        images = np.concatenate(imgs) if imgs else np.zeros(shape, np.float32)
+        sigma_v = np.concatenate(sig).astype(float) if sig else np.zeros(0)
+        return {"images": np.asarray(images, np.float32), "sigma_v": sigma_v,
+                "pixel_scale": float(s.pixel_scale), "source": src}
+    if not path.exists():
+        raise LensdaskError(f"cutouts {str(source)!r} not found")
+    if path.is_dir():
+        have = sorted(p.stem for p in path.glob("*.fits"))
+        missing = [b for b in bands if b not in have]
+        if missing:
+            raise ModelMismatchError(f"bands differ: the model takes {bands}; {src} has cubes for {have} "
+                                     f"(missing {missing})")
+        images, _ = load_cutouts(cubes={b: path / f"{b}.fits" for b in bands}, bands=bands)
+        scales = {_header_pixel_scale(_read_header(path / f"{b}.fits")) for b in bands} - {None}
+        if len(scales) > 1:
+            raise LensdaskError(f"{src}: the band cubes have different pixel scales {sorted(scales)}")
+        sigma_v = np.full(len(images), np.nan)
+        sig_path = path / "sigma_v.txt"
+        if sig_path.exists():
+            v = np.loadtxt(sig_path, comments="#", ndmin=1).astype(float).ravel()
+            if len(v) != len(images):
+                raise LensdaskError(f"{sig_path}: {len(v)} velocity dispersions for {len(images)} cutouts")
+            sigma_v = v
+        return {"images": np.asarray(images, np.float32), "sigma_v": sigma_v,
+                "pixel_scale": scales.pop() if scales else None, "source": src}
+    extra = {}
+    if path.suffix == ".npz":
+        with np.load(path) as z:
+            extra = {k: z[k] for k in ("bands", "pixel_scale", "sigma_v") if k in z}
+        if "bands" in extra and [str(b) for b in np.atleast_1d(extra["bands"])] != bands:
+            raise ModelMismatchError(f"bands differ: the model takes {bands}, {src} holds "
+                                     f"{[str(b) for b in np.atleast_1d(extra['bands'])]} (order matters)")
+    try:
+        images, _ = load_cutouts(arrays=path, bands=bands)
+    except LensdaskError as exc:
+        if "expected an 'images' array or one per band" in str(exc):
+            raise ModelMismatchError(f"bands differ: the model takes {bands}; {exc}") from None
+        raise
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[1] != len(bands):
+        raise ModelMismatchError(f"{src}: cutouts of shape {images.shape}; the model takes (n, {len(bands)}, H, W) "
+                                 f"for bands {bands}")
+    sigma_v = np.asarray(extra.get("sigma_v", np.full(len(images), np.nan)), float).ravel()
+    if len(sigma_v) != len(images):
+        raise LensdaskError(f"{src}: {len(sigma_v)} velocity dispersions for {len(images)} cutouts")
+    ps = float(extra["pixel_scale"]) if "pixel_scale" in extra else None
+    return {"images": images, "sigma_v": sigma_v, "pixel_scale": ps, "source": src}
+
+
+def _card_with_training_galaxies(card: dict) -> dict:
+    """The card, with ``training_galaxies`` rebuilt for cards made before it existed.
+
+    Such a model trained on every row of its store's ``backgrounds`` and ``negatives`` (provenance);
+    they are read again to fingerprint them. Cards that have the field are returned as they are.
+    """
+    from ..simulate.galaxies import SplitError
+    from ..simulate.inputs import InputError, load_backgrounds, real_galaxies_record
+
+    if "training_galaxies" in card:
+        return card
+    prov = (card.get("training") or {}).get("data_provenance") or {}
+    paths = [p for p in (prov.get("backgrounds"), prov.get("negatives")) if p]
+    if not paths:
+        return card
+    sets = []
+    for p in dict.fromkeys(paths):
+        try:
+            sets.append(load_backgrounds(p, tuple(card["bands"]), float(card["pixel_scale"]), int(card["stamp"])))
+        except InputError as exc:
+            raise SplitError(f"model {card.get('model_id', '?')} trained on real cutouts from {p!r}, which cannot "
+                             f"be read to check that the evaluated galaxies are not among them ({exc})") from None
+    return {**card, "training_galaxies": real_galaxies_record(sets[0], sets[1] if len(sets) > 1 else None)}
+
+
+def _crop(a: np.ndarray, stamp: int) -> np.ndarray:
+    o = (a.shape[-1] - stamp) // 2
+    return a[..., o:o + stamp, o:o + stamp]
+
+
+def inject(
+    model: str | os.PathLike | None = None,
+    cutouts: str | os.PathLike = ...,
+    *,
+    galaxies=None,
+    orientations: int | None = None,
+    seed: int = 0,
+    threshold: float | None = None,
+    constraints: dict | None = None,
+    max_draws: int | None = None,
+    zeropoint: float | None = None,
+    aperture: float | None = None,
+    n_bins: int | None = None,
+    top: int | None = None,
+    out: str | os.PathLike | None = None,
+    png: str | os.PathLike | None = None,
+    json_path: str | os.PathLike | None = None,
+    record: bool = False,
+    batch_size: int | str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Injection-recovery of a model on real cutouts: arcs painted on real galaxies vs the galaxies alone.
+
+    Parameters
+    ----------
+    model : str, path or None
+        Checkpoint directory; ``None`` uses the default model.
+    cutouts : str or path
+        Real cutouts: a cutout store, a folder of per-band FITS cubes (e.g.
+        ``../shared/data/des_galaxies``) or a ``.npy`` / ``.npz`` file (see
+        :func:`read_real_cutouts`). Stamps larger than the model's are cropped around the centre.
+    galaxies : str or sequence of int, optional
+        Rows to use (:func:`~lensdask.simulate.galaxies.select_rows`: ``"all"``, ``"train"``,
+        ``"heldout"``, ``"0:20"``, ``"1,4,7"``); None: all.
+    orientations : int, optional
+        Rotations/flips of each cutout, 1-8 (the first ``orientations`` of
+        :func:`~lensdask.simulate.galaxies.dihedral`; config ``inject.orientations``, 8).
+    seed : int
+        Seed of the painted systems; cutout row r in orientation o draws from
+        ``row_rng(seed, 8 r + o, PAINT_STREAM)``.
+    threshold : float, optional
+        Operating lens probability (config ``search.threshold``).
+    constraints : dict, optional
+        Overrides of ``simulate.constraints`` for the painted systems.
+    max_draws : int, optional
+        Draws per painted system (config ``simulate.max_draws_per_lens``); a cutout on which no
+        system passes is counted in ``n_paint_failed`` and scored unpainted only.
+    zeropoint : float, mag, optional
+        Of the lens magnitude ``zeropoint - 2.5 log10(flux)`` (config ``inject.zeropoint``, 30.0:
+        the DES coadd convention for fluxes in nanomaggy-like units). ``des_galaxies`` fluxes are
+        in relative units, so their magnitudes are relative too (only differences mean anything).
+    aperture : float, arcsec, optional
+        Radius of the lens-flux aperture around the stamp centre (config ``inject.aperture``, 2.0),
+        in the i band (else the reddest band).
+    n_bins : int, optional
+        Bins of the completeness curves (config ``inject.bins``).
+    top : int, optional
+        Highest-scoring unpainted cutouts listed and drawn (config ``inject.top``).
+    out : str or path, optional
+        Folder for ``inject.json``, ``completeness.png`` and ``top_unpainted.png``.
+    png : str or path, optional
+        Prefix of the two PNGs instead: ``PREFIX_completeness.png``, ``PREFIX_top_unpainted.png``
+        (``PREFIX/completeness.png`` ... when it is a folder or ends with ``/``).
+    json_path : str or path, optional
+        Also write the result there as JSON.
+    record : bool
+        Append the result to the model card's ``evaluations`` (weights untouched).
+    batch_size : int or "auto", optional
+        Cutouts per forward pass (config ``search.batch_size``).
+    device : str, optional
+        ``"auto"``, ``"cpu"``, ``"cuda"`` (config ``search.device``).
+    progress : bool
+        A tqdm progress bar over cutouts.
+
+    Returns
+    -------
+    dict
+        ``kind`` ("inject"), ``model_id``, ``model``, ``cutouts``, ``galaxies`` (the spec), ``rows``
+        (original rows scored), ``rows_nonfinite`` and ``rows_no_noise`` (skipped), ``n_cutouts``
+        (real cutouts scored), ``n_nonfinite`` (cutouts with a non-finite pixel, skipped),
+        ``n_no_noise`` (no measurable background noise, skipped), ``orientations``, ``n_unpainted``,
+        ``n_painted``, ``n_paint_failed``, ``seed``, ``threshold``;
+        :func:`~lensdask.model.metrics.binary_metrics` of painted (positive) vs unpainted
+        (``auroc``, ``tpr0``, ``tpr10``, ``tpr_fpr_1e-3``, ``tpr_fpr_1e-4``); ``false_positives``,
+        ``fpr`` (fraction of unpainted scoring at or above the threshold) and ``fpr_interval``
+        (95% Clopper-Pearson; orientations of one galaxy are not independent, so it is optimistic
+        by up to a factor sqrt(orientations) in width); ``completeness`` and
+        ``completeness_interval`` of the painted ones; ``completeness_by``: bins (``lo``, ``hi``,
+        ``n``, ``found``, ``completeness``) over ``theta_E`` (arcsec), ``arc_snr_<snr band>`` and
+        ``lens_mag_<band>`` (mag); ``top_unpainted``: the best-scoring unpainted cutouts (``row``,
+        ``orientation``, ``score``); ``constraints``, ``zeropoint``, ``aperture``, ``pixel_scale``,
+        and ``completeness_png``, ``top_unpainted_png``, ``json`` when written.
+
+    Raises
+    ------
+    ModelMismatchError
+        Bands, stamp size or pixel scale of the cutouts differ from the model card; raised
+        before any cutout is painted or scored.
+    SplitError
+        Some selected cutouts are galaxies the model trained on (card ``training_galaxies``; for
+        cards older than that field, every row of the training store's ``backgrounds`` and
+        ``negatives``, read again), or the selection is invalid.
+    LensdaskError
+        No usable cutout, or other bad input.
+    """
+    from tqdm.auto import tqdm
+
+    from ..simulate.constraints import Constraints, RejectionStats
+    from ..simulate.inputs import Backgrounds, _border_sigma
+    from ..simulate.paint import aperture_flux, paint_arcs
+    from ..simulate.render import get_renderer
+    from .checkpoint import load_checkpoint, read_card, resolve_model_dir
+    from .infer import predict_proba, resolve_batch_size, resolve_device
+    from .metrics import binary_metrics, bin_edges, completeness_by
+
+    if cutouts is ...:
+        raise TypeError("inject() needs cutouts=, the real cutouts to paint arcs on")
+    threshold = float(config.get("search.threshold", threshold))
+    orientations = int(config.get("inject.orientations", orientations))
+    if not 1 <= orientations <= N_DIHEDRAL:
+        raise LensdaskError(f"orientations must be 1..{N_DIHEDRAL}, got {orientations}")
+    zeropoint = float(config.get("inject.zeropoint", zeropoint))
+    aperture = float(config.get("inject.aperture", aperture))
+    n_bins = int(config.get("inject.bins", n_bins))
+    top = int(config.get("inject.top", top))
+    if n_bins < 1 or top < 0 or aperture <= 0:
+        raise LensdaskError(f"bins must be >= 1, top >= 0 and aperture > 0 (got {n_bins}, {top}, {aperture})")
+    model_dir = resolve_model_dir(model)
+    card = read_card(model_dir)
+    bands, stamp, card_ps = list(card["bands"]), int(card["stamp"]), float(card["pixel_scale"])
+    where = card.get("model_id", card["arch"])
+    if not isinstance(constraints, Constraints):
+        constraints = Constraints.from_config(constraints)
+    if constraints.snr_band not in bands:
+        raise LensdaskError(f"snr_band {constraints.snr_band!r} is not among the model's bands {bands}")
+
+    # -- read and check everything before any work ------------------------------------
+    real = read_real_cutouts(cutouts, bands)
+    full = real["images"]
+    if full.shape[-1] != full.shape[-2]:
+        raise LensdaskError(f"{real['source']}: cutouts must be square, got {full.shape[-2]}x{full.shape[-1]}")
+    if full.shape[-1] < stamp:
+        raise ModelMismatchError(f"stamp sizes differ: model {where} takes {stamp} px stamps, {real['source']} "
+                                 f"holds {full.shape[-1]} px cutouts (smaller; larger ones are cropped)")
+    if real["pixel_scale"] is not None and not math.isclose(real["pixel_scale"], card_ps, rel_tol=1e-3):
+        raise ModelMismatchError(f"pixel scales differ: model {where} was trained at {card_ps} arcsec/px, "
+                                 f"{real['source']} is at {real['pixel_scale']} arcsec/px")
+    if len(full) == 0:
+        raise LensdaskError(f"{real['source']} holds no cutouts")
+    rows = select_rows(galaxies, len(full))
+    full = full[rows]
+    sigma_v = real["sigma_v"][rows]
+    nonfinite = ~np.isfinite(full.reshape(len(full), -1)).all(axis=1)
+    noise = np.full((len(full), len(bands)), np.nan)
+    for k in np.flatnonzero(~nonfinite):
+        noise[k] = [_border_sigma(full[k, j]) for j in range(len(bands))]
+    no_noise = ~nonfinite & ~(noise > 0).all(axis=1)
+    ok = np.flatnonzero(~nonfinite & ~no_noise)
+    if ok.size == 0:
+        raise LensdaskError(f"none of the {len(rows)} selected cutouts of {real['source']} is usable "
+                            f"({int(nonfinite.sum())} with non-finite pixels, {int(no_noise.sum())} without "
+                            "measurable background noise)")
+    crops = np.ascontiguousarray(_crop(full[ok], stamp), dtype=np.float32)
+    check_disjoint(_card_with_training_galaxies(card), fingerprints(crops), names=rows[ok].tolist())
+
+    # -- oriented cutouts, painted and not ----------------------------------------------
+    dev = resolve_device(device)
+    batch_size = resolve_batch_size(config.get("search.batch_size", batch_size), dev)
+    net, card = load_checkpoint(model_dir, device=dev)
+    lens_col = int(card["lens_class"])
+    n_ok = len(ok)
+    oriented = np.stack([np.ascontiguousarray(dihedral(crops[c], o)) for c in range(n_ok)
+                         for o in range(orientations)]).astype(np.float32)
+    cut_of = np.repeat(np.arange(n_ok), orientations)  # position among the usable cutouts
+    orient_of = np.tile(np.arange(orientations), n_ok)
+    bg = Backgrounds(oriented, np.repeat(noise[ok], orientations, axis=0), np.repeat(sigma_v[ok], orientations),
+                     real["source"], np.repeat(rows[ok], orientations))
+    renderer = get_renderer(bands, card_ps, stamp)
+    stats = RejectionStats()
+    painted, tables = [], []
+    for c in tqdm(range(n_ok), desc="inject", unit="cutout", disable=not progress):
+        idx = np.flatnonzero(cut_of == c)
+        im, tab = paint_arcs(bg, idx, seed, keys=(N_DIHEDRAL * int(rows[ok[c]]) + orient_of[idx]).tolist(),
+                             constraints=constraints, max_draws=max_draws, renderer=renderer, stats=stats)
+        painted.append(im)
+        tables.append(tab)
+    painted = np.concatenate(painted)
+    ptab = pd.concat([t for t in tables if len(t)], ignore_index=True) if any(len(t) for t in tables) \
+        else pd.DataFrame({"row": pd.Series([], dtype=int)})
+
+    s_plain = predict_proba(net, card, oriented, batch_size=batch_size, device=dev)[:, lens_col].astype(float)
+    s_paint = (predict_proba(net, card, painted, batch_size=batch_size, device=dev)[:, lens_col].astype(float)
+               if len(painted) else np.zeros(0))
+
+    # -- the report ---------------------------------------------------------------------
+    mag_band = "i" if "i" in bands else bands[-1]
+    flux = aperture_flux(crops[:, bands.index(mag_band)], aperture, card_ps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lens_mag = np.where(flux > 0, zeropoint - 2.5 * np.log10(np.where(flux > 0, flux, 1.0)), np.nan)
+    pos = ptab["row"].to_numpy().astype(int)  # positions in bg
+    found = s_paint >= threshold
+    curves = {}
+    snr_key = f"arc_snr_{constraints.snr_band}"
+    for name, values in (("theta_E", ptab["theta_E"].to_numpy() if len(ptab) else np.zeros(0)),
+                         (snr_key, ptab[snr_key].to_numpy() if len(ptab) else np.zeros(0)),
+                         (f"lens_mag_{mag_band}", lens_mag[cut_of[pos]] if len(pos) else np.zeros(0))):
+        edges = bin_edges(values, n_bins)
+        curves[name] = completeness_by(values, found, edges) if edges.size else []
+    metrics = binary_metrics(np.r_[np.ones(len(s_paint), bool), np.zeros(len(s_plain), bool)],
+                             np.r_[s_paint, s_plain])
+    k_fp = int((s_plain >= threshold).sum())
+    k_found = int(found.sum())
+    order = np.argsort(-s_plain, kind="mergesort")[:top]
+    result = {
+        "kind": "inject",
+        "model_id": card.get("model_id"),
+        "model": str(model_dir),
+        "cutouts": real["source"],
+        "galaxies": galaxies if galaxies is None or isinstance(galaxies, str) else
+        [int(g) for g in np.atleast_1d(galaxies)],
+        "rows": rows[ok].tolist(),
+        "rows_nonfinite": rows[nonfinite].tolist(),
+        "rows_no_noise": rows[no_noise].tolist(),
+        "n_cutouts": int(n_ok),
+        "n_nonfinite": int(nonfinite.sum()),
+        "n_no_noise": int(no_noise.sum()),
+        "orientations": orientations,
+        "n_unpainted": int(len(s_plain)),
+        "n_painted": int(len(s_paint)),
+        "n_paint_failed": int(len(s_plain) - len(s_paint)),
+        "seed": int(seed),
+        "threshold": threshold,
+        **{k: metrics[k] for k in ("auroc", "tpr0", "tpr10", "tpr_fpr_1e-3", "tpr_fpr_1e-4")},
+        "false_positives": k_fp,
+        "fpr": k_fp / len(s_plain),
+        "fpr_interval": list(clopper_pearson(k_fp, len(s_plain))),
+        "completeness": k_found / len(s_paint) if len(s_paint) else math.nan,
+        "completeness_interval": list(clopper_pearson(k_found, len(s_paint))),
+        "completeness_by": curves,
+        "top_unpainted": [{"row": int(rows[ok[cut_of[j]]]), "orientation": int(orient_of[j]),
+                           "score": float(s_plain[j])} for j in order],
+        "paint_acceptance": stats.acceptance_fraction,
+        "constraints": constraints.as_dict(),
+        "zeropoint": zeropoint,
+        "aperture": aperture,
+        "pixel_scale": card_ps,
+    }
+
+    pngs = {}
+    if png is not None:
+        prefix = os.fspath(png)
+        in_dir = prefix.endswith(("/", os.sep)) or os.path.isdir(prefix)
+        pngs = {k: pathlib.Path(prefix) / f"{k}.png" if in_dir else pathlib.Path(f"{prefix}_{k}.png")
+                for k in ("completeness", "top_unpainted")}
+    elif out is not None:
+        pngs = {k: pathlib.Path(os.fspath(out)) / f"{k}.png" for k in ("completeness", "top_unpainted")}
+    if pngs:
+        title = f"{result['model_id']} on {pathlib.PurePath(real['source']).name}"
+        plot_completeness(result, pngs["completeness"], title=title)
+        plot_top(oriented[order], s_plain[order], [(r["row"], r["orientation"]) for r in result["top_unpainted"]],
+                 bands, pngs["top_unpainted"], title=f"highest-scoring unpainted: {title}", threshold=threshold)
+        result["completeness_png"] = str(pngs["completeness"])
+        result["top_unpainted_png"] = str(pngs["top_unpainted"])
+    from .checkpoint import _jsonable
+
+    for path in (json_path, None if out is None else pathlib.Path(os.fspath(out)) / "inject.json"):
+        if path is not None:
+            path = pathlib.Path(os.fspath(path))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            result.setdefault("json", str(path))
+            path.write_text(json.dumps(_jsonable(result), indent=2, allow_nan=False) + "\n")
+    if record:
+        from .evaluate import _record
+
+        _record(model_dir, result)
+    return result
+
+
+def plot_completeness(result: dict, path, *, title: str = "") -> None:
+    """PNG of the painted cutouts' completeness vs each parameter of ``result["completeness_by"]``."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib import pyplot as plt
+
+    curves = result["completeness_by"]
+    units = {"theta_E": "theta_E (arcsec)"}
+    fig, axes = plt.subplots(1, max(len(curves), 1), figsize=(4.2 * max(len(curves), 1), 3.6), squeeze=False)
+    for ax, (name, bins) in zip(axes[0], curves.items()):
+        bins = [b for b in bins if b["n"] > 0]
+        if bins:
+            x = np.array([(b["lo"] + b["hi"]) / 2 for b in bins])
+            y = np.array([b["completeness"] for b in bins])
+            ci = np.array([clopper_pearson(b["found"], b["n"]) for b in bins])
+            ax.errorbar(x, y, yerr=[y - ci[:, 0], ci[:, 1] - y], fmt="o-", capsize=3)
+            for xi, b in zip(x, bins):
+                ax.annotate(f"n={b['n']}", (xi, 0.03), ha="center", fontsize=7, color="grey")
+        ax.axhline(result["fpr"], color="C3", ls="--", lw=1, label=f"unpainted FPR {result['fpr']:.3f}")
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel(units.get(name, name.replace("lens_mag_", "lens magnitude ").replace(
+            "arc_snr_", "arc S/N, ") + (" (mag)" if name.startswith("lens_mag") else "")))
+        ax.set_ylabel(f"completeness at p >= {result['threshold']:g}")
+        if name.startswith("arc_snr_"):
+            from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.legend(fontsize=7, loc="center right")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = pathlib.Path(os.fspath(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_top(images, scores, names, bands, path, *, title: str = "", threshold: float | None = None) -> None:
+    """PNG grid of gri colour composites (:func:`~lensdask.review.images.colour_composite`) with their scores."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib import pyplot as plt
+
+    from ..review.images import colour_composite
+
+    n = len(images)
+    cols = min(max(n, 1), 6)
+    nrows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(1.9 * cols, 2.2 * nrows + 0.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img, s, (row, o) in zip(axes.ravel(), images, scores, names):
+        ax.imshow(colour_composite(img, bands), origin="lower")
+        flag = "" if threshold is None or s < threshold else " *"
+        ax.set_title(f"row {row} o{o}: {s:.3f}{flag}", fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (2.2 * nrows + 0.4)))
+    path = pathlib.Path(os.fspath(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
