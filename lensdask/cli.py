@@ -103,6 +103,15 @@ def _cmd_ingest(a) -> int:
 
     if sum(x is not None for x in (a.images, a.cubes, a.arrays)) != 1:
         raise LensdaskError("give one of --images (with --catalog), --cubes or --arrays")
+    from .names import check_names
+    from .survey.ingest import check_table_names
+
+    # names are data: hostile tile names are refused before a cluster starts
+    if a.tiles:
+        check_names(a.tiles, source="--tiles", rows=range(1, len(a.tiles) + 1))
+    for table in (a.table, a.catalog):
+        if table is not None:
+            check_table_names(table)
     with _with_client(a.cluster) as client:
         store = ingest(
             a.out, images=a.images, catalog=a.catalog, weights=a.weights, masks=a.masks, tiles=a.tiles,
@@ -390,7 +399,9 @@ def _cmd_swap(a) -> int:
     if a.run_dir:
         cand = pd.read_parquet(f"{a.run_dir}/candidates.parquet")
         result = cand.merge(result.drop(columns=[c for c in ("tile",) if c in result]), on="object_id", how="left")
-    result.to_csv(a.out, index=False)
+    from .names import csv_safe
+
+    csv_safe(result).to_csv(a.out, index=False)  # no cell opens as a spreadsheet formula
     print(f"{len(votes)} votes on {votes['subject_id'].nunique()} subjects -> {a.out}")
     return 0
 
@@ -408,7 +419,7 @@ def _cmd_demo(a) -> int:
     with _with_client(a.cluster) as client:
         summary = demo(
             a.out, tiles=a.tiles, per_tile=a.per_tile, lens_fraction=a.lens_fraction, seed=a.seed,
-            client=client,
+            real_galaxies=a.real_galaxies, client=client,
         )
     print(format_summary(summary))
     print(f"outputs in {a.out}/ (summary.json, run/candidates.parquet)")
@@ -637,6 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-tile", type=int)
     p.add_argument("--lens-fraction", type=float)
     p.add_argument("--seed", type=int)
+    p.add_argument("--real-galaxies", metavar="DIR",
+                   help="real DES galaxy cubes for the real false-positive rate, held-out rows only "
+                   "(config demo.real_galaxies: ../shared/data/des_galaxies)")
     _cluster_arg(p)
     p.set_defaults(func=_cmd_demo)
     return parser

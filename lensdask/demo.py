@@ -1,4 +1,5 @@
-"""The embedded default job: mock survey → search with the shipped model → scored against the truth."""
+"""The embedded default job: mock survey → search with the shipped model → scored against the truth,
+and the same model's false-positive rate on real DES galaxies it never trained on."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import numpy as np
 import pandas as pd
 
 from . import config
+from .model.checkpoint import CARD, resolve_model_dir
 from .model.metrics import binary_metrics
 from .search import search
 from .survey import mock_survey
 
 
-def score_against_truth(scores: pd.DataFrame, truth: pd.DataFrame, threshold: float, top_n: int) -> dict:
+def score_against_truth(scores: pd.DataFrame, truth: pd.DataFrame, threshold: float, top_n: int | None = None) -> dict:
     """Compare search scores with a mock survey's truth table.
 
     Parameters
@@ -26,8 +28,9 @@ def score_against_truth(scores: pd.DataFrame, truth: pd.DataFrame, threshold: fl
         ``object_id, is_lens`` for every row of the survey.
     threshold : float
         Lens probability that makes a candidate.
-    top_n : int
-        Size of the top list to count injected lenses in.
+    top_n : int, optional
+        Size of the top list to count injected lenses in; None: the number of injected lenses
+        (so ``found_in_top_n / top_n`` is the purity of a list as long as the lenses planted).
 
     Returns
     -------
@@ -43,8 +46,9 @@ def score_against_truth(scores: pd.DataFrame, truth: pd.DataFrame, threshold: fl
     score = merged["score"].to_numpy(float)
     metrics = binary_metrics(is_lens, score)
     cand = score >= threshold
-    order = np.argsort(-score, kind="stable")[:top_n]
     injected = int(is_lens.sum())
+    top_n = injected if top_n is None else int(top_n)
+    order = np.argsort(-score, kind="stable")[:top_n]
     return {
         **metrics,
         "threshold": threshold,
@@ -57,6 +61,46 @@ def score_against_truth(scores: pd.DataFrame, truth: pd.DataFrame, threshold: fl
     }
 
 
+REAL_KEYS = ("kind", "cutouts", "rows", "n_unpainted", "n_painted", "threshold", "fpr", "fpr_interval", "auroc",
+             "completeness", "model_id")
+"""Keys of an ``inject`` result the demo summary keeps."""
+
+
+def real_galaxy_check(real_galaxies: str | None, galaxies: str, threshold: float, progress: bool = True) -> dict | None:
+    """The default model on real DES galaxies it never trained on: ``inject`` now, or the card's record.
+
+    Parameters
+    ----------
+    real_galaxies : str or None
+        Folder of real DES cutout cubes (config ``demo.real_galaxies``); when it is missing, the
+        last ``inject`` result recorded in the default model's card is reported instead, marked
+        ``"recorded": true``.
+    galaxies : str
+        Which of them (config ``demo.galaxies``, ``heldout``: never used in training).
+    threshold : float
+        Candidate threshold.
+
+    Returns
+    -------
+    dict or None
+        :data:`REAL_KEYS` of the injection-recovery result (None when neither is available).
+    """
+    from .model.inject import inject
+
+    if real_galaxies and os.path.isdir(real_galaxies):
+        result = inject(None, real_galaxies, galaxies=galaxies, threshold=threshold, progress=progress)
+        out = {k: result[k] for k in REAL_KEYS if k in result}
+        out["recorded"] = False
+        return out
+    card = json.loads((resolve_model_dir(None) / CARD).read_text())
+    runs = [e for e in card.get("evaluations", []) if e.get("kind") == "inject"]
+    if not runs:
+        return None
+    out = {k: runs[-1][k] for k in REAL_KEYS if k in runs[-1]}
+    out["recorded"] = True
+    return out
+
+
 def demo(
     out: str | os.PathLike = "demo-output",
     *,
@@ -66,6 +110,7 @@ def demo(
     seed: int | None = None,
     top_n: int | None = None,
     threshold: float | None = None,
+    real_galaxies: str | os.PathLike | None = None,
     client=None,
     progress: bool = True,
 ) -> dict:
@@ -82,9 +127,13 @@ def demo(
     seed : int, optional
         Survey seed (config ``demo.seed``).
     top_n : int, optional
-        Count injected lenses among the best ``top_n`` (config ``demo.top_n``).
+        Count injected lenses among the best ``top_n`` (config ``demo.top_n``; null: as many as
+        were injected).
     threshold : float, optional
         Candidate threshold (config ``search.threshold``).
+    real_galaxies : str or path, optional
+        Real DES galaxy cubes for the real false-positive rate (config ``demo.real_galaxies``;
+        relative to the working directory); see :func:`real_galaxy_check`.
     client : distributed.Client, optional
 
     Returns
@@ -98,7 +147,8 @@ def demo(
     per_tile = int(config.get("demo.per_tile", per_tile))
     lens_fraction = float(config.get("demo.lens_fraction", lens_fraction))
     seed = int(config.get("demo.seed", seed))
-    top_n = int(config.get("demo.top_n", top_n))
+    top_n = config.get("demo.top_n", top_n)
+    top_n = None if top_n is None else int(top_n)
     threshold = float(config.get("search.threshold", threshold))
 
     store, truth_path = mock_survey(
@@ -112,6 +162,13 @@ def demo(
         "search_seconds": result.summary["seconds"],
         **score_against_truth(result.scores(), truth, threshold, top_n),
     }
+    truth_class = truth["truth_class"]
+    scores = truth[["object_id", "truth_class"]].merge(result.scores()[["object_id", "score"]], on="object_id")
+    summary["lookalikes"] = int((~truth_class.isin(["lens", "non-lens"])).sum())
+    summary["lookalikes_above_threshold"] = int(
+        (~scores["truth_class"].isin(["lens", "non-lens"]) & (scores["score"] >= threshold)).sum())
+    real = config.get("demo.real_galaxies", None if real_galaxies is None else os.fspath(real_galaxies))
+    summary["real_galaxies"] = real_galaxy_check(real, config.get("demo.galaxies"), threshold, progress)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -128,5 +185,17 @@ def format_summary(summary: dict) -> str:
             f"Top {s['top_n']}: {s['found_in_top_n']} of {s['injected']} injected lenses",
             f"At threshold {s['threshold']}: {s['candidates']} candidates, "
             f"completeness {s['completeness']:.3f}, purity {s['purity']:.3f}",
+            f"Look-alikes (rings, spirals, mergers, companions, edge-on discs, groups): "
+            f"{s.get('lookalikes_above_threshold', 0)} of {s.get('lookalikes', 0)} above the threshold",
+            _real_line(s.get("real_galaxies")),
         ]
     )
+
+
+def _real_line(r: dict | None) -> str:
+    if not r:
+        return "Real DES galaxies: no real cutouts found and none recorded in the model card"
+    lo, hi = r["fpr_interval"]
+    where = "recorded in the model card" if r.get("recorded") else f"{r['cutouts']}, rows {r['rows']}"
+    return (f"Real DES galaxies never trained on ({where}): {r['fpr']:.1%} of {r['n_unpainted']} plain stamps "
+            f"score >= {r['threshold']} (95% CI {lo:.1%}-{hi:.1%}); painted vs plain AUROC {r['auroc']:.3f}")

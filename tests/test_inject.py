@@ -256,3 +256,12 @@ def test_simulated_store_and_model_card_name_their_galaxies(gals, bg, tmp_path):
     check_disjoint(on_disk, [bg.fingerprints[i] for i in HELDOUT], HELDOUT)
     with pytest.raises(SplitError, match="rows 1, 2"):
         inject(tmp_path / "m", gals, galaxies="1,2", orientations=1, progress=False)
+    # evaluate refuses a store made from the galaxies the model trained on, too
+    from lensdask.model import evaluate
+
+    with pytest.raises(SplitError, match=r"des_galaxies\[1\]"):
+        evaluate(tmp_path / "m", store.url, progress=False)
+    held = simulate(tmp_path / "h.zarr", 12, seed=4, backgrounds=gals, galaxies="heldout", partition_size=12,
+                    lookalike_fraction=0.0, progress=False)
+    r = evaluate(tmp_path / "m", held.url, progress=False)
+    assert r["n_pos"] + r["n_neg"] == 12

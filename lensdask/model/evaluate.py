@@ -74,6 +74,8 @@ def evaluate(
     ------
     CheckpointError, ModelMismatchError, StoreNotFoundError
         From loading the model, comparing it with the store, or opening the store.
+    SplitError
+        The store was made from real galaxies the model trained on (any rotation or flip).
     LensdaskError
         The store has no labelled rows.
     """
@@ -88,6 +90,7 @@ def evaluate(
     net, card = load_checkpoint(model_dir, device=dev)
     store = open_store(data)
     check_compatible(card, store)
+    _check_real_galaxies_unseen(card, store)
     lens_col = int(card["lens_class"])
     keep_params = selection_params(store.params)
 
@@ -136,6 +139,18 @@ def evaluate(
     if record:
         _record(model_dir, result)
     return result
+
+
+def _check_real_galaxies_unseen(card: dict, store) -> None:
+    """Refuse a store whose real galaxies (its provenance ``real_galaxies``) the model trained on."""
+    from ..simulate.galaxies import check_disjoint
+
+    real = (store.provenance or {}).get("real_galaxies") or {}
+    fps = real.get("fingerprints") or []
+    if fps:
+        rows = real.get("rows") or list(range(len(fps)))
+        names = [f"{real.get('source', '?')}[{r}]" for r in rows] if len(rows) == len(fps) else None
+        check_disjoint(card, fps, names)
 
 
 def _record(model_dir: pathlib.Path, result: dict) -> None:
