@@ -10,7 +10,48 @@ import argparse
 import json
 import sys
 
+from . import checks as _checks
 from .errors import LensdaskError
+
+
+class _arg:
+    """argparse types: a bad value is refused with one line (exit 2) before any work starts."""
+
+    count = staticmethod(_checks.arg_type(_checks.count))
+    non_negative_int = staticmethod(_checks.arg_type(_checks.non_negative_int))
+    fraction = staticmethod(_checks.arg_type(_checks.fraction))
+    positive = staticmethod(_checks.arg_type(_checks.positive))
+    non_negative = staticmethod(_checks.arg_type(_checks.non_negative))
+    finite = staticmethod(_checks.arg_type(_checks.finite))
+    batch_size = staticmethod(_checks.arg_type(_checks.batch_size))
+    orientations = staticmethod(_checks.arg_type(_checks.int_range(1, 8)))
+
+    @staticmethod
+    def cluster(text):
+        from .cluster import parse_spec
+
+        try:
+            parse_spec(text)
+        except LensdaskError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    @staticmethod
+    def adapt(text):
+        from .cluster import parse_adapt
+
+        try:
+            parse_adapt(text)
+        except LensdaskError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 class _ClusterSpec(str):
@@ -34,17 +75,17 @@ def _cluster_arg(p: argparse.ArgumentParser) -> None:
     """--cluster SPEC, --jobs N, --adapt MIN:MAX: the options of every command that fans out."""
     g = p.add_argument_group("where tasks run")
     g.add_argument(
-        "--cluster", default=_ClusterSpec("local"), metavar="SPEC", action=_ClusterOption,
+        "--cluster", default=_ClusterSpec("local"), metavar="SPEC", action=_ClusterOption, type=_arg.cluster,
         help="'local' (a LocalCluster, default), a scheduler address tcp://HOST:PORT, or a batch system: "
         "'htcondor', 'htcondor-gpu', 'slurm', 'slurm-gpu' (profiles in lensdask/jobqueue.yaml), "
         "'htcondor:PROFILE' or 'slurm:PROFILE'",
     )
     g.add_argument(
-        "--jobs", type=int, metavar="N", action=_ClusterOption,
+        "--jobs", type=_arg.count, metavar="N", action=_ClusterOption,
         help="batch systems: keep N worker jobs running, replacing any that end (config cluster.jobs)",
     )
     g.add_argument(
-        "--adapt", metavar="MIN:MAX", action=_ClusterOption,
+        "--adapt", metavar="MIN:MAX", action=_ClusterOption, type=_arg.adapt,
         help="batch systems: scale between MIN and MAX worker jobs with the work (instead of --jobs)",
     )
 
@@ -62,6 +103,7 @@ def _cmd_simulate(a) -> int:
     from .simulate.run import resolve_sim_kwargs
 
     constraints = load_constraints_file(a.constraints) if a.constraints else None
+    _checks.constraint_pairs(constraints)  # min > max would burn every draw before failing
     inputs = dict(sources=a.sources, backgrounds=a.backgrounds, psf=a.psf, conditions=a.conditions,
                   negatives=a.negatives, real_negative_fraction=a.real_negative_fraction,
                   lookalike_fraction=a.lookalike_fraction,
@@ -192,9 +234,11 @@ def _cmd_inject(a) -> int:
     from .model import inject
     from .simulate.constraints import load_constraints_file
 
+    constraints = load_constraints_file(a.constraints) if a.constraints else None
+    _checks.constraint_pairs(constraints)
     m = inject(
         a.model, a.cutouts, galaxies=a.galaxies, orientations=a.orientations, seed=a.seed, threshold=a.threshold,
-        constraints=load_constraints_file(a.constraints) if a.constraints else None, max_draws=a.max_draws,
+        constraints=constraints, max_draws=a.max_draws,
         zeropoint=a.zeropoint, aperture=a.aperture, n_bins=a.bins, top=a.top, out=a.out, png=a.png,
         json_path=a.json, record=a.record, batch_size=a.batch_size, device=a.device,
     )
@@ -228,12 +272,14 @@ def _cmd_inject(a) -> int:
 def _cmd_search(a) -> int:
     if getattr(a, "emit_htcondor", None):
         return _cmd_emit_htcondor(a)
-    from .model.checkpoint import check_compatible, read_card, resolve_model_dir
+    from .model.checkpoint import check_compatible, read_card, resolve_model_dir, verify_weights
     from .search import search
     from .store import open_store
 
-    # Bad input fails here, before any cluster is started.
-    check_compatible(read_card(resolve_model_dir(a.model)), open_store(a.zarr))
+    # Bad input fails here, before any cluster is started: a corrupt weights file once, not in every tile.
+    card = read_card(resolve_model_dir(a.model))
+    check_compatible(card, open_store(a.zarr))
+    verify_weights(a.model, card)
     with _with_client(a.cluster) as client:
         result = search(
             a.zarr, a.model, a.out, client=client, threshold=a.threshold, floor=a.floor,
@@ -265,13 +311,14 @@ def _search_inputs(zarr, model):
     """Absolute store path (URLs kept), model directory and card, checked against each other."""
     import os
 
-    from .model.checkpoint import check_compatible, read_card, resolve_model_dir
+    from .model.checkpoint import check_compatible, read_card, resolve_model_dir, verify_weights
     from .store import open_store
 
     store = open_store(zarr)
     model_dir = resolve_model_dir(model)
     card = read_card(model_dir)
     check_compatible(card, store)
+    verify_weights(model_dir, card)
     zarr = str(zarr) if "://" in str(zarr) else os.path.abspath(zarr)
     return store, zarr, os.path.abspath(str(model_dir)), card
 
@@ -284,7 +331,7 @@ def _cmd_emit_htcondor(a) -> int:
     from .search.run import tile_done
 
     store, zarr, model_dir, card = _search_inputs(a.zarr, a.model)
-    floor = float(config.get("search.floor", a.floor))
+    floor = _checks.fraction(config.get("search.floor", a.floor), "search.floor")
     run_dir = os.path.abspath(a.out)
     names = store.tiles
     tiles = [(t, names[t]) for t in store.written_tiles()]
@@ -293,7 +340,7 @@ def _cmd_emit_htcondor(a) -> int:
     spec = str(a.cluster) if str(a.cluster).startswith("htcondor") else "htcondor"
     files = emit_htcondor_search(
         a.emit_htcondor, zarr=zarr, model_dir=model_dir, run_dir=run_dir, tiles=tiles,
-        threshold=float(config.get("search.threshold", a.threshold)), floor=floor,
+        threshold=_checks.fraction(config.get("search.threshold", a.threshold), "search.threshold"), floor=floor,
         batch_size=config.get("search.batch_size", a.batch_size),
         device=str(config.get("search.device", a.device)), spec=spec,
     )
@@ -319,7 +366,7 @@ def _cmd_search_tile(a) -> int:
         zarr, tile, model_dir, card["sha256"], a.out,
         device=str(config.get("search.device", a.device)),
         batch_size=config.get("search.batch_size", a.batch_size),
-        floor=float(config.get("search.floor", a.floor)),
+        floor=_checks.fraction(config.get("search.floor", a.floor), "search.floor"),
     )
     print(json.dumps(stats))
     return 0
@@ -430,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lensdask`` command."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lensdask", description="Find strong gravitational lenses in survey images with Dask."
     )
     parser.add_argument("--version", action="version", version=f"lensdask {__version__}")
@@ -438,24 +485,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="simulate labelled lenses and non-lenses into a training store")
     p.add_argument("--out", required=True, help="output store (path or fsspec URL), e.g. train.zarr")
-    p.add_argument("--n", type=int, required=True, help="number of cutouts")
+    p.add_argument("--n", type=_arg.count, required=True, help="number of cutouts")
     p.add_argument("--seed", type=int, default=0, help="run seed; row i depends only on (seed, i)")
-    p.add_argument("--lens-fraction", type=float, help="fraction of lenses (config simulate.lens_fraction)")
-    p.add_argument("--partition-size", type=int, help="rows per task and per tile (config simulate.partition_size)")
+    p.add_argument("--lens-fraction", type=_arg.fraction, help="fraction of lenses (config simulate.lens_fraction)")
+    p.add_argument("--partition-size", type=_arg.count, help="rows per task and per tile (config simulate.partition_size)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--constraints", metavar="YAML", help="constraint overrides (keys of simulate.constraints)")
     p.add_argument("--sources", metavar="COSMOS", help="'sersic' or a GalSim COSMOS catalogue (config simulate.sources)")
     p.add_argument("--backgrounds", metavar="PATH",
                    help="real lens galaxies: folder of <band>.fits cubes (+ sigma_v.txt) or a store")
     p.add_argument("--negatives", metavar="PATH", help="real non-lens cutouts (default: the backgrounds)")
-    p.add_argument("--real-negative-fraction", type=float, help="fraction of non-lenses taken from real cutouts")
-    p.add_argument("--background-fraction", type=float,
+    p.add_argument("--real-negative-fraction", type=_arg.fraction, help="fraction of non-lenses taken from real cutouts")
+    p.add_argument("--background-fraction", type=_arg.fraction,
                    help="fraction of lenses painted on the real backgrounds, the rest on modelled galaxies "
                    "(config simulate.background_fraction)")
     p.add_argument("--galaxies", metavar="SPEC",
                    help="rows of the real backgrounds and negatives to use: all, train, heldout (config "
                    "simulate.galaxy_split), a slice 0:20 or a list 1,4,7 (config simulate.galaxies)")
-    p.add_argument("--lookalike-fraction", type=float,
+    p.add_argument("--lookalike-fraction", type=_arg.fraction,
                    help="fraction of rows that are false-positive look-alikes, each its own class "
                    "(config simulate.lookalike_fraction)")
     p.add_argument("--lookalikes", help="comma-separated kinds: ring,spiral,merger,companion,edge-on,group "
@@ -463,18 +510,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conditions", metavar="DES|DIR", help="'des', 'fixed' or a folder of 2d<band>_DES.txt samples")
     p.add_argument("--psf", metavar="PSFEX", help="'gaussian' or a PSFEx .psf file")
     p.add_argument("--gallery", metavar="PNG", help="also write colour composites of the first rows, with parameters")
-    p.add_argument("--gallery-n", type=int, default=24, help="stamps in the gallery (default 24)")
+    p.add_argument("--gallery-n", type=_arg.count, default=24, help="stamps in the gallery (default 24)")
     _cluster_arg(p)
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("mock-survey", help="make a DES-like survey store with injected lenses and a truth table")
     p.add_argument("--out", required=True, help="output store, e.g. des.zarr")
-    p.add_argument("--tiles", type=int, help="number of tiles (config mock_survey.tiles)")
-    p.add_argument("--per-tile", type=int, help="cutouts per tile (config mock_survey.per_tile)")
-    p.add_argument("--lens-fraction", type=float, help="fraction of injected lenses (config mock_survey.lens_fraction)")
+    p.add_argument("--tiles", type=_arg.count, help="number of tiles (config mock_survey.tiles)")
+    p.add_argument("--per-tile", type=_arg.count, help="cutouts per tile (config mock_survey.per_tile)")
+    p.add_argument("--lens-fraction", type=_arg.fraction, help="fraction of injected lenses (config mock_survey.lens_fraction)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--truth", help="truth table path (default: OUT with .truth.parquet)")
-    p.add_argument("--lookalike-fraction", type=float,
+    p.add_argument("--lookalike-fraction", type=_arg.fraction,
                    help="fraction of false-positive look-alikes (config mock_survey.lookalike_fraction)")
     p.add_argument("--lookalikes", help="comma-separated kinds: ring,spiral,merger,companion,edge-on,group "
                    "(config mock_survey.lookalikes)")
@@ -493,9 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arrays", metavar="FILE", help=".npy (n, bands, H, W) or .npz cutouts")
     p.add_argument("--table", help="rows of --cubes/--arrays: object_id, ra, dec, label, tile")
     p.add_argument("--bands", help="comma-separated bands in store order (config survey.bands)")
-    p.add_argument("--stamp", type=int, help="stamp side in pixels (config survey.stamp)")
-    p.add_argument("--pixel-scale", type=float, help="arcsec/pixel (config survey.pixel_scale)")
-    p.add_argument("--per-tile", type=int, help="rows per tile for cubes/arrays (config ingest.per_tile)")
+    p.add_argument("--stamp", type=_arg.count, help="stamp side in pixels (config survey.stamp)")
+    p.add_argument("--pixel-scale", type=_arg.positive, help="arcsec/pixel (config survey.pixel_scale)")
+    p.add_argument("--per-tile", type=_arg.count, help="rows per tile for cubes/arrays (config ingest.per_tile)")
     p.add_argument("--hdu", help="FITS HDU of the images (config ingest.hdu)")
     p.add_argument("--mask-fill", choices=["median", "nan"], help="masked pixels become (config ingest.mask_fill)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
@@ -507,19 +554,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="checkpoint directory to write (required)")
     p.add_argument("--arch", help="architecture name (config train.arch); --list-archs shows them")
     p.add_argument("--list-archs", action="store_true", help="print the architectures (parameters, tokens, GFLOPs) and exit")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--epochs", type=_arg.count)
+    p.add_argument("--batch-size", type=_arg.count)
+    p.add_argument("--lr", type=_arg.positive, help="peak learning rate")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: CUDA (bf16 autocast) when present")
     p.add_argument("--seed", type=int)
-    p.add_argument("--validation-fraction", type=float, help="held-out fraction per class (config train.validation_fraction)")
+    p.add_argument("--validation-fraction", type=_arg.fraction, help="held-out fraction per class (config train.validation_fraction)")
     p.add_argument("--pretrained", metavar="FILE", help="start from local weights (.safetensors/.pth or a lensdask model dir)")
-    p.add_argument("--resize", type=int, metavar="PX", help="model input side if not the stamp, e.g. 224 (config train.resize)")
-    p.add_argument("--patch-size", type=int, metavar="PX", help="override the architecture's patch side")
-    p.add_argument("--patience", type=int, help="early stopping: epochs without a better validation AUROC; 0 off")
+    p.add_argument("--resize", type=_arg.count, metavar="PX", help="model input side if not the stamp, e.g. 224 (config train.resize)")
+    p.add_argument("--patch-size", type=_arg.count, metavar="PX", help="override the architecture's patch side")
+    p.add_argument("--patience", type=_arg.non_negative_int, help="early stopping: epochs without a better validation AUROC; 0 off")
     p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=None,
                    help="weight the loss by inverse class frequency (config train.balance)")
-    p.add_argument("--shift", type=float, metavar="PX", help="largest sub-pixel shift augmentation (config train.augment.shift_px)")
+    p.add_argument("--shift", type=_arg.non_negative, metavar="PX", help="largest sub-pixel shift augmentation (config train.augment.shift_px)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt (saved every epoch)")
     p.set_defaults(func=_cmd_train)
@@ -529,9 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="labelled store")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--roc", metavar="PNG", help="write the ROC curve to this PNG")
-    p.add_argument("--threshold", type=float, help="operating lens probability (config search.threshold)")
+    p.add_argument("--threshold", type=_arg.fraction, help="operating lens probability (config search.threshold)")
     p.add_argument("--record", action="store_true", help="append the metrics to the model card's evaluations")
-    p.add_argument("--batch-size", help="cutouts per forward pass, or auto (config search.batch_size)")
+    p.add_argument("--batch-size", type=_arg.batch_size, help="cutouts per forward pass, or auto (config search.batch_size)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_evaluate)
 
@@ -542,20 +589,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="real cutouts: a store, a folder of <band>.fits cubes (+ sigma_v.txt), or .npy/.npz")
     p.add_argument("--galaxies", metavar="SPEC",
                    help="rows to use: all, train, heldout (config simulate.galaxy_split), 0:20 or 1,4,7")
-    p.add_argument("--orientations", type=int, help="rotations/flips of each cutout, 1-8 (config inject.orientations)")
+    p.add_argument("--orientations", type=_arg.orientations, help="rotations/flips of each cutout, 1-8 (config inject.orientations)")
     p.add_argument("--seed", type=int, default=0, help="seed of the painted arcs")
-    p.add_argument("--threshold", type=float, help="operating lens probability (config search.threshold)")
+    p.add_argument("--threshold", type=_arg.fraction, help="operating lens probability (config search.threshold)")
     p.add_argument("--constraints", metavar="YAML", help="constraint overrides for the painted arcs")
-    p.add_argument("--max-draws", type=int, help="draws per painted system (config simulate.max_draws_per_lens)")
-    p.add_argument("--zeropoint", type=float, help="mag of unit flux for lens magnitudes (config inject.zeropoint)")
-    p.add_argument("--aperture", type=float, help="lens-flux aperture radius, arcsec (config inject.aperture)")
-    p.add_argument("--bins", type=int, help="bins per completeness curve (config inject.bins)")
-    p.add_argument("--top", type=int, help="highest-scoring unpainted cutouts listed and drawn (config inject.top)")
+    p.add_argument("--max-draws", type=_arg.count, help="draws per painted system (config simulate.max_draws_per_lens)")
+    p.add_argument("--zeropoint", type=_arg.finite, help="mag of unit flux for lens magnitudes (config inject.zeropoint)")
+    p.add_argument("--aperture", type=_arg.positive, help="lens-flux aperture radius, arcsec (config inject.aperture)")
+    p.add_argument("--bins", type=_arg.count, help="bins per completeness curve (config inject.bins)")
+    p.add_argument("--top", type=_arg.count, help="highest-scoring unpainted cutouts listed and drawn (config inject.top)")
     p.add_argument("--out", metavar="DIR", help="write DIR/inject.json, DIR/completeness.png, DIR/top_unpainted.png")
     p.add_argument("--png", metavar="PREFIX", help="write PREFIX_completeness.png and PREFIX_top_unpainted.png")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--record", action="store_true", help="append the results to the model card's evaluations")
-    p.add_argument("--batch-size", help="cutouts per forward pass, or auto (config search.batch_size)")
+    p.add_argument("--batch-size", type=_arg.batch_size, help="cutouts per forward pass, or auto (config search.batch_size)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_inject)
 
@@ -563,14 +610,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zarr", required=True, help="survey store")
     p.add_argument("--model", help="checkpoint directory (default: the shipped model)")
     p.add_argument("--out", default="lensdask-run", help="run directory (default: lensdask-run)")
-    p.add_argument("--threshold", type=float, help="lens probability for candidates (config search.threshold)")
-    p.add_argument("--floor", type=float, help="lens probability kept in per-tile outputs (config search.floor)")
-    p.add_argument("--batch-size", help="cutouts per forward pass, or auto (config search.batch_size)")
+    p.add_argument("--threshold", type=_arg.fraction, help="lens probability for candidates (config search.threshold)")
+    p.add_argument("--floor", type=_arg.fraction, help="lens probability kept in per-tile outputs (config search.floor)")
+    p.add_argument("--batch-size", type=_arg.batch_size, help="cutouts per forward pass, or auto (config search.batch_size)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device on the workers")
     p.add_argument("--resume", action="store_true", help="skip tiles already finished in --out")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 on CUDA (config search.precision)")
     p.add_argument("--export", help="also write candidates as fits,csv (config search.export)")
-    p.add_argument("--radius", type=float, help="known-lens cross-match radius, arcsec (config crossmatch.radius)")
+    p.add_argument("--radius", type=_arg.positive, help="known-lens cross-match radius, arcsec (config crossmatch.radius)")
     p.add_argument("--known-lenses", metavar="FILE", help="known-lens catalogue (default: lenscat's)")
     p.add_argument("--no-crossmatch", action="store_true", help="skip the known-lens cross-match")
     p.add_argument("--no-report", action="store_true", help="do not save the Dask performance report")
@@ -586,20 +633,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", required=True, help="tile index or tile name")
     p.add_argument("--model", help="checkpoint directory (default: the shipped model)")
     p.add_argument("--out", required=True, help="run directory; writes OUT/tiles/<tile>.parquet and .json")
-    p.add_argument("--floor", type=float, help="lens probability kept (config search.floor)")
-    p.add_argument("--batch-size", help="cutouts per forward pass, or auto (config search.batch_size)")
+    p.add_argument("--floor", type=_arg.fraction, help="lens probability kept (config search.floor)")
+    p.add_argument("--batch-size", type=_arg.batch_size, help="cutouts per forward pass, or auto (config search.batch_size)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_search_tile)
 
     p = sub.add_parser("merge", help="build RUN_DIR/candidates.parquet from finished per-tile outputs")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--threshold", type=float, help="lens probability for candidates (config search.threshold)")
+    p.add_argument("--threshold", type=_arg.fraction, help="lens probability for candidates (config search.threshold)")
     p.set_defaults(func=_cmd_merge)
 
     p = sub.add_parser("review", help="write an offline HTML gallery of a search run's best candidates")
     p.add_argument("run_dir", help="search run directory")
-    p.add_argument("--top", type=int, default=100, help="number of candidates (default 100)")
-    p.add_argument("--per-page", type=int, default=50)
+    p.add_argument("--top", type=_arg.count, default=100, help="number of candidates (default 100)")
+    p.add_argument("--per-page", type=_arg.count, default=50)
     p.add_argument("--out", help="gallery folder (default RUN_DIR/gallery)")
     p.add_argument("--zarr", help="the survey store, if it moved since the search")
     p.set_defaults(func=_cmd_review)
@@ -623,7 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export-zooniverse", help="subject images + Panoptes manifest of the best candidates")
     p.add_argument("run_dir", help="search run directory")
-    p.add_argument("--top", type=int, default=100)
+    p.add_argument("--top", type=_arg.count, default=100)
     p.add_argument("--out", required=True, help="new folder to write (never overwritten)")
     p.add_argument("--zarr", help="the survey store, if it moved since the search")
     p.set_defaults(func=_cmd_export_zooniverse)
@@ -635,7 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output CSV")
     p.add_argument("--task", default="T0", help="question task key (default T0)")
     p.add_argument("--yes", default="Yes", help="answer meaning 'lens' (default Yes)")
-    p.add_argument("--prior", type=float, help="lens probability before any vote (config review.swap_prior)")
+    p.add_argument("--prior", type=_arg.fraction, help="lens probability before any vote (config review.swap_prior)")
     p.set_defaults(func=_cmd_swap)
 
     p = sub.add_parser("config", help="show the effective configuration")
@@ -644,9 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="mock survey → search with the default model → scored against the truth")
     p.add_argument("--out", default="demo-output", help="output directory (default: demo-output)")
-    p.add_argument("--tiles", type=int)
-    p.add_argument("--per-tile", type=int)
-    p.add_argument("--lens-fraction", type=float)
+    p.add_argument("--tiles", type=_arg.count)
+    p.add_argument("--per-tile", type=_arg.count)
+    p.add_argument("--lens-fraction", type=_arg.fraction)
     p.add_argument("--seed", type=int)
     p.add_argument("--real-galaxies", metavar="DIR",
                    help="real DES galaxy cubes for the real false-positive rate, held-out rows only "
@@ -659,12 +706,27 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``lensdask`` command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # a usage error: its one line is printed; --help and --version still exit
+        if exc.code in (0, None):
+            raise
+        return int(exc.code) if isinstance(exc.code, int) else 2
     args.argv = argv
     try:
         return args.func(args)
     except (LensdaskError, FileExistsError) as exc:
-        print(f"lensdask {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).splitlines())  # one line, whatever the message holds
+        print(f"lensdask {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        import errno
+
+        # an output that cannot be written (read-only, no permission, disk full): one line, no traceback
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"lensdask {args.command}: error: cannot write{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

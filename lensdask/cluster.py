@@ -172,13 +172,100 @@ def make_batch_cluster(kind: str, name: str, **kwargs):
     from dask_jobqueue import HTCondorCluster, SLURMCluster
 
     cls = {"htcondor": HTCondorCluster, "slurm": SLURMCluster}[kind]
+    tls = "security" not in kwargs and bool(config.get("cluster.tls"))
+    if tls:
+        from distributed.security import Security
+
+        # Temporary credentials, made for this cluster only: workers prove themselves with them, and
+        # nobody who merely reaches the scheduler's port can run code (lensdask.cluster.tls).
+        kwargs["security"] = Security.temporary()
+        kwargs.setdefault("protocol", "tls://")
     try:
-        return cls(config_name=name, **kwargs)
+        with _tls_directory(kind, name, tls) as scratch:
+            cluster = cls(config_name=name, **kwargs)
     except KeyError as exc:
         key = str(exc).strip("'\"")
         raise ClusterError(f"missing profile key {key} (dask-jobqueue could not read it)") from exc
     except ValueError as exc:
         raise ClusterError(f"profile jobqueue.{name}: {exc}") from exc
+    except OSError as exc:  # the credentials could not be written
+        raise ClusterError(f"profile jobqueue.{name}.shared-temp-directory: {exc}") from exc
+    if tls and kind == "htcondor":
+        _transfer_credentials(cluster, name, scratch)
+    return cluster
+
+
+_CREDENTIAL_KEYS = ("ca_file", "cert", "key")
+
+
+@contextlib.contextmanager
+def _tls_directory(kind: str, name: str, tls: bool):
+    """Make the folder that dask-jobqueue writes the workers' temporary credentials into.
+
+    Slurm: ``jobqueue.<profile>.shared-temp-directory`` on the shared filesystem, created
+    private (0700). HTCondor: pools need not share a filesystem, so the profile names
+    ``$_CONDOR_SCRATCH_DIR`` (the job's own directory, where HTCondor puts transferred files);
+    on the submit side that variable is pointed at a fresh private folder while the
+    credentials are written, and yielded so they can be listed in ``transfer_input_files``.
+    """
+    import dask.config
+
+    if not tls:
+        yield None
+        return
+    shared = dask.config.get(f"jobqueue.{name}.shared-temp-directory", default=None)
+    if shared is None:
+        raise ClusterError(
+            f"TLS (lensdask.cluster.tls) needs jobqueue.{name}.shared-temp-directory: a folder workers can "
+            f"read the temporary credentials from (see deploy/README.md)"
+        )
+    if kind == "htcondor" and "_CONDOR_SCRATCH_DIR" in str(shared) and "_CONDOR_SCRATCH_DIR" not in os.environ:
+        import tempfile
+
+        scratch = tempfile.mkdtemp(prefix="lensdask-tls-")  # 0700
+        os.environ["_CONDOR_SCRATCH_DIR"] = scratch
+        try:
+            yield scratch
+        finally:
+            del os.environ["_CONDOR_SCRATCH_DIR"]
+        return
+    path = os.path.expanduser(os.path.expandvars(str(shared)))
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    yield path
+
+
+def _transfer_credentials(cluster, name: str, scratch) -> None:
+    """HTCondor: ship the credential files with every worker job (``transfer_input_files``)."""
+    import weakref
+
+    handles = [getattr(cluster, f"_job_{k}") for k in _CREDENTIAL_KEYS if hasattr(cluster, f"_job_{k}")]
+    files = [h.name for h in handles]
+    if not files:
+        return
+    import dask.config
+
+    # dask-jobqueue reads the profile's directives when the keyword is not given: start from them
+    extra = cluster._job_kwargs.get("job_extra_directives")
+    if extra is None:
+        extra = dask.config.get(f"jobqueue.{name}.job-extra-directives", default=None)
+    extra = dict(extra or {})
+    given = [f for f in str(extra.get("transfer_input_files", "")).split(",") if f.strip()]
+    extra["transfer_input_files"] = ",".join(given + files)
+    extra.setdefault("should_transfer_files", "YES")
+    cluster._job_kwargs["job_extra_directives"] = extra
+    if scratch is not None and pathlib.Path(scratch).name.startswith("lensdask-tls-"):
+        weakref.finalize(cluster, _remove_credentials, handles, scratch)
+
+
+def _remove_credentials(handles, scratch) -> None:
+    for h in handles:  # closing a temporary file deletes it
+        try:
+            h.close()
+        except OSError:
+            pass
+    import shutil
+
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -325,7 +412,8 @@ def _batch_client(kind, name, *, quiet, jobs, adapt, worker_timeout):
                 cluster.adapt(minimum_jobs=lo, maximum_jobs=hi)
             if not quiet:
                 what = f"{lo}:{hi} adaptive" if adapt is not None else f"{hi}"
-                print(f"{kind} cluster (profile {name}): {what} worker jobs", flush=True)
+                print(f"{kind} cluster (profile {name}): {what} worker jobs, scheduler {cluster.scheduler_address}",
+                      flush=True)
             _print_dashboard(client, quiet)
             yield client
         finally:
@@ -423,7 +511,10 @@ def emit_htcondor_search(
         "",
     ]
     (d / "search.sub").write_text("\n".join(lines))
-    (d / "tiles.txt").write_text("".join(f"{i}, {n}\n" for i, n in tiles))
+    from .names import safe_component
+
+    # $(name) names log files (and a line of tiles.txt is split on commas and spaces): encode it once
+    (d / "tiles.txt").write_text("".join(f"{int(i)}, {safe_component(n)}\n" for i, n in tiles))
     merge_args = f"-m lensdask.cli merge {shlex.quote(run_dir)} --threshold {float(threshold)!r}"
     (d / "merge.sub").write_text(
         "\n".join(

@@ -40,6 +40,7 @@ from zarr.codecs import BloscCodec
 
 from . import config
 from .errors import StoreNotFoundError, StoreSchemaError, StoreWriteError
+from .names import check_names
 
 SCHEMA = "lensdask.cutouts/1"
 """Schema name and version written to, and required of, every store."""
@@ -241,7 +242,7 @@ class CutoutStore:
         Changing the store's shape is not safe while another process adds tiles
         (tile writes to distinct tiles remain safe).
         """
-        names = [str(n) for n in names]
+        names = check_names([str(n) for n in names], source="the tiles to add", rows=range(1, len(names) + 1))
         clash = sorted(set(names) & set(self.tiles)) + sorted({n for n in names if names.count(n) > 1})
         if clash:
             raise StoreWriteError(f"tile names {clash} already exist in {self.url}")
@@ -416,6 +417,8 @@ def create_store(
         raise StoreWriteError(f"classes {list(classes)} must include 'lens'")
     if len(set(classes)) != len(classes):
         raise StoreWriteError(f"classes {list(classes)} repeat a name")
+    tiles = [str(t) for t in tiles]
+    check_names(tiles, source="the new store's tile list", rows=range(1, len(tiles) + 1))  # before anything is written
     if _is_local(url) and os.path.exists(url) and not overwrite:
         raise FileExistsError(f"{url} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     chunk_rows = int(config.get("store.chunk_rows", chunk_rows))

@@ -27,7 +27,7 @@ def client():
     from distributed import Client, LocalCluster
 
     with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="4GiB"
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0", memory_limit="4GiB"
     ) as cluster, Client(cluster) as c:
         yield c
 

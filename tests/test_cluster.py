@@ -283,3 +283,43 @@ def test_installed_package_carries_the_jobqueue_profiles(tmp_path):
     assert "lensdask/jobqueue.yaml" in names and "lensdask/lensdask.yaml" in names
     assert DEFAULT_JOBQUEUE_FILE.parent == REPO / "lensdask"  # found next to the code, wherever it is installed
     assert yaml.safe_load(DEFAULT_JOBQUEUE_FILE.read_text())["jobqueue"] == PROFILES
+
+
+# -- TLS on batch clusters ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec", ["htcondor", "htcondor-gpu", "slurm", "slurm-gpu"])
+def test_batch_clusters_use_tls_with_temporary_credentials(spec, tmp_path, monkeypatch):
+    import os
+    import stat
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # the Slurm profiles write the workers' copy under $HOME
+    with batch_cluster(spec, scheduler_options={"dashboard_address": "127.0.0.1:0"}) as cluster:
+        assert cluster.scheduler_address.startswith("tls://")
+        assert cluster.security.require_encryption
+        script = cluster.job_script()
+        assert " tls://" in script and "--protocol tls://" in script
+        files = re.findall(r"--tls-(?:ca-file|cert|key) (\S+?)['\s]", script + " ")
+        assert len(files) == 3
+        if spec.startswith("htcondor"):
+            # no shared filesystem: the credentials travel with the job into its scratch directory
+            assert all(f.startswith("$_CONDOR_SCRATCH_DIR/") for f in files)
+            sent = re.search(r"^transfer_input_files = (.*)$", script, re.M).group(1).split(",")
+            assert [os.path.basename(f) for f in sent] == [os.path.basename(f) for f in files]
+            local = sent
+        else:
+            assert all(f.startswith("$HOME/.lensdask/tls/") for f in files)
+            local = [f.replace("$HOME", str(tmp_path)) for f in files]
+        for f in local:
+            assert os.path.isfile(f) and stat.S_IMODE(os.stat(f).st_mode) == 0o600
+            assert stat.S_IMODE(os.stat(os.path.dirname(f)).st_mode) == 0o700
+        key = next(f for f in local if ".key." in f)
+        assert "PRIVATE KEY" in open(key).read()
+
+
+def test_tls_can_be_turned_off_and_dashboards_default_to_loopback():
+    with dask.config.set({"lensdask.cluster.tls": False}):
+        with batch_cluster("slurm", scheduler_options={"dashboard_address": "127.0.0.1:0"}) as cluster:
+            assert cluster.scheduler_address.startswith("tcp://") and "--tls-key" not in cluster.job_script()
+    for name, prof in PROFILES.items():
+        assert prof["scheduler-options"]["dashboard_address"].startswith("127.0.0.1:"), name
+        assert prof.get("shared-temp-directory"), name

@@ -56,8 +56,11 @@ def slurm(tmp_path_factory):
         "jobqueue.lensdask-slurm.name": name,
         "jobqueue.lensdask-slurm.log-directory": str(logs),
         "jobqueue.lensdask-slurm.memory": "2GiB",
-        "jobqueue.lensdask-slurm.scheduler-options": {"port": 0, "dashboard_address": ":0"},
+        "jobqueue.lensdask-slurm.scheduler-options": {"port": 0, "dashboard_address": "127.0.0.1:0"},
         "lensdask.cluster.worker_timeout": "90s",
+        # TLS as in production: temporary credentials, the workers' copy in a private folder
+        "lensdask.cluster.tls": True,
+        "jobqueue.lensdask-slurm.shared-temp-directory": str(tmp_path_factory.mktemp("slurm-tls")),
     }
     with dask.config.set(overrides):
         yield name
@@ -85,7 +88,7 @@ def test_simulate_and_search_under_slurm_equal_local(slurm, tmp_path, random_mod
     assert main(sim + ["--out", str(tmp_path / "local.zarr")]) == 0
     assert main(sim + ["--out", str(tmp_path / "slurm.zarr"), "--cluster", "slurm", "--jobs", "2"]) == 0
     out = capsys.readouterr().out
-    assert "slurm cluster (profile lensdask-slurm): 2 worker jobs" in out
+    assert "slurm cluster (profile lensdask-slurm): 2 worker jobs, scheduler tls://" in out
     _same_store(tmp_path / "local.zarr", tmp_path / "slurm.zarr")
 
     search = ["search", "--zarr", str(tmp_path / "slurm.zarr"), "--model", str(random_model), "--threshold", "0.2"]

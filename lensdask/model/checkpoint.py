@@ -151,6 +151,40 @@ def read_card(model_dir: str | os.PathLike | None) -> dict:
     return card
 
 
+def verify_weights(model_dir: str | os.PathLike | None, card: dict | None = None) -> str:
+    """Check once, before any work, that the weights file exists and matches the card's sha256.
+
+    Parameters
+    ----------
+    model_dir : str, path or None
+        Checkpoint directory; ``None`` is the default model.
+    card : dict, optional
+        Its model card (read when not given).
+
+    Returns
+    -------
+    str
+        The sha256 of ``model.safetensors``.
+
+    Raises
+    ------
+    CheckpointError
+        No weights file, or one whose hash differs from the card's (corrupt or replaced).
+    """
+    path = resolve_model_dir(model_dir)
+    card = read_card(path) if card is None else card
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{str(path)!r} has a model card but no {WEIGHTS}")
+    digest = sha256_file(weights)
+    if card.get("sha256") and digest != card["sha256"]:
+        raise CheckpointError(
+            f"{str(weights)!r} is corrupt or was replaced: its sha256 is {digest[:12]}…, "
+            f"the model card expects {card['sha256'][:12]}…"
+        )
+    return digest
+
+
 def load_checkpoint(model_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
     """Load a checkpoint.
 

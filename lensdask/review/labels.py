@@ -16,6 +16,7 @@ import pandas as pd
 
 from .. import config
 from ..errors import LensdaskError
+from ..names import check_names, csv_safe
 
 COLUMNS = ["tile", "object_id", "class", "labeller", "time"]
 
@@ -77,6 +78,7 @@ def add_labels(
     missing = [c for c in ("tile", "object_id", "class") if c not in table.columns]
     if missing:
         raise LensdaskError(f"labels lack the columns {missing}")
+    check_names(table["tile"].astype(str), source="the labels", rows=range(1, len(table) + 1))
     allowed = review_classes(classes)
     unknown = sorted(set(table["class"].astype(str)) - set(allowed))
     if unknown:
@@ -95,7 +97,7 @@ def add_labels(
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists() or path.stat().st_size == 0
-    text = table.to_csv(index=False, header=new, lineterminator="\n")
+    text = csv_safe(table).to_csv(index=False, header=new, lineterminator="\n")  # no formula cells
     with open(path, "a") as f:  # one write of whole lines: readers never see half a label
         f.write(text)
         f.flush()

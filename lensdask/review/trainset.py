@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import StoreWriteError
+from ..names import check_names
 from ..store import open_store
 from .cutouts import fetch_stamps, locate
 from .labels import consensus, read_labels
@@ -41,6 +42,8 @@ def trainset_add(labels, zarr, to, *, drop_conflicts: bool = True) -> pd.DataFra
         The rows added: ``tile`` (new), ``object_id``, ``class``, ``label``.
     """
     table = labels if isinstance(labels, pd.DataFrame) else read_labels(labels)
+    check_names(table["tile"].astype(str), source=f"the labels {labels}" if isinstance(labels, str) else "the labels",
+                rows=range(1, len(table) + 1))  # names are data: a hostile one is refused before anything is read
     chosen = consensus(table, drop_conflicts=drop_conflicts)
     survey = open_store(zarr)
     train = open_store(to, mode="r+")

@@ -16,6 +16,7 @@ import pathlib
 import pandas as pd
 
 from ..errors import LensdaskError
+from ..names import child_path, csv_safe
 from .cutouts import best_candidates
 from .images import colour_composite, png_bytes
 
@@ -56,8 +57,9 @@ def export_zooniverse(
     tmp.mkdir(parents=True, exist_ok=False)
     rows = []
     for i, row in cand.iterrows():
-        name = f"{row['tile']}_{int(row['object_id'])}.png"
-        (tmp / name).write_bytes(png_bytes(colour_composite(stamps[i], store.bands), scale=6))
+        path = child_path(tmp, f"{row['tile']}_{int(row['object_id'])}", ".png")
+        name = path.name
+        path.write_bytes(png_bytes(colour_composite(stamps[i], store.bands), scale=6))
         rows.append(
             {
                 "image": name,
@@ -71,7 +73,7 @@ def export_zooniverse(
             }
         )
     manifest = pd.DataFrame(rows, columns=["image", "ra", "dec", "#tile", "#object_id", "#score", "#rank", "#model"])
-    manifest.to_csv(tmp / "manifest.csv", index=False)
+    csv_safe(manifest).to_csv(tmp / "manifest.csv", index=False)  # no cell opens as a spreadsheet formula
     os.replace(tmp, out)
     return manifest
 

@@ -34,7 +34,9 @@ import pandas as pd
 from .. import config
 from ..cluster import current_client
 from ..errors import LensdaskError
-from ..model.checkpoint import check_compatible, read_card, resolve_model_dir
+from ..names import child_path, csv_safe, safe_component
+from ..checks import fraction
+from ..model.checkpoint import check_compatible, read_card, resolve_model_dir, verify_weights
 from ..store import open_store
 from ..model.infer import PRECISIONS, resolve_batch_size
 from .score import prepare_batch, score_batches
@@ -117,13 +119,16 @@ def _write_atomic(path: pathlib.Path, write) -> None:
         write(tmp)
         os.replace(tmp, path)
     except BaseException:  # KeyboardInterrupt included: leave no partial file behind
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only disk: keep the first error
+            pass
         raise
 
 
 def _commit_tile(out: pathlib.Path, name: str, table: pd.DataFrame, stats: dict) -> None:
     """Write a tile's Parquet and marker to temporary files, then rename the Parquet and, last, the marker."""
-    pq, js = out / f"{name}.parquet", out / f"{name}.json"
+    pq, js = child_path(out, name, ".parquet"), child_path(out, name, ".json")
     tpq, tjs = _tmp_name(pq), _tmp_name(js)
     try:
         table.to_parquet(tpq, index=False)
@@ -131,9 +136,38 @@ def _commit_tile(out: pathlib.Path, name: str, table: pd.DataFrame, stats: dict)
         os.replace(tpq, pq)
         os.replace(tjs, js)
     except BaseException:
-        tpq.unlink(missing_ok=True)
-        tjs.unlink(missing_ok=True)
+        for tmp in (tpq, tjs):  # on a read-only disk the clean-up fails too: keep the first error
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
         raise
+
+
+def check_writable(folder: str | os.PathLike) -> pathlib.Path:
+    """Create ``folder`` if needed and prove a file can be written in it; a clear error otherwise.
+
+    Raises
+    ------
+    LensdaskError
+        The folder cannot be created or written (read-only file system, no permission, disk full).
+    """
+    folder = pathlib.Path(folder)
+    probe = folder / f".write-test.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise LensdaskError(f"cannot write into {folder}: {exc.strerror or exc}") from None
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+    return folder
 
 
 def clean_run_dir(run_dir: str | os.PathLike) -> list[str]:
@@ -158,7 +192,7 @@ def clean_run_dir(run_dir: str | os.PathLike) -> list[str]:
 
 def tile_done(run_dir: str | os.PathLike, tile: str) -> dict | None:
     """The statistics of a finished tile, or None when it has not finished."""
-    marker = pathlib.Path(run_dir) / TILES_DIR / f"{tile}.json"
+    marker = child_path(pathlib.Path(run_dir) / TILES_DIR, tile, ".json")
     if not marker.exists():
         return None
     return json.loads(marker.read_text())
@@ -235,9 +269,9 @@ def search_tile(
 def read_scores(run_dir: str | os.PathLike, tiles: list[str] | None = None) -> pd.DataFrame:
     """Concatenate the per-tile outputs of finished tiles (those with a done marker)."""
     d = pathlib.Path(run_dir) / TILES_DIR
-    if tiles is None:
-        tiles = sorted(p.stem for p in d.glob("*.json"))
-    frames = [pd.read_parquet(d / f"{t}.parquet") for t in tiles if (d / f"{t}.json").exists()]
+    # listed files are already components; given names are encoded like the writer encoded them
+    comps = sorted(p.stem for p in d.glob("*.json")) if tiles is None else [safe_component(t) for t in tiles]
+    frames = [pd.read_parquet(d / f"{c}.parquet") for c in comps if (d / f"{c}.json").exists()]
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame(columns=["tile", "object_id", "ra", "dec", "score", "nan_pixels", "model"])
@@ -254,6 +288,8 @@ def export_table(table: pd.DataFrame, path: pathlib.Path, fmt: str) -> pathlib.P
     if fmt not in EXPORTS:
         raise LensdaskError(f"unknown export format {fmt!r}; use {', '.join(EXPORTS)}")
     path = path.with_suffix("." + fmt)
+    if fmt == "csv":  # tile names and other text must not open as formulas in a spreadsheet
+        table = csv_safe(table)
     t = Table.from_pandas(table.reset_index(drop=True))
     _write_atomic(path, lambda p: t.write(p, format="fits" if fmt == "fits" else "ascii.csv", overwrite=True))
     return path
@@ -316,8 +352,9 @@ def merge(
 
         cat = known_lenses(catalog)
         cand = xmatch(cand, radius=radius, catalog=cat)
-        names = tiles if tiles is not None else sorted(p.stem for p in (run_dir / TILES_DIR).glob("*.json"))
-        stats = [tile_done(run_dir, n) for n in names]
+        d = run_dir / TILES_DIR
+        comps = sorted(p.stem for p in d.glob("*.json")) if tiles is None else [safe_component(t) for t in tiles]
+        stats = [json.loads((d / f"{c}.json").read_text()) for c in comps if (d / f"{c}.json").exists()]
         known, summary = known_lens_report(scores, [s for s in stats if s], threshold=threshold, radius=radius, catalog=cat)
         _write_atomic(run_dir / "known_lenses.parquet", lambda p: known.to_parquet(p, index=False))
     _write_atomic(run_dir / "candidates.parquet", lambda p: cand.to_parquet(p, index=False))
@@ -411,8 +448,8 @@ def search(
 
     from tqdm.auto import tqdm
 
-    threshold = float(config.get("search.threshold", threshold))
-    floor = float(config.get("search.floor", floor))
+    threshold = fraction(config.get("search.threshold", threshold), "threshold")
+    floor = fraction(config.get("search.floor", floor), "floor")
     batch_size = config.get("search.batch_size", batch_size)
     resolve_batch_size(batch_size, "cpu")  # a bad value fails here, not in every tile task
     device = str(config.get("search.device", device))
@@ -426,8 +463,9 @@ def search(
     model_dir = resolve_model_dir(model)
     card = read_card(model_dir)
     check_compatible(card, store)
+    verify_weights(model_dir, card)  # once, before any tile task (each would fail on its own)
     run_dir = pathlib.Path(out)
-    (run_dir / TILES_DIR).mkdir(parents=True, exist_ok=True)
+    check_writable(run_dir / TILES_DIR)  # a read-only or full disk is refused before any tile task
     clean_run_dir(run_dir)
     if "://" not in zarr:
         zarr = os.path.abspath(zarr)

@@ -28,6 +28,7 @@ import pandas as pd
 
 from .. import config
 from ..errors import LensdaskError
+from ..names import check_names
 from ..store import FLAG_EDGE, FLAG_MASKED, create_store, open_store, provenance
 
 ID_COLUMNS = ("object_id", "coadd_object_id", "id", "objid", "object")
@@ -169,7 +170,26 @@ def read_table(source) -> pd.DataFrame:
     return df
 
 
-def _normalise_table(df: pd.DataFrame, n: int | None = None, *, need_sky: bool) -> pd.DataFrame:
+def _source_name(source) -> str:
+    """How a message names a table: its path, or what kind of object it is."""
+    if source is None:
+        return "the table"
+    return str(source) if isinstance(source, (str, os.PathLike)) else f"the {type(source).__name__} table"
+
+
+def check_table_names(table) -> None:
+    """Refuse a row table (file or DataFrame) whose ``tile`` column holds a name that is not allowed.
+
+    Cheap enough to run before a cluster starts; :func:`ingest` runs the same check itself.
+    """
+    df = read_table(table)
+    tc = next((c for c in TILE_COLUMNS if c in df.columns), None)
+    if tc:
+        # an empty cell (NaN) is no name either, not the name "nan"
+        check_names(df[tc].fillna("").astype(str).str.strip(), source=_source_name(table), rows=range(1, len(df) + 1))
+
+
+def _normalise_table(df: pd.DataFrame, n: int | None = None, *, need_sky: bool, source=None) -> pd.DataFrame:
     out = pd.DataFrame(index=df.index)
     idc = next((c for c in ID_COLUMNS if c in df.columns), None)
     out["object_id"] = df[idc].astype("int64") if idc else np.arange(len(df), dtype=np.int64)
@@ -184,7 +204,9 @@ def _normalise_table(df: pd.DataFrame, n: int | None = None, *, need_sky: bool) 
         out["label"] = df["label"].astype("int16")
     tc = next((c for c in TILE_COLUMNS if c in df.columns), None)
     if tc:
-        out["tile"] = df[tc].astype(str).str.strip()
+        out["tile"] = df[tc].fillna("").astype(str).str.strip()
+        # names are data: refuse, naming the row, any that could not safely name a file
+        check_names(out["tile"], source=_source_name(source), rows=range(1, len(out) + 1))
     if n is not None and len(out) != n:
         raise LensdaskError(f"the table has {len(out)} rows, the cutouts {n}")
     return out.reset_index(drop=True)
@@ -420,7 +442,11 @@ def ingest(
     if images is not None:
         if catalog is None:
             raise LensdaskError("ingest of tile images needs a catalogue (id, ra, dec)")
+        if tiles is not None:
+            check_names(tiles, source="--tiles", rows=range(1, len(tiles) + 1))
         files = _expand_images(images, bands, tiles)
+        check_names(files, source=f"the tiles matching {images!r}" if isinstance(images, str) else "the tile images",
+                    rows=range(1, len(files) + 1))
         wfiles = _expand_images(weights, bands, list(files)) if weights is not None else {}
         mfiles = _expand_images(masks, bands, list(files)) if masks is not None else {}
         for t, fb in files.items():
@@ -433,7 +459,7 @@ def ingest(
         scale = float(np.mean(proj_plane_pixel_scales(_wcs(header).celestial)) * 3600.0)
         if abs(scale / pixel_scale - 1) > 0.05:
             raise LensdaskError(f"the images are at {scale:.4f} arcsec/px, the store at {pixel_scale} arcsec/px")
-        cat = _normalise_table(read_table(catalog), need_sky=True)
+        cat = _normalise_table(read_table(catalog), need_sky=True, source=catalog)
         per = _assign_tiles(cat, files, bands, hdu)
         names = list(files)
         capacity = max([len(r) for r in per.values()] + [1])
@@ -449,7 +475,7 @@ def ingest(
             raise LensdaskError(f"cutouts have shape {pix.shape}; expected (n, {len(bands)} bands {bands}, H, W)")
         _crop(pix[:0], stamp)
         src = read_table(table) if table is not None else inner
-        rows = _normalise_table(src, n, need_sky=False) if src is not None else _normalise_table(pd.DataFrame(index=range(n)), need_sky=False)
+        rows = _normalise_table(src, n, need_sky=False, source=table if table is not None else arrays) if src is not None else _normalise_table(pd.DataFrame(index=range(n)), need_sky=False)
         if "tile" in rows.columns:
             names = list(dict.fromkeys(rows["tile"]))
             groups = [np.flatnonzero(rows["tile"].to_numpy() == t) for t in names]
