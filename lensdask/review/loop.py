@@ -53,6 +53,12 @@ def purity_at_top(scores: pd.DataFrame, truth: pd.DataFrame, top: int) -> float:
     return float(is_lens.loc[best["object_id"]].to_numpy(bool).mean()) if len(best) else float("nan")
 
 
+def _mean_score(scores: pd.DataFrame, object_ids: set) -> float:
+    """Mean lens score of the given objects (NaN when there are none)."""
+    sel = scores.loc[scores["object_id"].isin(object_ids), "score"]
+    return float(sel.mean()) if len(sel) else float("nan")
+
+
 def review_round(
     survey: str | os.PathLike,
     truth: pd.DataFrame | str | os.PathLike,
@@ -100,8 +106,10 @@ def review_round(
     Returns
     -------
     dict
-        ``purity_before``, ``purity_after`` (true lenses among the top ``top``), the labels'
-        class counts, the new model directory and both runs' directories.
+        ``purity_before``, ``purity_after`` (true lenses among the top ``top``),
+        ``reviewed_fp_score_before`` / ``_after`` (mean lens score of the false positives the
+        reviewer labelled: what the round should teach the model), the labels' class counts,
+        the new model directory and both runs' directories.
     """
     from ..model import train
     from ..model.checkpoint import resolve_model_dir
@@ -120,10 +128,14 @@ def review_round(
     card = train(train_store, work / "model", pretrained=str(model_dir), epochs=epochs, seed=seed,
                  learning_rate=learning_rate, progress=progress, **train_kwargs)
     after = search(survey, work / "model", work / "run-after", client=client, floor=0.0, progress=progress)
+    scores_after = after.scores()
+    reviewed_fp = set(labels.loc[labels["class"] != "lens", "object_id"])
     return {
         "top": int(top),
         "purity_before": purity_at_top(scores_before, truth, top),
-        "purity_after": purity_at_top(after.scores(), truth, top),
+        "purity_after": purity_at_top(scores_after, truth, top),
+        "reviewed_fp_score_before": _mean_score(scores_before, reviewed_fp),
+        "reviewed_fp_score_after": _mean_score(scores_after, reviewed_fp),
         "labelled": labels["class"].value_counts().to_dict(),
         "added": int(len(added)),
         "classes": card["classes"],
