@@ -212,14 +212,7 @@ def load_checkpoint(model_dir: str | os.PathLike | None = None, device: str | to
     path = resolve_model_dir(model_dir)
     card = read_card(path)
     weights = path / WEIGHTS
-    if not weights.is_file():
-        raise CheckpointError(f"{str(path)!r} has a model card but no {WEIGHTS}")
-    digest = sha256_file(weights)
-    if card.get("sha256") and digest != card["sha256"]:
-        raise CheckpointError(
-            f"{str(weights)!r} is corrupt or was replaced: its sha256 is {digest[:12]}…, "
-            f"the model card expects {card['sha256'][:12]}…"
-        )
+    verify_weights(path, card)
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
