@@ -30,21 +30,13 @@ class _arg:
     def cluster(text):
         from .cluster import parse_spec
 
-        try:
-            parse_spec(text)
-        except LensdaskError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-        return text
+        return _checks.arg_type(lambda t: (parse_spec(t), t)[1])(text)
 
     @staticmethod
     def adapt(text):
         from .cluster import parse_adapt
 
-        try:
-            parse_adapt(text)
-        except LensdaskError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-        return text
+        return _checks.arg_type(lambda t: (parse_adapt(t), t)[1])(text)
 
 
 class _Parser(argparse.ArgumentParser):
