@@ -1,19 +1,30 @@
 """The cutout store: one Zarr v3 group holding multi-band stamps tile by tile.
 
 The same format serves training sets and survey data. Layout (schema
-``lensdask.cutouts/1``)::
+``lensdask.cutouts/2``)::
 
     attributes  schema, bands, pixel_scale (arcsec/px), stamp (px), classes,
-                params (names of the per-row simulation parameters), provenance
-    images      (n_tiles, capacity, n_bands, stamp, stamp)  float32
+                params (names of the per-row simulation parameters), provenance,
+                encoding (how the pixels are stored, see below)
+    images      (n_tiles, capacity, n_bands, stamp, stamp)  int32 (quantised) or float32
                 chunks (1, chunk_rows, ...), one shard per tile
+    scale, zero (n_tiles, capacity, n_bands)  float32   quantised stores only: step and
+                offset of each row and band (scale 0: that band is stored losslessly)
     count       (n_tiles,)            int64  rows written in each tile; -1 = not written
     tile        (n_tiles,)            str    tile names
     object_id   (n_tiles, capacity)   int64
     ra, dec     (n_tiles, capacity)   float64, degrees
     label       (n_tiles, capacity)   int16  index into ``classes``; -1 = unknown
-    flags       (n_tiles, capacity)   int32  bit set: FLAG_EDGE (1), FLAG_MASKED (2); 0 = clean
+    flags       (n_tiles, capacity)   int32  bit set: FLAG_EDGE (1), FLAG_MASKED (2),
+                                             FLAG_LOSSLESS (4); 0 = clean
     params/<p>  (n_tiles, capacity)   float32, NaN where not applicable
+
+Pixels are stored one of two ways (attribute ``encoding``, config ``store.quantise``):
+``quantised`` (the default) keeps integers on a step that is a fraction of each
+stamp and band's sky noise, with subtractive dithering, Rice-coded
+(:mod:`lensdask.quantise`, :mod:`lensdask.codecs`); ``float32`` keeps the values
+exactly (Blosc). Readers get float32 pixels either way. Stores of schema
+``lensdask.cutouts/1`` (always float32) still open; ``lensdask convert`` rewrites them.
 
 A tile is one shard of ``images`` and one chunk of every per-row array, so one
 task writes a tile in one go and no two writers ever touch the same shard
@@ -36,14 +47,19 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from . import config
+from .codecs import RiceCodec
+from .quantise import dequantise, quantise
 from .errors import StoreNotFoundError, StoreSchemaError, StoreWriteError
 from .names import check_names
 
-SCHEMA = "lensdask.cutouts/1"
-"""Schema name and version written to, and required of, every store."""
+SCHEMA = "lensdask.cutouts/2"
+"""Schema name and version written to every new store."""
+
+READABLE_SCHEMAS = ("lensdask.cutouts/1", SCHEMA)
+"""Schemas this lensdask opens: /1 (float32 pixels, no ``encoding``) and /2."""
 
 ROW_COLUMNS = {
     "object_id": ("int64", -1),
@@ -58,6 +74,13 @@ FLAG_EDGE = 1
 """``flags`` bit: the stamp reached past the image edge; the missing pixels are padded (NaN)."""
 FLAG_MASKED = 2
 """``flags`` bit: some pixels were masked by the data-quality plane."""
+FLAG_LOSSLESS = 4
+"""``flags`` bit: a quantised store kept some band of this row losslessly (float32), because
+its sky noise could not be measured (all NaN or a constant border), it held infinite pixels,
+or its values overflowed the integer range."""
+
+FLOAT_ENCODING = {"pixels": "float32"}
+"""The ``encoding`` of a store that keeps pixel values exactly (and of every schema /1 store)."""
 
 PARAM_DTYPE = "float32"
 
@@ -116,6 +139,11 @@ class CutoutStore:
         self.classes: list[str] = list(attrs["classes"])
         self.params: list[str] = list(attrs.get("params", []))
         self.provenance: dict = dict(attrs.get("provenance", {}))
+        self.schema: str = str(attrs.get("schema"))
+        self.encoding: dict = dict(attrs.get("encoding", FLOAT_ENCODING))
+        """How the pixels are stored: ``{"pixels": "float32"}`` or ``{"pixels": "quantised",
+        "step": sigma fraction, "seed", "border": px, "codec", "nblock"}``."""
+        self.quantised: bool = self.encoding.get("pixels") == "quantised"
         images = group["images"]
         self.n_tiles: int = int(images.shape[0])
         self.capacity: int = int(images.shape[1])
@@ -219,13 +247,29 @@ class CutoutStore:
                 )
 
         g = self.group
-        g["count"][t] = -1  # uncommitted while the rows change
-        if n:
-            g["images"][t, :n] = images.astype(g["images"].dtype, copy=False)
+        rows = {}
         for name, (dtype, fill) in ROW_COLUMNS.items():
             row = np.full(self.capacity, fill, dtype=dtype)
             if name in table.columns:
                 row[:n] = table[name].to_numpy(dtype=dtype)
+            rows[name] = row
+        if self.quantised:
+            enc = self.encoding
+            q, scale, zero = quantise(
+                images, self._keys(t, 0, rows["object_id"][:n]),
+                step=float(enc["step"]), seed=int(enc["seed"]), border=int(enc["border"]),
+            )
+            rows["flags"][:n] |= np.where((scale == 0).any(axis=1), FLAG_LOSSLESS, 0).astype(np.int32)
+        g["count"][t] = -1  # uncommitted while the rows change
+        if n and self.quantised:
+            g["images"][t, :n] = q
+            for name, value in (("scale", scale), ("zero", zero)):
+                full = np.full((self.capacity, len(self.bands)), np.nan, dtype=np.float32)
+                full[:n] = value
+                g[name][t] = full
+        elif n:
+            g["images"][t, :n] = images.astype(g["images"].dtype, copy=False)
+        for name, row in rows.items():
             g[name][t] = row
         for p in self.params:
             row = np.full(self.capacity, np.nan, dtype=PARAM_DTYPE)
@@ -250,6 +294,7 @@ class CutoutStore:
         n0 = self.n_tiles
         n1 = n0 + len(names)
         arrays = ["images", "count", "tile", *ROW_COLUMNS] + [f"params/{p}" for p in self.params]
+        arrays += list(QUANTISE_ARRAYS) if self.quantised else []
         for name in arrays:
             arr = g[name]
             arr.resize((n1, *arr.shape[1:]))
@@ -287,11 +332,27 @@ class CutoutStore:
         return pd.DataFrame(cols)
 
     def read_images(self, tile: int | str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Pixels of rows ``start:stop`` of one tile, (n, n_bands, stamp, stamp)."""
+        """Pixels of rows ``start:stop`` of one tile, (n, n_bands, stamp, stamp) float32 (or float16)."""
         t = self.tile_index(tile)
         n = self._count(t)
         stop = n if stop is None else min(stop, n)
-        return np.asarray(self.group["images"][t, start:stop])
+        raw = np.asarray(self.group["images"][t, start:stop])
+        if not self.quantised:
+            return raw
+        g = self.group
+        return self._decode(t, start, raw, g["scale"][t, start:stop], g["zero"][t, start:stop],
+                            np.asarray(g["object_id"][t, start:stop]))
+
+    def _keys(self, t: int, start: int, object_id: np.ndarray) -> np.ndarray:
+        """Dither keys of rows ``start:start+len(object_id)`` of tile ``t``: the object id, or
+        for rows without one (-1) a negative key from the row's place in the store."""
+        oid = np.asarray(object_id, dtype=np.int64)
+        place = -1 - (np.int64(t) * self.capacity + start + np.arange(len(oid), dtype=np.int64))
+        return np.where(oid >= 0, oid, place)
+
+    def _decode(self, t, start, raw, scale, zero, object_id, out=None) -> np.ndarray:
+        """Float32 pixels of quantised rows ``start:`` of tile ``t`` (see :func:`lensdask.quantise.dequantise`)."""
+        return dequantise(raw, scale, zero, self._keys(t, start, object_id), seed=int(self.encoding["seed"]), out=out)
 
     def read_tile(self, tile: int | str) -> TileData:
         """All rows of one tile, pixels and table."""
@@ -329,28 +390,61 @@ class CutoutStore:
         from zarr.buffer.cpu import NDBuffer
 
         images = self.group["images"]
-        buf = None
+        buf = pix = None
         for t in self.written_tiles() if tiles is None else tiles:
             table = self.read_table(t)
             n = len(table)
+            if self.quantised:
+                scale = np.asarray(self.group["scale"][t, :n])
+                zero = np.asarray(self.group["zero"][t, :n])
+                oid = table["object_id"].to_numpy()
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
                 batch = table.iloc[start:stop].reset_index(drop=True)
                 if not reuse:
-                    yield np.asarray(images[t, start:stop]), batch
+                    raw = np.asarray(images[t, start:stop])
+                    if self.quantised:
+                        raw = self._decode(t, start, raw, scale[start:stop], zero[start:stop], oid[start:stop])
+                    yield raw, batch
                     continue
                 if buf is None:
-                    buf = np.empty((min(batch_size, self.capacity), *images.shape[2:]), dtype=images.dtype)
+                    rows = min(batch_size, self.capacity)
+                    buf = np.empty((rows, *images.shape[2:]), dtype=images.dtype)
+                    pix = np.empty((rows, *images.shape[2:]), dtype=np.float32) if self.quantised else buf
                 out = buf[: stop - start]
                 images.get_basic_selection((t, slice(start, stop)), out=NDBuffer.from_numpy_array(out))
+                if self.quantised:
+                    out = self._decode(t, start, out, scale[start:stop], zero[start:stop], oid[start:stop],
+                                       out=pix[: stop - start])
                 yield out, batch
 
     def to_dask(self):
-        """``images`` as a lazy dask array with one chunk per tile."""
+        """The pixels as a lazy float dask array with one chunk per tile (NaN in rows not written)."""
         import dask.array as da
 
         arr = self.group["images"]
-        return da.from_zarr(arr, chunks=(1, self.capacity, *arr.shape[2:]))
+        if not self.quantised:
+            return da.from_zarr(arr, chunks=(1, self.capacity, *arr.shape[2:]))
+        import dask
+
+        shape = (1, self.capacity, *arr.shape[2:])
+        blocks = [
+            da.from_delayed(dask.delayed(_decoded_tile)(self.url, t), shape=shape, dtype=np.float32)
+            for t in range(self.n_tiles)
+        ]
+        return da.concatenate(blocks, axis=0)
+
+
+def _decoded_tile(url: str, t: int) -> np.ndarray:
+    """Every row of tile ``t`` of a quantised store, decoded, (1, capacity, ...); NaN past its count."""
+    s = open_store(url)
+    g = s.group
+    out = s._decode(t, 0, np.asarray(g["images"][t]), g["scale"][t], g["zero"][t], np.asarray(g["object_id"][t]))
+    return out[None]
+
+
+QUANTISE_ARRAYS = ("scale", "zero")
+"""Per-row, per-band float32 arrays of a quantised store: step and offset (flux units)."""
 
 
 COMPRESSORS = ("lz4", "zstd")
@@ -381,6 +475,7 @@ def create_store(
     provenance: dict | None = None,
     chunk_rows: int | None = None,
     dtype: str | None = None,
+    quantise_step: float | None = None,
     overwrite: bool = False,
 ) -> CutoutStore:
     """Create an empty cutout store.
@@ -408,7 +503,11 @@ def create_store(
     chunk_rows : int, optional
         Rows per chunk inside a tile's shard (config ``store.chunk_rows``).
     dtype : str, optional
-        ``float32`` or ``float16`` (config ``store.dtype``).
+        ``float32`` or ``float16`` (config ``store.dtype``), for stores that keep pixel values exactly.
+    quantise_step : float, units of the sky noise, optional
+        Store integers on this fraction of each stamp and band's sky noise (rms error
+        ``step / sqrt(12)`` sigma); 0 keeps the values exactly (config ``store.quantise.step``,
+        where null also means exact).
     overwrite : bool
         Replace an existing store; otherwise an existing path is an error.
     """
@@ -425,21 +524,30 @@ def create_store(
     chunk_rows = max(1, min(chunk_rows, int(capacity)))
     capacity = int(-(-max(int(capacity), 1) // chunk_rows) * chunk_rows)
     dtype = config.get("store.dtype", dtype)
+    encoding = encoding_for(quantise_step)
     n_tiles = len(tiles)
     nb = len(bands)
 
     g = _open_group(url, mode="w")
-    compressor = BloscCodec(cname=_compressor_name(), clevel=int(config.get("store.compressor_level")), shuffle="shuffle")
-    g.create_array(
-        "images",
+    image_array = dict(
         shape=(n_tiles, capacity, nb, stamp, stamp),
         chunks=(1, chunk_rows, nb, stamp, stamp),
         shards=(1, capacity, nb, stamp, stamp),
-        dtype=dtype,
-        fill_value=np.nan,
-        compressors=compressor,
         dimension_names=["tile", "row", "band", "y", "x"],
     )
+    if encoding["pixels"] == "quantised":
+        # a checksum per chunk: a corrupt chunk fails its read instead of decoding to noise
+        g.create_array("images", dtype="int32", fill_value=int(np.iinfo(np.int32).min),
+                       serializer=RiceCodec(nblock=int(encoding["nblock"])), compressors=[Crc32cCodec()],
+                       **image_array)
+        for name in QUANTISE_ARRAYS:
+            g.create_array(name, shape=(n_tiles, capacity, nb), chunks=(1, capacity, nb), dtype="float32",
+                           fill_value=np.nan, dimension_names=["tile", "row", "band"])
+    else:
+        compressor = BloscCodec(cname=_compressor_name(), clevel=int(config.get("store.compressor_level")),
+                                shuffle="shuffle")
+        g.create_array("images", dtype=dtype, fill_value=np.nan, compressors=compressor, **image_array)
+        encoding = {**encoding, "dtype": str(np.dtype(dtype)), "codec": f"blosc-{_compressor_name()}"}
     g.create_array("count", shape=(n_tiles,), chunks=(1,), dtype="int64", fill_value=-1)
     names = g.create_array("tile", shape=(n_tiles,), chunks=(max(n_tiles, 1),), dtype=str)
     if n_tiles:
@@ -465,9 +573,46 @@ def create_store(
             "classes": list(classes),
             "params": list(params),
             "provenance": provenance if provenance is not None else globals()["provenance"](),
+            "encoding": encoding,
         }
     )
     return CutoutStore(g, url)
+
+
+def encoding_for(quantise_step: float | None = None) -> dict:
+    """The ``encoding`` attribute of a new store: quantised on ``quantise_step`` sky-noise sigmas,
+    or float32 for 0 (config ``store.quantise``; a null step there also means float32).
+
+    Raises
+    ------
+    StoreWriteError
+        A negative or non-finite step, or a step above 2 sigma (errors above 0.58 sigma rms).
+    """
+    step = quantise_step if quantise_step is not None else config.get("store.quantise.step")
+    if step is None:
+        return dict(FLOAT_ENCODING)
+    try:
+        step = float(step)
+    except (TypeError, ValueError):
+        step = float("nan")
+    if not (0.0 <= step <= MAX_STEP):
+        raise StoreWriteError(f"quantisation step {quantise_step!r} must be in [0, {MAX_STEP}] sky-noise sigma (0: lossless)")
+    if step == 0:
+        return dict(FLOAT_ENCODING)
+    return {
+        "pixels": "quantised",
+        "step": step,
+        "rms_error": round(step / np.sqrt(12.0), 6),
+        "dither": "subtractive",
+        "seed": int(config.get("store.quantise.seed")),
+        "border": int(config.get("store.quantise.border")),
+        "codec": "lensdask.rice",
+        "nblock": int(config.get("store.quantise.nblock")),
+    }
+
+
+MAX_STEP = 2.0
+"""Largest quantisation step a store accepts, in sky-noise sigma."""
 
 
 def open_store(url: str | os.PathLike, mode: str = "r") -> CutoutStore:
@@ -499,15 +644,20 @@ def open_store(url: str | os.PathLike, mode: str = "r") -> CutoutStore:
             f"{url!r} is not a Zarr v3 group ({exc}); expected a lensdask store of schema {SCHEMA!r}"
         ) from exc
     found = g.attrs.get("schema")
-    if found != SCHEMA:
+    if found not in READABLE_SCHEMAS:
         what = "no 'schema' attribute" if found is None else f"schema {found!r}"
         raise StoreSchemaError(
-            f"{url!r} has {what}; this lensdask reads schema {SCHEMA!r}. "
+            f"{url!r} has {what}; this lensdask reads schema {SCHEMA!r} (and {', '.join(READABLE_SCHEMAS[:-1])}). "
             "Re-create the store with this version (lensdask simulate / ingest / mock-survey)."
         )
     required = ["images", "count", "tile", *ROW_COLUMNS]
+    encoding = g.attrs.get("encoding", FLOAT_ENCODING)
+    if encoding.get("pixels") not in ("float32", "quantised"):
+        raise StoreSchemaError(f"{url!r}: unknown pixel encoding {encoding!r}")
+    if encoding.get("pixels") == "quantised":
+        required += list(QUANTISE_ARRAYS)
     missing = [a for a in required if a not in g]
     missing += [f"params/{p}" for p in g.attrs.get("params", []) if f"params/{p}" not in g]
     if missing:
-        raise StoreSchemaError(f"{url!r} claims schema {SCHEMA!r} but lacks the arrays {missing}")
+        raise StoreSchemaError(f"{url!r} claims schema {found!r} but lacks the arrays {missing}")
     return CutoutStore(g, url)

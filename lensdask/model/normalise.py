@@ -105,16 +105,23 @@ def _median(a: np.ndarray) -> np.ndarray:
     return med
 
 
-def _robust_scale(x: np.ndarray, border: int) -> tuple[np.ndarray, np.ndarray]:
-    """Background (median) and noise sigma (1.4826 MAD) of float32 stamps, each (n, b) float64.
+def sky_noise(x: np.ndarray, border: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sky background (median) and sky noise (1.4826 MAD) of the border frame, each (n, b) float64.
 
-    The medians pick exact pixel values (their mean for an even count); the
-    absolute deviations are taken in float32, like the pixels themselves.
+    ``x`` is (n, b, s, s) float32. No fallbacks: a stamp and band whose frame holds a
+    NaN gives NaN, a noiseless frame gives sigma 0. The medians pick exact pixel values
+    (their mean for an even count); the absolute deviations are taken in float32, like
+    the pixels themselves. The store's quantiser measures its step with this too.
     """
-    n, b, s, _ = x.shape
     edge = _border_pixels(x, border)
     bg = _median(edge)
     sigma = MAD_TO_SIGMA * _median(np.abs(edge - bg[..., None].astype(np.float32)))
+    return bg, sigma
+
+
+def _robust_scale(x: np.ndarray, border: int) -> tuple[np.ndarray, np.ndarray]:
+    """Background (median) and noise sigma (1.4826 MAD) of float32 stamps, each (n, b) float64."""
+    bg, sigma = sky_noise(x, border)
     bad = ~(sigma > 0)
     if bad.any():  # noiseless border: fall back to the whole stamp (rare: plain np.median)
         return _fallback_scale(x, bg, sigma, bad)

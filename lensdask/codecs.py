@@ -1,0 +1,85 @@
+"""A Zarr v3 array-to-bytes codec for small integers: Rice coding (fpack's RCOMP, via imagecodecs).
+
+Neither zarr 3.1 nor numcodecs' Zarr v3 wrappers offer a Rice coder, and
+imagecodecs' ``Rcomp`` is a Zarr v2 (numcodecs) codec. Rice coding is what
+fpack uses for quantised images: it codes the difference between neighbouring
+pixels with a code length adapted every ``nblock`` pixels, and it is fast (a
+4-band 45x45 int32 stamp decodes in ~40 us). A chunk (rows x bands x stamp x
+stamp, C order) is coded as one stream, so the differences run along image rows
+and across stamps.
+
+The codec is registered with zarr as ``lensdask.rice`` when this module is
+imported (:mod:`lensdask.store` imports it), and through the ``zarr.codecs``
+entry point for other readers with lensdask installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from zarr.abc.codec import ArrayBytesCodec
+from zarr.core.buffer import Buffer, NDBuffer
+from zarr.core.common import parse_named_configuration
+from zarr.registry import register_codec
+
+CODEC_NAME = "lensdask.rice"
+
+
+@dataclass(frozen=True)
+class RiceCodec(ArrayBytesCodec):
+    """Rice coding of int32 chunks.
+
+    Parameters
+    ----------
+    nblock : int
+        Pixels per block sharing one code length (fpack's default is 32).
+    """
+
+    is_fixed_size = False
+    nblock: int = 32
+
+    def __init__(self, *, nblock: int = 32) -> None:
+        nblock = int(nblock)
+        if nblock < 1:
+            raise ValueError(f"{CODEC_NAME}: nblock must be >= 1, got {nblock}")
+        object.__setattr__(self, "nblock", nblock)
+
+    @classmethod
+    def from_dict(cls, data):
+        _, conf = parse_named_configuration(data, CODEC_NAME, require_configuration=False)
+        return cls(**(conf or {}))
+
+    def to_dict(self):
+        return {"name": CODEC_NAME, "configuration": {"nblock": self.nblock}}
+
+    def validate(self, *, shape, dtype, chunk_grid) -> None:
+        native = dtype.to_native_dtype()
+        if np.dtype(native) != np.dtype("int32"):
+            raise TypeError(f"{CODEC_NAME} codes int32 arrays, not {native}")
+
+    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec) -> NDBuffer:
+        import imagecodecs
+
+        data = chunk_bytes.as_numpy_array()
+        arr = imagecodecs.rcomp_decode(data, shape=tuple(chunk_spec.shape), dtype=np.int32, nblock=self.nblock)
+        return chunk_spec.prototype.nd_buffer.from_ndarray_like(np.asarray(arr).reshape(chunk_spec.shape))
+
+    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec) -> NDBuffer:
+        return self._decode_sync(chunk_bytes, chunk_spec)
+
+    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec) -> Buffer | None:
+        import imagecodecs
+
+        arr = np.ascontiguousarray(chunk_array.as_numpy_array(), dtype=np.int32)
+        encoded = imagecodecs.rcomp_encode(arr, nblock=self.nblock)
+        return chunk_spec.prototype.buffer.from_bytes(encoded)
+
+    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec) -> Buffer | None:
+        return self._encode_sync(chunk_array, chunk_spec)
+
+    def compute_encoded_size(self, input_byte_length: int, _chunk_spec) -> int:
+        raise NotImplementedError(f"{CODEC_NAME} output has no fixed size")
+
+
+register_codec(CODEC_NAME, RiceCodec)
