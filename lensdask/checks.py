@@ -79,6 +79,18 @@ def batch_size(value, name: str = "batch size") -> int | str:
         raise LensdaskError(f"{name} {value!r} must be 'auto' or an integer of at least 1") from None
 
 
+def prefilter_spec(value, name: str = "--prefilter") -> tuple[str, float]:
+    """``MODEL:FRACTION`` as ``(model, fraction)``: a checkpoint directory (or ``default``) and a share in [0, 1].
+
+    The last ``:`` splits, so a model path may hold colons.
+    """
+    text = str(value)
+    model, sep, frac = text.rpartition(":")
+    if not sep or not model.strip():
+        raise LensdaskError(f"{name} {value!r} must be MODEL:FRACTION, e.g. default:0.1")
+    return model, fraction(frac, f"{name} fraction")
+
+
 def int_range(lo: int, hi: int) -> Callable:
     """A check for an integer in [lo, hi]."""
 

@@ -436,7 +436,7 @@ def emit_htcondor_search(
     directory: str | os.PathLike,
     *,
     zarr: str,
-    model_dir: str,
+    model_dir: str | list[str],
     run_dir: str,
     tiles: list[tuple[int, str]],
     threshold: float,
@@ -444,8 +444,14 @@ def emit_htcondor_search(
     batch_size: int | str,
     device: str,
     spec: str = "htcondor",
+    combine: str | None = None,
+    prefilter: tuple[str, float] | None = None,
+    prefilter_threshold: float | None = None,
 ) -> dict:
     """Write an HTCondor submission of a search as one job per tile, plus a DAG that merges.
+
+    ``model_dir`` may list several models (an ensemble, with ``combine``); ``prefilter``
+    is ``(model_dir, keep_fraction)`` of a cascade's first stage, with ``prefilter_threshold``.
 
     Files written into ``directory``:
 
@@ -479,10 +485,18 @@ def emit_htcondor_search(
 
     mem_mb = parse_bytes(str(profile["memory"])) // 2**20
     disk_kb = parse_bytes(str(profile.get("disk") or "4GiB")) // 1024
+    dirs = [model_dir] if isinstance(model_dir, (str, os.PathLike)) else list(model_dir)
+    models = " ".join(f"--model {shlex.quote(str(m))}" for m in dirs)
     tile_args = (
-        f"-m lensdask.cli search-tile --zarr {shlex.quote(zarr)} --tile $(tile) --model {shlex.quote(model_dir)} "
+        f"-m lensdask.cli search-tile --zarr {shlex.quote(zarr)} --tile $(tile) {models} "
         f"--out {shlex.quote(run_dir)} --batch-size {shlex.quote(str(batch_size))} --floor {float(floor)!r} --device {device}"
     )
+    if combine is not None and len(dirs) > 1:
+        tile_args += f" --combine {shlex.quote(str(combine))}"
+    if prefilter is not None:
+        tile_args += f" --prefilter {shlex.quote(f'{prefilter[0]}:{float(prefilter[1])!r}')}"
+        if prefilter_threshold is not None:
+            tile_args += f" --prefilter-threshold {float(prefilter_threshold)!r}"
     lines = [
         f"# lensdask search as one HTCondor job per tile (profile jobqueue.{name}).",
         "# Submit everything, merge included:  condor_submit_dag search.dag",

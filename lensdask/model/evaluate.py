@@ -19,7 +19,7 @@ from .report import classifier_report, plot_roc, selection_params
 
 
 def evaluate(
-    model: str | os.PathLike | None = None,
+    model: str | os.PathLike | list | None = None,
     data: str | os.PathLike = ...,
     *,
     json_path: str | os.PathLike | None = None,
@@ -29,13 +29,16 @@ def evaluate(
     threshold: float | None = None,
     record: bool = False,
     progress: bool = True,
+    combine: str | None = None,
 ) -> dict:
     """Score every labelled row of a store and summarise lens-versus-rest performance.
 
     Parameters
     ----------
-    model : str, path or None
-        Checkpoint directory; ``None`` uses the default model.
+    model : str, path, list of them, or None
+        Checkpoint directory; ``None`` uses the default model. Several: each model and their
+        ensemble are reported (the store is read once); they must share bands, stamp and
+        pixel scale.
     data : str or path
         Labelled cutout store (path or URL).
     json_path : str or path, optional
@@ -54,6 +57,10 @@ def evaluate(
         weights and their hash are untouched).
     progress : bool
         Show a tqdm progress bar over tiles.
+    combine : {"mean", "rank"}, optional
+        With several models, the ensemble's score: the mean lens probability, or the mean of
+        the models' ranks over all scored rows as a fraction in (0, 1] (config
+        ``search.ensemble.combine``). ``record`` writes each model's own result to its card.
 
     Returns
     -------
@@ -69,6 +76,10 @@ def evaluate(
         ``model_id``, ``model`` (directory), ``data`` and ``roc_png``. The score
         is the probability of the card's lens class; truth is the store's class
         named ``lens``, so any labelled store works, real cutouts included.
+        With several models: the same keys for the ensemble (``model_id`` their ids joined by
+        ``+``; its classes are the models' when they share them and ``combine`` is ``mean``,
+        else ``non-lens``/``lens``), plus ``combine``, ``model_ids`` and ``models``: one
+        single-model result per model, in order.
 
     Raises
     ------
@@ -86,15 +97,28 @@ def evaluate(
     threshold = float(config.get("search.threshold", threshold))
     dev = resolve_device(device)
     batch_size = resolve_batch_size(config.get("search.batch_size", batch_size), dev)
-    model_dir = resolve_model_dir(model)
-    net, card = load_checkpoint(model_dir, device=dev)
     store = open_store(data)
-    check_compatible(card, store)
-    _check_real_galaxies_unseen(card, store)
-    lens_col = int(card["lens_class"])
+    models = (list(model) if isinstance(model, (list, tuple)) else [model]) or [None]
+    many = len(models) > 1
+    if many:
+        from ..search.run import check_models  # bands, stamp, pixel scale shared; no model twice
+        from ..search.score import COMBINE, combine_scores
+
+        combine = str(config.get("search.ensemble.combine", combine))
+        if combine not in COMBINE:
+            raise LensdaskError(f"unknown ensemble combination {combine!r}; use one of {', '.join(COMBINE)}")
+        dirs = [d for d, _ in check_models(store, models)[0]]
+    else:
+        dirs = [resolve_model_dir(models[0])]
+    nets = []
+    for d in dirs:
+        net, card = load_checkpoint(d, device=dev)
+        check_compatible(card, store)
+        _check_real_galaxies_unseen(card, store)
+        nets.append((net, card))
     keep_params = selection_params(store.params)
 
-    labels, probs, params = [], [], []
+    labels, probs, params = [], [[] for _ in nets], []
     n_unlabelled = 0
     for t in tqdm(store.written_tiles(), desc="evaluate", unit="tile", disable=not progress):
         table = store.read_table(t)
@@ -105,39 +129,68 @@ def evaluate(
         n_unlabelled += int((~known).sum())
         if not known.any():
             continue
-        images = store.read_images(t)[known]
-        probs.append(predict_proba(net, card, images, batch_size=batch_size, device=dev))
+        images = store.read_images(t)[known]  # read once, scored by every model
+        for k, (net, card) in enumerate(nets):
+            probs[k].append(predict_proba(net, card, images, batch_size=batch_size, device=dev))
         labels.append(lab[known].astype(np.int64))
         params.append(table.loc[known, keep_params].reset_index(drop=True))
     if not labels:
         raise LensdaskError(f"store {store.url!r} has no labelled rows (every label is -1); nothing to evaluate")
     y = np.concatenate(labels)
-    p = np.concatenate(probs)
-    result = classifier_report(
-        y, p, truth_classes=list(store.classes), model_classes=list(card["classes"]), lens_class=lens_col,
-        params=pd.concat(params, ignore_index=True), threshold=threshold,
-    )
-    result.update(
-        n_unlabelled=n_unlabelled,
-        model_id=card.get("model_id"),
-        model=str(model_dir),
-        data=str(store.url),
-    )
+    params = pd.concat(params, ignore_index=True)
+    is_lens = y == store.classes.index("lens")
+    results, curves = [], []
+    for (net, card), d, pk in zip(nets, dirs, probs):
+        p = np.concatenate(pk)
+        lens_col = int(card["lens_class"])
+        r = classifier_report(
+            y, p, truth_classes=list(store.classes), model_classes=list(card["classes"]), lens_class=lens_col,
+            params=params, threshold=threshold,
+        )
+        r.update(n_unlabelled=n_unlabelled, model_id=card.get("model_id"), model=str(d), data=str(store.url))
+        results.append((r, p[:, lens_col], p))
+    if not many:
+        result = results[0][0]
+        curves = [(results[0][1], f"AUROC {result['auroc']:.4f}")]
+        reports = [result]
+        card = nets[0][1]
+        title = f"{card.get('model_id', card['arch'])} on {pathlib.PurePath(str(store.url)).name}"
+    else:
+        cards = [c for _, c in nets]
+        scores = np.stack([s for _, s, _ in results], axis=1)
+        ens = combine_scores(scores, combine).astype(np.float64)
+        if combine == "mean" and all(list(c["classes"]) == list(cards[0]["classes"]) for c in cards):
+            classes, lens_col = list(cards[0]["classes"]), int(cards[0]["lens_class"])
+            p = np.mean([pm for _, _, pm in results], axis=0)
+        else:  # a rank average is no probability per class: lens against the rest
+            classes, lens_col = ["non-lens", "lens"], 1
+            p = np.stack([1.0 - ens, ens], axis=1)
+        result = classifier_report(
+            y, p, truth_classes=list(store.classes), model_classes=classes, lens_class=lens_col,
+            params=params, threshold=threshold,
+        )
+        ids = [c.get("model_id") for c in cards]
+        result.update(
+            n_unlabelled=n_unlabelled, model_id="+".join(ids), model=[str(d) for d in dirs], data=str(store.url),
+            combine=combine, model_ids=ids, models=[r for r, _, _ in results],
+        )
+        curves = [(s, f"{r['model_id']} AUROC {r['auroc']:.4f}") for r, s, _ in results]
+        curves.append((ens, f"ensemble ({combine}) AUROC {result['auroc']:.4f}"))
+        reports = [r for r, _, _ in results] + [result]
+        title = f"{len(ids)} models and their ensemble on {pathlib.PurePath(str(store.url)).name}"
     if roc_path is not None:
-        is_lens = y == store.classes.index("lens")
-        fpr, tpr, _ = roc_curve(is_lens, p[:, lens_col])
+        fpr_tpr = [roc_curve(is_lens, s)[:2] for s, _ in curves]
         roc_path = pathlib.Path(os.fspath(roc_path))
         roc_path.parent.mkdir(parents=True, exist_ok=True)
-        title = f"{card.get('model_id', card['arch'])} on {pathlib.PurePath(str(store.url)).name}"
-        plot_roc(result, roc_path, fpr_tpr=[(fpr, tpr)], title=title,
-                 labels=[f"AUROC {result['auroc']:.4f}"])
+        plot_roc(reports, roc_path, fpr_tpr=fpr_tpr, title=title, labels=[lab for _, lab in curves])
         result["roc_png"] = str(roc_path)
     if json_path is not None:
         path = pathlib.Path(os.fspath(json_path))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(_jsonable(result), indent=2, allow_nan=False) + "\n")
     if record:
-        _record(model_dir, result)
+        for (r, _, _), d in zip(results, dirs):
+            _record(d, r)
     return result
 
 

@@ -2,7 +2,8 @@
 
 Layout of a run directory::
 
-    RUN_DIR/tiles/<tile>.parquet   every row of the tile scoring >= floor (and NaN-flagged rows)
+    RUN_DIR/tiles/<tile>.parquet   every row of the tile scoring >= floor (and NaN-flagged rows); with
+                                   several models one score column each, with a prefilter both stages
     RUN_DIR/tiles/<tile>.json      per-tile statistics; written last, it marks the tile done
     RUN_DIR/candidates.parquet     rows scoring >= threshold, sorted by score, ranked, with the
                                    nearest known lens (lenscat) within the cross-match radius
@@ -39,7 +40,7 @@ from ..checks import fraction
 from ..model.checkpoint import check_compatible, read_card, resolve_model_dir, verify_weights
 from ..store import open_store
 from ..model.infer import PRECISIONS, resolve_batch_size
-from .score import prepare_batch, score_batches
+from .score import COMBINE, model_column, prepare_inputs, score_models
 from .worker import get_model
 
 TILES_DIR = "tiles"
@@ -198,21 +199,44 @@ def tile_done(run_dir: str | os.PathLike, tile: str) -> dict | None:
     return json.loads(marker.read_text())
 
 
+def run_signature(model_ids: list[str], combine: str = "mean", prefilter: tuple | None = None,
+                  audit: bool = False) -> str:
+    """What a finished tile was scored with, as one string; ``--resume`` skips only tiles with the same one.
+
+    One model without a prefilter: its model id (as before ensembles existed). Otherwise the ids joined
+    with ``+``, the combination, ``prefilter:<id>@<fraction>/<threshold>`` and ``audit`` when they apply.
+    """
+    sig = "+".join(model_ids)
+    if len(model_ids) > 1:
+        sig += f"|{combine}"
+    if prefilter is not None:
+        pid, fraction, threshold = prefilter
+        sig += f"|prefilter:{pid}@{float(fraction):g}/{float(threshold):g}"
+    if audit:
+        sig += "|audit"
+    return sig
+
+
 def search_tile(
     zarr: str,
     tile: int,
-    model_dir: str,
-    sha256: str,
+    model_dir: str | list[str],
+    sha256: str | list[str],
     run_dir: str,
     *,
     device: str = "auto",
     batch_size: int | str | None = None,
     floor: float = 0.0,
     precision: str | None = None,
+    combine: str | None = None,
+    prefilter: tuple | None = None,
+    prefilter_threshold: float | None = None,
+    audit_ids=None,
 ) -> dict:
     """Score one tile and write its outputs atomically; the unit of work of a search.
 
-    Runs anywhere: inside a Dask task, in a notebook, or in a batch job.
+    Runs anywhere: inside a Dask task, in a notebook, or in a batch job. The tile is read
+    once, whatever the number of models.
 
     Parameters
     ----------
@@ -220,8 +244,8 @@ def search_tile(
         Store path or URL.
     tile : int
         Tile index.
-    model_dir, sha256 : str
-        Checkpoint directory and the expected hash of its weights.
+    model_dir, sha256 : str, or lists of str
+        Checkpoint directory and the expected hash of its weights; lists for an ensemble.
     run_dir : str
         Output directory (must be reachable from where this runs).
     device : str
@@ -234,6 +258,18 @@ def search_tile(
         Lens probability below which rows are not kept.
     precision : str, optional
         ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32`` or ``bf16`` (config ``search.precision``).
+    combine : {"mean", "rank"}, optional
+        How an ensemble's probabilities make ``score`` (config ``search.ensemble.combine``).
+    prefilter : (str, str, float), optional
+        ``(model_dir, sha256, keep_fraction)`` of a cheap first-stage model: only the top
+        ``keep_fraction`` of the tile by its score, plus rows at or above ``prefilter_threshold``,
+        reach the main models (see :func:`lensdask.search.score.score_models`).
+    prefilter_threshold : float, optional
+        Prefilter lens probability that passes a row whatever its rank (config
+        ``search.prefilter.threshold``).
+    audit_ids : array of int, optional
+        Object ids (injected lenses of a mock survey) that the main models score even when
+        the prefilter stops them, into ``audit_score``.
 
     Returns
     -------
@@ -244,22 +280,40 @@ def search_tile(
     store = open_store(zarr)
     name = store.tiles[tile]
     precision = str(config.get("search.precision", precision))
-    model, card, dev = get_model(model_dir, sha256, device)
+    combine = str(config.get("search.ensemble.combine", combine))
+    dirs = [model_dir] if isinstance(model_dir, (str, os.PathLike)) else list(model_dir)
+    shas = [sha256] if isinstance(sha256, str) else list(sha256)
+    models = [get_model(d, h, device) for d, h in zip(dirs, shas)]
+    dev = models[0][2]
+    main = [(m, c) for m, c, _ in models]
+    pre = None
+    keep_fraction = 1.0
+    if prefilter is not None:
+        prefilter_threshold = fraction(config.get("search.prefilter.threshold", prefilter_threshold),
+                                       "prefilter threshold")
+        pdir, psha, keep_fraction = prefilter
+        pm, pc, _ = get_model(pdir, psha, device)
+        pre = (pm, pc)
     batch_size = resolve_batch_size(config.get("search.batch_size", batch_size), dev)
     read_rows = -(-batch_size // store.chunk_rows) * store.chunk_rows  # whole chunks: each is decoded once
-    # prepare_batch is done with the pixels before the next read, so one read buffer serves all
+    # prepare_inputs is done with the pixels before the next read, so one read buffer serves all
     blocks = store.iter_batches(read_rows, tiles=[tile], reuse=True)
-    batches = (prepare_batch(images, table, card) for images, table in blocks)
+    first = [pre[1]] if pre is not None else [c for _, c in main]
+    batches = (prepare_inputs(images, table, first, keep_raw=pre is not None) for images, table in blocks)
     if _reader_has_a_core(dev):  # read and normalise the next block while the model scores this one
         batches = _prefetch(batches)
-    table, stats = score_batches(
-        batches, model, card, model_id=card["model_id"], device=dev, batch_size=batch_size, floor=floor,
-        precision=precision, prepared=True,
+    table, stats = score_models(
+        batches, main, device=dev, batch_size=batch_size, floor=floor, precision=precision, combine=combine,
+        prefilter=pre, keep_fraction=keep_fraction, prefilter_threshold=prefilter_threshold or 0.0,
+        rows_total=int(store.counts[tile]), audit_ids=audit_ids,
     )
     out = pathlib.Path(run_dir) / TILES_DIR
     out.mkdir(parents=True, exist_ok=True)
+    ids = [c["model_id"] for _, c in main]
+    sig = run_signature(ids, combine, None if pre is None else (pre[1]["model_id"], keep_fraction, prefilter_threshold),
+                        audit=audit_ids is not None)
     stats.update(
-        tile=name, tile_index=int(tile), model_id=card["model_id"], floor=floor,
+        tile=name, tile_index=int(tile), model_id=sig, floor=floor,
         seconds=round(time.perf_counter() - t0, 3), device=str(dev), precision=precision, batch_size=batch_size,
     )
     _commit_tile(out, name, table, stats)
@@ -276,6 +330,35 @@ def read_scores(run_dir: str | os.PathLike, tiles: list[str] | None = None) -> p
     if not frames:
         return pd.DataFrame(columns=["tile", "object_id", "ra", "dec", "score", "nan_pixels", "model"])
     return pd.concat(frames, ignore_index=True)
+
+
+def audit_summary(scores: pd.DataFrame, threshold: float) -> dict:
+    """What a cascade lost, from per-tile outputs written with a truth table (``audit_score``).
+
+    Returns
+    -------
+    dict
+        ``lenses``: injected lenses searched (finite pixels); ``passed_prefilter``;
+        ``found``: passed and scored at or above ``threshold``; ``dropped``: stopped by the
+        prefilter; ``dropped_main_would_keep``: of those, how many the main models alone score
+        at or above ``threshold``; ``lost_fraction``: that over ``found`` plus it, i.e. the share
+        of the lenses the main models alone would keep that the cascade lost.
+    """
+    if "audit_score" not in scores.columns:
+        return {"lenses": 0, "passed_prefilter": 0, "found": 0, "dropped": 0, "dropped_main_would_keep": 0,
+                "lost_fraction": None}
+    audited = scores["audit_score"].notna()
+    lens_passed = scores["stage"].eq(2) & scores["audited"].astype(bool) if "audited" in scores else None
+    dropped = int(audited.sum())
+    would = int((scores.loc[audited, "audit_score"] >= threshold).sum())
+    passed = int(lens_passed.sum()) if lens_passed is not None else None
+    found = int((scores.loc[lens_passed, "score"] >= threshold).sum()) if lens_passed is not None else None
+    alone = (found or 0) + would
+    return {
+        "lenses": None if passed is None else passed + dropped, "passed_prefilter": passed, "found": found,
+        "dropped": dropped, "dropped_main_would_keep": would,
+        "lost_fraction": (would / alone) if alone else None,
+    }
 
 
 EXPORTS = ("fits", "csv")
@@ -307,7 +390,9 @@ def merge(
 ) -> pd.DataFrame:
     """Build ``candidates.parquet`` from the per-tile outputs: rows >= threshold, best first, ranked.
 
-    Runs without Dask, on whatever per-tile outputs are finished (``tiles``: these only).
+    Runs without Dask, on whatever per-tile outputs are finished (``tiles``: these only). For an
+    ensemble (``score_<model id>`` columns) it adds ``n_agree``: how many models score the row at or
+    above ``threshold`` on their own.
 
     Parameters
     ----------
@@ -341,7 +426,13 @@ def merge(
         raise LensdaskError(f"unknown export formats {bad}; use {', '.join(EXPORTS)}")
     run_dir = pathlib.Path(run_dir)
     scores = read_scores(run_dir, tiles)
+    per_model = [c for c in scores.columns if c.startswith("score_")]
+    if per_model:  # an ensemble: how many of its models call the row a lens on their own
+        scores = scores.copy()
+        scores["n_agree"] = (scores[per_model].to_numpy(float) >= threshold).sum(axis=1).astype(np.int16)
     cand = scores[(scores["score"] >= threshold) & ~scores["nan_pixels"].astype(bool)]
+    # the audit is truth, never part of a candidate list
+    cand = cand.drop(columns=[c for c in ("audited", "audit_score") if c in cand.columns])
     cand = cand.sort_values(["score", "tile", "object_id"], ascending=[False, True, True], kind="stable")
     cand = cand.reset_index(drop=True)
     cand.insert(0, "rank", np.arange(1, len(cand) + 1))
@@ -365,6 +456,100 @@ def merge(
     return cand
 
 
+def parse_prefilter(spec) -> tuple[str, float]:
+    """``"MODEL:FRACTION"`` (or a ``(model, fraction)`` pair) as ``(model, fraction)``, fraction in [0, 1].
+
+    The model is a checkpoint directory, or ``default`` for the shipped model; the last ``:`` splits.
+    """
+    from ..checks import prefilter_spec
+
+    if isinstance(spec, (tuple, list)):
+        model, frac = spec
+        return (str(model) if model is not None else "default"), fraction(frac, "prefilter fraction")
+    return prefilter_spec(spec)
+
+
+def check_models(store, models, prefilter=None) -> tuple[list[tuple[pathlib.Path, dict]], tuple | None]:
+    """Check the models of a search against each other and the store, and their weights once each.
+
+    Parameters
+    ----------
+    store : lensdask.store.CutoutStore
+    models : path, list of paths, or None
+        The main model, or an ensemble; None: the shipped default model.
+    prefilter : str or (path, float), optional
+        ``MODEL:FRACTION`` of a cascade's first stage (:func:`parse_prefilter`).
+
+    Returns
+    -------
+    (list of (pathlib.Path, dict), (pathlib.Path, dict, float) or None)
+        Model directories with their cards, and the prefilter's with its keep fraction.
+
+    Raises
+    ------
+    ModelMismatchError
+        Models whose bands, band order, stamp or pixel scale differ from each other or the store.
+    CheckpointError
+        A card or weights file missing or not matching its sha256.
+    LensdaskError
+        The same model given twice (or as both prefilter and main model).
+    """
+    import math
+
+    from ..errors import ModelMismatchError
+
+    if models is None or isinstance(models, (str, os.PathLike)):
+        models = [models]
+    models = list(models) or [None]
+    out = []
+    for m in models:
+        d = resolve_model_dir(None if m in (None, "default") else m)
+        out.append((d, read_card(d)))
+    pre = None
+    if prefilter is not None:
+        pm, frac = parse_prefilter(prefilter)
+        d = resolve_model_dir(None if pm == "default" else pm)
+        pre = (d, read_card(d), frac)
+    everyone = out + ([pre[:2]] if pre else [])
+    ref_dir, ref = everyone[0]
+    for d, card in everyone[1:]:
+        for key, same in (("bands", list(card["bands"]) == list(ref["bands"])),
+                          ("stamp", int(card["stamp"]) == int(ref["stamp"])),
+                          ("pixel_scale", math.isclose(float(card["pixel_scale"]), float(ref["pixel_scale"]), rel_tol=1e-4))):
+            if not same:
+                raise ModelMismatchError(
+                    f"models of one search must share bands, stamp and pixel scale: {ref.get('model_id')} ({ref_dir}) "
+                    f"has {key} {ref[key]!r}, {card.get('model_id')} ({d}) has {card[key]!r}"
+                )
+    seen: dict = {}
+    for d, card in everyone:
+        sha = card.get("sha256") or str(d)
+        if sha in seen:
+            raise LensdaskError(f"the same model is given twice: {seen[sha]} and {d} ({card.get('model_id')})")
+        seen[sha] = d
+        check_compatible(card, store)
+    cols = [model_column(c["model_id"]) for _, c in out]
+    if len(set(cols)) != len(cols):
+        raise LensdaskError(f"two models of the ensemble map to one column name: {cols}")
+    for d, card in everyone:
+        verify_weights(d, card)  # once, before any tile task (each would fail on its own)
+    return out, pre
+
+
+def truth_lens_ids(truth) -> pd.DataFrame:
+    """``tile, object_id`` of the lenses of a mock survey's truth table (a path or a DataFrame)."""
+    if not isinstance(truth, pd.DataFrame):
+        path = pathlib.Path(os.fspath(truth))
+        if not path.is_file():
+            raise LensdaskError(f"truth table {str(path)!r} not found")
+        truth = pd.read_parquet(path)
+    if not {"object_id", "is_lens"} <= set(truth.columns):
+        raise LensdaskError("a truth table needs the columns object_id and is_lens")
+    lenses = truth[truth["is_lens"].astype(bool)]
+    return pd.DataFrame({"tile": lenses["tile"].astype(str) if "tile" in lenses else None,
+                         "object_id": lenses["object_id"].to_numpy(np.int64)})
+
+
 def _gpu_workers(client) -> bool:
     workers = client.scheduler_info(n_workers=-1)["workers"].values()
     return any("GPU" in (w.get("resources") or {}) for w in workers)
@@ -372,7 +557,7 @@ def _gpu_workers(client) -> bool:
 
 def search(
     zarr: str | os.PathLike,
-    model: str | os.PathLike | None = None,
+    model: str | os.PathLike | list | None = None,
     out: str | os.PathLike = "lensdask-run",
     *,
     client=None,
@@ -389,6 +574,10 @@ def search(
     export: list[str] | str | None = None,
     report: bool | None = None,
     retries: int | None = None,
+    combine: str | None = None,
+    prefilter: str | tuple | None = None,
+    prefilter_threshold: float | None = None,
+    truth=None,
 ) -> SearchResult:
     """Search every tile of a survey store for lenses.
 
@@ -406,8 +595,9 @@ def search(
     ----------
     zarr : str or path
         Survey cutout store.
-    model : str or path, optional
-        Checkpoint directory; the shipped default model when omitted.
+    model : str, path, or list of them, optional
+        Checkpoint directory; the shipped default model when omitted. A list is an
+        ensemble: every model scores every tile (read once) and ``score`` combines them.
     out : str or path
         Run directory (see the module docstring for its layout).
     client : distributed.Client, optional
@@ -439,6 +629,21 @@ def search(
         ``search.performance_report``; only with a Dask client).
     retries : int, optional
         Automatic retries of a tile task that raised (config ``search.retries``).
+    combine : {"mean", "rank"}, optional
+        An ensemble's ``score``: the mean lens probability, or the mean of the models' ranks
+        within the tile as a fraction in (0, 1] (config ``search.ensemble.combine``).
+    prefilter : str or (path, float), optional
+        ``"MODEL:FRACTION"``: a two-stage cascade. MODEL (a checkpoint directory, or ``default``)
+        scores every cutout; only the top FRACTION of each tile by its score, plus every row at or
+        above ``prefilter_threshold``, reaches ``model``.
+    prefilter_threshold : float, optional
+        Prefilter lens probability that passes a row whatever its rank (config
+        ``search.prefilter.threshold``).
+    truth : path or DataFrame, optional
+        A mock survey's truth table (``<store>.truth.parquet``). With a prefilter, the main
+        models also score the injected lenses the prefilter stopped (and nothing else), so the
+        summary can say how many of them the main models alone would have kept (``audit``).
+        Never used for the search itself.
 
     Returns
     -------
@@ -458,12 +663,20 @@ def search(
         raise LensdaskError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     report = bool(config.get("search.performance_report", report))
     retries = int(config.get("search.retries", retries))
+    combine = str(config.get("search.ensemble.combine", combine))
+    if combine not in COMBINE:
+        raise LensdaskError(f"unknown ensemble combination {combine!r}; use one of {', '.join(COMBINE)}")
+    if prefilter is not None:
+        prefilter_threshold = fraction(config.get("search.prefilter.threshold", prefilter_threshold),
+                                       "prefilter threshold")
     zarr = os.fspath(zarr)
     store = open_store(zarr)
-    model_dir = resolve_model_dir(model)
-    card = read_card(model_dir)
-    check_compatible(card, store)
-    verify_weights(model_dir, card)  # once, before any tile task (each would fail on its own)
+    main, pre = check_models(store, model, prefilter)
+    model_dir, card = main[0]
+    ids = [c["model_id"] for _, c in main]
+    audit = truth_lens_ids(truth) if truth is not None and pre is not None else None
+    signature = run_signature(ids, combine, None if pre is None else (pre[1]["model_id"], pre[2], prefilter_threshold),
+                              audit=audit is not None)
     run_dir = pathlib.Path(out)
     check_writable(run_dir / TILES_DIR)  # a read-only or full disk is refused before any tile task
     clean_run_dir(run_dir)
@@ -475,14 +688,26 @@ def search(
     todo, skipped = [], []
     for t in written:
         done = tile_done(run_dir, names[t]) if resume else None
-        if done is not None and done.get("model_id") == card["model_id"] and done.get("floor") == floor:
+        if done is not None and done.get("model_id") == signature and done.get("floor") == floor:
             skipped.append(t)
         else:
             todo.append(t)
     unwritten = sorted(set(names) - {names[t] for t in written})
 
-    kwargs = dict(device=device, batch_size=batch_size, floor=floor, precision=precision)
-    args = (str(model_dir), card["sha256"], str(run_dir.resolve()))
+    kwargs = dict(device=device, batch_size=batch_size, floor=floor, precision=precision, combine=combine)
+    if pre is not None:
+        kwargs.update(prefilter=(str(pre[0]), pre[1]["sha256"], pre[2]), prefilter_threshold=prefilter_threshold)
+    if len(main) == 1:
+        args = (str(model_dir), card["sha256"], str(run_dir.resolve()))
+    else:
+        args = ([str(d) for d, _ in main], [c["sha256"] for _, c in main], str(run_dir.resolve()))
+
+    def tile_kwargs(t):
+        if audit is None:
+            return kwargs
+        rows = audit if audit["tile"].isna().all() else audit[audit["tile"] == names[t]]
+        return dict(kwargs, audit_ids=rows["object_id"].to_numpy(np.int64))
+
     failures: list[dict] = []
     t0 = time.perf_counter()
     client = client if client is not None else current_client()
@@ -492,7 +717,7 @@ def search(
         if client is None:
             for t in todo:
                 try:
-                    search_tile(zarr, t, *args, **kwargs)
+                    search_tile(zarr, t, *args, **tile_kwargs(t))
                 except LensdaskError:
                     raise
                 except Exception as exc:  # a corrupt tile must not stop the others
@@ -510,8 +735,8 @@ def search(
             with client.as_current(), ctx:
                 futures = {
                     client.submit(
-                        search_tile, zarr, t, *args, **kwargs,
-                        key=f"search-tile-{names[t]}-{card['model_id']}-{time.time_ns()}",
+                        search_tile, zarr, t, *args, **tile_kwargs(t),
+                        key=f"search-tile-{names[t]}-{ids[0]}-{time.time_ns()}",
                         pure=False, retries=retries, resources=resources,
                     ): t
                     for t in todo
@@ -547,8 +772,10 @@ def search(
     rows = sum(s["rows"] for s in stats)
     summary = {
         "store": zarr,
-        "model": str(model_dir),
-        "model_id": card["model_id"],
+        "model": str(model_dir) if len(main) == 1 else [str(d) for d, _ in main],
+        "model_id": card["model_id"] if len(main) == 1 else "+".join(ids),
+        "models": ids,
+        "combine": combine if len(main) > 1 else None,
         "threshold": threshold,
         "floor": floor,
         "precision": precision,
@@ -567,6 +794,17 @@ def search(
         "seconds": round(elapsed, 2),
         "cutouts_per_second": round(sum(store.counts[t] for t in todo) / elapsed, 1) if todo and elapsed > 0 else None,
         "performance_report": str(run_dir / "dask-report.html") if report and client is not None else None,
+        # cutouts each stage saw: every finite cutout reaches the prefilter, only those it passes the main models
+        "stages": {
+            "prefilter": sum(s.get("prefilter", {}).get("scored", 0) for s in stats) if pre is not None else None,
+            "main": sum(s.get("main_scored", s["scored"]) for s in stats),
+        },
+        "prefilter": None if pre is None else {
+            "model": str(pre[0]), "model_id": pre[1]["model_id"], "keep_fraction": pre[2],
+            "threshold": prefilter_threshold,
+            "passed_by_threshold_only": sum(s.get("prefilter", {}).get("passed_by_threshold_only", 0) for s in stats),
+        },
+        "audit": None if audit is None else audit_summary(read_scores(run_dir, finished), threshold),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return SearchResult(run_dir, cand, summary, failures_df)

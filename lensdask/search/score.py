@@ -61,7 +61,7 @@ def score_batches(
     precision: str = "auto",
     prepared: bool = False,
 ) -> tuple[pd.DataFrame, dict]:
-    """Score every row of a stream of ``(images, table)`` batches.
+    """Score every row of a stream of ``(images, table)`` batches with one model.
 
     Parameters
     ----------
@@ -90,71 +90,17 @@ def score_batches(
     stats : dict
         ``rows``, ``scored``, ``nan_rows``, ``masked_rows``, ``edge_rows``, ``kept``,
         ``histogram`` (counts in :data:`HISTOGRAM_BINS`), ``max_score``, and the
-        sky box ``ra_min, ra_max, dec_min, dec_max`` (degrees) of the rows.
+        sky box ``ra_min, ra_max, dec_min, dec_max`` (degrees) of the rows; see
+        :func:`score_models` for the rest.
     """
-    import torch
 
-    from ..store import FLAG_EDGE, FLAG_MASKED
+    def items():
+        for item in batches:
+            x, bad, table = item if prepared else prepare_batch(item[0], item[1], card)
+            yield [x], bad, table, None
 
-    device = torch.device(device)
-    classes = list(card["classes"])
-    lens = int(card["lens_class"])
-    frames = []
-    hist = np.zeros(len(HISTOGRAM_BINS) - 1, dtype=np.int64)
-    rows = nan_rows = masked = edge = 0
-    max_score = -np.inf
-    ras, decs = [], []
-    for item in batches:
-        x, bad, table = item if prepared else prepare_batch(item[0], item[1], card)
-        probs = np.full((len(bad), len(classes)), np.nan, dtype=np.float32)
-        probs[~bad] = forward_proba(
-            model, x, batch_size=batch_size, device=device, size=input_size(card), precision=precision
-        )
-        score = probs[:, lens]
-        rows += len(score)
-        nan_rows += int(bad.sum())
-        flags = table["flags"].to_numpy() if "flags" in table.columns else np.zeros(len(score), np.int32)
-        masked += int(((flags & FLAG_MASKED) != 0).sum())
-        edge += int(((flags & FLAG_EDGE) != 0).sum())
-        good = score[~bad]
-        hist += np.histogram(good, bins=HISTOGRAM_BINS)[0]
-        if good.size:
-            max_score = max(max_score, float(good.max()))
-        ras.append(table["ra"].to_numpy())
-        decs.append(table["dec"].to_numpy())
-        keep = bad | (score >= floor)
-        out = pd.DataFrame(
-            {
-                "tile": table["tile"].to_numpy()[keep],
-                "object_id": table["object_id"].to_numpy()[keep],
-                "ra": table["ra"].to_numpy()[keep],
-                "dec": table["dec"].to_numpy()[keep],
-                "score": score[keep],
-            }
-        )
-        for k, name in enumerate(classes):
-            out[class_column(name)] = probs[keep, k]
-        out["nan_pixels"] = bad[keep]
-        out["flags"] = flags[keep].astype(np.int32)
-        frames.append(out)
-    columns = OUTPUT_COLUMNS + [class_column(c) for c in classes] + ["nan_pixels", "flags"]
-    result = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-    result["tile"] = result["tile"].astype(str)
-    result["model"] = model_id
-    ra = np.concatenate(ras) if ras else np.zeros(0)
-    dec = np.concatenate(decs) if decs else np.zeros(0)
-    stats = {
-        "rows": rows,
-        "scored": rows - nan_rows,
-        "nan_rows": nan_rows,
-        "masked_rows": masked,
-        "edge_rows": edge,
-        "kept": len(result),
-        "histogram": hist.tolist(),
-        "max_score": None if max_score == -np.inf else max_score,
-        **sky_box(ra, dec),
-    }
-    return result, stats
+    return score_models(items(), [(model, dict(card, model_id=model_id))], device=device, batch_size=batch_size,
+                        floor=floor, precision=precision)
 
 
 def sky_box(ra: np.ndarray, dec: np.ndarray) -> dict:
@@ -170,3 +116,369 @@ def sky_box(ra: np.ndarray, dec: np.ndarray) -> dict:
         "ra_min": float((c + d.min()) % 360.0), "ra_max": float((c + d.max()) % 360.0),
         "dec_min": float(dec.min()), "dec_max": float(dec.max()),
     }
+
+
+COMBINE = ("mean", "rank")
+"""Ways to combine the lens probabilities of several models: their mean, or the mean of their ranks."""
+
+
+def model_column(model_id: str) -> str:
+    """Column name of one model's lens probability in an ensemble, e.g. ``"score_vit_lens_tiny_492ce68824d0"``.
+
+    Every character other than an ASCII letter or digit becomes ``_`` (runs collapse into one), so the
+    name is a safe column in Parquet, FITS, CSV and pandas attribute access.
+    """
+    import re
+
+    safe = re.sub(r"[^A-Za-z0-9]+", "_", str(model_id)).strip("_")
+    return "score_" + (safe or "model")
+
+
+def combine_scores(scores: np.ndarray, method: str = "mean") -> np.ndarray:
+    """Combine per-model lens probabilities, (n, n_models), into one score per row, (n,).
+
+    Parameters
+    ----------
+    scores : numpy.ndarray
+        Lens probabilities, one column per model; NaN where a row was not scored.
+    method : {"mean", "rank"}
+        ``mean``: the mean probability. ``rank``: the mean over models of each row's
+        rank among the scored rows, as a fraction in (0, 1] (ties share their mean rank),
+        so models whose probabilities are calibrated differently weigh the same. The
+        ranks are taken among the rows given (in a search: the rows of one tile that
+        the models scored).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32; NaN for rows no model scored.
+    """
+    from ..errors import LensdaskError
+
+    if method not in COMBINE:
+        raise LensdaskError(f"unknown ensemble combination {method!r}; use one of {', '.join(COMBINE)}")
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim == 1:
+        scores = scores[:, None]
+    ok = np.isfinite(scores).all(axis=1)
+    out = np.full(scores.shape[0], np.nan)
+    if not ok.any():
+        return out.astype(np.float32)
+    if method == "mean" or scores.shape[1] == 1:
+        out[ok] = scores[ok].mean(axis=1)
+    else:
+        ranks = pd.DataFrame(scores[ok]).rank(axis=0, method="average").to_numpy()
+        out[ok] = ranks.mean(axis=1) / ok.sum()
+    return out.astype(np.float32)
+
+
+def _norm_key(card: dict) -> str:
+    import json
+
+    return json.dumps(card.get("normalisation"), sort_keys=True, default=str)
+
+
+def prepare_inputs(images: np.ndarray, table: pd.DataFrame, cards: list[dict], keep_raw: bool = False):
+    """Normalised finite rows of one batch for several models: ``(xs, bad, table, raw)``.
+
+    ``xs[i]`` is the input of the model of ``cards[i]`` (models sharing a normalisation share
+    one array); ``bad`` the (n,) mask of rows with non-finite pixels; ``raw`` a copy of the
+    pixels when ``keep_raw`` (a cascade holds some rows for its second stage), else None.
+    Like :func:`prepare_batch`, nothing returned refers to ``images``: the caller may reuse it.
+    """
+    x0, bad, table = prepare_batch(images, table, cards[0])
+    done = {_norm_key(cards[0]): x0}
+    good = None
+    xs = [x0]
+    for card in cards[1:]:
+        key = _norm_key(card)
+        if key not in done:
+            if good is None:
+                good = np.asarray(images)[~bad] if bad.any() else np.asarray(images)
+            done[key] = normalise(good, card.get("normalisation"))
+        xs.append(done[key])
+    raw = np.array(images, dtype=np.float32, copy=True) if keep_raw else None
+    return xs, bad, table, raw
+
+
+class _TopK:
+    """The rows of a tile a cascade passes on, kept while the tile streams by.
+
+    Holds the raw pixels of every row so far that is among the ``k`` best prefilter
+    scores seen (ties: the earlier row), or scores at or above ``threshold``; a row pushed
+    out of the top ``k`` can never return, so its pixels are dropped. Memory: about
+    ``k`` stamps plus those above the threshold.
+    """
+
+    def __init__(self, k: int, threshold: float):
+        self.k, self.threshold = int(k), float(threshold)
+        self.idx = np.zeros(0, np.int64)
+        self.score = np.zeros(0, np.float64)
+        self.images: list[np.ndarray] = []
+        self._img = None
+
+    def add(self, idx: np.ndarray, score: np.ndarray, images: np.ndarray) -> None:
+        if not len(idx):
+            return
+        self.idx = np.concatenate([self.idx, idx])
+        self.score = np.concatenate([self.score, score])
+        self.images.append(images)
+        if len(self.idx) > 2 * self.k + 256:
+            self._prune()
+
+    def _prune(self) -> None:
+        imgs = np.concatenate(self.images) if len(self.images) > 1 else self.images[0]
+        order = np.lexsort((self.idx, -self.score))  # best first, earlier row first on ties
+        keep = np.zeros(len(self.idx), bool)
+        keep[order[: self.k]] = True
+        keep |= self.score >= self.threshold
+        self.idx, self.score, self.images = self.idx[keep], self.score[keep], [imgs[keep]]
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(idx, images)`` of the rows that pass, in tile order."""
+        if not self.images:
+            return self.idx, None
+        self._prune()
+        order = np.argsort(self.idx)
+        return self.idx[order], self.images[0][order]
+
+
+def _forward_raw(model, card, images: np.ndarray, *, device, batch_size: int, precision: str) -> np.ndarray:
+    """Lens-class-first probabilities of finite raw stamps, normalised here in batches: (n, n_classes)."""
+    out = [np.zeros((0, len(card["classes"])), np.float32)]
+    spec = card.get("normalisation")
+    for start in range(0, len(images), batch_size):
+        x = normalise(images[start : start + batch_size], spec)
+        out.append(forward_proba(model, x, batch_size=batch_size, device=device, size=input_size(card),
+                                 precision=precision))
+    return np.concatenate(out)
+
+
+def score_models(
+    batches: Iterable,
+    models: list[tuple],
+    *,
+    device="cpu",
+    batch_size: int = 256,
+    floor: float = 0.0,
+    precision: str = "auto",
+    combine: str = "mean",
+    prefilter: tuple | None = None,
+    keep_fraction: float = 1.0,
+    prefilter_threshold: float = 0.5,
+    rows_total: int | None = None,
+    audit_ids=None,
+) -> tuple[pd.DataFrame, dict]:
+    """Score a stream of batches with one model, an ensemble, or a prefilter then the ensemble.
+
+    Parameters
+    ----------
+    batches : iterable
+        ``(xs, bad, table, raw)`` tuples of :func:`prepare_inputs`, for the cards of the
+        first stage: the prefilter alone when there is one (with ``keep_raw=True``),
+        otherwise every model of ``models`` in order. ``table`` has ``tile, object_id,
+        ra, dec`` (degrees), optionally ``flags``.
+    models : list of (torch.nn.Module, dict)
+        The main models and their cards (:func:`lensdask.model.load_checkpoint`).
+    device : str or torch.device
+    batch_size : int
+        Cutouts per forward pass.
+    floor : float
+        Rows whose score (for a row stopped by the prefilter: its prefilter score) is below
+        this are counted but not kept. Rows with non-finite pixels are always kept, flagged
+        ``nan_pixels`` with a NaN score.
+    precision : str
+        See :data:`lensdask.model.infer.PRECISIONS`.
+    combine : {"mean", "rank"}
+        How an ensemble's probabilities make ``score`` (:func:`combine_scores`).
+    prefilter : (torch.nn.Module, dict), optional
+        A cheap model that scores every row first. Only the ``ceil(keep_fraction *
+        rows_total)`` rows of the tile it ranks highest, plus every row it scores at or
+        above ``prefilter_threshold``, reach ``models``; the others keep a NaN ``score``.
+    keep_fraction : float
+        Share of the tile's rows passed on by rank (0-1).
+    prefilter_threshold : float
+        Prefilter lens probability that passes a row whatever its rank.
+    rows_total : int, optional
+        Rows in the tile (the top fraction is of these); default: counted as they come, which
+        needs the whole tile in memory, so give it.
+    audit_ids : array of int, optional
+        Object ids (in a mock survey: the injected lenses) whose ``score`` the main models
+        give even when the prefilter stops them, in the column ``audit_score`` (NaN for all
+        other rows). Never part of ``score``: it says what the cascade lost.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        ``tile, object_id, ra, dec, score``, for several models one ``score_<model id>`` per
+        model (:func:`model_column`), ``p_<class>...`` (the mean over models, when they
+        share their classes), ``nan_pixels, flags, model``; with a prefilter also
+        ``prefilter_score`` and ``stage`` (1: stopped by the prefilter, 2: scored by the
+        main models; 0 for rows with non-finite pixels), and with ``audit_ids``
+        ``audited`` (the row is one of them; always kept) and ``audit_score``.
+    stats : dict
+        ``rows``, ``scored`` (rows with finite pixels), ``nan_rows``, ``masked_rows``,
+        ``edge_rows``, ``kept``, ``histogram`` (of ``score``, in :data:`HISTOGRAM_BINS`),
+        ``max_score``, the sky box ``ra_min, ra_max, dec_min, dec_max`` (degrees),
+        ``models`` (ids), ``combine``, ``main_scored`` (rows the main models scored); with a
+        prefilter ``prefilter`` (``model_id``, ``keep_fraction``, ``threshold``, ``top_k``,
+        ``scored``, ``passed``, ``passed_by_threshold_only``); with ``audit_ids``
+        ``audit`` (``rows``: audited rows in the tile, ``dropped``: those the prefilter stopped).
+    """
+    import torch
+
+    from ..store import FLAG_EDGE, FLAG_MASKED
+
+    device = torch.device(device)
+    cards = [c for _, c in models]
+    ids = [c["model_id"] for c in cards]
+    if len(set(ids)) != len(ids):
+        from ..errors import LensdaskError
+
+        raise LensdaskError(f"the same model is given twice: {ids}")
+    columns = [model_column(i) for i in ids]
+    shared_classes = all(list(c["classes"]) == list(cards[0]["classes"]) for c in cards)
+    classes = list(cards[0]["classes"]) if shared_classes else []
+    tables, bads, per_model, probs_acc, pre_scores = [], [], [[] for _ in models], [], []
+    audit_ids = None if audit_ids is None else np.asarray(audit_ids, dtype=np.int64)
+    audit_buf: list[tuple[np.ndarray, np.ndarray]] = []
+    top = None
+    if prefilter is not None:
+        n_total = rows_total if rows_total is not None else 0
+        top = _TopK(int(np.ceil(float(keep_fraction) * n_total)), prefilter_threshold)
+    offset = 0
+    for xs, bad, table, raw in batches:
+        n = len(bad)
+        tables.append(table.reset_index(drop=True))
+        bads.append(bad)
+        if prefilter is None:
+            mean_probs = None
+            for m, ((model, card), x) in enumerate(zip(models, xs)):
+                probs = np.full((n, len(card["classes"])), np.nan, dtype=np.float32)
+                probs[~bad] = forward_proba(model, x, batch_size=batch_size, device=device,
+                                            size=input_size(card), precision=precision)
+                per_model[m].append(probs[:, int(card["lens_class"])])
+                if shared_classes:
+                    mean_probs = probs if mean_probs is None else mean_probs + probs
+            if shared_classes:
+                probs_acc.append(mean_probs / len(models))
+        else:
+            pmodel, pcard = prefilter
+            p = np.full(n, np.nan, dtype=np.float32)
+            p[~bad] = forward_proba(pmodel, xs[0], batch_size=batch_size, device=device, size=input_size(pcard),
+                                    precision=precision)[:, int(pcard["lens_class"])]
+            pre_scores.append(p)
+            good = np.flatnonzero(~bad)
+            top.add(offset + good, p[good], raw[good])
+            if audit_ids is not None:
+                hit = good[np.isin(table["object_id"].to_numpy()[good], audit_ids)]
+                if hit.size:
+                    audit_buf.append((offset + hit, raw[hit]))
+        offset += n
+
+    bad = np.concatenate(bads) if bads else np.zeros(0, bool)
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["tile", "object_id", "ra", "dec"])
+    n = len(bad)
+    stats_extra: dict = {"models": ids, "combine": combine}
+    audit_score = None
+    if prefilter is None:
+        scores = np.stack([np.concatenate(s) if s else np.zeros(0, np.float32) for s in per_model], axis=1)
+        probs = np.concatenate(probs_acc) if probs_acc else np.zeros((0, len(classes)), np.float32)
+        main = ~bad
+    else:
+        pre = np.concatenate(pre_scores) if pre_scores else np.zeros(0, np.float32)
+        if rows_total is None:
+            top.k = int(np.ceil(float(keep_fraction) * n))
+        idx, images = top.rows()
+        scores = np.full((n, len(models)), np.nan, dtype=np.float32)
+        probs = np.full((n, len(classes)), 0.0 if shared_classes else np.nan, dtype=np.float32)
+        for m, (model, card) in enumerate(models):
+            pr = _forward_raw(model, card, images if images is not None else np.zeros((0,)),
+                              device=device, batch_size=batch_size, precision=precision) if len(idx) else None
+            if pr is not None:
+                scores[idx, m] = pr[:, int(card["lens_class"])]
+                if shared_classes:
+                    probs[idx] += pr / len(models)
+        main = np.zeros(n, bool)
+        main[idx] = True
+        if shared_classes:
+            probs[~main] = np.nan
+        stage = np.where(bad, 0, np.where(main, 2, 1)).astype(np.int8)
+        by_rank = np.zeros(n, bool)
+        if len(idx):
+            order = np.lexsort((np.arange(n)[~bad], -pre[~bad].astype(np.float64)))
+            by_rank[np.flatnonzero(~bad)[order[: top.k]]] = True
+        stats_extra["prefilter"] = {
+            "model_id": prefilter[1]["model_id"], "keep_fraction": float(keep_fraction),
+            "threshold": float(prefilter_threshold), "top_k": int(top.k), "scored": int((~bad).sum()),
+            "passed": int(main.sum()), "passed_by_threshold_only": int((main & ~by_rank).sum()),
+        }
+        if audit_ids is not None:
+            audit_score = np.full(n, np.nan, dtype=np.float32)
+            rows = np.concatenate([a[0] for a in audit_buf]) if audit_buf else np.zeros(0, np.int64)
+            imgs = np.concatenate([a[1] for a in audit_buf]) if audit_buf else None
+            dropped = ~main[rows] if len(rows) else np.zeros(0, bool)
+            if dropped.any():
+                per = np.stack([
+                    _forward_raw(model, card, imgs[dropped], device=device, batch_size=batch_size,
+                                 precision=precision)[:, int(card["lens_class"])]
+                    for model, card in models
+                ], axis=1)
+                # ranks need the rows the main models saw: a dropped row is ranked among them
+                if combine == "rank" and len(models) > 1:
+                    audit_score[rows[dropped]] = [
+                        combine_scores(np.vstack([scores[main], r[None]]), "rank")[-1] for r in per
+                    ]
+                else:
+                    audit_score[rows[dropped]] = combine_scores(per, combine)
+            stats_extra["audit"] = {"rows": int(len(rows)), "dropped": int(dropped.sum())}
+    score = np.full(n, np.nan, dtype=np.float32)
+    if n:
+        score[main] = combine_scores(scores[main], combine) if len(models) > 1 else scores[main, 0]
+    stats_extra["main_scored"] = int(main.sum())
+
+    flags = table["flags"].to_numpy().astype(np.int32) if "flags" in table.columns else np.zeros(n, np.int32)
+    last = score if prefilter is None else np.where(main, score, pre)
+    keep = bad | (last >= floor)
+    audited = None
+    if audit_score is not None:  # an audited row is kept whatever its scores
+        audited = np.isin(table["object_id"].to_numpy(np.int64), audit_ids) if n else np.zeros(0, bool)
+        keep |= audited
+    out = pd.DataFrame({
+        "tile": table["tile"].to_numpy()[keep] if n else np.zeros(0, object),
+        "object_id": table["object_id"].to_numpy()[keep],
+        "ra": table["ra"].to_numpy()[keep],
+        "dec": table["dec"].to_numpy()[keep],
+        "score": score[keep],
+    })
+    if len(models) > 1:
+        for m, col in enumerate(columns):
+            out[col] = scores[keep, m]
+    for k, name in enumerate(classes):
+        out[class_column(name)] = probs[keep, k]
+    if prefilter is not None:
+        out["prefilter_score"] = pre[keep]
+        out["stage"] = stage[keep]
+    if audit_score is not None:
+        out["audited"] = audited[keep]
+        out["audit_score"] = audit_score[keep]
+    out["nan_pixels"] = bad[keep]
+    out["flags"] = flags[keep]
+    out["tile"] = out["tile"].astype(str)
+    out["model"] = ids[0] if len(ids) == 1 else "+".join(ids)
+    finite = score[np.isfinite(score)]
+    ra = table["ra"].to_numpy(dtype=float) if n else np.zeros(0)
+    dec = table["dec"].to_numpy(dtype=float) if n else np.zeros(0)
+    stats = {
+        "rows": n,
+        "scored": int((~bad).sum()),
+        "nan_rows": int(bad.sum()),
+        "masked_rows": int(((flags & FLAG_MASKED) != 0).sum()),
+        "edge_rows": int(((flags & FLAG_EDGE) != 0).sum()),
+        "kept": len(out),
+        "histogram": np.histogram(finite, bins=HISTOGRAM_BINS)[0].tolist(),
+        "max_score": float(finite.max()) if finite.size else None,
+        **sky_box(ra, dec),
+        **stats_extra,
+    }
+    return out, stats
