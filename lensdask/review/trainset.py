@@ -21,7 +21,8 @@ def trainset_add(labels, zarr, to, *, drop_conflicts: bool = True) -> pd.DataFra
 
     Each object's consensus class (:func:`lensdask.review.labels.consensus`) is
     mapped to the training store's classes; class names it does not have yet
-    extend its class list. The cutouts go into new tiles named ``review-…``.
+    extend its class list. Labels graded ``possible`` are left out (too uncertain
+    to train on). The cutouts go into new tiles named ``review-…``.
     Objects already added by an earlier call are skipped, so running the same
     command twice adds nothing the second time.
 
@@ -44,6 +45,8 @@ def trainset_add(labels, zarr, to, *, drop_conflicts: bool = True) -> pd.DataFra
     table = labels if isinstance(labels, pd.DataFrame) else read_labels(labels)
     check_names(table["tile"].astype(str), source=f"the labels {labels}" if isinstance(labels, str) else "the labels",
                 rows=range(1, len(table) + 1))  # names are data: a hostile one is refused before anything is read
+    if "grade" in table.columns:  # a "possible lens" is too uncertain to train on as either class
+        table = table[table["grade"].fillna("").astype(str) != "possible"]
     chosen = consensus(table, drop_conflicts=drop_conflicts)
     survey = open_store(zarr)
     train = open_store(to, mode="r+")

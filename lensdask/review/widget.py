@@ -10,7 +10,7 @@ import os
 import pathlib
 
 from .cutouts import best_candidates
-from .images import colour_composite, png_bytes
+from .images import png_bytes, view_image
 from .labels import add_labels, review_classes
 
 
@@ -69,7 +69,8 @@ class LabelWidget:
             self.info.value = f"<b>done</b>: {len(self.candidates)} candidates reviewed; labels in {self.labels}"
             return
         row = self.candidates.iloc[self.position]
-        self.image.value = png_bytes(colour_composite(self.stamps[self.position], self.store.bands), scale=6)
+        self.image.value = png_bytes(view_image(self.stamps[self.position], self.store.bands, "colour",
+                                                pixel_scale=self.store.pixel_scale), scale=6)
         self.info.value = (
             f"<b>{self.position + 1} / {len(self.candidates)}</b><br>tile {row['tile']}<br>"
             f"object {int(row['object_id'])}<br>score {row['score']:.4f}"

@@ -18,7 +18,7 @@ import pandas as pd
 from ..errors import LensdaskError
 from ..names import child_path, csv_safe
 from .cutouts import best_candidates
-from .images import colour_composite, png_bytes
+from .images import png_bytes, sky_noise, view_image
 
 
 def export_zooniverse(
@@ -29,7 +29,7 @@ def export_zooniverse(
     zarr: str | os.PathLike | None = None,
     candidates: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Write subject images (PNG colour composites) and ``manifest.csv`` for the best ``top`` candidates.
+    """Write subject images (true-colour PNGs with a scale bar) and ``manifest.csv`` for the best ``top`` candidates.
 
     Parameters
     ----------
@@ -56,10 +56,12 @@ def export_zooniverse(
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=False)
     rows = []
+    noise = sky_noise(stamps, store.bands) if len(stamps) else 1.0  # one brightness scale for the whole set
     for i, row in cand.iterrows():
         path = child_path(tmp, f"{row['tile']}_{int(row['object_id'])}", ".png")
         name = path.name
-        path.write_bytes(png_bytes(colour_composite(stamps[i], store.bands), scale=6))
+        path.write_bytes(png_bytes(view_image(stamps[i], store.bands, "colour", pixel_scale=store.pixel_scale,
+                                              noise=noise), scale=6))
         rows.append(
             {
                 "image": name,

@@ -11,26 +11,15 @@ import pandas as pd
 __all__ = ["gallery", "colour_composite"]
 
 
-def colour_composite(image: np.ndarray, bands: Sequence[str], stretch: float = 4.0, q: float = 8.0) -> np.ndarray:
-    """An RGB (h, w, 3) float image in [0, 1] from (i, r, g) of one (n_bands, h, w) stamp.
+def colour_composite(image: np.ndarray, bands: Sequence[str], noise: float | None = None) -> np.ndarray:
+    """An RGB (h, w, 3) float image in [0, 1]: the review's true colour (:func:`lensdask.review.images.colour_composite`).
 
-    Each band is divided by its robust sky noise (border MAD), so stamps in any flux unit look
-    alike, then combined with Lupton et al.'s asinh stretch (``astropy.visualization.make_lupton_rgb``).
+    Fluxes times fixed per-band scales (config ``review.colour.scales``), so colour follows flux
+    ratios; ``noise`` (flux units) sets the brightness (default: this stamp's sky noise).
     """
-    from astropy.visualization import make_lupton_rgb
+    from ..review.images import colour_composite as true_colour
 
-    bands = list(bands)
-    pick = [b for b in ("i", "r", "g") if b in bands]
-    if len(pick) < 3:
-        pick = (bands * 3)[-3:][::-1]
-    planes = []
-    for b in pick:
-        x = np.asarray(image[bands.index(b)], dtype=float)
-        frame = np.concatenate([x[:4].ravel(), x[-4:].ravel(), x[:, :4].ravel(), x[:, -4:].ravel()])
-        sig = 1.4826 * np.median(np.abs(frame - np.median(frame))) or 1.0
-        planes.append((x - np.median(frame)) / sig)
-    rgb = make_lupton_rgb(*planes, stretch=stretch * 5, Q=q, minimum=-1.0)
-    return rgb.astype(float) / 255.0
+    return true_colour(image, bands, noise=noise).astype(float) / 255.0
 
 
 def gallery(images: np.ndarray, table: pd.DataFrame, path: str | os.PathLike, bands: Sequence[str] = ("g", "r", "i", "z"),
@@ -70,13 +59,17 @@ def gallery(images: np.ndarray, table: pd.DataFrame, path: str | os.PathLike, ba
     classes = list(classes) if classes is not None else ["non-lens", "lens"]
     n = min(n, len(images))
     rows = max(1, -(-n // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.55 * rows), squeeze=False)
+    from ..review.images import sky_noise
+
+    # Captions are up to three lines above each stamp: leave them room so no title overlaps the row above.
+    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.9 * rows + (0.4 if title else 0)), squeeze=False)
+    noise = sky_noise(np.asarray(images[:n]), bands) if n else 1.0  # one brightness scale for the whole grid
     snr_band = "g" if "g" in bands else bands[0]
     for ax in axes.ravel():
         ax.axis("off")
     for k in range(n):
         ax = axes.ravel()[k]
-        ax.imshow(colour_composite(images[k], bands), origin="lower")
+        ax.imshow(colour_composite(images[k], bands, noise=noise), origin="lower")
         r = table.iloc[k]
         if r.get("label", 0) == 1:
             text = (f"LENS θE={r['theta_E']:.2f}\" μ={r['magnification']:.1f}\n"
@@ -95,7 +88,7 @@ def gallery(images: np.ndarray, table: pd.DataFrame, path: str | os.PathLike, ba
         ax.set_title(text, fontsize=6.5)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(h_pad=1.0)
     path = os.fspath(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
