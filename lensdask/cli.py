@@ -731,7 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="the store to write")
     p.add_argument("--step", type=_arg.quantise_step, metavar="SIGMA",
                    help="quantisation step in units of each stamp's sky noise; 0 keeps float32 values "
-                   "exactly (config store.quantise.step: 0.34, rms error 0.098 sigma)")
+                   "exactly (config store.quantise.step: 0.33, rms error 0.095 sigma)")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     g = p.add_argument_group("where tasks run")
     g.add_argument("--cluster", default="none", metavar="SPEC", type=_arg.cluster_or_none,

@@ -12,7 +12,7 @@ its own sky noise, with subtractive dithering:
    sequence fixed by the store's seed and the row's key (its ``object_id``).
 3. Decoding gives ``(q + 0.5 - r) * scale + zero``: the error is uniform in
    [-scale/2, scale/2], independent of the signal, with rms ``step / sqrt(12)``
-   sigma (0.098 sigma at the default step 0.34), and it averages out over pixels
+   sigma (0.095 sigma at the default step 0.33), and it averages out over pixels
    and stamps instead of piling up on the quantisation grid.
 
 NaN pixels are stored as :data:`NAN_CODE` and decode to NaN. A band whose noise
