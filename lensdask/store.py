@@ -253,6 +253,7 @@ class CutoutStore:
             if name in table.columns:
                 row[:n] = table[name].to_numpy(dtype=dtype)
             rows[name] = row
+        rows["flags"] &= ~np.int32(FLAG_LOSSLESS)  # this store's own encoding decides that bit
         if self.quantised:
             enc = self.encoding
             q, scale, zero = quantise(
