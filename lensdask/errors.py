@@ -35,3 +35,15 @@ class ConstraintError(LensdaskError):
 
 class ClusterError(LensdaskError):
     """A cluster specification cannot be turned into a Dask client."""
+
+
+class TileError(LensdaskError):
+    """One tile's input cannot be used (a band file missing, planes that disagree, a bad weight map).
+
+    Inside a fan-out the tile fails with this message and every other tile goes on.
+    """
+
+
+class PlaneError(TileError):
+    """A weight map or mask whose values cannot be what it is said to be: negative or NaN weights
+    (e.g. the science plane given as weights), a floating-point mask."""

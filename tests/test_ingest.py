@@ -1,12 +1,13 @@
 """Ingest: real DECam CCD images with WCS + a catalogue, and the real DES cutout cubes / arrays."""
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
 
 from lensdask.cli import main
 from lensdask.errors import LensdaskError
-from lensdask.store import FLAG_EDGE, FLAG_MASKED, open_store
+from lensdask.store import FLAG_EDGE, FLAG_MASKED, TileData, open_store
 from lensdask.survey import cut_stamps, ingest
 from lensdask.survey.ingest import _read_fits_image, _wcs
 
@@ -17,6 +18,13 @@ DECAM = {
     "z": "c4d_150412_073257_{kind}_z_ls9.N11.fits",
 }
 STAMP = 15
+
+
+@pytest.fixture(autouse=True)
+def float32_store():
+    """These tests check where stamps are cut, so the store keeps pixels exactly (no quantisation)."""
+    with dask.config.set({"lensdask.store.quantise.step": 0}):
+        yield
 
 
 def _decam(shared_data, kind="ooi"):
@@ -39,6 +47,10 @@ def test_decam_objects_land_on_the_right_pixel_in_every_band(tmp_path, shared_da
                    pixel_scale=0.262, masks=_decam(shared_data, "ood"), weights=_decam(shared_data, "oow"),
                    client=None, progress=False)
     tile = store.read_tile(0)
+    # rows come ordered by their pixel row in the first band (a tile is read strip by strip)
+    assert np.all(np.diff(_y_pixel(files["DECAM-N11"]["g"], tile.table)) >= 0)
+    order = np.argsort(tile.table["object_id"].to_numpy())
+    tile = TileData(tile.name, tile.index, tile.images[order], tile.table.iloc[order].reset_index(drop=True))
     assert tile.table["object_id"].tolist() == list(range(100, 105))
     np.testing.assert_allclose(tile.table["ra"], cat["RA"])
     h = STAMP // 2
@@ -51,6 +63,11 @@ def test_decam_objects_land_on_the_right_pixel_in_every_band(tmp_path, shared_da
     flags = tile.table["flags"].to_numpy()
     assert (flags[:3] == 0).all()
     assert flags[4] & FLAG_EDGE and np.isnan(tile.images[4]).any() and np.isfinite(tile.images[4, :, h:, h:]).all()
+
+
+def _y_pixel(path, table):
+    _, header = _read_fits_image(path)
+    return _wcs(header).celestial.all_world2pix(table["ra"], table["dec"], 0)[1]
 
 
 def test_decam_pixel_scale_mismatch_is_refused(tmp_path, shared_data):

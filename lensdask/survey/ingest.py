@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import pathlib
 import string
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
@@ -28,6 +29,7 @@ import pandas as pd
 
 from .. import config
 from ..errors import LensdaskError
+from ..fanout import FAILURE_COLUMNS
 from ..names import check_names
 from ..store import FLAG_EDGE, FLAG_MASKED, create_store, open_store, provenance
 
@@ -123,18 +125,6 @@ def _read_fits_image(path, hdu=None):
     raise LensdaskError(f"{path}: no image HDU")
 
 
-def _read_header(path, hdu=None):
-    from astropy.io import fits
-
-    with fits.open(os.fspath(path), memmap=True) as hdul:
-        if hdu is not None:
-            return hdul[hdu].header.copy()
-        for h in hdul:
-            if h.header.get("NAXIS", 0) >= 2:
-                return h.header.copy()
-    raise LensdaskError(f"{path}: no image HDU")
-
-
 def _wcs(header):
     import warnings
 
@@ -163,6 +153,9 @@ def read_table(source) -> pd.DataFrame:
 
             t = Table.read(path)
             t = t[[c for c in t.colnames if len(t[c].shape) <= 1]]
+            for c in t.colnames:  # fixed-width FITS strings (DES TILENAME): text, without the padding
+                if t[c].dtype.kind == "S":
+                    t[c] = np.char.strip(np.char.decode(t[c], "ascii", "replace"))
             df = t.to_pandas()
         else:
             df = pd.read_csv(path)
@@ -216,29 +209,113 @@ def _fields(pattern: str) -> set[str]:
     return {f for _, f, _, _ in string.Formatter().parse(pattern) if f}
 
 
-def _expand_images(images, bands, tiles) -> dict[str, dict[str, str]]:
-    """{tile: {band: path}} from a mapping or a pattern with ``{tile}`` and ``{band}``."""
+def _glob_rx(pattern: str, band: str) -> "re.Pattern":
+    """A regex matching the files of ``pattern`` for ``band``, capturing the tile name."""
+    import re
+
+    text = pattern.replace("{band}", "\0b").replace("{tile}", "\0t")
+    out = []
+    for ch in text:
+        out.append({"*": "[^/]*", "?": "[^/]"}.get(ch, re.escape(ch)))
+    rx = "".join(out).replace(re.escape("\0t"), "(?P<tile>[^/]+?)", 1).replace(re.escape("\0t"), "(?P=tile)")
+    return re.compile(rx.replace(re.escape("\0b"), re.escape(band)))
+
+
+def _resolve(path: str) -> tuple[str | None, str | None]:
+    """(the one file ``path`` names, None) or (None, why not); ``path`` may hold ``*`` and ``?``."""
+    import glob
+
+    if not glob.has_magic(path):
+        return (path, None) if os.path.exists(path) else (None, f"no file {path}")
+    found = sorted(glob.glob(path))
+    if not found:
+        return None, f"no file matches {path}"
+    if len(found) > 1:
+        return None, f"{len(found)} files match {path} ({', '.join(os.path.basename(f) for f in found[:3])}): which one?"
+    return found[0], None
+
+
+def _expand_images(images, bands, tiles, what: str = "image") -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """``{tile: {band: path}}`` from a mapping or a pattern with ``{tile}``, ``{band}`` and wildcards.
+
+    Returns the tiles whose every band resolves to one file, and ``{tile: reason}`` for
+    the others (a band's file missing, or a wildcard matching several files).
+    """
+    import glob
+
+    problems: dict[str, str] = {}
     if isinstance(images, Mapping):
-        return {str(t): {b: os.fspath(p) for b, p in v.items()} for t, v in images.items()}
+        files = {str(t): {b: os.fspath(p) for b, p in v.items()} for t, v in images.items()}
+        if tiles is not None:
+            files = {t: files.get(t, {}) for t in tiles}
+        for t, fb in files.items():
+            gone = [f"{b}: no {what} file" if b not in fb else f"{b}: no file {fb[b]}"
+                    for b in bands if b not in fb or not os.path.exists(fb[b])]
+            if gone:
+                problems[t] = f"band {gone[0]}" + (f" (and {len(gone) - 1} more bands)" if len(gone) > 1 else "")
+        return {t: fb for t, fb in files.items() if t not in problems}, problems
     pattern = os.fspath(images)
     if _fields(pattern) - {"tile", "band"} or "band" not in _fields(pattern):
-        raise LensdaskError(f"image pattern {pattern!r} must hold {{band}} (and {{tile}} for several tiles)")
+        raise LensdaskError(f"{what} pattern {pattern!r} must hold {{band}} (and {{tile}} for several tiles)")
     if "tile" not in _fields(pattern):
-        tiles = tiles or [pathlib.Path(pattern.replace("{band}", "")).stem.strip("_-.") or "tile"]
-        return {tiles[0]: {b: pattern.format(band=b) for b in bands}}
-    if not tiles:
-        import glob
-        import re
-
-        first = pattern.format(tile="*", band=bands[0])
-        rx = re.escape(pattern.format(tile="\0", band=bands[0])).replace("\\\0", "(.+)").replace("\0", "(.+)")
-        tiles = sorted({m.group(1) for p in glob.glob(first) if (m := re.fullmatch(rx, p))})
+        tiles = tiles or [pathlib.Path(pattern.replace("{band}", "").replace("*", "")).stem.strip("_-.") or "tile"]
+        tiles = tiles[:1]
+    elif not tiles:
+        found = set()
+        for b in bands:  # a tile that lacks some band is found through the others, and fails
+            rx = _glob_rx(pattern, b)
+            found |= {m.group("tile") for p in glob.glob(pattern.format(tile="*", band=b)) if (m := rx.fullmatch(p))}
+        tiles = sorted(found)
         if not tiles:
-            raise LensdaskError(f"no files match {first!r}")
-    return {t: {b: pattern.format(tile=t, band=b) for b in bands} for t in tiles}
+            raise LensdaskError(f"no files match {pattern.format(tile='*', band=bands[0])!r}")
+    files: dict[str, dict[str, str]] = {}
+    for t in tiles:
+        fb = {}
+        for b in bands:
+            path, why = _resolve(pattern.format(tile=t, band=b) if "tile" in _fields(pattern) else pattern.format(band=b))
+            if why:
+                problems.setdefault(t, f"band {b}: {why}")
+            fb[b] = path
+        files[t] = fb
+    return {t: fb for t, fb in files.items() if t not in problems}, problems
 
 
 # -- one tile (a task) ------------------------------------------------------------------
+def _band_planes(files, weights, masks, band, hdu, weights_hdu, masks_hdu, mask_bits):
+    from .planes import BandPlanes
+
+    return BandPlanes(
+        files[band], (weights or {}).get(band), (masks or {}).get(band), hdu=hdu,
+        weight_hdu=weights_hdu if weights_hdu is not None else hdu,
+        mask_hdu=masks_hdu if masks_hdu is not None else hdu, mask_bits=mask_bits,
+    )
+
+
+def _blocks(planes, xy, order, stamp, block_rows, mask_fill, flags, stats):
+    """Yield (k, bands, stamp, stamp) stamp blocks in row order, cutting each band from a strip of rows."""
+    h = stamp // 2
+    n = len(order)
+    for s in range(0, n, block_rows):
+        idx = order[s : s + block_rows]
+        out = np.empty((len(idx), len(planes), stamp, stamp), dtype=np.float32)
+        for k, p in enumerate(planes):
+            ny = p.shape[0]
+            x, y = xy[k][0][idx], xy[k][1][idx]
+            cy = np.floor(y + 0.5)
+            on = np.isfinite(x) & np.isfinite(y) & (cy >= -h) & (cy < ny + h)
+            if on.any():
+                y0 = int(max(0, cy[on].min() - h))
+                y1 = int(min(ny, cy[on].max() + h + 1))
+                data, bad = p.strip(y0, y1)
+            else:  # every stamp of the block misses this band's image
+                y0, data, bad = 0, np.empty((0, p.shape[1]), np.float32), None
+            # the strip ends only at the image's edges or beyond every stamp: cut_stamps' edge flags hold
+            out[:, k], f = cut_stamps(data, x, y - y0, stamp, bad=bad, mask_fill=mask_fill)
+            flags[s : s + len(idx)] |= f
+            stats["strip_rows"] += int(data.shape[0])
+        yield out
+
+
 def ingest_fits_tile(
     out: str,
     tile: int,
@@ -248,49 +325,122 @@ def ingest_fits_tile(
     weights: dict[str, str] | None = None,
     masks: dict[str, str] | None = None,
     hdu=None,
+    weights_hdu=None,
+    masks_hdu=None,
+    mask_bits: int | None = None,
     mask_fill: str = "median",
-) -> int:
-    """Cut the stamps of ``rows`` from one tile's band images and write the tile; returns rows written."""
+    block_rows: int | None = None,
+) -> dict:
+    """Cut the stamps of ``rows`` from one tile's band images and write the tile; the unit of work of an ingest.
+
+    Memory is bounded by a block of stamps, not by the tile: rows are ordered by their
+    pixel row in the first band, and each block of ``block_rows`` rows is cut from the
+    strip of image rows it covers, band by band, then encoded into the tile's shard
+    (:func:`lensdask.tilewriter.write_tile_streamed`).
+
+    Parameters
+    ----------
+    out : str
+        The store (created by :func:`ingest`).
+    tile : int
+        Tile index.
+    files, weights, masks : dict
+        ``{band: path}`` of the images, weight maps and masks (the same file is fine).
+    rows : pandas.DataFrame
+        The tile's objects: ``object_id``, ``ra``, ``dec`` (degrees), optionally ``label``.
+    hdu, weights_hdu, masks_hdu : int or str, optional
+        HDUs by number or name (``weights_hdu``/``masks_hdu`` default to ``hdu``).
+    mask_bits : int, optional
+        Mask bits that make a pixel bad; None: any non-zero value.
+    mask_fill : {"median", "nan"}
+    block_rows : int, optional
+        Rows cut and encoded together (config ``ingest.block_rows``; rounded up to whole store chunks).
+
+    Returns
+    -------
+    dict
+        ``tile``, ``rows``, ``edge_rows``, ``masked_rows``, ``off_image_rows`` (centre off the
+        first band's image), ``strip_rows`` (image rows read, all bands), ``seconds``.
+
+    Raises
+    ------
+    TileError
+        A band's file or HDU is missing, its planes differ in shape or WCS, its weights are not
+        an inverse variance.
+    """
+    import time
+
+    from ..tilewriter import write_tile_streamed
+
+    t0 = time.perf_counter()
     store = open_store(out, mode="r+")
-    n = len(rows)
-    images = np.empty((n, len(store.bands), store.stamp, store.stamp), dtype=np.float32)
-    flags = np.zeros(n, dtype=np.int32)
-    for k, band in enumerate(store.bands):
-        data, header = _read_fits_image(files[band], hdu)
-        bad = None
-        if masks and band in masks:
-            dq, _ = _read_fits_image(masks[band], hdu)
-            bad = np.asarray(dq) != 0
-        if weights and band in weights:
-            w, _ = _read_fits_image(weights[band], hdu)
-            wbad = ~(np.asarray(w) > 0)
-            bad = wbad if bad is None else bad | wbad
-        x, y = _wcs(header).celestial.all_world2pix(rows["ra"].to_numpy(), rows["dec"].to_numpy(), 0)
-        images[:, k], f = cut_stamps(data, x, y, store.stamp, bad=bad, mask_fill=mask_fill)
-        flags |= f
-    table = rows[[c for c in ("object_id", "ra", "dec", "label") if c in rows.columns]].copy()
-    table["flags"] = flags
-    return store.write_tile(tile, images, table)
+    chunk = store.chunk_rows
+    block_rows = int(config.get("ingest.block_rows", block_rows))
+    block_rows = max(chunk, -(-block_rows // chunk) * chunk)
+    planes = []
+    try:
+        for band in store.bands:
+            planes.append(_band_planes(files, weights, masks, band, hdu, weights_hdu, masks_hdu, mask_bits))
+        ra, dec = rows["ra"].to_numpy(float), rows["dec"].to_numpy(float)
+        xy = [p.wcs.all_world2pix(ra, dec, 0) for p in planes]
+        y_first = np.where(np.isfinite(xy[0][1]), xy[0][1], np.inf)
+        order = np.argsort(y_first, kind="stable")  # rows by pixel row: a block reads one strip of the image
+        table = rows.iloc[order][[c for c in ("object_id", "ra", "dec", "label") if c in rows.columns]]
+        table = table.reset_index(drop=True)
+        flags = np.zeros(len(table), dtype=np.int32)
+        table["flags"] = 0
+        stats = {"strip_rows": 0}
+        ny, nx = planes[0].shape
+        x0, y0 = xy[0][0][order], xy[0][1][order]
+        cx, cy = np.floor(x0 + 0.5), np.floor(y0 + 0.5)
+        off = ~(np.isfinite(cx) & np.isfinite(cy) & (cx >= 0) & (cx < nx) & (cy >= 0) & (cy < ny))
+
+        blocks = _blocks(planes, xy, order, store.stamp, block_rows, mask_fill, flags, stats)
+
+        def gen():  # flags are known once every block is cut; the writer reads the table after the last
+            yield from blocks
+            table["flags"] = flags
+
+        n = write_tile_streamed(store, tile, table, gen())
+    finally:
+        for p in planes:
+            p.close()
+    return {
+        "tile": store.tiles[tile], "rows": int(n),
+        "edge_rows": int(((flags & FLAG_EDGE) != 0).sum()),
+        "masked_rows": int(((flags & FLAG_MASKED) != 0).sum()),
+        "off_image_rows": int(off.sum()), "strip_rows": stats["strip_rows"],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
 
 
-def _assign_tiles(cat: pd.DataFrame, files: dict[str, dict[str, str]], bands, hdu) -> dict[str, pd.DataFrame]:
-    """Rows of each tile: by a ``tile`` column, else the tile whose image holds the object farthest from its edge."""
+def _assign_tiles(cat: pd.DataFrame, files: dict[str, dict[str, str]], bands, hdu) -> tuple[dict[str, pd.DataFrame], np.ndarray]:
+    """Rows of each tile, and a mask of the rows in none of them.
+
+    By a ``tile`` column when there is one, else the tile whose image holds the object
+    farthest from its edge.
+    """
+    from .planes import read_header, wcs_of
+
     names = list(files)
     if "tile" in cat.columns:
-        return {t: cat[cat["tile"] == t].drop(columns="tile").reset_index(drop=True) for t in names}
+        per = {t: cat[cat["tile"] == t].drop(columns="tile").reset_index(drop=True) for t in names}
+        return per, ~cat["tile"].isin(names).to_numpy()
     best = np.full(len(cat), -1)
     margin = np.full(len(cat), -np.inf)
     ra, dec = cat["ra"].to_numpy(), cat["dec"].to_numpy()
     for i, t in enumerate(names):
-        header = _read_header(files[t][bands[0]], hdu)
+        if not files[t]:  # a tile whose files are missing holds nothing
+            continue
+        header = read_header(files[t][bands[0]], hdu)
         nx, ny = int(header["NAXIS1"]), int(header["NAXIS2"])
-        x, y = _wcs(header).celestial.all_world2pix(ra, dec, 0)
+        x, y = wcs_of(header).all_world2pix(ra, dec, 0)
         m = np.minimum(np.minimum(x + 0.5, nx - 0.5 - x), np.minimum(y + 0.5, ny - 0.5 - y))
         m = np.where(np.isfinite(m), m, -np.inf)
         take = (m > 0) & (m > margin)
         best[take] = i
         margin[take] = m[take]
-    return {t: cat[best == i].reset_index(drop=True) for i, t in enumerate(names)}
+    return {t: cat[best == i].reset_index(drop=True) for i, t in enumerate(names)}, best < 0
 
 
 # -- cubes and arrays -----------------------------------------------------------------
@@ -349,6 +499,57 @@ def ingest_cutout_tile(out: str, tile: int, images: np.ndarray, rows: pd.DataFra
 
 
 # -- the command ----------------------------------------------------------------------
+@dataclass
+class IngestReport:
+    """What :func:`ingest` did (with ``return_report=True``).
+
+    Attributes
+    ----------
+    store : CutoutStore
+    tiles : list of dict
+        Statistics of every tile written (see :func:`ingest_fits_tile`).
+    failures : pandas.DataFrame
+        ``tile, error, traceback`` of every tile that failed; its ``count`` stays -1.
+    objects : int
+        Catalogue rows read.
+    outside : int
+        Catalogue rows in no tile ingested (their ``TILENAME`` is not among the tiles, or
+        their position is on none of the images); they are not in the store.
+    outside_tiles : list of str
+        The most common tile names of those rows (up to 10), when the catalogue names tiles.
+    seconds : float
+    """
+
+    store: object
+    tiles: list = field(default_factory=list)
+    failures: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FAILURE_COLUMNS))
+    objects: int = 0
+    outside: int = 0
+    outside_tiles: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        keys = ("rows", "edge_rows", "masked_rows", "off_image_rows")
+        out = {k: sum(t.get(k, 0) for t in self.tiles) for k in keys}
+        out.update(tiles_written=len(self.tiles), tiles_failed=self.failures["tile"].tolist(), objects=self.objects,
+                   outside=self.outside, outside_tiles=self.outside_tiles, seconds=self.seconds)
+        return out
+
+
+class IngestFailedError(LensdaskError):
+    """Raised by :func:`ingest` (without ``return_report``) after the other tiles finished, when some failed."""
+
+    def __init__(self, report: IngestReport):
+        self.report = report
+        f = report.failures
+        super().__init__(f"{len(f)} tiles failed: " + "; ".join(f"{r.tile}: {r.error}" for r in f.itertuples()))
+
+
+def failures_path(out: str) -> pathlib.Path | None:
+    """Where the failures table of a local store goes: ``<store>.failures.parquet`` beside it."""
+    return None if "://" in out else pathlib.Path(out.rstrip("/") + ".failures.parquet")
+
+
 def ingest(
     out: str | os.PathLike,
     *,
@@ -356,6 +557,7 @@ def ingest(
     catalog=None,
     weights=None,
     masks=None,
+    des_tiles=None,
     tiles: list[str] | None = None,
     cubes=None,
     arrays=None,
@@ -366,27 +568,45 @@ def ingest(
     per_tile: int | None = None,
     tile_prefix: str = "cutouts-",
     hdu=None,
+    weights_hdu=None,
+    masks_hdu=None,
+    mask_bits: int | None = None,
     mask_fill: str | None = None,
+    block_rows: int | None = None,
     client=None,
     overwrite: bool = False,
     progress: bool = True,
+    return_report: bool = False,
 ):
     """Ingest coadd tile images + a catalogue, or cutout cubes / arrays, into a new cutout store.
+
+    One task per tile. A tile whose task fails — bad input of that tile, or a worker that
+    died running it (e.g. killed at its memory limit) — is listed in the report's
+    ``failures`` (and ``<store>.failures.parquet`` beside a local store) and left unwritten
+    (``count`` -1), while every other tile completes.
 
     Parameters
     ----------
     out : str or path
         The store to create.
     images : str or mapping, optional
-        Per-band images with WCS: a pattern like ``"tiles/{tile}_{band}.fits"``
-        (tiles found by glob when ``tiles`` is not given) or ``{tile: {band: path}}``.
+        Per-band images with WCS: a pattern like ``"tiles/{tile}_{band}.fits"``, which may
+        hold ``*`` and ``?`` (each must match one file per tile and band; tiles are found by
+        glob when ``tiles`` is not given), or ``{tile: {band: path}}``.
     catalog : path or DataFrame
         With ``images``: object id (``object_id``/``coadd_object_id``/``id``), ``ra``,
         ``dec`` (degrees), optional ``tile``/``tilename`` (else each object goes to the
-        tile holding it farthest from the edge) and ``label``.
+        tile holding it farthest from the edge) and ``label``; column names in any case
+        (a DES Gold catalogue is read as it comes).
     weights, masks : str or mapping, optional
-        Inverse-variance maps (0 = masked) and data-quality planes (non-zero =
-        masked), patterned like ``images``.
+        Inverse-variance maps (0 = no data; negative or NaN values are an error) and
+        integer masks (see ``mask_bits``), patterned like ``images``; may name the image
+        files themselves, with other HDUs.
+    des_tiles : str or path, optional
+        A folder of DES coadd tiles as DES releases them, ``{tile}_{tag}_{band}.fits.fz``
+        with HDUs SCI, MSK and WGT (see :mod:`lensdask.survey.des_tiles`); sets
+        ``images``, ``weights``, ``masks``, the three HDUs and ``mask_bits``
+        (config ``ingest.des.mask_bits``, default 1).
     tiles : list of str, optional
         Tile names to ingest.
     cubes : str or mapping, optional
@@ -405,69 +625,152 @@ def ingest(
     per_tile : int, optional
         Rows per tile for cubes / arrays without a tile column (config ``ingest.per_tile``).
     hdu : int or str, optional
-        FITS HDU of the images (config ``ingest.hdu``; default the first image HDU).
+        HDU of the images, by number or name (config ``ingest.hdu``; default the first image HDU).
+    weights_hdu, masks_hdu : int or str, optional
+        HDUs of the weight maps and masks (config ``ingest.weights_hdu`` / ``masks_hdu``;
+        default ``hdu``).
+    mask_bits : int, optional
+        Mask bits that make a pixel bad (config ``ingest.mask_bits``; null: any non-zero value).
     mask_fill : {"median", "nan"}, optional
         Config ``ingest.mask_fill``.
+    block_rows : int, optional
+        Stamps cut and written together (config ``ingest.block_rows``): a tile's memory.
     client : distributed.Client, optional
         Where the tile tasks run; default the current client, else in this process.
     overwrite : bool
         Replace an existing store.
+    progress : bool
+        Show a progress bar over tiles.
+    return_report : bool
+        Return ``(store, IngestReport)``; otherwise the store, and failed tiles raise
+        :class:`IngestFailedError` once the others are done.
 
     Returns
     -------
-    CutoutStore
-    """
-    from ..cluster import current_client
+    CutoutStore, or (CutoutStore, IngestReport)
 
+    Raises
+    ------
+    LensdaskError
+        Bad input, before any tile is written: no files, a pixel scale that differs, a
+        weight map with negative or NaN values or a floating-point mask in the first tile
+        (checked on a few strips, naming the file and HDU).
+    """
+    import time
+
+    from ..cluster import current_client
+    from ..fanout import run_tiles
+
+    t_start = time.perf_counter()
+    if des_tiles is not None:
+        from .des_tiles import des_layout
+
+        if images is not None:
+            raise LensdaskError("give des_tiles or images, not both")
+        d = os.fspath(des_tiles)
+        if not os.path.isdir(d):
+            raise LensdaskError(f"--des-tiles {d!r} is not a folder")
+        lay = des_layout(d, mask_bits)
+        images, weights, masks = lay["images"], lay["weights"], lay["masks"]
+        hdu, weights_hdu, masks_hdu, mask_bits = lay["hdu"], lay["weights_hdu"], lay["masks_hdu"], lay["mask_bits"]
     bands = list(config.get("survey.bands", bands))
     stamp = int(config.get("survey.stamp", stamp))
     pixel_scale = float(config.get("survey.pixel_scale", pixel_scale))
-    hdu = config.get("ingest.hdu", hdu)
+    from .planes import hdu_spec
+
+    hdu = hdu_spec(config.get("ingest.hdu", hdu))
+    weights_hdu = hdu_spec(config.get("ingest.weights_hdu", weights_hdu))
+    masks_hdu = hdu_spec(config.get("ingest.masks_hdu", masks_hdu))
+    mask_bits = config.get("ingest.mask_bits", mask_bits)
+    if mask_bits is not None:
+        mask_bits = int(mask_bits)
+        if mask_bits <= 0:
+            raise LensdaskError(f"mask bits {mask_bits} must be a positive integer (e.g. 1, or 5 for bits 1 and 4)")
     mask_fill = str(config.get("ingest.mask_fill", mask_fill))
     if mask_fill not in MASK_FILLS:
         raise LensdaskError(f"unknown mask_fill {mask_fill!r}; use {' or '.join(MASK_FILLS)}")
     if sum(v is not None for v in (images, cubes, arrays)) != 1:
-        raise LensdaskError("give exactly one of images (with a catalogue), cubes or arrays")
+        raise LensdaskError("give exactly one of images (with a catalogue), des_tiles, cubes or arrays")
     out = os.fspath(out)
     if "://" not in out:
         out = os.path.abspath(out)
     client = client if client is not None else current_client()
     prov = provenance(inputs={
-        k: (v if isinstance(v, str) else type(v).__name__)
-        for k, v in dict(images=images, catalog=catalog, cubes=cubes, arrays=arrays, table=table).items()
+        k: (os.fspath(v) if isinstance(v, (str, os.PathLike)) else type(v).__name__)
+        for k, v in dict(images=images, catalog=catalog, cubes=cubes, arrays=arrays, table=table,
+                         des_tiles=des_tiles).items()
         if v is not None
     })
+    report = IngestReport(store=None)
+    problems: dict[str, str] = {}
 
-    jobs = []  # (function, args, kwargs)
+    jobs = []  # (tile name, function, args, kwargs)
     if images is not None:
         if catalog is None:
             raise LensdaskError("ingest of tile images needs a catalogue (id, ra, dec)")
         if tiles is not None:
             check_names(tiles, source="--tiles", rows=range(1, len(tiles) + 1))
-        files = _expand_images(images, bands, tiles)
-        check_names(files, source=f"the tiles matching {images!r}" if isinstance(images, str) else "the tile images",
-                    rows=range(1, len(files) + 1))
-        wfiles = _expand_images(weights, bands, list(files)) if weights is not None else {}
-        mfiles = _expand_images(masks, bands, list(files)) if masks is not None else {}
-        for t, fb in files.items():
-            missing = [b for b in bands if b not in fb or not os.path.exists(fb[b])]
-            if missing:
-                raise LensdaskError(f"tile {t}: no image for bands {missing} ({fb})")
-        header = _read_header(next(iter(files.values()))[bands[0]], hdu)
+        files, problems = _expand_images(images, bands, tiles)
+        names = sorted(set(files) | set(problems)) if not isinstance(images, Mapping) else list(files) + list(problems)
+        if tiles is not None:
+            names = [t for t in tiles if t in names]
+        check_names(names, source=f"the tiles matching {images!r}" if isinstance(images, str) else "the tile images",
+                    rows=range(1, len(names) + 1))
+        wfiles, mfiles = {}, {}
+        for extra, kind, into in ((weights, "weight", wfiles), (masks, "mask", mfiles)):
+            if extra is None:
+                continue
+            got, why = _expand_images(extra, bands, list(files), what=kind)
+            into.update(got)
+            for t, reason in why.items():
+                problems.setdefault(t, f"{kind} map: {reason}" if kind == "weight" else f"mask: {reason}")
+        good = [t for t in names if t not in problems]
+        if not good:
+            raise LensdaskError("no tile has every band's files: " + "; ".join(f"{t}: {r}" for t, r in problems.items()))
+        # Bad input is refused before any tile is written: the planes of the first tile, checked on a few
+        # strips (a wrong weight map or mask is wrong in every tile). A tile whose own files disagree
+        # (shapes, WCS) fails alone, and the next one is checked.
         from astropy.wcs.utils import proj_plane_pixel_scales
 
-        scale = float(np.mean(proj_plane_pixel_scales(_wcs(header).celestial)) * 3600.0)
-        if abs(scale / pixel_scale - 1) > 0.05:
-            raise LensdaskError(f"the images are at {scale:.4f} arcsec/px, the store at {pixel_scale} arcsec/px")
+        from ..errors import PlaneError, TileError
+
+        checked = False
+        for t in good:
+            try:
+                for b in bands:
+                    with _band_planes(files[t], wfiles.get(t), mfiles.get(t), b, hdu, weights_hdu, masks_hdu,
+                                      mask_bits) as planes:
+                        if b == bands[0]:
+                            scale = float(np.mean(proj_plane_pixel_scales(planes.wcs)) * 3600.0)
+                            if abs(scale / pixel_scale - 1) > 0.05:
+                                raise LensdaskError(f"the images are at {scale:.4f} arcsec/px, the store at "
+                                                    f"{pixel_scale} arcsec/px")
+                        planes.check()
+            except PlaneError as exc:
+                raise LensdaskError(f"{exc} (tile {t}; nothing was written)") from None
+            except TileError as exc:
+                problems[t] = str(exc)
+                continue
+            checked = True
+            break
+        good = [t for t in good if t not in problems]
+        if not checked:
+            raise LensdaskError("no tile could be read: " + "; ".join(f"{t}: {r}" for t, r in problems.items()))
         cat = _normalise_table(read_table(catalog), need_sky=True, source=catalog)
-        per = _assign_tiles(cat, files, bands, hdu)
-        names = list(files)
-        capacity = max([len(r) for r in per.values()] + [1])
+        report.objects = len(cat)
+        per, outside = _assign_tiles(cat, {t: files.get(t) for t in names}, bands, hdu)
+        for t in names:
+            per.setdefault(t, cat.iloc[:0].drop(columns="tile", errors="ignore"))
+        report.outside = int(outside.sum())
+        if "tile" in cat.columns and report.outside:
+            report.outside_tiles = cat.loc[outside, "tile"].value_counts().index[:10].tolist()
+        capacity = max([len(per[t]) for t in good] + [1])
         create_store(out, tiles=names, capacity=capacity, bands=bands, pixel_scale=pixel_scale, stamp=stamp,
                      provenance=prov, overwrite=overwrite)
-        for i, t in enumerate(names):
-            jobs.append((ingest_fits_tile, (out, i, files[t], per[t]),
-                         dict(weights=wfiles.get(t), masks=mfiles.get(t), hdu=hdu, mask_fill=mask_fill)))
+        for t in good:
+            jobs.append((t, ingest_fits_tile, (out, names.index(t), files[t], per[t]),
+                         dict(weights=wfiles.get(t), masks=mfiles.get(t), hdu=hdu, weights_hdu=weights_hdu,
+                              masks_hdu=masks_hdu, mask_bits=mask_bits, mask_fill=mask_fill, block_rows=block_rows)))
     else:
         pix, inner = load_cutouts(cubes, arrays, bands, hdu)
         n = pix.shape[0]
@@ -483,25 +786,33 @@ def ingest(
             per_tile = int(config.get("ingest.per_tile", per_tile))
             groups = [np.arange(s, min(s + per_tile, n)) for s in range(0, n, per_tile)] or [np.arange(0)]
             names = [f"{tile_prefix}{k:04d}" for k in range(len(groups))]
+        report.objects = n
         capacity = max([len(g) for g in groups] + [1])
         create_store(out, tiles=names, capacity=capacity, bands=bands, pixel_scale=pixel_scale, stamp=stamp,
                      provenance=prov, overwrite=overwrite)
         for i, g in enumerate(groups):
-            jobs.append((ingest_cutout_tile, (out, i, np.asarray(pix[g]), rows.iloc[g].drop(columns="tile", errors="ignore")), {}))
+            jobs.append((names[i], ingest_cutout_tile,
+                         (out, i, np.asarray(pix[g]), rows.iloc[g].drop(columns="tile", errors="ignore")), {}))
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(jobs), desc="ingest", unit="tile", disable=not progress)
-    if client is None:
-        for f, a, k in jobs:
-            f(*a, **k)
-            bar.update()
-    else:
-        from distributed import as_completed
-
-        futs = [client.submit(f, *a, **k, pure=False) for f, a, k in jobs]
-        for fut in as_completed(futs, loop=client.loop):
-            fut.result()  # a failed tile is an error: the store would be incomplete
-            bar.update()
-    bar.close()
-    return open_store(out)
+    results, failed = run_tiles(jobs, client=client, progress=progress, desc="ingest", key_prefix="ingest-tile")
+    failed = [{"tile": t, "error": r, "traceback": ""} for t, r in problems.items() if t in names] + failed
+    report.tiles = [r if isinstance(r, dict) else {"tile": t, "rows": int(r)} for t, r in results.items()]
+    report.failures = pd.DataFrame(failed, columns=FAILURE_COLUMNS)
+    report.seconds = round(time.perf_counter() - t_start, 2)
+    store = open_store(out, mode="r+")
+    summary = report.summary()
+    store.group.attrs["provenance"] = {**store.provenance, "ingest": {
+        k: v for k, v in summary.items() if k != "tiles_failed"} | {
+        "failures": report.failures[["tile", "error"]].to_dict("records")}}
+    fp = failures_path(out)
+    if fp is not None:
+        if len(report.failures):
+            report.failures.to_parquet(fp, index=False)
+        elif fp.exists():
+            fp.unlink()
+    report.store = store = open_store(out)
+    if return_report:
+        return store, report
+    if len(report.failures):
+        raise IngestFailedError(report)
+    return store
