@@ -393,6 +393,17 @@ def _cmd_merge(a) -> int:
 
 
 def _cmd_review(a) -> int:
+    if a.serve:
+        from .review.app import serve
+
+        server = serve(a.run_dir, labels=a.labels, top=a.top, port=a.port, labeller=a.labeller, zarr=a.zarr)
+        print(f"reviewing {len(server.state.cand)} candidates at {server.url} (127.0.0.1 only); "
+              f"grades go to {server.state.labels}; Ctrl-C stops", flush=True)
+        try:
+            server.serve_forever()
+        finally:
+            server.stop()
+        return 0
     from .review import gallery
 
     g = gallery(a.run_dir, top=a.top, per_page=a.per_page, out=a.out, zarr=a.zarr)
@@ -406,10 +417,12 @@ def _cmd_label(a) -> int:
     from .review import add_labels, label_conflicts, read_labels
     from .store import open_store
 
+    if a.votes and not (a.from_csv or a.tile or a.object_id is not None or a.cls):
+        return _label_votes(a)
     if a.from_csv:
         rows = pd.read_csv(a.from_csv)
     elif a.object_id is not None and a.tile and a.cls:
-        rows = pd.DataFrame([{"tile": a.tile, "object_id": a.object_id, "class": a.cls}])
+        rows = pd.DataFrame([{"tile": a.tile, "object_id": a.object_id, "class": a.cls, "grade": a.grade or ""}])
     else:
         raise LensdaskError("give --from-csv FILE, or --tile, --object-id and --class")
     store = open_store(a.zarr) if a.zarr else None
@@ -419,6 +432,17 @@ def _cmd_label(a) -> int:
     if len(conflicts):
         print(f"{len(conflicts)} objects have conflicting labels:")
         print(conflicts.to_string(index=False))
+    return _label_votes(a) if a.votes else 0
+
+
+def _label_votes(a) -> int:
+    from .names import csv_safe
+    from .review.labels import read_labels, votes
+
+    table = votes(read_labels(a.labels))
+    csv_safe(table).to_csv(a.votes, index=False)  # no cell opens as a spreadsheet formula
+    several = int((table["n_reviewers"] > 1).sum()) if len(table) else 0
+    print(f"{len(table)} objects graded ({several} by several reviewers): votes in {a.votes}")
     return 0
 
 
@@ -679,22 +703,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=_arg.fraction, help="lens probability for candidates (config search.threshold)")
     p.set_defaults(func=_cmd_merge)
 
-    p = sub.add_parser("review", help="write an offline HTML gallery of a search run's best candidates")
+    p = sub.add_parser("review", help="write an offline HTML gallery of a search run's best candidates, "
+                       "or --serve a review app graded from the keyboard")
     p.add_argument("run_dir", help="search run directory")
     p.add_argument("--top", type=_arg.count, default=100, help="number of candidates (default 100)")
-    p.add_argument("--per-page", type=_arg.count, default=50)
+    p.add_argument("--per-page", type=_arg.count, help="candidates per gallery page (config review.gallery_per_page)")
     p.add_argument("--out", help="gallery folder (default RUN_DIR/gallery)")
     p.add_argument("--zarr", help="the survey store, if it moved since the search")
+    p.add_argument("--serve", action="store_true", help="serve the review app on 127.0.0.1 (grades go to --labels)")
+    p.add_argument("--port", type=_arg.non_negative_int, help="port of --serve (config review.port; 0: any free port)")
+    p.add_argument("--labels", help="labels CSV of --serve (default RUN_DIR/labels.csv; appended to)")
+    p.add_argument("--labeller", help="reviewer name the app starts with (default: $USER)")
     p.set_defaults(func=_cmd_review)
 
     p = sub.add_parser("label", help="append reviewer labels (class per object) to a labels table")
     p.add_argument("--labels", required=True, help="labels CSV (append-only)")
-    p.add_argument("--from-csv", help="CSV with tile, object_id, class columns")
+    p.add_argument("--from-csv", help="CSV with tile, object_id, class columns (and optionally labeller, time, grade: "
+                   "the review page's CSV export)")
     p.add_argument("--tile")
     p.add_argument("--object-id", type=int)
     p.add_argument("--class", dest="cls", help="class name (config review.classes)")
+    p.add_argument("--grade", choices=["definite", "probable", "possible", "no"],
+                   help="confidence: definite, probable, possible (class lens) or no (not a lens)")
     p.add_argument("--labeller", help="who labels (default: $USER)")
     p.add_argument("--zarr", help="check that every object is in this store")
+    p.add_argument("--votes", metavar="OUT_CSV",
+                   help="write every object's combined grades (one vote per reviewer: counts, mean grade, class)")
     p.set_defaults(func=_cmd_label)
 
     p = sub.add_parser("trainset", help="add labelled survey cutouts to a training store")

@@ -1,15 +1,16 @@
-"""Static HTML galleries of search candidates: colour composites, single bands, scores, matches.
+"""Static HTML galleries of search candidates: true-colour, faint-feature and colour-difference views,
+band stamps, scores, known-lens matches, graded from the keyboard.
 
 ``gallery(run_dir)`` writes ``RUN_DIR/gallery/index.html`` and one page per
 ``per_page`` candidates; images are embedded (base64), so the folder works
-offline and can be copied anywhere. :class:`Gallery` renders the first page
+offline and can be copied anywhere. Grades made there stay in the browser and
+export as a CSV for ``lensdask label --from-csv`` (see :mod:`lensdask.review.page`). :class:`Gallery` renders the first page
 inline in a notebook.
 """
 
 from __future__ import annotations
 
-import base64
-import html
+import json
 import os
 import pathlib
 from dataclasses import dataclass
@@ -17,42 +18,39 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .. import config
 from .cutouts import best_candidates
-from .images import colour_composite, png_bytes
-
-STYLE = """
-body{font-family:sans-serif;background:#111;color:#ddd;margin:1em}
-a{color:#8cf} .grid{display:flex;flex-wrap:wrap;gap:10px}
-.card{background:#222;padding:6px;border-radius:6px;width:300px;font-size:12px}
-.card img{image-rendering:pixelated} .bands img{width:56px;height:56px;margin-right:2px}
-.known{color:#fc6;font-weight:bold} table{border-collapse:collapse} td{padding:0 6px 0 0}
-"""
+from .images import sky_noise
+from .labels import review_classes
+from .page import STYLE, candidate_images, card, data_uri, document, grade_keys, header_meta
 
 
-def _img(png: bytes, width: int, title: str = "") -> str:
-    data = base64.b64encode(png).decode()
-    return f'<img src="data:image/png;base64,{data}" width="{width}" title="{html.escape(title)}">'
+def run_summary(run_dir: pathlib.Path) -> dict:
+    """``RUN_DIR/summary.json`` (empty when the run has none)."""
+    path = pathlib.Path(run_dir) / "summary.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
-def _card(row: pd.Series, stamp: np.ndarray, bands: list[str]) -> str:
-    rgb = _img(png_bytes(colour_composite(stamp, bands), scale=4), 288, "colour composite")
-    singles = "".join(_img(png_bytes(stamp[k], scale=2), 56, b) for k, b in enumerate(bands))
-    probs = " ".join(
-        f"{c[2:]}={row[c]:.3f}" for c in row.index if c.startswith("p_") and pd.notna(row[c])
-    )
-    known = ""
-    name_col = next((c for c in ("known_name", "lenscat_name") if c in row.index), None)
-    if name_col and isinstance(row[name_col], str) and row[name_col]:
-        known = f'<div class="known">known lens: {html.escape(row[name_col])}</div>'
-    rank = f"#{int(row['rank'])} " if "rank" in row.index else ""
-    return (
-        f'<div class="card">{rgb}<div class="bands">{singles}</div>'
-        f"<b>{rank}score {row['score']:.4f}</b>{known}<table>"
-        f"<tr><td>tile</td><td>{html.escape(str(row['tile']))}</td></tr>"
-        f"<tr><td>object</td><td>{int(row['object_id'])}</td></tr>"
-        f"<tr><td>RA, Dec</td><td>{row['ra']:.5f}, {row['dec']:.5f}</td></tr>"
-        f"<tr><td>classes</td><td>{probs}</td></tr></table></div>"
-    )
+def n_candidates(run_dir: pathlib.Path, shown: int) -> int:
+    """How many candidates the run has (``summary.json``), or ``shown`` when unknown."""
+    return int(run_summary(run_dir).get("candidates", shown) or shown)
+
+
+def render_cards(cand: pd.DataFrame, stamps: np.ndarray, store, src=None, start: int = 0) -> str:
+    """Cards of ``cand`` (images inline unless ``src(i, name)`` gives their URLs); ``start`` numbers them."""
+    noise = sky_noise(stamps, store.bands) if len(stamps) else 1.0  # one brightness unit for the page
+    out = []
+    for j, (_, row) in enumerate(cand.iterrows()):
+        i = start + j
+        if src is None:
+            pngs = candidate_images(stamps[j], store.bands, store.pixel_scale, noise)
+            out.append(card(i, row, store.bands, store.pixel_scale, lambda _i, name: data_uri(pngs[name]), store.stamp))
+        else:
+            out.append(card(i, row, store.bands, store.pixel_scale, src, store.stamp))
+    return "".join(out)
 
 
 @dataclass
@@ -65,14 +63,14 @@ class Gallery:
     _first_cards: str
 
     def _repr_html_(self) -> str:
-        return f"<style>{STYLE}</style><div class='grid'>{self._first_cards}</div>"
+        return f"<style>{STYLE}</style><div>{self._first_cards}</div>"
 
 
 def gallery(
     run_dir: str | os.PathLike,
     *,
     top: int = 100,
-    per_page: int = 50,
+    per_page: int | None = None,
     out: str | os.PathLike | None = None,
     zarr: str | os.PathLike | None = None,
     candidates: pd.DataFrame | None = None,
@@ -86,8 +84,8 @@ def gallery(
         A search run directory (``candidates.parquet``, ``summary.json``).
     top : int
         Number of candidates shown, best score first.
-    per_page : int
-        Candidates per HTML page.
+    per_page : int, optional
+        Candidates per HTML page (config ``review.gallery_per_page``).
     out : str or path, optional
         Output folder (default ``RUN_DIR/gallery``).
     zarr : str or path, optional
@@ -98,27 +96,31 @@ def gallery(
         Page heading.
     """
     run_dir = pathlib.Path(run_dir)
+    per_page = int(config.get("review.gallery_per_page", per_page))
     cand, store, stamps = best_candidates(run_dir, top, zarr=zarr, candidates=candidates)
     out = pathlib.Path(out) if out is not None else run_dir / "gallery"
     out.mkdir(parents=True, exist_ok=True)
-    title = title or f"lensdask candidates — {run_dir.name}"
+    title = title or "lensdask candidates"
+    summary = run_summary(run_dir)
+    meta = header_meta(summary, len(cand), n_candidates(run_dir, len(cand)))
+    keys = grade_keys(review_classes())
+    storage = "lensdask:grades:" + str(run_dir.resolve())
+    labeller = os.environ.get("USER") or ""
     n_pages = max(1, -(-len(cand) // per_page))
     pages = [out / ("index.html" if p == 0 else f"page-{p + 1:03d}.html") for p in range(n_pages)]
     first = ""
     for p in range(n_pages):
-        rows = cand.iloc[p * per_page : (p + 1) * per_page]
-        cards = "".join(_card(row, stamps[i], store.bands) for i, row in rows.iterrows())
+        lo = p * per_page
+        cards = render_cards(cand.iloc[lo : lo + per_page], stamps[lo : lo + per_page], store, start=lo)
         if p == 0:
             first = cards
         nav = " ".join(
             f'<a href="{pages[q].name}">{q + 1}</a>' if q != p else f"<b>{q + 1}</b>" for q in range(n_pages)
         )
-        doc = (
-            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h2>{html.escape(title)}</h2>"
-            f"<p>{len(cand)} candidates, page {p + 1} of {n_pages}: {nav}</p>"
-            f"<div class='grid'>{cards}</div><p>{nav}</p></body></html>"
-        )
+        doc = document(title=title, run=run_dir.name, meta=meta, cards=cards, keys=keys, mode="static",
+                       storage_key=storage, labeller=labeller, nav=f"· page {p + 1} of {n_pages}: {nav}",
+                       next_page=pages[p + 1].name if p + 1 < n_pages else None,
+                       prev_page=pages[p - 1].name if p > 0 else None, total=len(cand))
         tmp = pages[p].with_suffix(".html.tmp")
         tmp.write_text(doc)
         os.replace(tmp, pages[p])
