@@ -25,6 +25,7 @@ class _arg:
     finite = staticmethod(_checks.arg_type(_checks.finite))
     batch_size = staticmethod(_checks.arg_type(_checks.batch_size))
     orientations = staticmethod(_checks.arg_type(_checks.int_range(1, 8)))
+    prefilter = staticmethod(_checks.arg_type(_checks.prefilter_spec))
 
     @staticmethod
     def cluster(text):
@@ -200,8 +201,14 @@ def _cmd_evaluate(a) -> int:
 
     m = evaluate(
         a.model, a.data, json_path=a.json, batch_size=a.batch_size, device=a.device, roc_path=a.roc,
-        threshold=a.threshold, record=a.record,
+        threshold=a.threshold, record=a.record, combine=a.combine,
     )
+    for r in m.get("models", []):  # an ensemble: each model on its own, then the ensemble in full
+        print(f"model {r['model_id']}: AUROC {r['auroc']:.4f}  TPR0 {r['tpr0']:.3f}  TPR10 {r['tpr10']:.3f}  "
+              f"TPR at FPR 1e-3 {r['tpr_fpr_1e-3']:.3f}  completeness {r['completeness']:.3f}  "
+              f"purity {r['purity']:.3f} at p >= {r['threshold']:g}")
+    if m.get("models"):
+        print(f"ensemble ({m['combine']}):")
     print(f"model {m['model_id']} on {m['data']}: {m['n_pos']} lenses, {m['n_neg']} others, "
           f"{m['n_nan']} unscorable, {m['n_unlabelled']} unlabelled")
     for key, name in (("auroc", "AUROC"), ("tpr0", "TPR0"), ("tpr10", "TPR10"),
@@ -277,26 +284,42 @@ def _cmd_inject(a) -> int:
 def _cmd_search(a) -> int:
     if getattr(a, "emit_htcondor", None):
         return _cmd_emit_htcondor(a)
-    from .model.checkpoint import check_compatible, read_card, resolve_model_dir, verify_weights
     from .search import search
+    from .search.run import check_models, truth_lens_ids
     from .store import open_store
 
-    # Bad input fails here, before any cluster is started: a corrupt weights file once, not in every tile.
-    card = read_card(resolve_model_dir(a.model))
-    check_compatible(card, open_store(a.zarr))
-    verify_weights(a.model, card)
+    # Bad input fails here, before any cluster is started: models that disagree with each other or the
+    # store, a corrupt weights file (once, not in every tile), an unreadable truth table.
+    check_models(open_store(a.zarr), a.model, a.prefilter)
+    if a.truth is not None:
+        if a.prefilter is None:
+            raise LensdaskError("--truth audits a cascade: give it with --prefilter MODEL:FRACTION")
+        truth_lens_ids(a.truth)
     with _with_client(a.cluster) as client:
         result = search(
             a.zarr, a.model, a.out, client=client, threshold=a.threshold, floor=a.floor,
             batch_size=a.batch_size, device=a.device, resume=a.resume, precision=a.precision,
             crossmatch=False if a.no_crossmatch else None, radius=a.radius, catalog=a.known_lenses,
-            export=a.export, report=False if a.no_report else None,
+            export=a.export, report=False if a.no_report else None, combine=a.combine,
+            prefilter=a.prefilter, prefilter_threshold=a.prefilter_threshold, truth=a.truth,
         )
     s = result.summary
     print(
         f"searched {s['tiles_searched']} of {s['tiles_total']} tiles ({s['rows']} cutouts, "
         f"{s['rows_nan']} flagged for non-finite pixels) with {s['model_id']} in {s['seconds']} s"
     )
+    if s.get("combine"):
+        print(f"ensemble of {len(s['models'])} models, score = {s['combine']}; per-model columns and n_agree "
+              f"in the candidates")
+    if s.get("prefilter"):
+        pf = s["prefilter"]
+        print(f"cascade: the prefilter {pf['model_id']} scored {s['stages']['prefilter']} cutouts, the main "
+              f"model(s) {s['stages']['main']} (top {pf['keep_fraction']:g} of each tile, plus "
+              f"{pf['passed_by_threshold_only']} at prefilter p >= {pf['threshold']:g})")
+    au = s.get("audit")
+    if au:
+        print(f"audit against the truth: {au['lenses']} injected lenses, {au['dropped']} stopped by the prefilter, "
+              f"{au['dropped_main_would_keep']} of which the main model(s) alone score >= {s['threshold']}")
     print(f"{s['candidates']} candidates with score >= {s['threshold']}: {result.run_dir / 'candidates.parquet'}")
     k = s.get("known_lenses")
     if k:
@@ -312,20 +335,23 @@ def _cmd_search(a) -> int:
     return 0
 
 
-def _search_inputs(zarr, model):
-    """Absolute store path (URLs kept), model directory and card, checked against each other."""
+def _search_inputs(zarr, model, prefilter=None):
+    """Absolute store path (URLs kept), model directories and cards, the prefilter, checked against each other.
+
+    Returns ``store, zarr, [(model_dir, card), ...], (model_dir, card, fraction) or None`` (absolute dirs).
+    """
     import os
 
-    from .model.checkpoint import check_compatible, read_card, resolve_model_dir, verify_weights
+    from .search.run import check_models
     from .store import open_store
 
     store = open_store(zarr)
-    model_dir = resolve_model_dir(model)
-    card = read_card(model_dir)
-    check_compatible(card, store)
-    verify_weights(model_dir, card)
+    main, pre = check_models(store, model, prefilter)
+    main = [(os.path.abspath(str(d)), c) for d, c in main]
+    if pre is not None:
+        pre = (os.path.abspath(str(pre[0])), pre[1], pre[2])
     zarr = str(zarr) if "://" in str(zarr) else os.path.abspath(zarr)
-    return store, zarr, os.path.abspath(str(model_dir)), card
+    return store, zarr, main, pre
 
 
 def _cmd_emit_htcondor(a) -> int:
@@ -335,19 +361,29 @@ def _cmd_emit_htcondor(a) -> int:
     from .cluster import emit_htcondor_search
     from .search.run import tile_done
 
-    store, zarr, model_dir, card = _search_inputs(a.zarr, a.model)
+    from .search.run import run_signature
+
+    if a.truth is not None:
+        raise LensdaskError("--truth (the cascade audit) runs with a search, not with --emit-htcondor")
+    store, zarr, main, pre = _search_inputs(a.zarr, a.model, a.prefilter)
     floor = _checks.fraction(config.get("search.floor", a.floor), "search.floor")
+    combine = str(config.get("search.ensemble.combine", a.combine))
+    pthr = (_checks.fraction(config.get("search.prefilter.threshold", a.prefilter_threshold), "prefilter threshold")
+            if pre is not None else None)
+    sig = run_signature([c["model_id"] for _, c in main], combine,
+                        None if pre is None else (pre[1]["model_id"], pre[2], pthr))
     run_dir = os.path.abspath(a.out)
     names = store.tiles
-    tiles = [(t, names[t]) for t in store.written_tiles()]
+    tiles = [(t, n) for t in store.written_tiles() for n in [names[t]]]
     if a.resume:
-        tiles = [(t, n) for t, n in tiles if (tile_done(run_dir, n) or {}).get("model_id") != card["model_id"]]
+        tiles = [(t, n) for t, n in tiles if (tile_done(run_dir, n) or {}).get("model_id") != sig]
     spec = str(a.cluster) if str(a.cluster).startswith("htcondor") else "htcondor"
     files = emit_htcondor_search(
-        a.emit_htcondor, zarr=zarr, model_dir=model_dir, run_dir=run_dir, tiles=tiles,
+        a.emit_htcondor, zarr=zarr, model_dir=[d for d, _ in main], run_dir=run_dir, tiles=tiles,
         threshold=_checks.fraction(config.get("search.threshold", a.threshold), "search.threshold"), floor=floor,
         batch_size=config.get("search.batch_size", a.batch_size),
-        device=str(config.get("search.device", a.device)), spec=spec,
+        device=str(config.get("search.device", a.device)), spec=spec, combine=combine,
+        prefilter=None if pre is None else (pre[0], pre[2]), prefilter_threshold=pthr,
     )
     print(f"wrote {files['search.sub']} ({len(tiles)} tile jobs), {files['merge.sub']} and {files['search.dag']}")
     print(f"submit: cd {a.emit_htcondor} && condor_submit_dag search.dag   (results: {run_dir}/candidates.parquet)")
@@ -359,7 +395,7 @@ def _cmd_search_tile(a) -> int:
     from .errors import LensdaskError
     from .search.run import search_tile
 
-    store, zarr, model_dir, card = _search_inputs(a.zarr, a.model)
+    store, zarr, main, pre = _search_inputs(a.zarr, a.model, a.prefilter)
     tile = int(a.tile) if a.tile.isdigit() else None
     if tile is None:
         if a.tile not in store.tiles:
@@ -367,11 +403,14 @@ def _cmd_search_tile(a) -> int:
         tile = list(store.tiles).index(a.tile)
     if not 0 <= tile < store.n_tiles:
         raise LensdaskError(f"--tile {tile}: the store has tiles 0..{store.n_tiles - 1}")
+    dirs, shas = [d for d, _ in main], [c["sha256"] for _, c in main]
     stats = search_tile(
-        zarr, tile, model_dir, card["sha256"], a.out,
+        zarr, tile, dirs[0] if len(dirs) == 1 else dirs, shas[0] if len(shas) == 1 else shas, a.out,
         device=str(config.get("search.device", a.device)),
         batch_size=config.get("search.batch_size", a.batch_size),
         floor=_checks.fraction(config.get("search.floor", a.floor), "search.floor"),
+        combine=a.combine, prefilter=None if pre is None else (pre[0], pre[1]["sha256"], pre[2]),
+        prefilter_threshold=a.prefilter_threshold,
     )
     print(json.dumps(stats))
     return 0
@@ -533,6 +572,20 @@ def _cmd_demo(a) -> int:
     return 0
 
 
+def _search_model_args(p: argparse.ArgumentParser) -> None:
+    """--model (repeatable: an ensemble), --combine, --prefilter, --prefilter-threshold of search and search-tile."""
+    p.add_argument("--model", action="append",
+                   help="checkpoint directory (default: the shipped model); repeat for an ensemble, every model "
+                   "scoring every tile (read once); the models must share bands, stamp and pixel scale")
+    p.add_argument("--combine", choices=["mean", "rank"],
+                   help="an ensemble's score: mean probability or rank average (config search.ensemble.combine)")
+    p.add_argument("--prefilter", type=_arg.prefilter, metavar="MODEL:FRACTION",
+                   help="two-stage cascade: MODEL (a directory, or 'default') scores every cutout, and only the top "
+                   "FRACTION of each tile, plus every cutout at or above --prefilter-threshold, reaches --model")
+    p.add_argument("--prefilter-threshold", type=_arg.fraction,
+                   help="prefilter lens probability that always passes (config search.prefilter.threshold)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lensdask`` command."""
     from . import __version__
@@ -632,7 +685,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="AUROC, TPR0, TPR10, TPR at FPR 1e-3/1e-4, ROC, confusion, selection function")
-    p.add_argument("--model", help="checkpoint directory (default: the shipped model)")
+    p.add_argument("--model", action="append",
+                   help="checkpoint directory (default: the shipped model); repeat to report each model and "
+                   "their ensemble")
+    p.add_argument("--combine", choices=["mean", "rank"],
+                   help="the ensemble's score: mean probability or rank average (config search.ensemble.combine)")
     p.add_argument("--data", required=True, help="labelled store")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--roc", metavar="PNG", help="write the ROC curve to this PNG")
@@ -668,7 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="score every cutout of a survey store, one task per tile")
     p.add_argument("--zarr", required=True, help="survey store")
-    p.add_argument("--model", help="checkpoint directory (default: the shipped model)")
+    _search_model_args(p)
     p.add_argument("--out", default="lensdask-run", help="run directory (default: lensdask-run)")
     p.add_argument("--threshold", type=_arg.fraction, help="lens probability for candidates (config search.threshold)")
     p.add_argument("--floor", type=_arg.fraction, help="lens probability kept in per-tile outputs (config search.floor)")
@@ -681,6 +738,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--known-lenses", metavar="FILE", help="known-lens catalogue (default: lenscat's)")
     p.add_argument("--no-crossmatch", action="store_true", help="skip the known-lens cross-match")
     p.add_argument("--no-report", action="store_true", help="do not save the Dask performance report")
+    p.add_argument("--truth", metavar="PARQUET",
+                   help="with --prefilter on a mock survey: its truth table; the main model(s) also score the "
+                   "injected lenses the prefilter stopped, and the summary says how many they would have kept")
     p.add_argument(
         "--emit-htcondor", metavar="DIR",
         help="do not search: write an HTCondor submission (one search-tile job per tile, then merge) into DIR",
@@ -691,7 +751,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search-tile", help="score one tile of a store and write its per-tile outputs (a batch job)")
     p.add_argument("--zarr", required=True, help="survey store")
     p.add_argument("--tile", required=True, help="tile index or tile name")
-    p.add_argument("--model", help="checkpoint directory (default: the shipped model)")
+    _search_model_args(p)
     p.add_argument("--out", required=True, help="run directory; writes OUT/tiles/<tile>.parquet and .json")
     p.add_argument("--floor", type=_arg.fraction, help="lens probability kept (config search.floor)")
     p.add_argument("--batch-size", type=_arg.batch_size, help="cutouts per forward pass, or auto (config search.batch_size)")
