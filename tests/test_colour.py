@@ -134,3 +134,18 @@ def _append_many(args):
     path, who = args
     for k in range(40):
         add_labels(path, [{"tile": "T1", "object_id": 7, "class": "lens", "grade": "probable"}], labeller=who)
+
+
+def test_residual_view_takes_the_lens_light_away_and_keeps_the_arc():
+    from lensdask.review.images import lens_model
+
+    stamp, on_arc = _lens_and_arc()
+    model = lens_model(stamp)
+    resid = stamp - model
+    centre = R < 3
+    assert np.abs(resid[:, centre].mean(axis=1)).max() < 0.05 * stamp[:, centre].mean(axis=1).max()
+    assert (resid[:, on_arc].mean(axis=1) > 0.5 * np.array([6, 4.5, 3.5, 3]) * 0.6).all()
+    img = view_image(stamp, "griz", "residual", pixel_scale=0.263).astype(float)
+    assert img[on_arc].sum(axis=-1).mean() > 3 * img[centre].sum(axis=-1).mean()
+    blueness = img[on_arc][:, 2] / np.maximum(img[on_arc].sum(axis=-1), 1)
+    assert blueness.mean() > 0.36  # the arc is blue on its own, without the lens's orange

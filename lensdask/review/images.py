@@ -13,8 +13,13 @@ Views (:data:`VIEWS`):
     True colour, stretched to show the lens galaxy.
 ``faint``
     The same colours stretched for faint features (arcs, tidal features): the lens core saturates.
+``residual``
+    True colour after a smooth model of the central galaxy is taken away in every band: the
+    median flux in elliptical annuli (shape from the galaxy's second moments). Arcs, which fill
+    little of any annulus, stay; the lens light goes.
 ``difference``
-    A colour-difference image (Gavazzi et al. 2014, RingFinder): a blue band minus a red band
+    A colour-difference image (Gavazzi et al. 2014, RingFinder): a blue band minus a red band,
+    the red band first blurred to the blue band's seeing (config ``review.colour.seeing``) and
     scaled so that the central galaxy cancels. Arcs (bluer than the lens) are blue, redder light
     orange; a smooth red lens galaxy disappears.
 
@@ -30,7 +35,7 @@ import numpy as np
 
 from .. import config
 
-VIEWS = ("colour", "faint", "difference")
+VIEWS = ("colour", "faint", "residual", "difference")
 """The views of a candidate, in the order the review page shows them."""
 
 RGB_BANDS = ("i", "r", "g")
@@ -145,7 +150,8 @@ def colour_composite(
     Q = float(config.get(f"review.colour.{prefix}Q", Q))
     stretch = float(config.get(f"review.colour.{prefix}stretch", stretch))
     r, g, b = _planes(stamp, bands, scales, noise)
-    return make_lupton_rgb(r, g, b, minimum=0.0, stretch=stretch, Q=Q)
+    with np.errstate(invalid="ignore", divide="ignore"):  # astropy divides by the intensity, 0 on the sky
+        return make_lupton_rgb(r, g, b, minimum=0.0, stretch=stretch, Q=Q)
 
 
 def difference_image(
@@ -182,12 +188,75 @@ def difference_image(
     s = band_scales(bands, scales)
     xb = np.nan_to_num(np.asarray(stamp[bands.index(blue)], dtype=np.float64)) * s[bands.index(blue)]
     xr = np.nan_to_num(np.asarray(stamp[bands.index(red)], dtype=np.float64)) * s[bands.index(red)]
+    seeing = dict(config.get("review.colour.seeing") or {})
+    pixel_scale = float(config.get("survey.pixel_scale"))
+    if blue in seeing and red in seeing and seeing[blue] > seeing[red]:
+        from scipy.ndimage import gaussian_filter
+
+        # match the red band's PSF to the blue band's (Gaussian seeing), so the lens cancels at every radius
+        sigma = np.sqrt(seeing[blue] ** 2 - seeing[red] ** 2) / 2.3548 / pixel_scale
+        xr = gaussian_filter(xr, sigma, mode="nearest")
     n = xb.shape[0]
     y, x = np.mgrid[:n, : xb.shape[1]]
     centre = (x - (xb.shape[1] - 1) / 2) ** 2 + (y - (n - 1) / 2) ** 2 <= radius**2
     fr, fb = xr[centre].sum() - np.median(_border(xr)) * centre.sum(), xb[centre].sum() - np.median(_border(xb)) * centre.sum()
     alpha = float(fb / fr) if fr > 0 and fb > 0 else 0.0
     return xb - alpha * xr, alpha
+
+
+def lens_model(stamp: np.ndarray, *, radius: float = 6.0, max_q: float = 0.3) -> np.ndarray:
+    """A smooth model of the central galaxy in every band: medians in elliptical annuli.
+
+    Parameters
+    ----------
+    stamp : numpy.ndarray
+        (n_bands, s, s) fluxes.
+    radius : float, pixels
+        Aperture in which the galaxy's shape (axis ratio, position angle) is measured from the
+        second moments of the band sum.
+    max_q : float
+        Smallest axis ratio allowed (a very flat fit would follow an arc or an edge-on neighbour).
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_bands, s, s) model, sky included (the outer annuli hold the sky level).
+    """
+    x = np.nan_to_num(np.asarray(stamp, dtype=np.float64))
+    nb, ny, nx = x.shape
+    yy, xx = np.mgrid[:ny, :nx]
+    dy, dx = yy - (ny - 1) / 2, xx - (nx - 1) / 2
+    total = x.sum(axis=0)
+    w = np.clip(total - np.median(_border(total)), 0, None) * (dx**2 + dy**2 <= radius**2)
+    if w.sum() > 0:
+        mxx, myy, mxy = (w * dx * dx).sum() / w.sum(), (w * dy * dy).sum() / w.sum(), (w * dx * dy).sum() / w.sum()
+        theta = 0.5 * np.arctan2(2 * mxy, mxx - myy)
+        root = np.sqrt(((mxx - myy) / 2) ** 2 + mxy**2)
+        a2, b2 = (mxx + myy) / 2 + root, (mxx + myy) / 2 - root
+        q = float(np.clip(np.sqrt(max(b2, 0.0) / a2), max_q, 1.0)) if a2 > 0 else 1.0
+    else:
+        theta, q = 0.0, 1.0
+    u = dx * np.cos(theta) + dy * np.sin(theta)
+    v = -dx * np.sin(theta) + dy * np.cos(theta)
+    rr = np.sqrt(u**2 + (v / q) ** 2)
+    edges = np.concatenate([[0.0, 1.0], np.arange(2.0, rr.max() + 2.0, 1.0)])
+    which = np.digitize(rr.ravel(), edges) - 1
+    centres = np.array([rr.ravel()[which == k].mean() if (which == k).any() else np.nan for k in range(len(edges))])
+    ok = np.isfinite(centres)
+    model = np.empty_like(x)
+    for b in range(nb):
+        flat = x[b].ravel()
+        med = np.array([np.median(flat[which == k]) if (which == k).any() else np.nan for k in range(len(edges))])
+        model[b] = np.interp(rr, centres[ok], med[ok])
+    return model
+
+
+def residual_view(stamp, bands, *, noise: float | None = None, scales: dict | None = None) -> np.ndarray:
+    """True colour of ``stamp`` minus :func:`lens_model` (the faint-feature stretch): arcs without the lens light."""
+    if noise is None:
+        noise = sky_noise(stamp, bands, scales=scales)
+    return colour_composite(np.asarray(stamp, dtype=np.float64) - lens_model(stamp), bands, scales=scales,
+                            noise=noise, view="faint")
 
 
 def difference_view(stamp, bands, *, noise: float | None = None, scales: dict | None = None, pair=None) -> np.ndarray:
@@ -242,6 +311,8 @@ def view_image(stamp, bands, view: str, *, pixel_scale: float | None = None, noi
     """One view (see :data:`VIEWS`) of a stamp as (s, s, 3) uint8, with a scale bar when ``pixel_scale`` is given."""
     if view in ("colour", "faint"):
         img = colour_composite(stamp, bands, noise=noise, view=view)
+    elif view == "residual":
+        img = residual_view(stamp, bands, noise=noise)
     elif view == "difference":
         img = difference_view(stamp, bands, noise=noise)
     else:
@@ -258,7 +329,7 @@ def view_caption(view: str, bands: Sequence[str], pixel_scale: float | None = No
             blue, red = bands[0], bands[-1]
         return f"{blue} − α·{red}{bar}"
     r, g, b = rgb_bands(bands)
-    what = "true colour" if view == "colour" else "faint features"
+    what = {"colour": "true colour", "faint": "faint features", "residual": "lens light removed"}[view]
     return f"{what} {r}{g}{b}{bar}"
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 from .images import VIEWS, band_image, png_bytes, view_caption, view_image
 from .labels import GRADES, LENS_CLASS
 
-VIEW_SCALE = 5   # display enlargement of the 45 px views (225 px; pixels stay sharp)
+VIEW_SCALE = 4   # display enlargement of the 45 px views (180 px; pixels stay sharp)
 BAND_SCALE = 2
 
 STYLE = """
@@ -38,7 +38,8 @@ a{color:#8cf} main{padding:8px 12px}
 .card.current{border-color:#fc6} .card.graded{background:#1d2520}
 .views{display:flex;gap:8px;flex-wrap:wrap} figure{margin:0;position:relative}
 figure img{image-rendering:pixelated;display:block} figcaption{font-size:11px;color:#aaa}
-.bands{display:flex;gap:4px;align-items:flex-start} .bands img{width:90px;height:90px}
+.bands{display:grid;grid-template-columns:88px 88px;gap:2px 4px} .bands img{width:88px;height:88px}
+.bands figcaption{position:absolute;top:1px;left:3px;color:#fc6;font-weight:bold}
 .info{display:flex;gap:16px;align-items:baseline;flex-wrap:wrap;margin:4px 0}
 .score{font-weight:bold} .known{color:#fc6;font-weight:bold}
 .grade{font-weight:bold;color:#7e7;min-width:12em} table{border-collapse:collapse} td{padding:0 6px 0 0}
