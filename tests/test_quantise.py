@@ -185,3 +185,17 @@ def test_a_corrupt_chunk_fails_only_its_own_tile(tmp_path):
     out, failures = convert(tmp_path / "s.zarr", tmp_path / "c.zarr")
     assert [f["tile"] for f in failures] == ["T0"]
     assert out.counts.tolist() == [-1, 40]
+
+
+def test_search_on_a_quantised_store_fails_only_the_corrupt_tile(tmp_path, client, random_model):
+    from lensdask.search import search
+
+    s = _store(tmp_path / "s.zarr", n_tiles=3, capacity=32)
+    for t in range(3):
+        s.write_tile(t, _sky(30, seed=t), _rows(30, start=100 * t))
+    _corrupt_shard(tmp_path / "s.zarr", 1)  # bytes flipped inside a Rice stream: the chunk checksum catches it
+    result = search(tmp_path / "s.zarr", random_model, tmp_path / "run", floor=0.0, progress=False, client=client)
+    assert result.failures["tile"].tolist() == ["T1"]
+    assert (tmp_path / "run" / "failures.parquet").exists()
+    scores = result.scores()
+    assert len(scores) == 60 and scores["score"].between(0, 1).all()
