@@ -66,7 +66,10 @@ def test_app_serves_page_pictures_and_grades(run, tmp_path):
         status, page = _request(port, "GET", "/")
         text = page.decode()
         assert status == 200 and text.count('data-view="colour"') == 10 and 'data-view="difference"' in text
-        assert "model test-vit" in text or "model " in text
+        summary = json.loads((run / "run" / "summary.json").read_text())
+        assert f"model {summary['model_id']}" in text and f"threshold p ≥ {summary['threshold']}" in text
+        assert f"{summary['candidates']} candidates" in text and "showing the best 10" in text
+        assert "run <b>run</b>" in text and "p = " in text
         status, png = _request(port, "GET", "/img/0/colour.png")
         assert status == 200 and png[:4] == b"\x89PNG"
         assert _request(port, "GET", "/img/10/colour.png")[0] == 404       # no such candidate
@@ -249,3 +252,34 @@ def test_browser_static_page_csv_export(run, tmp_path):
     assert got["class"].tolist() == ["lens", "ring", "non-lens"] and (got["labeller"] == "carol").all()
     assert got["grade"].tolist() == ["probable", "no", "no"]
     assert got["object_id"].tolist() == g.candidates.iloc[[0, 2, 3]]["object_id"].astype(int).tolist()
+
+
+def test_page_names_known_lenses_and_escapes_every_name(run, tmp_path):
+    from lensdask.review.gallery import gallery
+
+    cand = pd.read_parquet(run / "run" / "candidates.parquet").sort_values("score", ascending=False).head(3)
+    cand = cand.reset_index(drop=True).assign(known_name=["DESJ0331-3041<script>", None, None],
+                                              known_grading=["confident", None, None], known_sep_arcsec=[0.4, np.nan, np.nan])
+    g = gallery(run / "run", top=3, out=tmp_path / "g", candidates=cand, title="<i>t</i>")
+    text = g.index.read_text()
+    assert "known lens: DESJ0331-3041&lt;script&gt;, grade confident, 0.4″ away" in text
+    assert "<script>," not in text and "&lt;i&gt;t&lt;/i&gt;" in text
+    assert text.count('data-view="colour"') == 3 and text.count('data-view="residual"') == 3
+    assert text.count('data-view="band-g"') == 3 and "true colour irg · bar 2″" in text
+
+
+def test_label_grade_and_votes_through_the_cli(tmp_path, capsys):
+    from lensdask.cli import main
+
+    labels, out = tmp_path / "labels.csv", tmp_path / "votes.csv"
+    for who, grade in (("ann", "definite"), ("bob", "possible"), ("cat", "probable")):
+        assert main(["label", "--labels", str(labels), "--tile", TILES[0], "--object-id", "7001", "--class", "lens",
+                     "--grade", grade, "--labeller", who]) == 0
+    assert main(["label", "--labels", str(labels), "--tile", TILES[0], "--object-id", "7002", "--class", "lens",
+                 "--grade", "no"]) == 2
+    assert "contradicts" in capsys.readouterr().err
+    assert main(["label", "--labels", str(labels), "--votes", str(out)]) == 0
+    assert "1 objects graded (1 by several reviewers)" in capsys.readouterr().out
+    v = pd.read_csv(out)
+    assert v.loc[0, ["n_reviewers", "n_definite", "n_probable", "n_possible", "mean_grade"]].tolist() == [3, 1, 1, 1, 2.0]
+    assert v.loc[0, "labellers"] == "ann bob cat"

@@ -186,7 +186,7 @@ SCRIPT = r"""
   const nameBox = document.getElementById('labeller');
   const stored = localStorage.getItem('lensdask:labeller'); if (stored) nameBox.value = stored;
   nameBox.addEventListener('change', () => { localStorage.setItem('lensdask:labeller', nameBox.value.trim()); load(); });
-  let cur = 0, grades = {};   // grades: "tile/object_id" -> {tile, object_id, class, grade, labeller, time}
+  let cur = 0, grades = {}, others = {};   // grades: "tile/object_id" -> {tile, object_id, class, grade, labeller, time}
   const keyOf = c => c.dataset.tile + '/' + c.dataset.objectId;
   function local() { try { return JSON.parse(localStorage.getItem(C.storage) || '{}'); } catch (e) { return {}; } }
   function show() {
@@ -195,7 +195,8 @@ SCRIPT = r"""
       const g = grades[keyOf(c)], badge = c.querySelector('.grade');
       const mine = g && g.labeller === nameBox.value.trim();
       c.classList.toggle('graded', !!mine); c.classList.toggle('current', i === cur);
-      badge.textContent = mine ? (g.grade === 'no' ? 'not a lens: ' + g['class'] : g.grade + ' lens') : '';
+      badge.textContent = (mine ? (g.grade === 'no' ? 'not a lens: ' + g['class'] : g.grade + ' lens') : '') +
+        (others[keyOf(c)] ? ' (' + others[keyOf(c)] + ' other reviewer' + (others[keyOf(c)] > 1 ? 's)' : ')') : '');
       badge.dataset.grade = mine ? g.grade : ''; badge.dataset.cls = mine ? g['class'] : '';
       if (mine) n++;
     });
@@ -214,7 +215,8 @@ SCRIPT = r"""
     const who = nameBox.value.trim();
     if (C.mode === 'app') {
       const r = await fetch('api/grades?labeller=' + encodeURIComponent(who), {headers: {'X-Lensdask-Token': C.token}});
-      grades = r.ok ? (await r.json()).grades : {};
+      const got = r.ok ? await r.json() : {grades: {}, others: {}};
+      grades = got.grades; others = got.others;
     } else {
       grades = {}; const all = local();
       Object.keys(all).forEach(k => { if (all[k].labeller === who) grades[k.split('|')[1]] = all[k]; });
