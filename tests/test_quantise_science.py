@@ -124,21 +124,43 @@ def test_real_des_galaxies_scores_move_only_as_much_as_the_noise_added(shared_da
     assert ((a >= 0.5) == (a + (_lens_scores(model, card, y) - a) >= 0.5)).mean() >= 0.99
 
 
+def _faint_rings(path, n, seed, **kw):
+    """A labelled store of noisy galaxies, half with a ring of 0.3-0.9 sigma per pixel: hard enough that
+    the sky noise (and so the quantisation) limits what a model learns. 27 px stamps: fast models."""
+    from lensdask.store import create_store
+
+    rng = np.random.default_rng(seed)
+    stamp = 27
+    yy, xx = np.mgrid[:stamp, :stamp] - (stamp - 1) / 2
+    r = np.hypot(xx, yy)
+    labels = rng.permutation(np.arange(n) % 2)
+    sky = rng.uniform(1.0, 4.0, (n, 4, 1, 1))  # a different noise level per stamp and band
+    x = rng.normal(0, 1, (n, 4, stamp, stamp)) + rng.uniform(5, 20, (n, 1, 1, 1)) * np.exp(-0.5 * (r / 2.0) ** 2)
+    ring = rng.uniform(0.3, 0.9, (n, 1, 1, 1)) * np.exp(-0.5 * ((r - rng.uniform(6, 9, (n, 1, 1, 1))) / 1.2) ** 2)
+    x = ((x + labels[:, None, None, None] * ring) * sky + 10.0).astype(np.float32)
+    s = create_store(path, tiles=["a", "b"], capacity=n // 2, bands="griz", pixel_scale=0.263, stamp=stamp, **kw)
+    for t in range(2):
+        rows = slice(t * (n // 2), (t + 1) * (n // 2))
+        s.write_tile(t, x[rows], pd.DataFrame({"object_id": np.arange(n)[rows], "ra": 0.0, "dec": 0.0,
+                                               "label": labels[rows]}))
+    return s
+
+
 @pytest.mark.slow
 def test_a_model_trained_on_a_quantised_store_matches_float32(tmp_path):
     from lensdask.model import evaluate, train
-    from lensdask.simulate import simulate
 
-    with dask.config.set({"lensdask.store.quantise.step": 0}):
-        simulate(tmp_path / "f32.zarr", n=480, seed=3, partition_size=240, lookalike_fraction=0.0, progress=False)
-        simulate(tmp_path / "test.zarr", n=240, seed=4, partition_size=240, lookalike_fraction=0.0, progress=False)
-    convert(tmp_path / "f32.zarr", tmp_path / "q.zarr")
-    kw = dict(arch="test-vit", epochs=3, batch_size=32, learning_rate=3e-3, device="cpu", progress=False,
+    _faint_rings(tmp_path / "f32.zarr", 800, seed=3, quantise_step=0)
+    _faint_rings(tmp_path / "test.zarr", 600, seed=4, quantise_step=0)
+    q, _ = convert(tmp_path / "f32.zarr", tmp_path / "q.zarr")
+    assert q.quantised
+    kw = dict(arch="test-vit", epochs=4, batch_size=32, learning_rate=3e-3, device="cpu", progress=False,
               patience=0)
     aucs = {}
     for name, data, seed in [("f32", "f32.zarr", 0), ("f32-seed1", "f32.zarr", 1), ("q", "q.zarr", 0)]:
         train(tmp_path / data, tmp_path / name, seed=seed, **kw)
         aucs[name] = evaluate(tmp_path / name, tmp_path / "test.zarr", progress=False)["auroc"]
     run_to_run = abs(aucs["f32"] - aucs["f32-seed1"])
-    assert aucs["f32"] > 0.6  # it learnt something
+    print(f"held-out AUROC by training store and seed: {aucs}")
+    assert 0.6 < aucs["f32"] < 0.995, aucs  # it learnt something, and the noise still matters
     assert abs(aucs["q"] - aucs["f32"]) <= max(2 * run_to_run, 0.02), aucs
