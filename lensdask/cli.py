@@ -771,7 +771,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="gallery folder (default RUN_DIR/gallery)")
     p.add_argument("--zarr", help="the survey store, if it moved since the search")
     p.add_argument("--serve", action="store_true", help="serve the review app on 127.0.0.1 (grades go to --labels)")
-    p.add_argument("--port", type=_arg.non_negative_int, help="port of --serve (config review.port; 0: any free port)")
+    p.add_argument("--port", type=_checks.arg_type(_checks.int_range(0, 65535)),
+                   help="port of --serve (config review.port; 0: any free port)")
     p.add_argument("--labels", help="labels CSV of --serve (default RUN_DIR/labels.csv; appended to)")
     p.add_argument("--labeller", help="reviewer name the app starts with (default: $USER)")
     p.set_defaults(func=_cmd_review)

@@ -63,6 +63,11 @@ def test_app_serves_page_pictures_and_grades(run, tmp_path):
     state = ReviewState(run / "run", tmp_path / "labels.csv", top=10, labeller="ann")
     with ReviewServer(state, port=0) as server:
         port = server.port
+        import psutil
+
+        listening = [c.laddr.ip for c in psutil.Process().net_connections(kind="tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+        assert listening == ["127.0.0.1"]  # loopback only
         status, page = _request(port, "GET", "/")
         text = page.decode()
         assert status == 200 and text.count('data-view="colour"') == 10 and 'data-view="difference"' in text
@@ -117,6 +122,8 @@ def test_port_in_use_and_no_candidates_are_clear_errors(run, tmp_path, capsys):
             ReviewServer(state, port=port)
         assert main(["review", str(run / "run"), "--serve", "--port", str(port)]) == 2
         assert f"port {port}" in capsys.readouterr().err
+        assert main(["review", str(run / "run"), "--serve", "--port", "70000"]) == 2
+        assert "--port" in capsys.readouterr().err
     finally:
         busy.close()
     empty = tmp_path / "empty-run"

@@ -1,8 +1,9 @@
-"""Review of search results: galleries, labels, feedback into training, known lenses, Zooniverse."""
+"""Review of search results: galleries, the review app (``review.app.serve``), labels and votes, feedback into
+training, known lenses, Zooniverse."""
 
 from .crossmatch import crossmatch, known_lens_report, known_lenses
 from .gallery import Gallery, gallery
-from .labels import add_labels, consensus, label_conflicts, read_labels
+from .labels import add_labels, consensus, label_conflicts, read_labels, votes
 from .loop import labels_from_truth, purity_at_top, review_round
 from .swap import read_classifications, swap, volunteer_skills
 from .trainset import trainset_add
@@ -26,4 +27,5 @@ __all__ = [
     "swap",
     "trainset_add",
     "volunteer_skills",
+    "votes",
 ]

@@ -212,6 +212,8 @@ class ReviewServer:
         from tornado.netutil import bind_sockets
 
         port = int(config.get("review.port", port))
+        if not 0 <= port <= 65535:
+            raise LensdaskError(f"port must be in 0..65535, not {port}")
         try:
             self.sockets = bind_sockets(port, address="127.0.0.1")
         except OSError as exc:
