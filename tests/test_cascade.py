@@ -150,3 +150,21 @@ def test_cli_cascade_search_tile_emit_and_refusals(tmp_path, models, capsys):
     parsed = build_parser().parse_args(args[2:])  # what each job will run parses as search-tile
     assert parsed.command == "search-tile" and parsed.prefilter == (str(pdir), 0.25) and len(parsed.model) == 2
     assert read_card(mdir)["model_id"]
+
+
+@pytest.mark.slow
+def test_cascade_benchmark_runs_on_a_tiny_survey(tmp_path):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cascade.py"
+    spec = importlib.util.spec_from_file_location("bench_cascade", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(["--main", "test-vit", "--tiles", "2", "--per-tile", "30", "--lens-fraction", "0.1",
+                      "--keep", "0.2", "--prefilter-threshold", "1", "--audit", "--ensemble-with", "default",
+                      "--json", str(tmp_path / "r.json")])
+    assert res["cutouts"] == 60 and res["main_untrained"] and res["stages"] == {"prefilter": 60, "main": 12}
+    assert res["cost_ratio"] > 0 and res["lenses_lost"] == res["audit"]["dropped_main_would_keep"]
+    assert set(res["auroc"]) >= {"ensemble_mean", "ensemble_rank"}
+    assert json.loads((tmp_path / "r.json").read_text())["keep_fraction"] == 0.2
