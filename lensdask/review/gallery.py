@@ -22,7 +22,7 @@ from .. import config
 from .cutouts import best_candidates
 from .images import sky_noise
 from .labels import review_classes
-from .page import STYLE, candidate_images, card, data_uri, document, grade_keys, header_meta
+from .page import CARD_STYLE, candidate_images, card, data_uri, document, grade_keys, header_meta
 
 
 def run_summary(run_dir: pathlib.Path) -> dict:
@@ -63,7 +63,7 @@ class Gallery:
     _first_cards: str
 
     def _repr_html_(self) -> str:
-        return f"<style>{STYLE}</style><div>{self._first_cards}</div>"
+        return f"<style>{CARD_STYLE}</style><div style='color:#ddd'>{self._first_cards}</div>"
 
 
 def gallery(

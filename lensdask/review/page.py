@@ -26,6 +26,19 @@ from .labels import GRADES, LENS_CLASS
 VIEW_SCALE = 4   # display enlargement of the 45 px views (180 px; pixels stay sharp)
 BAND_SCALE = 2
 
+CARD_STYLE = """
+.card{background:#1e1e1e;margin:8px 0;padding:8px;border-radius:6px;border:2px solid #1e1e1e;font-size:12px}
+.card.current{border-color:#fc6} .card.graded{background:#1d2520}
+.card .views{display:flex;gap:8px;flex-wrap:wrap} .card figure{margin:0;position:relative}
+.card figure img{image-rendering:pixelated;display:block} .card figcaption{font-size:11px;color:#aaa}
+.card .bands{display:grid;grid-template-columns:88px 88px;gap:2px 4px} .card .bands img{width:88px;height:88px}
+.card .bands figcaption{position:absolute;top:1px;left:3px;color:#fc6;font-weight:bold}
+.card .info{display:flex;gap:16px;align-items:baseline;flex-wrap:wrap;margin:4px 0}
+.card .score{font-weight:bold} .card .known{color:#fc6;font-weight:bold}
+.card .grade{font-weight:bold;color:#7e7;min-width:12em} .card table{border-collapse:collapse} .card td{padding:0 6px 0 0}
+"""
+"""Styles of the cards alone (safe to put inside another page, e.g. a notebook)."""
+
 STYLE = """
 body{font-family:sans-serif;background:#111;color:#ddd;margin:0}
 header{position:sticky;top:0;background:#1b1b1b;padding:6px 12px;border-bottom:1px solid #333;z-index:2}
@@ -34,16 +47,7 @@ header input{background:#222;color:#eee;border:1px solid #555;width:9em}
 #progress{font-weight:bold;color:#fc6} #help{display:none;font-size:12px;background:#222;padding:6px}
 #help.on{display:block} kbd{background:#333;border:1px solid #555;border-radius:3px;padding:0 4px}
 a{color:#8cf} main{padding:8px 12px}
-.card{background:#1e1e1e;margin:8px 0;padding:8px;border-radius:6px;border:2px solid #1e1e1e;font-size:12px}
-.card.current{border-color:#fc6} .card.graded{background:#1d2520}
-.views{display:flex;gap:8px;flex-wrap:wrap} figure{margin:0;position:relative}
-figure img{image-rendering:pixelated;display:block} figcaption{font-size:11px;color:#aaa}
-.bands{display:grid;grid-template-columns:88px 88px;gap:2px 4px} .bands img{width:88px;height:88px}
-.bands figcaption{position:absolute;top:1px;left:3px;color:#fc6;font-weight:bold}
-.info{display:flex;gap:16px;align-items:baseline;flex-wrap:wrap;margin:4px 0}
-.score{font-weight:bold} .known{color:#fc6;font-weight:bold}
-.grade{font-weight:bold;color:#7e7;min-width:12em} table{border-collapse:collapse} td{padding:0 6px 0 0}
-"""
+""" + CARD_STYLE
 
 
 def grade_keys(classes: Sequence[str]) -> list[dict]:
