@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import numpy as np
 import torch
@@ -106,9 +107,126 @@ def input_size(card: dict) -> int | None:
     return int(size)
 
 
+class Staged:
+    """Model inputs already on their way to the device: a tensor there and the event that marks it ready.
+
+    Made by :class:`DeviceStager`; :func:`forward_proba` takes one wherever it takes an array.
+    """
+
+    def __init__(self, tensor: torch.Tensor, ready=None):
+        self.tensor = tensor
+        self.ready = ready  # torch.cuda.Event of the copy, None when the tensor is ready now
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.tensor.shape)
+
+    def __len__(self) -> int:
+        return int(self.tensor.shape[0])
+
+    def get(self) -> torch.Tensor:
+        """The tensor, once the current stream has been told to wait for its copy."""
+        if self.ready is not None:
+            stream = torch.cuda.current_stream(self.tensor.device)
+            stream.wait_event(self.ready)
+            self.tensor.record_stream(stream)  # allocated on the copy stream, used on this one
+            self.ready = None
+        return self.tensor
+
+
+class DeviceStager:
+    """Copies batches of host arrays to a device ahead of their use.
+
+    On CUDA every batch is copied into one of ``buffers`` page-locked (pinned) host buffers,
+    reused rather than allocated per batch, and from there to the GPU by a non-blocking copy
+    on a stream of its own, so the copy of the next batch runs while the model computes on
+    this one. A buffer is refilled only once its last copy has finished. On a CPU a batch is
+    wrapped as a tensor without a copy. One stager per thread.
+    """
+
+    def __init__(self, device: torch.device, buffers: int = 2):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.pinned: list[torch.Tensor | None] = [None] * max(1, int(buffers))
+        self.done: list = [None] * len(self.pinned)
+        self.next = 0
+        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self.allocations = 0  # pinned buffers allocated so far (a handful, whatever the number of batches)
+
+    def __call__(self, x: np.ndarray) -> Staged:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not self.cuda:
+            return Staged(torch.from_numpy(x).to(self.device))
+        k = self.next
+        self.next = (k + 1) % len(self.pinned)
+        if self.done[k] is not None:
+            self.done[k].synchronize()  # its previous copy has left the buffer
+        buf = self.pinned[k]
+        if buf is None or buf.numel() < x.size:
+            buf = torch.empty(max(x.size, 1), dtype=torch.float32, pin_memory=True)
+            self.pinned[k] = buf
+            self.allocations += 1
+        host = buf[: x.size].view(x.shape)
+        host.numpy()[...] = x
+        with torch.cuda.stream(self.stream):
+            dev = host.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        self.done[k] = event
+        return Staged(dev, event)
+
+
+_stagers = threading.local()
+
+
+def stager(device: torch.device) -> DeviceStager:
+    """This thread's :class:`DeviceStager` for ``device``."""
+    device = torch.device(device)
+    cache = getattr(_stagers, "by_device", None)
+    if cache is None:
+        cache = _stagers.by_device = {}
+    if str(device) not in cache:
+        cache[str(device)] = DeviceStager(device)
+    return cache[str(device)]
+
+
+def stage_inputs(batches, device):
+    """Stage the model inputs of prepared batches on ``device`` as they stream by.
+
+    ``batches`` yields tuples whose first item is an array of model inputs or a list of them
+    (:func:`lensdask.search.score.prepare_batch`, ``prepare_inputs``); each array becomes a
+    :class:`Staged`. Run it in the thread that reads (inside the search's prefetch), so that
+    reading, normalising and the host-to-device copy of the next batch all overlap the
+    forward pass of this one.
+    """
+    for item in batches:
+        xs = item[0]
+        st = stager(device)
+        staged = [st(x) for x in xs] if isinstance(xs, (list, tuple)) else st(xs)
+        yield (staged, *item[1:])
+
+
+def _device_batches(x, batch_size: int, device: torch.device):
+    """Slices of ``batch_size`` rows of ``x`` as device tensors; on CUDA the next slice is copied while this one is used."""
+    if isinstance(x, Staged):
+        t = x.get()
+        for start in range(0, t.shape[0], batch_size):
+            yield t[start : start + batch_size]
+        return
+    st = stager(device)
+    pending = None
+    for start in range(0, x.shape[0], batch_size):
+        nxt = st(x[start : start + batch_size])  # issued before the previous slice is computed on
+        if pending is not None:
+            yield pending.get()
+        pending = nxt
+    if pending is not None:
+        yield pending.get()
+
+
 def forward_proba(
     model: torch.nn.Module,
-    x: np.ndarray,
+    x,
     *,
     batch_size: int,
     device: torch.device,
@@ -117,17 +235,14 @@ def forward_proba(
 ) -> np.ndarray:
     """Softmax probabilities of already normalised, finite inputs, (n, n_classes) float32.
 
+    ``x``: (n, bands, s, s) array, or a :class:`Staged` batch already sent to ``device``.
     ``size``: resample the stamps to this side first (see :func:`resize`).
     ``precision``: see :data:`PRECISIONS`.
     """
     out = []
+    device = torch.device(device)
     with torch.inference_mode(), autocast(device, precision):
-        for start in range(0, x.shape[0], batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
-            if device.type == "cuda":
-                xb = xb.pin_memory().to(device, non_blocking=True)
-            else:
-                xb = xb.to(device)
+        for xb in _device_batches(x, batch_size, device):
             logits = model(resize(xb, size)).float()
             out.append(torch.softmax(logits, dim=1).cpu().numpy())
     if not out:

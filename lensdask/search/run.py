@@ -39,7 +39,7 @@ from ..names import child_path, csv_safe, safe_component
 from ..checks import fraction
 from ..model.checkpoint import check_compatible, read_card, resolve_model_dir, verify_weights
 from ..store import open_store
-from ..model.infer import PRECISIONS, resolve_batch_size
+from ..model.infer import PRECISIONS, resolve_batch_size, stage_inputs
 from .score import COMBINE, model_column, prepare_inputs, score_models
 from .worker import get_model
 
@@ -300,8 +300,8 @@ def search_tile(
     blocks = store.iter_batches(read_rows, tiles=[tile], reuse=True)
     first = [pre[1]] if pre is not None else [c for _, c in main]
     batches = (prepare_inputs(images, table, first, keep_raw=pre is not None) for images, table in blocks)
-    if _reader_has_a_core(dev):  # read and normalise the next block while the model scores this one
-        batches = _prefetch(batches)
+    if _reader_has_a_core(dev):  # read, normalise and copy to the device the next block while the model scores this one
+        batches = _prefetch(stage_inputs(batches, dev))
     table, stats = score_models(
         batches, main, device=dev, batch_size=batch_size, floor=floor, precision=precision, combine=combine,
         prefilter=pre, keep_fraction=keep_fraction, prefilter_threshold=prefilter_threshold or 0.0,
