@@ -11,6 +11,7 @@ The public API, one function per CLI command::
     search(zarr, model, out)            one Dask task per tile -> candidates.parquet
     demo(out)                           mock survey -> search -> scored against the truth
     create_store / open_store           the Zarr v3 cutout store
+    store_info(zarr) / convert(src, dst) describe a store (`lensdask info`); rewrite one (`lensdask convert`)
     cluster_client(spec)                a Dask client for 'local', 'slurm', 'htcondor' or 'tcp://...'
     gallery(run_dir)                    offline HTML gallery of the best candidates (`lensdask review`)
     add_labels / read_labels            the append-only labels table (`lensdask label`)
@@ -31,6 +32,7 @@ from .review import add_labels, export_zooniverse, gallery, read_labels, swap, t
 from .search import SearchResult, merge, search, search_tile  # noqa: E402
 from .simulate import simulate  # noqa: E402
 from .store import CutoutStore, create_store, open_store  # noqa: E402
+from .storeadmin import convert, store_info  # noqa: E402
 from .survey import ingest, mock_survey  # noqa: E402
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "__version__",
     "cluster_client",
     "config",
+    "convert",
     "create_store",
     "demo",
     "evaluate",
@@ -56,5 +59,6 @@ __all__ = [
     "search",
     "search_tile",
     "simulate",
+    "store_info",
     "train",
 ]
