@@ -1,16 +1,21 @@
-"""A Zarr v3 array-to-bytes codec for small integers: Rice coding (fpack's RCOMP, via imagecodecs).
+"""Zarr v3 array-to-bytes codecs for small integers, over the entropy coders of imagecodecs.
 
-Neither zarr 3.1 nor numcodecs' Zarr v3 wrappers offer a Rice coder, and
-imagecodecs' ``Rcomp`` is a Zarr v2 (numcodecs) codec. Rice coding is what
-fpack uses for quantised images: it codes the difference between neighbouring
-pixels with a code length adapted every ``nblock`` pixels, and it is fast (a
-4-band 45x45 int32 stamp decodes in ~40 us). A chunk (rows x bands x stamp x
-stamp, C order) is coded as one stream, so the differences run along image rows
-and across stamps.
+Quantised sky-noise stamps are small integers with a near-Gaussian spread; two coders suit them:
 
-The codec is registered with zarr as ``lensdask.rice`` when this module is
-imported (:mod:`lensdask.store` imports it), and through the ``zarr.codecs``
-entry point for other readers with lensdask installed.
+* ``lensdask.pcodec`` (the default): Pcodec (pco), a coder for numerical sequences that gets
+  near their entropy. On the mock survey at the default step: 4.5 KiB per 4-band 45x45 cutout,
+  decoded in ~16 us. Its stream is pco's standalone format, the one the ``pcodec`` package and
+  numcodecs' ``PCodec`` read too.
+* ``lensdask.rice``: Rice coding, fpack's RCOMP: it codes the difference between neighbouring
+  pixels with a code length adapted every ``nblock`` pixels. 4.6 KiB per cutout, decoded in ~40 us.
+
+Neither zarr 3.1 nor numcodecs' Zarr v3 wrappers offer a Rice coder (imagecodecs' ``Rcomp`` is a
+Zarr v2 codec), and numcodecs' ``PCodec`` needs another package and warns on every use that it is
+not in the Zarr v3 specification, so both are wrapped here, in a few lines each. A chunk (rows x
+bands x stamp x stamp, C order) is coded as one stream.
+
+The codecs are registered with zarr when this module is imported (:mod:`lensdask.store` imports
+it), and through the ``zarr.codecs`` entry point for other readers with lensdask installed.
 """
 
 from __future__ import annotations
@@ -83,3 +88,65 @@ class RiceCodec(ArrayBytesCodec):
 
 
 register_codec(CODEC_NAME, RiceCodec)
+
+PCODEC_NAME = "lensdask.pcodec"
+
+
+@dataclass(frozen=True)
+class PcodecCodec(ArrayBytesCodec):
+    """Pcodec (pco) coding of int32 chunks.
+
+    Parameters
+    ----------
+    level : int
+        Compression level, 0-12 (pco's default 8: more is slower to write, not to read).
+    """
+
+    is_fixed_size = False
+    level: int = 8
+
+    def __init__(self, *, level: int = 8) -> None:
+        level = int(level)
+        if not 0 <= level <= 12:
+            raise ValueError(f"{PCODEC_NAME}: level must be in 0..12, got {level}")
+        object.__setattr__(self, "level", level)
+
+    @classmethod
+    def from_dict(cls, data):
+        _, conf = parse_named_configuration(data, PCODEC_NAME, require_configuration=False)
+        return cls(**(conf or {}))
+
+    def to_dict(self):
+        return {"name": PCODEC_NAME, "configuration": {"level": self.level}}
+
+    def validate(self, *, shape, dtype, chunk_grid) -> None:
+        native = dtype.to_native_dtype()
+        if np.dtype(native) != np.dtype("int32"):
+            raise TypeError(f"{PCODEC_NAME} codes int32 arrays, not {native}")
+
+    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec) -> NDBuffer:
+        import imagecodecs
+
+        arr = imagecodecs.pcodec_decode(chunk_bytes.as_numpy_array(), shape=tuple(chunk_spec.shape), dtype=np.int32)
+        return chunk_spec.prototype.nd_buffer.from_ndarray_like(np.asarray(arr).reshape(chunk_spec.shape))
+
+    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec) -> NDBuffer:
+        return self._decode_sync(chunk_bytes, chunk_spec)
+
+    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec) -> Buffer | None:
+        import imagecodecs
+
+        arr = np.ascontiguousarray(chunk_array.as_numpy_array(), dtype=np.int32)
+        return chunk_spec.prototype.buffer.from_bytes(imagecodecs.pcodec_encode(arr, level=self.level))
+
+    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec) -> Buffer | None:
+        return self._encode_sync(chunk_array, chunk_spec)
+
+    def compute_encoded_size(self, input_byte_length: int, _chunk_spec) -> int:
+        raise NotImplementedError(f"{PCODEC_NAME} output has no fixed size")
+
+
+register_codec(PCODEC_NAME, PcodecCodec)
+
+CODECS = {"pcodec": PcodecCodec, "rice": RiceCodec}
+"""Integer codecs a quantised store may use (config ``store.quantise.codec``)."""

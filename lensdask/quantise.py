@@ -177,10 +177,10 @@ def dequantise(
     scale = np.asarray(scale, dtype=np.float32)
     zero = np.asarray(zero, dtype=np.float32)
     r = dither(keys, b, s * s, seed).reshape(q.shape)
-    np.subtract(np.float32(0.5), r, out=out)  # out = 0.5 - r
-    out += q  # int32 -> float32, exact below 2**24 steps
+    np.copyto(out, q, casting="unsafe")  # int32 -> float32, exact below 2**24 steps
+    out -= r
     out *= scale[..., None, None]
-    out += zero[..., None, None]
+    out += (zero + np.float32(0.5) * scale)[..., None, None]
     nan = q == NAN_CODE
     lossless = scale == 0
     if lossless.any():

@@ -21,8 +21,8 @@ The same format serves training sets and survey data. Layout (schema
 
 Pixels are stored one of two ways (attribute ``encoding``, config ``store.quantise``):
 ``quantised`` (the default) keeps integers on a step that is a fraction of each
-stamp and band's sky noise, with subtractive dithering, Rice-coded
-(:mod:`lensdask.quantise`, :mod:`lensdask.codecs`); ``float32`` keeps the values
+stamp and band's sky noise, with subtractive dithering, entropy-coded (Pcodec
+or Rice: :mod:`lensdask.quantise`, :mod:`lensdask.codecs`); ``float32`` keeps the values
 exactly (Blosc). Readers get float32 pixels either way. Stores of schema
 ``lensdask.cutouts/1`` (always float32) still open; ``lensdask convert`` rewrites them.
 
@@ -50,7 +50,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from . import config
-from .codecs import RiceCodec
+from .codecs import CODECS
 from .quantise import dequantise, quantise
 from .errors import StoreNotFoundError, StoreSchemaError, StoreWriteError
 from .names import check_names
@@ -538,9 +538,10 @@ def create_store(
     )
     if encoding["pixels"] == "quantised":
         # a checksum per chunk: a corrupt chunk fails its read instead of decoding to noise
+        codec = CODECS[encoding["codec"].split(".", 1)[1]]
+        options = {k: encoding[k] for k in ("nblock", "level") if k in encoding}
         g.create_array("images", dtype="int32", fill_value=int(np.iinfo(np.int32).min),
-                       serializer=RiceCodec(nblock=int(encoding["nblock"])), compressors=[Crc32cCodec()],
-                       **image_array)
+                       serializer=codec(**options), compressors=[Crc32cCodec()], **image_array)
         for name in QUANTISE_ARRAYS:
             g.create_array(name, shape=(n_tiles, capacity, nb), chunks=(1, capacity, nb), dtype="float32",
                            fill_value=np.nan, dimension_names=["tile", "row", "band"])
@@ -600,6 +601,11 @@ def encoding_for(quantise_step: float | None = None) -> dict:
         raise StoreWriteError(f"quantisation step {quantise_step!r} must be in [0, {MAX_STEP}] sky-noise sigma (0: lossless)")
     if step == 0:
         return dict(FLOAT_ENCODING)
+    codec = str(config.get("store.quantise.codec"))
+    if codec not in CODECS:
+        raise StoreWriteError(f"unknown integer codec {codec!r} (store.quantise.codec); use one of {', '.join(CODECS)}")
+    options = {"nblock": int(config.get("store.quantise.nblock"))} if codec == "rice" else {
+        "level": int(config.get("store.quantise.level"))}
     return {
         "pixels": "quantised",
         "step": step,
@@ -607,8 +613,8 @@ def encoding_for(quantise_step: float | None = None) -> dict:
         "dither": "subtractive",
         "seed": int(config.get("store.quantise.seed")),
         "border": int(config.get("store.quantise.border")),
-        "codec": "lensdask.rice",
-        "nblock": int(config.get("store.quantise.nblock")),
+        "codec": f"lensdask.{codec}",
+        **options,
     }
 
 

@@ -108,7 +108,8 @@ def format_info(info: dict) -> str:
     if enc.get("pixels") == "quantised":
         pixels = (f"quantised: step {enc['step']:g} x sky noise (rms error {enc['rms_error']:.3f} sigma), "
                   f"{enc['dither']} dither (seed {enc['seed']}), noise from a {enc['border']} px border; "
-                  f"codec {enc['codec']} (nblock {enc['nblock']})")
+                  f"codec {enc['codec']} ("
+                  + ", ".join(f"{k} {enc[k]}" for k in ("level", "nblock") if k in enc) + ")")
     else:
         pixels = f"{enc.get('dtype', 'float32')} exact; codec {enc.get('codec', '?')}"
     old = "" if info["schema"] == info["current_schema"] else f"  (older; `lensdask convert` rewrites it as {info['current_schema']})"

@@ -199,3 +199,20 @@ def test_search_on_a_quantised_store_fails_only_the_corrupt_tile(tmp_path, clien
     assert (tmp_path / "run" / "failures.parquet").exists()
     scores = result.scores()
     assert len(scores) == 60 and scores["score"].between(0, 1).all()
+
+
+@pytest.mark.parametrize("codec", ["pcodec", "rice"])
+def test_both_integer_codecs_store_the_same_integers(tmp_path, codec):
+    x = _sky(40, seed=9)
+    x[2, 1, :, :4] = np.nan
+    x[3, 0] = 2.0
+    with dask.config.set({"lensdask.store.quantise.codec": codec}):
+        s = _store(tmp_path / "s.zarr")
+    assert s.encoding["codec"] == f"lensdask.{codec}"
+    assert f"'name': 'lensdask.{codec}'" in str(s.group["images"].metadata.to_dict())
+    s.write_tile(0, x, _rows(40))
+    q, scale, zero = quantise(x, np.arange(40), step=0.33, seed=1, border=4)
+    np.testing.assert_array_equal(open_store(tmp_path / "s.zarr").group["images"][0, :40], q)
+    assert disk_bytes(str(tmp_path / "s.zarr" / "images")) / 40 <= 5 * 1024
+    with dask.config.set({"lensdask.store.quantise.codec": "gzip"}), pytest.raises(StoreWriteError, match="codec"):
+        _store(tmp_path / "t.zarr")
