@@ -147,10 +147,16 @@ def _cmd_mock_survey(a) -> int:
 
 
 def _cmd_ingest(a) -> int:
+    import os
+
+    import numpy as np
+
     from .survey import ingest
 
-    if sum(x is not None for x in (a.images, a.cubes, a.arrays)) != 1:
-        raise LensdaskError("give one of --images (with --catalog), --cubes or --arrays")
+    if sum(x is not None for x in (a.images, a.des_tiles, a.cubes, a.arrays)) != 1:
+        raise LensdaskError("give one of --images or --des-tiles (with --catalog), --cubes or --arrays")
+    if a.des_tiles is not None and not os.path.isdir(a.des_tiles):
+        raise LensdaskError(f"--des-tiles {a.des_tiles!r} is not a folder")
     from .names import check_names
     from .survey.ingest import check_table_names
 
@@ -161,14 +167,39 @@ def _cmd_ingest(a) -> int:
         if table is not None:
             check_table_names(table)
     with _with_client(a.cluster) as client:
-        store = ingest(
-            a.out, images=a.images, catalog=a.catalog, weights=a.weights, masks=a.masks, tiles=a.tiles,
-            cubes=a.cubes, arrays=a.arrays, table=a.table, bands=a.bands.split(",") if a.bands else None,
-            stamp=a.stamp, pixel_scale=a.pixel_scale, per_tile=a.per_tile, hdu=a.hdu, mask_fill=a.mask_fill,
-            client=client, overwrite=a.overwrite,
+        store, report = ingest(
+            a.out, images=a.images, catalog=a.catalog, weights=a.weights, masks=a.masks, des_tiles=a.des_tiles,
+            tiles=a.tiles, cubes=a.cubes, arrays=a.arrays, table=a.table,
+            bands=a.bands.split(",") if a.bands else None, stamp=a.stamp, pixel_scale=a.pixel_scale,
+            per_tile=a.per_tile, hdu=a.hdu, weights_hdu=a.weights_hdu, masks_hdu=a.masks_hdu,
+            mask_bits=a.mask_bits, mask_fill=a.mask_fill, block_rows=a.block_rows, client=client,
+            overwrite=a.overwrite, return_report=True,
         )
-    flags = store.group["flags"][:]
-    print(f"wrote {store}; {int(((flags & 1) != 0).sum())} rows edge-padded, {int(((flags & 2) != 0).sum())} masked")
+    counts = store.counts
+    flags = np.concatenate([store.group["flags"][t, : counts[t]] for t in store.written_tiles()] or [np.zeros(0, int)])
+    written = len(store.written_tiles())
+    print(f"wrote {store}: {written} of {store.n_tiles} tiles; {int(((flags & 1) != 0).sum())} rows edge-padded, "
+          f"{int(((flags & 2) != 0).sum())} masked")
+    if report.outside:
+        where = f" (most in tiles {', '.join(report.outside_tiles[:5])})" if report.outside_tiles else ""
+        print(f"{report.outside} of {report.objects} catalogue objects lie in no tile ingested{where}: "
+              "not in the store")
+    off = sum(t.get("off_image_rows", 0) for t in report.tiles)
+    if off:
+        print(f"{off} objects lie off the image of the tile their catalogue row names: kept, all NaN, flagged edge")
+    if a.gallery and written:
+        from .survey.gallery import ingest_gallery
+
+        print(f"gallery: {ingest_gallery(store, a.gallery, n=a.gallery_n)}")
+    if len(report.failures):
+        from .survey.ingest import failures_path
+
+        fp = failures_path(str(store.url))
+        where = f" (table: {fp})" if fp is not None else ""
+        print(f"{len(report.failures)} tiles FAILED, not written{where}:", file=sys.stderr)
+        for row in report.failures.itertuples():
+            print(f"  tile {row.tile}: {row.error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -644,10 +675,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="real data to a cutout store: coadd tile images + catalogue, or cutout cubes/arrays")
     p.add_argument("--out", required=True, help="output store, e.g. des.zarr")
-    p.add_argument("--images", metavar="PATTERN", help="per-band images with WCS, e.g. 'tiles/{tile}_{band}.fits'")
-    p.add_argument("--catalog", help="objects for --images: FITS/CSV/Parquet with id, ra, dec [deg] (tile, label optional)")
+    p.add_argument("--images", metavar="PATTERN",
+                   help="per-band images with WCS, e.g. 'tiles/{tile}_{band}.fits'; * and ? match one file each")
+    p.add_argument("--des-tiles", metavar="DIR",
+                   help="DES coadd tiles as released: DIR/{tile}_{tag}_{band}.fits.fz with HDUs SCI, MSK, WGT")
+    p.add_argument("--catalog", help="objects for --images/--des-tiles: FITS/CSV/Parquet with id, ra, dec [deg] "
+                   "(tile, label optional; DES Gold COADD_OBJECT_ID, RA, DEC, TILENAME as they come)")
     p.add_argument("--weights", metavar="PATTERN", help="inverse-variance maps like --images (0 = masked)")
-    p.add_argument("--masks", metavar="PATTERN", help="data-quality planes like --images (non-zero = masked)")
+    p.add_argument("--masks", metavar="PATTERN", help="integer masks like --images (see --mask-bits)")
     p.add_argument("--tiles", nargs="+", metavar="TILE", help="tile names (default: every tile matching --images)")
     p.add_argument("--cubes", metavar="PATTERN", help="per-band FITS cutout cubes (n, H, W), e.g. 'gal/{band}.fits'")
     p.add_argument("--arrays", metavar="FILE", help=".npy (n, bands, H, W) or .npz cutouts")
@@ -656,8 +691,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stamp", type=_arg.count, help="stamp side in pixels (config survey.stamp)")
     p.add_argument("--pixel-scale", type=_arg.positive, help="arcsec/pixel (config survey.pixel_scale)")
     p.add_argument("--per-tile", type=_arg.count, help="rows per tile for cubes/arrays (config ingest.per_tile)")
-    p.add_argument("--hdu", help="FITS HDU of the images (config ingest.hdu)")
+    p.add_argument("--hdu", help="HDU of the images, number or name (config ingest.hdu)")
+    p.add_argument("--weights-hdu", metavar="HDU", help="HDU of the weight maps (config ingest.weights_hdu; default --hdu)")
+    p.add_argument("--masks-hdu", metavar="HDU", help="HDU of the masks (config ingest.masks_hdu; default --hdu)")
+    p.add_argument("--mask-bits", type=_arg.count, metavar="BITS",
+                   help="mask bits that make a pixel bad, e.g. 5 for bits 1 and 4 (config ingest.mask_bits: any "
+                   "non-zero; --des-tiles: ingest.des.mask_bits, 1)")
     p.add_argument("--mask-fill", choices=["median", "nan"], help="masked pixels become (config ingest.mask_fill)")
+    p.add_argument("--block-rows", type=_arg.count, metavar="N",
+                   help="stamps cut and written together: a worker's memory (config ingest.block_rows)")
+    p.add_argument("--gallery", metavar="PNG", help="also draw a few stamps of the first tile into this PNG")
+    p.add_argument("--gallery-n", type=_arg.count, default=12, metavar="N", help="stamps in the gallery (default 12)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     _cluster_arg(p)
     p.set_defaults(func=_cmd_ingest)

@@ -27,11 +27,63 @@ def format_bytes(n) -> str:
 
 
 def _memory_limits(client) -> set[int]:
+    """The memory limits of the workers now connected, or of a LocalCluster's worker specification."""
+    from dask.utils import parse_bytes
+
     try:
         workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        limits = {int(w["memory_limit"]) for w in workers if w.get("memory_limit")}
     except Exception:  # the scheduler is busy or gone: the limit is then unknown
-        return set()
-    return {int(w["memory_limit"]) for w in workers if w.get("memory_limit")}
+        limits = set()
+    for spec in (getattr(getattr(client, "cluster", None), "worker_spec", None) or {}).values():
+        value = (spec.get("options") or {}).get("memory_limit")
+        try:
+            if value not in (None, 0, "auto"):
+                limits.add(int(parse_bytes(value) if isinstance(value, str) else value))
+        except (TypeError, ValueError):
+            pass
+    return limits
+
+
+class TileFailed:
+    """What a tile task returns instead of raising when its input is bad (a :class:`LensdaskError`):
+    the tile fails with ``message``, and the worker logs no traceback for an expected problem."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def _guarded(f, *args, **kwargs):
+    from .errors import LensdaskError
+
+    try:
+        return f(*args, **kwargs)
+    except LensdaskError as exc:
+        return TileFailed(describe_error(exc))
+
+
+def _n_workers(client) -> int:
+    try:
+        return len(client.scheduler_info(n_workers=-1)["workers"])
+    except Exception:  # the scheduler is busy: count it as alive, the next look decides
+        return 1
+
+
+def _no_worker_grace(client) -> float:
+    """Seconds a fan-out waits without any worker before failing its pending tiles.
+
+    A LocalCluster's workers do not come back once gone (20 s); batch workers may wait in a
+    queue, so there it is ``lensdask.cluster.worker_timeout``.
+    """
+    from distributed import LocalCluster
+
+    if isinstance(getattr(client, "cluster", None), LocalCluster):
+        return 20.0
+    import dask
+
+    from . import config
+
+    return float(dask.utils.parse_timedelta(config.get("cluster.worker_timeout"), default="s"))
 
 
 def describe_error(exc: BaseException, limits: set[int] | None = None) -> str:
@@ -46,9 +98,14 @@ def describe_error(exc: BaseException, limits: set[int] | None = None) -> str:
             where = "; memory limit " + " / ".join(format_bytes(v) for v in sorted(limits)) + " per worker"
         else:
             where = "; no memory limit known"
-        return (f"worker lost: the worker running it died {exc.allowed_failures + 1} times "
+        times = "once" if exc.allowed_failures == 0 else f"{exc.allowed_failures + 1} times"
+        return (f"worker lost: the worker running it died {times} "
                 f"(killed for memory, preempted or crashed){where}")
+    from .errors import LensdaskError
+
     text = " ".join(str(exc).split())
+    if isinstance(exc, LensdaskError) and text:  # bad input: its message says it all
+        return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -97,39 +154,71 @@ def run_tiles(
         if client is None:
             for name, f, args, kwargs in jobs:
                 try:
-                    results[name] = f(*args, **kwargs)
+                    results[name] = _guarded(f, *args, **kwargs)
                 except Exception as exc:  # one bad tile must not stop the others
                     failures[name] = {"tile": name, "error": describe_error(exc),
                                       "traceback": traceback.format_exc()[-2000:]}
                 bar.update()
         else:
-            from distributed import as_completed
+            from distributed import wait
 
             limits = _memory_limits(client)
+            grace = _no_worker_grace(client)
             stamp = time.time_ns()
             futures = {}
             try:
                 for name, f, args, kwargs in jobs:
-                    fut = client.submit(f, *args, **kwargs, key=f"{key_prefix}-{name}-{stamp}", pure=False,
+                    fut = client.submit(_guarded, f, *args, **kwargs, key=f"{key_prefix}-{name}-{stamp}", pure=False,
                                         retries=retries)
                     futures[fut] = name
-                for fut in as_completed(futures, loop=client.loop):
-                    name = futures[fut]
-                    if fut.status == "finished":
-                        results[name] = fut.result()
-                    elif fut.status == "error":
-                        exc = fut.exception()
-                        tb = "".join(traceback.format_tb(fut.traceback()))[-2000:]
-                        failures[name] = {"tile": name, "error": describe_error(exc, limits | _memory_limits(client)),
-                                          "traceback": tb}
-                    else:
-                        failures[name] = {"tile": name, "error": "cancelled (worker lost or task cancelled)",
-                                          "traceback": ""}
-                    bar.update()
+                pending = set(futures)
+                alone_since = None  # when the cluster was last seen without a worker
+                while pending:
+                    try:
+                        done, pending = wait(pending, timeout=2.0, return_when="FIRST_COMPLETED")
+                    except TimeoutError:  # nothing finished in 2 s: look at the workers
+                        done = set()
+                    for fut in done:
+                        name = futures[fut]
+                        if fut.status == "finished":
+                            results[name] = fut.result()
+                        elif fut.status == "error":
+                            exc = fut.exception()
+                            tb = "".join(traceback.format_tb(fut.traceback()))[-2000:]
+                            limits |= _memory_limits(client)
+                            failures[name] = {"tile": name, "error": describe_error(exc, limits), "traceback": tb}
+                        else:
+                            failures[name] = {"tile": name, "error": "cancelled (worker lost or task cancelled)",
+                                              "traceback": ""}
+                        bar.update()
+                    if not pending or done:
+                        alone_since = None
+                        continue
+                    now_limits = _memory_limits(client)
+                    if _n_workers(client):
+                        limits |= now_limits
+                        alone_since = None
+                    elif alone_since is None:
+                        alone_since = time.monotonic()
+                    elif time.monotonic() - alone_since > grace:
+                        # Workers that die as they start (a memory limit below what a worker needs at rest)
+                        # never get to fail a task: without this, the command would wait for ever.
+                        client.cancel(list(pending), force=True)
+                        lim = ("; memory limit " + " / ".join(format_bytes(v) for v in sorted(limits)) + " per worker"
+                               if limits else "")
+                        for fut in pending:
+                            failures[futures[fut]] = {
+                                "tile": futures[fut], "traceback": "",
+                                "error": f"worker lost: no worker alive for {grace:.0f} s while the tile waited "
+                                         f"(workers killed as they start, e.g. at their memory limit){lim}"}
+                            bar.update()
+                        pending = set()
             except KeyboardInterrupt:
                 client.cancel(list(futures), force=True)
                 raise
     finally:
         bar.close()
+    for name in [n for n, r in results.items() if isinstance(r, TileFailed)]:
+        failures[name] = {"tile": name, "error": results.pop(name).message, "traceback": ""}
     order = {name: i for i, (name, *_rest) in enumerate(jobs)}
     return results, sorted(failures.values(), key=lambda r: order[r["tile"]])

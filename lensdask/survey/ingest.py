@@ -796,10 +796,13 @@ def ingest(
 
     results, failed = run_tiles(jobs, client=client, progress=progress, desc="ingest", key_prefix="ingest-tile")
     failed = [{"tile": t, "error": r, "traceback": ""} for t, r in problems.items() if t in names] + failed
+    failed.sort(key=lambda r: names.index(r["tile"]))
     report.tiles = [r if isinstance(r, dict) else {"tile": t, "rows": int(r)} for t, r in results.items()]
     report.failures = pd.DataFrame(failed, columns=FAILURE_COLUMNS)
     report.seconds = round(time.perf_counter() - t_start, 2)
     store = open_store(out, mode="r+")
+    for t in report.failures["tile"]:  # a failed tile is unwritten, even if a dying worker got to commit it
+        store.group["count"][names.index(t)] = -1
     summary = report.summary()
     store.group.attrs["provenance"] = {**store.provenance, "ingest": {
         k: v for k, v in summary.items() if k != "tiles_failed"} | {

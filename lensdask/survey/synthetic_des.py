@@ -107,7 +107,7 @@ def write_des_tile(
     y = rng.uniform(-0.4, size - 0.6, n_objects)
     ra, dec = wcs.all_pix2world(x, y, 0)
     star = rng.random(n_objects) < star_fraction
-    mag = np.where(star, rng.uniform(15.0, 24.0, n_objects), rng.uniform(18.0, 24.5, n_objects))
+    mag = np.where(star, rng.uniform(15.0, 24.0, n_objects), rng.uniform(19.0, 26.0, n_objects))
     r_e = np.where(star, 0.0, rng.lognormal(np.log(2.5), 0.4, n_objects))  # px
     q = rng.uniform(0.3, 1.0, n_objects)
     pa = rng.uniform(0, np.pi, n_objects)
@@ -125,7 +125,7 @@ def write_des_tile(
         sigma = NOISE.get(band, 5.0)
         sci = brng.standard_normal((size, size), dtype=np.float32) * np.float32(sigma)
         seeing = 1.0 / 0.263 / 2.355 * (1.1 - 0.05 * k)  # gaussian PSF sigma, px
-        flux = 10 ** (-0.4 * (mag + colour * (k - 1.5) - 30.0)) / 50.0
+        flux = 10 ** (-0.4 * (mag + colour * (k - 1.5) - 30.0))  # zero point 30, as DES coadds
         for i in range(n_objects):
             cx, cy = int(np.floor(x[i] + 0.5)), int(np.floor(y[i] + 0.5))
             dx, dy = xx - (x[i] - cx), yy - (y[i] - cy)
