@@ -141,9 +141,10 @@ def test_cli_cascade_search_tile_emit_and_refusals(tmp_path, models, capsys):
     one = pd.read_parquet(tmp_path / "batch" / "tiles" / f"{TILES[0]}.parquet")
     assert (one["stage"] == 2).sum() == int(np.ceil(0.25 * 30))
     assert main(["search", "--zarr", str(tmp_path / "s.zarr"), "--model", str(mdir), "--model", "default",
-                 "--prefilter", spec, "--out", str(tmp_path / "run"), "--emit-htcondor", str(tmp_path / "condor")]) == 0
+                 "--prefilter", spec, "--prefilter-threshold", "0.7", "--out", str(tmp_path / "run"),
+                 "--emit-htcondor", str(tmp_path / "condor")]) == 0
     sub = (tmp_path / "condor" / "search.sub").read_text()
-    assert sub.count("--model ") == 2 and f"--prefilter {pdir}:0.25" in sub and "--prefilter-threshold 0.5" in sub
+    assert sub.count("--model ") == 2 and f"--prefilter {pdir}:0.25" in sub and "--prefilter-threshold 0.7" in sub
     from lensdask.cli import build_parser
 
     args = sub.split('arguments = "', 1)[1].split('"', 1)[0].split()
