@@ -177,15 +177,15 @@ def dequantise(
     scale = np.asarray(scale, dtype=np.float32)
     zero = np.asarray(zero, dtype=np.float32)
     r = dither(keys, b, s * s, seed).reshape(q.shape)
-    np.copyto(out, q, casting="unsafe")  # int32 -> float32, exact below 2**24 steps
-    out -= r
+    # three passes over the pixels: q - r (int32 -> float32, exact below 2**24 steps), * scale, + offset
+    np.subtract(q, r, out=out, dtype=np.float32, casting="unsafe")
     out *= scale[..., None, None]
     out += (zero + np.float32(0.5) * scale)[..., None, None]
-    nan = q == NAN_CODE
     lossless = scale == 0
+    if q.min() == NAN_CODE:  # a reduction, no mask, for the usual stamp without NaN
+        nan = q == NAN_CODE
+        nan[lossless] = False
+        out[nan] = np.nan
     if lossless.any():
         out[lossless] = q[lossless].view(np.float32)
-        nan[lossless] = False
-    if nan.any():
-        out[nan] = np.nan
     return out
