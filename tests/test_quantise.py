@@ -216,3 +216,18 @@ def test_both_integer_codecs_store_the_same_integers(tmp_path, codec):
     assert disk_bytes(str(tmp_path / "s.zarr" / "images")) / 40 <= 5 * 1024
     with dask.config.set({"lensdask.store.quantise.codec": "gzip"}), pytest.raises(StoreWriteError, match="codec"):
         _store(tmp_path / "t.zarr")
+
+
+def test_decoded_rows_written_again_keep_their_values_bit_for_bit(tmp_path):
+    # copying rows between quantised stores (trainset add, convert) must not quantise them twice
+    x = _sky(30, seed=12)
+    x[:10] += 5000.0  # and on a sky that is not subtracted: the offset is a multiple of 1024 steps
+    a, b = _store(tmp_path / "a.zarr"), _store(tmp_path / "b.zarr", n_tiles=3)
+    a.write_tile(0, x, _rows(30, start=70))
+    y = open_store(tmp_path / "a.zarr").read_images(0)
+    b.write_tile(2, y[::-1], _rows(30, start=70)[::-1].reset_index(drop=True))  # other tile, other order
+    y2 = open_store(tmp_path / "b.zarr").read_images(2)[::-1]
+    np.testing.assert_array_equal(y2.view(np.int32), y.view(np.int32))
+    np.testing.assert_array_equal(b.group["scale"][2, :30][::-1], a.group["scale"][0, :30])
+    c, _ = convert(tmp_path / "a.zarr", tmp_path / "c.zarr")
+    np.testing.assert_array_equal(c.read_images(0).view(np.int32), y.view(np.int32))
