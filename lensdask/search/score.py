@@ -344,8 +344,9 @@ def score_models(
     audit_buf: list[tuple[np.ndarray, np.ndarray]] = []
     top = None
     if prefilter is not None:
-        n_total = rows_total if rows_total is not None else 0
-        top = _TopK(int(np.ceil(float(keep_fraction) * n_total)), prefilter_threshold)
+        # without the tile's row count nothing can be dropped before the end: hold every row
+        k = int(np.ceil(float(keep_fraction) * rows_total)) if rows_total is not None else 2**62
+        top = _TopK(k, prefilter_threshold)
     offset = 0
     for xs, bad, table, raw in batches:
         n = len(bad)
