@@ -1,9 +1,12 @@
 """One band of a coadd tile — science image, weight map, mask — read a strip of rows at a time.
 
-Images are opened, never read whole: plain FITS through memory maps, tile-compressed
-FITS (``.fits.fz``, fpack's Rice or gzip tiles, quantised and dithered floats) through
-astropy's ``section``, which decompresses only the compression tiles a strip overlaps.
-Pixel values equal those of ``hdu.data`` (``tests/test_ingest_des.py``).
+Images are opened, never read whole: astropy's ``section`` reads a strip of rows by
+seeking, in plain FITS and in tile-compressed FITS (``.fits.fz``: fpack's Rice or gzip
+tiles, quantised and dithered floats), where it decompresses only the compression tiles
+the strip overlaps. Pixel values equal those of ``hdu.data`` (``tests/test_ingest_des.py``).
+Files are opened without memory maps: the pages of a mapped file stay in the process's
+resident memory once read, and a Dask nanny counts them against the worker's limit (a
+full-size DES tile's four compressed files, 1.2 GB, would count whole).
 
 A pixel is **bad** when its mask has any of the configured bits set (or any bit, when
 no bits are given) or its weight is 0. A weight map must be an inverse variance: a
@@ -117,7 +120,7 @@ class BandPlanes:
                 if not os.path.exists(path):
                     raise TileError(f"{path} does not exist")
                 try:
-                    self._open[path] = fits.open(path, memmap=True, lazy_load_hdus=True)
+                    self._open[path] = fits.open(path, memmap=False, lazy_load_hdus=True)
                 except OSError as exc:
                     raise TileError(f"{path}: not a readable FITS file ({exc})") from None
             return _Plane(self._open[path], path, hdu_spec(h))
