@@ -125,6 +125,19 @@ def _read_fits_image(path, hdu=None):
     raise LensdaskError(f"{path}: no image HDU")
 
 
+def _read_header(path, hdu=None):
+    """The header of the first HDU with 2 or more axes (or of ``hdu``), without reading pixels."""
+    from astropy.io import fits
+
+    with fits.open(os.fspath(path), memmap=True) as hdul:
+        if hdu is not None:
+            return hdul[hdu].header.copy()
+        for h in hdul:
+            if h.header.get("NAXIS", 0) >= 2:
+                return h.header.copy()
+    raise LensdaskError(f"{path}: no image HDU")
+
+
 def _wcs(header):
     import warnings
 
