@@ -153,6 +153,13 @@ def test_bad_tiles_fail_alone_and_objects_outside_every_tile_are_counted(des_til
             hdus = [hl[0].copy(), hl["SCI"].copy(), hl["MSK"].copy(),
                     fits.CompImageHDU(np.ones((200, 300), np.float32), hl["WGT"].header, name="WGT")]
             fits.HDUList(hdus).writeto(tiles / f.name)
+    # DES0005-0001: a mask whose WCS puts the same sky elsewhere
+    shifted, _ = write_des_tile(tmp_path / "shifted", "DES0005-0001", size=300, n_objects=5, seed=10)
+    for b, f in shifted.items():
+        with fits.open(f) as hl:
+            msk = hl["MSK"].copy()
+            msk.header["CRPIX1"] += 3.0
+            fits.HDUList([hl[0].copy(), hl["SCI"].copy(), msk, hl["WGT"].copy()]).writeto(tiles / f.name)
     other = pd.DataFrame({"COADD_OBJECT_ID": [1, 2, 3], "RA": [40.0, 40.1, 40.2], "DEC": -30.0,
                           "TILENAME": "DES9999-9999"})
     small_cat = cat.iloc[:4].assign(TILENAME="DES0003-0001")
@@ -162,16 +169,17 @@ def test_bad_tiles_fail_alone_and_objects_outside_every_tile_are_counted(des_til
     out, err = capsys.readouterr()
     assert code == 1
     store = open_store(tmp_path / "m.zarr")
-    assert store.tiles == ["DES0001-0001", "DES0002-0001", "DES0003-0001", "DES0004-0001"]
-    assert store.counts.tolist() == [600, -1, -1, -1]
+    assert store.tiles == ["DES0001-0001", "DES0002-0001", "DES0003-0001", "DES0004-0001", "DES0005-0001"]
+    assert store.counts.tolist() == [600, -1, -1, -1, -1]
     assert "3 of 607 catalogue objects lie in no tile ingested (most in tiles DES9999-9999)" in out
     lines = [ln for ln in err.splitlines() if ln.startswith("  tile ")]
-    assert len(lines) == 3 and "Traceback" not in err
+    assert len(lines) == 4 and "Traceback" not in err
     assert "DES0002-0001: band z: no file matches" in lines[0]
     assert "DES0003-0001" in lines[1] and "weight map" in lines[1] and "300x200 px" in lines[1]
     assert "DES0004-0001: band g: 2 files match" in lines[2]
+    assert "DES0005-0001" in lines[3] and "mask" in lines[3] and "another WCS" in lines[3] and "3 px apart" in lines[3]
     failures = pd.read_parquet(tmp_path / "m.zarr.failures.parquet")
-    assert failures["tile"].tolist() == ["DES0002-0001", "DES0003-0001", "DES0004-0001"]
+    assert failures["tile"].tolist() == ["DES0002-0001", "DES0003-0001", "DES0004-0001", "DES0005-0001"]
 
 
 def test_a_worker_below_the_tiles_memory_is_a_failed_tile_not_a_traceback(des_tile, tmp_path, capsys):
