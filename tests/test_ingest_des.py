@@ -228,3 +228,23 @@ def test_mask_bits_and_des_tiles_are_checked_before_anything_starts(tmp_path, ca
                  "--mask-bits", "0"]) == 2
     with pytest.raises(LensdaskError, match="des_tiles or images"):
         ingest(tmp_path / "b.zarr", images="a_{band}.fits", des_tiles=tmp_path, catalog=pd.DataFrame())
+
+
+def test_tiles_waiting_on_a_cluster_without_workers_fail_instead_of_hanging(monkeypatch):
+    import threading
+    import time
+
+    from distributed import Client, LocalCluster
+
+    from lensdask import fanout
+
+    monkeypatch.setattr(fanout, "_no_worker_grace", lambda client: 1.0)
+    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="2GiB", dashboard_address="127.0.0.1:0",
+                      silence_logs=50) as cluster, Client(cluster) as client:
+        client.wait_for_workers(1)
+        threading.Timer(1.0, lambda: cluster.scale(0)).start()  # the worker goes, as one killed at start does
+        t0 = time.monotonic()
+        results, failures = fanout.run_tiles([("T1", time.sleep, (60,), {})], client=client, progress=False)
+    assert time.monotonic() - t0 < 30 and not results
+    assert failures[0]["tile"] == "T1" and failures[0]["error"].startswith("worker lost: no worker alive for 1 s")
+    assert "memory limit 2.00 GiB" in failures[0]["error"]
