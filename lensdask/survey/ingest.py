@@ -6,9 +6,15 @@ Two kinds of input:
   object catalogue (FITS, CSV or Parquet with an id, ``ra``, ``dec`` in degrees).
   Each object's stamp is cut in every band around the pixel its sky position
   falls on *in that band's WCS*. Stamps reaching past the image edge are padded
-  with NaN and flagged :data:`~lensdask.store.FLAG_EDGE`; pixels masked by a
-  data-quality plane (non-zero) or a weight map (zero) are filled (config
-  ``ingest.mask_fill``) and flagged :data:`~lensdask.store.FLAG_MASKED`.
+  with NaN and flagged :data:`~lensdask.store.FLAG_EDGE`; bad pixels — mask bits
+  set (``mask_bits``, default any) or weight 0 — are filled (config
+  ``ingest.mask_fill``) and flagged :data:`~lensdask.store.FLAG_MASKED`. Images,
+  weights and masks may share files with one HDU each (DES coadds: SCI, WGT, MSK;
+  :mod:`lensdask.survey.des_tiles`). A tile is read band by band in strips of
+  rows (:mod:`lensdask.survey.planes`) and written block by block
+  (:mod:`lensdask.tilewriter`), so a worker's memory is a block of stamps, not the
+  tile; a tile whose input is bad, or whose worker dies, fails alone
+  (:mod:`lensdask.fanout`).
 * **Cutout cubes**: per-band FITS cubes (n, H, W), or ``.npy`` (n, bands, H, W) /
   ``.npz`` arrays, with an optional table of ``object_id``, ``ra``, ``dec``, ``label``;
   stamps larger than the store's are cropped around the centre.
