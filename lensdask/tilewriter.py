@@ -56,8 +56,9 @@ class _ShardStream:
         self.key = f"{array._async_array.store_path.path}/{meta.encode_chunk_key((tile, 0, 0, 0, 0))}"
         self.at_start = codec.index_location.value == "start"
         self.index_size = codec._shard_index_size(self.chunks_per_shard) if self.at_start else 0
-        root = getattr(self.store, "root", None)
-        self.path = pathlib.Path(root) / self.key if root is not None and type(self.store).__name__ == "LocalStore" else None
+        from zarr.storage import LocalStore
+
+        self.path = pathlib.Path(self.store.root) / self.key if isinstance(self.store, LocalStore) else None
         self.parts: list[bytes] = []
         self.offset = self.index_size
         self.n_chunks = 0
@@ -72,7 +73,10 @@ class _ShardStream:
         from zarr.core.sync import sync
 
         fill = self.fill
-        empty = np.isnan(chunk).all() if np.issubdtype(self.dtype, np.floating) and np.isnan(fill) else (chunk == fill).all()
+        if np.issubdtype(self.dtype, np.floating) and np.isnan(fill):
+            empty = np.isnan(chunk).all()
+        else:
+            empty = (chunk == fill).all()
         if empty:
             return None  # Zarr keeps no chunk that equals the fill value (write_empty_chunks=False)
         nd = default_buffer_prototype().nd_buffer.from_numpy_array(chunk)
