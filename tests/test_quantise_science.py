@@ -85,6 +85,10 @@ def _read_all(store):
 def test_mock_survey_scores_move_only_as_much_as_the_noise_added(survey, default_model):
     f32, q, truth = survey
     model, card = default_model
+    from lensdask.storeadmin import store_info
+
+    info = store_info(q.url)  # the demo's kind of store: at most 5 KiB per cutout on disk, all included
+    assert info["bytes_per_cutout"] <= 5 * 1024 < store_info(f32.url)["bytes_per_cutout"] / 5
     x, y = _read_all(f32), _read_all(q)
     a = _lens_scores(model, card, x)
     d_q, d_g = _check_like_noise(x, y, a, model, card)
