@@ -190,3 +190,17 @@ def test_gallery_and_cli(real, tmp_path):
     assert (cat.loc[cat["label"] == 1, "arc_snr_g"] >= 25).all()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     assert main(["simulate", "--out", str(tmp_path / "u.zarr"), "--n", "2", "--backgrounds", str(tmp_path / "no")]) == 2
+
+
+def test_backgrounds_from_a_store_equal_the_cubes(real, tmp_path):
+    """A cutout store of real galaxies serves as backgrounds like the FITS cubes it was made from."""
+    from lensdask.store import create_store
+
+    cubes = load_backgrounds(real["bg"], tuple("griz"), 0.263, 45, rows=(0, 1, 2))
+    images = np.asarray(cubes.images, dtype=np.float32)
+    s = create_store(tmp_path / "bg.zarr", tiles=["real"], capacity=len(images), bands=list("griz"),
+                     pixel_scale=0.263, stamp=45, quantise_step=0)
+    s.write_tile(0, images, pd.DataFrame({"object_id": np.arange(len(images)), "ra": 0.0, "dec": 0.0}))
+    from_store = load_backgrounds(str(tmp_path / "bg.zarr"), tuple("griz"), 0.263, 45)
+    assert len(from_store) == len(images)
+    np.testing.assert_array_equal(np.asarray(from_store.images, dtype=np.float32), images)

@@ -228,7 +228,7 @@ def _backgrounds_from_store(url, bands, pixel_scale, stamp):
                          f"needs {pixel_scale}\"/px")
     imgs, sig = [], []
     lens = s.classes.index("lens") if "lens" in s.classes else None
-    for t in s.written_tiles:
+    for t in s.written_tiles():
         tile = s.read_tile(t)
         keep = np.ones(len(tile.table), bool) if lens is None else tile.table["label"].to_numpy() != lens
         imgs.append(tile.images[keep])
