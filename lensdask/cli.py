@@ -405,7 +405,7 @@ def _cmd_emit_htcondor(a) -> int:
                         None if pre is None else (pre[1]["model_id"], pre[2], pthr))
     run_dir = os.path.abspath(a.out)
     names = store.tiles
-    tiles = [(t, n) for t in store.written_tiles() for n in [names[t]]]
+    tiles = [(t, names[t]) for t in store.written_tiles()]
     if a.resume:
         tiles = [(t, n) for t, n in tiles if (tile_done(run_dir, n) or {}).get("model_id") != sig]
     spec = str(a.cluster) if str(a.cluster).startswith("htcondor") else "htcondor"
