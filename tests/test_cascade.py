@@ -38,6 +38,23 @@ def test_top_k_kept_while_streaming_equals_top_k_of_the_whole_tile():
     np.testing.assert_array_equal(images[:, 0], idx)  # the pixels travel with their rows
 
 
+def test_score_models_without_the_row_count_gives_the_same_rows(tmp_path, models):
+    from lensdask.model.checkpoint import load_checkpoint
+    from lensdask.search.score import prepare_inputs, score_models
+
+    s = _survey(tmp_path / "s.zarr")
+    main, pre = (load_checkpoint(m) for m in models)
+
+    def batches():
+        for images, table in s.iter_batches(8, tiles=[0]):
+            yield prepare_inputs(images, table, [pre[1]], keep_raw=True)
+
+    kw = dict(prefilter=pre, keep_fraction=0.2, prefilter_threshold=1.0)
+    known, _ = score_models(batches(), [main], rows_total=30, **kw)
+    counted, stats = score_models(batches(), [main], rows_total=None, **kw)
+    pd.testing.assert_frame_equal(known, counted)
+    assert stats["prefilter"]["top_k"] == 6 and (counted["stage"] == 2).sum() == 6
+
 def test_cascade_passes_the_top_fraction_and_scores_them_as_the_main_model_alone(tmp_path, models):
     main, pre = models
     _survey(tmp_path / "s.zarr", nan_row=3)
