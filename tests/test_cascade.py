@@ -186,3 +186,21 @@ def test_cascade_benchmark_runs_on_a_tiny_survey(tmp_path):
     assert res["cost_ratio"] > 0 and res["lenses_lost"] == res["audit"]["dropped_main_would_keep"]
     assert set(res["auroc"]) >= {"ensemble_mean", "ensemble_rank"}
     assert json.loads((tmp_path / "r.json").read_text())["keep_fraction"] == 0.2
+
+
+def test_cli_cascade_search_prints_both_stages_and_the_audit(tmp_path, models, client, capsys):
+    from lensdask.cli import main
+
+    mdir, pdir = models
+    _survey(tmp_path / "s.zarr")
+    truth = pd.DataFrame({"object_id": np.arange(1000, 1073), "is_lens": np.arange(73) % 4 == 0})
+    truth.to_parquet(tmp_path / "truth.parquet")
+    code = main(["search", "--zarr", str(tmp_path / "s.zarr"), "--model", str(mdir), "--prefilter", f"{pdir}:0.2",
+                 "--prefilter-threshold", "1", "--truth", str(tmp_path / "truth.parquet"), "--out", str(tmp_path / "run"),
+                 "--cluster", client.scheduler.address, "--no-crossmatch", "--no-report"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "scored 73 cutouts, the main model(s) 15 (top 0.2 of each tile" in out
+    assert "audit against the truth: 19 injected lenses, 14 stopped by the prefilter" in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stages"] == {"prefilter": 73, "main": 15} and summary["audit"]["lenses"] == 19
