@@ -9,6 +9,7 @@ The public API, one function per CLI command::
     evaluate(model, data)               AUROC, TPR0, TPR10, TPR at FPR 1e-3
     inject(model, cutouts)              arcs painted on real cutouts: completeness and false-positive rate
     search(zarr, model, out)            one Dask task per tile -> candidates.parquet
+                                        (model=[a, b]: an ensemble; prefilter=(m, 0.1): a cascade)
     demo(out)                           mock survey -> search -> scored against the truth
     create_store / open_store           the Zarr v3 cutout store
     store_info(zarr) / convert(src, dst) describe a store (`lensdask info`); rewrite one (`lensdask convert`)

@@ -3,8 +3,11 @@
 Pure compute: no Dask, no file opening. :mod:`lensdask.search.run` wires it to tiles.
 
 The work per batch is split in two so that a reader thread can do the first half
-while the model runs the second: :func:`prepare_batch` (non-finite check and
-normalisation, numpy, releases the GIL) and :func:`lensdask.model.infer.forward_proba` (the model).
+while the model runs the second: :func:`prepare_batch` / :func:`prepare_inputs` (non-finite
+check and normalisation, numpy, releases the GIL) and :func:`lensdask.model.infer.forward_proba`
+(the model). :func:`score_models` scores a tile's stream with one model, an ensemble
+(:func:`combine_scores`, one ``score_<id>`` column each: :func:`model_column`), or a prefilter
+that passes the top fraction of the tile to them (a cascade).
 """
 
 from __future__ import annotations
