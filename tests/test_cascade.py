@@ -204,3 +204,13 @@ def test_cli_cascade_search_prints_both_stages_and_the_audit(tmp_path, models, c
     assert "audit against the truth: 19 injected lenses, 14 stopped by the prefilter" in out
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["stages"] == {"prefilter": 73, "main": 15} and summary["audit"]["lenses"] == 19
+
+
+def test_a_truth_table_without_a_prefilter_is_refused(tmp_path, models):
+    from lensdask.errors import LensdaskError
+
+    _survey(tmp_path / "s.zarr")
+    with pytest.raises(LensdaskError, match="prefilter"):
+        search(tmp_path / "s.zarr", models[0], tmp_path / "run", truth=pd.DataFrame({"object_id": [1], "is_lens": [True]}),
+               progress=False, client=None)
+    assert not (tmp_path / "run").exists()

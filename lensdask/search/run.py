@@ -669,12 +669,14 @@ def search(
     if prefilter is not None:
         prefilter_threshold = fraction(config.get("search.prefilter.threshold", prefilter_threshold),
                                        "prefilter threshold")
+    elif truth is not None:
+        raise LensdaskError("a truth table audits a cascade: give it with prefilter=(MODEL, FRACTION)")
     zarr = os.fspath(zarr)
     store = open_store(zarr)
     main, pre = check_models(store, model, prefilter)
     model_dir, card = main[0]
     ids = [c["model_id"] for _, c in main]
-    audit = truth_lens_ids(truth) if truth is not None and pre is not None else None
+    audit = truth_lens_ids(truth) if truth is not None else None
     signature = run_signature(ids, combine, None if pre is None else (pre[1]["model_id"], pre[2], prefilter_threshold),
                               audit=audit is not None)
     run_dir = pathlib.Path(out)
