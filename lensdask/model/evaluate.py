@@ -109,7 +109,7 @@ def evaluate(
             raise LensdaskError(f"unknown ensemble combination {combine!r}; use one of {', '.join(COMBINE)}")
         dirs = [d for d, _ in check_models(store, models)[0]]
     else:
-        dirs = [resolve_model_dir(models[0])]
+        dirs = [resolve_model_dir(None if models[0] == "default" else models[0])]  # as search takes it
     nets = []
     for d in dirs:
         net, card = load_checkpoint(d, device=dev)
