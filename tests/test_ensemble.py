@@ -43,7 +43,10 @@ def test_combine_mean_and_rank():
 
 
 def test_ensemble_reads_each_tile_once_and_keeps_every_models_score(tmp_path, models, monkeypatch):
+    from lensdask.search import run
     from lensdask.store import CutoutStore
+
+    monkeypatch.setattr(run, "current_client", lambda: None)  # in this process, even beside the session cluster
 
     _survey(tmp_path / "s.zarr", nan_row=3)
     a, b = models
