@@ -14,6 +14,7 @@ from . import config
 from .model.checkpoint import CARD, resolve_model_dir
 from .model.metrics import binary_metrics
 from .search import search
+from .storeadmin import store_info
 from .survey import mock_survey
 
 
@@ -160,6 +161,7 @@ def demo(
         "survey": {"tiles": tiles, "per_tile": per_tile, "lens_fraction": lens_fraction, "seed": seed},
         "model_id": result.summary["model_id"],
         "search_seconds": result.summary["seconds"],
+        "store": _store_size(out / "des.zarr"),
         **score_against_truth(result.scores(), truth, threshold, top_n),
     }
     truth_class = truth["truth_class"]
@@ -173,6 +175,14 @@ def demo(
     return summary
 
 
+def _store_size(url) -> dict:
+    """How the mock survey's pixels are stored and what a cutout costs on disk (bytes)."""
+    info = store_info(url)
+    enc = info["encoding"]
+    return {"bytes_per_cutout": info["bytes_per_cutout"], "pixels": enc.get("pixels", "float"),
+            "step": enc.get("step"), "rms_error": enc.get("rms_error"), "codec": enc.get("codec")}
+
+
 def format_summary(summary: dict) -> str:
     """The demo summary as a few human-readable lines."""
     s = summary
@@ -180,6 +190,7 @@ def format_summary(summary: dict) -> str:
         [
             f"Mock survey: {s['survey']['tiles']} tiles x {s['survey']['per_tile']} cutouts, "
             f"{s['injected']} injected lenses ({s['survey']['lens_fraction']:.1%})",
+            _store_line(s.get("store")),
             f"Model: {s['model_id']}  (search took {s['search_seconds']:.1f} s)",
             f"AUROC {s['auroc']:.4f}   TPR0 {s['tpr0']:.3f}   TPR10 {s['tpr10']:.3f}",
             f"Top {s['top_n']}: {s['found_in_top_n']} of {s['injected']} injected lenses",
@@ -190,6 +201,14 @@ def format_summary(summary: dict) -> str:
             _real_line(s.get("real_galaxies")),
         ]
     )
+
+
+def _store_line(st: dict | None) -> str:
+    if not st or st.get("bytes_per_cutout") is None:
+        return "Store: size unknown"
+    how = (f"quantised on {st['step']:g} sigma steps ({st['rms_error']:.3f} sigma rms), {st['codec']}"
+           if st["pixels"] == "quantised" else f"lossless, {st['codec']}")
+    return f"Store: {st['bytes_per_cutout'] / 1024:.2f} KiB per cutout on disk ({how})"
 
 
 def _real_line(r: dict | None) -> str:

@@ -27,6 +27,10 @@ def test_demo_scores_the_mock_survey_and_the_heldout_real_galaxies(tmp_path, cli
     assert lo <= real["fpr"] <= hi
     text = format_summary(s)
     assert "Real DES galaxies never trained on" in text and "Look-alikes" in text
+    # the survey is stored quantised by default, at a few KiB per cutout (float32 would be ~29 KiB)
+    st = s["store"]
+    assert st["pixels"] == "quantised" and st["rms_error"] <= 0.1 and 1024 < st["bytes_per_cutout"] < 8 * 1024
+    assert "KiB per cutout on disk (quantised" in text
     assert json.loads((tmp_path / "d" / "summary.json").read_text())["real_galaxies"]["rows"] == heldout
 
 
