@@ -1,4 +1,4 @@
-"""Store size and read speed: quantised (Rice) against float32 (Blosc lz4) on one mock survey.
+"""Store size and read speed: quantised (Pcodec) against float32 (Blosc lz4) on one mock survey.
 
 Prints, for the same cutouts in both encodings,
   * bytes on disk per cutout (the pixels, and the whole store),
@@ -8,7 +8,9 @@ Prints, for the same cutouts in both encodings,
     that times 8,
   * the end-to-end CPU search in this process (read, normalise, default model, per-tile write),
     with torch on every core and with one core left to the reader thread (as in a Dask worker),
-    and the ratio quantised / float32.
+    and the ratio quantised / float32; both from the page cache (the store read just before) and,
+    where this process may drop the page cache (root on Linux), from disk: a survey search reads
+    every tile once, from a store far larger than memory, so the cold read is the survey's case.
 The machine may be shared and noisy: each speed is the best of ``--repeat`` interleaved runs. Run:
 
     python benchmarks/bench_store.py                     # 4 tiles x 500 cutouts, the mock survey's defaults
@@ -41,9 +43,27 @@ def read_rate(store, batch: int, normalise_too: bool) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def search_seconds(url: str, out: str) -> float:
+DROP_CACHES = "/proc/sys/vm/drop_caches"
+
+
+def can_drop_caches() -> bool:
+    """Whether this process may empty the kernel's page cache (root on Linux)."""
+    return os.access(DROP_CACHES, os.W_OK)
+
+
+def drop_caches() -> None:
+    """Write dirty pages back and empty the page cache, so the next read comes from disk."""
+    os.sync()
+    with open(DROP_CACHES, "w") as fh:
+        fh.write("3\n")
+
+
+def search_seconds(url: str, out: str, cold: bool = False) -> float:
+    """Seconds of one end-to-end search in this process; ``cold``: the page cache emptied first."""
     from lensdask.search import search
 
+    if cold:
+        drop_caches()
     t0 = time.perf_counter()
     search(url, None, out, progress=False, client=None, crossmatch=False, report=False)
     return time.perf_counter() - t0
@@ -105,13 +125,18 @@ def main() -> None:
         print(f"{name:31s} {best[k + '-dec']:10.0f} {best[k + '-norm']:17.0f} {8 * best[k + '-norm']:10.0f}")
 
     cores = os.cpu_count() or 1
-    for threads, what in [(cores, "torch on every core, reading between forward passes"),
-                          (max(1, cores - 1), "torch leaving a core to the reader thread, as in a Dask worker")]:
+    cases = [(cores, False, "torch on every core, reading between forward passes; page cache"),
+             (max(1, cores - 1), False, "torch leaving a core to the reader thread, as in a Dask worker; page cache")]
+    if can_drop_caches():
+        cases.append((max(1, cores - 1), True, "as in a Dask worker; page cache emptied before each run: from disk"))
+    else:
+        print("\n(not root: the search from disk, with the page cache emptied, is not measured)")
+    for threads, cold, what in cases:
         torch.set_num_threads(threads)
         secs = {"f": [], "q": []}
         for i in range(a.repeat):  # interleaved, so that the load of a shared machine hits both alike
-            secs["f"].append(search_seconds(f_url, os.path.join(work, f"run-f{threads}-{i}")))
-            secs["q"].append(search_seconds(q_url, os.path.join(work, f"run-q{threads}-{i}")))
+            secs["f"].append(search_seconds(f_url, os.path.join(work, f"run-f{threads}{cold:d}-{i}"), cold))
+            secs["q"].append(search_seconds(q_url, os.path.join(work, f"run-q{threads}{cold:d}-{i}"), cold))
         bf, bq = min(secs["f"]), min(secs["q"])
         mf, mq = float(np.median(secs["f"])), float(np.median(secs["q"]))
         print(f"\nsearch in this process, default model, torch {threads} thread(s) ({what}), best of {a.repeat}:")
