@@ -247,13 +247,7 @@ class CutoutStore:
                 )
 
         g = self.group
-        rows = {}
-        for name, (dtype, fill) in ROW_COLUMNS.items():
-            row = np.full(self.capacity, fill, dtype=dtype)
-            if name in table.columns:
-                row[:n] = table[name].to_numpy(dtype=dtype)
-            rows[name] = row
-        rows["flags"] &= ~np.int32(FLAG_LOSSLESS)  # this store's own encoding decides that bit
+        rows = self.row_arrays(table)
         if self.quantised:
             enc = self.encoding
             q, scale, zero = quantise(
@@ -270,6 +264,31 @@ class CutoutStore:
                 g[name][t] = full
         elif n:
             g["images"][t, :n] = images.astype(g["images"].dtype, copy=False)
+        return self.commit_rows(t, rows, table)
+
+    def row_arrays(self, table: pd.DataFrame) -> dict[str, np.ndarray]:
+        """The per-row arrays of a tile holding ``table``'s rows, each ``capacity`` long.
+
+        Rows past ``len(table)`` hold the fill values. The ``FLAG_LOSSLESS`` bit is
+        cleared: this store's own encoding sets it, never a copied table.
+        """
+        n = len(table)
+        rows = {}
+        for name, (dtype, fill) in ROW_COLUMNS.items():
+            row = np.full(self.capacity, fill, dtype=dtype)
+            if name in table.columns:
+                row[:n] = table[name].to_numpy(dtype=dtype)
+            rows[name] = row
+        rows["flags"] &= ~np.int32(FLAG_LOSSLESS)
+        return rows
+
+    def commit_rows(self, t: int, rows: dict[str, np.ndarray], table: pd.DataFrame) -> int:
+        """Write a tile's per-row arrays and ``params``, then its ``count`` (the commit mark).
+
+        Call after the tile's pixels are written. Returns the number of rows, ``len(table)``.
+        """
+        n = len(table)
+        g = self.group
         for name, row in rows.items():
             g[name][t] = row
         for p in self.params:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import StoreWriteError
-from .store import PARAM_DTYPE, ROW_COLUMNS, CutoutStore
+from .store import CutoutStore
 
 
 class _ShardStream:
@@ -225,18 +225,6 @@ def write_tile_streamed(store: CutoutStore, tile: int | str, table: pd.DataFrame
     if quantised:
         g["scale"][t] = scale_all
         g["zero"][t] = zero_all
-    for name, (dtype, fill) in ROW_COLUMNS.items():
-        row = np.full(store.capacity, fill, dtype=dtype)
-        if name in table.columns:
-            row[:n] = table[name].to_numpy(dtype=dtype)
-        if name == "flags":
-            row &= ~np.int32(FLAG_LOSSLESS)  # the store's own encoding decides that bit
-            row[:n] |= np.where(lossless, FLAG_LOSSLESS, 0).astype(np.int32)
-        g[name][t] = row
-    for p in store.params:
-        row = np.full(store.capacity, np.nan, dtype=PARAM_DTYPE)
-        if p in table.columns:
-            row[:n] = table[p].to_numpy(dtype=PARAM_DTYPE, na_value=np.nan)
-        g[f"params/{p}"][t] = row
-    g["count"][t] = n
-    return n
+    rows = store.row_arrays(table)
+    rows["flags"][:n] |= np.where(lossless, FLAG_LOSSLESS, 0).astype(np.int32)
+    return store.commit_rows(t, rows, table)
