@@ -13,28 +13,15 @@ from lensdask.review.labels import add_labels, consensus, label_conflicts, read_
 from lensdask.review.swap import read_classifications, swap
 from lensdask.review.trainset import trainset_add
 from lensdask.review.zooniverse import export_zooniverse
-from lensdask.search import search
 from lensdask.store import create_store, open_store
 
-TILES = ["DES0330-3040", "DES0333-3040"]
+from conftest import GALAXY_TILES as TILES
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, random_model):
+def run(galaxy_run):
     """A small survey store of noisy galaxies and a finished search run over it."""
-    tmp = tmp_path_factory.mktemp("review")
-    rng = np.random.default_rng(5)
-    s = create_store(tmp / "des.zarr", tiles=TILES, capacity=24, bands="griz", pixel_scale=0.263, stamp=45)
-    y, x = np.mgrid[:45, :45] - 22
-    for t in range(2):
-        n = 20
-        flux = rng.uniform(1, 5, size=(n, 4, 1, 1)) * np.array([0.3, 0.6, 1.0, 1.2])[None, :, None, None]
-        img = rng.normal(0, 0.05, (n, 4, 45, 45)) + flux * np.exp(-(x**2 + y**2) / 18.0)
-        s.write_tile(t, img.astype("float32"), pd.DataFrame(
-            {"object_id": 5000 + 100 * t + np.arange(n), "ra": 52.5 + rng.uniform(0, .7, n),
-             "dec": -30.6 + rng.uniform(0, .7, n), "label": -np.ones(n, int)}))
-    search(tmp / "des.zarr", random_model, tmp / "run", threshold=0.0, floor=0.0, progress=False)
-    return tmp
+    return galaxy_run("review", per_tile=20, seed=5, first_id=5000)
 
 
 def test_colour_composite_is_rgb_and_unit_free():

@@ -20,28 +20,15 @@ import pytest
 from lensdask.errors import LensdaskError
 from lensdask.review.app import ReviewServer, ReviewState
 from lensdask.review.labels import read_labels
-from lensdask.search import search
 from lensdask.store import create_store
 
-TILES = ["DES0330-3040", "DES0333-3040"]
+from conftest import GALAXY_TILES as TILES
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, random_model):
+def run(galaxy_run):
     """A survey store of 60 noisy galaxies and a search run over it (every row a candidate)."""
-    tmp = tmp_path_factory.mktemp("app")
-    rng = np.random.default_rng(8)
-    s = create_store(tmp / "des.zarr", tiles=TILES, capacity=32, bands="griz", pixel_scale=0.263, stamp=45)
-    y, x = np.mgrid[:45, :45] - 22
-    for t in range(2):
-        n = 30
-        flux = rng.uniform(1, 5, size=(n, 4, 1, 1)) * np.array([0.3, 0.6, 1.0, 1.2])[None, :, None, None]
-        img = rng.normal(0, 0.05, (n, 4, 45, 45)) + flux * np.exp(-(x**2 + y**2) / 18.0)
-        s.write_tile(t, img.astype("float32"), pd.DataFrame(
-            {"object_id": 7000 + 100 * t + np.arange(n), "ra": 52.5 + rng.uniform(0, .7, n),
-             "dec": -30.6 + rng.uniform(0, .7, n), "label": -np.ones(n, int)}))
-    search(tmp / "des.zarr", random_model, tmp / "run", threshold=0.0, floor=0.0, progress=False)
-    return tmp
+    return galaxy_run("app", per_tile=30, seed=8, first_id=7000)
 
 
 def _request(port, method, path, body=None, headers=None, host=None):
