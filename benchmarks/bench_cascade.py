@@ -56,7 +56,6 @@ def _found(scores, truth, threshold: float) -> set:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import numpy as np
     import pandas as pd
     import torch
 

@@ -129,7 +129,7 @@ def test_the_science_plane_given_as_weights_and_masks_is_refused_naming_file_and
             "--hdu", "SCI"]
     assert main(base + ["--weights", pattern]) == 2
     err = capsys.readouterr().err
-    assert f"_g.fits.fz[SCI]" in err and "negative" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert "_g.fits.fz[SCI]" in err and "negative" in err and "Traceback" not in err and len(err.splitlines()) == 1
     assert main(base + ["--masks", pattern]) == 2
     err = capsys.readouterr().err
     assert "[SCI]" in err and "floating-point" in err

@@ -28,7 +28,6 @@ import threading
 import urllib.parse
 
 import numpy as np
-import pandas as pd
 
 from .. import config
 from ..errors import LensdaskError
