@@ -30,10 +30,61 @@ from zarr.core.common import parse_named_configuration
 from zarr.registry import register_codec
 
 CODEC_NAME = "lensdask.rice"
+PCODEC_NAME = "lensdask.pcodec"
+
+
+class _Int32EntropyCodec(ArrayBytesCodec):
+    """What both coders share: int32 chunks only, one option, coding off the event loop.
+
+    A subclass names itself (``codec_name``), its one integer option (``option``) and
+    codes a C-ordered int32 chunk in :meth:`encode_array` / :meth:`decode_array`.
+    """
+
+    is_fixed_size = False
+    codec_name: str = ""
+    option: str = ""
+
+    @classmethod
+    def from_dict(cls, data):
+        _, conf = parse_named_configuration(data, cls.codec_name, require_configuration=False)
+        return cls(**(conf or {}))
+
+    def to_dict(self):
+        return {"name": self.codec_name, "configuration": {self.option: getattr(self, self.option)}}
+
+    def validate(self, *, shape, dtype, chunk_grid) -> None:
+        native = dtype.to_native_dtype()
+        if np.dtype(native) != np.dtype("int32"):
+            raise TypeError(f"{self.codec_name} codes int32 arrays, not {native}")
+
+    def encode_array(self, arr: np.ndarray) -> bytes:
+        raise NotImplementedError
+
+    def decode_array(self, data: np.ndarray, shape: tuple) -> np.ndarray:
+        raise NotImplementedError
+
+    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec) -> NDBuffer:
+        shape = tuple(chunk_spec.shape)
+        arr = self.decode_array(chunk_bytes.as_numpy_array(), shape)
+        return chunk_spec.prototype.nd_buffer.from_ndarray_like(np.asarray(arr).reshape(shape))
+
+    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec) -> NDBuffer:
+        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)  # as zarr's Blosc: chunks in parallel
+
+    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec) -> Buffer | None:
+        arr = np.ascontiguousarray(chunk_array.as_numpy_array(), dtype=np.int32)
+        return chunk_spec.prototype.buffer.from_bytes(self.encode_array(arr))
+
+    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec) -> Buffer | None:
+        return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
+
+    def compute_encoded_size(self, input_byte_length: int, _chunk_spec) -> int:
+        # the coded size depends on the data; zarr's own Blosc and Zstd codecs answer the same way
+        raise NotImplementedError(f"{self.codec_name} output has no fixed size")
 
 
 @dataclass(frozen=True)
-class RiceCodec(ArrayBytesCodec):
+class RiceCodec(_Int32EntropyCodec):
     """Rice coding of int32 chunks.
 
     Parameters
@@ -42,7 +93,8 @@ class RiceCodec(ArrayBytesCodec):
         Pixels per block sharing one code length (fpack's default is 32).
     """
 
-    is_fixed_size = False
+    codec_name = CODEC_NAME
+    option = "nblock"
     nblock: int = 32
 
     def __init__(self, *, nblock: int = 32) -> None:
@@ -51,50 +103,19 @@ class RiceCodec(ArrayBytesCodec):
             raise ValueError(f"{CODEC_NAME}: nblock must be >= 1, got {nblock}")
         object.__setattr__(self, "nblock", nblock)
 
-    @classmethod
-    def from_dict(cls, data):
-        _, conf = parse_named_configuration(data, CODEC_NAME, require_configuration=False)
-        return cls(**(conf or {}))
-
-    def to_dict(self):
-        return {"name": CODEC_NAME, "configuration": {"nblock": self.nblock}}
-
-    def validate(self, *, shape, dtype, chunk_grid) -> None:
-        native = dtype.to_native_dtype()
-        if np.dtype(native) != np.dtype("int32"):
-            raise TypeError(f"{CODEC_NAME} codes int32 arrays, not {native}")
-
-    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec) -> NDBuffer:
+    def encode_array(self, arr: np.ndarray) -> bytes:
         import imagecodecs
 
-        data = chunk_bytes.as_numpy_array()
-        arr = imagecodecs.rcomp_decode(data, shape=tuple(chunk_spec.shape), dtype=np.int32, nblock=self.nblock)
-        return chunk_spec.prototype.nd_buffer.from_ndarray_like(np.asarray(arr).reshape(chunk_spec.shape))
+        return imagecodecs.rcomp_encode(arr, nblock=self.nblock)
 
-    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec) -> NDBuffer:
-        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)  # as zarr's Blosc: chunks in parallel
-
-    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec) -> Buffer | None:
+    def decode_array(self, data: np.ndarray, shape: tuple) -> np.ndarray:
         import imagecodecs
 
-        arr = np.ascontiguousarray(chunk_array.as_numpy_array(), dtype=np.int32)
-        encoded = imagecodecs.rcomp_encode(arr, nblock=self.nblock)
-        return chunk_spec.prototype.buffer.from_bytes(encoded)
-
-    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec) -> Buffer | None:
-        return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
-
-    def compute_encoded_size(self, input_byte_length: int, _chunk_spec) -> int:
-        raise NotImplementedError(f"{CODEC_NAME} output has no fixed size")
-
-
-register_codec(CODEC_NAME, RiceCodec)
-
-PCODEC_NAME = "lensdask.pcodec"
+        return imagecodecs.rcomp_decode(data, shape=shape, dtype=np.int32, nblock=self.nblock)
 
 
 @dataclass(frozen=True)
-class PcodecCodec(ArrayBytesCodec):
+class PcodecCodec(_Int32EntropyCodec):
     """Pcodec (pco) coding of int32 chunks.
 
     Parameters
@@ -103,7 +124,8 @@ class PcodecCodec(ArrayBytesCodec):
         Compression level, 0-12 (pco's default 8: more is slower to write, not to read).
     """
 
-    is_fixed_size = False
+    codec_name = PCODEC_NAME
+    option = "level"
     level: int = 8
 
     def __init__(self, *, level: int = 8) -> None:
@@ -112,41 +134,18 @@ class PcodecCodec(ArrayBytesCodec):
             raise ValueError(f"{PCODEC_NAME}: level must be in 0..12, got {level}")
         object.__setattr__(self, "level", level)
 
-    @classmethod
-    def from_dict(cls, data):
-        _, conf = parse_named_configuration(data, PCODEC_NAME, require_configuration=False)
-        return cls(**(conf or {}))
-
-    def to_dict(self):
-        return {"name": PCODEC_NAME, "configuration": {"level": self.level}}
-
-    def validate(self, *, shape, dtype, chunk_grid) -> None:
-        native = dtype.to_native_dtype()
-        if np.dtype(native) != np.dtype("int32"):
-            raise TypeError(f"{PCODEC_NAME} codes int32 arrays, not {native}")
-
-    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec) -> NDBuffer:
+    def encode_array(self, arr: np.ndarray) -> bytes:
         import imagecodecs
 
-        arr = imagecodecs.pcodec_decode(chunk_bytes.as_numpy_array(), shape=tuple(chunk_spec.shape), dtype=np.int32)
-        return chunk_spec.prototype.nd_buffer.from_ndarray_like(np.asarray(arr).reshape(chunk_spec.shape))
+        return imagecodecs.pcodec_encode(arr, level=self.level)
 
-    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec) -> NDBuffer:
-        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)  # as zarr's Blosc: chunks in parallel
-
-    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec) -> Buffer | None:
+    def decode_array(self, data: np.ndarray, shape: tuple) -> np.ndarray:
         import imagecodecs
 
-        arr = np.ascontiguousarray(chunk_array.as_numpy_array(), dtype=np.int32)
-        return chunk_spec.prototype.buffer.from_bytes(imagecodecs.pcodec_encode(arr, level=self.level))
-
-    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec) -> Buffer | None:
-        return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
-
-    def compute_encoded_size(self, input_byte_length: int, _chunk_spec) -> int:
-        raise NotImplementedError(f"{PCODEC_NAME} output has no fixed size")
+        return imagecodecs.pcodec_decode(data, shape=shape, dtype=np.int32)
 
 
+register_codec(CODEC_NAME, RiceCodec)
 register_codec(PCODEC_NAME, PcodecCodec)
 
 CODECS = {"pcodec": PcodecCodec, "rice": RiceCodec}
