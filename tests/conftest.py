@@ -74,3 +74,13 @@ def galaxy_run(tmp_path_factory, random_model):
 
 GALAXY_TILES = ["DES0330-3040", "DES0333-3040"]
 """The tiles of :func:`galaxy_run` stores."""
+
+
+def load_benchmark(name: str):
+    """The module of ``benchmarks/<name>.py`` (benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -172,13 +172,9 @@ def test_cli_cascade_search_tile_emit_and_refusals(tmp_path, models, capsys):
 
 @pytest.mark.slow
 def test_cascade_benchmark_runs_on_a_tiny_survey(tmp_path):
-    import importlib.util
-    import pathlib
+    from conftest import load_benchmark
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cascade.py"
-    spec = importlib.util.spec_from_file_location("bench_cascade", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_cascade")
     res = bench.main(["--main", "test-vit", "--tiles", "2", "--per-tile", "30", "--lens-fraction", "0.1",
                       "--keep", "0.2", "--prefilter-threshold", "1", "--audit", "--ensemble-with", "default",
                       "--json", str(tmp_path / "r.json")])

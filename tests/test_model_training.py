@@ -316,13 +316,9 @@ def test_cli_train_and_evaluate_options(store, tmp_path, capsys):
 
 # -- GPU benchmark script, run on the CPU with a tiny model --------------------------------
 def test_bench_train_gpu_runs_on_cpu(tmp_path, capsys):
-    import importlib.util
-    import pathlib
+    from conftest import load_benchmark
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train_gpu.py"
-    spec = importlib.util.spec_from_file_location("bench_train_gpu", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_train_gpu")
     out = tmp_path / "b.json"
     assert bench.main(["--arch", "test-vit", "--device", "cpu", "--batch-size", "8", "--infer-batch-size", "16",
                        "--steps", "2", "--warmup", "1", "--compile", "off", "--json", str(out)]) == 0

@@ -1,7 +1,6 @@
 """Search: one task per tile, flagged NaN rows, resumable, failures reported, band checks."""
 
 import json
-import pathlib
 
 import numpy as np
 import pandas as pd
@@ -243,12 +242,9 @@ def test_outputs_carry_row_flags_and_tile_statistics(tmp_path, random_model):
 
 
 def test_gpu_benchmark_script_runs_on_cpu_with_a_tiny_model(tmp_path):
-    import importlib.util
+    from conftest import load_benchmark
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_search_gpu.py"
-    spec = importlib.util.spec_from_file_location("bench_search_gpu", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_search_gpu")
     res = bench.main(["--arch", "test-vit", "--device", "cpu", "--tiles", "2", "--per-tile", "16",
                       "--batch-size", "8", "--json", str(tmp_path / "r.json")])
     assert res["cutouts"] == 32 and res["end_to_end_cutouts_per_s"] > 0 and res["des_320M_hours_per_gpu"] > 0
