@@ -373,7 +373,7 @@ def score_models(
                                     precision=precision)[:, int(pcard["lens_class"])]
             pre_scores.append(p)
             good = np.flatnonzero(~bad)
-            top.add(offset + good, p[good], raw[good])
+            top.add(offset + good, p[good], raw[good] if bad.any() else raw)  # raw is already this batch's own copy
             if audit_ids is not None:
                 hit = good[np.isin(table["object_id"].to_numpy()[good], audit_ids)]
                 if hit.size:
