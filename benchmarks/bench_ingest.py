@@ -73,8 +73,8 @@ def _monitor():
 
 
 def _warm():
-    import lensdask.survey.ingest  # noqa: F401  (what every lensdask task imports: torch included)
     import lensdask.search.run  # noqa: F401
+    import lensdask.survey.ingest  # noqa: F401  (what every lensdask task imports: torch included)
 
     return _worker_stats()
 
@@ -137,7 +137,9 @@ def expected_flags_and_check(files, cat, store):
                 masked[i] |= b_.any()
                 edge[i] |= (cx - h < 0) or (cy - h < 0) or (cx + h >= nx) or (cy + h >= ny)
             del sci, msk, wgt, bad
-    return mismatched, bool((((flags & FLAG_MASKED) != 0) == masked).all()), bool((((flags & FLAG_EDGE) != 0) == edge).all()), int(masked.sum()), int(edge.sum())
+    mask_ok = bool((((flags & FLAG_MASKED) != 0) == masked).all())
+    edge_ok = bool((((flags & FLAG_EDGE) != 0) == edge).all())
+    return mismatched, mask_ok, edge_ok, int(masked.sum()), int(edge.sum())
 
 
 def gib(n):
@@ -182,7 +184,8 @@ def main(argv=None):
             code, wall32, b32, a32, err = measured(a.limit, base + ["--out", os.path.join(work, "des32.zarr")])
         assert code == 0, err
         rows.append(("ingest (float32 store)", wall32, b32, a32))
-        mism, mask_ok, edge_ok, n_masked, n_edge = expected_flags_and_check(files, cat, open_store(os.path.join(work, "des32.zarr")))
+        store32 = open_store(os.path.join(work, "des32.zarr"))
+        mism, mask_ok, edge_ok, n_masked, n_edge = expected_flags_and_check(files, cat, store32)
         print(f"float32 ingest: {wall32:.1f} s; unmasked stamp pixels differing from the SCI planes: {mism}; "
               f"masked flags exact: {mask_ok} ({n_masked}); edge flags exact: {edge_ok} ({n_edge})", flush=True)
 
@@ -200,10 +203,12 @@ def main(argv=None):
               f"{'Traceback' in err_k}; message: {lines}", flush=True)
 
         print()
-        print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}; "
+        print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+              f"python {platform.python_version()}; "
               f"one worker process, 1 thread, memory limit {a.limit}")
         print()
-        print("| step | wall per tile | worker CPU | worker memory before the task | worker peak memory (sampled every 5 ms) | core-hours for "
+        print("| step | wall per tile | worker CPU | worker memory before the task "
+              "| worker peak memory (sampled every 5 ms) | core-hours for "
               f"{a.tiles:,} tiles |")
         print("|---|---|---|---|---|---|")
         for name, wall, b, af in rows:
@@ -211,7 +216,8 @@ def main(argv=None):
             print(f"| {name} | {wall:.1f} s | {cpu:.1f} s | {gib(b['rss'])} | {gib(af['maxrss'])} | "
                   f"{cpu * a.tiles / 3600:,.0f} (CPU) / {wall * a.tiles / 3600:,.0f} (wall) |")
         print()
-        print(f"stamps equal to the decompressed SCI planes (float32 store): {mism == 0}; masked flags exact: {mask_ok}; "
+        print(f"stamps equal to the decompressed SCI planes (float32 store): {mism == 0}; "
+              f"masked flags exact: {mask_ok}; "
               f"edge flags exact: {edge_ok}; {a.small_limit} worker: exit {code_k}, {lines}")
     finally:
         if not a.keep:

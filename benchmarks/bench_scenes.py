@@ -200,7 +200,7 @@ class StampMeasures:
     brightest_dist: np.ndarray
     off_pixels: np.ndarray
 
-    def subset(self, keep: np.ndarray, pixel_owner: np.ndarray | None = None) -> "StampMeasures":
+    def subset(self, keep: np.ndarray, pixel_owner: np.ndarray | None = None) -> StampMeasures:
         keep = np.asarray(keep, bool)
         pix = self.off_pixels if pixel_owner is None else self.off_pixels[keep[pixel_owner]]
         return StampMeasures(self.n_neighbours[keep], self.has_central[keep], self.brightest_dmag[keep],
@@ -335,8 +335,8 @@ def scene_supported() -> bool:
 
 def class_names(table) -> list[str]:
     try:
-        from lensdask.simulate.run import store_classes
         from lensdask import config
+        from lensdask.simulate.run import store_classes
 
         return list(store_classes(float(config.get("simulate.lookalike_fraction")),
                                   list(config.get("simulate.lookalikes"))))

@@ -68,7 +68,8 @@ def main(argv=None) -> None:
     parser.add_argument("--arch", default=None, help="random-weight architecture (default: the shipped model)")
     parser.add_argument("--tiles", type=int, default=8)
     parser.add_argument("--per-tile", type=int, default=2000)
-    parser.add_argument("--batch-size", default="auto", help="cutouts per forward pass (auto: the search's CPU default)")
+    parser.add_argument("--batch-size", default="auto",
+                        help="cutouts per forward pass (auto: the search's CPU default)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads-per-worker", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of each measurement; the best is kept")
@@ -121,10 +122,12 @@ def main(argv=None) -> None:
         between = run._reader_has_a_core
         for r in range(args.repeat):
             keep("bare", bare_forward(model, card, batches, device))
-            keep("process", timed(lambda: search(des, model_dir, os.path.join(tmp, f"proc{r}"), client=None, **opts)))
+            keep("process",
+                 timed(lambda r=r: search(des, model_dir, os.path.join(tmp, f"proc{r}"), client=None, **opts)))
             run._reader_has_a_core = lambda device: True  # the alternative: a reader thread beside torch's threads
             try:
-                keep("process-thread", timed(lambda: search(des, model_dir, os.path.join(tmp, f"thr{r}"), client=None, **opts)))
+                keep("process-thread",
+                     timed(lambda r=r: search(des, model_dir, os.path.join(tmp, f"thr{r}"), client=None, **opts)))
             finally:
                 run._reader_has_a_core = between
         del batches
@@ -138,10 +141,12 @@ def main(argv=None) -> None:
                 for slot, seconds in client.gather(futures):
                     per_slot[slot] = per_slot.get(slot, 0.0) + seconds
                 keep("bare-workers", max(per_slot.values()))
-                keep("cluster", timed(lambda: search(des, model_dir, os.path.join(tmp, f"dist{r}"), client=client, **opts)))
+                keep("cluster",
+                     timed(lambda r=r: search(des, model_dir, os.path.join(tmp, f"dist{r}"), client=client, **opts)))
 
     layout = f"{args.workers}x{args.threads_per_worker} thr"
-    print(f"model {card['model_id']} ({card['arch']}), {n} cutouts of {len(card['bands'])}x{card['stamp']}x{card['stamp']}, "
+    print(f"model {card['model_id']} ({card['arch']}), "
+          f"{n} cutouts of {len(card['bands'])}x{card['stamp']}x{card['stamp']}, "
           f"batch {args.batch_size}; best of {args.repeat}")
     print(f"bare forward pass, this process           {n / best['bare']:10.1f} cutouts/s")
     print(f"search, in process                        {n / best['process']:10.1f} cutouts/s   "

@@ -34,7 +34,8 @@ def make_store(path, tiles, per_tile, seed=0):
     y, x = np.mgrid[:45, :45] - 22
     blob = np.exp(-(x**2 + y**2) / 20.0).astype(np.float32)
     for t in range(tiles):
-        img = rng.normal(0, 1, (per_tile, 4, 45, 45)).astype(np.float32) + blob * rng.uniform(1, 30, (per_tile, 4, 1, 1)).astype(np.float32)
+        img = (rng.normal(0, 1, (per_tile, 4, 45, 45)).astype(np.float32)
+               + blob * rng.uniform(1, 30, (per_tile, 4, 1, 1)).astype(np.float32))
         s.write_tile(t, img, pd.DataFrame({"object_id": np.arange(per_tile) + t * per_tile,
                                            "ra": rng.uniform(0, 60, per_tile), "dec": rng.uniform(-50, -20, per_tile)}))
     return s
@@ -44,10 +45,9 @@ def main(argv=None) -> dict:
     import torch
 
     from lensdask.model.checkpoint import untrained_checkpoint
-    from lensdask.model.infer import resolve_device
+    from lensdask.model.infer import autocast, resolve_device
     from lensdask.model.normalise import normalise
     from lensdask.search.run import search_tile
-    from lensdask.model.infer import autocast
     from lensdask.search.worker import get_model
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,7 +69,8 @@ def main(argv=None) -> dict:
         store = make_store(os.path.join(tmp, "des.zarr"), a.tiles, a.per_tile)
         t_write = time.perf_counter() - t0
         model, card, dev = get_model(model_dir, card["sha256"], str(dev))
-        batches = [torch.from_numpy(normalise(img, card["normalisation"])) for img, _ in store.iter_batches(a.batch_size, tiles=[0])]
+        batches = [torch.from_numpy(normalise(img, card["normalisation"]))
+                   for img, _ in store.iter_batches(a.batch_size, tiles=[0])]
         n_bare = sum(len(b) for b in batches)
         with torch.inference_mode(), autocast(dev, a.precision):
             xs = [b.to(dev) for b in batches]

@@ -77,12 +77,14 @@ def main(argv=None) -> None:
         for name in ("lz4", "zstd"):
             with dask.config.set({"lensdask.store.compressor": name}):
                 stores[name] = make_store(os.path.join(tmp, f"{name}.zarr"), 1, n)
-            size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(tmp, f"{name}.zarr", "images")) for f in fs)
+            images_dir = os.path.join(tmp, f"{name}.zarr", "images")
+            size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(images_dir) for f in fs)
             print(f"store, {name:4s}: {size / (n * 4 * 45 * 45 * 4):.3f} of the raw float32 size")
         for name, store in stores.items():
             for reuse in (False, True):
-                t = best_of(lambda: [None for _ in store.iter_batches(256, reuse=reuse)], r)
-                print(f"read, {name:4s}, {'one reused buffer' if reuse else 'new array per read':18s} {us(t):7.1f} us/cutout")
+                t = best_of(lambda store=store, reuse=reuse: [None for _ in store.iter_batches(256, reuse=reuse)], r)
+                how = "one reused buffer" if reuse else "new array per read"
+                print(f"read, {name:4s}, {how:18s} {us(t):7.1f} us/cutout")
         images = np.asarray(stores["lz4"].read_images(0))
         t = best_of(lambda: [normalise(images[s:s + 256]) for s in range(0, n, 256)], r)
         print(f"normalise (blocks of 256)                  {us(t):7.1f} us/cutout")
@@ -93,13 +95,15 @@ def main(argv=None) -> None:
         with torch.inference_mode():
             model(x[:64])
             for bs in (32, 64, 128, 256):
-                t = best_of(lambda: [torch.softmax(model(x[s:s + bs]), 1).numpy() for s in range(0, n, bs)], r)
+                t = best_of(lambda bs=bs: [torch.softmax(model(x[s:s + bs]), 1).numpy() for s in range(0, n, bs)], r)
                 print(f"forward, {card['arch']}, 1 thread, batch {bs:3d}   {us(t):7.1f} us/cutout")
     env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="65536")
     for mode in ("plain", "tuned"):
-        out = subprocess.run([sys.executable, "-c", FORWARD_SNIPPET, mode], env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-c", FORWARD_SNIPPET, mode], env=env,
+                             capture_output=True, text=True, check=True)
         label = "with tune_malloc()" if mode == "tuned" else "as a Dask nanny starts it"
-        print(f"forward, 1 thread, batch 64, MALLOC_TRIM_THRESHOLD_=65536, {label:26s} {float(out.stdout.split()[-1]):7.1f} us/cutout")
+        print(f"forward, 1 thread, batch 64, MALLOC_TRIM_THRESHOLD_=65536, {label:26s} "
+              f"{float(out.stdout.split()[-1]):7.1f} us/cutout")
 
 
 if __name__ == "__main__":

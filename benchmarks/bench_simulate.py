@@ -33,8 +33,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-cluster", action="store_true", help="skip the LocalCluster measurement")
     args = ap.parse_args(argv)
 
-    from lensdask.simulate import RejectionStats, simulate, simulate_rows
-    from lensdask.simulate import priors
+    from lensdask.simulate import RejectionStats, priors, simulate, simulate_rows
     from lensdask.simulate.constraints import Constraints
     from lensdask.simulate.render import bare_render, get_renderer
 

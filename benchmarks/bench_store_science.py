@@ -52,7 +52,10 @@ def main() -> None:
     def variants(x, y, keys):
         _, sigma = measure_noise(x, 4)
         rng = np.random.default_rng(1)
-        noise = lambda rms: x + (rng.normal(0, 1, x.shape) * rms * sigma[..., None, None]).astype(np.float32)
+
+        def noise(rms):
+            return x + (rng.normal(0, 1, x.shape) * rms * sigma[..., None, None]).astype(np.float32)
+
         rms = float(np.sqrt(np.mean(((y - x) / sigma[..., None, None]) ** 2)))
         return rms, {"quantised (store default)": y, f"Gaussian noise, {rms:.3f} sigma rms": noise(rms),
                      "Gaussian noise, 0.01 sigma rms": noise(0.01),
@@ -82,7 +85,8 @@ def main() -> None:
         f, truth_path = mock_survey(os.path.join(work, "f32.zarr"), a.tiles, a.per_tile, a.lens_fraction, seed=5,
                                     progress=False)
     q, _ = convert(os.path.join(work, "f32.zarr"), os.path.join(work, "q.zarr"))
-    cat = f.read_catalog().merge(pd.read_parquet(truth_path)[["tile", "object_id", "is_lens"]], on=["tile", "object_id"])
+    cat = f.read_catalog().merge(pd.read_parquet(truth_path)[["tile", "object_id", "is_lens"]],
+                                 on=["tile", "object_id"])
     x = np.concatenate([f.read_images(t) for t in f.written_tiles()])
     y = np.concatenate([q.read_images(t) for t in q.written_tiles()])
     report(f"mock survey ({a.tiles} tiles x {a.per_tile}, {int(cat['is_lens'].sum())} lenses)", x, y,

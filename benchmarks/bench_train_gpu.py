@@ -51,7 +51,7 @@ def measure(arch: str, *, device: str, stamp: int, bands: int, num_classes: int,
     x = torch.randn(batch_size, bands, stamp, stamp, device=dev)
     y = torch.randint(0, num_classes, (batch_size,), device=dev)
 
-    def train_step():
+    def train_step(fwd=fwd, opt=opt):
         with autocast(dev):
             loss = loss_fn(fwd(x).float(), y)
         opt.zero_grad(set_to_none=True)
@@ -87,7 +87,8 @@ def measure(arch: str, *, device: str, stamp: int, bands: int, num_classes: int,
         _sync(dev)
         t_inf = time.perf_counter() - t0
     out = {
-        "arch": arch, "compiled": compiled, "device": str(dev), "dtype": "bf16 autocast" if dev.type == "cuda" else "float32",
+        "arch": arch, "compiled": compiled, "device": str(dev),
+        "dtype": "bf16 autocast" if dev.type == "cuda" else "float32",
         "params": int(sum(p.numel() for p in model.parameters())), "stamp": stamp, "bands": bands,
         "batch_size": batch_size, "infer_batch_size": infer_batch_size, "steps": steps,
         "train_cutouts_per_s": round(steps * batch_size / t_train, 1),
@@ -97,7 +98,7 @@ def measure(arch: str, *, device: str, stamp: int, bands: int, num_classes: int,
     if dev.type == "cuda":
         out["peak_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
         torch.cuda.reset_peak_memory_stats(dev)
-    del model, fwd, opt
+    del model, fwd, opt, train_step
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     return out

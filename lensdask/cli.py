@@ -354,7 +354,8 @@ def _cmd_search(a) -> int:
     print(f"{s['candidates']} candidates with score >= {s['threshold']}: {result.run_dir / 'candidates.parquet'}")
     k = s.get("known_lenses")
     if k:
-        print(f"known lenses (lenscat, {k['radius_arcsec']}\" radius): {k['in_footprint']} inside the searched footprint, "
+        print(f"known lenses (lenscat, {k['radius_arcsec']}\" radius): "
+              f"{k['in_footprint']} inside the searched footprint, "
               f"{k['matched']} matched to a cutout, {k['above_threshold']} scored >= {s['threshold']}")
     if s.get("performance_report"):
         print(f"Dask performance report: {s['performance_report']}")
@@ -390,9 +391,7 @@ def _cmd_emit_htcondor(a) -> int:
 
     from . import config
     from .cluster import emit_htcondor_search
-    from .search.run import tile_done
-
-    from .search.run import run_signature
+    from .search.run import run_signature, tile_done
 
     if a.truth is not None:
         raise LensdaskError("--truth (the cascade audit) runs with a search, not with --emit-htcondor")
@@ -632,14 +631,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_arg.count, required=True, help="number of cutouts")
     p.add_argument("--seed", type=int, default=0, help="run seed; row i depends only on (seed, i)")
     p.add_argument("--lens-fraction", type=_arg.fraction, help="fraction of lenses (config simulate.lens_fraction)")
-    p.add_argument("--partition-size", type=_arg.count, help="rows per task and per tile (config simulate.partition_size)")
+    p.add_argument("--partition-size", type=_arg.count,
+                   help="rows per task and per tile (config simulate.partition_size)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--constraints", metavar="YAML", help="constraint overrides (keys of simulate.constraints)")
-    p.add_argument("--sources", metavar="COSMOS", help="'sersic' or a GalSim COSMOS catalogue (config simulate.sources)")
+    p.add_argument("--sources", metavar="COSMOS",
+                   help="'sersic' or a GalSim COSMOS catalogue (config simulate.sources)")
     p.add_argument("--backgrounds", metavar="PATH",
                    help="real lens galaxies: folder of <band>.fits cubes (+ sigma_v.txt) or a store")
     p.add_argument("--negatives", metavar="PATH", help="real non-lens cutouts (default: the backgrounds)")
-    p.add_argument("--real-negative-fraction", type=_arg.fraction, help="fraction of non-lenses taken from real cutouts")
+    p.add_argument("--real-negative-fraction", type=_arg.fraction,
+                   help="fraction of non-lenses taken from real cutouts")
     p.add_argument("--background-fraction", type=_arg.fraction,
                    help="fraction of lenses painted on the real backgrounds, the rest on modelled galaxies "
                    "(config simulate.background_fraction)")
@@ -662,7 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output store, e.g. des.zarr")
     p.add_argument("--tiles", type=_arg.count, help="number of tiles (config mock_survey.tiles)")
     p.add_argument("--per-tile", type=_arg.count, help="cutouts per tile (config mock_survey.per_tile)")
-    p.add_argument("--lens-fraction", type=_arg.fraction, help="fraction of injected lenses (config mock_survey.lens_fraction)")
+    p.add_argument("--lens-fraction", type=_arg.fraction,
+                   help="fraction of injected lenses (config mock_survey.lens_fraction)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--truth", help="truth table path (default: OUT with .truth.parquet)")
     p.add_argument("--lookalike-fraction", type=_arg.fraction,
@@ -673,7 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_arg(p)
     p.set_defaults(func=_cmd_mock_survey)
 
-    p = sub.add_parser("ingest", help="real data to a cutout store: coadd tile images + catalogue, or cutout cubes/arrays")
+    p = sub.add_parser("ingest",
+                       help="real data to a cutout store: coadd tile images + catalogue, or cutout cubes/arrays")
     p.add_argument("--out", required=True, help="output store, e.g. des.zarr")
     p.add_argument("--images", metavar="PATTERN",
                    help="per-band images with WCS, e.g. 'tiles/{tile}_{band}.fits'; * and ? match one file each")
@@ -692,7 +696,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-scale", type=_arg.positive, help="arcsec/pixel (config survey.pixel_scale)")
     p.add_argument("--per-tile", type=_arg.count, help="rows per tile for cubes/arrays (config ingest.per_tile)")
     p.add_argument("--hdu", help="HDU of the images, number or name (config ingest.hdu)")
-    p.add_argument("--weights-hdu", metavar="HDU", help="HDU of the weight maps (config ingest.weights_hdu; default --hdu)")
+    p.add_argument("--weights-hdu", metavar="HDU",
+                   help="HDU of the weight maps (config ingest.weights_hdu; default --hdu)")
     p.add_argument("--masks-hdu", metavar="HDU", help="HDU of the masks (config ingest.masks_hdu; default --hdu)")
     p.add_argument("--mask-bits", type=_arg.count, metavar="BITS",
                    help="mask bits that make a pixel bad, e.g. 5 for bits 1 and 4 (config ingest.mask_bits: any "
@@ -710,20 +715,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="labelled training store (required)")
     p.add_argument("--out", help="checkpoint directory to write (required)")
     p.add_argument("--arch", help="architecture name (config train.arch); --list-archs shows them")
-    p.add_argument("--list-archs", action="store_true", help="print the architectures (parameters, tokens, GFLOPs) and exit")
+    p.add_argument("--list-archs", action="store_true",
+                   help="print the architectures (parameters, tokens, GFLOPs) and exit")
     p.add_argument("--epochs", type=_arg.count)
     p.add_argument("--batch-size", type=_arg.count)
     p.add_argument("--lr", type=_arg.positive, help="peak learning rate")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: CUDA (bf16 autocast) when present")
     p.add_argument("--seed", type=int)
-    p.add_argument("--validation-fraction", type=_arg.fraction, help="held-out fraction per class (config train.validation_fraction)")
-    p.add_argument("--pretrained", metavar="FILE", help="start from local weights (.safetensors/.pth or a lensdask model dir)")
-    p.add_argument("--resize", type=_arg.count, metavar="PX", help="model input side if not the stamp, e.g. 224 (config train.resize)")
+    p.add_argument("--validation-fraction", type=_arg.fraction,
+                   help="held-out fraction per class (config train.validation_fraction)")
+    p.add_argument("--pretrained", metavar="FILE",
+                   help="start from local weights (.safetensors/.pth or a lensdask model dir)")
+    p.add_argument("--resize", type=_arg.count, metavar="PX",
+                   help="model input side if not the stamp, e.g. 224 (config train.resize)")
     p.add_argument("--patch-size", type=_arg.count, metavar="PX", help="override the architecture's patch side")
-    p.add_argument("--patience", type=_arg.non_negative_int, help="early stopping: epochs without a better validation AUROC; 0 off")
+    p.add_argument("--patience", type=_arg.non_negative_int,
+                   help="early stopping: epochs without a better validation AUROC; 0 off")
     p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=None,
                    help="weight the loss by inverse class frequency (config train.balance)")
-    p.add_argument("--shift", type=_arg.non_negative, metavar="PX", help="largest sub-pixel shift augmentation (config train.augment.shift_px)")
+    p.add_argument("--shift", type=_arg.non_negative, metavar="PX",
+                   help="largest sub-pixel shift augmentation (config train.augment.shift_px)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt (saved every epoch)")
     p.set_defaults(func=_cmd_train)
@@ -739,7 +750,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roc", metavar="PNG", help="write the ROC curve to this PNG")
     p.add_argument("--threshold", type=_arg.fraction, help="operating lens probability (config search.threshold)")
     p.add_argument("--record", action="store_true", help="append the metrics to the model card's evaluations")
-    p.add_argument("--batch-size", type=_arg.batch_size, help="cutouts per forward pass, or auto (config search.batch_size)")
+    p.add_argument("--batch-size", type=_arg.batch_size,
+                   help="cutouts per forward pass, or auto (config search.batch_size)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_evaluate)
 
@@ -750,20 +762,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="real cutouts: a store, a folder of <band>.fits cubes (+ sigma_v.txt), or .npy/.npz")
     p.add_argument("--galaxies", metavar="SPEC",
                    help="rows to use: all, train, heldout (config simulate.galaxy_split), 0:20 or 1,4,7")
-    p.add_argument("--orientations", type=_arg.orientations, help="rotations/flips of each cutout, 1-8 (config inject.orientations)")
+    p.add_argument("--orientations", type=_arg.orientations,
+                   help="rotations/flips of each cutout, 1-8 (config inject.orientations)")
     p.add_argument("--seed", type=int, default=0, help="seed of the painted arcs")
     p.add_argument("--threshold", type=_arg.fraction, help="operating lens probability (config search.threshold)")
     p.add_argument("--constraints", metavar="YAML", help="constraint overrides for the painted arcs")
     p.add_argument("--max-draws", type=_arg.count, help="draws per painted system (config simulate.max_draws_per_lens)")
-    p.add_argument("--zeropoint", type=_arg.finite, help="mag of unit flux for lens magnitudes (config inject.zeropoint)")
+    p.add_argument("--zeropoint", type=_arg.finite,
+                   help="mag of unit flux for lens magnitudes (config inject.zeropoint)")
     p.add_argument("--aperture", type=_arg.positive, help="lens-flux aperture radius, arcsec (config inject.aperture)")
     p.add_argument("--bins", type=_arg.count, help="bins per completeness curve (config inject.bins)")
-    p.add_argument("--top", type=_arg.count, help="highest-scoring unpainted cutouts listed and drawn (config inject.top)")
+    p.add_argument("--top", type=_arg.count,
+                   help="highest-scoring unpainted cutouts listed and drawn (config inject.top)")
     p.add_argument("--out", metavar="DIR", help="write DIR/inject.json, DIR/completeness.png, DIR/top_unpainted.png")
     p.add_argument("--png", metavar="PREFIX", help="write PREFIX_completeness.png and PREFIX_top_unpainted.png")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--record", action="store_true", help="append the results to the model card's evaluations")
-    p.add_argument("--batch-size", type=_arg.batch_size, help="cutouts per forward pass, or auto (config search.batch_size)")
+    p.add_argument("--batch-size", type=_arg.batch_size,
+                   help="cutouts per forward pass, or auto (config search.batch_size)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_inject)
 
@@ -772,13 +788,16 @@ def build_parser() -> argparse.ArgumentParser:
     _search_model_args(p)
     p.add_argument("--out", default="lensdask-run", help="run directory (default: lensdask-run)")
     p.add_argument("--threshold", type=_arg.fraction, help="lens probability for candidates (config search.threshold)")
-    p.add_argument("--floor", type=_arg.fraction, help="lens probability kept in per-tile outputs (config search.floor)")
-    p.add_argument("--batch-size", type=_arg.batch_size, help="cutouts per forward pass, or auto (config search.batch_size)")
+    p.add_argument("--floor", type=_arg.fraction,
+                   help="lens probability kept in per-tile outputs (config search.floor)")
+    p.add_argument("--batch-size", type=_arg.batch_size,
+                   help="cutouts per forward pass, or auto (config search.batch_size)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device on the workers")
     p.add_argument("--resume", action="store_true", help="skip tiles already finished in --out")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 on CUDA (config search.precision)")
     p.add_argument("--export", help="also write candidates as fits,csv (config search.export)")
-    p.add_argument("--radius", type=_arg.positive, help="known-lens cross-match radius, arcsec (config crossmatch.radius)")
+    p.add_argument("--radius", type=_arg.positive,
+                   help="known-lens cross-match radius, arcsec (config crossmatch.radius)")
     p.add_argument("--known-lenses", metavar="FILE", help="known-lens catalogue (default: lenscat's)")
     p.add_argument("--no-crossmatch", action="store_true", help="skip the known-lens cross-match")
     p.add_argument("--no-report", action="store_true", help="do not save the Dask performance report")
@@ -798,7 +817,8 @@ def build_parser() -> argparse.ArgumentParser:
     _search_model_args(p)
     p.add_argument("--out", required=True, help="run directory; writes OUT/tiles/<tile>.parquet and .json")
     p.add_argument("--floor", type=_arg.fraction, help="lens probability kept (config search.floor)")
-    p.add_argument("--batch-size", type=_arg.batch_size, help="cutouts per forward pass, or auto (config search.batch_size)")
+    p.add_argument("--batch-size", type=_arg.batch_size,
+                   help="cutouts per forward pass, or auto (config search.batch_size)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_search_tile)
 

@@ -340,7 +340,8 @@ def cluster_client(
         raise ClusterError("--jobs and --adapt apply to --cluster htcondor|slurm only")
     if kind == "local":
         if jobs is not None or adapt is not None:
-            raise ClusterError("--jobs and --adapt apply to --cluster htcondor|slurm only (local: lensdask.cluster.n_workers)")
+            raise ClusterError("--jobs and --adapt apply to --cluster htcondor|slurm only "
+                               "(local: lensdask.cluster.n_workers)")
         cfg = config.effective()["cluster"]
         # LocalCluster logs a warning when the preferred dashboard port is taken; it then picks another.
         logging.getLogger("distributed.node").setLevel(logging.ERROR)
@@ -489,7 +490,8 @@ def emit_htcondor_search(
     models = " ".join(f"--model {shlex.quote(str(m))}" for m in dirs)
     tile_args = (
         f"-m lensdask.cli search-tile --zarr {shlex.quote(zarr)} --tile $(tile) {models} "
-        f"--out {shlex.quote(run_dir)} --batch-size {shlex.quote(str(batch_size))} --floor {float(floor)!r} --device {device}"
+        f"--out {shlex.quote(run_dir)} --batch-size {shlex.quote(str(batch_size))} --floor {float(floor)!r} "
+        f"--device {device}"
     )
     if combine is not None and len(dirs) > 1:
         tile_args += f" --combine {shlex.quote(str(combine))}"

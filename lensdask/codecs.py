@@ -69,7 +69,8 @@ class _Int32EntropyCodec(ArrayBytesCodec):
         return chunk_spec.prototype.nd_buffer.from_ndarray_like(np.asarray(arr).reshape(shape))
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec) -> NDBuffer:
-        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)  # as zarr's Blosc: chunks in parallel
+        # as zarr's Blosc: chunks in parallel
+        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec) -> Buffer | None:
         arr = np.ascontiguousarray(chunk_array.as_numpy_array(), dtype=np.int32)

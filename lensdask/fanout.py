@@ -11,7 +11,7 @@ completes, and the caller decides the exit status. ``search`` does the same insi
 from __future__ import annotations
 
 import traceback
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 FAILURE_COLUMNS = ["tile", "error", "traceback"]
 

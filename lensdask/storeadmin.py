@@ -112,7 +112,8 @@ def format_info(info: dict) -> str:
                   + ", ".join(f"{k} {enc[k]}" for k in ("level", "nblock") if k in enc) + ")")
     else:
         pixels = f"{enc.get('dtype', 'float32')} exact; codec {enc.get('codec', '?')}"
-    old = "" if info["schema"] == info["current_schema"] else f"  (older; `lensdask convert` rewrites it as {info['current_schema']})"
+    old = ("" if info["schema"] == info["current_schema"]
+           else f"  (older; `lensdask convert` rewrites it as {info['current_schema']})")
     classes = ", ".join(f"{k} {v}" for k, v in info["classes"].items())
     prov = info["provenance"]
     total = "?" if info["bytes_on_disk"] is None else f"{info['bytes_on_disk'] / 2**20:.2f} MiB"
@@ -134,7 +135,8 @@ def format_info(info: dict) -> str:
     ]
     if "converted_from" in prov:
         src = prov["converted_from"]
-        lines.append(f"            converted from {src.get('url')} ({src.get('schema')}, {src.get('encoding', {}).get('pixels')})")
+        pixels = src.get("encoding", {}).get("pixels")
+        lines.append(f"            converted from {src.get('url')} ({src.get('schema')}, {pixels})")
     return "\n".join(lines) + "\n"
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import pathlib
 import threading
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd

@@ -1,4 +1,5 @@
-"""The two-stage cascade: a prefilter passes the top fraction of each tile (plus its own threshold) to the main models."""
+"""The two-stage cascade: a prefilter passes the top fraction of each tile (plus its own threshold) to the main
+models."""
 
 import json
 
@@ -100,7 +101,8 @@ def test_audit_says_what_the_prefilter_lost(tmp_path, models):
     common = dict(floor=0.5, progress=False, client=None, crossmatch=False)
     alone = search(tmp_path / "s.zarr", main, tmp_path / "alone", **dict(common, floor=0.0)).scores()
     thr = float(np.quantile(alone["score"], 0.6))
-    truth = pd.DataFrame({"object_id": np.arange(1000, 1073), "tile": np.repeat(TILES[:2] + TILES[3:], COUNTS[:2] + COUNTS[3:]),
+    truth = pd.DataFrame({"object_id": np.arange(1000, 1073),
+                          "tile": np.repeat(TILES[:2] + TILES[3:], COUNTS[:2] + COUNTS[3:]),
                           "is_lens": np.arange(73) % 4 == 0})
     res = search(tmp_path / "s.zarr", main, tmp_path / "casc", prefilter=(pre, 0.2), prefilter_threshold=1.0,
                  truth=truth, threshold=thr, **common)
@@ -192,7 +194,8 @@ def test_cli_cascade_search_prints_both_stages_and_the_audit(tmp_path, models, c
     truth = pd.DataFrame({"object_id": np.arange(1000, 1073), "is_lens": np.arange(73) % 4 == 0})
     truth.to_parquet(tmp_path / "truth.parquet")
     code = main(["search", "--zarr", str(tmp_path / "s.zarr"), "--model", str(mdir), "--prefilter", f"{pdir}:0.2",
-                 "--prefilter-threshold", "1", "--truth", str(tmp_path / "truth.parquet"), "--out", str(tmp_path / "run"),
+                 "--prefilter-threshold", "1", "--truth", str(tmp_path / "truth.parquet"),
+                 "--out", str(tmp_path / "run"),
                  "--cluster", client.scheduler.address, "--no-crossmatch", "--no-report"])
     out = capsys.readouterr().out
     assert code == 0
@@ -207,6 +210,7 @@ def test_a_truth_table_without_a_prefilter_is_refused(tmp_path, models):
 
     _survey(tmp_path / "s.zarr")
     with pytest.raises(LensdaskError, match="prefilter"):
-        search(tmp_path / "s.zarr", models[0], tmp_path / "run", truth=pd.DataFrame({"object_id": [1], "is_lens": [True]}),
+        search(tmp_path / "s.zarr", models[0], tmp_path / "run",
+               truth=pd.DataFrame({"object_id": [1], "is_lens": [True]}),
                progress=False, client=None)
     assert not (tmp_path / "run").exists()

@@ -7,8 +7,8 @@ import pytest
 
 from lensdask.cli import main
 
-COMMANDS = ["simulate", "mock-survey", "ingest", "train", "evaluate", "search", "search-tile", "merge", "config", "demo",
-            "review", "label", "trainset", "export-zooniverse", "swap"]
+COMMANDS = ["simulate", "mock-survey", "ingest", "train", "evaluate", "search", "search-tile", "merge", "config",
+            "demo", "review", "label", "trainset", "export-zooniverse", "swap"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -26,7 +26,8 @@ def test_config_show(capsys):
 
 
 def test_unknown_cluster_is_a_clear_error(tmp_path, capsys):
-    code = main(["mock-survey", "--out", str(tmp_path / "x.zarr"), "--tiles", "1", "--per-tile", "2", "--cluster", "moon"])
+    code = main(["mock-survey", "--out", str(tmp_path / "x.zarr"), "--tiles", "1", "--per-tile", "2",
+                 "--cluster", "moon"])
     assert code == 2
     err = capsys.readouterr().err
     assert "unknown cluster 'moon'" in err and "tcp://" in err
@@ -58,7 +59,8 @@ def test_pipeline_through_the_cli(tmp_path, client, random_model, capsys):
     train = tmp_path / "train.zarr"
     assert main(["simulate", "--out", str(train), "--n", "24", "--seed", "1", "--partition-size", "8",
                  "--cluster", addr]) == 0
-    assert main(["evaluate", "--model", str(random_model), "--data", str(train), "--json", str(tmp_path / "m.json")]) == 0
+    assert main(["evaluate", "--model", str(random_model), "--data", str(train),
+                 "--json", str(tmp_path / "m.json")]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert 0.0 <= metrics["auroc"] <= 1.0 and metrics["n_pos"] + metrics["n_neg"] == 24
     # a second simulate to the same path refuses to overwrite

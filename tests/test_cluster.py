@@ -39,7 +39,8 @@ def test_specs():
 
 def test_every_shipped_profile_is_named_in_the_config():
     names = set(dask.config.get("lensdask.cluster.profiles").values())
-    assert names == set(PROFILES) == {"lensdask-htcondor", "lensdask-htcondor-gpu", "lensdask-slurm", "lensdask-slurm-gpu"}
+    assert names == set(PROFILES) == {"lensdask-htcondor", "lensdask-htcondor-gpu", "lensdask-slurm",
+                                      "lensdask-slurm-gpu"}
 
 
 def test_cli_options_reach_the_cluster_in_any_order():
@@ -243,7 +244,8 @@ def test_apptainer_definition_structure():
     header = [ln for ln in text.split("\n%", 1)[0].splitlines() if ln.strip() and not ln.startswith("#")]
     assert dict(ln.split(":", 1) for ln in header).keys() >= {"Bootstrap", "From"}
     sections = re.findall(r"^%(\w+)", text, re.M)
-    assert set(sections) <= {"files", "environment", "post", "runscript", "test", "labels", "help", "setup", "startscript"}
+    assert set(sections) <= {"files", "environment", "post", "runscript", "test", "labels", "help", "setup",
+                             "startscript"}
     assert len(sections) == len(set(sections)) and {"post", "files", "runscript"} <= set(sections)
     post = re.search(r"^%post\n(.*?)(?=^%)", text, re.M | re.S).group(1)
     assert "pip install --no-cache-dir /src/lensdask" in post and "python -m venv /opt/lensdask" in post

@@ -4,8 +4,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lensdask.review.images import (band_image, band_scales, colour_composite, difference_image, png_bytes,
-                                    scale_bar, sky_noise, view_image)
+from lensdask.review.images import (
+    band_image,
+    band_scales,
+    colour_composite,
+    difference_image,
+    png_bytes,
+    scale_bar,
+    sky_noise,
+    view_image,
+)
 from lensdask.review.labels import GRADES, add_labels, read_labels, votes
 from lensdask.review.page import grade_keys, score_text
 
@@ -132,7 +140,7 @@ def test_simultaneous_appends_keep_every_row(tmp_path):
 
 def _append_many(args):
     path, who = args
-    for k in range(40):
+    for _ in range(40):
         add_labels(path, [{"tile": "T1", "object_id": 7, "class": "lens", "grade": "probable"}], labeller=who)
 
 

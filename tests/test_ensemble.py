@@ -145,7 +145,8 @@ def _labelled(path, n=48, seed=0):
     y, x = np.mgrid[:45, :45] - 22
     for t in range(2):
         lab = np.arange(n) % 2
-        img = rng.normal(0, 0.05, size=(n, 4, 45, 45)) + (np.exp(-(x**2 + y**2) / 20.0) * (1 + 2 * lab)[:, None, None, None])
+        img = (rng.normal(0, 0.05, size=(n, 4, 45, 45))
+               + (np.exp(-(x**2 + y**2) / 20.0) * (1 + 2 * lab)[:, None, None, None]))
         s.write_tile(t, img.astype("float32"), pd.DataFrame({"object_id": np.arange(n) + 100 * t, "ra": 0.0, "dec": 0.0,
                                                              "label": lab}))
     return s
@@ -166,8 +167,8 @@ def test_evaluate_reports_each_model_and_the_ensemble(tmp_path, models, capsys):
     rank = evaluate([a, b], tmp_path / "t.zarr", progress=False, combine="rank")
     assert 0.0 <= rank["auroc"] <= 1.0
     # the ensemble's AUROC is the AUROC of the mean probability
-    from lensdask.model.infer import predict_proba
     from lensdask.model.checkpoint import load_checkpoint
+    from lensdask.model.infer import predict_proba
     from lensdask.store import open_store
 
     st = open_store(tmp_path / "t.zarr")

@@ -31,7 +31,8 @@ def test_info_text_and_json(tmp_path, capsys):
     out = capsys.readouterr().out
     for expected in ["lensdask.cutouts/2 (version 2)", "g,r,i,z", "0.263 arcsec/px, stamp 45 px", "2 written of 3",
                      "rows        30", "non-lens 15, lens 3, ring 7, unknown 5", "edge 1, masked 0, lossless 1",
-                     "quantised: step 0.33 x sky noise (rms error 0.095 sigma)", "lensdask.pcodec (level 8)", "KiB per cutout",
+                     "quantised: step 0.33 x sky noise (rms error 0.095 sigma)", "lensdask.pcodec (level 8)",
+                     "KiB per cutout",
                      "made by test_info", "lensdask 9.9", "seed 5"]:
         assert expected in out, (expected, out)
 

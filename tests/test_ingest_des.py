@@ -148,14 +148,14 @@ def test_bad_tiles_fail_alone_and_objects_outside_every_tile_are_counted(des_til
         os.symlink(f, tiles / f.name.replace(TILE, "DES0004-0001").replace("r4575p01", "r9999p02"))
     # DES0003-0001: a weight plane of another shape than its science image
     small, _ = write_des_tile(tmp_path / "small", "DES0003-0001", size=300, n_objects=5, seed=9)
-    for b, f in small.items():
+    for f in small.values():
         with fits.open(f) as hl:
             hdus = [hl[0].copy(), hl["SCI"].copy(), hl["MSK"].copy(),
                     fits.CompImageHDU(np.ones((200, 300), np.float32), hl["WGT"].header, name="WGT")]
             fits.HDUList(hdus).writeto(tiles / f.name)
     # DES0005-0001: a mask whose WCS puts the same sky elsewhere
     shifted, _ = write_des_tile(tmp_path / "shifted", "DES0005-0001", size=300, n_objects=5, seed=10)
-    for b, f in shifted.items():
+    for f in shifted.values():
         with fits.open(f) as hl:
             msk = hl["MSK"].copy()
             msk.header["CRPIX1"] += 3.0

@@ -14,8 +14,15 @@ from lensdask.cli import main
 from lensdask.errors import ModelMismatchError
 from lensdask.model.checkpoint import untrained_checkpoint
 from lensdask.model.inject import clopper_pearson, inject
-from lensdask.simulate.galaxies import (SplitError, check_disjoint, dihedral, fingerprint, fingerprints,
-                                        galaxy_split, select_rows)
+from lensdask.simulate.galaxies import (
+    SplitError,
+    check_disjoint,
+    dihedral,
+    fingerprint,
+    fingerprints,
+    galaxy_split,
+    select_rows,
+)
 from lensdask.simulate.inputs import load_backgrounds
 from lensdask.simulate.paint import paint_arcs
 

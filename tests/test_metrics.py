@@ -3,9 +3,8 @@
 import math
 
 import numpy as np
-import pytest
-
 import pandas as pd
+import pytest
 
 from lensdask.model.metrics import (
     auroc,
@@ -75,7 +74,8 @@ def test_binary_metrics_drops_and_counts_nan():
     s = [0.9, 0.8, 0.1, 0.2, np.nan, np.nan]
     m = binary_metrics(y, s)
     assert m == {
-        "auroc": 1.0, "tpr0": 1.0, "tpr10": 1.0, "tpr_fpr_1e-3": 1.0, "tpr_fpr_1e-4": 1.0, "n_pos": 2, "n_neg": 2, "n_nan": 2,
+        "auroc": 1.0, "tpr0": 1.0, "tpr10": 1.0, "tpr_fpr_1e-3": 1.0, "tpr_fpr_1e-4": 1.0,
+        "n_pos": 2, "n_neg": 2, "n_nan": 2,
     }
 
 

@@ -182,7 +182,8 @@ def test_review_commands_through_the_cli(run, tmp_path, capsys):
     assert main(["export-zooniverse", str(run / "run"), "--top", "3", "--out", str(tmp_path / "z")]) == 2
     # trainset add: the conflicting object is left out, so nothing is added
     create_store(tmp_path / "t.zarr", tiles=["sim-0"], capacity=4, bands="griz", pixel_scale=0.263, stamp=45)
-    assert main(["trainset", "add", "--labels", str(labels), "--zarr", str(run / "des.zarr"), "--to", str(tmp_path / "t.zarr")]) == 0
+    assert main(["trainset", "add", "--labels", str(labels), "--zarr", str(run / "des.zarr"),
+                 "--to", str(tmp_path / "t.zarr")]) == 0
     assert "added 0" in capsys.readouterr().out
     truth = {100 + i: i % 3 == 0 for i in range(30)}
     _export(tmp_path / "cls.csv", truth, {u: 0.9 for u in range(12)})

@@ -253,7 +253,8 @@ def test_page_names_known_lenses_and_escapes_every_name(run, tmp_path):
 
     cand = pd.read_parquet(run / "run" / "candidates.parquet").sort_values("score", ascending=False).head(3)
     cand = cand.reset_index(drop=True).assign(known_name=["DESJ0331-3041<script>", None, None],
-                                              known_grading=["confident", None, None], known_sep_arcsec=[0.4, np.nan, np.nan])
+                                              known_grading=["confident", None, None],
+                                              known_sep_arcsec=[0.4, np.nan, np.nan])
     g = gallery(run / "run", top=3, out=tmp_path / "g", candidates=cand, title="<i>t</i>")
     text = g.index.read_text()
     assert "known lens: DESJ0331-3041&lt;script&gt;, grade confident, 0.4″ away" in text
@@ -275,5 +276,6 @@ def test_label_grade_and_votes_through_the_cli(tmp_path, capsys):
     assert main(["label", "--labels", str(labels), "--votes", str(out)]) == 0
     assert "1 objects graded (1 by several reviewers)" in capsys.readouterr().out
     v = pd.read_csv(out)
-    assert v.loc[0, ["n_reviewers", "n_definite", "n_probable", "n_possible", "mean_grade"]].tolist() == [3, 1, 1, 1, 2.0]
+    counts = v.loc[0, ["n_reviewers", "n_definite", "n_probable", "n_possible", "mean_grade"]].tolist()
+    assert counts == [3, 1, 1, 1, 2.0]
     assert v.loc[0, "labellers"] == "ann bob cat"

@@ -7,12 +7,10 @@ import pandas as pd
 import pytest
 
 from lensdask.errors import ModelMismatchError, StoreNotFoundError
+from lensdask.model.checkpoint import read_card, untrained_checkpoint
 from lensdask.search import read_scores, search, search_tile
-from lensdask.model.checkpoint import read_card
 from lensdask.search.worker import load_counts, loaded_models
 from lensdask.store import create_store, open_store
-
-from lensdask.model.checkpoint import untrained_checkpoint
 
 TILES = ["DES0101-2958", "DES0104-2958", "DES0107-2958", "DES0110-2958"]
 
@@ -37,8 +35,10 @@ def _survey(path, per_tile=(30, 25, 0, 18), nan_row=None, seed=0):
 
 def test_in_process_and_on_cluster_agree(tmp_path, client, random_model):
     _survey(tmp_path / "s.zarr", nan_row=3)
-    local = search(tmp_path / "s.zarr", random_model, tmp_path / "run1", threshold=0.3, floor=0.0, progress=False, client=None)
-    dist = search(tmp_path / "s.zarr", random_model, tmp_path / "run2", threshold=0.3, floor=0.0, progress=False, client=client)
+    local = search(tmp_path / "s.zarr", random_model, tmp_path / "run1", threshold=0.3, floor=0.0, progress=False,
+                   client=None)
+    dist = search(tmp_path / "s.zarr", random_model, tmp_path / "run2", threshold=0.3, floor=0.0, progress=False,
+                  client=client)
     pd.testing.assert_frame_equal(local.candidates, dist.candidates, check_exact=False, rtol=1e-5)
     scores = read_scores(tmp_path / "run2")
     assert len(scores) == 73 and scores["object_id"].is_unique
@@ -117,7 +117,8 @@ def test_missing_store(tmp_path, random_model):
 def test_one_tile_in_process(tmp_path, random_model):
     _survey(tmp_path / "s.zarr")
     card = read_card(random_model)
-    stats = search_tile(str(tmp_path / "s.zarr"), 0, str(random_model), card["sha256"], str(tmp_path / "run"), device="cpu")
+    stats = search_tile(str(tmp_path / "s.zarr"), 0, str(random_model), card["sha256"], str(tmp_path / "run"),
+                        device="cpu")
     assert stats["rows"] == 30 and stats["tile"] == TILES[0]
     out = pd.read_parquet(tmp_path / "run" / "tiles" / f"{TILES[0]}.parquet")
     assert len(out) == 30 and (out["model"] == card["model_id"]).all()
@@ -194,7 +195,8 @@ def test_ctrl_c_leaves_only_whole_tiles_and_resume_completes(tmp_path, random_mo
     monkeypatch.setattr(run, "_commit_tile", real)
     files = sorted(p.name for p in (tmp_path / "run" / "tiles").iterdir())
     assert files == [f"{TILES[0]}.json", f"{TILES[0]}.parquet"]  # one whole tile, nothing else
-    again = search(tmp_path / "s.zarr", random_model, tmp_path / "run", threshold=0.0, resume=True, progress=False, client=None)
+    again = search(tmp_path / "s.zarr", random_model, tmp_path / "run", threshold=0.0, resume=True, progress=False,
+                   client=None)
     assert again.summary["tiles_resumed"] == 1
     pd.testing.assert_frame_equal(again.candidates, clean.candidates)
 

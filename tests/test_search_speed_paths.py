@@ -5,16 +5,16 @@ store compressor, glibc's allocator thresholds in workers, and the choice betwee
 a reader thread and reading between forward passes.
 """
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-import dask
 from lensdask.errors import LensdaskError, StoreWriteError
+from lensdask.model.checkpoint import read_card
 from lensdask.model.infer import BATCH_SIZES, resolve_batch_size
 from lensdask.search import read_scores, search_tile
-from lensdask.model.checkpoint import read_card
 from lensdask.store import create_store, open_store
 
 
@@ -98,7 +98,8 @@ def test_unknown_compressor_is_refused(tmp_path):
 
 
 def test_default_store_compressor_is_lz4(tmp_path):
-    assert "BloscCname.lz4" in repr(_store(tmp_path / "s.zarr", n=(1,), quantise_step=0).group["images"].metadata.codecs)
+    store = _store(tmp_path / "s.zarr", n=(1,), quantise_step=0)
+    assert "BloscCname.lz4" in repr(store.group["images"].metadata.codecs)
 
 
 def test_malloc_thresholds_are_set_once_per_process():

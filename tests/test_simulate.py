@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 
 from lensdask.errors import ConstraintError
-from lensdask.simulate import PARAMS, Constraints, RejectionStats, param_names, simulate, simulate_rows
-from lensdask.simulate import priors
+from lensdask.simulate import PARAMS, Constraints, RejectionStats, param_names, priors, simulate, simulate_rows
 from lensdask.simulate.render import bare_render, get_renderer
 from lensdask.store import open_store
 

@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 
 from lensdask.errors import ConstraintError, LensdaskError
-from lensdask.simulate import PARAMS, Constraints, RejectionStats, simulate, simulate_rows
-from lensdask.simulate import priors
+from lensdask.simulate import PARAMS, Constraints, RejectionStats, priors, simulate, simulate_rows
 from lensdask.simulate.conditions import draw_conditions
 from lensdask.simulate.constraints import load_constraints_file
 from lensdask.simulate.inputs import InputError, load_backgrounds, theta_E_sis

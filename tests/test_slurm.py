@@ -34,7 +34,8 @@ def _slurm_state() -> str | None:
         return "sinfo timed out: slurmctld is not answering"
     states = out.stdout.split()
     if out.returncode != 0 or not any(s.rstrip("*") in ("idle", "mixed") for s in states):
-        return f"no idle Slurm node (sinfo: {out.stdout.strip() or out.stderr.strip()}); run deploy/slurm/start-single-node.sh"
+        return (f"no idle Slurm node (sinfo: {out.stdout.strip() or out.stderr.strip()}); "
+                "run deploy/slurm/start-single-node.sh")
     return None
 
 

@@ -11,8 +11,8 @@ from .checkpoint import (
     untrained_checkpoint,
 )
 from .evaluate import evaluate
-from .inject import inject
 from .infer import nonfinite_rows, predict_proba, resolve_device
+from .inject import inject
 from .metrics import (
     auroc,
     binary_metrics,
@@ -23,9 +23,9 @@ from .metrics import (
     tpr_at_false_positives,
     tpr_at_fpr,
 )
+from .normalise import DEFAULT_NORMALISATION, normalise
 from .pretrained import load_pretrained
 from .report import classifier_report, plot_roc
-from .normalise import DEFAULT_NORMALISATION, normalise
 from .train import train
 
 __all__ = [

@@ -123,7 +123,8 @@ def save_checkpoint(model: torch.nn.Module, out_dir: str | os.PathLike, card: di
 
 def _no_model_hint(path: pathlib.Path) -> str:
     if path == default_model_dir():
-        return " (no default model is shipped in this installation; train one with `lensdask train` and pass its directory)"
+        return (" (no default model is shipped in this installation; "
+                "train one with `lensdask train` and pass its directory)")
     return ""
 
 

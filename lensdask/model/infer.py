@@ -207,7 +207,8 @@ def stage_inputs(batches, device):
 
 
 def _device_batches(x, batch_size: int, device: torch.device):
-    """Slices of ``batch_size`` rows of ``x`` as device tensors; on CUDA the next slice is copied while this one is used."""
+    """Slices of ``batch_size`` rows of ``x`` as device tensors; on CUDA the next slice is copied while this one is
+    used."""
     if isinstance(x, Staged):
         t = x.get()
         for start in range(0, t.shape[0], batch_size):

@@ -292,7 +292,7 @@ def inject(
     from ..simulate.render import get_renderer
     from .checkpoint import load_checkpoint, read_card, resolve_model_dir
     from .infer import predict_proba, resolve_batch_size, resolve_device
-    from .metrics import binary_metrics, bin_edges, completeness_by
+    from .metrics import bin_edges, binary_metrics, completeness_by
 
     if cutouts is ...:
         raise TypeError("inject() needs cutouts=, the real cutouts to paint arcs on")

@@ -41,8 +41,8 @@ import pathlib
 
 import torch
 
-from .checkpoint import sha256_file
 from ..errors import CheckpointError, ModelMismatchError
+from .checkpoint import sha256_file
 
 RGB_FOR_BAND = {"u": 2, "g": 2, "r": 1, "i": 0, "z": 0, "y": 0, "Y": 0}
 """Band name -> index of the RGB channel (R=0, G=1, B=2) nearest in wavelength."""

@@ -12,14 +12,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from .metrics import (
-    bin_edges,
-    binary_metrics,
-    completeness_by,
-    confusion_matrix,
-    roc_curve,
-    threshold_at_fpr,
-)
+from .metrics import bin_edges, binary_metrics, completeness_by, confusion_matrix, roc_curve, threshold_at_fpr
 
 ROC_GRID = np.r_[0.0, np.logspace(-5, 0, 51)]
 """False-positive rates at which the ROC curve is recorded in JSON (the PNG uses every point)."""

@@ -105,8 +105,8 @@ class ReviewState:
             table = table[[k in shown for k in zip(table["tile"].astype(str), table["object_id"].astype(np.int64))]]
         mine = latest_grades(table, labeller) if labeller else table.iloc[0:0]
         others = latest_grades(table[table["labeller"] != labeller]) if not table.empty else table
-        out = {f"{r['tile']}/{int(r['object_id'])}": {k: (int(r[k]) if k == "object_id" else r[k])
-                                                      for k in ("tile", "object_id", "class", "grade", "labeller", "time")}
+        keys = ("tile", "object_id", "class", "grade", "labeller", "time")
+        out = {f"{r['tile']}/{int(r['object_id'])}": {k: (int(r[k]) if k == "object_id" else r[k]) for k in keys}
                for r in mine.to_dict("records")}
         counts = {} if others.empty else {f"{t}/{int(o)}": int(n) for (t, o), n in
                                           others.groupby(["tile", "object_id"]).size().items()}
@@ -122,7 +122,8 @@ class ReviewState:
         if not 0 <= index < len(self.cand):
             raise LensdaskError(f"no candidate {index}")
         if not is_valid_name(who):
-            raise LensdaskError("reviewer names are 1-128 letters, digits and . _ + - (starting with a letter or digit)")
+            raise LensdaskError("reviewer names are 1-128 letters, digits and . _ + - "
+                                "(starting with a letter or digit)")
         row = self.cand.iloc[index]
         added = add_labels(self.labels, [{"tile": str(row["tile"]), "object_id": int(row["object_id"]),
                                           "class": cls, "grade": grade}], labeller=who, classes=self.classes)
@@ -244,7 +245,7 @@ class ReviewServer:
         """Serve until interrupted (Ctrl-C)."""
         asyncio.run(self._main())
 
-    def start(self) -> "ReviewServer":
+    def start(self) -> ReviewServer:
         """Serve in a background thread (tests, notebooks); returns when it is listening."""
         self._thread = threading.Thread(target=self.serve_forever, name="lensdask-review", daemon=True)
         self._thread.start()

@@ -49,7 +49,8 @@ def locate(store: CutoutStore, table: pd.DataFrame) -> pd.DataFrame:
                 missing.append((tile, oid))
     if missing:
         shown = ", ".join(f"{t}/{o}" for t, o in missing[:5])
-        raise LensdaskError(f"{len(missing)} objects are not in {store.url}: {shown}{' ...' if len(missing) > 5 else ''}")
+        more = " ..." if len(missing) > 5 else ""
+        raise LensdaskError(f"{len(missing)} objects are not in {store.url}: {shown}{more}")
     found = pd.DataFrame(out, columns=["index", "tile_index", "row"]).set_index("index")
     return found.loc[table.index]
 

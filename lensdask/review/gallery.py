@@ -4,8 +4,8 @@ band stamps, scores, known-lens matches, graded from the keyboard.
 ``gallery(run_dir)`` writes ``RUN_DIR/gallery/index.html`` and one page per
 ``per_page`` candidates; images are embedded (base64), so the folder works
 offline and can be copied anywhere. Grades made there stay in the browser and
-export as a CSV for ``lensdask label --from-csv`` (see :mod:`lensdask.review.page`). :class:`Gallery` renders the first page
-inline in a notebook.
+export as a CSV for ``lensdask label --from-csv`` (see :mod:`lensdask.review.page`).
+:class:`Gallery` renders the first page inline in a notebook.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def render_cards(cand: pd.DataFrame, stamps: np.ndarray, store, src=None, start:
         i = start + j
         if src is None:
             pngs = candidate_images(stamps[j], store.bands, store.pixel_scale, noise)
-            out.append(card(i, row, store.bands, store.pixel_scale, lambda _i, name: data_uri(pngs[name]), store.stamp))
+            out.append(card(i, row, store.bands, store.pixel_scale, lambda _i, name, pngs=pngs: data_uri(pngs[name]),
+                            store.stamp))
         else:
             out.append(card(i, row, store.bands, store.pixel_scale, src, store.stamp))
     return "".join(out)

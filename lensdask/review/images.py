@@ -29,7 +29,7 @@ Pure compute: arrays in, arrays or PNG bytes out (matplotlib's Agg writer; no di
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -60,7 +60,8 @@ def band_scales(bands: Sequence[str], scales: dict | None = None) -> np.ndarray:
 
 
 def rgb_bands(bands: Sequence[str], rgb: Sequence[str] | None = None) -> list[str]:
-    """The bands shown as red, green, blue: config ``review.colour.rgb`` when all are present, else the reddest three."""
+    """The bands shown as red, green, blue: config ``review.colour.rgb`` when all are present, else the reddest
+    three."""
     bands = list(bands)
     rgb = list(config.get("review.colour.rgb", rgb) or RGB_BANDS)
     if all(b in bands for b in rgb):
@@ -199,7 +200,8 @@ def difference_image(
     n = xb.shape[0]
     y, x = np.mgrid[:n, : xb.shape[1]]
     centre = (x - (xb.shape[1] - 1) / 2) ** 2 + (y - (n - 1) / 2) ** 2 <= radius**2
-    fr, fb = xr[centre].sum() - np.median(_border(xr)) * centre.sum(), xb[centre].sum() - np.median(_border(xb)) * centre.sum()
+    fr = xr[centre].sum() - np.median(_border(xr)) * centre.sum()
+    fb = xb[centre].sum() - np.median(_border(xb)) * centre.sum()
     alpha = float(fb / fr) if fr > 0 and fb > 0 else 0.0
     return xb - alpha * xr, alpha
 

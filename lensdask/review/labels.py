@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 import pathlib
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
@@ -111,7 +111,8 @@ def add_labels(
     if len(wrong):
         r = wrong.iloc[0]
         raise LensdaskError(f"grade {r['grade']!r} contradicts class {r['class']!r} (tile {r['tile']}, object "
-                            f"{r['object_id']}): definite/probable/possible go with {LENS_CLASS!r}, no with any other class")
+                            f"{r['object_id']}): definite/probable/possible go with {LENS_CLASS!r}, "
+                            "no with any other class")
     if store is not None:
         from .cutouts import locate
 
@@ -137,7 +138,8 @@ def add_labels(
                 header = f.readline().strip().split(",")
             if "grade" not in header:  # a five-column table from before grades: keep its layout
                 if (table["grade"] != "").any():
-                    raise LensdaskError(f"{path} was written before grades existed; give a new labels file for graded labels")
+                    raise LensdaskError(f"{path} was written before grades existed; "
+                                        "give a new labels file for graded labels")
                 columns = [c for c in COLUMNS if c != "grade"]
         text = csv_safe(table[columns]).to_csv(index=False, header=new, lineterminator="\n")  # no formula cells
         with open(path, "a") as f:  # one write of whole lines: readers never see half a label

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import json
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,7 +35,8 @@ CARD_STYLE = """
 .card .bands figcaption{position:absolute;top:1px;left:3px;color:#fc6;font-weight:bold}
 .card .info{display:flex;gap:16px;align-items:baseline;flex-wrap:wrap;margin:4px 0}
 .card .score{font-weight:bold} .card .known{color:#fc6;font-weight:bold}
-.card .grade{font-weight:bold;color:#7e7;min-width:12em} .card table{border-collapse:collapse} .card td{padding:0 6px 0 0}
+.card .grade{font-weight:bold;color:#7e7;min-width:12em}
+.card table{border-collapse:collapse} .card td{padding:0 6px 0 0}
 """
 """Styles of the cards alone (safe to put inside another page, e.g. a notebook)."""
 
@@ -189,8 +190,11 @@ SCRIPT = r"""
   const keyMap = {}; C.keys.forEach(k => { keyMap[k.key] = k; });
   const nameBox = document.getElementById('labeller');
   const stored = localStorage.getItem('lensdask:labeller'); if (stored) nameBox.value = stored;
-  nameBox.addEventListener('change', () => { localStorage.setItem('lensdask:labeller', nameBox.value.trim()); load(); });
-  let cur = 0, grades = {}, others = {};   // grades: "tile/object_id" -> {tile, object_id, class, grade, labeller, time}
+  nameBox.addEventListener('change', () => {
+    localStorage.setItem('lensdask:labeller', nameBox.value.trim()); load();
+  });
+  // grades: "tile/object_id" -> {tile, object_id, class, grade, labeller, time}
+  let cur = 0, grades = {}, others = {};
   const keyOf = c => c.dataset.tile + '/' + c.dataset.objectId;
   function local() { try { return JSON.parse(localStorage.getItem(C.storage) || '{}'); } catch (e) { return {}; } }
   function show() {
@@ -204,7 +208,8 @@ SCRIPT = r"""
       badge.dataset.grade = mine ? g.grade : ''; badge.dataset.cls = mine ? g['class'] : '';
       if (mine) n++;
     });
-    const total = C.mode === 'static' ? Object.values(local()).filter(g => g.labeller === nameBox.value.trim()).length : n;
+    const total = C.mode === 'static'
+      ? Object.values(local()).filter(g => g.labeller === nameBox.value.trim()).length : n;
     document.getElementById('progress').textContent =
       'candidate ' + (cur + 1) + ' of ' + cards.length + ' · graded ' + n + ' / ' + cards.length +
       (C.mode === 'static' ? ' here, ' + total + ' in this gallery' : '');

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

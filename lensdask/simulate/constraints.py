@@ -22,8 +22,9 @@ The arc's pixels are those whose noiseless arc has per-pixel S/N above 1 in ``sn
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,7 @@ class Constraints:
     contrast_min: float = 0.0
 
     @classmethod
-    def from_config(cls, overrides: Mapping[str, Any] | None = None) -> "Constraints":
+    def from_config(cls, overrides: Mapping[str, Any] | None = None) -> Constraints:
         """Read ``lensdask.simulate.constraints`` now, with ``overrides`` winning."""
         conf = dict(config.get("simulate.constraints"))
         conf.update({k: v for k, v in (overrides or {}).items() if v is not None})
@@ -151,7 +152,7 @@ class RejectionStats:
     draws: int = 0
     rejected: dict = field(default_factory=lambda: {n: 0 for n in CONSTRAINT_NAMES})
 
-    def __add__(self, other: "RejectionStats") -> "RejectionStats":
+    def __add__(self, other: RejectionStats) -> RejectionStats:
         rej = {n: self.rejected.get(n, 0) + other.rejected.get(n, 0) for n in CONSTRAINT_NAMES}
         return RejectionStats(self.accepted + other.accepted, self.draws + other.draws, rej)
 

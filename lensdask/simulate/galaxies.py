@@ -15,7 +15,7 @@ Pure numpy and hashlib; the split is read from ``dask.config`` when called.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

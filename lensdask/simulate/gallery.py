@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -12,7 +12,8 @@ __all__ = ["gallery", "colour_composite"]
 
 
 def colour_composite(image: np.ndarray, bands: Sequence[str], noise: float | None = None) -> np.ndarray:
-    """An RGB (h, w, 3) float image in [0, 1]: the review's true colour (:func:`lensdask.review.images.colour_composite`).
+    """An RGB (h, w, 3) float image in [0, 1]: the review's true colour
+    (:func:`lensdask.review.images.colour_composite`).
 
     Fluxes times fixed per-band scales (config ``review.colour.scales``), so colour follows flux
     ratios; ``noise`` (flux units) sets the brightness (default: this stamp's sky noise).
@@ -22,7 +23,8 @@ def colour_composite(image: np.ndarray, bands: Sequence[str], noise: float | Non
     return true_colour(image, bands, noise=noise).astype(float) / 255.0
 
 
-def gallery(images: np.ndarray, table: pd.DataFrame, path: str | os.PathLike, bands: Sequence[str] = ("g", "r", "i", "z"),
+def gallery(images: np.ndarray, table: pd.DataFrame, path: str | os.PathLike,
+            bands: Sequence[str] = ("g", "r", "i", "z"),
             n: int = 24, columns: int = 6, title: str | None = None, classes: Sequence[str] | None = None) -> str:
     """Write a PNG grid of colour composites, each captioned with its parameters.
 

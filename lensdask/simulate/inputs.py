@@ -80,7 +80,7 @@ class Backgrounds:
 
         return fingerprints(self.images)
 
-    def select(self, rows) -> "Backgrounds":
+    def select(self, rows) -> Backgrounds:
         """The cutouts at positions ``rows`` (into this set), keeping their original row indices."""
         idx = np.asarray(rows, dtype=np.int64).ravel()
         return Backgrounds(np.ascontiguousarray(self.images[idx]), self.noise[idx], self.sigma_v[idx],
@@ -157,7 +157,7 @@ def galaxy_rows(galaxies, source: str, bands: tuple, pixel_scale: float, stamp: 
     return tuple(int(i) for i in select_rows(galaxies, n))
 
 
-def real_galaxies_record(backgrounds: "Backgrounds | None", negatives: "Backgrounds | None") -> dict | None:
+def real_galaxies_record(backgrounds: Backgrounds | None, negatives: Backgrounds | None) -> dict | None:
     """The provenance ``real_galaxies`` of a simulation: which real cutouts it used.
 
     Returns

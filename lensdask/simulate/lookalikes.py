@@ -34,7 +34,7 @@ Pure numpy apart from the renderer (PSF and noise); no Dask.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

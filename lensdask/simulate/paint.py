@@ -12,7 +12,7 @@ changes: painted minus unpainted is the arc and its noise.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

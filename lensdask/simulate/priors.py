@@ -42,7 +42,7 @@ Keys of :func:`draw_redshifts` (SIS Einstein radius from a velocity dispersion):
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -132,7 +132,7 @@ class Candidate:
     arc pixels; :meth:`finish` renders the remaining bands and draws the noise.
     """
 
-    def __init__(self, renderer: "Renderer", params: dict, backgrounds=None, scene=None):
+    def __init__(self, renderer: Renderer, params: dict, backgrounds=None, scene=None):
         self.r = renderer
         self.params = params
         # real cutouts this system is painted on: the renderer's own set unless another is given

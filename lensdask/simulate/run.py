@@ -12,7 +12,7 @@ import contextlib
 import math
 import os
 import threading
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import dask
 import numpy as np
@@ -21,8 +21,8 @@ import pandas as pd
 from .. import config
 from ..store import CutoutStore, create_store, open_store
 from ..store import provenance as make_provenance
-from .constraints import Constraints, RejectionStats, sample_lens
 from .conditions import check_source
+from .constraints import Constraints, RejectionStats, sample_lens
 from .inputs import InputError, galaxy_rows, load_backgrounds, real_galaxies_record, theta_E_sis
 from .lookalikes import KINDS as LOOKALIKE_KINDS
 from .lookalikes import render_lookalike
@@ -110,7 +110,7 @@ def _malloc_keep_small_arrays():
             import ctypes
 
             libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt
+            _ = libc.mallopt  # AttributeError where this libc has none
         except (OSError, AttributeError):
             libc = None
     if libc is None:

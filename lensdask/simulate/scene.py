@@ -25,8 +25,8 @@ magnitudes AB, surface brightness in counts (e-/s) per pixel.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -21,7 +21,14 @@ from .. import config
 from ..simulate.lookalikes import render_lookalike
 from ..simulate.render import get_renderer, renderer_config
 from ..simulate.run import (
-    CLASSES, _absolute, check_lookalikes, compute_partitions, resolve_sim_kwargs, row_rng, row_scene, simulate_rows,
+    CLASSES,
+    _absolute,
+    check_lookalikes,
+    compute_partitions,
+    resolve_sim_kwargs,
+    row_rng,
+    row_scene,
+    simulate_rows,
 )
 from ..store import CutoutStore, create_store, open_store
 from ..store import provenance as make_provenance
@@ -219,7 +226,8 @@ def mock_survey(
     lookalikes = list(config.get("mock_survey.lookalikes", lookalikes))
     check_lookalikes(lookalike_fraction, lookalikes)
     if not 0 <= lens_fraction + lookalike_fraction <= 1:
-        raise ValueError(f"lens_fraction + lookalike_fraction must be in [0, 1], got {lens_fraction + lookalike_fraction}")
+        raise ValueError("lens_fraction + lookalike_fraction must be in [0, 1], "
+                         f"got {lens_fraction + lookalike_fraction}")
     if n_tiles < 1 or per_tile < 1:
         raise ValueError(f"tiles and per_tile must be at least 1, got {n_tiles} and {per_tile}")
     ra_range = config.get("mock_survey.ra_range")

@@ -40,7 +40,7 @@ def _show_hdu(hdu) -> str:
 
 def wcs_of(header):
     """The celestial WCS of a header, with astropy's header-fixing chatter silenced."""
-    from astropy.wcs import FITSFixedWarning, WCS
+    from astropy.wcs import WCS, FITSFixedWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
