@@ -10,6 +10,9 @@ The same format serves training sets and survey data. Layout (schema
                 chunks (1, chunk_rows, ...), one shard per tile
     scale, zero (n_tiles, capacity, n_bands)  float32   quantised stores only: step and
                 offset of each row and band (scale 0: that band is stored losslessly)
+    sky, noise  (n_tiles, capacity, n_bands)  float32   quantised stores only (written since
+                they were introduced; older /2 stores lack them): sky level and sky noise of each
+                row and band measured on the pixels written, flux units, NaN where not measurable
     count       (n_tiles,)            int64  rows written in each tile; -1 = not written
     tile        (n_tiles,)            str    tile names
     object_id   (n_tiles, capacity)   int64
@@ -23,7 +26,10 @@ Pixels are stored one of two ways (attribute ``encoding``, config ``store.quanti
 ``quantised`` (the default) keeps integers on a step that is a fraction of each
 stamp and band's sky noise, with subtractive dithering, entropy-coded (Pcodec
 or Rice: :mod:`lensdask.quantise`, :mod:`lensdask.codecs`); ``float32`` keeps the values
-exactly (Blosc). Readers get float32 pixels either way. Stores of schema
+exactly (Blosc). Readers get float32 pixels either way, or the models' normalised inputs
+(:meth:`CutoutStore.read_normalised`, :meth:`CutoutStore.iter_normalised`: one read path for
+training, evaluation and search), which a quantised store with ``sky`` and ``noise`` computes
+straight from its codes. Stores of schema
 ``lensdask.cutouts/1`` (always float32) still open; ``lensdask convert`` rewrites them.
 
 A tile is one shard of ``images`` and one chunk of every per-row array, so one
@@ -51,7 +57,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from . import config
 from .codecs import CODECS
-from .quantise import dequantise, quantise
+from .quantise import dequantise, quantise_measured
 from .errors import StoreNotFoundError, StoreSchemaError, StoreWriteError
 from .names import check_names
 
@@ -144,6 +150,9 @@ class CutoutStore:
         """How the pixels are stored: ``{"pixels": "float32"}`` or ``{"pixels": "quantised",
         "step": sigma fraction, "seed", "border": px, "codec", "nblock"}``."""
         self.quantised: bool = self.encoding.get("pixels") == "quantised"
+        self.sky_stats: bool = self.quantised and all(name in group for name in SKY_ARRAYS)
+        """Whether the rows' sky level and noise are stored (:data:`SKY_ARRAYS`), so that the
+        models' inputs are normalised straight from the codes."""
         images = group["images"]
         self.n_tiles: int = int(images.shape[0])
         self.capacity: int = int(images.shape[1])
@@ -250,7 +259,7 @@ class CutoutStore:
         rows = self.row_arrays(table)
         if self.quantised:
             enc = self.encoding
-            q, scale, zero = quantise(
+            q, scale, zero, sky, noise = quantise_measured(
                 images, self._keys(t, 0, rows["object_id"][:n]),
                 step=float(enc["step"]), seed=int(enc["seed"]), border=int(enc["border"]),
             )
@@ -258,7 +267,8 @@ class CutoutStore:
         g["count"][t] = -1  # uncommitted while the rows change
         if n and self.quantised:
             g["images"][t, :n] = q
-            for name, value in (("scale", scale), ("zero", zero)):
+            per_band = [("scale", scale), ("zero", zero)] + ([("sky", sky), ("noise", noise)] if self.sky_stats else [])
+            for name, value in per_band:
                 full = np.full((self.capacity, len(self.bands)), np.nan, dtype=np.float32)
                 full[:n] = value
                 g[name][t] = full
@@ -315,6 +325,7 @@ class CutoutStore:
         n1 = n0 + len(names)
         arrays = ["images", "count", "tile", *ROW_COLUMNS] + [f"params/{p}" for p in self.params]
         arrays += list(QUANTISE_ARRAYS) if self.quantised else []
+        arrays += list(SKY_ARRAYS) if self.sky_stats else []
         for name in arrays:
             arr = g[name]
             arr.resize((n1, *arr.shape[1:]))
@@ -407,36 +418,170 @@ class CutoutStore:
             next batch, so a consumer must be done with it (or copy it) before asking
             for the next. Saves an allocation and its page faults per batch.
         """
-        from zarr.buffer.cpu import NDBuffer
+        pix = None
+        for block in self._stored_blocks(batch_size, tiles, reuse=reuse, sky=False):
+            if not self.quantised:
+                yield block.values, block.table
+                continue
+            out = None
+            if reuse:
+                if pix is None:
+                    pix = np.empty((min(batch_size, self.capacity), *block.values.shape[1:]), dtype=np.float32)
+                out = pix[: len(block.values)]
+            yield self._decode(block.t, block.start, block.values, block.scale, block.zero, block.object_id,
+                               out=out), block.table
 
+    def iter_normalised(self, batch_size: int, specs: Sequence[dict | None], tiles: Iterable[int] | None = None,
+                        *, raw: bool = False):
+        """Yield ``(inputs, table)``: the models' inputs of at most ``batch_size`` rows, tile by tile.
+
+        As :meth:`iter_batches`, with the rows made ready for models as :meth:`read_normalised`
+        makes them. The stored values are read into one reused buffer; nothing yielded refers
+        to it.
+
+        Parameters
+        ----------
+        batch_size : int
+            Rows per batch; a multiple of :attr:`chunk_rows` decodes each chunk once.
+        specs : sequence of dict or None
+            Normalisation specifications (model cards' ``normalisation``).
+        tiles : iterable of int, optional
+            Tile indices (default: every written tile).
+        raw : bool
+            Also hand out every row's float32 pixels (``inputs.raw``).
+
+        Yields
+        ------
+        inputs : lensdask.model.normalise.ModelInputs
+        table : pandas.DataFrame
+        """
+        for block in self._stored_blocks(batch_size, tiles, reuse=True, sky=True):
+            yield self._model_inputs(block, specs, raw), block.table
+
+    def read_normalised(self, tile: int | str, start: int = 0, stop: int | None = None,
+                        specs: Sequence[dict | None] = (None,), *, raw: bool = False):
+        """The models' inputs of rows ``start:stop`` of one tile.
+
+        Rows with a non-finite pixel are left out (``inputs.bad`` marks them). Float32 stores,
+        quantised stores without :data:`SKY_ARRAYS`, and rows or normalisations the codes
+        cannot serve (see :func:`lensdask.quantise.codes_normalisable`: NaN pixels, lossless
+        bands, unmeasurable noise; a ``border`` other than the store's, method ``none``) are
+        decoded and given :func:`lensdask.model.normalise.normalise`; the other rows of a
+        quantised store are normalised straight from their codes with the sky level and noise
+        measured when they were written (:func:`lensdask.quantise.normalise_codes`).
+
+        Parameters
+        ----------
+        tile : int or str
+        start, stop : int
+            Row range within the tile (``stop`` defaults to its count).
+        specs : sequence of dict or None
+            Normalisation specifications (model cards' ``normalisation``); equal ones share
+            one array.
+        raw : bool
+            Also return every row's float32 pixels (``inputs.raw``), decoded.
+
+        Returns
+        -------
+        lensdask.model.normalise.ModelInputs
+        """
+        t = self.tile_index(tile)
+        n = self._count(t)
+        stop = n if stop is None else min(stop, n)
+        return self._model_inputs(self._stored_block(t, start, stop, sky=True), specs, raw)
+
+    def _stored_block(self, t: int, start: int, stop: int, *, sky: bool) -> "_StoredBlock":
+        """Rows ``start:stop`` of tile ``t`` as stored (codes, or float pixels) with their per-row arrays."""
+        g = self.group
+        block = _StoredBlock(t, start, np.asarray(g["images"][t, start:stop]))
+        if not self.quantised:
+            return block
+        block.object_id = np.asarray(g["object_id"][t, start:stop])
+        block.scale, block.zero = np.asarray(g["scale"][t, start:stop]), np.asarray(g["zero"][t, start:stop])
+        if sky and self.sky_stats:
+            block.sky, block.noise = np.asarray(g["sky"][t, start:stop]), np.asarray(g["noise"][t, start:stop])
+        return block
+
+    def _stored_blocks(self, batch_size: int, tiles: Iterable[int] | None, *, reuse: bool, sky: bool):
+        """:class:`_StoredBlock` of at most ``batch_size`` rows, tile by tile; their values in one
+        reused buffer if ``reuse``. The per-row arrays of a tile are read once, whole."""
         images = self.group["images"]
-        buf = pix = None
+        g = self.group
+        buf = None
         for t in self.written_tiles() if tiles is None else tiles:
             table = self.read_table(t)
             n = len(table)
+            per_row = {}
             if self.quantised:
-                scale = np.asarray(self.group["scale"][t, :n])
-                zero = np.asarray(self.group["zero"][t, :n])
+                names = QUANTISE_ARRAYS + (SKY_ARRAYS if sky and self.sky_stats else ())
+                per_row = {name: np.asarray(g[name][t, :n]) for name in names}
                 oid = table["object_id"].to_numpy()
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
                 batch = table.iloc[start:stop].reset_index(drop=True)
-                if not reuse:
-                    raw = np.asarray(images[t, start:stop])
-                    if self.quantised:
-                        raw = self._decode(t, start, raw, scale[start:stop], zero[start:stop], oid[start:stop])
-                    yield raw, batch
-                    continue
-                if buf is None:
-                    rows = min(batch_size, self.capacity)
-                    buf = np.empty((rows, *images.shape[2:]), dtype=images.dtype)
-                    pix = np.empty((rows, *images.shape[2:]), dtype=np.float32) if self.quantised else buf
-                out = buf[: stop - start]
-                images.get_basic_selection((t, slice(start, stop)), out=NDBuffer.from_numpy_array(out))
+                out = None
+                if reuse:
+                    if buf is None:
+                        buf = np.empty((min(batch_size, self.capacity), *images.shape[2:]), dtype=images.dtype)
+                    out = buf[: stop - start]
+                    images.get_basic_selection((t, slice(start, stop)), out=_nd_buffer(out))
+                else:
+                    out = np.asarray(images[t, start:stop])
+                block = _StoredBlock(t, start, out, batch)
                 if self.quantised:
-                    out = self._decode(t, start, out, scale[start:stop], zero[start:stop], oid[start:stop],
-                                       out=pix[: stop - start])
-                yield out, batch
+                    block.object_id = oid[start:stop]
+                    for name, value in per_row.items():
+                        setattr(block, name, value[start:stop])
+                yield block
+
+    def _model_inputs(self, block: "_StoredBlock", specs: Sequence[dict | None], raw: bool):
+        """:class:`~lensdask.model.normalise.ModelInputs` of one stored block (see :meth:`read_normalised`)."""
+        from .model.normalise import ModelInputs, model_inputs, nonfinite_rows, normalisation_spec, normalise, spec_key
+        from .quantise import codes_normalisable, normalise_codes
+
+        specs = [normalisation_spec(spec) for spec in specs]
+        if not self.quantised:
+            return model_inputs(block.values, specs, keep_raw=raw)
+        q = block.values
+        n = len(q)
+        keys = self._keys(block.t, block.start, block.object_id)
+        seed = int(self.encoding["seed"])
+        border = int(self.encoding["border"])
+        from_codes = [block.sky is not None and spec["method"] == "asinh-noise" and spec["border"] == border
+                      for spec in specs]
+        fused: dict[str, np.ndarray] = {}
+        ok = np.zeros(n, dtype=bool)
+        if any(from_codes):
+            ok = codes_normalisable(block.scale, block.zero, block.sky, block.noise)
+            for spec, direct in zip(specs, from_codes):
+                if direct and spec_key(spec) not in fused:
+                    y, nan_rows = normalise_codes(q, block.scale, block.zero, block.sky, block.noise, keys,
+                                                  seed=seed, softening=spec["softening"])
+                    fused[spec_key(spec)] = y
+                    ok &= ~nan_rows
+        # decoded pixels: of every row when asked for or some normalisation needs them, else of the rows the codes cannot serve
+        every = raw or not all(from_codes)
+        rows = np.arange(n) if every else np.flatnonzero(~ok)
+        pix = self._decode(block.t, block.start, q if every else q[rows], block.scale[rows], block.zero[rows],
+                           block.object_id[rows])
+        bad = np.zeros(n, dtype=bool)
+        bad[rows] = nonfinite_rows(pix)
+        good = ~bad
+        done: dict[str, np.ndarray] = {}
+        inputs = []
+        for spec, direct in zip(specs, from_codes):
+            key = spec_key(spec)
+            if key not in done:
+                if direct:
+                    x = fused[spec_key(spec)]
+                    redo = np.flatnonzero(~ok & good)
+                    if redo.size:
+                        x[redo] = normalise(pix[np.searchsorted(rows, redo)], spec)
+                    done[key] = x[good] if bad.any() else x
+                else:
+                    done[key] = normalise(pix[good[rows]] if bad.any() else pix, spec)
+            inputs.append(done[key])
+        return ModelInputs(inputs, bad, pix if raw else None)
 
     def to_dask(self):
         """The pixels as a lazy float dask array with one chunk per tile (NaN in rows not written)."""
@@ -455,6 +600,30 @@ class CutoutStore:
         return da.concatenate(blocks, axis=0)
 
 
+@dataclass
+class _StoredBlock:
+    """Rows ``start:`` of tile ``t`` as stored: ``values`` (codes or float pixels), their table,
+    and for a quantised store the rows' ``object_id`` and per-band arrays (``sky``/``noise``
+    None when not read or not stored)."""
+
+    t: int
+    start: int
+    values: np.ndarray
+    table: pd.DataFrame | None = None
+    object_id: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    zero: np.ndarray | None = None
+    sky: np.ndarray | None = None
+    noise: np.ndarray | None = None
+
+
+def _nd_buffer(out: np.ndarray):
+    """``out`` as the zarr buffer a read writes into."""
+    from zarr.buffer.cpu import NDBuffer
+
+    return NDBuffer.from_numpy_array(out)
+
+
 def _decoded_tile(url: str, t: int) -> np.ndarray:
     """Every row of tile ``t`` of a quantised store, decoded, (1, capacity, ...); NaN past its count."""
     s = open_store(url)
@@ -465,6 +634,12 @@ def _decoded_tile(url: str, t: int) -> np.ndarray:
 
 QUANTISE_ARRAYS = ("scale", "zero")
 """Per-row, per-band float32 arrays of a quantised store: step and offset (flux units)."""
+
+SKY_ARRAYS = ("sky", "noise")
+"""Per-row, per-band float32 arrays of a quantised store written since they were introduced: the
+sky level (median of the normalisation border, flux units) and sky noise (1.4826 MAD of it, flux
+units) the quantiser measured, NaN where not measurable. Stores without them read alike, their
+inputs normalised after decoding."""
 
 
 COMPRESSORS = ("lz4", "zstd")
@@ -561,7 +736,7 @@ def create_store(
         options = {k: encoding[k] for k in ("nblock", "level") if k in encoding}
         g.create_array("images", dtype="int32", fill_value=int(np.iinfo(np.int32).min),
                        serializer=codec(**options), compressors=[Crc32cCodec()], **image_array)
-        for name in QUANTISE_ARRAYS:
+        for name in QUANTISE_ARRAYS + SKY_ARRAYS:
             g.create_array(name, shape=(n_tiles, capacity, nb), chunks=(1, capacity, nb), dtype="float32",
                            fill_value=np.nan, dimension_names=["tile", "row", "band"])
     else:

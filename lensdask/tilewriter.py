@@ -175,11 +175,12 @@ def write_tile_streamed(store: CutoutStore, tile: int | str, table: pd.DataFrame
     lossless = np.zeros(n, dtype=bool)
     quantised = getattr(store, "quantised", False)
     if quantised:
-        from .quantise import quantise
+        from .quantise import quantise_measured
 
         enc = store.encoding
-        scale_all = np.full((store.capacity, nb), np.nan, dtype=np.float32)
-        zero_all = np.full((store.capacity, nb), np.nan, dtype=np.float32)
+        # step, offset, and where the store keeps them the sky level and noise, of each row and band
+        per_band = {name: np.full((store.capacity, nb), np.nan, dtype=np.float32)
+                    for name in ("scale", "zero") + (("sky", "noise") if getattr(store, "sky_stats", False) else ())}
     g["count"][t] = -1  # uncommitted while the rows change
     stream = _ShardStream(g["images"], t)
     shape = (nb, store.stamp, store.stamp)
@@ -194,10 +195,12 @@ def write_tile_streamed(store: CutoutStore, tile: int | str, table: pd.DataFrame
             if start + len(block) > n:
                 raise StoreWriteError(f"tile {t}: more image rows than the {n} table rows")
             if quantised:
-                block, scale, zero = quantise(block, store._keys(t, start, oid[start : start + len(block)]),
-                                              step=float(enc["step"]), seed=int(enc["seed"]), border=int(enc["border"]))
-                scale_all[start : start + len(block)] = scale
-                zero_all[start : start + len(block)] = zero
+                block, scale, zero, sky, noise = quantise_measured(
+                    block, store._keys(t, start, oid[start : start + len(block)]),
+                    step=float(enc["step"]), seed=int(enc["seed"]), border=int(enc["border"]))
+                for name, value in (("scale", scale), ("zero", zero), ("sky", sky), ("noise", noise)):
+                    if name in per_band:
+                        per_band[name][start : start + len(block)] = value
                 lossless[start : start + len(block)] = (scale == 0).any(axis=1)
             else:
                 block = block.astype(stream.dtype, copy=False)
@@ -223,8 +226,8 @@ def write_tile_streamed(store: CutoutStore, tile: int | str, table: pd.DataFrame
         stream.abort()
         raise
     if quantised:
-        g["scale"][t] = scale_all
-        g["zero"][t] = zero_all
+        for name, value in per_band.items():
+            g[name][t] = value
     rows = store.row_arrays(table)
     rows["flags"][:n] |= np.where(lossless, FLAG_LOSSLESS, 0).astype(np.int32)
     return store.commit_rows(t, rows, table)

@@ -10,7 +10,7 @@ import torch
 
 from .. import config
 from ..errors import LensdaskError, ModelMismatchError
-from .normalise import normalise
+from .normalise import nonfinite_rows, normalise
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -43,14 +43,6 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise LensdaskError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
     return dev
-
-
-def nonfinite_rows(images: np.ndarray) -> np.ndarray:
-    """Boolean (n,) mask of the stamps holding any NaN or infinite pixel."""
-    images = np.asarray(images)
-    if images.shape[0] == 0:
-        return np.zeros(0, dtype=bool)
-    return ~np.isfinite(images.reshape(images.shape[0], -1)).all(axis=1)
 
 
 BATCH_SIZES = {"cpu": 64, "cuda": 512}

@@ -29,6 +29,8 @@ training, evaluation and search.
 from __future__ import annotations
 
 import functools
+import json
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -184,3 +186,59 @@ def normalise(images: np.ndarray, spec: dict | None = None) -> np.ndarray:
             np.multiply(y, scale[..., None, None], out=y)
             np.arcsinh(y, out=y)
     return out
+
+
+def nonfinite_rows(images: np.ndarray) -> np.ndarray:
+    """Boolean (n,) mask of the stamps holding any NaN or infinite pixel."""
+    images = np.asarray(images)
+    if images.shape[0] == 0:
+        return np.zeros(0, dtype=bool)
+    return ~np.isfinite(images.reshape(images.shape[0], -1)).all(axis=1)
+
+
+def spec_key(spec: dict | None) -> str:
+    """A string naming a normalisation: equal for specifications that normalise alike."""
+    return json.dumps(normalisation_spec(spec), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """A batch of stamps made ready for models, and what was kept out of it.
+
+    ``inputs[i]`` is the (n_finite, bands, stamp, stamp) float32 input of the i-th
+    normalisation asked for (those equal share one array); ``bad`` the (n,) mask of rows
+    with a non-finite pixel, which no model sees; ``raw`` the (n, bands, stamp, stamp)
+    float32 pixels of every row when they were asked for, else None. Nothing here refers
+    to a buffer the reader reuses.
+    """
+
+    inputs: list
+    bad: np.ndarray
+    raw: np.ndarray | None = None
+
+
+def model_inputs(images: np.ndarray, specs, *, keep_raw: bool = False) -> ModelInputs:
+    """Normalise the finite rows of a batch of pixels for one or more normalisations.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        (n, bands, stamp, stamp) pixel values; may be a buffer the caller overwrites next.
+    specs : sequence of dict or None
+        Normalisation specifications (model cards' ``normalisation``); equal ones are
+        computed once and share their array.
+    keep_raw : bool
+        Also return a float32 copy of ``images``.
+    """
+    images = np.asarray(images)
+    bad = nonfinite_rows(images)
+    good = images[~bad] if bad.any() else images
+    done: dict[str, np.ndarray] = {}
+    inputs = []
+    for spec in specs:
+        key = spec_key(spec)
+        if key not in done:
+            done[key] = normalise(good, spec)
+        inputs.append(done[key])
+    raw = np.array(images, dtype=np.float32, copy=True) if keep_raw else None
+    return ModelInputs(inputs, bad, raw)

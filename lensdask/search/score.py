@@ -17,8 +17,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from ..model.infer import forward_proba, input_size, nonfinite_rows
-from ..model.normalise import normalise
+from ..model.infer import forward_proba, input_size
+from ..model.normalise import model_inputs, normalise
 
 HISTOGRAM_BINS = np.linspace(0.0, 1.0, 21)
 """Edges of the per-tile score histogram (lens probability, 20 bins)."""
@@ -47,9 +47,8 @@ def prepare_batch(images: np.ndarray, table: pd.DataFrame, card: dict):
             f"images have shape {images.shape}; model {card.get('model_id', '?')} expects (n, {shape[0]}, "
             f"{shape[1]}, {shape[2]}) for bands {card['bands']}"
         )
-    bad = nonfinite_rows(images)
-    good = images if not bad.any() else images[~bad]
-    return normalise(good, card.get("normalisation")), bad, table
+    inputs = model_inputs(images, [card.get("normalisation")])
+    return inputs.inputs[0], inputs.bad, table
 
 
 def score_batches(
@@ -175,12 +174,6 @@ def combine_scores(scores: np.ndarray, method: str = "mean") -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _norm_key(card: dict) -> str:
-    import json
-
-    return json.dumps(card.get("normalisation"), sort_keys=True, default=str)
-
-
 def prepare_inputs(images: np.ndarray, table: pd.DataFrame, cards: list[dict], keep_raw: bool = False):
     """Normalised finite rows of one batch for several models: ``(xs, bad, table, raw)``.
 
@@ -188,20 +181,11 @@ def prepare_inputs(images: np.ndarray, table: pd.DataFrame, cards: list[dict], k
     one array); ``bad`` the (n,) mask of rows with non-finite pixels; ``raw`` a copy of the
     pixels when ``keep_raw`` (a cascade holds some rows for its second stage), else None.
     Like :func:`prepare_batch`, nothing returned refers to ``images``: the caller may reuse it.
+    A store's rows are made ready by :meth:`lensdask.store.CutoutStore.iter_normalised` instead
+    (straight from the codes of a quantised store); this is the same for pixels in memory.
     """
-    x0, bad, table = prepare_batch(images, table, cards[0])
-    done = {_norm_key(cards[0]): x0}
-    good = None
-    xs = [x0]
-    for card in cards[1:]:
-        key = _norm_key(card)
-        if key not in done:
-            if good is None:
-                good = np.asarray(images)[~bad] if bad.any() else np.asarray(images)
-            done[key] = normalise(good, card.get("normalisation"))
-        xs.append(done[key])
-    raw = np.array(images, dtype=np.float32, copy=True) if keep_raw else None
-    return xs, bad, table, raw
+    inputs = model_inputs(images, [card.get("normalisation") for card in cards], keep_raw=keep_raw)
+    return inputs.inputs, inputs.bad, table, inputs.raw
 
 
 class _TopK:
