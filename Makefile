@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-lensdask
 PYTEST_ARGS ?=
 
-.PHONY: demo test install benchmark clean
+.PHONY: demo test lint install benchmark clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff (rules in pyproject.toml) and mypy (the package; settings in pyproject.toml).
+# `ruff format --check` is not run: the tree predates the formatter settings.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lensdask tests benchmarks
+	$(VENV)/bin/mypy lensdask
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/bench_search_parts.py
