@@ -126,7 +126,7 @@ def load_profile(kind: str, name: str) -> dict:
     import yaml
 
     path = jobqueue_file()
-    from_file = {}
+    from_file: dict = {}
     if path is not None:
         try:
             data = yaml.safe_load(path.read_text()) or {}

@@ -149,5 +149,5 @@ class PcodecCodec(_Int32EntropyCodec):
 register_codec(CODEC_NAME, RiceCodec)
 register_codec(PCODEC_NAME, PcodecCodec)
 
-CODECS = {"pcodec": PcodecCodec, "rice": RiceCodec}
+CODECS: dict[str, type[_Int32EntropyCodec]] = {"pcodec": PcodecCodec, "rice": RiceCodec}
 """Integer codecs a quantised store may use (config ``store.quantise.codec``)."""

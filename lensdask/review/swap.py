@@ -61,7 +61,7 @@ def read_classifications(path: str | os.PathLike, *, task: str = "T0", yes: str 
         if answer is None:
             continue
         subject = str(rec["subject_ids"]).split(";")[0]
-        meta = {}
+        meta: dict = {}
         if isinstance(rec.get("subject_data"), str):
             meta = json.loads(rec["subject_data"]).get(subject, {}) or {}
         rows.append(

@@ -144,7 +144,11 @@ class Candidate:
         self._mu = None
         self._arc1 = None  # unconvolved lensed source at unit amplitude (flux per pixel)
         self._ll1 = None
-        self._arc, self._ll, self._conv, self._morph, self._scene = {}, {}, {}, {}, {}
+        self._arc: dict = {}
+        self._ll: dict = {}
+        self._conv: dict = {}
+        self._morph: dict = {}
+        self._scene: dict = {}
         self._scene_unit = None
         self.background_rms, self.exposure_time, self.scale = {}, {}, {}
         # systems drawn without conditions get the fixed lenstronomy DES ones

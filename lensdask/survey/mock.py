@@ -77,7 +77,9 @@ def draw_tiles(rng: np.random.Generator, n: int, ra_range, dec_range) -> pd.Data
     pandas.DataFrame
         ``tile`` (name), ``ra``, ``dec`` (centre, degrees).
     """
-    names, ras, decs = [], [], []
+    names: list[str] = []
+    ras: list[float] = []
+    decs: list[float] = []
     s0, s1 = np.sin(np.deg2rad(dec_range[0])), np.sin(np.deg2rad(dec_range[1]))
     while len(names) < n:
         ra = float(rng.uniform(*ra_range))
