@@ -3,6 +3,7 @@ early stopping, bad input, evaluation outputs, and the CLI options. Tiny models 
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -10,7 +11,6 @@ import pandas as pd
 import pytest
 import torch
 
-import importlib
 from lensdask.cli import main
 from lensdask.errors import CheckpointError, LensdaskError
 from lensdask.model import evaluate, load_checkpoint, predict_proba, train
@@ -185,7 +185,8 @@ def test_class_weights_and_split():
     assert class_weights([30, 10, 0]).tolist() == pytest.approx([40 / 60, 2.0, 1.0])
     lab = np.r_[np.zeros(20, int), np.ones(4, int), -np.ones(3, int)]
     role = split_rows(lab, 0.25, np.random.default_rng(0))
-    assert (role[lab < 0] == 0).all() and ((role == 2) & (lab == 1)).sum() == 1 and ((role == 2) & (lab == 0)).sum() == 5
+    assert (role[lab < 0] == 0).all()
+    assert ((role == 2) & (lab == 1)).sum() == 1 and ((role == 2) & (lab == 0)).sum() == 5
 
 
 # -- augmentation ------------------------------------------------------------------------
@@ -234,15 +235,19 @@ def test_resume_after_interrupt_matches_uninterrupted(store, tmp_path, monkeypat
     kw = dict(epochs=3, seed=5, **KW)
     full = train(store.url, tmp_path / "full", **kw)
 
-    def stop(epoch, step):
+    module = importlib.import_module("lensdask.model.train")
+    step_once = module._train_step
+
+    def stop(run, batch, g, epoch, step):  # interrupt the run in its third epoch, before its second batch
         if epoch == 2 and step == 1:
             raise KeyboardInterrupt
+        return step_once(run, batch, g, epoch, step)
 
-    monkeypatch.setattr(importlib.import_module("lensdask.model.train"), "_STEP_HOOK", stop)
-    with pytest.raises(KeyboardInterrupt):
-        train(store.url, tmp_path / "cut", **kw)
+    with monkeypatch.context() as patch:
+        patch.setattr(module, "_train_step", stop)
+        with pytest.raises(KeyboardInterrupt):
+            train(store.url, tmp_path / "cut", **kw)
     assert (tmp_path / "cut" / "train_state.pt").is_file()
-    monkeypatch.setattr(importlib.import_module("lensdask.model.train"), "_STEP_HOOK", None)
     with pytest.raises(LensdaskError, match="other settings.*learning_rate"):
         train(store.url, tmp_path / "cut", resume=True, **{**kw, "learning_rate": 1e-2})
     resumed = train(store.url, tmp_path / "cut", resume=True, **kw)

@@ -28,6 +28,7 @@ import os
 import pathlib
 import sys
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -45,45 +46,6 @@ from .report import classifier_report
 
 STATE = "train_state.pt"
 """Training-state file written into the output directory after every epoch."""
-
-_STEP_HOOK = None  # tests set a callable(epoch, step) to interrupt a run mid-epoch
-
-
-def _lr_lambda(total_steps: int, warmup: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
-
-
-def _config_or_none(key: str):
-    import dask.config
-
-    return dask.config.get(f"lensdask.{key}", default=None)
-
-
-def _validate(model, data: StoreBatches, dev, size, batch_size, loss_fn):
-    """Probabilities, labels, row ids and mean (weighted) loss over the validation rows."""
-    model.eval()
-    probs, labels, ids, loss_sum, weight_sum = [], [], [], 0.0, 0.0
-    with torch.inference_mode(), autocast(dev):
-        for x, y, rows in data.validation():
-            for i in range(0, y.size, batch_size):
-                xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).to(dev)
-                yb = torch.from_numpy(y[i : i + batch_size]).to(dev)
-                logits = model(resize(xb, size)).float()
-                w = loss_fn.weight[yb].sum() if loss_fn.weight is not None else torch.tensor(float(yb.numel()))
-                loss_sum += float(loss_fn(logits, yb)) * float(w)
-                weight_sum += float(w)
-                probs.append(torch.softmax(logits, 1).cpu().numpy())
-            labels.append(y)
-            ids.append(rows)
-    if not labels:
-        return None
-    return np.concatenate(probs), np.concatenate(labels), np.concatenate(ids), loss_sum / max(weight_sum, 1e-30)
 
 
 def train(
@@ -176,51 +138,203 @@ def train(
     CheckpointError, ModelMismatchError
         Unreadable pretrained weights, or weights for other bands.
     """
-    from tqdm.auto import tqdm
+    s = _resolve_settings(arch=arch, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, device=device,
+                          seed=seed, validation_fraction=validation_fraction, pretrained=pretrained,
+                          resize_to=resize_to, patch_size=patch_size, patience=patience, balance=balance,
+                          shift_px=shift_px, compile=compile)
+    dev = resolve_device(s.device)
+    if s.num_threads > 0:
+        torch.set_num_threads(s.num_threads)
+    out = pathlib.Path(os.fspath(out))
+    d = _open_data(data, s)
+    net = _build_model(d, s, dev, resume)
+    run = _Run(s, dev, d, net, _build_optimiser(net.model, d.rows, s, dev), out / STATE, progress)
+    fingerprint = _resume_settings(run)
+    p = _load_state(run, fingerprint) if resume else _Progress()
+    _run_epochs(run, p, fingerprint)
+    card = _model_card(run, p, _best_metrics(run, p), command)
+    card = save_checkpoint(net.model.to("cpu"), out, card)
+    if not config.get("train.keep_state"):
+        run.state_path.unlink(missing_ok=True)
+    return card
 
-    arch = config.get("train.arch", arch)
-    epochs = int(config.get("train.epochs", epochs))
-    batch_size = int(config.get("train.batch_size", batch_size))
-    learning_rate = float(config.get("train.learning_rate", learning_rate))
-    weight_decay = float(config.get("train.weight_decay"))
-    seed = int(config.get("train.seed", seed))
-    validation_fraction = float(config.get("train.validation_fraction", validation_fraction))
-    device_arg = config.get("train.device", device)
-    num_threads = int(config.get("train.num_threads") or 0)
-    pretrained = pretrained if pretrained is not None else _config_or_none("train.pretrained")
-    resize_to = resize_to if resize_to is not None else _config_or_none("train.resize")
-    patch_size = patch_size if patch_size is not None else _config_or_none("train.patch_size")
-    patience = int(config.get("train.patience", patience))
-    balance = bool(config.get("train.balance", balance))
-    shift_px = float(config.get("train.augment.shift_px", shift_px))
-    dihedral = bool(config.get("train.augment.dihedral"))
-    compile = bool(config.get("train.compile", compile))
-    buffer_rows = int(config.get("train.shuffle_buffer"))
-    cache_bytes = float(config.get("train.cache_gb")) * 1e9
-    spec = normalisation_spec(_config_or_none("train.normalisation"))
-    if epochs < 1 or batch_size < 1:
-        raise LensdaskError(f"epochs ({epochs}) and batch_size ({batch_size}) must be >= 1")
-    if not 0 <= validation_fraction < 1:
-        raise LensdaskError(f"validation_fraction must lie in [0, 1), got {validation_fraction}")
-    if not learning_rate >= 0 or patience < 0 or shift_px < 0:
+
+# -- settings ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Settings:
+    """The hyper-parameters of one run: arguments, else configuration, checked.
+
+    Attributes
+    ----------
+    arch : str
+        Architecture name.
+    epochs, batch_size : int
+        Epochs to run, rows per gradient step.
+    learning_rate, weight_decay : float
+        Peak AdamW learning rate and weight decay.
+    seed : int
+        Seeds the split, initialisation, batch order and augmentation.
+    validation_fraction : float
+        Fraction of each class held out, in [0, 1).
+    device : str
+        Device request (``"auto"``, ``"cpu"``, ``"cuda"``...), resolved later.
+    num_threads : int
+        Torch CPU threads; 0 leaves torch's default.
+    pretrained : str or path or None
+        Starting weights.
+    resize_to, patch_size : int or None
+        Model input side, pixels, when it differs from the stamp; patch side, pixels.
+    patience : int
+        Epochs without a better validation AUROC before stopping; 0 never stops.
+    balance : bool
+        Weight the loss by inverse class frequency.
+    shift_px : float
+        Largest sub-pixel shift of the augmentation, pixels.
+    dihedral : bool
+        Augment with the eight symmetries of the pixel grid.
+    compile : bool
+        ``torch.compile`` the model.
+    buffer_rows : int
+        Rows held by the streaming shuffle buffer.
+    cache_bytes : float
+        Largest store, bytes, that is read whole into memory.
+    normalisation : dict
+        The pixel normalisation (:func:`~lensdask.model.normalise.normalisation_spec`).
+    """
+
+    arch: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    seed: int
+    validation_fraction: float
+    device: str
+    num_threads: int
+    pretrained: object
+    resize_to: object
+    patch_size: object
+    patience: int
+    balance: bool
+    shift_px: float
+    dihedral: bool
+    compile: bool
+    buffer_rows: int
+    cache_bytes: float
+    normalisation: dict
+
+    @property
+    def augmentation(self) -> str:
+        """The augmentation in words, as the model card records it."""
+        return (("dihedral (flips, 90 degree rotations)" if self.dihedral else "none")
+                + (f"; Fourier sub-pixel shifts up to {self.shift_px:g} px" if self.shift_px > 0 else ""))
+
+
+def _config_or_none(key: str):
+    """The configured ``lensdask.<key>``, or None where it is not set."""
+    import dask.config
+
+    return dask.config.get(f"lensdask.{key}", default=None)
+
+
+def _resolve_settings(*, arch, epochs, batch_size, learning_rate, device, seed, validation_fraction, pretrained,
+                      resize_to, patch_size, patience, balance, shift_px, compile) -> _Settings:
+    """Fill :func:`train`'s hyper-parameters left at None from the configuration, and check them.
+
+    Parameters
+    ----------
+    arch, epochs, batch_size, learning_rate, device, seed, validation_fraction, pretrained
+        As :func:`train` takes them.
+    resize_to, patch_size, patience, balance, shift_px, compile
+        As :func:`train` takes them.
+
+    Returns
+    -------
+    _Settings
+
+    Raises
+    ------
+    LensdaskError
+        A value out of range, or an unknown architecture (before any I/O).
+    """
+    s = _Settings(
+        arch=config.get("train.arch", arch),
+        epochs=int(config.get("train.epochs", epochs)),
+        batch_size=int(config.get("train.batch_size", batch_size)),
+        learning_rate=float(config.get("train.learning_rate", learning_rate)),
+        weight_decay=float(config.get("train.weight_decay")),
+        seed=int(config.get("train.seed", seed)),
+        validation_fraction=float(config.get("train.validation_fraction", validation_fraction)),
+        device=config.get("train.device", device),
+        num_threads=int(config.get("train.num_threads") or 0),
+        pretrained=pretrained if pretrained is not None else _config_or_none("train.pretrained"),
+        resize_to=resize_to if resize_to is not None else _config_or_none("train.resize"),
+        patch_size=patch_size if patch_size is not None else _config_or_none("train.patch_size"),
+        patience=int(config.get("train.patience", patience)),
+        balance=bool(config.get("train.balance", balance)),
+        shift_px=float(config.get("train.augment.shift_px", shift_px)),
+        dihedral=bool(config.get("train.augment.dihedral")),
+        compile=bool(config.get("train.compile", compile)),
+        buffer_rows=int(config.get("train.shuffle_buffer")),
+        cache_bytes=float(config.get("train.cache_gb")) * 1e9,
+        normalisation=normalisation_spec(_config_or_none("train.normalisation")),
+    )
+    if s.epochs < 1 or s.batch_size < 1:
+        raise LensdaskError(f"epochs ({s.epochs}) and batch_size ({s.batch_size}) must be >= 1")
+    if not 0 <= s.validation_fraction < 1:
+        raise LensdaskError(f"validation_fraction must lie in [0, 1), got {s.validation_fraction}")
+    if not s.learning_rate >= 0 or s.patience < 0 or s.shift_px < 0:
         raise LensdaskError(
-            f"learning_rate ({learning_rate}), patience ({patience}) and shift_px ({shift_px}) must be >= 0"
+            f"learning_rate ({s.learning_rate}), patience ({s.patience}) and shift_px ({s.shift_px}) must be >= 0"
         )
     try:  # an unknown architecture fails before any I/O
-        arch_kwargs(arch, in_chans=1, img_size=max(int(resize_to or 0), 64), num_classes=2, patch_size=patch_size)
+        arch_kwargs(s.arch, in_chans=1, img_size=max(int(s.resize_to or 0), 64), num_classes=2,
+                    patch_size=s.patch_size)
     except ValueError as exc:
         raise LensdaskError(str(exc)) from exc
-    dev = resolve_device(device_arg)
-    if num_threads > 0:
-        torch.set_num_threads(num_threads)
-    out = pathlib.Path(os.fspath(out))
-    state_path = out / STATE
+    return s
 
+
+# -- data and model ---------------------------------------------------------------------
+@dataclass
+class _Data:
+    """The labelled store and its rows, split into training and validation.
+
+    Attributes
+    ----------
+    store : CutoutStore
+    rows : StoreBatches
+        Batches of the training rows, and the validation rows.
+    counts : numpy.ndarray
+        Labelled rows of each class (all rows, both sets).
+    present : list of int
+        The classes with labelled rows.
+    """
+
+    store: object
+    rows: StoreBatches
+    counts: np.ndarray
+    present: list
+
+    @property
+    def lens_class(self) -> int:
+        return self.store.lens_class
+
+
+def _open_data(data, s: _Settings) -> _Data:
+    """Open the store, split its rows, and refuse a store that cannot train a lens finder.
+
+    Raises
+    ------
+    LensdaskError
+        No class named ``lens``, fewer than two classes with labelled rows, no lens rows, or
+        fewer than two training rows.
+    """
     store = open_store(data)
     if "lens" not in store.classes:
         raise LensdaskError(f"store {store.url!r} has classes {store.classes}, none named 'lens'")
-    lens_class = store.lens_class
-    rows = StoreBatches(store, spec, validation_fraction, seed, buffer_rows=buffer_rows, cache_bytes=cache_bytes)
+    rows = StoreBatches(store, s.normalisation, s.validation_fraction, s.seed, buffer_rows=s.buffer_rows,
+                        cache_bytes=s.cache_bytes)
     counts = np.bincount(rows.labels[rows.labels >= 0], minlength=len(store.classes))
     present = [c for c in range(len(store.classes)) if counts[c] > 0]
     if len(present) < 2:
@@ -229,222 +343,489 @@ def train(
             f"store {store.url!r} has labelled rows of {len(present)} class(es) {names} "
             f"(of {store.classes}); training needs at least two"
         )
-    if lens_class not in present:
+    if store.lens_class not in present:
         raise LensdaskError(f"store {store.url!r} has no rows labelled 'lens'; cannot train a lens finder")
     if rows.n_train < 2:
         raise LensdaskError(f"store {store.url!r} has only {rows.n_train} training rows")
+    return _Data(store, rows, counts, present)
 
-    input_side = int(resize_to) if resize_to else int(store.stamp)
-    kwargs = arch_kwargs(arch, in_chans=len(store.bands), img_size=input_side,
-                         num_classes=len(store.classes), patch_size=patch_size)
-    size = input_side if input_side != store.stamp else None
-    torch.manual_seed(seed)
+
+@dataclass
+class _Model:
+    """The network and how its input is sized.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        On the training device.
+    arch_kwargs : dict
+        What rebuilds it (:func:`~lensdask.model.architectures.build_vit`).
+    input_side : int
+        Model input side, pixels.
+    size : int or None
+        ``input_side`` where stamps are resampled to it, else None (the stamp's side).
+    pretrained_info : dict or None
+        What :func:`~lensdask.model.pretrained.load_pretrained` loaded.
+    """
+
+    model: torch.nn.Module
+    arch_kwargs: dict
+    input_side: int
+    size: int | None
+    pretrained_info: dict | None
+
+
+def _build_model(d: _Data, s: _Settings, dev: torch.device, resume: bool) -> _Model:
+    """Build the seeded network for the store's bands and classes, load pretrained weights, move it to ``dev``."""
+    store = d.store
+    input_side = int(s.resize_to) if s.resize_to else int(store.stamp)
+    kwargs = arch_kwargs(s.arch, in_chans=len(store.bands), img_size=input_side,
+                         num_classes=len(store.classes), patch_size=s.patch_size)
+    torch.manual_seed(s.seed)
     model = build_vit(kwargs)
     pretrained_info = None
-    if pretrained and not resume:
+    if s.pretrained and not resume:
         from .pretrained import load_pretrained
 
-        pretrained_info = load_pretrained(model, pretrained, list(store.bands), list(store.classes))
+        pretrained_info = load_pretrained(model, s.pretrained, list(store.bands), list(store.classes))
     model.to(dev)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(rows.n_train / batch_size)
-    total = steps_per_epoch * epochs
+    size = input_side if input_side != store.stamp else None
+    return _Model(model, kwargs, input_side, size, pretrained_info)
+
+
+@dataclass
+class _Optimiser:
+    """What a gradient step needs besides the batch.
+
+    Attributes
+    ----------
+    forward : callable
+        The model, or its ``torch.compile``-d wrapper.
+    opt : torch.optim.AdamW
+    sched : torch.optim.lr_scheduler.LambdaLR
+        Stepped once per batch.
+    loss_fn : torch.nn.CrossEntropyLoss
+    class_weights : torch.Tensor or None
+        Loss weight of each class (inverse training frequency), on the CPU; None without ``balance``.
+    steps_per_epoch : int
+    """
+
+    forward: object
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    loss_fn: torch.nn.CrossEntropyLoss
+    class_weights: torch.Tensor | None
+    steps_per_epoch: int
+
+
+def _lr_lambda(total_steps: int, warmup: int):
+    """Learning-rate factor by step: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total_steps``."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def _build_optimiser(model: torch.nn.Module, rows: StoreBatches, s: _Settings, dev: torch.device) -> _Optimiser:
+    """AdamW with a cosine schedule and 5 % linear warm-up, and the (class-weighted) cross-entropy."""
+    opt = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay)
+    steps_per_epoch = math.ceil(rows.n_train / s.batch_size)
+    total = steps_per_epoch * s.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, max(1, int(0.05 * total))))
-    train_counts = rows.class_counts(TRAIN)
-    weights = torch.tensor(class_weights(train_counts), dtype=torch.float32) if balance else None
+    weights = torch.tensor(class_weights(rows.class_counts(TRAIN)), dtype=torch.float32) if s.balance else None
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights.to(dev) if weights is not None else None)
-    forward = torch.compile(model) if compile else model
+    forward = torch.compile(model) if s.compile else model
+    return _Optimiser(forward, opt, sched, loss_fn, weights, steps_per_epoch)
 
-    settings = {
-        "data": str(store.url), "bands": list(store.bands), "stamp": int(store.stamp), "classes": list(store.classes),
-        "n_rows": int(rows.labels.size), "arch_kwargs": kwargs, "epochs": epochs, "batch_size": batch_size,
-        "learning_rate": learning_rate, "weight_decay": weight_decay, "seed": seed,
-        "validation_fraction": validation_fraction, "balance": balance, "shift_px": shift_px,
-        "normalisation": spec,
-    }
-    history: list[dict] = []
-    best = {"key": (-math.inf, -math.inf), "epoch": 0, "state": None}
-    start_epoch, since_best, seen, t_train = 0, 0, 0, 0.0
-    if resume:
-        start_epoch, history, best, since_best, seen, t_train, pretrained_info = _load_state(
-            state_path, settings, model, opt, sched
+
+# -- the loop ---------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """What stays fixed while a run trains.
+
+    Attributes
+    ----------
+    settings : _Settings
+    device : torch.device
+    data : _Data
+    net : _Model
+    optimiser : _Optimiser
+    state_path : pathlib.Path
+        The training-state file, ``OUT/train_state.pt``.
+    progress : bool
+        Show tqdm progress bars.
+    """
+
+    settings: _Settings
+    device: torch.device
+    data: _Data
+    net: _Model
+    optimiser: _Optimiser
+    state_path: pathlib.Path
+    progress: bool
+
+
+@dataclass
+class _Progress:
+    """Where a run stands after its last finished epoch (what the state file holds).
+
+    Attributes
+    ----------
+    epoch : int
+        Epochs finished.
+    history : list of dict
+        Per epoch: ``epoch``, ``loss``, ``lr`` and, with validation rows, ``val_auroc``, ``val_loss``.
+    best_key : tuple of float
+        (validation AUROC, -validation loss) of the best epoch; NaNs without validation rows.
+    best_epoch : int
+        The best epoch (1-based); the last one without validation rows.
+    best_state : dict or None
+        Its weights; None without validation rows.
+    since_best : int
+        Epochs since the best one.
+    seen : int
+        Training rows passed through the model.
+    t_train : float
+        Time spent in training epochs (validation excluded), seconds.
+    stopped_early : bool
+        ``patience`` ran out.
+    """
+
+    epoch: int = 0
+    history: list = field(default_factory=list)
+    best_key: tuple = (-math.inf, -math.inf)
+    best_epoch: int = 0
+    best_state: dict | None = None
+    since_best: int = 0
+    seen: int = 0
+    t_train: float = 0.0
+    stopped_early: bool = False
+
+
+def _train_step(run: _Run, batch: tuple, g: torch.Generator, epoch: int, step: int) -> float:
+    """One gradient step on a batch; returns its mean loss.
+
+    Parameters
+    ----------
+    run : _Run
+    batch : tuple of numpy.ndarray
+        Normalised pixels (n, bands, stamp, stamp) and labels (n,).
+    g : torch.Generator
+        The epoch's augmentation generator.
+    epoch, step : int
+        0-based epoch and batch, for messages.
+
+    Raises
+    ------
+    LensdaskError
+        The loss is not finite.
+    """
+    s, dev, o = run.settings, run.device, run.optimiser
+    xb_np, yb_np = batch
+    xb = torch.from_numpy(xb_np)
+    if dev.type == "cuda":
+        xb = xb.pin_memory()
+    xb = xb.to(dev, non_blocking=True)
+    yb = torch.from_numpy(yb_np).to(dev, non_blocking=True)
+    if s.dihedral or s.shift_px > 0:
+        xb = augment(xb, g, s.shift_px, dihedral=s.dihedral)
+    xb = resize(xb, run.net.size)
+    with autocast(dev):
+        loss = o.loss_fn(o.forward(xb).float(), yb)
+    loss_value = loss.detach().item()
+    if not math.isfinite(loss_value):
+        raise LensdaskError(
+            f"the training loss became {loss_value} at epoch {epoch + 1}, batch {step + 1}; "
+            f"lower the learning rate (now {s.learning_rate:g}) or check the data for extreme values"
+            + (f"; the last good state is in {run.state_path}" if run.state_path.exists() else "")
         )
+    o.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    o.opt.step()
+    o.sched.step()
+    return loss_value
 
-    epoch_bar = tqdm(range(start_epoch, epochs), desc=f"train {arch}", unit="epoch", disable=not progress,
-                     initial=start_epoch, total=epochs)
-    stopped_early = False
+
+def _train_epoch(run: _Run, epoch: int) -> tuple[float, int]:
+    """Run one epoch's batches through :func:`_train_step`.
+
+    Returns
+    -------
+    total_loss : float
+        The batch losses summed over rows.
+    n_rows : int
+        Training rows seen.
+
+    Raises
+    ------
+    KeyboardInterrupt
+        After saying on stderr which epoch is saved.
+    """
+    from tqdm.auto import tqdm
+
+    s, state_path = run.settings, run.state_path
+    run.net.model.train()
+    g = epoch_torch_generator(s.seed, epoch)
+    total_loss, n_rows = 0.0, 0
+    try:
+        batch_bar = tqdm(run.data.rows.train_batches(epoch, s.seed, s.batch_size),
+                         total=run.optimiser.steps_per_epoch, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
+                         disable=not run.progress)
+        for step, batch in enumerate(batch_bar):
+            loss_value = _train_step(run, batch, g, epoch, step)
+            total_loss += loss_value * batch[1].size
+            n_rows += batch[1].size
+            batch_bar.set_postfix(loss=f"{loss_value:.4f}")
+    except KeyboardInterrupt:
+        done = f"epoch {epoch} is saved in {state_path}" if state_path.exists() else "no epoch finished"
+        print(f"lensdask train: interrupted in epoch {epoch + 1}; {done}; run again with --resume",
+              file=sys.stderr)
+        raise
+    return total_loss, n_rows
+
+
+def _validate(model, data: StoreBatches, dev, size, batch_size, loss_fn):
+    """Run the model over the validation rows.
+
+    Returns
+    -------
+    tuple or None
+        (probabilities (n, classes), labels (n,), row ids (n,), mean class-weighted loss), or
+        None where there are no validation rows.
+    """
+    model.eval()
+    probs, labels, ids, loss_sum, weight_sum = [], [], [], 0.0, 0.0
+    with torch.inference_mode(), autocast(dev):
+        for x, y, rows in data.validation():
+            for i in range(0, y.size, batch_size):
+                xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).to(dev)
+                yb = torch.from_numpy(y[i : i + batch_size]).to(dev)
+                logits = model(resize(xb, size)).float()
+                w = loss_fn.weight[yb].sum() if loss_fn.weight is not None else torch.tensor(float(yb.numel()))
+                loss_sum += float(loss_fn(logits, yb)) * float(w)
+                weight_sum += float(w)
+                probs.append(torch.softmax(logits, 1).cpu().numpy())
+            labels.append(y)
+            ids.append(rows)
+    if not labels:
+        return None
+    return np.concatenate(probs), np.concatenate(labels), np.concatenate(ids), loss_sum / max(weight_sum, 1e-30)
+
+
+def _validate_run(run: _Run):
+    """:func:`_validate` on the run's validation rows, in batches of at least 256."""
+    return _validate(run.net.model, run.data.rows, run.device, run.net.size, max(run.settings.batch_size, 256),
+                     run.optimiser.loss_fn)
+
+
+def _score_epoch(run: _Run, p: _Progress, record: dict, val, epoch: int) -> None:
+    """Add the validation figures to ``record`` and keep the epoch in ``p`` if it is the best so far.
+
+    Best is the highest AUROC of lens against all other classes, ties to the lower validation
+    loss; without validation rows (``val`` None) every epoch is the best, and no weights are kept.
+    """
+    if val is None:
+        p.best_key, p.best_epoch, p.best_state = (math.nan, math.nan), epoch + 1, None
+        return
+    from .metrics import auroc
+
+    probs, labels, _, val_loss = val
+    lens_class = run.data.lens_class
+    score = auroc(labels == lens_class, probs[:, lens_class])
+    record.update(val_auroc=score, val_loss=val_loss)
+    key = (-math.inf if math.isnan(score) else score, -val_loss)
+    if key > p.best_key or p.best_state is None:
+        p.best_key, p.best_epoch, p.best_state = key, epoch + 1, copy.deepcopy(run.net.model.state_dict())
+        p.since_best = 0
+    else:
+        p.since_best += 1
+
+
+def _run_epochs(run: _Run, p: _Progress, fingerprint: dict) -> None:
+    """Train from epoch ``p.epoch`` to the last (or until ``patience`` runs out), saving the state after each.
+
+    ``fingerprint`` is :func:`_resume_settings`, stored with the state.
+    """
+    from tqdm.auto import tqdm
+
+    s = run.settings
+    epoch_bar = tqdm(range(p.epoch, s.epochs), desc=f"train {s.arch}", unit="epoch", disable=not run.progress,
+                     initial=p.epoch, total=s.epochs)
     for epoch in epoch_bar:
-        model.train()
-        g = epoch_torch_generator(seed, epoch)
-        total_loss, n_epoch = 0.0, 0
         t0 = time.perf_counter()
-        try:
-            batch_bar = tqdm(rows.train_batches(epoch, seed, batch_size), total=steps_per_epoch,
-                             desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=not progress)
-            for step, (xb_np, yb_np) in enumerate(batch_bar):
-                if _STEP_HOOK is not None:
-                    _STEP_HOOK(epoch, step)
-                xb = torch.from_numpy(xb_np)
-                if dev.type == "cuda":
-                    xb = xb.pin_memory()
-                xb = xb.to(dev, non_blocking=True)
-                yb = torch.from_numpy(yb_np).to(dev, non_blocking=True)
-                if dihedral or shift_px > 0:
-                    xb = augment(xb, g, shift_px, dihedral=dihedral)
-                xb = resize(xb, size)
-                with autocast(dev):
-                    loss = loss_fn(forward(xb).float(), yb)
-                loss_value = loss.detach().item()
-                if not math.isfinite(loss_value):
-                    raise LensdaskError(
-                        f"the training loss became {loss_value} at epoch {epoch + 1}, batch {step + 1}; "
-                        f"lower the learning rate (now {learning_rate:g}) or check the data for extreme values"
-                        + (f"; the last good state is in {state_path}" if state_path.exists() else "")
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total_loss += loss_value * yb_np.size
-                n_epoch += yb_np.size
-                batch_bar.set_postfix(loss=f"{loss_value:.4f}")
-        except KeyboardInterrupt:
-            done = f"epoch {epoch} is saved in {state_path}" if state_path.exists() else "no epoch finished"
-            print(f"lensdask train: interrupted in epoch {epoch + 1}; {done}; run again with --resume",
-                  file=sys.stderr)
-            raise
-        t_train += time.perf_counter() - t0
-        seen += n_epoch
-        record = {"epoch": epoch + 1, "loss": total_loss / max(n_epoch, 1), "lr": sched.get_last_lr()[0]}
-        val = _validate(model, rows, dev, size, max(batch_size, 256), loss_fn) if rows.n_val else None
-        if val is not None:
-            probs, labels, _, val_loss = val
-            is_lens = labels == lens_class
-            from .metrics import auroc
-
-            score = auroc(is_lens, probs[:, lens_class])
-            record.update(val_auroc=score, val_loss=val_loss)
-            key = (-math.inf if math.isnan(score) else score, -val_loss)
-            if key > best["key"] or best["state"] is None:
-                best = {"key": key, "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
-                since_best = 0
-            else:
-                since_best += 1
-        else:
-            best = {"key": (math.nan, math.nan), "epoch": epoch + 1, "state": None}
-        history.append(record)
+        total_loss, n_rows = _train_epoch(run, epoch)
+        p.t_train += time.perf_counter() - t0
+        p.seen += n_rows
+        record = {"epoch": epoch + 1, "loss": total_loss / max(n_rows, 1), "lr": run.optimiser.sched.get_last_lr()[0]}
+        val = _validate_run(run) if run.data.rows.n_val else None
+        _score_epoch(run, p, record, val, epoch)
+        p.history.append(record)
+        p.epoch = epoch + 1
         epoch_bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k not in ("epoch", "lr")})
-        _save_state(state_path, settings, epoch + 1, model, opt, sched, history, best, since_best, seen, t_train,
-                    pretrained_info)
-        if patience and val is not None and since_best >= patience and epoch + 1 < epochs:
-            stopped_early = True
+        _save_state(run, p, fingerprint)
+        if s.patience and val is not None and p.since_best >= s.patience and epoch + 1 < s.epochs:
+            p.stopped_early = True
             break
 
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
-    model.eval()
-    metrics = {}
-    if rows.n_val:
-        probs, labels, ids, _ = _validate(model, rows, dev, size, max(batch_size, 256), loss_fn)
-        metrics = classifier_report(
-            labels, probs, truth_classes=list(store.classes), model_classes=list(store.classes),
-            lens_class=lens_class, params=rows.params.iloc[ids].reset_index(drop=True),
-            threshold=float(config.get("search.threshold")),
-        )
-    throughput = seen / t_train if t_train > 0 else math.nan
 
+# -- outputs ----------------------------------------------------------------------------
+def _best_metrics(run: _Run, p: _Progress) -> dict:
+    """Load the best epoch's weights and report on the validation rows ({} without them).
+
+    Returns
+    -------
+    dict
+        :func:`~lensdask.model.report.classifier_report` at the ``search.threshold`` of the configuration.
+    """
+    model, store = run.net.model, run.data.store
+    if p.best_state is not None:
+        model.load_state_dict(p.best_state)
+    model.eval()
+    if not run.data.rows.n_val:
+        return {}
+    probs, labels, ids, _ = _validate_run(run)
+    return classifier_report(
+        labels, probs, truth_classes=list(store.classes), model_classes=list(store.classes),
+        lens_class=run.data.lens_class, params=run.data.rows.params.iloc[ids].reset_index(drop=True),
+        threshold=float(config.get("search.threshold")),
+    )
+
+
+def _model_card(run: _Run, p: _Progress, metrics: dict, command: str | None) -> dict:
+    """The model card (see :mod:`lensdask.model.checkpoint`), before the checkpoint adds its hashes.
+
+    ``metrics`` is :func:`_best_metrics`; ``command`` is recorded (default ``sys.argv``).
+    """
+    s, d, net = run.settings, run.data, run.net
+    store = d.store
     prov = provenance(command)
-    card = {
-        "arch": arch,
-        "arch_kwargs": kwargs,
+    return {
+        "arch": s.arch,
+        "arch_kwargs": net.arch_kwargs,
         "bands": list(store.bands),
         "stamp": int(store.stamp),
-        "input_size": input_side,
+        "input_size": net.input_side,
         "pixel_scale": float(store.pixel_scale),
-        "normalisation": spec,
+        "normalisation": s.normalisation,
         "classes": list(store.classes),
-        "lens_class": int(lens_class),
+        "lens_class": int(d.lens_class),
         # the real galaxies (source, rows, rotation-invariant fingerprints) the training store painted
         # arcs on or used as negatives: evaluations on them are refused (lensdask.simulate.galaxies)
         "training_galaxies": training_galaxies(
             store.provenance.get("real_galaxies"),
-            read_card(pretrained) if (pretrained_info or {}).get("model_id") else None),
-        "training": {
-            "data": str(store.url),
-            "data_provenance": store.provenance,
-            "command": prov["command"],
-            "seed": seed,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "learning_rate": learning_rate,
-            "weight_decay": weight_decay,
-            "validation_fraction": validation_fraction,
-            "augmentation": (
-                ("dihedral (flips, 90 degree rotations)" if dihedral else "none")
-                + (f"; Fourier sub-pixel shifts up to {shift_px:g} px" if shift_px > 0 else "")
-            ),
-            "class_weights": weights.tolist() if weights is not None else None,
-            "optimizer": "AdamW, cosine schedule, 5% linear warm-up",
-            "pretrained": pretrained_info,
-            "resize": size,
-            "patience": patience,
-            "stopped_early": stopped_early,
-            "n_train": rows.n_train,
-            "n_validation": rows.n_val,
-            "class_counts": {store.classes[c]: int(counts[c]) for c in present},
-            "n_unlabelled": rows.n_unlabelled,
-            "n_nonfinite": rows.n_nonfinite,
-            "streamed": not rows.cached,
-            "best_epoch": int(best["epoch"]),
-            "history": history,
-            "device": str(dev),
-            "autocast": "bf16" if dev.type == "cuda" else None,
-            "compiled": compile,
-            "torch_threads": int(torch.get_num_threads()),
-            "cutouts_per_second": throughput,
-            "train_seconds": t_train,
-        },
+            read_card(s.pretrained) if (net.pretrained_info or {}).get("model_id") else None),
+        "training": _training_record(run, p, prov["command"]),
         "metrics": metrics,  # classifier_report on the validation set at the best epoch
         "lensdask_version": prov["lensdask_version"],
         "created": prov["created"],
     }
-    card = save_checkpoint(model.to("cpu"), out, card)
-    if not config.get("train.keep_state"):
-        state_path.unlink(missing_ok=True)
-    return card
 
 
-def _save_state(path, settings, epoch, model, opt, sched, history, best, since_best, seen, t_train, pretrained_info):
+def _training_record(run: _Run, p: _Progress, command: str) -> dict:
+    """The card's ``training``: data, hyper-parameters, row counts, history, device and speed.
+
+    ``cutouts_per_second`` is training rows over ``train_seconds`` (the time in training
+    epochs, seconds, validation excluded), NaN when no time was spent.
+    """
+    s, d, net, dev = run.settings, run.data, run.net, run.device
+    store, rows, weights = d.store, d.rows, run.optimiser.class_weights
+    return {
+        "data": str(store.url),
+        "data_provenance": store.provenance,
+        "command": command,
+        "seed": s.seed,
+        "epochs": s.epochs,
+        "batch_size": s.batch_size,
+        "learning_rate": s.learning_rate,
+        "weight_decay": s.weight_decay,
+        "validation_fraction": s.validation_fraction,
+        "augmentation": s.augmentation,
+        "class_weights": weights.tolist() if weights is not None else None,
+        "optimizer": "AdamW, cosine schedule, 5% linear warm-up",
+        "pretrained": net.pretrained_info,
+        "resize": net.size,
+        "patience": s.patience,
+        "stopped_early": p.stopped_early,
+        "n_train": rows.n_train,
+        "n_validation": rows.n_val,
+        "class_counts": {store.classes[c]: int(d.counts[c]) for c in d.present},
+        "n_unlabelled": rows.n_unlabelled,
+        "n_nonfinite": rows.n_nonfinite,
+        "streamed": not rows.cached,
+        "best_epoch": int(p.best_epoch),
+        "history": p.history,
+        "device": str(dev),
+        "autocast": "bf16" if dev.type == "cuda" else None,
+        "compiled": s.compile,
+        "torch_threads": int(torch.get_num_threads()),
+        "cutouts_per_second": p.seen / p.t_train if p.t_train > 0 else math.nan,
+        "train_seconds": p.t_train,
+    }
+
+
+def _resume_settings(run: _Run) -> dict:
+    """What a resumed run must share with the run that saved the state (JSON-able; stored as ``settings``)."""
+    s, store, rows = run.settings, run.data.store, run.data.rows
+    return {
+        "data": str(store.url), "bands": list(store.bands), "stamp": int(store.stamp), "classes": list(store.classes),
+        "n_rows": int(rows.labels.size), "arch_kwargs": run.net.arch_kwargs, "epochs": s.epochs,
+        "batch_size": s.batch_size, "learning_rate": s.learning_rate, "weight_decay": s.weight_decay, "seed": s.seed,
+        "validation_fraction": s.validation_fraction, "balance": s.balance, "shift_px": s.shift_px,
+        "normalisation": s.normalisation,
+    }
+
+
+# -- the training state -----------------------------------------------------------------
+def _save_state(run: _Run, p: _Progress, fingerprint: dict) -> None:
     """Write the training state atomically (tensors and plain Python only: loads with weights_only=True)."""
     import json
 
+    path, o = run.state_path, run.optimiser
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
-        "settings": json.dumps(settings, sort_keys=True, default=str),
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "history": json.dumps(history),
-        "best_key": list(best["key"]),
-        "best_epoch": best["epoch"],
-        "best_state": best["state"],
-        "since_best": since_best,
-        "seen": seen,
-        "t_train": t_train,
-        "pretrained": json.dumps(pretrained_info),
+        "settings": json.dumps(fingerprint, sort_keys=True, default=str),
+        "epoch": p.epoch,
+        "model": run.net.model.state_dict(),
+        "optimizer": o.opt.state_dict(),
+        "scheduler": o.sched.state_dict(),
+        "history": json.dumps(p.history),
+        "best_key": list(p.best_key),
+        "best_epoch": p.best_epoch,
+        "best_state": p.best_state,
+        "since_best": p.since_best,
+        "seen": p.seen,
+        "t_train": p.t_train,
+        "pretrained": json.dumps(run.net.pretrained_info),
     }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
-def _load_state(path, settings, model, opt, sched):
+def _load_state(run: _Run, fingerprint: dict) -> _Progress:
+    """Restore the weights, optimiser and schedule from the state file, and ``net.pretrained_info``.
+
+    Returns
+    -------
+    _Progress
+        Where the saved run stood.
+
+    Raises
+    ------
+    LensdaskError
+        No state file, or one saved with other settings (``fingerprint`` differs).
+    CheckpointError
+        An unreadable state file.
+    """
     import json
 
+    path, o = run.state_path, run.optimiser
     if not path.is_file():
         raise LensdaskError(f"--resume: no training state at {str(path)!r}; start without --resume")
     try:
@@ -452,16 +833,17 @@ def _load_state(path, settings, model, opt, sched):
     except Exception as exc:
         raise CheckpointError(f"cannot read the training state {str(path)!r}: {exc}") from exc
     saved = json.loads(state["settings"])
-    now = json.loads(json.dumps(settings, sort_keys=True, default=str))
+    now = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if diff:
         shown = "; ".join(f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in diff[:4])
         raise LensdaskError(f"--resume: {str(path)!r} was made with other settings ({shown}); "
                             "resume with the same data and options, or start afresh")
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
-    sched.load_state_dict(state["scheduler"])
-    best_state = state["best_state"]
-    best = {"key": tuple(state["best_key"]), "epoch": state["best_epoch"], "state": best_state}
-    return (int(state["epoch"]), json.loads(state["history"]), best, int(state["since_best"]),
-            int(state["seen"]), float(state["t_train"]), json.loads(state["pretrained"]))
+    run.net.model.load_state_dict(state["model"])
+    o.opt.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
+    o.sched.load_state_dict(state["scheduler"])
+    run.net.pretrained_info = json.loads(state["pretrained"])
+    return _Progress(epoch=int(state["epoch"]), history=json.loads(state["history"]),
+                     best_key=tuple(state["best_key"]), best_epoch=state["best_epoch"],
+                     best_state=state["best_state"], since_best=int(state["since_best"]), seen=int(state["seen"]),
+                     t_train=float(state["t_train"]))
