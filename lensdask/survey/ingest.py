@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import string
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -147,7 +149,7 @@ def _read_header(path, hdu=None):
 def _wcs(header):
     import warnings
 
-    from astropy.wcs import FITSFixedWarning, WCS
+    from astropy.wcs import WCS, FITSFixedWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
@@ -228,10 +230,8 @@ def _fields(pattern: str) -> set[str]:
     return {f for _, f, _, _ in string.Formatter().parse(pattern) if f}
 
 
-def _glob_rx(pattern: str, band: str) -> "re.Pattern":
+def _glob_rx(pattern: str, band: str) -> re.Pattern:
     """A regex matching the files of ``pattern`` for ``band``, capturing the tile name."""
-    import re
-
     text = pattern.replace("{band}", "\0b").replace("{tile}", "\0t")
     out = []
     for ch in text:
@@ -250,7 +250,8 @@ def _resolve(path: str) -> tuple[str | None, str | None]:
     if not found:
         return None, f"no file matches {path}"
     if len(found) > 1:
-        return None, f"{len(found)} files match {path} ({', '.join(os.path.basename(f) for f in found[:3])}): which one?"
+        shown = ", ".join(os.path.basename(f) for f in found[:3])
+        return None, f"{len(found)} files match {path} ({shown}): which one?"
     return found[0], None
 
 
@@ -291,7 +292,8 @@ def _expand_images(images, bands, tiles, what: str = "image") -> tuple[dict[str,
     for t in tiles:
         fb = {}
         for b in bands:
-            path, why = _resolve(pattern.format(tile=t, band=b) if "tile" in _fields(pattern) else pattern.format(band=b))
+            name = pattern.format(tile=t, band=b) if "tile" in _fields(pattern) else pattern.format(band=b)
+            path, why = _resolve(name)
             if why:
                 problems.setdefault(t, f"band {b}: {why}")
             fb[b] = path
@@ -387,8 +389,6 @@ def ingest_fits_tile(
         A band's file or HDU is missing, its planes differ in shape or WCS, its weights are not
         an inverse variance.
     """
-    import time
-
     from ..tilewriter import write_tile_streamed
 
     t0 = time.perf_counter()
@@ -433,7 +433,9 @@ def ingest_fits_tile(
     }
 
 
-def _assign_tiles(cat: pd.DataFrame, files: dict[str, dict[str, str]], bands, hdu) -> tuple[dict[str, pd.DataFrame], np.ndarray]:
+def _assign_tiles(
+    cat: pd.DataFrame, files: dict[str, dict[str, str]], bands, hdu
+) -> tuple[dict[str, pd.DataFrame], np.ndarray]:
     """Rows of each tile, and a mask of the rows in none of them.
 
     By a ``tile`` column when there is one, else the tile whose image holds the object
@@ -675,12 +677,82 @@ def ingest(
         weight map with negative or NaN values or a floating-point mask in the first tile
         (checked on a few strips, naming the file and HDU).
     """
-    import time
-
     from ..cluster import current_client
-    from ..fanout import run_tiles
 
     t_start = time.perf_counter()
+    opts = _resolve_options(images=images, weights=weights, masks=masks, des_tiles=des_tiles, cubes=cubes,
+                            arrays=arrays, bands=bands, stamp=stamp, pixel_scale=pixel_scale, hdu=hdu,
+                            weights_hdu=weights_hdu, masks_hdu=masks_hdu, mask_bits=mask_bits, mask_fill=mask_fill,
+                            block_rows=block_rows)
+    out = _store_location(out)
+    client = client if client is not None else current_client()
+    store_args = dict(bands=opts.bands, pixel_scale=opts.pixel_scale, stamp=opts.stamp, overwrite=overwrite,
+                      provenance=provenance(inputs=_input_names(images=opts.images, catalog=catalog, cubes=cubes,
+                                                                arrays=arrays, table=table, des_tiles=des_tiles)))
+    report = IngestReport(store=None)
+    if opts.images is not None:
+        plan = _plan_fits_tiles(out, opts, catalog, tiles, store_args, report)
+    else:
+        plan = _plan_cutout_tiles(out, opts, cubes, arrays, table, per_tile, tile_prefix, store_args, report)
+    report.store = store = _run_plan(out, plan, report, client, progress, t_start)
+    if return_report:
+        return store, report
+    if len(report.failures):
+        raise IngestFailedError(report)
+    return store
+
+
+# -- the steps of ingest ----------------------------------------------------------------
+@dataclass(frozen=True)
+class _Options:
+    """How :func:`ingest` reads its input: the arguments, a DES layout, else the configuration, checked.
+
+    Attributes
+    ----------
+    images, weights, masks : str or mapping or None
+        Patterns or ``{tile: {band: path}}`` of the tile images, weight maps and masks.
+    bands : list of str
+        Bands in store order.
+    stamp : int
+        Stamp side, pixels.
+    pixel_scale : float
+        Arcsec per pixel.
+    hdu, weights_hdu, masks_hdu : int or str or None
+        HDUs by number or name.
+    mask_bits : int or None
+        Mask bits that make a pixel bad; None: any non-zero value.
+    mask_fill : str
+        ``"median"`` or ``"nan"``.
+    block_rows : int or None
+        Stamps cut and written together (None: config ``ingest.block_rows``, read by the task).
+    """
+
+    images: object
+    weights: object
+    masks: object
+    bands: list
+    stamp: int
+    pixel_scale: float
+    hdu: object
+    weights_hdu: object
+    masks_hdu: object
+    mask_bits: int | None
+    mask_fill: str
+    block_rows: int | None
+
+
+def _resolve_options(*, images, weights, masks, des_tiles, cubes, arrays, bands, stamp, pixel_scale, hdu,
+                     weights_hdu, masks_hdu, mask_bits, mask_fill, block_rows) -> _Options:
+    """Fill :func:`ingest`'s options from ``des_tiles`` and the configuration, and check them.
+
+    Raises
+    ------
+    LensdaskError
+        ``des_tiles`` with ``images`` or not a folder, mask bits that are not positive, an
+        unknown mask fill, or not exactly one input (images, DES tiles, cubes or arrays).
+    """
+    from .planes import hdu_spec
+
     if des_tiles is not None:
         from .des_tiles import des_layout
 
@@ -695,8 +767,6 @@ def ingest(
     bands = list(config.get("survey.bands", bands))
     stamp = int(config.get("survey.stamp", stamp))
     pixel_scale = float(config.get("survey.pixel_scale", pixel_scale))
-    from .planes import hdu_spec
-
     hdu = hdu_spec(config.get("ingest.hdu", hdu))
     weights_hdu = hdu_spec(config.get("ingest.weights_hdu", weights_hdu))
     masks_hdu = hdu_spec(config.get("ingest.masks_hdu", masks_hdu))
@@ -710,111 +780,263 @@ def ingest(
         raise LensdaskError(f"unknown mask_fill {mask_fill!r}; use {' or '.join(MASK_FILLS)}")
     if sum(v is not None for v in (images, cubes, arrays)) != 1:
         raise LensdaskError("give exactly one of images (with a catalogue), des_tiles, cubes or arrays")
+    return _Options(images, weights, masks, bands, stamp, pixel_scale, hdu, weights_hdu, masks_hdu, mask_bits,
+                    mask_fill, block_rows)
+
+
+def _store_location(out) -> str:
+    """The store's URL, or its absolute path when local."""
     out = os.fspath(out)
-    if "://" not in out:
-        out = os.path.abspath(out)
-    client = client if client is not None else current_client()
-    prov = provenance(inputs={
-        k: (os.fspath(v) if isinstance(v, (str, os.PathLike)) else type(v).__name__)
-        for k, v in dict(images=images, catalog=catalog, cubes=cubes, arrays=arrays, table=table,
-                         des_tiles=des_tiles).items()
-        if v is not None
-    })
-    report = IngestReport(store=None)
-    problems: dict[str, str] = {}
+    return out if "://" in out else os.path.abspath(out)
 
-    jobs = []  # (tile name, function, args, kwargs)
-    if images is not None:
-        if catalog is None:
-            raise LensdaskError("ingest of tile images needs a catalogue (id, ra, dec)")
-        if tiles is not None:
-            check_names(tiles, source="--tiles", rows=range(1, len(tiles) + 1))
-        files, problems = _expand_images(images, bands, tiles)
-        names = sorted(set(files) | set(problems)) if not isinstance(images, Mapping) else list(files) + list(problems)
-        if tiles is not None:
-            names = [t for t in tiles if t in names]
-        check_names(names, source=f"the tiles matching {images!r}" if isinstance(images, str) else "the tile images",
-                    rows=range(1, len(names) + 1))
-        wfiles, mfiles = {}, {}
-        for extra, kind, into in ((weights, "weight", wfiles), (masks, "mask", mfiles)):
-            if extra is None:
-                continue
-            got, why = _expand_images(extra, bands, list(files), what=kind)
-            into.update(got)
-            for t, reason in why.items():
-                problems.setdefault(t, f"{kind} map: {reason}" if kind == "weight" else f"mask: {reason}")
-        good = [t for t in names if t not in problems]
-        if not good:
-            raise LensdaskError("no tile has every band's files: " + "; ".join(f"{t}: {r}" for t, r in problems.items()))
-        # Bad input is refused before any tile is written: the planes of the first tile, checked on a few
-        # strips (a wrong weight map or mask is wrong in every tile). A tile whose own files disagree
-        # (shapes, WCS) fails alone, and the next one is checked.
-        from astropy.wcs.utils import proj_plane_pixel_scales
 
-        from ..errors import PlaneError, TileError
+def _input_names(**inputs) -> dict:
+    """The inputs given, for the store's provenance: paths as text, other objects by type name."""
+    return {k: (os.fspath(v) if isinstance(v, (str, os.PathLike)) else type(v).__name__)
+            for k, v in inputs.items() if v is not None}
 
-        checked = False
-        for t in good:
-            try:
-                for b in bands:
-                    with _band_planes(files[t], wfiles.get(t), mfiles.get(t), b, hdu, weights_hdu, masks_hdu,
-                                      mask_bits) as planes:
-                        if b == bands[0]:
-                            scale = float(np.mean(proj_plane_pixel_scales(planes.wcs)) * 3600.0)
-                            if abs(scale / pixel_scale - 1) > 0.05:
-                                raise LensdaskError(f"the images are at {scale:.4f} arcsec/px, the store at "
-                                                    f"{pixel_scale} arcsec/px")
-                        planes.check()
-            except PlaneError as exc:
-                raise LensdaskError(f"{exc} (tile {t}; nothing was written)") from None
-            except TileError as exc:
-                problems[t] = str(exc)
-                continue
-            checked = True
-            break
-        good = [t for t in good if t not in problems]
-        if not checked:
-            raise LensdaskError("no tile could be read: " + "; ".join(f"{t}: {r}" for t, r in problems.items()))
-        cat = _normalise_table(read_table(catalog), need_sky=True, source=catalog)
-        report.objects = len(cat)
-        per, outside = _assign_tiles(cat, {t: files.get(t) for t in names}, bands, hdu)
-        for t in names:
-            per.setdefault(t, cat.iloc[:0].drop(columns="tile", errors="ignore"))
-        report.outside = int(outside.sum())
-        if "tile" in cat.columns and report.outside:
-            report.outside_tiles = cat.loc[outside, "tile"].value_counts().index[:10].tolist()
-        capacity = max([len(per[t]) for t in good] + [1])
-        create_store(out, tiles=names, capacity=capacity, bands=bands, pixel_scale=pixel_scale, stamp=stamp,
-                     provenance=prov, overwrite=overwrite)
-        for t in good:
-            jobs.append((t, ingest_fits_tile, (out, names.index(t), files[t], per[t]),
-                         dict(weights=wfiles.get(t), masks=mfiles.get(t), hdu=hdu, weights_hdu=weights_hdu,
-                              masks_hdu=masks_hdu, mask_bits=mask_bits, mask_fill=mask_fill, block_rows=block_rows)))
+
+@dataclass
+class _Plan:
+    """The tiles of a new store and the tasks that fill them.
+
+    Attributes
+    ----------
+    names : list of str
+        Every tile of the store, in store order.
+    jobs : list of tuple
+        ``(tile name, function, args, kwargs)`` of each tile to write (:func:`~lensdask.fanout.run_tiles`).
+    problems : dict
+        ``{tile: reason}`` of the tiles that failed before any task ran (missing files, unreadable input).
+    """
+
+    names: list
+    jobs: list = field(default_factory=list)
+    problems: dict = field(default_factory=dict)
+
+
+@dataclass
+class _TileFiles:
+    """The files of the tile images, by tile and band.
+
+    Attributes
+    ----------
+    names : list of str
+        The tiles, in store order: those with all their files and those without.
+    images, weights, masks : dict
+        ``{tile: {band: path}}``; ``weights`` and ``masks`` empty when not given.
+    problems : dict
+        ``{tile: reason}`` of the tiles lacking a file.
+    """
+
+    names: list
+    images: dict
+    weights: dict
+    masks: dict
+    problems: dict
+
+    @property
+    def good(self) -> list:
+        """The tiles without a problem, in store order."""
+        return [t for t in self.names if t not in self.problems]
+
+
+def _find_tile_files(opts: _Options, tiles: list[str] | None) -> _TileFiles:
+    """Resolve the image, weight and mask files of every tile, refusing names that cannot name a file.
+
+    Raises
+    ------
+    LensdaskError
+        A tile name that is not allowed, or no tile with every band's files.
+    """
+    images = opts.images
+    if tiles is not None:
+        check_names(tiles, source="--tiles", rows=range(1, len(tiles) + 1))
+    files, problems = _expand_images(images, opts.bands, tiles)
+    names = sorted(set(files) | set(problems)) if not isinstance(images, Mapping) else list(files) + list(problems)
+    if tiles is not None:
+        names = [t for t in tiles if t in names]
+    check_names(names, source=f"the tiles matching {images!r}" if isinstance(images, str) else "the tile images",
+                rows=range(1, len(names) + 1))
+    wfiles, mfiles = {}, {}
+    for extra, kind, into in ((opts.weights, "weight", wfiles), (opts.masks, "mask", mfiles)):
+        if extra is None:
+            continue
+        got, why = _expand_images(extra, opts.bands, list(files), what=kind)
+        into.update(got)
+        for t, reason in why.items():
+            problems.setdefault(t, f"{kind} map: {reason}" if kind == "weight" else f"mask: {reason}")
+    found = _TileFiles(names, files, wfiles, mfiles, problems)
+    if not found.good:
+        raise LensdaskError("no tile has every band's files: " + "; ".join(f"{t}: {r}" for t, r in problems.items()))
+    return found
+
+
+def _check_first_tile(opts: _Options, found: _TileFiles) -> None:
+    """Refuse bad input before any tile is written, on the first tile that can be read.
+
+    The planes of that tile are checked on a few strips (a wrong weight map or mask is wrong
+    in every tile), and its pixel scale against the store's. A tile whose own files disagree
+    (shapes, WCS) is added to ``found.problems``, and the next one is checked.
+
+    Raises
+    ------
+    LensdaskError
+        A pixel scale more than 5 % off, bad weights or masks, or no tile that can be read.
+    """
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    from ..errors import PlaneError, TileError
+
+    bands = opts.bands
+    for t in found.good:
+        try:
+            for b in bands:
+                with _band_planes(found.images[t], found.weights.get(t), found.masks.get(t), b, opts.hdu,
+                                  opts.weights_hdu, opts.masks_hdu, opts.mask_bits) as planes:
+                    if b == bands[0]:
+                        scale = float(np.mean(proj_plane_pixel_scales(planes.wcs)) * 3600.0)
+                        if abs(scale / opts.pixel_scale - 1) > 0.05:
+                            raise LensdaskError(f"the images are at {scale:.4f} arcsec/px, the store at "
+                                                f"{opts.pixel_scale} arcsec/px")
+                    planes.check()
+        except PlaneError as exc:
+            raise LensdaskError(f"{exc} (tile {t}; nothing was written)") from None
+        except TileError as exc:
+            found.problems[t] = str(exc)
+            continue
+        return
+    raise LensdaskError("no tile could be read: " + "; ".join(f"{t}: {r}" for t, r in found.problems.items()))
+
+
+def _catalogue_by_tile(catalog, found: _TileFiles, opts: _Options, report: IngestReport) -> dict[str, pd.DataFrame]:
+    """Read the catalogue and split it by tile (every tile, empty where it holds nothing).
+
+    Counts the catalogue's objects, and those in no tile, into ``report``.
+    """
+    cat = _normalise_table(read_table(catalog), need_sky=True, source=catalog)
+    report.objects = len(cat)
+    per, outside = _assign_tiles(cat, {t: found.images.get(t) for t in found.names}, opts.bands, opts.hdu)
+    for t in found.names:
+        per.setdefault(t, cat.iloc[:0].drop(columns="tile", errors="ignore"))
+    report.outside = int(outside.sum())
+    if "tile" in cat.columns and report.outside:
+        report.outside_tiles = cat.loc[outside, "tile"].value_counts().index[:10].tolist()
+    return per
+
+
+def _plan_fits_tiles(out: str, opts: _Options, catalog, tiles, store_args: dict, report: IngestReport) -> _Plan:
+    """Check the tile images, create the store, and plan one :func:`ingest_fits_tile` task per good tile.
+
+    Parameters
+    ----------
+    out : str
+        The store to create.
+    opts : _Options
+    catalog, tiles
+        As :func:`ingest` takes them.
+    store_args : dict
+        Keyword arguments of :func:`~lensdask.store.create_store` besides ``tiles`` and ``capacity``.
+    report : IngestReport
+        Receives the catalogue's object count and the objects in no tile.
+
+    Raises
+    ------
+    LensdaskError
+        No catalogue, or bad input (see :func:`_find_tile_files`, :func:`_check_first_tile`).
+    """
+    if catalog is None:
+        raise LensdaskError("ingest of tile images needs a catalogue (id, ra, dec)")
+    found = _find_tile_files(opts, tiles)
+    _check_first_tile(opts, found)
+    good, names = found.good, found.names
+    per = _catalogue_by_tile(catalog, found, opts, report)
+    create_store(out, tiles=names, capacity=max([len(per[t]) for t in good] + [1]), **store_args)
+    plan = _Plan(names, problems=found.problems)
+    for t in good:
+        plan.jobs.append((t, ingest_fits_tile, (out, names.index(t), found.images[t], per[t]),
+                          dict(weights=found.weights.get(t), masks=found.masks.get(t), hdu=opts.hdu,
+                               weights_hdu=opts.weights_hdu, masks_hdu=opts.masks_hdu, mask_bits=opts.mask_bits,
+                               mask_fill=opts.mask_fill, block_rows=opts.block_rows)))
+    return plan
+
+
+def _plan_cutout_tiles(out: str, opts: _Options, cubes, arrays, table, per_tile, tile_prefix: str, store_args: dict,
+                       report: IngestReport) -> _Plan:
+    """Load the cutouts, group them into tiles, create the store, and plan one :func:`ingest_cutout_tile` task each.
+
+    Rows go to the tiles of a ``tile`` column when the table has one, else ``per_tile`` at a time
+    to tiles named ``<tile_prefix>0000``, ``<tile_prefix>0001``...
+
+    Parameters
+    ----------
+    out : str
+        The store to create.
+    opts : _Options
+    cubes, arrays, table, per_tile, tile_prefix
+        As :func:`ingest` takes them.
+    store_args : dict
+        Keyword arguments of :func:`~lensdask.store.create_store` besides ``tiles`` and ``capacity``.
+    report : IngestReport
+        Receives the object count.
+
+    Raises
+    ------
+    LensdaskError
+        Cutouts of the wrong shape, or a table that does not match them.
+    """
+    bands = opts.bands
+    pix, inner = load_cutouts(cubes, arrays, bands, opts.hdu)
+    n = pix.shape[0]
+    if pix.ndim != 4 or pix.shape[1] != len(bands):
+        raise LensdaskError(f"cutouts have shape {pix.shape}; expected (n, {len(bands)} bands {bands}, H, W)")
+    _crop(pix[:0], opts.stamp)
+    src = read_table(table) if table is not None else inner
+    if src is not None:
+        rows = _normalise_table(src, n, need_sky=False, source=table if table is not None else arrays)
     else:
-        pix, inner = load_cutouts(cubes, arrays, bands, hdu)
-        n = pix.shape[0]
-        if pix.ndim != 4 or pix.shape[1] != len(bands):
-            raise LensdaskError(f"cutouts have shape {pix.shape}; expected (n, {len(bands)} bands {bands}, H, W)")
-        _crop(pix[:0], stamp)
-        src = read_table(table) if table is not None else inner
-        rows = _normalise_table(src, n, need_sky=False, source=table if table is not None else arrays) if src is not None else _normalise_table(pd.DataFrame(index=range(n)), need_sky=False)
-        if "tile" in rows.columns:
-            names = list(dict.fromkeys(rows["tile"]))
-            groups = [np.flatnonzero(rows["tile"].to_numpy() == t) for t in names]
-        else:
-            per_tile = int(config.get("ingest.per_tile", per_tile))
-            groups = [np.arange(s, min(s + per_tile, n)) for s in range(0, n, per_tile)] or [np.arange(0)]
-            names = [f"{tile_prefix}{k:04d}" for k in range(len(groups))]
-        report.objects = n
-        capacity = max([len(g) for g in groups] + [1])
-        create_store(out, tiles=names, capacity=capacity, bands=bands, pixel_scale=pixel_scale, stamp=stamp,
-                     provenance=prov, overwrite=overwrite)
-        for i, g in enumerate(groups):
-            jobs.append((names[i], ingest_cutout_tile,
-                         (out, i, np.asarray(pix[g]), rows.iloc[g].drop(columns="tile", errors="ignore")), {}))
+        rows = _normalise_table(pd.DataFrame(index=range(n)), need_sky=False)
+    if "tile" in rows.columns:
+        names = list(dict.fromkeys(rows["tile"]))
+        groups = [np.flatnonzero(rows["tile"].to_numpy() == t) for t in names]
+    else:
+        per_tile = int(config.get("ingest.per_tile", per_tile))
+        groups = [np.arange(s, min(s + per_tile, n)) for s in range(0, n, per_tile)] or [np.arange(0)]
+        names = [f"{tile_prefix}{k:04d}" for k in range(len(groups))]
+    report.objects = n
+    create_store(out, tiles=names, capacity=max([len(g) for g in groups] + [1]), **store_args)
+    plan = _Plan(names)
+    for i, g in enumerate(groups):
+        plan.jobs.append((names[i], ingest_cutout_tile,
+                          (out, i, np.asarray(pix[g]), rows.iloc[g].drop(columns="tile", errors="ignore")), {}))
+    return plan
 
-    results, failed = run_tiles(jobs, client=client, progress=progress, desc="ingest", key_prefix="ingest-tile")
-    failed = [{"tile": t, "error": r, "traceback": ""} for t, r in problems.items() if t in names] + failed
+
+def _run_plan(out: str, plan: _Plan, report: IngestReport, client, progress: bool, t_start: float):
+    """Run the tile tasks, record the outcome, and return the store opened for reading.
+
+    Fills ``report`` (tiles, failures, seconds), marks failed tiles unwritten (``count`` -1),
+    writes the ingest summary into the store's provenance, and writes (or removes) the
+    failures table beside a local store.
+
+    Parameters
+    ----------
+    out : str
+        The store.
+    plan : _Plan
+    report : IngestReport
+    client : distributed.Client or None
+        Where the tasks run; None: one after another in this process.
+    progress : bool
+        Show a progress bar over tiles.
+    t_start : float
+        :func:`time.perf_counter` when the ingest began, seconds.
+    """
+    from ..fanout import run_tiles
+
+    names = plan.names
+    results, failed = run_tiles(plan.jobs, client=client, progress=progress, desc="ingest", key_prefix="ingest-tile")
+    failed = [{"tile": t, "error": r, "traceback": ""} for t, r in plan.problems.items() if t in names] + failed
     failed.sort(key=lambda r: names.index(r["tile"]))
     report.tiles = [r if isinstance(r, dict) else {"tile": t, "rows": int(r)} for t, r in results.items()]
     report.failures = pd.DataFrame(failed, columns=FAILURE_COLUMNS)
@@ -832,9 +1054,4 @@ def ingest(
             report.failures.to_parquet(fp, index=False)
         elif fp.exists():
             fp.unlink()
-    report.store = store = open_store(out)
-    if return_report:
-        return store, report
-    if len(report.failures):
-        raise IngestFailedError(report)
-    return store
+    return open_store(out)
