@@ -9,9 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING, cast
 
 from . import checks as _checks
 from .errors import LensdaskError
+
+if TYPE_CHECKING:
+    from .simulate.constraints import RejectionStats
+    from .store import CutoutStore
 
 
 class _arg:
@@ -117,10 +122,11 @@ def _cmd_simulate(a) -> int:
                   background_fraction=a.background_fraction, galaxies=a.galaxies)
     resolve_sim_kwargs(a.lens_fraction, constraints, None, **inputs)  # bad input fails before the cluster starts
     with _with_client(a.cluster) as client:
-        store, stats = simulate(
+        # return_stats=True: simulate returns (store, stats)
+        store, stats = cast("tuple[CutoutStore, RejectionStats]", simulate(
             a.out, a.n, a.seed, lens_fraction=a.lens_fraction, partition_size=a.partition_size,
             client=client, overwrite=a.overwrite, constraints=constraints, return_stats=True, **inputs,
-        )
+        ))
     print(f"wrote {store}")
     print(f"lenses: {stats.accepted} accepted of {stats.draws} draws ({stats.acceptance_fraction:.1%})")
     for name, frac in stats.acceptance().items():
