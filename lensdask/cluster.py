@@ -60,11 +60,11 @@ def current_client():
 # -- specifications and profiles -------------------------------------------------------------------
 
 
-def parse_spec(spec: str) -> tuple[str, str | None]:
+def parse_spec(spec: str | None) -> tuple[str, str | None]:
     """Split a cluster specification into ``(kind, profile)``.
 
     ``kind`` is ``"local"``, ``"address"``, ``"htcondor"`` or ``"slurm"``; ``profile`` is the
-    dask-jobqueue profile name for the batch kinds, else None.
+    dask-jobqueue profile name for the batch kinds, else None. An empty or None ``spec`` is local.
 
     Raises
     ------
@@ -275,7 +275,7 @@ def batch_cluster(spec: str, **kwargs):
     Useful to inspect what would be submitted (``cluster.job_script()``) without a pool.
     """
     kind, name = parse_spec(spec)
-    if kind not in BATCH_KINDS:
+    if kind not in BATCH_KINDS or name is None:  # a batch kind always has its profile name
         raise ClusterError(f"{spec!r} is not a batch-system cluster; use 'htcondor' or 'slurm'")
     profile = load_profile(kind, name)
     with _profile_in_config(name, profile):
@@ -473,7 +473,7 @@ def emit_htcondor_search(
         Paths of the files written.
     """
     kind, name = parse_spec(spec)
-    if kind != "htcondor":
+    if kind != "htcondor" or name is None:  # htcondor always has its profile name
         kind, name = "htcondor", config.get("cluster.profiles")["htcondor"]
     profile = load_profile(kind, name)
     d = pathlib.Path(directory)
