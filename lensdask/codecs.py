@@ -57,7 +57,7 @@ class _Int32EntropyCodec(ArrayBytesCodec):
         if np.dtype(native) != np.dtype("int32"):
             raise TypeError(f"{self.codec_name} codes int32 arrays, not {native}")
 
-    def encode_array(self, arr: np.ndarray) -> bytes:
+    def encode_array(self, arr: np.ndarray) -> bytes | bytearray:
         raise NotImplementedError
 
     def decode_array(self, data: np.ndarray, shape: tuple) -> np.ndarray:
@@ -104,7 +104,7 @@ class RiceCodec(_Int32EntropyCodec):
             raise ValueError(f"{CODEC_NAME}: nblock must be >= 1, got {nblock}")
         object.__setattr__(self, "nblock", nblock)
 
-    def encode_array(self, arr: np.ndarray) -> bytes:
+    def encode_array(self, arr: np.ndarray) -> bytes | bytearray:
         import imagecodecs
 
         return imagecodecs.rcomp_encode(arr, nblock=self.nblock)
@@ -112,7 +112,8 @@ class RiceCodec(_Int32EntropyCodec):
     def decode_array(self, data: np.ndarray, shape: tuple) -> np.ndarray:
         import imagecodecs
 
-        return imagecodecs.rcomp_decode(data, shape=shape, dtype=np.int32, nblock=self.nblock)
+        # imagecodecs reads any buffer (here the chunk's uint8 array); its stub names bytes only
+        return imagecodecs.rcomp_decode(data, shape=shape, dtype=np.int32, nblock=self.nblock)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ class PcodecCodec(_Int32EntropyCodec):
             raise ValueError(f"{PCODEC_NAME}: level must be in 0..12, got {level}")
         object.__setattr__(self, "level", level)
 
-    def encode_array(self, arr: np.ndarray) -> bytes:
+    def encode_array(self, arr: np.ndarray) -> bytes | bytearray:
         import imagecodecs
 
         return imagecodecs.pcodec_encode(arr, level=self.level)
@@ -143,7 +144,8 @@ class PcodecCodec(_Int32EntropyCodec):
     def decode_array(self, data: np.ndarray, shape: tuple) -> np.ndarray:
         import imagecodecs
 
-        return imagecodecs.pcodec_decode(data, shape=shape, dtype=np.int32)
+        # imagecodecs reads any buffer (here the chunk's uint8 array); its stub names bytes only
+        return imagecodecs.pcodec_decode(data, shape=shape, dtype=np.int32)  # type: ignore[arg-type]
 
 
 register_codec(CODEC_NAME, RiceCodec)
