@@ -183,10 +183,10 @@ def run_tiles(
                         if fut.status == "finished":
                             results[name] = fut.result()
                         elif fut.status == "error":
-                            exc = fut.exception()
+                            err = fut.exception()
                             tb = "".join(traceback.format_tb(fut.traceback()))[-2000:]
                             limits |= _memory_limits(client)
-                            failures[name] = {"tile": name, "error": describe_error(exc, limits), "traceback": tb}
+                            failures[name] = {"tile": name, "error": describe_error(err, limits), "traceback": tb}
                         else:
                             failures[name] = {"tile": name, "error": "cancelled (worker lost or task cancelled)",
                                               "traceback": ""}
@@ -218,7 +218,9 @@ def run_tiles(
                 raise
     finally:
         bar.close()
-    for name in [n for n, r in results.items() if isinstance(r, TileFailed)]:
-        failures[name] = {"tile": name, "error": results.pop(name).message, "traceback": ""}
+    for name, r in list(results.items()):
+        if isinstance(r, TileFailed):
+            del results[name]
+            failures[name] = {"tile": name, "error": r.message, "traceback": ""}
     order = {name: i for i, (name, *_rest) in enumerate(jobs)}
     return results, sorted(failures.values(), key=lambda r: order[r["tile"]])
