@@ -38,11 +38,15 @@ from __future__ import annotations
 
 import os
 import pathlib
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from ..errors import CheckpointError, ModelMismatchError
 from .checkpoint import sha256_file
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 RGB_FOR_BAND = {"u": 2, "g": 2, "r": 1, "i": 0, "z": 0, "y": 0, "Y": 0}
 """Band name -> index of the RGB channel (R=0, G=1, B=2) nearest in wavelength."""
@@ -73,6 +77,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         return {k: v.detach().clone() for k, v in model.state_dict().items()}, card
     if not path.is_file():
         raise CheckpointError(f"no pretrained weights file at {str(path)!r} (weights are never downloaded)")
+    state: object  # a state dict, or a dict that nests one (checked below)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -174,8 +179,9 @@ def adapt_state_dict(
             if how:
                 adapted[name] = "; ".join(how)
         elif name == "pos_embed" and w.ndim == 3 and w.shape != t.shape and w.shape[-1] == t.shape[-1]:
-            n_prefix = 0 if getattr(model, "no_embed_class", False) else int(model.num_prefix_tokens)
-            grid = list(model.patch_embed.grid_size)
+            vit = cast("VisionTransformer", model)  # the models this fits (see the docstring)
+            n_prefix = 0 if getattr(vit, "no_embed_class", False) else int(vit.num_prefix_tokens)
+            grid = list(vit.patch_embed.grid_size)
             old = int(round((w.shape[1] - n_prefix) ** 0.5))
             w = resample_abs_pos_embed(w, new_size=grid, num_prefix_tokens=n_prefix)
             adapted[name] = f"grid {old}x{old} -> {grid[0]}x{grid[1]} (bicubic, antialiased)"
@@ -239,7 +245,7 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, bands: list
     source_classes = list(card["classes"]) if card is not None else None
     new, report = adapt_state_dict(state, model, list(bands), source_bands, classes, source_classes)
     model.load_state_dict(new, strict=False)
-    info = {"file": str(path)}
+    info: dict[str, object] = {"file": str(path)}
     if card is not None:
         info["model_id"] = card.get("model_id")
     else:
