@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from typing import cast
 
 import numpy as np
 import torch
@@ -239,7 +240,8 @@ def forward_proba(
             logits = model(resize(xb, size)).float()
             out.append(torch.softmax(logits, dim=1).cpu().numpy())
     if not out:
-        return np.zeros((0, int(model.num_classes)), dtype=np.float32)
+        n_classes = int(cast(int, model.num_classes))  # an int attribute of timm classifiers
+        return np.zeros((0, n_classes), dtype=np.float32)
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
