@@ -20,6 +20,8 @@ import json
 import math
 import os
 import pathlib
+from types import EllipsisType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -27,6 +29,9 @@ import pandas as pd
 from .. import config
 from ..errors import LensdaskError, ModelMismatchError
 from ..simulate.galaxies import N_DIHEDRAL, check_disjoint, dihedral, fingerprints, select_rows
+
+if TYPE_CHECKING:
+    from ..simulate.constraints import Constraints
 
 __all__ = ["inject", "clopper_pearson", "read_real_cutouts"]
 
@@ -112,7 +117,7 @@ def read_real_cutouts(source, bands) -> dict:
             raise ModelMismatchError(f"bands differ: the model takes {bands}; {src} has cubes for {have} "
                                      f"(missing {missing})")
         images, _ = load_cutouts(cubes={b: path / f"{b}.fits" for b in bands}, bands=bands)
-        scales = {_header_pixel_scale(_read_header(path / f"{b}.fits")) for b in bands} - {None}
+        scales = {ps for b in bands if (ps := _header_pixel_scale(_read_header(path / f"{b}.fits"))) is not None}
         if len(scales) > 1:
             raise LensdaskError(f"{src}: the band cubes have different pixel scales {sorted(scales)}")
         sigma_v = np.full(len(images), np.nan)
@@ -180,13 +185,13 @@ def _crop(a: np.ndarray, stamp: int) -> np.ndarray:
 
 def inject(
     model: str | os.PathLike | None = None,
-    cutouts: str | os.PathLike = ...,
+    cutouts: str | os.PathLike | EllipsisType = ...,  # ...: not given (refused below)
     *,
     galaxies=None,
     orientations: int | None = None,
     seed: int = 0,
     threshold: float | None = None,
-    constraints: dict | None = None,
+    constraints: Constraints | dict | None = None,
     max_draws: int | None = None,
     zeropoint: float | None = None,
     aperture: float | None = None,
@@ -221,8 +226,8 @@ def inject(
         ``row_rng(seed, 8 r + o, PAINT_STREAM)``.
     threshold : float, optional
         Operating lens probability (config ``search.threshold``).
-    constraints : dict, optional
-        Overrides of ``simulate.constraints`` for the painted systems.
+    constraints : Constraints or dict, optional
+        Quality cuts of the painted systems; a dict overrides ``simulate.constraints``.
     max_draws : int, optional
         Draws per painted system (config ``simulate.max_draws_per_lens``); a cutout on which no
         system passes is counted in ``n_paint_failed`` and scored unpainted only.
@@ -358,14 +363,14 @@ def inject(
                      real["source"], np.repeat(rows[ok], orientations))
     renderer = get_renderer(bands, card_ps, stamp)
     stats = RejectionStats()
-    painted, tables = [], []
+    painted_parts, tables = [], []
     for c in tqdm(range(n_ok), desc="inject", unit="cutout", disable=not progress):
         idx = np.flatnonzero(cut_of == c)
         im, tab = paint_arcs(bg, idx, seed, keys=(N_DIHEDRAL * int(rows[ok[c]]) + orient_of[idx]).tolist(),
                              constraints=constraints, max_draws=max_draws, renderer=renderer, stats=stats)
-        painted.append(im)
+        painted_parts.append(im)
         tables.append(tab)
-    painted = np.concatenate(painted)
+    painted = np.concatenate(painted_parts)
     ptab = pd.concat([t for t in tables if len(t)], ignore_index=True) if any(len(t) for t in tables) \
         else pd.DataFrame({"row": pd.Series([], dtype=int)})
 

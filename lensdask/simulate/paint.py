@@ -31,7 +31,7 @@ PAINT_STREAM = 0x9A1E7
 
 def paint_arcs(
     bg: Backgrounds,
-    indices: Sequence[int],
+    indices: Sequence[int] | np.ndarray,
     seed: int,
     *,
     keys: Sequence[int] | None = None,
