@@ -10,6 +10,7 @@ export as a CSV for ``lensdask label --from-csv`` (see :mod:`lensdask.review.pag
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -39,6 +40,10 @@ def n_candidates(run_dir: pathlib.Path, shown: int) -> int:
     return int(run_summary(run_dir).get("candidates", shown) or shown)
 
 
+def _inline_src(pngs: dict[str, bytes], _i: int, name: str) -> str:
+    return data_uri(pngs[name])
+
+
 def render_cards(cand: pd.DataFrame, stamps: np.ndarray, store, src=None, start: int = 0) -> str:
     """Cards of ``cand`` (images inline unless ``src(i, name)`` gives their URLs); ``start`` numbers them."""
     noise = sky_noise(stamps, store.bands) if len(stamps) else 1.0  # one brightness unit for the page
@@ -47,8 +52,7 @@ def render_cards(cand: pd.DataFrame, stamps: np.ndarray, store, src=None, start:
         i = start + j
         if src is None:
             pngs = candidate_images(stamps[j], store.bands, store.pixel_scale, noise)
-            out.append(card(i, row, store.bands, store.pixel_scale, lambda _i, name, pngs=pngs: data_uri(pngs[name]),
-                            store.stamp))
+            out.append(card(i, row, store.bands, store.pixel_scale, functools.partial(_inline_src, pngs), store.stamp))
         else:
             out.append(card(i, row, store.bands, store.pixel_scale, src, store.stamp))
     return "".join(out)
