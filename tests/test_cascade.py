@@ -48,7 +48,7 @@ def test_score_models_without_the_row_count_gives_the_same_rows(tmp_path, models
 
     def batches():
         for images, table in s.iter_batches(8, tiles=[0]):
-            yield prepare_inputs(images, table, [pre[1]], keep_raw=True)
+            yield prepare_inputs(images, table, [pre[1]], hold=[main[1]])
 
     kw = dict(prefilter=pre, keep_fraction=0.2, prefilter_threshold=1.0)
     known, _ = score_models(batches(), [main], rows_total=30, **kw)

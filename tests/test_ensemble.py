@@ -53,13 +53,13 @@ def test_ensemble_reads_each_tile_once_and_keeps_every_models_score(tmp_path, mo
     one = {m: search(tmp_path / "s.zarr", m, tmp_path / f"one-{m.name}", floor=0.0, progress=False, client=None,
                      crossmatch=False).scores().set_index("object_id") for m in models}
     reads = []
-    real = CutoutStore.iter_batches
+    real = CutoutStore.iter_normalised
 
     def counting(self, *args, **kwargs):
         reads.append(tuple(kwargs.get("tiles") or ()))
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(CutoutStore, "iter_batches", counting)
+    monkeypatch.setattr(CutoutStore, "iter_normalised", counting)
     res = search(tmp_path / "s.zarr", [a, b], tmp_path / "ens", floor=0.0, threshold=0.45, progress=False,
                  client=None, crossmatch=False)
     assert sorted(reads) == [(0,), (1,), (2,), (3,)]  # each tile read once, for both models
@@ -166,15 +166,22 @@ def test_evaluate_reports_each_model_and_the_ensemble(tmp_path, models, capsys):
     assert r["combine"] == "mean" and r["n_pos"] == 48 and (tmp_path / "roc.png").stat().st_size > 0
     rank = evaluate([a, b], tmp_path / "t.zarr", progress=False, combine="rank")
     assert 0.0 <= rank["auroc"] <= 1.0
-    # the ensemble's AUROC is the AUROC of the mean probability
+    # the ensemble's AUROC is the AUROC of the mean probability, each model given the store's inputs for it
     from lensdask.model.checkpoint import load_checkpoint
-    from lensdask.model.infer import predict_proba
+    from lensdask.model.infer import forward_proba, input_size
     from lensdask.store import open_store
 
     st = open_store(tmp_path / "t.zarr")
-    imgs = np.concatenate([st.read_images(t) for t in range(2)])
     y = np.concatenate([st.read_table(t)["label"].to_numpy() for t in range(2)]) == 1
-    p = np.mean([predict_proba(*load_checkpoint(m), imgs)[:, 1] for m in models], axis=0)
+
+    def lens_probability(path):
+        net, card = load_checkpoint(path)
+        return np.concatenate([
+            forward_proba(net, st.read_normalised(t, specs=[card["normalisation"]]).inputs[0], batch_size=64,
+                          device="cpu", size=input_size(card))[:, 1]
+            for t in range(2)])
+
+    p = np.mean([lens_probability(m) for m in models], axis=0)
     assert r["auroc"] == pytest.approx(binary_metrics(y, p)["auroc"], abs=1e-6)
     code = main(["evaluate", "--model", str(a), "--model", str(b), "--data", str(tmp_path / "t.zarr")])
     out = capsys.readouterr().out

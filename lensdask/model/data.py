@@ -22,9 +22,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .infer import nonfinite_rows
-from .normalise import normalise
-
 SKIP, TRAIN, VAL = 0, 1, 2
 SELECTION_PARAMS = ("theta_E",)
 """Per-row parameters kept for the selection function, besides every ``arc_snr_<band>``."""
@@ -66,7 +63,8 @@ class StoreBatches:
     store : CutoutStore
         A labelled store.
     spec : dict
-        Normalisation specification (applied when a block is read).
+        Normalisation specification, applied when a block is read
+        (:meth:`lensdask.store.CutoutStore.read_normalised`, as evaluation and search apply it).
     validation_fraction : float
         Fraction of each class held out.
     seed : int
@@ -133,22 +131,24 @@ class StoreBatches:
         if k in self._cache:
             return self._cache[k]
         t, start, stop, a = self.blocks[k]
-        raw = self.store.read_images(t, start, stop)
+        # the store's read path for models: what evaluation and search normalise, the same way
+        inputs = self.store.read_normalised(t, start, stop, specs=[self.spec])
         if not self._seen[k]:
-            self.finite[a : a + stop - start] = ~nonfinite_rows(raw)
+            self.finite[a : a + stop - start] = ~inputs.bad
             self._seen[k] = True
-        x = normalise(raw, self.spec)
+        x = inputs.inputs[0]  # the finite rows only
         if self.cached:
             self._cache[k] = x
         return x
 
     def _rows(self, k: int, role: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Normalised images, labels and global row ids of the finite rows of ``role`` in block k."""
-        x = self._read(k)
+        x = self._read(k)  # the block's finite rows, learned by this read
         t, start, stop, a = self.blocks[k]
         ids = np.arange(a, a + stop - start)
-        sel = (self.role[ids] == role) & self.finite[ids]
-        return x[sel], self.labels[ids[sel]], ids[sel]
+        finite = self.finite[ids]
+        sel = (self.role[ids] == role) & finite
+        return x[sel[finite]], self.labels[ids[sel]], ids[sel]
 
     def _blocks_with(self, role: int) -> np.ndarray:
         return np.array([k for k, (t, s, e, a) in enumerate(self.blocks) if (self.role[a : a + e - s] == role).any()],

@@ -13,7 +13,7 @@ from .. import config
 from ..errors import LensdaskError
 from ..store import open_store
 from .checkpoint import CARD, _jsonable, check_compatible, load_checkpoint, resolve_model_dir
-from .infer import predict_proba, resolve_batch_size, resolve_device
+from .infer import forward_proba, input_size, resolve_batch_size, resolve_device
 from .metrics import roc_curve
 from .report import classifier_report, plot_roc, selection_params
 
@@ -129,9 +129,16 @@ def evaluate(
         n_unlabelled += int((~known).sum())
         if not known.any():
             continue
-        images = store.read_images(t)[known]  # read once, scored by every model
+        # read once, normalised as training and search normalise (a quantised store's rows straight from
+        # its codes), scored by every model; rows with a non-finite pixel get NaN and never reach a model
+        inputs = store.read_normalised(t, specs=[card.get("normalisation") for _, card in nets])
+        scored = known & ~inputs.bad
+        labelled = known[~inputs.bad]  # which of the finite rows (those in inputs) are labelled
         for k, (net, card) in enumerate(nets):
-            probs[k].append(predict_proba(net, card, images, batch_size=batch_size, device=dev))
+            p = np.full((len(table), len(card["classes"])), np.nan, dtype=np.float32)
+            x = inputs.inputs[k] if labelled.all() else inputs.inputs[k][labelled]
+            p[scored] = forward_proba(net, x, batch_size=batch_size, device=dev, size=input_size(card))
+            probs[k].append(p[known])
         labels.append(lab[known].astype(np.int64))
         params.append(table.loc[known, keep_params].reset_index(drop=True))
     if not labels:

@@ -40,7 +40,7 @@ from ..checks import fraction
 from ..model.checkpoint import check_compatible, read_card, resolve_model_dir, verify_weights
 from ..store import open_store
 from ..model.infer import PRECISIONS, resolve_batch_size, stage_inputs
-from .score import COMBINE, model_column, prepare_inputs, score_models
+from .score import COMBINE, batch_inputs, held_specs, model_column, score_models
 from .worker import get_model
 
 TILES_DIR = "tiles"
@@ -296,10 +296,12 @@ def search_tile(
         pre = (pm, pc)
     batch_size = resolve_batch_size(config.get("search.batch_size", batch_size), dev)
     read_rows = -(-batch_size // store.chunk_rows) * store.chunk_rows  # whole chunks: each is decoded once
-    # prepare_inputs is done with the pixels before the next read, so one read buffer serves all
-    blocks = store.iter_batches(read_rows, tiles=[tile], reuse=True)
+    # the models' inputs as training and evaluation see them (a quantised store's straight from its codes);
+    # a cascade holds its main models' inputs of the rows its prefilter may pass
     first = [pre[1]] if pre is not None else [c for _, c in main]
-    batches = (prepare_inputs(images, table, first, keep_raw=pre is not None) for images, table in blocks)
+    specs = [c.get("normalisation") for c in first] + (held_specs([c for _, c in main]) if pre is not None else [])
+    batches = (batch_inputs(inputs, table, len(first))
+               for inputs, table in store.iter_normalised(read_rows, specs, tiles=[tile]))
     if _reader_has_a_core(dev):  # read, normalise and copy to the device the next block while the model scores this one
         batches = _prefetch(stage_inputs(batches, dev))
     table, stats = score_models(

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..model.infer import forward_proba, input_size
-from ..model.normalise import model_inputs, normalise
+from ..model.normalise import ModelInputs, model_inputs, normalisation_spec, spec_key
 
 HISTOGRAM_BINS = np.linspace(0.0, 1.0, 21)
 """Edges of the per-tile score histogram (lens probability, 20 bins)."""
@@ -174,24 +174,50 @@ def combine_scores(scores: np.ndarray, method: str = "mean") -> np.ndarray:
     return out.astype(np.float32)
 
 
-def prepare_inputs(images: np.ndarray, table: pd.DataFrame, cards: list[dict], keep_raw: bool = False):
-    """Normalised finite rows of one batch for several models: ``(xs, bad, table, raw)``.
+def held_specs(cards: list[dict]) -> list[dict]:
+    """The distinct normalisations of ``cards`` (the main models of a cascade), in first-seen order:
+    the views of a row that the cascade holds for its second stage (:func:`held_view`)."""
+    specs: dict[str, dict] = {}
+    for card in cards:
+        specs.setdefault(spec_key(card.get("normalisation")), normalisation_spec(card.get("normalisation")))
+    return list(specs.values())
+
+
+def held_view(cards: list[dict], card: dict) -> int:
+    """Which view of the held rows (:func:`held_specs` of ``cards``) is ``card``'s input."""
+    return [spec_key(s) for s in held_specs(cards)].index(spec_key(card.get("normalisation")))
+
+
+def batch_inputs(inputs: ModelInputs, table: pd.DataFrame, n_first: int):
+    """The ``(xs, bad, table, held)`` batch :func:`score_models` takes, from the inputs of the first
+    stage's ``n_first`` normalisations followed by those of :func:`held_specs` (if any):
+    ``held`` is (n_finite, n_views, bands, stamp, stamp), or None."""
+    xs, rest = inputs.inputs[:n_first], inputs.inputs[n_first:]
+    held = None
+    if rest:  # one view (the usual case): a view of its array, no copy
+        held = rest[0][:, None] if len(rest) == 1 else np.stack(rest, axis=1)
+    return xs, inputs.bad, table, held
+
+
+def prepare_inputs(images: np.ndarray, table: pd.DataFrame, cards: list[dict], hold: list[dict] | None = None):
+    """Normalised finite rows of one batch for several models: ``(xs, bad, table, held)``.
 
     ``xs[i]`` is the input of the model of ``cards[i]`` (models sharing a normalisation share
-    one array); ``bad`` the (n,) mask of rows with non-finite pixels; ``raw`` a copy of the
-    pixels when ``keep_raw`` (a cascade holds some rows for its second stage), else None.
-    Like :func:`prepare_batch`, nothing returned refers to ``images``: the caller may reuse it.
-    A store's rows are made ready by :meth:`lensdask.store.CutoutStore.iter_normalised` instead
-    (straight from the codes of a quantised store); this is the same for pixels in memory.
+    one array); ``bad`` the (n,) mask of rows with non-finite pixels; ``held`` the inputs of the
+    models of ``hold`` (a cascade's main models, which score some rows in its second stage), see
+    :func:`batch_inputs`, else None. Like :func:`prepare_batch`, nothing returned refers to
+    ``images``: the caller may reuse it. A store's rows are made ready by
+    :meth:`lensdask.store.CutoutStore.iter_normalised` instead (straight from the codes of a
+    quantised store); this is the same for pixels in memory.
     """
-    inputs = model_inputs(images, [card.get("normalisation") for card in cards], keep_raw=keep_raw)
-    return inputs.inputs, inputs.bad, table, inputs.raw
+    specs = [card.get("normalisation") for card in cards] + (held_specs(hold) if hold else [])
+    return batch_inputs(model_inputs(images, specs), table, len(cards))
 
 
 class _TopK:
     """The rows of a tile a cascade passes on, kept while the tile streams by.
 
-    Holds the raw pixels of every row so far that is among the ``k`` best prefilter
+    Holds the model inputs (:func:`batch_inputs`' ``held``) of every row so far that is among the ``k`` best prefilter
     scores seen (ties: the earlier row), or scores at or above ``threshold``; a row pushed
     out of the top ``k`` can never return, so its pixels are dropped. Memory: about
     ``k`` stamps plus those above the threshold.
@@ -230,15 +256,12 @@ class _TopK:
         return self.idx[order], self.images[0][order]
 
 
-def _forward_raw(model, card, images: np.ndarray, *, device, batch_size: int, precision: str) -> np.ndarray:
-    """Lens-class-first probabilities of finite raw stamps, normalised here in batches: (n, n_classes)."""
-    out = [np.zeros((0, len(card["classes"])), np.float32)]
-    spec = card.get("normalisation")
-    for start in range(0, len(images), batch_size):
-        x = normalise(images[start : start + batch_size], spec)
-        out.append(forward_proba(model, x, batch_size=batch_size, device=device, size=input_size(card),
-                                 precision=precision))
-    return np.concatenate(out)
+def _forward_held(model, card, cards: list[dict], held: np.ndarray, *, device, batch_size: int,
+                  precision: str) -> np.ndarray:
+    """Lens-class-first probabilities of held rows (:func:`batch_inputs`) for the model of ``card``,
+    one of ``cards``: (n, n_classes)."""
+    x = np.ascontiguousarray(held[:, held_view(cards, card)])
+    return forward_proba(model, x, batch_size=batch_size, device=device, size=input_size(card), precision=precision)
 
 
 def score_models(
@@ -261,9 +284,10 @@ def score_models(
     Parameters
     ----------
     batches : iterable
-        ``(xs, bad, table, raw)`` tuples of :func:`prepare_inputs`, for the cards of the
-        first stage: the prefilter alone when there is one (with ``keep_raw=True``),
-        otherwise every model of ``models`` in order. ``table`` has ``tile, object_id,
+        ``(xs, bad, table, held)`` tuples of :func:`prepare_inputs` (or :func:`batch_inputs`),
+        for the cards of the first stage: the prefilter alone when there is one (with ``hold``
+        the main models' cards, so that the rows it passes reach them normalised as they
+        would be alone), otherwise every model of ``models`` in order. ``table`` has ``tile, object_id,
         ra, dec`` (degrees), optionally ``flags``.
     models : list of (torch.nn.Module, dict)
         The main models and their cards (:func:`lensdask.model.load_checkpoint`).
@@ -335,7 +359,7 @@ def score_models(
         k = int(np.ceil(float(keep_fraction) * rows_total)) if rows_total is not None else 2**62
         top = _TopK(k, prefilter_threshold)
     offset = 0
-    for xs, bad, table, raw in batches:
+    for xs, bad, table, held in batches:
         n = len(bad)
         tables.append(table.reset_index(drop=True))
         bads.append(bad)
@@ -357,11 +381,11 @@ def score_models(
                                     precision=precision)[:, int(pcard["lens_class"])]
             pre_scores.append(p)
             good = np.flatnonzero(~bad)
-            top.add(offset + good, p[good], raw[good] if bad.any() else raw)  # raw is already this batch's own copy
+            top.add(offset + good, p[good], held)  # held: the finite rows, this batch's own arrays
             if audit_ids is not None:
-                hit = good[np.isin(table["object_id"].to_numpy()[good], audit_ids)]
+                hit = np.flatnonzero(np.isin(table["object_id"].to_numpy()[good], audit_ids))  # among the finite rows
                 if hit.size:
-                    audit_buf.append((offset + hit, raw[hit]))
+                    audit_buf.append((offset + good[hit], held[hit]))
         offset += n
 
     bad = np.concatenate(bads) if bads else np.zeros(0, bool)
@@ -381,8 +405,8 @@ def score_models(
         scores = np.full((n, len(models)), np.nan, dtype=np.float32)
         probs = np.full((n, len(classes)), 0.0 if shared_classes else np.nan, dtype=np.float32)
         for m, (model, card) in enumerate(models):
-            pr = _forward_raw(model, card, images if images is not None else np.zeros((0,)),
-                              device=device, batch_size=batch_size, precision=precision) if len(idx) else None
+            pr = _forward_held(model, card, cards, images, device=device, batch_size=batch_size,
+                               precision=precision) if len(idx) else None
             if pr is not None:
                 scores[idx, m] = pr[:, int(card["lens_class"])]
                 if shared_classes:
@@ -408,8 +432,8 @@ def score_models(
             dropped = ~main[rows] if len(rows) else np.zeros(0, bool)
             if dropped.any():
                 per = np.stack([
-                    _forward_raw(model, card, imgs[dropped], device=device, batch_size=batch_size,
-                                 precision=precision)[:, int(card["lens_class"])]
+                    _forward_held(model, card, cards, imgs[dropped], device=device, batch_size=batch_size,
+                                  precision=precision)[:, int(card["lens_class"])]
                     for model, card in models
                 ], axis=1)
                 # ranks need the rows the main models saw: a dropped row is ranked among them
