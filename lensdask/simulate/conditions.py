@@ -91,6 +91,8 @@ def draw_conditions(rng: np.random.Generator, bands: Sequence[str], source: str 
     out = {}
     for b in bands:
         if source == "fixed":
+            if fixed is None:
+                raise ConditionsError("conditions source 'fixed' needs fixed= (per band (seeing, sky))")
             seeing, sky = fixed[b]
         else:
             samples = None if source == "des" else _load_samples(source, b)
