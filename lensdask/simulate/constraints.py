@@ -120,6 +120,8 @@ class Constraints:
             return "theta_E_min"
         if te > self.theta_E_max:
             return "theta_E_max"
+        if worst_seeing is None:
+            raise ValueError("check_params needs the system's seeing_<band> in params, or worst_seeing")
         if te / worst_seeing < self.theta_E_over_seeing_min:
             return "theta_E_over_seeing_min"
         return None
