@@ -34,7 +34,9 @@ def store_info(url: str | os.PathLike) -> dict:
     ``capacity``, ``chunk_rows``, ``classes`` ({name: rows}, plus ``unknown`` for label -1),
     ``flags`` (rows per flag), ``encoding`` (pixels, codec, quantisation), ``bytes_on_disk``,
     ``bytes_per_cutout`` (whole store / rows), ``image_bytes_per_cutout`` (pixels only),
-    ``provenance``.
+    ``sky_statistics`` (a quantised store: whether it keeps each row's sky level and noise, the
+    arrays ``sky`` and ``noise``, and so normalises models' inputs straight from its codes;
+    None for float32 stores), ``provenance``.
     """
     from .store import FLAG_EDGE, FLAG_LOSSLESS, FLAG_MASKED
 
@@ -84,6 +86,7 @@ def store_info(url: str | os.PathLike) -> dict:
         "bytes_on_disk": total,
         "bytes_per_cutout": None if total is None or rows == 0 else total / rows,
         "image_bytes_per_cutout": None if images is None or rows == 0 else images / rows,
+        "sky_statistics": s.sky_stats if s.quantised else None,
         "provenance": s.provenance,
     }
 
@@ -110,6 +113,9 @@ def format_info(info: dict) -> str:
                   f"{enc['dither']} dither (seed {enc['seed']}), noise from a {enc['border']} px border; "
                   f"codec {enc['codec']} ("
                   + ", ".join(f"{k} {enc[k]}" for k in ("level", "nblock") if k in enc) + ")")
+        pixels += ("; sky level and noise stored per row (models' inputs normalised from the codes)"
+                   if info.get("sky_statistics") else
+                   "; no stored sky level and noise (inputs normalised after decoding; `lensdask convert` adds them)")
     else:
         pixels = f"{enc.get('dtype', 'float32')} exact; codec {enc.get('codec', '?')}"
     old = ("" if info["schema"] == info["current_schema"]
