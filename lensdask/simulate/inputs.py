@@ -61,7 +61,8 @@ class Backgrounds:
     noise: np.ndarray
     sigma_v: np.ndarray
     source: str
-    rows: np.ndarray | None = None
+    # None (default) means 0..n-1: __post_init__ always stores an array, so readers see np.ndarray
+    rows: np.ndarray = None  # type: ignore[assignment]
 
     def __post_init__(self):
         rows = np.arange(len(self.images), dtype=np.int64) if self.rows is None else \
@@ -175,7 +176,8 @@ def real_galaxies_record(backgrounds: Backgrounds | None, negatives: Backgrounds
     first = sets[0]
     fps = list(dict.fromkeys(f for s in sets for f in s.fingerprints))  # in order, each galaxy once
     same = [s for s in sets if s.source == first.source]
-    out = {"source": first.source, "rows": sorted({int(r) for s in same for r in s.rows}), "fingerprints": fps}
+    out: dict[str, object] = {"source": first.source, "rows": sorted({int(r) for s in same for r in s.rows}),
+                              "fingerprints": fps}
     other = [s for s in sets if s.source != first.source]
     if other:
         out["negatives"] = {"source": other[0].source, "rows": sorted(int(r) for r in other[0].rows)}
