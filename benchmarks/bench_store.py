@@ -3,7 +3,8 @@
 Prints, for the same cutouts in both encodings,
   * bytes on disk per cutout (the pixels, and the whole store),
   * the quantisation error, rms in units of each stamp's sky noise,
-  * decoding alone and decoding + normalising, cutouts per second on one core (one thread:
+  * decoding alone and the models' inputs (decoding + normalising; a quantised store with its
+    rows' sky statistics normalises straight from the codes), cutouts per second on one core (one thread:
     a search worker reads its tile in its own process, so throughput scales with cores), and
     that times 8,
   * the end-to-end CPU search in this process (read, normalise, default model, per-tile write),
@@ -31,15 +32,16 @@ import numpy as np  # noqa: E402
 
 
 def read_rate(store, batch: int, normalise_too: bool) -> float:
-    """Cutouts per second reading every tile in ``batch``-row blocks into one reused buffer."""
-    from lensdask.model.normalise import normalise
-
+    """Cutouts per second reading every tile in ``batch``-row blocks into one reused buffer: the pixels,
+    or with ``normalise_too`` the default model's inputs, as search reads them (``iter_normalised``)."""
     t0 = time.perf_counter()
     n = 0
-    for images, _ in store.iter_batches(batch, reuse=True):
-        if normalise_too:
-            normalise(images)
-        n += len(images)
+    if normalise_too:
+        for inputs, _ in store.iter_normalised(batch, [None]):
+            n += len(inputs.bad)
+    else:
+        for images, _ in store.iter_batches(batch, reuse=True):
+            n += len(images)
     return n / (time.perf_counter() - t0)
 
 
@@ -107,6 +109,12 @@ def main() -> None:
     rms = float(np.sqrt(np.mean(((y - x) / sigma[..., None, None]) ** 2)))
     print(f"quantisation: step {q.encoding['step']} sigma, error rms {rms:.4f} sigma (expected "
           f"{q.encoding['rms_error']:.4f}); lossless rows {int((q.read_catalog()['flags'] & 4 != 0).sum())}")
+    xf = np.concatenate([f.read_normalised(t).inputs[0] for t in f.written_tiles()])
+    xq = np.concatenate([q.read_normalised(t).inputs[0] for t in q.written_tiles()])
+    how = "straight from the codes" if q.sky_stats else "after decoding (no stored sky statistics)"
+    diff = f"{float(np.sqrt(np.mean((xq - xf) ** 2))):.4f}" if xq.shape == xf.shape else "? (other rows non-finite)"
+    print(f"model inputs: the quantised store's normalised {how}; rms difference from the float32 store's "
+          f"{diff} (normalised units)")
 
     print(f"\n{'':12s} {'pixels/cutout':>14s} {'store/cutout':>13s}")
     for name, url in [("float32+lz4", f_url), ("quantised", q_url)]:
@@ -120,7 +128,7 @@ def main() -> None:
         rates["f-norm"].append(read_rate(f, a.batch, True))
         rates["q-norm"].append(read_rate(q, a.batch, True))
     best = {k: max(v) for k, v in rates.items()}
-    print(f"\none core, best of {a.repeat}: cutouts/s {'decode':>10s} {'decode+normalise':>17s} {'x 8 cores':>10s}")
+    print(f"\none core, best of {a.repeat}: cutouts/s {'decode':>10s} {'model inputs':>17s} {'x 8 cores':>10s}")
     for name, k in [("float32+lz4", "f"), ("quantised", "q")]:
         print(f"{name:31s} {best[k + '-dec']:10.0f} {best[k + '-norm']:17.0f} {8 * best[k + '-norm']:10.0f}")
 
