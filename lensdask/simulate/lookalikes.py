@@ -35,11 +35,15 @@ Pure numpy apart from the renderer (PSF and noise); no Dask.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .priors import LENS_COLOURS, SOURCE_COLOURS, _mags, draw_lens_galaxy
 from .scene import sersic
+
+if TYPE_CHECKING:
+    from .render import Renderer
 
 GROUP_MAX = 4
 """Most extra members of a compact group."""
@@ -140,7 +144,9 @@ def feature_profile(kind: str, p: dict, stamp: int, pixel_scale: float) -> np.nd
     return _bin(img, stamp)
 
 
-def render_lookalike(renderer, rng: np.random.Generator, kind: str, scene_for=None) -> tuple[np.ndarray, dict]:
+def render_lookalike(
+    renderer: Renderer, rng: np.random.Generator, kind: str, scene_for=None
+) -> tuple[np.ndarray, dict]:
     """One look-alike of ``kind``: (n_bands, stamp, stamp) float32 image (e-/s) and its parameters.
 
     Parameters
