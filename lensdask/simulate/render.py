@@ -141,7 +141,7 @@ class Candidate:
         if self.bg and self.backgrounds is None:
             raise ValueError("a system with background_index needs real backgrounds (none were given)")
         self.scene = scene
-        self._mu = None
+        self._mu: float | None = None
         self._arc1 = None  # unconvolved lensed source at unit amplitude (flux per pixel)
         self._ll1 = None
         self._arc: dict = {}
@@ -149,7 +149,7 @@ class Candidate:
         self._conv: dict = {}
         self._morph: dict = {}
         self._scene: dict = {}
-        self._scene_unit = None
+        self._scene_unit: np.ndarray | None = None
         self.background_rms, self.exposure_time, self.scale = {}, {}, {}
         # systems drawn without conditions get the fixed lenstronomy DES ones
         self.seeing = {b: float(params.get(f"seeing_{b}", renderer.seeing[b])) for b in renderer.bands}
@@ -158,10 +158,16 @@ class Candidate:
             self.background_rms[b], self.exposure_time[b] = renderer.noise_of(b, self.sky[b])
             if self.bg:
                 k = int(params["background_index"])
-                self.scale[b] = float(self.backgrounds.noise[k, renderer.bands.index(b)]
+                self.scale[b] = float(self.real_backgrounds().noise[k, renderer.bands.index(b)]
                                       / self.background_rms[b])
             else:
                 self.scale[b] = 1.0
+
+    def real_backgrounds(self) -> _inputs.Backgrounds:
+        """The real cutouts this system is painted on (it has ``background_index``)."""
+        if self.backgrounds is None:
+            raise ValueError("a system with background_index needs real backgrounds (none were given)")
+        return self.backgrounds
 
     def conv(self, band):
         if band not in self._conv:
@@ -203,7 +209,7 @@ class Candidate:
         if band not in self._ll:
             if self.bg:
                 k, j = int(self.params["background_index"]), self.r.bands.index(band)
-                self._ll[band] = self.backgrounds.images[k, j].astype(float) / self.scale[band]
+                self._ll[band] = self.real_backgrounds().images[k, j].astype(float) / self.scale[band]
             else:
                 unit = self._ll_unit()
                 amp = self.r.magnitude2cps(band, self.params[f"mag_lens_{band}"]) / self._ll_norm
@@ -340,7 +346,7 @@ class Renderer:
             sim = SimAPI(num_pix=self.stamp, kwargs_single_band=self.kwargs_band[self.bands[0]],
                          kwargs_model=kwargs_model("cosmos"))
             self._ref_cosmos = sim.image_model_class(self.kwargs_numerics)
-            self._interp_key = None
+            self._interp_key: int | None = None
         self.fixed_conditions = {b: (self.seeing[b], self.sky[b]) for b in self.bands}
         # The fixed (lenstronomy DES) values: used by constraints that need a seeing before drawing.
         self.worst_seeing = max(self.seeing.values())
@@ -394,12 +400,13 @@ class Renderer:
                                         truncation=GAUSSIAN_TRUNCATION)
 
     def source_model_for(self, params: dict):
-        if self.cosmos is not None and np.isfinite(params.get("source_index", np.nan)):
+        ref = self._ref_cosmos  # set when there are COSMOS sources (self.cosmos)
+        if ref is not None and np.isfinite(params.get("source_index", np.nan)):
             k = int(params["source_index"])
             if self._interp_key != k:  # lenstronomy caches the interpolator of the first image it saw
-                self._ref_cosmos.SourceModel.delete_interpol_caches()
+                ref.SourceModel.delete_interpol_caches()
                 self._interp_key = k
-            return self._ref_cosmos
+            return ref
         return self._ref
 
     def candidate(self, params: dict, backgrounds=None, scene=None) -> Candidate:
@@ -446,7 +453,7 @@ class Renderer:
             added = arc[k] + scene[k]
             if cand.bg:
                 # the cutout already holds its own sky and galaxy noise: add the arc, the scene and their Poisson noise
-                image[k] = cand.backgrounds.images[int(cand.params["background_index"]), k] + scale[k] * (
+                image[k] = cand.real_backgrounds().images[int(cand.params["background_index"]), k] + scale[k] * (
                     added + np.sqrt(np.maximum(added, 0.0) / t) * noise[k])
             else:
                 var = cand.background_rms[b] ** 2 + np.maximum(ll[k] + added, 0.0) / t
@@ -517,7 +524,7 @@ def get_renderer(bands=None, pixel_scale=None, stamp=None, coadd_years=None, sup
     return r
 
 
-def bare_render(renderer: Renderer, params: dict, seed: int | None = 0, noise: bool = True) -> np.ndarray:
+def bare_render(renderer: Renderer, params: dict, seed: int = 0, noise: bool = True) -> np.ndarray:
     """Render a system the plain lenstronomy way, for benchmarks: the fastest lenstronomy path.
 
     Per band: ``SimAPI.magnitude2amplitude``, ``ImageModel.image`` of reused objects built for
