@@ -339,9 +339,10 @@ def draw_scene(rng: np.random.Generator, bands: Sequence[str], stamp: int, pixel
     if central_mag_i is not None and float(sat["mean_at_19"]) > 0:
         lam = float(sat["mean_at_19"]) * 10 ** (-0.4 * float(sat["luminosity_slope"]) * (central_mag_i - 19.0))
         ns = int(rng.poisson(lam))
-        r = rng.uniform(*sat["radius"], ns)  # surface density ~ 1/r: uniform in r
+        (r_lo, r_hi), (dmag_lo, dmag_hi) = sat["radius"], sat["dmag"]
+        r = rng.uniform(r_lo, r_hi, ns)  # surface density ~ 1/r: uniform in r
         a = rng.uniform(0, 2 * np.pi, ns)
-        mi = central_mag_i + rng.uniform(*sat["dmag"], ns)
+        mi = central_mag_i + rng.uniform(dmag_lo, dmag_hi, ns)
         red = rng.uniform(size=ns) < float(sat["red_fraction"])
         kinds.append(np.full(ns, KIND_SATELLITE))
         xs.append(r * np.cos(a))
