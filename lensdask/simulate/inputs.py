@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import glob
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -143,7 +144,7 @@ def load_backgrounds(source: str, bands: tuple, pixel_scale: float, stamp: int,
     return _backgrounds_from_store(source, bands, pixel_scale, stamp)
 
 
-def galaxy_rows(galaxies, source: str, bands: tuple, pixel_scale: float, stamp: int) -> tuple | None:
+def galaxy_rows(galaxies, source: str, bands: Sequence[str], pixel_scale: float, stamp: int) -> tuple | None:
     """The rows of ``source`` a galaxy selection keeps: a tuple for :func:`load_backgrounds`, or None for all.
 
     ``galaxies`` is a :func:`~lensdask.simulate.galaxies.select_rows` spec (None / ``"all"``,

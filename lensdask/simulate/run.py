@@ -255,11 +255,11 @@ def simulate_rows(
     names = param_names(bands)
     theta_E_range = (constraints.theta_E_min, constraints.theta_E_max)
 
-    bg = renderer.backgrounds
-    if bg is not None and galaxies is not None:  # the selected rows only; lens systems index into them
-        bg = load_backgrounds(renderer.backgrounds_path, tuple(bands), renderer.pixel_scale, renderer.stamp,
-                              galaxy_rows(galaxies, renderer.backgrounds_path, bands, renderer.pixel_scale,
-                                          renderer.stamp))
+    bg, bg_path = renderer.backgrounds, renderer.backgrounds_path  # bg was read from bg_path
+    # the selected rows only; lens systems index into them
+    if bg is not None and bg_path is not None and galaxies is not None:
+        bg = load_backgrounds(bg_path, tuple(bands), renderer.pixel_scale, renderer.stamp,
+                              galaxy_rows(galaxies, bg_path, bands, renderer.pixel_scale, renderer.stamp))
     theta_E_from = config.get("simulate.theta_E_from", theta_E_from)
     if theta_E_from not in ("sigma_v", "uniform"):
         raise ValueError(f"theta_E_from must be 'sigma_v' or 'uniform', got {theta_E_from!r}")
@@ -494,7 +494,9 @@ def _resolve_galaxies(galaxies, kw) -> str | list[int]:
         raise InputError(f"galaxies {galaxies!r} selects real cutouts, but the simulation has none "
                          "(give simulate.backgrounds or simulate.negatives)")
     args = (tuple(kw["bands"]), kw["pixel_scale"], kw["stamp"])
-    rows = list(galaxy_rows(galaxies, sources[0], *args))
+    selected = galaxy_rows(galaxies, sources[0], *args)
+    assert selected is not None  # None means all rows, and galaxies is not None or "all" here
+    rows = list(selected)
     for p in sources[1:]:
         galaxy_rows(rows, p, *args)  # the same rows must exist in the negatives
     return rows
