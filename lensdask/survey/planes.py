@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import PlaneError, TileError
+
+if TYPE_CHECKING:
+    from astropy.io.fits import HDUList
 
 
 def hdu_spec(value):
@@ -112,7 +116,7 @@ class BandPlanes:
                  mask_bits: int | None = None):
         from astropy.io import fits
 
-        self._open: dict[str, object] = {}
+        self._open: dict[str, HDUList] = {}
 
         def plane(path, h):
             path = os.fspath(path)
