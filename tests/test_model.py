@@ -148,6 +148,28 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(predict_proba(model, card, x), predict_proba(loaded, card2, x))
 
 
+def test_conv_stem_architecture_round_trip(tmp_path):
+    """vit-lens-conv: convolutions before the patches; the card rebuilds it, batch-norm statistics included."""
+    kwargs = arch_kwargs("vit-lens-conv", in_chans=4, img_size=STAMP, num_classes=2)
+    assert kwargs["stem_channels"] == [24, 24]
+    torch.manual_seed(0)
+    model = create_model("vit-lens-conv", in_chans=4, img_size=STAMP, num_classes=2)
+    convs = [m for m in model.patch_embed.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [24, 24] and model.patch_embed.proj.in_channels == 24
+    model.train()
+    model(torch.randn(8, 4, STAMP, STAMP))  # moves the batch-norm running statistics off their initial values
+    card = dict(tiny_card(model), arch="vit-lens-conv", arch_kwargs=kwargs)
+    card = save_checkpoint(model.eval(), tmp_path / "ck", card)
+    loaded, card2 = load_checkpoint(tmp_path / "ck")
+    bn = model.patch_embed.stem[1]
+    assert not torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+    torch.testing.assert_close(loaded.patch_embed.stem[1].running_mean, bn.running_mean)
+    x, _ = synth(5, np.random.default_rng(1))
+    np.testing.assert_array_equal(predict_proba(model, card, x), predict_proba(loaded, card2, x))
+    row = describe_architectures(in_chans=4, img_size=STAMP).set_index("name")
+    assert row.loc["vit-lens-conv", "gflops"] > row.loc["vit-lens-tiny", "gflops"]
+
+
 def test_corrupt_or_missing_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="no model directory"):
         load_checkpoint(tmp_path / "nothing-here")

@@ -28,6 +28,7 @@ overridden (e.g. 16 with ``resize=224`` to keep an ImageNet patch grid).
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pandas as pd
 import torch
@@ -44,7 +45,8 @@ ARCHITECTURES: dict[str, dict] = {
     ),
     "vit-tiny": dict(
         patch_size=5, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0,
-        description="ViT-Ti width (192, 12 blocks, 3 heads) with 5 px patches, ~5.4 M parameters; small GPU or patient CPU",
+        description="ViT-Ti width (192, 12 blocks, 3 heads) with 5 px patches, ~5.4 M parameters; "
+        "small GPU or patient CPU",
     ),
     "vit-small": dict(
         patch_size=5, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0,
@@ -112,7 +114,8 @@ def _conv_stem_embed(stem_channels: list[int]):
             layers: list[torch.nn.Module] = []
             width = in_chans
             for c in stem_channels:
-                layers += [torch.nn.Conv2d(width, c, 3, padding=1, bias=False), torch.nn.BatchNorm2d(c), torch.nn.GELU()]
+                conv = torch.nn.Conv2d(width, c, 3, padding=1, bias=False)
+                layers += [conv, torch.nn.BatchNorm2d(c), torch.nn.GELU()]
                 width = c
             self.stem = torch.nn.Sequential(*layers)
 
@@ -167,8 +170,12 @@ def create_model(arch: str, *, in_chans: int, img_size: int, num_classes: int) -
     return build_vit(arch_kwargs(arch, in_chans=in_chans, img_size=img_size, num_classes=num_classes))
 
 
-def _gflops(model: torch.nn.Module, in_chans: int, img_size: int) -> float:
-    """Forward GFLOPs for one cutout (multiply-add = 2 FLOPs), by counting matmuls analytically."""
+def _gflops(model: Any, in_chans: int, img_size: int) -> float:
+    """Forward GFLOPs for one cutout (multiply-add = 2 FLOPs), by counting matmuls analytically.
+
+    ``model`` is a timm ``VisionTransformer`` (typed ``Any``: torch types its submodules as
+    ``Tensor | Module``).
+    """
     d = model.embed_dim
     n_tok = model.patch_embed.num_patches + model.num_prefix_tokens
     p = model.patch_embed.patch_size[0]
@@ -210,7 +217,7 @@ def describe_architectures(in_chans: int = 4, img_size: int = 45, num_classes: i
     rows = []
     for name, spec in ARCHITECTURES.items():
         with torch.device("meta"):
-            m = create_model(name, in_chans=in_chans, img_size=img_size, num_classes=num_classes)
+            m: Any = create_model(name, in_chans=in_chans, img_size=img_size, num_classes=num_classes)
         rows.append(
             dict(
                 name=name,
