@@ -150,7 +150,8 @@ def main() -> None:
         print(f"\nsearch in this process, default model, torch {threads} thread(s) ({what}), best of {a.repeat}:")
         print(f"  float32+lz4 {n / bf:8.0f} cutouts/s ({bf:.2f} s)\n  quantised   {n / bq:8.0f} cutouts/s ({bq:.2f} s)")
         print(f"  quantised / float32 speed: best {bf / bq:.3f}, median {mf / mq:.3f}")
-        print(f"  all runs (s): float32 {[round(x, 2) for x in secs['f']]}, quantised {[round(x, 2) for x in secs['q']]}")
+        runs = {k: [round(x, 2) for x in v] for k, v in secs.items()}
+        print(f"  all runs (s): float32 {runs['f']}, quantised {runs['q']}")
 
 if __name__ == "__main__":
     main()

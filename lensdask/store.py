@@ -47,8 +47,8 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -57,9 +57,9 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from . import config
 from .codecs import CODECS
-from .quantise import dequantise, quantise_measured
 from .errors import StoreNotFoundError, StoreSchemaError, StoreWriteError
 from .names import check_names
+from .quantise import dequantise, quantise_measured
 
 SCHEMA = "lensdask.cutouts/2"
 """Schema name and version written to every new store."""
@@ -490,7 +490,7 @@ class CutoutStore:
         stop = n if stop is None else min(stop, n)
         return self._model_inputs(self._stored_block(t, start, stop, sky=True), specs, raw)
 
-    def _stored_block(self, t: int, start: int, stop: int, *, sky: bool) -> "_StoredBlock":
+    def _stored_block(self, t: int, start: int, stop: int, *, sky: bool) -> _StoredBlock:
         """Rows ``start:stop`` of tile ``t`` as stored (codes, or float pixels) with their per-row arrays."""
         g = self.group
         block = _StoredBlock(t, start, np.asarray(g["images"][t, start:stop]))
@@ -534,7 +534,7 @@ class CutoutStore:
                         setattr(block, name, value[start:stop])
                 yield block
 
-    def _model_inputs(self, block: "_StoredBlock", specs: Sequence[dict | None], raw: bool):
+    def _model_inputs(self, block: _StoredBlock, specs: Sequence[dict | None], raw: bool):
         """:class:`~lensdask.model.normalise.ModelInputs` of one stored block (see :meth:`read_normalised`)."""
         from .model.normalise import ModelInputs, model_inputs, nonfinite_rows, normalisation_spec, normalise, spec_key
         from .quantise import codes_normalisable, normalise_codes
@@ -559,7 +559,8 @@ class CutoutStore:
                                                   seed=seed, softening=spec["softening"])
                     fused[spec_key(spec)] = y
                     ok &= ~nan_rows
-        # decoded pixels: of every row when asked for or some normalisation needs them, else of the rows the codes cannot serve
+        # decoded pixels: of every row when asked for or some normalisation needs them,
+        # else of the rows the codes cannot serve
         every = raw or not all(from_codes)
         rows = np.arange(n) if every else np.flatnonzero(~ok)
         pix = self._decode(block.t, block.start, q if every else q[rows], block.scale[rows], block.zero[rows],
@@ -792,7 +793,8 @@ def encoding_for(quantise_step: float | None = None) -> dict:
     except (TypeError, ValueError):
         step = float("nan")
     if not (0.0 <= step <= MAX_STEP):
-        raise StoreWriteError(f"quantisation step {quantise_step!r} must be in [0, {MAX_STEP}] sky-noise sigma (0: lossless)")
+        raise StoreWriteError(
+            f"quantisation step {quantise_step!r} must be in [0, {MAX_STEP}] sky-noise sigma (0: lossless)")
     if step == 0:
         return dict(FLOAT_ENCODING)
     codec = str(config.get("store.quantise.codec"))

@@ -219,7 +219,8 @@ def fourier_shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.
     s_y, s_x = x.shape[-2:]
     fy = torch.fft.fftfreq(s_y, device=x.device, dtype=torch.float32)
     fx = torch.fft.rfftfreq(s_x, device=x.device, dtype=torch.float32)
-    ramp = dy.float()[:, None, None, None] * fy[None, None, :, None] + dx.float()[:, None, None, None] * fx[None, None, None, :]
+    ramp = (dy.float()[:, None, None, None] * fy[None, None, :, None]
+            + dx.float()[:, None, None, None] * fx[None, None, None, :])
     phase = torch.polar(torch.ones_like(ramp), -2.0 * math.pi * ramp)
     return torch.fft.irfft2(torch.fft.rfft2(x.float()) * phase, s=(s_y, s_x))
 

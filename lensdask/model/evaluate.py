@@ -147,7 +147,7 @@ def evaluate(
     params = pd.concat(params, ignore_index=True)
     is_lens = y == store.classes.index("lens")
     results, curves = [], []
-    for (net, card), d, pk in zip(nets, dirs, probs):
+    for (_net, card), d, pk in zip(nets, dirs, probs):
         p = np.concatenate(pk)
         lens_col = int(card["lens_class"])
         r = classifier_report(

@@ -33,13 +33,13 @@ import numpy as np
 import pandas as pd
 
 from .. import config
+from ..checks import fraction
 from ..cluster import current_client
 from ..errors import LensdaskError
-from ..names import child_path, csv_safe, safe_component
-from ..checks import fraction
 from ..model.checkpoint import check_compatible, read_card, resolve_model_dir, verify_weights
-from ..store import open_store
 from ..model.infer import PRECISIONS, resolve_batch_size, stage_inputs
+from ..names import child_path, csv_safe, safe_component
+from ..store import open_store
 from .score import COMBINE, batch_inputs, held_specs, model_column, score_models
 from .worker import get_model
 
@@ -448,7 +448,8 @@ def merge(
         d = run_dir / TILES_DIR
         comps = sorted(p.stem for p in d.glob("*.json")) if tiles is None else [safe_component(t) for t in tiles]
         stats = [json.loads((d / f"{c}.json").read_text()) for c in comps if (d / f"{c}.json").exists()]
-        known, summary = known_lens_report(scores, [s for s in stats if s], threshold=threshold, radius=radius, catalog=cat)
+        known, summary = known_lens_report(scores, [s for s in stats if s], threshold=threshold, radius=radius,
+                                           catalog=cat)
         _write_atomic(run_dir / "known_lenses.parquet", lambda p: known.to_parquet(p, index=False))
     _write_atomic(run_dir / "candidates.parquet", lambda p: cand.to_parquet(p, index=False))
     for fmt in export:
@@ -517,7 +518,8 @@ def check_models(store, models, prefilter=None) -> tuple[list[tuple[pathlib.Path
     for d, card in everyone[1:]:
         for key, same in (("bands", list(card["bands"]) == list(ref["bands"])),
                           ("stamp", int(card["stamp"]) == int(ref["stamp"])),
-                          ("pixel_scale", math.isclose(float(card["pixel_scale"]), float(ref["pixel_scale"]), rel_tol=1e-4))):
+                          ("pixel_scale", math.isclose(float(card["pixel_scale"]), float(ref["pixel_scale"]),
+                                                       rel_tol=1e-4))):
             if not same:
                 raise ModelMismatchError(
                     f"models of one search must share bands, stamp and pixel scale: {ref.get('model_id')} ({ref_dir}) "
@@ -726,7 +728,8 @@ def search(
                     raise
                 except Exception as exc:  # a corrupt tile must not stop the others
                     failures.append(
-                        {"tile": names[t], "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-2000:]}
+                        {"tile": names[t], "error": f"{type(exc).__name__}: {exc}",
+                         "traceback": traceback.format_exc()[-2000:]}
                     )
                 bar.update()
         else:
@@ -752,7 +755,8 @@ def search(
                         tb = "".join(traceback.format_tb(fut.traceback()))[-2000:]
                         failures.append({"tile": names[t], "error": f"{type(exc).__name__}: {exc}", "traceback": tb})
                     elif fut.status == "cancelled":
-                        failures.append({"tile": names[t], "error": "cancelled (worker lost or task cancelled)", "traceback": ""})
+                        failures.append({"tile": names[t], "error": "cancelled (worker lost or task cancelled)",
+                                         "traceback": ""})
                     bar.update()
     except KeyboardInterrupt:
         # Ctrl-C: stop handing out tiles; what is finished stays, nothing half-written does.
@@ -766,7 +770,8 @@ def search(
     clean_run_dir(run_dir)  # leftovers of workers killed mid-write (their tiles were redone)
 
     finished = [names[t] for t in todo + skipped if tile_done(run_dir, names[t]) is not None]
-    cand = merge(run_dir, threshold, tiles=finished, crossmatch=crossmatch, radius=radius, catalog=catalog, export=export)
+    cand = merge(run_dir, threshold, tiles=finished, crossmatch=crossmatch, radius=radius, catalog=catalog,
+                 export=export)
     stats = [tile_done(run_dir, n) for n in finished]
     failures_df = pd.DataFrame(failures, columns=["tile", "error", "traceback"])
     if failures:

@@ -12,7 +12,7 @@ that passes the top fraction of the tile to them (a cascade).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
