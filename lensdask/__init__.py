@@ -21,11 +21,10 @@ The public API, one function per CLI command::
     swap(votes, gold)                   Space Warps aggregation of volunteer votes
 """
 
-__version__ = "0.1.0"
-
 # The functions are bound after their subpackages are imported, so that
 # ``lensdask.simulate`` and ``lensdask.search`` name the functions, not the subpackages.
 from . import config  # noqa: E402  (loads the defaults into dask.config)
+from ._version import __version__  # noqa: E402
 from .cluster import cluster_client  # noqa: E402
 from .demo import demo  # noqa: E402
 from .model import evaluate, inject, train  # noqa: E402

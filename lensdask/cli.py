@@ -624,7 +624,7 @@ def _search_model_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lensdask`` command."""
-    from . import __version__
+    from ._version import __version__
 
     parser = _Parser(
         prog="lensdask", description="Find strong gravitational lenses in survey images with Dask."

@@ -111,7 +111,7 @@ def provenance(command: str | None = None, **extra) -> dict:
     **extra
         Further JSON-serialisable items (seed, inputs, ...).
     """
-    from . import __version__
+    from ._version import __version__
 
     prov = {
         "command": command if command is not None else " ".join(sys.argv),

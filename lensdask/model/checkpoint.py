@@ -95,7 +95,7 @@ def save_checkpoint(model: torch.nn.Module, out_dir: str | os.PathLike, card: di
     """
     from safetensors.torch import save_file
 
-    from .. import __version__
+    from .._version import __version__
 
     missing = [k for k in REQUIRED if k not in card]
     if missing:
