@@ -3,7 +3,8 @@
 For a mock survey (float32 store, then converted to the quantised default) and for the 240 real
 DES galaxy cutouts of ``../shared/data/des_galaxies`` (30 galaxies x 8 orientations), scores the
 cutouts with the default model as stored in float32 and after
-  * quantisation (the store's default step, 0.095 sigma rms),
+  * quantisation (the store's default step, 0.095 sigma rms): decoded pixels, and the model inputs
+    search reads (normalised straight from the codes with the sky statistics stored at write time),
   * the same rms of extra Gaussian noise (independent draw),
   * 0.01 sigma of extra Gaussian noise,
   * a float16 round trip (``store.dtype: float16``, ~5e-4 relative),
@@ -36,7 +37,7 @@ def main() -> None:
     import pandas as pd
 
     from lensdask.model import load_checkpoint
-    from lensdask.model.infer import predict_proba
+    from lensdask.model.infer import forward_proba, predict_proba
     from lensdask.model.metrics import auroc
     from lensdask.quantise import measure_noise
     from lensdask.store import create_store, open_store
@@ -49,6 +50,18 @@ def main() -> None:
     def scores(x):
         return predict_proba(model, card, x, batch_size=64)[:, lens].astype(np.float64)
 
+    def read_as_search_does(store):
+        """Lens scores of a store's rows from its own model inputs (quantised: normalised from the codes)."""
+        out = []
+        size = int(card.get("input_size") or card["stamp"])
+        for t in store.written_tiles():
+            inp = store.read_normalised(t, specs=[card.get("normalisation")])
+            assert not inp.bad.any()
+            p = forward_proba(model, inp.inputs[0], batch_size=64, device="cpu",
+                              size=None if size == int(card["stamp"]) else size)
+            out.append(p[:, lens].astype(np.float64))
+        return np.concatenate(out)
+
     def variants(x, y, keys):
         _, sigma = measure_noise(x, 4)
         rng = np.random.default_rng(1)
@@ -57,24 +70,26 @@ def main() -> None:
             return x + (rng.normal(0, 1, x.shape) * rms * sigma[..., None, None]).astype(np.float32)
 
         rms = float(np.sqrt(np.mean(((y - x) / sigma[..., None, None]) ** 2)))
-        return rms, {"quantised (store default)": y, f"Gaussian noise, {rms:.3f} sigma rms": noise(rms),
+        return rms, {"quantised, decoded pixels": y, f"Gaussian noise, {rms:.3f} sigma rms": noise(rms),
                      "Gaussian noise, 0.01 sigma rms": noise(0.01),
                      "float16 round trip": x.astype(np.float16).astype(np.float32)}
 
-    def report(name, x, y, truth=None):
+    def report(name, x, y, truth=None, from_codes=None):
         a0 = scores(x)
         rms, vs = variants(x, y, None)
+        if from_codes is not None:  # scores, not pixels: the quantised store as search reads it
+            vs = {"quantised, normalised from the codes": from_codes, **vs}
         print(f"\n{name}: {len(x)} cutouts; quantisation error {rms:.4f} sigma rms")
-        print(f"  {'change of the pixels':34s} {'median':>9s} {'p90':>9s} {'p99':>9s} {'p99.9':>9s} {'max':>9s} "
+        print(f"  {'change of the pixels':38s} {'median':>9s} {'p90':>9s} {'p99':>9s} {'p99.9':>9s} {'max':>9s} "
               f"{'<=1e-3':>7s}" + (f" {'AUROC':>7s}" if truth is not None else ""))
         if truth is not None:
-            print(f"  {'none (float32 store)':34s} {'':>9s} {'':>9s} {'':>9s} {'':>9s} {'':>9s} {'':>7s} "
+            print(f"  {'none (float32 store)':38s} {'':>9s} {'':>9s} {'':>9s} {'':>9s} {'':>9s} {'':>7s} "
                   f"{auroc(truth, a0):7.4f}")
         for label, v in vs.items():
-            s = scores(v)
+            s = v if label.endswith("from the codes") else scores(v)
             d = np.abs(s - a0)
             q = np.quantile(d, [0.5, 0.9, 0.99, 0.999])
-            line = (f"  {label:34s} {q[0]:9.2e} {q[1]:9.2e} {q[2]:9.2e} {q[3]:9.2e} {d.max():9.2e} "
+            line = (f"  {label:38s} {q[0]:9.2e} {q[1]:9.2e} {q[2]:9.2e} {q[3]:9.2e} {d.max():9.2e} "
                     f"{(d <= 1e-3).mean():7.1%}")
             if truth is not None:
                 line += f" {auroc(truth, s):7.4f}"
@@ -90,7 +105,7 @@ def main() -> None:
     x = np.concatenate([f.read_images(t) for t in f.written_tiles()])
     y = np.concatenate([q.read_images(t) for t in q.written_tiles()])
     report(f"mock survey ({a.tiles} tiles x {a.per_tile}, {int(cat['is_lens'].sum())} lenses)", x, y,
-           cat["is_lens"].to_numpy().astype(int))
+           cat["is_lens"].to_numpy().astype(int), from_codes=read_as_search_does(q))
 
     if os.path.isdir(a.galaxies):
         from lensdask.simulate.galaxies import dihedral
@@ -101,7 +116,8 @@ def main() -> None:
         s = create_store(os.path.join(work, "real.zarr"), tiles=["real"], capacity=len(x), bands=card["bands"],
                          pixel_scale=0.263, stamp=int(card["stamp"]))
         s.write_tile(0, x, pd.DataFrame({"object_id": np.arange(len(x)), "ra": 0.0, "dec": 0.0}))
-        report("real DES galaxies (30 x 8 orientations)", x, open_store(s.url).read_images(0))
+        r = open_store(s.url)
+        report("real DES galaxies (30 x 8 orientations)", x, r.read_images(0), from_codes=read_as_search_does(r))
 
 
 if __name__ == "__main__":
