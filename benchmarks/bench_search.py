@@ -40,7 +40,7 @@ def bare_forward(model, card, batches, device) -> float:
 
 
 def normalised_batches(store, card, batch_size: int, tiles=None) -> list:
-    from lensdask.model.normalise import normalise
+    from lensdask.normalise import normalise
 
     return [torch.from_numpy(normalise(images, card["normalisation"]))
             for images, _ in store.iter_batches(batch_size, tiles=tiles)]

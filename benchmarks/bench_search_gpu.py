@@ -46,7 +46,7 @@ def main(argv=None) -> dict:
 
     from lensdask.model.checkpoint import untrained_checkpoint
     from lensdask.model.infer import autocast, resolve_device
-    from lensdask.model.normalise import normalise
+    from lensdask.normalise import normalise
     from lensdask.search.run import search_tile
     from lensdask.search.worker import get_model
 

@@ -5,7 +5,7 @@ Prints microseconds per cutout (4 bands x 45 x 45 px) for
   * the per-stamp normalisation (border median and MAD, asinh),
   * the forward pass of the model on one torch thread (a Dask worker's) at several batch sizes,
   * that forward pass under a Dask nanny's ``MALLOC_TRIM_THRESHOLD_=65536``, with and without
-    :func:`lensdask.search.worker.tune_malloc` (each in a fresh process).
+    :func:`lensdask.workersetup.tune_malloc` (each in a fresh process).
 Best of ``--repeat`` runs each. Run:
 
     python benchmarks/bench_search_parts.py
@@ -26,7 +26,7 @@ FORWARD_SNIPPET = """
 import sys, time, torch
 torch.set_num_threads(1)
 from lensdask.model.checkpoint import default_model_dir, load_checkpoint
-from lensdask.search.worker import tune_malloc
+from lensdask.workersetup import tune_malloc
 if sys.argv[1] == "tuned":
     tune_malloc()
 model, card = load_checkpoint(default_model_dir())
@@ -62,8 +62,8 @@ def main(argv=None) -> None:
     import torch
 
     from lensdask.model.checkpoint import default_model_dir, load_checkpoint
-    from lensdask.model.normalise import normalise
-    from lensdask.search.worker import tune_malloc
+    from lensdask.normalise import normalise
+    from lensdask.workersetup import tune_malloc
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_search_gpu import make_store

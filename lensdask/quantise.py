@@ -6,7 +6,7 @@ each stamp and band is stored as integers on a step that is a fixed fraction of
 its own sky noise, with subtractive dithering:
 
 1. ``zero`` = median and ``sigma`` = 1.4826 MAD of the border frame
-   (:func:`lensdask.model.normalise.sky_noise`, the estimate the classifier's
+   (:func:`lensdask.normalise.sky_noise`, the estimate the classifier's
    normalisation uses); ``scale = step * sigma``.
 2. ``q = floor((x - zero) / scale + r)``, with ``r`` in [0, 1) from a pseudo-random
    sequence fixed by the store's seed and the row's key (its ``object_id``).
@@ -83,16 +83,16 @@ def dither(keys: np.ndarray, n_bands: int, npix: int, seed: int) -> np.ndarray:
 def measure_noise(x: np.ndarray, border: int) -> tuple[np.ndarray, np.ndarray]:
     """Sky level and noise per stamp and band, (n, b) float64 each, NaN where not measurable.
 
-    Uses :func:`lensdask.model.normalise.sky_noise`; bands whose border holds NaN
+    Uses :func:`lensdask.normalise.sky_noise`; bands whose border holds NaN
     (edge-padded stamps) are measured on the finite border pixels, if there are at
     least :data:`MIN_BORDER_PIXELS`. A sigma of 0 (a constant border) is returned as NaN.
     """
-    from .model.normalise import MAD_TO_SIGMA, _border_pixels, sky_noise
+    from .normalise import MAD_TO_SIGMA, border_pixels, sky_noise
 
     bg, sigma = sky_noise(x, border)
     redo = np.isnan(sigma) | np.isnan(bg)
     if redo.any():
-        edge = _border_pixels(x, border).astype(np.float64)[redo]
+        edge = border_pixels(x, border).astype(np.float64)[redo]
         edge = np.where(np.isfinite(edge), edge, np.nan)
         enough = np.isfinite(edge).sum(axis=-1) >= MIN_BORDER_PIXELS
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
@@ -126,7 +126,7 @@ def _grid_scale_zero(x, r, target, bg, border):
     the new estimate (decoding added 0.09 sigma of noise): that step is taken again, so the row
     is stored with the same integers and decodes to the same values, bit for bit.
     """
-    from .model.normalise import _border_pixels
+    from .normalise import border_pixels
 
     with np.errstate(invalid="ignore", divide="ignore"):
         e = np.floor(np.log2(target) * STEPS_PER_OCTAVE)
@@ -134,8 +134,8 @@ def _grid_scale_zero(x, r, target, bg, border):
     e = np.where(ok, e, 0.0)
     scale = np.exp2(e / STEPS_PER_OCTAVE).astype(np.float32)
     zero = _zero(bg, scale)
-    edge = _border_pixels(x, border).astype(np.float64)
-    redge = _border_pixels(r, border).astype(np.float64)
+    edge = border_pixels(x, border).astype(np.float64)
+    redge = border_pixels(r, border).astype(np.float64)
     for shift in (0, 1, -1, 2, -2):
         cand = np.exp2((e + shift) / STEPS_PER_OCTAVE).astype(np.float32)
         z = _zero(bg, cand)
@@ -197,7 +197,7 @@ def quantise_measured(
         (n, b) float32, flux units: the sky level (median) and sky noise (1.4826 MAD) of the
         border frame of the pixels given (:func:`measure_noise`), NaN where not measurable.
         Where the border is finite and not constant they are the background and sigma that
-        :func:`lensdask.model.normalise.normalise` finds for these pixels, so a store can
+        :func:`lensdask.normalise.normalise` finds for these pixels, so a store can
         normalise its rows straight from the codes (:func:`normalise_codes`).
     """
     x = np.ascontiguousarray(images, dtype=np.float32)
@@ -277,7 +277,7 @@ def codes_normalisable(scale: np.ndarray, zero: np.ndarray, sky: np.ndarray, noi
     A band qualifies when it is quantised (``scale > 0``, finite step and offset), its stored sky
     level is finite and its stored noise finite and > 0, and no code can decode to an infinite
     value. Rows holding a NaN code are found by :func:`normalise_codes` itself. Every other row
-    goes through decoding and :func:`lensdask.model.normalise.normalise`.
+    goes through decoding and :func:`lensdask.normalise.normalise`.
 
     Parameters
     ----------
@@ -305,7 +305,7 @@ def normalise_codes(
     ``c = (zero + scale / 2 - sky) / (noise * softening)`` per row and band: four passes over a
     block of stamps in cache (codes minus dither, times ``a``, plus ``c``, asinh), no decoded
     pixels and no median at read time. With the sky level and noise the quantiser measured on the
-    original pixels, this is :func:`lensdask.model.normalise.normalise` of those pixels up to the
+    original pixels, this is :func:`lensdask.normalise.normalise` of those pixels up to the
     quantisation error (rms ``step / sqrt(12) / softening`` in the linear range, normalised units).
 
     Parameters
@@ -322,7 +322,7 @@ def normalise_codes(
     seed : int
         The store's dither seed.
     softening : float, units of the sky noise
-        The asinh knee (:data:`lensdask.model.normalise.DEFAULT_NORMALISATION`).
+        The asinh knee (:data:`lensdask.normalise.DEFAULT_NORMALISATION`).
 
     Returns
     -------

@@ -452,7 +452,7 @@ class CutoutStore:
 
         Yields
         ------
-        inputs : lensdask.model.normalise.ModelInputs
+        inputs : lensdask.normalise.ModelInputs
         table : pandas.DataFrame
         """
         for block in self._stored_blocks(batch_size, tiles, reuse=True, sky=True):
@@ -466,7 +466,7 @@ class CutoutStore:
         quantised stores without :data:`SKY_ARRAYS`, and rows or normalisations the codes
         cannot serve (see :func:`lensdask.quantise.codes_normalisable`: NaN pixels, lossless
         bands, unmeasurable noise; a ``border`` other than the store's, method ``none``) are
-        decoded and given :func:`lensdask.model.normalise.normalise`; the other rows of a
+        decoded and given :func:`lensdask.normalise.normalise`; the other rows of a
         quantised store are normalised straight from their codes with the sky level and noise
         measured when they were written (:func:`lensdask.quantise.normalise_codes`).
 
@@ -483,7 +483,7 @@ class CutoutStore:
 
         Returns
         -------
-        lensdask.model.normalise.ModelInputs
+        lensdask.normalise.ModelInputs
         """
         t = self.tile_index(tile)
         n = self._count(t)
@@ -535,8 +535,8 @@ class CutoutStore:
                 yield block
 
     def _model_inputs(self, block: _StoredBlock, specs: Sequence[dict | None], raw: bool):
-        """:class:`~lensdask.model.normalise.ModelInputs` of one stored block (see :meth:`read_normalised`)."""
-        from .model.normalise import ModelInputs, model_inputs, nonfinite_rows, normalisation_spec, normalise, spec_key
+        """:class:`~lensdask.normalise.ModelInputs` of one stored block (see :meth:`read_normalised`)."""
+        from .normalise import ModelInputs, model_inputs, nonfinite_rows, normalisation_spec, normalise, spec_key
         from .quantise import codes_normalisable, normalise_codes
 
         specs = [normalisation_spec(spec) for spec in specs]

@@ -28,7 +28,7 @@ from lensdask.model import (
 from lensdask.model.architectures import arch_kwargs, describe_architectures
 from lensdask.model.checkpoint import check_compatible, read_card, resolve_model_dir
 from lensdask.model.infer import nonfinite_rows, resolve_device
-from lensdask.model.normalise import DEFAULT_NORMALISATION, normalise
+from lensdask.normalise import DEFAULT_NORMALISATION, normalise
 from lensdask.store import create_store
 
 STAMP = 27  # multiple of test-vit's 9 px patch: 9 tokens, fast

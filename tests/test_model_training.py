@@ -145,7 +145,7 @@ def test_resize_trains_and_search_applies_it(store, tmp_path):
     x = store.read_images(0)[:5]
     p = predict_proba(model, card, x)  # raw stamps at the store's size
     assert p.shape == (5, 2) and np.isfinite(p).all()
-    from lensdask.model.normalise import normalise
+    from lensdask.normalise import normalise
 
     xs = torch.nn.functional.interpolate(torch.from_numpy(normalise(x, card["normalisation"])), size=(36, 36),
                                          mode="bilinear", antialias=True, align_corners=False)
@@ -222,7 +222,7 @@ def test_streamed_equals_cached_and_bounds_memory(store, tmp_path):
 
 def test_stream_buffer_holds_few_rows(store):
     from lensdask.model.data import StoreBatches
-    from lensdask.model.normalise import DEFAULT_NORMALISATION
+    from lensdask.normalise import DEFAULT_NORMALISATION
 
     rows = StoreBatches(store, DEFAULT_NORMALISATION, 0.0, 0, buffer_rows=20, cache_bytes=0)
     got = [y.size for _, y in rows.train_batches(0, 0, 8)]

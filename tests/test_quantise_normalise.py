@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from lensdask.model.normalise import nonfinite_rows, normalise
+from lensdask.normalise import nonfinite_rows, normalise
 from lensdask.quantise import NAN_CODE, codes_normalisable, dequantise, normalise_codes, quantise_measured
 from lensdask.store import SKY_ARRAYS, open_store
 

@@ -265,7 +265,7 @@ def test_search_applies_the_cards_resize(tmp_path):
     from lensdask.model.architectures import arch_kwargs, build_vit
     from lensdask.model.checkpoint import load_checkpoint, save_checkpoint
     from lensdask.model.infer import predict_proba
-    from lensdask.model.normalise import DEFAULT_NORMALISATION
+    from lensdask.normalise import DEFAULT_NORMALISATION
 
     with dask.config.set({"lensdask.store.quantise.step": 0}):
         _survey(tmp_path / "s.zarr")

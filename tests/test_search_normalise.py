@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from lensdask.model.normalise import MAD_TO_SIGMA, normalisation_spec, normalise
+from lensdask.normalise import MAD_TO_SIGMA, normalisation_spec, normalise
 
 
 def reference(images, spec=None):

@@ -1,5 +1,6 @@
 """Lens classifiers: timm Vision Transformers, their checkpoint format, training and metrics."""
 
+from ..normalise import DEFAULT_NORMALISATION, normalise
 from .architectures import ARCHITECTURES, create_model, describe_architectures
 from .checkpoint import (
     check_compatible,
@@ -23,7 +24,6 @@ from .metrics import (
     tpr_at_false_positives,
     tpr_at_fpr,
 )
-from .normalise import DEFAULT_NORMALISATION, normalise
 from .pretrained import load_pretrained
 from .report import classifier_report, plot_roc
 from .train import train

@@ -9,7 +9,7 @@
 The card holds ``arch`` and ``arch_kwargs`` (the full timm ``VisionTransformer``
 keyword set, so the model rebuilds even if :data:`ARCHITECTURES` changes),
 ``bands`` (order matters), ``stamp`` (pixels), ``pixel_scale`` (arcsec/pixel),
-``normalisation`` (see :mod:`lensdask.model.normalise`), ``classes``,
+``normalisation`` (see :mod:`lensdask.normalise`), ``classes``,
 ``lens_class`` (index into ``classes``), ``training`` (data, command, seed,
 hyper-parameters, history), ``metrics`` (validation), ``lensdask_version``,
 ``created``, ``sha256`` of ``model.safetensors`` and
@@ -299,8 +299,8 @@ def untrained_checkpoint(
     dict
         The card as written.
     """
+    from ..normalise import DEFAULT_NORMALISATION
     from .architectures import arch_kwargs
-    from .normalise import DEFAULT_NORMALISATION
 
     torch.manual_seed(seed)
     kwargs = arch_kwargs(arch, in_chans=len(bands), img_size=stamp, num_classes=len(classes))

@@ -11,7 +11,7 @@ import torch
 
 from .. import config
 from ..errors import LensdaskError, ModelMismatchError
-from .normalise import nonfinite_rows, normalise
+from ..normalise import nonfinite_rows, normalise
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:

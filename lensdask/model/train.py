@@ -35,13 +35,13 @@ import torch
 
 from .. import config
 from ..errors import CheckpointError, LensdaskError
+from ..normalise import normalisation_spec
 from ..simulate.galaxies import training_galaxies
 from ..store import open_store, provenance
 from .architectures import arch_kwargs, build_vit
 from .checkpoint import read_card, save_checkpoint
 from .data import TRAIN, StoreBatches, augment, class_weights, epoch_torch_generator
 from .infer import autocast, resize, resolve_device
-from .normalise import normalisation_spec
 from .report import classifier_report
 
 STATE = "train_state.pt"
@@ -199,7 +199,7 @@ class _Settings:
     cache_bytes : float
         Largest store, bytes, that is read whole into memory.
     normalisation : dict
-        The pixel normalisation (:func:`~lensdask.model.normalise.normalisation_spec`).
+        The pixel normalisation (:func:`~lensdask.normalise.normalisation_spec`).
     """
 
     arch: str

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..model.infer import forward_proba, input_size
-from ..model.normalise import ModelInputs, model_inputs, normalisation_spec, spec_key
+from ..normalise import ModelInputs, model_inputs, normalisation_spec, spec_key
 
 HISTOGRAM_BINS = np.linspace(0.0, 1.0, 21)
 """Edges of the per-tile score histogram (lens probability, 20 bins)."""

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import LensdaskError
+from .errors import LensdaskError
 
 DEFAULT_NORMALISATION: dict = {"method": "asinh-noise", "softening": 3.0, "border": 4}
 """``method``: ``"asinh-noise"`` or ``"none"``; ``softening``: asinh knee, in units of
@@ -75,7 +75,7 @@ def _border_index(stamp: int, border: int) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
-def _border_pixels(x: np.ndarray, border: int) -> np.ndarray:
+def border_pixels(x: np.ndarray, border: int) -> np.ndarray:
     """(n, b, k) pixels of the frame of width ``border`` around each (s, s) stamp, C-contiguous.
 
     ``np.take`` rather than a boolean mask: the mask's result is laid out with the
@@ -115,7 +115,7 @@ def sky_noise(x: np.ndarray, border: int) -> tuple[np.ndarray, np.ndarray]:
     (their mean for an even count); the absolute deviations are taken in float32, like
     the pixels themselves. The store's quantiser measures its step with this too.
     """
-    edge = _border_pixels(x, border)
+    edge = border_pixels(x, border)
     bg = _median(edge)
     sigma = MAD_TO_SIGMA * _median(np.abs(edge - bg[..., None].astype(np.float32)))
     return bg, sigma
