@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lensdask.review.images import (
+from lensdask.images import (
     band_image,
     band_scales,
     colour_composite,
@@ -145,7 +145,7 @@ def _append_many(args):
 
 
 def test_residual_view_takes_the_lens_light_away_and_keeps_the_arc():
-    from lensdask.review.images import lens_model
+    from lensdask.images import lens_model
 
     stamp, on_arc = _lens_and_arc()
     model = lens_model(stamp)

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from lensdask.errors import LensdaskError
+from lensdask.images import colour_composite
 from lensdask.review.gallery import gallery
-from lensdask.review.images import colour_composite
 from lensdask.review.labels import add_labels, consensus, label_conflicts, read_labels
 from lensdask.review.swap import read_classifications, swap
 from lensdask.review.trainset import trainset_add

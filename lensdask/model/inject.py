@@ -502,13 +502,13 @@ def plot_completeness(result: dict, path, *, title: str = "") -> None:
 
 
 def plot_top(images, scores, names, bands, path, *, title: str = "", threshold: float | None = None) -> None:
-    """PNG grid of gri colour composites (:func:`~lensdask.review.images.colour_composite`) with their scores."""
+    """PNG grid of gri colour composites (:func:`~lensdask.images.colour_composite`) with their scores."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib import pyplot as plt
 
-    from ..review.images import colour_composite
+    from ..images import colour_composite
 
     n = len(images)
     cols = min(max(n, 1), 6)

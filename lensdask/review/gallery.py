@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from .. import config
+from ..images import sky_noise
 from .cutouts import best_candidates
-from .images import sky_noise
 from .labels import review_classes
 from .page import CARD_STYLE, candidate_images, card, data_uri, document, grade_keys, header_meta
 

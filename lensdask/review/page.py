@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .images import VIEWS, band_image, png_bytes, view_caption, view_image
+from ..images import VIEWS, band_image, png_bytes, view_caption, view_image
 from .labels import GRADES, LENS_CLASS
 
 VIEW_SCALE = 4   # display enlargement of the 45 px views (180 px; pixels stay sharp)

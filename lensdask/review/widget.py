@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import pathlib
 
+from ..images import png_bytes, view_image
 from .cutouts import best_candidates
-from .images import png_bytes, view_image
 from .labels import add_labels, review_classes
 
 

@@ -16,9 +16,9 @@ import pathlib
 import pandas as pd
 
 from ..errors import LensdaskError
+from ..images import png_bytes, sky_noise, view_image
 from ..names import child_path, csv_safe
 from .cutouts import best_candidates
-from .images import png_bytes, sky_noise, view_image
 
 
 def export_zooniverse(

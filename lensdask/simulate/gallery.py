@@ -13,12 +13,12 @@ __all__ = ["gallery", "colour_composite"]
 
 def colour_composite(image: np.ndarray, bands: Sequence[str], noise: float | None = None) -> np.ndarray:
     """An RGB (h, w, 3) float image in [0, 1]: the review's true colour
-    (:func:`lensdask.review.images.colour_composite`).
+    (:func:`lensdask.images.colour_composite`).
 
     Fluxes times fixed per-band scales (config ``review.colour.scales``), so colour follows flux
     ratios; ``noise`` (flux units) sets the brightness (default: this stamp's sky noise).
     """
-    from ..review.images import colour_composite as true_colour
+    from ..images import colour_composite as true_colour
 
     return true_colour(image, bands, noise=noise).astype(float) / 255.0
 
@@ -61,7 +61,7 @@ def gallery(images: np.ndarray, table: pd.DataFrame, path: str | os.PathLike,
     classes = list(classes) if classes is not None else ["non-lens", "lens"]
     n = min(n, len(images))
     rows = max(1, -(-n // columns))
-    from ..review.images import sky_noise
+    from ..images import sky_noise
 
     # Captions are up to three lines above each stamp: leave them room so no title overlaps the row above.
     fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.9 * rows + (0.4 if title else 0)), squeeze=False)

@@ -46,7 +46,7 @@ def ingest_gallery(store, path: str | os.PathLike, *, n: int = 12, columns: int 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from ..review.images import colour_composite
+    from ..images import colour_composite
 
     written = store.written_tiles()
     if not written:

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .. import config
+from . import config
 
 VIEWS = ("colour", "faint", "residual", "difference")
 """The views of a candidate, in the order the review page shows them."""
