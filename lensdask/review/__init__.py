@@ -1,7 +1,7 @@
 """Review of search results: galleries, the review app (``review.app.serve``), labels and votes, feedback into
 training, known lenses, Zooniverse."""
 
-from .crossmatch import crossmatch, known_lens_report, known_lenses
+from ..crossmatch import crossmatch, known_lens_report, known_lenses
 from .gallery import Gallery, gallery
 from .labels import add_labels, consensus, label_conflicts, read_labels, votes
 from .loop import labels_from_truth, purity_at_top, review_round

@@ -409,7 +409,7 @@ def merge(
     radius : float, arcsec, optional
         Cross-match radius (config ``crossmatch.radius``).
     catalog : optional
-        Known-lens catalogue (see :func:`lensdask.review.known_lenses`).
+        Known-lens catalogue (see :func:`lensdask.crossmatch.known_lenses`).
     export : list of {"fits", "csv"}, optional
         Also write ``candidates.fits`` / ``candidates.csv`` (config ``search.export``).
 
@@ -440,8 +440,8 @@ def merge(
     cand.insert(0, "rank", np.arange(1, len(cand) + 1))
     summary = None
     if crossmatch:
-        from ..review.crossmatch import crossmatch as xmatch
-        from ..review.crossmatch import known_lens_report, known_lenses
+        from ..crossmatch import crossmatch as xmatch
+        from ..crossmatch import known_lens_report, known_lenses
 
         cat = known_lenses(catalog)
         cand = xmatch(cand, radius=radius, catalog=cat)

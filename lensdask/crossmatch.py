@@ -14,8 +14,8 @@ import pathlib
 import numpy as np
 import pandas as pd
 
-from .. import config
-from ..errors import LensdaskError
+from . import config
+from .errors import LensdaskError
 
 KNOWN_COLUMNS = ["known_name", "known_grading", "known_type", "known_ref", "known_sep_arcsec"]
 """Columns :func:`crossmatch` adds: the nearest known lens within the radius (name, grade
