@@ -30,6 +30,7 @@ import os
 import pathlib
 import re
 import shlex
+import sys
 
 from . import config
 from .errors import ClusterError
@@ -302,6 +303,14 @@ def _print_dashboard(client, quiet):
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)
 
 
+def _ready(client, quiet):
+    """Register the worker setup (:mod:`lensdask.workersetup`) and show the dashboard link."""
+    from .workersetup import register
+
+    register(client)
+    _print_dashboard(client, quiet)
+
+
 @contextlib.contextmanager
 def cluster_client(
     spec: str | None = "local",
@@ -332,6 +341,8 @@ def cluster_client(
     Yields
     ------
     distributed.Client
+        With :class:`~lensdask.workersetup.WorkerSetup` registered: every worker, now or
+        joining later, is set up for lensdask tasks and holds its own model cache.
     """
     from distributed import Client, LocalCluster
 
@@ -352,7 +363,7 @@ def cluster_client(
             memory_limit=cfg["memory_limit"],
             processes=True,
         ) as cluster, Client(cluster) as client:
-            _print_dashboard(client, quiet)
+            _ready(client, quiet)
             yield client
         return
     if kind == "address":
@@ -361,7 +372,7 @@ def cluster_client(
         except (OSError, ValueError) as exc:
             raise ClusterError(f"cannot reach the Dask scheduler at {spec}: {exc}") from exc
         try:
-            _print_dashboard(client, quiet)
+            _ready(client, quiet)
             yield client
         finally:
             client.close()
@@ -415,7 +426,7 @@ def _batch_client(kind, name, *, quiet, jobs, adapt, worker_timeout):
                 what = f"{lo}:{hi} adaptive" if adapt is not None else f"{hi}"
                 print(f"{kind} cluster (profile {name}): {what} worker jobs, scheduler {cluster.scheduler_address}",
                       flush=True)
-            _print_dashboard(client, quiet)
+            _ready(client, quiet)
             yield client
         finally:
             # Closing the cluster cancels every job it submitted (condor_rm / scancel).
@@ -478,7 +489,7 @@ def emit_htcondor_search(
     profile = load_profile(kind, name)
     d = pathlib.Path(directory)
     (d / "logs").mkdir(parents=True, exist_ok=True)
-    python = profile.get("python") or __import__("sys").executable
+    python = profile.get("python") or sys.executable
     extra = profile.get("job-extra-directives") or {}
     if isinstance(extra, list):  # a Slurm-style list has no meaning here
         extra = {}
@@ -537,7 +548,7 @@ def emit_htcondor_search(
             [
                 "# lensdask merge: candidates.parquet from the per-tile outputs (runs on the submit machine)",
                 "universe = local",
-                f"executable = {__import__('sys').executable}",
+                f"executable = {sys.executable}",
                 f"arguments = \"{merge_args}\"",
                 "log = logs/merge.log",
                 "output = logs/merge.out",

@@ -106,12 +106,12 @@ def test_malloc_thresholds_are_set_once_per_process():
     import platform
     import sys
 
-    from lensdask.search import worker
+    from lensdask import workersetup
 
-    ok = worker.tune_malloc()
+    ok = workersetup.tune_malloc()
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert ok is True
-    assert worker.tune_malloc() is ok and worker._MALLOC_TUNED == [ok]
+    assert workersetup.tune_malloc() is ok and workersetup.tune_malloc.cache_info().misses == 1
 
 
 def test_reader_thread_only_when_a_core_is_free(monkeypatch):
@@ -128,7 +128,7 @@ def test_reader_thread_only_when_a_core_is_free(monkeypatch):
 def test_only_the_deep_profile_sizeof_warning_is_silenced(caplog, monkeypatch):
     from distributed.sizeof import safe_sizeof
 
-    from lensdask.search.worker import quiet_deep_profile_sizeof
+    from lensdask.workersetup import quiet_deep_profile_sizeof
 
     deep = leaf = {}
     for _ in range(5000):  # like a worker's statistical profile of torch call stacks, only deeper
@@ -141,10 +141,10 @@ def test_only_the_deep_profile_sizeof_warning_is_silenced(caplog, monkeypatch):
 
     import logging
 
-    from lensdask.search import worker
+    from lensdask import workersetup
 
     logger = logging.getLogger("distributed.sizeof")
-    monkeypatch.setattr(logger, "filters", [f for f in logger.filters if f is not worker._SIZEOF_FILTER])
+    monkeypatch.setattr(logger, "filters", [f for f in logger.filters if f is not workersetup._SIZEOF_FILTER])
     caplog.set_level("WARNING", logger="distributed.sizeof")
     safe_sizeof(deep, default_size=-1)
     assert "Sizeof calculation" in caplog.text  # what a search worker logged at every report
