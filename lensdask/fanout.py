@@ -4,16 +4,44 @@ A tile fails when its task raises, or when the worker running it dies (killed fo
 exceeding its memory limit, preempted, crashed) more often than the scheduler allows
 (``distributed.scheduler.allowed-failures``): Dask then reports a ``KilledWorker``.
 Either way the tile becomes ``{"tile", "error", "traceback"}``, every other tile
-completes, and the caller decides the exit status. ``search`` does the same inside
-:mod:`lensdask.search.run`; this module is the shared form used by ``ingest``.
+completes, and the caller decides the exit status. This is the shared form used by
+``ingest`` and ``simulate``.
 """
 
 from __future__ import annotations
 
+import pathlib
 import traceback
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FAILURE_COLUMNS = ["tile", "error", "traceback"]
+
+
+def failures_path(out: str) -> pathlib.Path | None:
+    """Where the failures table of a local store goes: ``<store>.failures.parquet`` beside it."""
+    return None if "://" in out else pathlib.Path(out.rstrip("/") + ".failures.parquet")
+
+
+def write_failures(out: str, failures: pd.DataFrame) -> pathlib.Path | None:
+    """Write the failures table beside a local store ``out``, or remove a stale one when nothing failed.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The table written; None when there is none (no failures, or a remote store).
+    """
+    path = failures_path(out)
+    if path is None:
+        return None
+    if len(failures):
+        failures.to_parquet(path, index=False)
+        return path
+    path.unlink(missing_ok=True)
+    return None
 
 
 def format_bytes(n) -> str:
@@ -117,8 +145,19 @@ def run_tiles(
     desc: str = "tiles",
     key_prefix: str = "tile",
     retries: int = 0,
+    resources: dict | None = None,
+    on_result: Callable[[str, object], None] | None = None,
+    postfix: Callable[[], dict | str] | None = None,
+    skipped: int = 0,
+    raise_in_process: tuple[type[BaseException], ...] = (),
 ) -> tuple[dict[str, object], list[dict]]:
     """Run ``jobs`` (``(tile, function, args, kwargs)``), one task each; return results and failures.
+
+    Every worker of ``client`` gets the lensdask worker setup first
+    (:func:`lensdask.workersetup.register`); without a client this process gets it
+    (:func:`lensdask.workersetup.current_setup`). On any exception while waiting
+    (``KeyboardInterrupt`` included) the tasks not yet finished are cancelled and the
+    exception is re-raised.
 
     Parameters
     ----------
@@ -135,6 +174,19 @@ def run_tiles(
     retries : int
         Automatic retries of a task that raised (a task whose worker died is always
         retried by the scheduler, up to ``distributed.scheduler.allowed-failures`` times).
+    resources : dict, optional
+        Worker resources every task needs (e.g. ``{"GPU": 1}``).
+    on_result : callable, optional
+        ``on_result(tile, value)``, called here, in this process, for every tile that
+        finished, as soon as it did (in completion order).
+    postfix : callable, optional
+        Called after every tile (finished or failed); what it returns is shown after the
+        progress bar (``tqdm.set_postfix`` for a dict, ``set_postfix_str`` for a string).
+    skipped : int
+        Tiles done before this run (resumed) and not in ``jobs``: the bar starts with them counted.
+    raise_in_process : tuple of exception types
+        Without a client, an exception of these types stops the run (it is raised, as the
+        tile's call raised it) instead of becoming a row of the failures table.
 
     Returns
     -------
@@ -143,84 +195,110 @@ def run_tiles(
     failures : list of dict
         ``{"tile", "error", "traceback"}`` for each tile that did not, in job order.
     """
-    import time
-
     from tqdm.auto import tqdm
+
+    from .workersetup import current_setup, register
 
     results: dict[str, object] = {}
     failures: dict[str, dict] = {}
-    bar = tqdm(total=len(jobs), desc=desc, unit="tile", disable=not progress)
+    bar = tqdm(total=len(jobs) + int(skipped), initial=int(skipped), desc=desc, unit="tile", disable=not progress)
+
+    def finished(name: str, value: object) -> None:
+        if isinstance(value, TileFailed):
+            failed({"tile": name, "error": value.message, "traceback": ""})
+            return
+        results[name] = value
+        if on_result is not None:
+            on_result(name, value)
+        advance()
+
+    def failed(row: dict) -> None:
+        failures[row["tile"]] = row
+        advance()
+
+    def advance() -> None:
+        bar.update()
+        if postfix is not None:
+            shown = postfix()
+            if isinstance(shown, dict):
+                bar.set_postfix(shown)
+            else:
+                bar.set_postfix_str(str(shown))
+
     try:
         if client is None:
+            current_setup()
             for name, f, args, kwargs in jobs:
                 try:
-                    results[name] = _guarded(f, *args, **kwargs)
+                    value = _guarded(f, *args, **kwargs) if not raise_in_process else f(*args, **kwargs)
+                except raise_in_process:
+                    raise
                 except Exception as exc:  # one bad tile must not stop the others
-                    failures[name] = {"tile": name, "error": describe_error(exc),
-                                      "traceback": traceback.format_exc()[-2000:]}
-                bar.update()
+                    failed({"tile": name, "error": describe_error(exc), "traceback": traceback.format_exc()[-2000:]})
+                    continue
+                finished(name, value)
         else:
-            from distributed import wait
-
-            limits = _memory_limits(client)
-            grace = _no_worker_grace(client)
-            stamp = time.time_ns()
-            futures = {}
-            try:
-                for name, f, args, kwargs in jobs:
-                    fut = client.submit(_guarded, f, *args, **kwargs, key=f"{key_prefix}-{name}-{stamp}", pure=False,
-                                        retries=retries)
-                    futures[fut] = name
-                pending = set(futures)
-                alone_since = None  # when the cluster was last seen without a worker
-                while pending:
-                    try:
-                        done, pending = wait(pending, timeout=2.0, return_when="FIRST_COMPLETED")
-                    except TimeoutError:  # nothing finished in 2 s: look at the workers
-                        done = set()
-                    for fut in done:
-                        name = futures[fut]
-                        if fut.status == "finished":
-                            results[name] = fut.result()
-                        elif fut.status == "error":
-                            err = fut.exception()
-                            tb = "".join(traceback.format_tb(fut.traceback()))[-2000:]
-                            limits |= _memory_limits(client)
-                            failures[name] = {"tile": name, "error": describe_error(err, limits), "traceback": tb}
-                        else:
-                            failures[name] = {"tile": name, "error": "cancelled (worker lost or task cancelled)",
-                                              "traceback": ""}
-                        bar.update()
-                    if not pending or done:
-                        alone_since = None
-                        continue
-                    now_limits = _memory_limits(client)
-                    if _n_workers(client):
-                        limits |= now_limits
-                        alone_since = None
-                    elif alone_since is None:
-                        alone_since = time.monotonic()
-                    elif time.monotonic() - alone_since > grace:
-                        # Workers that die as they start (a memory limit below what a worker needs at rest)
-                        # never get to fail a task: without this, the command would wait for ever.
-                        client.cancel(list(pending), force=True)
-                        lim = ("; memory limit " + " / ".join(format_bytes(v) for v in sorted(limits)) + " per worker"
-                               if limits else "")
-                        for fut in pending:
-                            failures[futures[fut]] = {
-                                "tile": futures[fut], "traceback": "",
-                                "error": f"worker lost: no worker alive for {grace:.0f} s while the tile waited "
-                                         f"(workers killed as they start, e.g. at their memory limit){lim}"}
-                            bar.update()
-                        pending = set()
-            except KeyboardInterrupt:
-                client.cancel(list(futures), force=True)
-                raise
+            register(client)
+            _run_on_client(client, jobs, key_prefix, retries, resources, finished, failed)
     finally:
         bar.close()
-    for name, r in list(results.items()):
-        if isinstance(r, TileFailed):
-            del results[name]
-            failures[name] = {"tile": name, "error": r.message, "traceback": ""}
     order = {name: i for i, (name, *_rest) in enumerate(jobs)}
     return results, sorted(failures.values(), key=lambda r: order[r["tile"]])
+
+
+def _run_on_client(client, jobs, key_prefix, retries, resources, finished, failed) -> None:
+    """Submit every job to ``client`` and hand each outcome to ``finished(tile, value)`` or ``failed(row)``."""
+    import time
+
+    from distributed import wait
+
+    limits = _memory_limits(client)
+    grace = _no_worker_grace(client)
+    stamp = time.time_ns()
+    futures = {}
+    try:
+        for name, f, args, kwargs in jobs:
+            fut = client.submit(_guarded, f, *args, **kwargs, key=f"{key_prefix}-{name}-{stamp}", pure=False,
+                                retries=retries, resources=resources)
+            futures[fut] = name
+        pending = set(futures)
+        alone_since = None  # when the cluster was last seen without a worker
+        while pending:
+            try:
+                done, pending = wait(pending, timeout=2.0, return_when="FIRST_COMPLETED")
+            except TimeoutError:  # nothing finished in 2 s: look at the workers
+                done = set()
+            for fut in done:
+                name = futures[fut]
+                if fut.status == "finished":
+                    finished(name, fut.result())
+                elif fut.status == "error":
+                    err = fut.exception()
+                    tb = "".join(traceback.format_tb(fut.traceback()))[-2000:]
+                    limits |= _memory_limits(client)
+                    failed({"tile": name, "error": describe_error(err, limits), "traceback": tb})
+                else:
+                    failed({"tile": name, "error": "cancelled (worker lost or task cancelled)", "traceback": ""})
+            if not pending or done:
+                alone_since = None
+                continue
+            now_limits = _memory_limits(client)
+            if _n_workers(client):
+                limits |= now_limits
+                alone_since = None
+            elif alone_since is None:
+                alone_since = time.monotonic()
+            elif time.monotonic() - alone_since > grace:
+                # Workers that die as they start (a memory limit below what a worker needs at rest)
+                # never get to fail a task: without this, the command would wait for ever.
+                client.cancel(list(pending), force=True)
+                lim = ("; memory limit " + " / ".join(format_bytes(v) for v in sorted(limits)) + " per worker"
+                       if limits else "")
+                for fut in pending:
+                    failed({"tile": futures[fut], "traceback": "",
+                            "error": f"worker lost: no worker alive for {grace:.0f} s while the tile waited "
+                                     f"(workers killed as they start, e.g. at their memory limit){lim}"})
+                pending = set()
+    except BaseException:  # Ctrl-C, or a callback that raised: no task keeps running for nothing
+        client.cancel([fut for fut in futures if not fut.done()], force=True)
+        raise

@@ -8,17 +8,18 @@ depend on how the rows were partitioned, or on which worker computed it.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import cast
 
 import dask
 import numpy as np
 import pandas as pd
 
 from .. import config
+from ..errors import LensdaskError
+from ..fanout import FAILURE_COLUMNS, run_tiles, write_failures
 from ..store import CutoutStore, create_store, open_store
 from ..store import provenance as make_provenance
 from .conditions import check_source
@@ -85,51 +86,6 @@ def row_rng(seed: int, index: int, stream: int | None = None) -> np.random.Gener
     """
     key = (int(index),) if stream is None else (int(stream), int(index))
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=key))
-
-
-_MALLOC_LOCK = threading.Lock()
-_MALLOC_USERS = 0
-
-
-@contextlib.contextmanager
-def _malloc_keep_small_arrays():
-    """Let glibc reuse freed ~150 kB arrays while simulating, inside Dask worker processes.
-
-    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``; that also freezes
-    glibc's mmap threshold at 128 kB, so every float64 array of the supersampled grid
-    (135 x 135 px = 146 kB) is mmap'd and unmapped anew: rendering ran 2-4x slower in a
-    worker than in a plain process. Raise both thresholds while rows are simulated, then
-    restore the environment's values and trim. A no-op where the variables are unset or
-    where there is no glibc.
-    """
-    global _MALLOC_USERS
-    trim = os.environ.get("MALLOC_TRIM_THRESHOLD_")
-    libc = None
-    if trim is not None:
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL("libc.so.6")
-            _ = libc.mallopt  # AttributeError where this libc has none
-        except (OSError, AttributeError):
-            libc = None
-    if libc is None:
-        yield
-        return
-    with _MALLOC_LOCK:
-        if _MALLOC_USERS == 0:
-            libc.mallopt(-1, 256 * 2**20)  # M_TRIM_THRESHOLD
-            libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD
-        _MALLOC_USERS += 1
-    try:
-        yield
-    finally:
-        with _MALLOC_LOCK:
-            _MALLOC_USERS -= 1
-            if _MALLOC_USERS == 0:
-                libc.mallopt(-1, int(trim))
-                libc.mallopt(-3, int(os.environ.get("MALLOC_MMAP_THRESHOLD_", 128 * 1024)))
-                libc.malloc_trim(0)
 
 
 def simulate_rows(
@@ -305,12 +261,11 @@ def simulate_rows(
     col = {name: k for k, name in enumerate(names)}
     rows = _RowMaker(seed, stream, lens_fraction, propose, measure, renderer, constraints, max_draws, stats,
                      neg_set, real_neg, scene, lookalike_fraction, lookalikes)
-    with _malloc_keep_small_arrays():
-        for row, i in enumerate(indices):
-            image, params, labels[row] = rows.make(i)
-            images[row] = image
-            for k, v in params.items():
-                values[row, col[k]] = v
+    for row, i in enumerate(indices):
+        image, params, labels[row] = rows.make(i)
+        images[row] = image
+        for k, v in params.items():
+            values[row, col[k]] = v
     table = pd.DataFrame(values, columns=names)
     table.insert(0, "label", labels)
     table.insert(0, "dec", np.zeros(n))
@@ -404,23 +359,27 @@ def compute_partitions(bag, client=None, progress: bool = True) -> list:
     """Compute a dask bag, one task per partition, and return its items in order.
 
     Runs on ``client`` (or the current distributed client) with a progress bar over
-    partitions (tiles), else on the local threaded scheduler.
+    partitions (tiles), else on the local threaded scheduler. Either way the workers (or
+    this process) get the lensdask worker setup (:mod:`lensdask.workersetup`).
     """
     from tqdm.auto import tqdm
 
     from ..cluster import current_client
+    from ..workersetup import current_setup, register
 
     client = client if client is not None else current_client()
     parts = bag.to_delayed()
     if client is not None:
         from distributed import as_completed
 
+        register(client)
         futures = client.compute(parts)
         with tqdm(total=len(futures), desc="tiles", unit="tile", disable=not progress) as bar:
             for _ in as_completed(futures, loop=client.loop):
                 bar.update()
         results = client.gather(futures)
-    elif progress:
+    current_setup()
+    if progress:
         from dask.diagnostics import ProgressBar
 
         with ProgressBar():
@@ -430,14 +389,39 @@ def compute_partitions(bag, client=None, progress: bool = True) -> list:
     return [item for part in results for item in part]
 
 
-def _simulate_partition(part, *, url, seed, sim_kwargs):
-    out = []
-    for tile, start, stop in part:
-        stats = RejectionStats()
-        images, table = simulate_rows(range(start, stop), seed, stats=stats, **sim_kwargs)
-        open_store(url, mode="r+").write_tile(tile, images, table)
-        out.append(stats)
-    return out
+def simulate_tile(url: str, tile: int, start: int, stop: int, seed: int, sim_kwargs: dict) -> RejectionStats:
+    """Simulate rows ``start`` to ``stop`` (excluded) of the run ``seed`` and write them as tile ``tile``.
+
+    One tile task of :func:`simulate`; ``sim_kwargs`` is :func:`resolve_sim_kwargs`'s.
+
+    Returns
+    -------
+    RejectionStats
+        The tile's lens draws and rejections.
+    """
+    stats = RejectionStats()
+    images, table = simulate_rows(range(start, stop), seed, stats=stats, **sim_kwargs)
+    open_store(url, mode="r+").write_tile(tile, images, table)
+    return stats
+
+
+class SimulationFailedError(LensdaskError):
+    """Raised by :func:`simulate` after the other tiles finished, when some tiles failed.
+
+    Attributes
+    ----------
+    url : str
+        The store; its failed tiles are unwritten (``count`` -1).
+    failures : pandas.DataFrame
+        ``tile, error, traceback`` of every failed tile (also ``<store>.failures.parquet``
+        beside a local store).
+    """
+
+    def __init__(self, url: str, failures: pd.DataFrame, n_tiles: int):
+        self.url = url
+        self.failures = failures
+        super().__init__(f"{len(failures)} of {n_tiles} tiles failed: "
+                         + "; ".join(f"{r.tile}: {r.error}" for r in failures.itertuples()))
 
 
 def resolve_sim_kwargs(lens_fraction=None, constraints=None, max_draws=None, *, sources=None, backgrounds=None,
@@ -537,7 +521,7 @@ def simulate(
     background_fraction: float | None = None,
     galaxies: str | Sequence[int] | None = None,
 ) -> CutoutStore | tuple[CutoutStore, RejectionStats]:
-    """Simulate a training store of ``n`` rows, one tile per Dask bag partition.
+    """Simulate a training store of ``n`` rows, one task per tile (:func:`lensdask.fanout.run_tiles`).
 
     Parameters
     ----------
@@ -550,9 +534,9 @@ def simulate(
     lens_fraction : float, optional
         Probability that a row is a lens (config ``simulate.lens_fraction``).
     partition_size : int, optional
-        Rows per partition, and per tile ``sim-NNNNNN`` (config ``simulate.partition_size``).
+        Rows per tile ``sim-NNNNNN`` (config ``simulate.partition_size``).
     client : distributed.Client, optional
-        Where to compute; default the current client, else the local threaded scheduler.
+        Where to compute; default the current client, else this process, one tile after another.
     overwrite : bool
         Replace an existing store.
     progress : bool
@@ -579,9 +563,14 @@ def simulate(
     -------
     CutoutStore
         The written store, opened for reading (and the stats if ``return_stats``).
-    """
-    import dask.bag as db
 
+    Raises
+    ------
+    SimulationFailedError
+        Some tiles failed (their task raised, or their worker died); raised after every
+        other tile was written, with the failures table. On ``KeyboardInterrupt`` the
+        pending tiles are cancelled and the interrupt is re-raised.
+    """
     n = int(n)
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -604,21 +593,36 @@ def simulate(
                                       "background_fraction", "scene", "galaxies")},
         real_galaxies=real_galaxies(sim_kwargs),
     )
+    tiles = [f"sim-{t:06d}" for t in range(n_tiles)]
     create_store(
-        url, tiles=[f"sim-{t:06d}" for t in range(n_tiles)], capacity=min(size, n),
+        url, tiles=tiles, capacity=min(size, n),
         bands=sim_kwargs["bands"], pixel_scale=sim_kwargs["pixel_scale"], stamp=sim_kwargs["stamp"],
         classes=store_classes(sim_kwargs["lookalike_fraction"], sim_kwargs["lookalikes"]),
         params=param_names(sim_kwargs["bands"]), provenance=prov, overwrite=overwrite,
     )
-    parts = [(t, t * size, min(n, (t + 1) * size)) for t in range(n_tiles)]
-    bag = db.from_sequence(parts, npartitions=n_tiles).map_partitions(
-        _simulate_partition, url=url, seed=int(seed), sim_kwargs=sim_kwargs
-    )
-    results = compute_partitions(bag, client, progress)
+    from ..cluster import current_client
+
+    jobs: list[tuple[str, Callable, tuple, dict]] = [
+        (name, simulate_tile, (url, t, t * size, min(n, (t + 1) * size), int(seed), sim_kwargs), {})
+        for t, name in enumerate(tiles)
+    ]
+    client = client if client is not None else current_client()
+    results, failed = run_tiles(jobs, client=client, progress=progress, desc="tiles", key_prefix="simulate-tile")
+    failures = pd.DataFrame(failed, columns=FAILURE_COLUMNS)
+    if len(failures):
+        import zarr
+
+        count = open_store(url, mode="r+").group["count"]
+        assert isinstance(count, zarr.Array)  # create_store made it
+        for name in failures["tile"]:  # a failed tile is unwritten, even if a dying worker got to commit it
+            count[tiles.index(name)] = -1
+    write_failures(url, failures)
+    if len(failures):
+        raise SimulationFailedError(url, failures, n_tiles)
     store = open_store(url)
     if return_stats:
         total = RejectionStats()
-        for s in results:
-            total = total + s
+        for name in tiles:  # in tile order, whatever order the tasks finished in
+            total = total + cast(RejectionStats, results[name])
         return store, total
     return store

@@ -37,7 +37,8 @@ import pandas as pd
 
 from .. import config
 from ..errors import LensdaskError
-from ..fanout import FAILURE_COLUMNS
+from ..fanout import FAILURE_COLUMNS, write_failures
+from ..fanout import failures_path as failures_path  # where lensdask.cli looks for it
 from ..names import check_names
 from ..store import FLAG_EDGE, FLAG_MASKED, create_store, open_store, provenance
 
@@ -566,11 +567,6 @@ class IngestFailedError(LensdaskError):
         super().__init__(f"{len(f)} tiles failed: " + "; ".join(f"{r.tile}: {r.error}" for r in f.itertuples()))
 
 
-def failures_path(out: str) -> pathlib.Path | None:
-    """Where the failures table of a local store goes: ``<store>.failures.parquet`` beside it."""
-    return None if "://" in out else pathlib.Path(out.rstrip("/") + ".failures.parquet")
-
-
 def ingest(
     out: str | os.PathLike,
     *,
@@ -1048,10 +1044,5 @@ def _run_plan(out: str, plan: _Plan, report: IngestReport, client, progress: boo
     store.group.attrs["provenance"] = {**store.provenance, "ingest": {
         k: v for k, v in summary.items() if k != "tiles_failed"} | {
         "failures": report.failures[["tile", "error"]].to_dict("records")}}
-    fp = failures_path(out)
-    if fp is not None:
-        if len(report.failures):
-            report.failures.to_parquet(fp, index=False)
-        elif fp.exists():
-            fp.unlink()
+    write_failures(out, report.failures)
     return open_store(out)
