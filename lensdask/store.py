@@ -122,6 +122,20 @@ def provenance(command: str | None = None, **extra) -> dict:
     return prov
 
 
+def store_array(group: zarr.Group, name: str) -> zarr.Array:
+    """The store's array ``name`` (every member a lensdask store reads or writes by name is an array).
+
+    Raises
+    ------
+    StoreSchemaError
+        ``name`` is a group in this store.
+    """
+    member = group[name]
+    if not isinstance(member, zarr.Array):
+        raise StoreSchemaError(f"store member {name!r} is a group, not an array")
+    return member
+
+
 @dataclass(frozen=True)
 class TileData:
     """The rows of one tile: ``images`` (n, n_bands, stamp, stamp) and their ``table``."""

@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 
 from .errors import LensdaskError, StoreWriteError
-from .store import FLOAT_ENCODING, SCHEMA, create_store, open_store
+from .store import FLOAT_ENCODING, SCHEMA, create_store, open_store, store_array
 from .store import provenance as make_provenance
 
 
@@ -44,14 +44,14 @@ def store_info(url: str | os.PathLike) -> dict:
     s = open_store(url)
     written = s.written_tiles()
     g = s.group
-    labels, flags = [], []
+    label_parts, flag_parts = [], []
     counts = s.counts
     for t in written:
         n = int(counts[t])
-        labels.append(np.asarray(g["label"][t, :n]))
-        flags.append(np.asarray(g["flags"][t, :n]))
-    labels = np.concatenate(labels) if labels else np.zeros(0, np.int16)
-    flags = np.concatenate(flags) if flags else np.zeros(0, np.int32)
+        label_parts.append(np.asarray(store_array(g, "label")[t, :n]))
+        flag_parts.append(np.asarray(store_array(g, "flags")[t, :n]))
+    labels = np.concatenate(label_parts) if label_parts else np.zeros(0, np.int16)
+    flags = np.concatenate(flag_parts) if flag_parts else np.zeros(0, np.int32)
     classes = {name: int((labels == k).sum()) for k, name in enumerate(s.classes)}
     if (labels < 0).any():
         classes["unknown"] = int((labels < 0).sum())
@@ -60,7 +60,7 @@ def store_info(url: str | os.PathLike) -> dict:
     images = disk_bytes(url.rstrip("/") + "/images")
     encoding = dict(s.encoding)
     if not s.quantised:
-        arr = g["images"]
+        arr = store_array(g, "images")
         encoding.setdefault("dtype", str(arr.dtype))
         encoding.setdefault("codec", _codec_names(arr))
     return {
@@ -196,7 +196,7 @@ def convert(
     d = create_store(
         dst, tiles=s.tiles, capacity=s.capacity, bands=s.bands, pixel_scale=s.pixel_scale, stamp=s.stamp,
         classes=s.classes, params=s.params, provenance=prov, chunk_rows=s.chunk_rows,
-        dtype=str(s.group["images"].dtype) if not s.quantised else None,
+        dtype=str(store_array(s.group, "images").dtype) if not s.quantised else None,
         quantise_step=quantise_step, overwrite=overwrite,
     )
     extra = {k: v for k, v in attrs.items()

@@ -24,18 +24,9 @@ from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
-import zarr
 
-from .errors import StoreSchemaError, StoreWriteError
-from .store import CutoutStore
-
-
-def _array(group: zarr.Group, name: str) -> zarr.Array:
-    """The store's array ``name`` (in the store's layout every member written here is an array)."""
-    member = group[name]
-    if not isinstance(member, zarr.Array):
-        raise StoreSchemaError(f"store member {name!r} is a group, not an array")
-    return member
+from .errors import StoreWriteError
+from .store import CutoutStore, store_array
 
 
 class _ShardStream:
@@ -190,8 +181,8 @@ def write_tile_streamed(store: CutoutStore, tile: int | str, table: pd.DataFrame
         # step, offset, and where the store keeps them the sky level and noise, of each row and band
         per_band = {name: np.full((store.capacity, nb), np.nan, dtype=np.float32)
                     for name in ("scale", "zero") + (("sky", "noise") if getattr(store, "sky_stats", False) else ())}
-    _array(g, "count")[t] = -1  # uncommitted while the rows change
-    stream = _ShardStream(_array(g, "images"), t)
+    store_array(g, "count")[t] = -1  # uncommitted while the rows change
+    stream = _ShardStream(store_array(g, "images"), t)
     shape = (nb, store.stamp, store.stamp)
     buf = np.full((stream.rows, *shape), stream.fill, dtype=stream.dtype)
     filled = k = done = 0
@@ -236,7 +227,7 @@ def write_tile_streamed(store: CutoutStore, tile: int | str, table: pd.DataFrame
         raise
     if quantised:
         for name, value in per_band.items():
-            _array(g, name)[t] = value
+            store_array(g, name)[t] = value
     rows = store.row_arrays(table)
     rows["flags"][:n] |= np.where(lossless, FLAG_LOSSLESS, 0).astype(np.int32)
     return store.commit_rows(t, rows, table)
