@@ -47,8 +47,9 @@ from __future__ import annotations
 import datetime
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -57,7 +58,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from . import config
 from .codecs import CODECS
-from .errors import StoreNotFoundError, StoreSchemaError, StoreWriteError
+from .errors import LensdaskError, StoreNotFoundError, StoreSchemaError, StoreWriteError
 from .names import check_names
 from .quantise import dequantise, quantise_measured
 
@@ -152,7 +153,7 @@ class CutoutStore:
     def __init__(self, group: zarr.Group, url: str):
         self.group = group
         self.url = url
-        attrs = dict(group.attrs)
+        attrs: dict[str, Any] = dict(group.attrs)  # JSON values, of the forms open_store checked
         self.bands: list[str] = list(attrs["bands"])
         self.pixel_scale: float = float(attrs["pixel_scale"])
         self.stamp: int = int(attrs["stamp"])
@@ -167,7 +168,7 @@ class CutoutStore:
         self.sky_stats: bool = self.quantised and all(name in group for name in SKY_ARRAYS)
         """Whether the rows' sky level and noise are stored (:data:`SKY_ARRAYS`), so that the
         models' inputs are normalised straight from the codes."""
-        images = group["images"]
+        images = store_array(group, "images")
         self.n_tiles: int = int(images.shape[0])
         self.capacity: int = int(images.shape[1])
         self.chunk_rows: int = int(images.chunks[1])
@@ -187,12 +188,12 @@ class CutoutStore:
     @property
     def tiles(self) -> list[str]:
         """Tile names, in tile-index order."""
-        return [str(t) for t in self.group["tile"][:]]
+        return [str(t) for t in np.asarray(store_array(self.group, "tile")[:])]
 
     @property
     def counts(self) -> np.ndarray:
         """Rows written per tile; -1 for a tile never written."""
-        return np.asarray(self.group["count"][:])
+        return np.asarray(store_array(self.group, "count")[:])
 
     @property
     def n_rows(self) -> int:
@@ -278,16 +279,17 @@ class CutoutStore:
                 step=float(enc["step"]), seed=int(enc["seed"]), border=int(enc["border"]),
             )
             rows["flags"][:n] |= np.where((scale == 0).any(axis=1), FLAG_LOSSLESS, 0).astype(np.int32)
-        g["count"][t] = -1  # uncommitted while the rows change
+        store_array(g, "count")[t] = -1  # uncommitted while the rows change
+        pixels = store_array(g, "images")
         if n and self.quantised:
-            g["images"][t, :n] = q
+            pixels[t, :n] = q
             per_band = [("scale", scale), ("zero", zero)] + ([("sky", sky), ("noise", noise)] if self.sky_stats else [])
             for name, value in per_band:
                 full = np.full((self.capacity, len(self.bands)), np.nan, dtype=np.float32)
                 full[:n] = value
-                g[name][t] = full
+                store_array(g, name)[t] = full
         elif n:
-            g["images"][t, :n] = images.astype(g["images"].dtype, copy=False)
+            pixels[t, :n] = images.astype(pixels.dtype, copy=False)
         return self.commit_rows(t, rows, table)
 
     def row_arrays(self, table: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -314,13 +316,13 @@ class CutoutStore:
         n = len(table)
         g = self.group
         for name, row in rows.items():
-            g[name][t] = row
+            store_array(g, name)[t] = row
         for p in self.params:
             row = np.full(self.capacity, np.nan, dtype=PARAM_DTYPE)
             if p in table.columns:
                 row[:n] = table[p].to_numpy(dtype=PARAM_DTYPE, na_value=np.nan)
-            g[f"params/{p}"][t] = row
-        g["count"][t] = n
+            store_array(g, f"params/{p}")[t] = row
+        store_array(g, "count")[t] = n
         return n
 
     def add_tiles(self, names: Sequence[str]) -> list[int]:
@@ -341,10 +343,10 @@ class CutoutStore:
         arrays += list(QUANTISE_ARRAYS) if self.quantised else []
         arrays += list(SKY_ARRAYS) if self.sky_stats else []
         for name in arrays:
-            arr = g[name]
+            arr = store_array(g, name)
             arr.resize((n1, *arr.shape[1:]))
-        g["count"][n0:n1] = -1
-        g["tile"][n0:n1] = np.asarray(names, dtype=object)
+        store_array(g, "count")[n0:n1] = -1
+        store_array(g, "tile")[n0:n1] = np.asarray(names, dtype=object)
         self.n_tiles = n1
         return list(range(n0, n1))
 
@@ -358,7 +360,7 @@ class CutoutStore:
 
     # -- reading ---------------------------------------------------------------------
     def _count(self, t: int) -> int:
-        n = int(self.group["count"][t])
+        n = int(np.asarray(store_array(self.group, "count")[t]))
         if n < 0:
             raise StoreWriteError(f"tile {t} ({self.tiles[t]}) of {self.url} has not been written")
         return n
@@ -371,9 +373,9 @@ class CutoutStore:
         g = self.group
         cols = {"tile": np.full(stop - start, self.tiles[t], dtype=object), "row": np.arange(start, stop)}
         for name in ROW_COLUMNS:
-            cols[name] = np.asarray(g[name][t, start:stop])
+            cols[name] = np.asarray(store_array(g, name)[t, start:stop])
         for p in self.params:
-            cols[p] = np.asarray(g[f"params/{p}"][t, start:stop])
+            cols[p] = np.asarray(store_array(g, f"params/{p}")[t, start:stop])
         return pd.DataFrame(cols)
 
     def read_images(self, tile: int | str, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -381,12 +383,13 @@ class CutoutStore:
         t = self.tile_index(tile)
         n = self._count(t)
         stop = n if stop is None else min(stop, n)
-        raw = np.asarray(self.group["images"][t, start:stop])
+        raw = np.asarray(store_array(self.group, "images")[t, start:stop])
         if not self.quantised:
             return raw
         g = self.group
-        return self._decode(t, start, raw, g["scale"][t, start:stop], g["zero"][t, start:stop],
-                            np.asarray(g["object_id"][t, start:stop]))
+        return self._decode(t, start, raw, store_array(g, "scale")[t, start:stop],
+                            store_array(g, "zero")[t, start:stop],
+                            np.asarray(store_array(g, "object_id")[t, start:stop]))
 
     def _keys(self, t: int, start: int, object_id: np.ndarray) -> np.ndarray:
         """Dither keys of rows ``start:start+len(object_id)`` of tile ``t``: the object id, or
@@ -507,19 +510,21 @@ class CutoutStore:
     def _stored_block(self, t: int, start: int, stop: int, *, sky: bool) -> _StoredBlock:
         """Rows ``start:stop`` of tile ``t`` as stored (codes, or float pixels) with their per-row arrays."""
         g = self.group
-        block = _StoredBlock(t, start, np.asarray(g["images"][t, start:stop]))
+        block = _StoredBlock(t, start, np.asarray(store_array(g, "images")[t, start:stop]))
         if not self.quantised:
             return block
-        block.object_id = np.asarray(g["object_id"][t, start:stop])
-        block.scale, block.zero = np.asarray(g["scale"][t, start:stop]), np.asarray(g["zero"][t, start:stop])
+        block.object_id = np.asarray(store_array(g, "object_id")[t, start:stop])
+        block.scale = np.asarray(store_array(g, "scale")[t, start:stop])
+        block.zero = np.asarray(store_array(g, "zero")[t, start:stop])
         if sky and self.sky_stats:
-            block.sky, block.noise = np.asarray(g["sky"][t, start:stop]), np.asarray(g["noise"][t, start:stop])
+            block.sky = np.asarray(store_array(g, "sky")[t, start:stop])
+            block.noise = np.asarray(store_array(g, "noise")[t, start:stop])
         return block
 
     def _stored_blocks(self, batch_size: int, tiles: Iterable[int] | None, *, reuse: bool, sky: bool):
         """:class:`_StoredBlock` of at most ``batch_size`` rows, tile by tile; their values in one
         reused buffer if ``reuse``. The per-row arrays of a tile are read once, whole."""
-        images = self.group["images"]
+        images = store_array(self.group, "images")
         g = self.group
         buf = None
         for t in self.written_tiles() if tiles is None else tiles:
@@ -528,7 +533,7 @@ class CutoutStore:
             per_row = {}
             if self.quantised:
                 names = QUANTISE_ARRAYS + (SKY_ARRAYS if sky and self.sky_stats else ())
-                per_row = {name: np.asarray(g[name][t, :n]) for name in names}
+                per_row = {name: np.asarray(store_array(g, name)[t, :n]) for name in names}
                 oid = table["object_id"].to_numpy()
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
@@ -553,23 +558,27 @@ class CutoutStore:
         from .normalise import ModelInputs, model_inputs, nonfinite_rows, normalisation_spec, normalise, spec_key
         from .quantise import codes_normalisable, normalise_codes
 
-        specs = [normalisation_spec(spec) for spec in specs]
+        full = [normalisation_spec(spec) for spec in specs]
         if not self.quantised:
-            return model_inputs(block.values, specs, keep_raw=raw)
+            return model_inputs(block.values, full, keep_raw=raw)
+        object_id, scale, zero, sky, noise = block.object_id, block.scale, block.zero, block.sky, block.noise
+        if object_id is None or scale is None or zero is None:
+            raise LensdaskError(f"tile {block.t} of the quantised store {self.url} was read without its rows' "
+                                "object ids, scales and offsets")
         q = block.values
         n = len(q)
-        keys = self._keys(block.t, block.start, block.object_id)
+        keys = self._keys(block.t, block.start, object_id)
         seed = int(self.encoding["seed"])
         border = int(self.encoding["border"])
-        from_codes = [block.sky is not None and spec["method"] == "asinh-noise" and spec["border"] == border
-                      for spec in specs]
+        from_codes = [sky is not None and noise is not None and spec["method"] == "asinh-noise"
+                      and spec["border"] == border for spec in full]
         fused: dict[str, np.ndarray] = {}
         ok = np.zeros(n, dtype=bool)
-        if any(from_codes):
-            ok = codes_normalisable(block.scale, block.zero, block.sky, block.noise)
-            for spec, direct in zip(specs, from_codes):
+        if sky is not None and noise is not None and any(from_codes):
+            ok = codes_normalisable(scale, zero, sky, noise)
+            for spec, direct in zip(full, from_codes):
                 if direct and spec_key(spec) not in fused:
-                    y, nan_rows = normalise_codes(q, block.scale, block.zero, block.sky, block.noise, keys,
+                    y, nan_rows = normalise_codes(q, scale, zero, sky, noise, keys,
                                                   seed=seed, softening=spec["softening"])
                     fused[spec_key(spec)] = y
                     ok &= ~nan_rows
@@ -577,14 +586,13 @@ class CutoutStore:
         # else of the rows the codes cannot serve
         every = raw or not all(from_codes)
         rows = np.arange(n) if every else np.flatnonzero(~ok)
-        pix = self._decode(block.t, block.start, q if every else q[rows], block.scale[rows], block.zero[rows],
-                           block.object_id[rows])
+        pix = self._decode(block.t, block.start, q if every else q[rows], scale[rows], zero[rows], object_id[rows])
         bad = np.zeros(n, dtype=bool)
         bad[rows] = nonfinite_rows(pix)
         good = ~bad
         done: dict[str, np.ndarray] = {}
         inputs = []
-        for spec, direct in zip(specs, from_codes):
+        for spec, direct in zip(full, from_codes):
             key = spec_key(spec)
             if key not in done:
                 if direct:
@@ -602,7 +610,7 @@ class CutoutStore:
         """The pixels as a lazy float dask array with one chunk per tile (NaN in rows not written)."""
         import dask.array as da
 
-        arr = self.group["images"]
+        arr = store_array(self.group, "images")
         if not self.quantised:
             return da.from_zarr(arr, chunks=(1, self.capacity, *arr.shape[2:]))
         import dask
@@ -643,7 +651,8 @@ def _decoded_tile(url: str, t: int) -> np.ndarray:
     """Every row of tile ``t`` of a quantised store, decoded, (1, capacity, ...); NaN past its count."""
     s = open_store(url)
     g = s.group
-    out = s._decode(t, 0, np.asarray(g["images"][t]), g["scale"][t], g["zero"][t], np.asarray(g["object_id"][t]))
+    out = s._decode(t, 0, np.asarray(store_array(g, "images")[t]), store_array(g, "scale")[t],
+                    store_array(g, "zero")[t], np.asarray(store_array(g, "object_id")[t]))
     return out[None]
 
 
@@ -657,18 +666,21 @@ units) the quantiser measured, NaN where not measurable. Stores without them rea
 inputs normalised after decoding."""
 
 
-COMPRESSORS = ("lz4", "zstd")
+Compressor = Literal["lz4", "zstd"]
+
+COMPRESSORS: tuple[Compressor, ...] = ("lz4", "zstd")
 """Blosc compressors a new store may use (config ``store.compressor``)."""
 
 
-def _compressor_name() -> str:
+def _compressor_name() -> Compressor:
     name = str(config.get("store.compressor"))
-    if name not in COMPRESSORS:
-        raise StoreWriteError(f"unknown store compressor {name!r}; use one of {', '.join(COMPRESSORS)}")
-    return name
+    for known in COMPRESSORS:
+        if name == known:
+            return known
+    raise StoreWriteError(f"unknown store compressor {name!r}; use one of {', '.join(COMPRESSORS)}")
 
 
-def _open_group(url: str, mode: str) -> zarr.Group:
+def _open_group(url: str, mode: Literal["r", "r+", "w"]) -> zarr.Group:
     return zarr.open_group(url, mode=mode, zarr_format=3, storage_options=_storage_options(url))
 
 
@@ -739,7 +751,7 @@ def create_store(
     nb = len(bands)
 
     g = _open_group(url, mode="w")
-    image_array = dict(
+    image_array: dict[str, Any] = dict(  # shared keyword arguments of create_array
         shape=(n_tiles, capacity, nb, stamp, stamp),
         chunks=(1, chunk_rows, nb, stamp, stamp),
         shards=(1, capacity, nb, stamp, stamp),
@@ -832,7 +844,7 @@ MAX_STEP = 2.0
 """Largest quantisation step a store accepts, in sky-noise sigma."""
 
 
-def open_store(url: str | os.PathLike, mode: str = "r") -> CutoutStore:
+def open_store(url: str | os.PathLike, mode: Literal["r", "r+"] = "r") -> CutoutStore:
     """Open an existing cutout store and check its schema.
 
     Parameters
@@ -856,7 +868,7 @@ def open_store(url: str | os.PathLike, mode: str = "r") -> CutoutStore:
         g = _open_group(url, mode=mode)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
         raise StoreNotFoundError(f"no cutout store at {url!r}: {exc}") from exc
-    except (ValueError, zarr.errors.ZarrError) as exc:
+    except (ValueError, zarr.errors.BaseZarrError) as exc:
         raise StoreSchemaError(
             f"{url!r} is not a Zarr v3 group ({exc}); expected a lensdask store of schema {SCHEMA!r}"
         ) from exc
@@ -869,12 +881,15 @@ def open_store(url: str | os.PathLike, mode: str = "r") -> CutoutStore:
         )
     required = ["images", "count", "tile", *ROW_COLUMNS]
     encoding = g.attrs.get("encoding", FLOAT_ENCODING)
-    if encoding.get("pixels") not in ("float32", "quantised"):
+    if not isinstance(encoding, Mapping) or encoding.get("pixels") not in ("float32", "quantised"):
         raise StoreSchemaError(f"{url!r}: unknown pixel encoding {encoding!r}")
     if encoding.get("pixels") == "quantised":
         required += list(QUANTISE_ARRAYS)
+    params = g.attrs.get("params", [])
+    if not isinstance(params, list):
+        raise StoreSchemaError(f"{url!r}: attribute 'params' is {params!r}, not a list of parameter names")
     missing = [a for a in required if a not in g]
-    missing += [f"params/{p}" for p in g.attrs.get("params", []) if f"params/{p}" not in g]
+    missing += [f"params/{p}" for p in params if f"params/{p}" not in g]
     if missing:
         raise StoreSchemaError(f"{url!r} claims schema {found!r} but lacks the arrays {missing}")
     return CutoutStore(g, url)
