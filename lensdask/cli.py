@@ -321,8 +321,9 @@ def _cmd_inject(a) -> int:
 def _cmd_search(a) -> int:
     if getattr(a, "emit_htcondor", None):
         return _cmd_emit_htcondor(a)
+    from .model.ensemble import check_models
     from .search import search
-    from .search.run import check_models, truth_lens_ids
+    from .search.run import truth_lens_ids
     from .store import open_store
 
     # Bad input fails here, before any cluster is started: models that disagree with each other or the
@@ -380,7 +381,7 @@ def _search_inputs(zarr, model, prefilter=None):
     """
     import os
 
-    from .search.run import check_models
+    from .model.ensemble import check_models
     from .store import open_store
 
     store = open_store(zarr)
@@ -397,7 +398,8 @@ def _cmd_emit_htcondor(a) -> int:
 
     from . import config
     from .cluster import emit_htcondor_search
-    from .search.run import run_signature, tile_done
+    from .rundir import tile_done
+    from .search.run import run_signature
 
     if a.truth is not None:
         raise LensdaskError("--truth (the cascade audit) runs with a search, not with --emit-htcondor")
@@ -456,7 +458,7 @@ def _cmd_merge(a) -> int:
     import pathlib
 
     from .errors import LensdaskError
-    from .search.run import TILES_DIR, merge
+    from .rundir import TILES_DIR, merge
 
     tiles_dir = pathlib.Path(a.run_dir) / TILES_DIR
     if not any(tiles_dir.glob("*.json")):

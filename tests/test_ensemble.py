@@ -6,8 +6,8 @@ import pytest
 
 from lensdask.errors import LensdaskError, ModelMismatchError
 from lensdask.model.checkpoint import read_card, untrained_checkpoint
+from lensdask.model.ensemble import combine_scores, model_column
 from lensdask.search import search
-from lensdask.search.score import combine_scores, model_column
 from lensdask.store import create_store
 
 from test_search import TILES, _survey

@@ -171,28 +171,29 @@ def test_ctrl_c_leaves_only_whole_tiles_and_resume_completes(tmp_path, random_mo
     import importlib
 
     run = importlib.import_module("lensdask.search.run")
+    rundir = importlib.import_module("lensdask.rundir")
     monkeypatch.setattr(run, "current_client", lambda: None)  # in this process, even beside the session cluster
 
     _survey(tmp_path / "s.zarr")
     clean = search(tmp_path / "s.zarr", random_model, tmp_path / "clean", threshold=0.0, progress=False, client=None)
-    real = run._commit_tile
+    real = run.commit_tile
     calls = []
 
     def interrupted_commit(out, name, table, stats):
         calls.append(name)
         if len(calls) == 2:  # Ctrl-C while the second tile is being written
-            tmp = run._tmp_name(out / f"{name}.parquet")
+            tmp = rundir.tmp_name(out / f"{name}.parquet")
             tmp.write_bytes(b"PAR1 half a file")
             try:
                 raise KeyboardInterrupt
             finally:
-                tmp.unlink()  # what _commit_tile's own cleanup does
+                tmp.unlink()  # what commit_tile's own cleanup does
         return real(out, name, table, stats)
 
-    monkeypatch.setattr(run, "_commit_tile", interrupted_commit)
+    monkeypatch.setattr(run, "commit_tile", interrupted_commit)
     with pytest.raises(KeyboardInterrupt):
         search(tmp_path / "s.zarr", random_model, tmp_path / "run", threshold=0.0, progress=False, client=None)
-    monkeypatch.setattr(run, "_commit_tile", real)
+    monkeypatch.setattr(run, "commit_tile", real)
     files = sorted(p.name for p in (tmp_path / "run" / "tiles").iterdir())
     assert files == [f"{TILES[0]}.json", f"{TILES[0]}.parquet"]  # one whole tile, nothing else
     again = search(tmp_path / "s.zarr", random_model, tmp_path / "run", threshold=0.0, resume=True, progress=False,
@@ -202,7 +203,7 @@ def test_ctrl_c_leaves_only_whole_tiles_and_resume_completes(tmp_path, random_mo
 
 
 def test_half_written_files_are_cleaned(tmp_path):
-    from lensdask.search.run import clean_run_dir
+    from lensdask.rundir import clean_run_dir
 
     d = tmp_path / "tiles"
     d.mkdir()

@@ -56,12 +56,13 @@ def sha256_file(path: pathlib.Path) -> str:
     return h.hexdigest()
 
 
-def _jsonable(obj):
-    """Card values as strict JSON (NaN -> null, numpy scalars -> Python)."""
+def jsonable(obj):
+    """Card values (and evaluation results) as strict JSON: NaN -> null, numpy scalars -> Python, tuples -> lists,
+    keys -> str."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -113,7 +114,7 @@ def save_checkpoint(model: torch.nn.Module, out_dir: str | os.PathLike, card: di
     card.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     card["sha256"] = digest
     card["model_id"] = f"{card['arch']}-{digest[:12]}"
-    card = _jsonable(card)
+    card = jsonable(card)
     tmp_c = out / (CARD + ".tmp")
     tmp_c.write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
     os.replace(tmp_w, out / WEIGHTS)

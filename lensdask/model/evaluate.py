@@ -12,7 +12,7 @@ import pandas as pd
 from .. import config
 from ..errors import LensdaskError
 from ..store import open_store
-from .checkpoint import CARD, _jsonable, check_compatible, load_checkpoint, resolve_model_dir
+from .checkpoint import CARD, check_compatible, jsonable, load_checkpoint, resolve_model_dir
 from .infer import forward_proba, input_size, resolve_batch_size, resolve_device
 from .metrics import roc_curve
 from .report import classifier_report, plot_roc, selection_params
@@ -101,8 +101,7 @@ def evaluate(
     models = (list(model) if isinstance(model, (list, tuple)) else [model]) or [None]
     many = len(models) > 1
     if many:
-        from ..search.run import check_models  # bands, stamp, pixel scale shared; no model twice
-        from ..search.score import COMBINE, combine_scores
+        from .ensemble import COMBINE, check_models, combine_scores  # bands, stamp, pixel scale shared; no model twice
 
         combine = str(config.get("search.ensemble.combine", combine))
         if combine not in COMBINE:
@@ -194,10 +193,10 @@ def evaluate(
     if json_path is not None:
         path = pathlib.Path(os.fspath(json_path))
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_jsonable(result), indent=2, allow_nan=False) + "\n")
+        path.write_text(json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n")
     if record:
         for (r, _, _), d in zip(results, dirs):
-            _record(d, r)
+            record_evaluation(d, r)
     return result
 
 
@@ -213,8 +212,9 @@ def _check_real_galaxies_unseen(card: dict, store) -> None:
         check_disjoint(card, fps, names)
 
 
-def _record(model_dir: pathlib.Path, result: dict) -> None:
-    """Append an evaluation to the model card, written atomically (weights untouched)."""
+def record_evaluation(model_dir: pathlib.Path, result: dict) -> None:
+    """Append an evaluation ``result`` to the card of ``model_dir`` with the time it was made, written
+    atomically (weights untouched); :func:`evaluate` and :func:`lensdask.model.inject` with ``record=True``."""
     import datetime
 
     path = model_dir / CARD
@@ -223,5 +223,5 @@ def _record(model_dir: pathlib.Path, result: dict) -> None:
     entry["evaluated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     card.setdefault("evaluations", []).append(entry)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_jsonable(card), indent=2, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(jsonable(card), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)

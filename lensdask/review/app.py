@@ -33,7 +33,7 @@ from .. import config
 from ..errors import LensdaskError
 from ..images import VIEWS, sky_noise
 from ..names import is_valid_name
-from .cutouts import best_candidates
+from ..rundir import best_candidates
 from .gallery import n_candidates, render_cards, run_summary
 from .labels import add_labels, latest_grades, read_labels, review_classes
 from .page import candidate_images, document, grade_keys, header_meta

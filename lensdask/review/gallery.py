@@ -21,7 +21,7 @@ import pandas as pd
 
 from .. import config
 from ..images import sky_noise
-from .cutouts import best_candidates
+from ..rundir import best_candidates
 from .labels import review_classes
 from .page import CARD_STYLE, candidate_images, card, data_uri, document, grade_keys, header_meta
 

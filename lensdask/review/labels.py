@@ -114,7 +114,7 @@ def add_labels(
                             f"{r['object_id']}): definite/probable/possible go with {LENS_CLASS!r}, "
                             "no with any other class")
     if store is not None:
-        from .cutouts import locate
+        from ..rundir import locate
 
         locate(store, table)  # raises naming the objects not in the store
     if "labeller" not in table.columns:

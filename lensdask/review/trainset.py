@@ -9,8 +9,8 @@ import pandas as pd
 
 from ..errors import StoreWriteError
 from ..names import check_names
+from ..rundir import fetch_stamps, locate
 from ..store import open_store
-from .cutouts import fetch_stamps, locate
 from .labels import consensus, read_labels
 
 TILE_PREFIX = "review-"

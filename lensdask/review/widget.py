@@ -10,7 +10,7 @@ import os
 import pathlib
 
 from ..images import png_bytes, view_image
-from .cutouts import best_candidates
+from ..rundir import best_candidates
 from .labels import add_labels, review_classes
 
 

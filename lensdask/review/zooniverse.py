@@ -18,7 +18,7 @@ import pandas as pd
 from ..errors import LensdaskError
 from ..images import png_bytes, sky_noise, view_image
 from ..names import child_path, csv_safe
-from .cutouts import best_candidates
+from ..rundir import best_candidates
 
 
 def export_zooniverse(

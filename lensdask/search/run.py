@@ -1,21 +1,7 @@
 """Search a survey store: one task per tile, per-tile outputs written atomically, then merged.
 
-Layout of a run directory::
-
-    RUN_DIR/tiles/<tile>.parquet   every row of the tile scoring >= floor (and NaN-flagged rows); with
-                                   several models one score column each, with a prefilter both stages
-    RUN_DIR/tiles/<tile>.json      per-tile statistics; written last, it marks the tile done
-    RUN_DIR/candidates.parquet     rows scoring >= threshold, sorted by score, ranked, with the
-                                   nearest known lens (lenscat) within the cross-match radius
-    RUN_DIR/candidates.fits|.csv   the same table, when exports are asked for (astropy)
-    RUN_DIR/known_lenses.parquet   known lenses inside the searched footprint, with their best score
-    RUN_DIR/failures.parquet       tiles whose task raised (only when some did)
-    RUN_DIR/summary.json           what was searched, with which model, and the counts
-    RUN_DIR/dask-report.html       the Dask performance report (runs on a Dask client)
-
-A tile is committed by renaming its JSON marker into place, after its Parquet
-file: a tile without a marker is not done, and :func:`clean_run_dir` removes
-what an interrupted or killed task left (temporary files, a Parquet without marker).
+The run directory it writes (its files, their schemas, atomic writes, done markers, merging
+and reading it back) is :mod:`lensdask.rundir`'s.
 """
 
 from __future__ import annotations
@@ -36,14 +22,23 @@ from .. import config
 from ..checks import fraction
 from ..cluster import current_client
 from ..errors import LensdaskError
-from ..model.checkpoint import check_compatible, read_card, resolve_model_dir, verify_weights
+from ..model.ensemble import COMBINE, check_models
 from ..model.infer import PRECISIONS, resolve_batch_size, stage_inputs
-from ..names import child_path, csv_safe, safe_component
+from ..rundir import (
+    FAILURES,
+    REPORT,
+    SUMMARY,
+    TILES_DIR,
+    check_writable,
+    clean_run_dir,
+    commit_tile,
+    merge,
+    read_scores,
+    tile_done,
+)
 from ..store import open_store
-from .score import COMBINE, batch_inputs, held_specs, model_column, score_models
+from .score import batch_inputs, held_specs, score_models
 from .worker import get_model
-
-TILES_DIR = "tiles"
 
 
 @dataclass
@@ -108,95 +103,6 @@ def _reader_has_a_core(device) -> bool:
         return True
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return torch.get_num_threads() < cores
-
-
-def _tmp_name(path: pathlib.Path) -> pathlib.Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-
-
-def _write_atomic(path: pathlib.Path, write) -> None:
-    tmp = _tmp_name(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:  # KeyboardInterrupt included: leave no partial file behind
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:  # a read-only disk: keep the first error
-            pass
-        raise
-
-
-def _commit_tile(out: pathlib.Path, name: str, table: pd.DataFrame, stats: dict) -> None:
-    """Write a tile's Parquet and marker to temporary files, then rename the Parquet and, last, the marker."""
-    pq, js = child_path(out, name, ".parquet"), child_path(out, name, ".json")
-    tpq, tjs = _tmp_name(pq), _tmp_name(js)
-    try:
-        table.to_parquet(tpq, index=False)
-        tjs.write_text(json.dumps(stats))
-        os.replace(tpq, pq)
-        os.replace(tjs, js)
-    except BaseException:
-        for tmp in (tpq, tjs):  # on a read-only disk the clean-up fails too: keep the first error
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-        raise
-
-
-def check_writable(folder: str | os.PathLike) -> pathlib.Path:
-    """Create ``folder`` if needed and prove a file can be written in it; a clear error otherwise.
-
-    Raises
-    ------
-    LensdaskError
-        The folder cannot be created or written (read-only file system, no permission, disk full).
-    """
-    folder = pathlib.Path(folder)
-    probe = folder / f".write-test.{os.getpid()}.{threading.get_ident()}.tmp"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(probe, "wb") as f:
-            f.write(b"\0" * 4096)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as exc:
-        raise LensdaskError(f"cannot write into {folder}: {exc.strerror or exc}") from None
-    finally:
-        try:
-            probe.unlink(missing_ok=True)
-        except OSError:
-            pass
-    return folder
-
-
-def clean_run_dir(run_dir: str | os.PathLike) -> list[str]:
-    """Remove what interrupted or killed tile tasks left in ``RUN_DIR/tiles``; returns the names removed.
-
-    Temporary files and Parquet files without a done marker go; finished tiles stay.
-    Call it only when no tile task is writing into ``run_dir``.
-    """
-    d = pathlib.Path(run_dir) / TILES_DIR
-    removed = []
-    if not d.is_dir():
-        return removed
-    for p in d.glob(".*.tmp"):
-        p.unlink(missing_ok=True)
-        removed.append(p.name)
-    for p in d.glob("*.parquet"):
-        if not p.with_suffix(".json").exists():
-            p.unlink(missing_ok=True)
-            removed.append(p.name)
-    return removed
-
-
-def tile_done(run_dir: str | os.PathLike, tile: str) -> dict | None:
-    """The statistics of a finished tile, or None when it has not finished."""
-    marker = child_path(pathlib.Path(run_dir) / TILES_DIR, tile, ".json")
-    if not marker.exists():
-        return None
-    return json.loads(marker.read_text())
 
 
 def run_signature(model_ids: list[str], combine: str = "mean", prefilter: tuple | None = None,
@@ -318,20 +224,8 @@ def search_tile(
         tile=name, tile_index=int(tile), model_id=sig, floor=floor,
         seconds=round(time.perf_counter() - t0, 3), device=str(dev), precision=precision, batch_size=batch_size,
     )
-    _commit_tile(out, name, table, stats)
+    commit_tile(out, name, table, stats)
     return stats
-
-
-def read_scores(run_dir: str | os.PathLike, tiles: list[str] | None = None) -> pd.DataFrame:
-    """Concatenate the per-tile outputs of finished tiles (those with a done marker)."""
-    d = pathlib.Path(run_dir) / TILES_DIR
-    # listed files are already components; given names are encoded like the writer encoded them
-    comps = sorted(p.stem for p in d.glob("*.json")) if tiles is None else [safe_component(t) for t in tiles]
-    frames = [pd.read_parquet(d / f"{c}.parquet") for c in comps if (d / f"{c}.json").exists()]
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return pd.DataFrame(columns=["tile", "object_id", "ra", "dec", "score", "nan_pixels", "model"])
-    return pd.concat(frames, ignore_index=True)
 
 
 def audit_summary(scores: pd.DataFrame, threshold: float) -> dict:
@@ -361,183 +255,6 @@ def audit_summary(scores: pd.DataFrame, threshold: float) -> dict:
         "dropped": dropped, "dropped_main_would_keep": would,
         "lost_fraction": (would / alone) if alone else None,
     }
-
-
-EXPORTS = ("fits", "csv")
-
-
-def export_table(table: pd.DataFrame, path: pathlib.Path, fmt: str) -> pathlib.Path:
-    """Write ``table`` as FITS or CSV with astropy (atomically); returns the path written."""
-    from astropy.table import Table
-
-    if fmt not in EXPORTS:
-        raise LensdaskError(f"unknown export format {fmt!r}; use {', '.join(EXPORTS)}")
-    path = path.with_suffix("." + fmt)
-    if fmt == "csv":  # tile names and other text must not open as formulas in a spreadsheet
-        table = csv_safe(table)
-    t = Table.from_pandas(table.reset_index(drop=True))
-    _write_atomic(path, lambda p: t.write(p, format="fits" if fmt == "fits" else "ascii.csv", overwrite=True))
-    return path
-
-
-def merge(
-    run_dir: str | os.PathLike,
-    threshold: float | None = None,
-    tiles: list[str] | None = None,
-    *,
-    crossmatch: bool | None = None,
-    radius: float | None = None,
-    catalog=None,
-    export: list[str] | str | None = None,
-) -> pd.DataFrame:
-    """Build ``candidates.parquet`` from the per-tile outputs: rows >= threshold, best first, ranked.
-
-    Runs without Dask, on whatever per-tile outputs are finished (``tiles``: these only). For an
-    ensemble (``score_<model id>`` columns) it adds ``n_agree``: how many models score the row at or
-    above ``threshold`` on their own.
-
-    Parameters
-    ----------
-    run_dir : str or path
-    threshold : float, optional
-        Lens probability (config ``search.threshold``).
-    tiles : list of str, optional
-        Tile names to merge; default every finished tile.
-    crossmatch : bool, optional
-        Add the nearest known lens (``known_*`` columns) and write ``known_lenses.parquet``
-        (config ``crossmatch.enabled``).
-    radius : float, arcsec, optional
-        Cross-match radius (config ``crossmatch.radius``).
-    catalog : optional
-        Known-lens catalogue (see :func:`lensdask.crossmatch.known_lenses`).
-    export : list of {"fits", "csv"}, optional
-        Also write ``candidates.fits`` / ``candidates.csv`` (config ``search.export``).
-
-    Returns
-    -------
-    pandas.DataFrame
-        The candidates; ``attrs["known_lenses"]`` holds the known-lens summary when cross-matched.
-    """
-    threshold = float(config.get("search.threshold", threshold))
-    crossmatch = bool(config.get("crossmatch.enabled", crossmatch))
-    export = config.get("search.export", export) or []
-    if isinstance(export, str):
-        export = [e for e in export.replace(",", " ").split() if e]
-    bad = [e for e in export if e not in EXPORTS]
-    if bad:
-        raise LensdaskError(f"unknown export formats {bad}; use {', '.join(EXPORTS)}")
-    run_dir = pathlib.Path(run_dir)
-    scores = read_scores(run_dir, tiles)
-    per_model = [c for c in scores.columns if c.startswith("score_")]
-    if per_model:  # an ensemble: how many of its models call the row a lens on their own
-        scores = scores.copy()
-        scores["n_agree"] = (scores[per_model].to_numpy(float) >= threshold).sum(axis=1).astype(np.int16)
-    cand = scores[(scores["score"] >= threshold) & ~scores["nan_pixels"].astype(bool)]
-    # the audit is truth, never part of a candidate list
-    cand = cand.drop(columns=[c for c in ("audited", "audit_score") if c in cand.columns])
-    cand = cand.sort_values(["score", "tile", "object_id"], ascending=[False, True, True], kind="stable")
-    cand = cand.reset_index(drop=True)
-    cand.insert(0, "rank", np.arange(1, len(cand) + 1))
-    summary = None
-    if crossmatch:
-        from ..crossmatch import crossmatch as xmatch
-        from ..crossmatch import known_lens_report, known_lenses
-
-        cat = known_lenses(catalog)
-        cand = xmatch(cand, radius=radius, catalog=cat)
-        d = run_dir / TILES_DIR
-        comps = sorted(p.stem for p in d.glob("*.json")) if tiles is None else [safe_component(t) for t in tiles]
-        stats = [json.loads((d / f"{c}.json").read_text()) for c in comps if (d / f"{c}.json").exists()]
-        known, summary = known_lens_report(scores, [s for s in stats if s], threshold=threshold, radius=radius,
-                                           catalog=cat)
-        _write_atomic(run_dir / "known_lenses.parquet", lambda p: known.to_parquet(p, index=False))
-    _write_atomic(run_dir / "candidates.parquet", lambda p: cand.to_parquet(p, index=False))
-    for fmt in export:
-        export_table(cand, run_dir / "candidates.parquet", fmt)
-    if summary is not None:
-        cand.attrs["known_lenses"] = summary
-    return cand
-
-
-def parse_prefilter(spec) -> tuple[str, float]:
-    """``"MODEL:FRACTION"`` (or a ``(model, fraction)`` pair) as ``(model, fraction)``, fraction in [0, 1].
-
-    The model is a checkpoint directory, or ``default`` for the shipped model; the last ``:`` splits.
-    """
-    from ..checks import prefilter_spec
-
-    if isinstance(spec, (tuple, list)):
-        model, frac = spec
-        return (str(model) if model is not None else "default"), fraction(frac, "prefilter fraction")
-    return prefilter_spec(spec)
-
-
-def check_models(store, models, prefilter=None) -> tuple[list[tuple[pathlib.Path, dict]], tuple | None]:
-    """Check the models of a search against each other and the store, and their weights once each.
-
-    Parameters
-    ----------
-    store : lensdask.store.CutoutStore
-    models : path, list of paths, or None
-        The main model, or an ensemble; None: the shipped default model.
-    prefilter : str or (path, float), optional
-        ``MODEL:FRACTION`` of a cascade's first stage (:func:`parse_prefilter`).
-
-    Returns
-    -------
-    (list of (pathlib.Path, dict), (pathlib.Path, dict, float) or None)
-        Model directories with their cards, and the prefilter's with its keep fraction.
-
-    Raises
-    ------
-    ModelMismatchError
-        Models whose bands, band order, stamp or pixel scale differ from each other or the store.
-    CheckpointError
-        A card or weights file missing or not matching its sha256.
-    LensdaskError
-        The same model given twice (or as both prefilter and main model).
-    """
-    import math
-
-    from ..errors import ModelMismatchError
-
-    if models is None or isinstance(models, (str, os.PathLike)):
-        models = [models]
-    models = list(models) or [None]
-    out = []
-    for m in models:
-        d = resolve_model_dir(None if m in (None, "default") else m)
-        out.append((d, read_card(d)))
-    pre = None
-    if prefilter is not None:
-        pm, frac = parse_prefilter(prefilter)
-        d = resolve_model_dir(None if pm == "default" else pm)
-        pre = (d, read_card(d), frac)
-    everyone = out + ([pre[:2]] if pre else [])
-    ref_dir, ref = everyone[0]
-    for d, card in everyone[1:]:
-        for key, same in (("bands", list(card["bands"]) == list(ref["bands"])),
-                          ("stamp", int(card["stamp"]) == int(ref["stamp"])),
-                          ("pixel_scale", math.isclose(float(card["pixel_scale"]), float(ref["pixel_scale"]),
-                                                       rel_tol=1e-4))):
-            if not same:
-                raise ModelMismatchError(
-                    f"models of one search must share bands, stamp and pixel scale: {ref.get('model_id')} ({ref_dir}) "
-                    f"has {key} {ref[key]!r}, {card.get('model_id')} ({d}) has {card[key]!r}"
-                )
-    seen: dict = {}
-    for d, card in everyone:
-        sha = card.get("sha256") or str(d)
-        if sha in seen:
-            raise LensdaskError(f"the same model is given twice: {seen[sha]} and {d} ({card.get('model_id')})")
-        seen[sha] = d
-        check_compatible(card, store)
-    cols = [model_column(c["model_id"]) for _, c in out]
-    if len(set(cols)) != len(cols):
-        raise LensdaskError(f"two models of the ensemble map to one column name: {cols}")
-    for d, card in everyone:
-        verify_weights(d, card)  # once, before any tile task (each would fail on its own)
-    return out, pre
 
 
 def truth_lens_ids(truth) -> pd.DataFrame:
@@ -603,7 +320,7 @@ def search(
         Checkpoint directory; the shipped default model when omitted. A list is an
         ensemble: every model scores every tile (read once) and ``score`` combines them.
     out : str or path
-        Run directory (see the module docstring for its layout).
+        Run directory (see :mod:`lensdask.rundir` for its layout).
     client : distributed.Client, optional
     threshold : float, optional
         Lens probability for ``candidates.parquet`` (config ``search.threshold``).
@@ -736,7 +453,7 @@ def search(
             from distributed import as_completed, performance_report
 
             resources = {"GPU": 1} if _gpu_workers(client) else None
-            ctx = performance_report(filename=str(run_dir / "dask-report.html")) if report else contextlib.nullcontext()
+            ctx = performance_report(filename=str(run_dir / REPORT)) if report else contextlib.nullcontext()
             # as_current: the report (and anything else asking for "the" client) uses this one, even
             # when it is not the process's default client
             with client.as_current(), ctx:
@@ -775,9 +492,9 @@ def search(
     stats = [tile_done(run_dir, n) for n in finished]
     failures_df = pd.DataFrame(failures, columns=["tile", "error", "traceback"])
     if failures:
-        failures_df.to_parquet(run_dir / "failures.parquet", index=False)
-    elif (run_dir / "failures.parquet").exists():
-        (run_dir / "failures.parquet").unlink()
+        failures_df.to_parquet(run_dir / FAILURES, index=False)
+    elif (run_dir / FAILURES).exists():
+        (run_dir / FAILURES).unlink()
     rows = sum(s["rows"] for s in stats)
     summary = {
         "store": zarr,
@@ -802,7 +519,7 @@ def search(
         "known_lenses": cand.attrs.get("known_lenses"),
         "seconds": round(elapsed, 2),
         "cutouts_per_second": round(sum(store.counts[t] for t in todo) / elapsed, 1) if todo and elapsed > 0 else None,
-        "performance_report": str(run_dir / "dask-report.html") if report and client is not None else None,
+        "performance_report": str(run_dir / REPORT) if report and client is not None else None,
         # cutouts each stage saw: every finite cutout reaches the prefilter, only those it passes the main models
         "stages": {
             "prefilter": sum(s.get("prefilter", {}).get("scored", 0) for s in stats) if pre is not None else None,
@@ -815,5 +532,5 @@ def search(
         },
         "audit": None if audit is None else audit_summary(read_scores(run_dir, finished), threshold),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
     return SearchResult(run_dir, cand, summary, failures_df)

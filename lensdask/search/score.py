@@ -6,7 +6,8 @@ The work per batch is split in two so that a reader thread can do the first half
 while the model runs the second: :func:`prepare_batch` / :func:`prepare_inputs` (non-finite
 check and normalisation, numpy, releases the GIL) and :func:`lensdask.model.infer.forward_proba`
 (the model). :func:`score_models` scores a tile's stream with one model, an ensemble
-(:func:`combine_scores`, one ``score_<id>`` column each: :func:`model_column`), or a prefilter
+(:func:`lensdask.model.ensemble.combine_scores`, one ``score_<id>`` column each:
+:func:`lensdask.model.ensemble.model_column`), or a prefilter
 that passes the top fraction of the tile to them (a cascade).
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from ..model.ensemble import combine_scores, model_column
 from ..model.infer import forward_proba, input_size
 from ..normalise import ModelInputs, model_inputs, normalisation_spec, spec_key
 
@@ -118,60 +120,6 @@ def sky_box(ra: np.ndarray, dec: np.ndarray) -> dict:
         "ra_min": float((c + d.min()) % 360.0), "ra_max": float((c + d.max()) % 360.0),
         "dec_min": float(dec.min()), "dec_max": float(dec.max()),
     }
-
-
-COMBINE = ("mean", "rank")
-"""Ways to combine the lens probabilities of several models: their mean, or the mean of their ranks."""
-
-
-def model_column(model_id: str) -> str:
-    """Column name of one model's lens probability in an ensemble, e.g. ``"score_vit_lens_tiny_492ce68824d0"``.
-
-    Every character other than an ASCII letter or digit becomes ``_`` (runs collapse into one), so the
-    name is a safe column in Parquet, FITS, CSV and pandas attribute access.
-    """
-    import re
-
-    safe = re.sub(r"[^A-Za-z0-9]+", "_", str(model_id)).strip("_")
-    return "score_" + (safe or "model")
-
-
-def combine_scores(scores: np.ndarray, method: str = "mean") -> np.ndarray:
-    """Combine per-model lens probabilities, (n, n_models), into one score per row, (n,).
-
-    Parameters
-    ----------
-    scores : numpy.ndarray
-        Lens probabilities, one column per model; NaN where a row was not scored.
-    method : {"mean", "rank"}
-        ``mean``: the mean probability. ``rank``: the mean over models of each row's
-        rank among the scored rows, as a fraction in (0, 1] (ties share their mean rank),
-        so models whose probabilities are calibrated differently weigh the same. The
-        ranks are taken among the rows given (in a search: the rows of one tile that
-        the models scored).
-
-    Returns
-    -------
-    numpy.ndarray
-        float32; NaN for rows no model scored.
-    """
-    from ..errors import LensdaskError
-
-    if method not in COMBINE:
-        raise LensdaskError(f"unknown ensemble combination {method!r}; use one of {', '.join(COMBINE)}")
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.ndim == 1:
-        scores = scores[:, None]
-    ok = np.isfinite(scores).all(axis=1)
-    out = np.full(scores.shape[0], np.nan)
-    if not ok.any():
-        return out.astype(np.float32)
-    if method == "mean" or scores.shape[1] == 1:
-        out[ok] = scores[ok].mean(axis=1)
-    else:
-        ranks = pd.DataFrame(scores[ok]).rank(axis=0, method="average").to_numpy()
-        out[ok] = ranks.mean(axis=1) / ok.sum()
-    return out.astype(np.float32)
 
 
 def held_specs(cards: list[dict]) -> list[dict]:
@@ -301,7 +249,7 @@ def score_models(
     precision : str
         See :data:`lensdask.model.infer.PRECISIONS`.
     combine : {"mean", "rank"}
-        How an ensemble's probabilities make ``score`` (:func:`combine_scores`).
+        How an ensemble's probabilities make ``score`` (:func:`lensdask.model.ensemble.combine_scores`).
     prefilter : (torch.nn.Module, dict), optional
         A cheap model that scores every row first. Only the ``ceil(keep_fraction *
         rows_total)`` rows of the tile it ranks highest, plus every row it scores at or
@@ -322,7 +270,7 @@ def score_models(
     -------
     table : pandas.DataFrame
         ``tile, object_id, ra, dec, score``, for several models one ``score_<model id>`` per
-        model (:func:`model_column`), ``p_<class>...`` (the mean over models, when they
+        model (:func:`~lensdask.model.ensemble.model_column`), ``p_<class>...`` (the mean over models, when they
         share their classes), ``nan_pixels, flags, model``; with a prefilter also
         ``prefilter_score`` and ``stage`` (1: stopped by the prefilter, 2: scored by the
         main models; 0 for rows with non-finite pixels), and with ``audit_ids``
