@@ -28,6 +28,7 @@ import os
 import pathlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +38,7 @@ from .. import config
 from ..errors import CheckpointError, LensdaskError
 from ..normalise import normalisation_spec
 from ..simulate.galaxies import training_galaxies
-from ..store import open_store, provenance
+from ..store import CutoutStore, open_store, provenance
 from .architectures import arch_kwargs, build_vit
 from .checkpoint import read_card, save_checkpoint
 from .data import TRAIN, StoreBatches, augment, class_weights, epoch_torch_generator
@@ -211,9 +212,9 @@ class _Settings:
     validation_fraction: float
     device: str
     num_threads: int
-    pretrained: object
-    resize_to: object
-    patch_size: object
+    pretrained: str | os.PathLike | None
+    resize_to: int | None
+    patch_size: int | None
     patience: int
     balance: bool
     shift_px: float
@@ -311,7 +312,7 @@ class _Data:
         The classes with labelled rows.
     """
 
-    store: object
+    store: CutoutStore
     rows: StoreBatches
     counts: np.ndarray
     present: list
@@ -413,7 +414,7 @@ class _Optimiser:
     steps_per_epoch : int
     """
 
-    forward: object
+    forward: Callable[[torch.Tensor], torch.Tensor]
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LambdaLR
     loss_fn: torch.nn.CrossEntropyLoss
