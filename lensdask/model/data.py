@@ -177,9 +177,11 @@ class StoreBatches:
         carry_y = np.zeros(0, np.int64)
         with ThreadPoolExecutor(1) as pool:
             nxt = pool.submit(load, groups[0]) if groups else None
-            for g in range(len(groups)):
+            g = 0  # the group loading in nxt
+            while nxt is not None:
                 xs, ys = nxt.result()
-                nxt = pool.submit(load, groups[g + 1]) if g + 1 < len(groups) else None
+                g += 1
+                nxt = pool.submit(load, groups[g]) if g < len(groups) else None
                 x = np.concatenate([carry_x, *xs])
                 y = np.concatenate([carry_y, *ys])
                 self.max_rows_held = max(self.max_rows_held, x.shape[0])
