@@ -82,8 +82,8 @@ def read_real_cutouts(source, bands) -> dict:
     LensdaskError
         Nothing readable at ``source``.
     """
-    from ..simulate.inputs import _header_pixel_scale
-    from ..survey.ingest import _read_header, load_cutouts
+    from ..simulate.inputs import header_pixel_scale
+    from ..survey.ingest import load_cutouts, read_image_header
 
     bands = list(bands)
     path = pathlib.Path(os.fspath(source))
@@ -117,7 +117,7 @@ def read_real_cutouts(source, bands) -> dict:
             raise ModelMismatchError(f"bands differ: the model takes {bands}; {src} has cubes for {have} "
                                      f"(missing {missing})")
         images, _ = load_cutouts(cubes={b: path / f"{b}.fits" for b in bands}, bands=bands)
-        scales = {ps for b in bands if (ps := _header_pixel_scale(_read_header(path / f"{b}.fits"))) is not None}
+        scales = {ps for b in bands if (ps := header_pixel_scale(read_image_header(path / f"{b}.fits"))) is not None}
         if len(scales) > 1:
             raise LensdaskError(f"{src}: the band cubes have different pixel scales {sorted(scales)}")
         sigma_v = np.full(len(images), np.nan)
@@ -292,7 +292,7 @@ def inject(
     from tqdm.auto import tqdm
 
     from ..simulate.constraints import Constraints, RejectionStats
-    from ..simulate.inputs import Backgrounds, _border_sigma
+    from ..simulate.inputs import Backgrounds, border_sigma
     from ..simulate.paint import aperture_flux, paint_arcs
     from ..simulate.render import get_renderer
     from .checkpoint import load_checkpoint, read_card, resolve_model_dir
@@ -339,7 +339,7 @@ def inject(
     nonfinite = ~np.isfinite(full.reshape(len(full), -1)).all(axis=1)
     noise = np.full((len(full), len(bands)), np.nan)
     for k in np.flatnonzero(~nonfinite):
-        noise[k] = [_border_sigma(full[k, j]) for j in range(len(bands))]
+        noise[k] = [border_sigma(full[k, j]) for j in range(len(bands))]
     no_noise = ~nonfinite & ~(noise > 0).all(axis=1)
     ok = np.flatnonzero(~nonfinite & ~no_noise)
     if ok.size == 0:
@@ -447,18 +447,18 @@ def inject(
                  bands, pngs["top_unpainted"], title=f"highest-scoring unpainted: {title}", threshold=threshold)
         result["completeness_png"] = str(pngs["completeness"])
         result["top_unpainted_png"] = str(pngs["top_unpainted"])
-    from .checkpoint import _jsonable
+    from .checkpoint import jsonable
 
     for path in (json_path, None if out is None else pathlib.Path(os.fspath(out)) / "inject.json"):
         if path is not None:
             path = pathlib.Path(os.fspath(path))
             path.parent.mkdir(parents=True, exist_ok=True)
             result.setdefault("json", str(path))
-            path.write_text(json.dumps(_jsonable(result), indent=2, allow_nan=False) + "\n")
+            path.write_text(json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n")
     if record:
-        from .evaluate import _record
+        from .evaluate import record_evaluation
 
-        _record(model_dir, result)
+        record_evaluation(model_dir, result)
     return result
 
 

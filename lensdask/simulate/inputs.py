@@ -25,7 +25,7 @@ class InputError(LensdaskError):
     """A background, source or PSF input is missing or does not match the simulation."""
 
 
-def _border_sigma(img: np.ndarray, border: int = 6) -> float:
+def border_sigma(img: np.ndarray, border: int = 6) -> float:
     """Robust noise sigma (1.4826 MAD) of a stamp's border frame."""
     m = np.ones(img.shape, bool)
     m[border:-border, border:-border] = False
@@ -97,7 +97,9 @@ def _crop(cube: np.ndarray, stamp: int, what: str) -> np.ndarray:
     return cube[..., y0:y0 + stamp, x0:x0 + stamp]
 
 
-def _header_pixel_scale(header) -> float | None:
+def header_pixel_scale(header) -> float | None:
+    """Pixel scale (arcsec/pixel) from a FITS header: ``PIXSCALE``/``PIXSCAL1``/``PIXSCL``, else the CD matrix,
+    else ``CDELT1``; None when the header has none of them."""
     for key in ("PIXSCALE", "PIXSCAL1", "PIXSCL"):
         if key in header:
             return float(header[key])
@@ -198,7 +200,7 @@ def _backgrounds_from_fits(folder, bands, pixel_scale, stamp):
         path = os.path.join(folder, f"{b}.fits")
         with fits.open(path) as hdul:
             data, header = np.asarray(hdul[0].data, dtype=np.float32), hdul[0].header
-        ps = _header_pixel_scale(header)
+        ps = header_pixel_scale(header)
         if ps is not None and abs(ps - pixel_scale) > 1e-3 * pixel_scale:
             raise InputError(f"{path}: pixel scale {ps:.4f}\"/px does not match the simulation's "
                              f"{pixel_scale:.4f}\"/px")
@@ -243,7 +245,7 @@ def _backgrounds_from_store(url, bands, pixel_scale, stamp):
 
 def _finish_backgrounds(full, stamp, sigma_v, source):
     images = np.ascontiguousarray(_crop(full, stamp, source), dtype=np.float32)
-    noise = np.array([[_border_sigma(full[k, j]) for j in range(full.shape[1])] for k in range(len(full))])
+    noise = np.array([[border_sigma(full[k, j]) for j in range(full.shape[1])] for k in range(len(full))])
     if not np.all(noise > 0) or not np.all(np.isfinite(images)):
         bad = int(np.flatnonzero(~(noise > 0).all(axis=1) | ~np.isfinite(images).all(axis=(1, 2, 3)))[0])
         raise InputError(f"{source}: cutout {bad} has no measurable background noise or non-finite pixels")

@@ -93,7 +93,7 @@ def _e_to_phi_q(e1: float, e2: float) -> tuple[float, float]:
     return float(0.5 * np.arctan2(e2, e1)), (1.0 - e) / (1.0 + e)
 
 
-def _mags(rng: np.random.Generator, bands: Sequence[str], mag_i: float, colours: dict, prefix: str) -> dict:
+def band_magnitudes(rng: np.random.Generator, bands: Sequence[str], mag_i: float, colours: dict, prefix: str) -> dict:
     """Per-band magnitudes from an i-band magnitude and colours drawn in ``colours`` (mag)."""
     gr = rng.uniform(*colours["g-r"])
     ri = rng.uniform(*colours["r-i"])
@@ -135,7 +135,7 @@ def draw_lens_galaxy(rng: np.random.Generator, bands: Sequence[str] = SUPPORTED_
         Flat ``{name: float}`` (keys and units in the module docstring).
     """
     mag_i = rng.uniform(*LENS_MAG_I)
-    out = _mags(rng, bands, mag_i, LENS_COLOURS, "mag_lens")
+    out = band_magnitudes(rng, bands, mag_i, LENS_COLOURS, "mag_lens")
     log_r = np.log10(1.0) - 0.2 * (mag_i - 19.0) + rng.normal(0.0, 0.12)
     phi = rng.uniform(0.0, np.pi)
     q = rng.uniform(0.55, 1.0)
@@ -227,7 +227,7 @@ def draw_lensed_source(
         source_e1=se1,
         source_e2=se2,
     )
-    out.update(_mags(rng, bands, draw_source_mag(rng), SOURCE_COLOURS, "mag_source"))
+    out.update(band_magnitudes(rng, bands, draw_source_mag(rng), SOURCE_COLOURS, "mag_source"))
     if cosmos is not None:
         k = int(rng.integers(len(cosmos)))
         out.update(source_index=float(k),

@@ -40,7 +40,7 @@ from ..errors import LensdaskError
 from ..fanout import FAILURE_COLUMNS, write_failures
 from ..fanout import failures_path as failures_path  # where lensdask.cli looks for it
 from ..names import check_names
-from ..store import FLAG_EDGE, FLAG_MASKED, create_store, open_store, provenance
+from ..store import FLAG_EDGE, FLAG_MASKED, create_store, open_store, provenance, store_array
 
 ID_COLUMNS = ("object_id", "coadd_object_id", "id", "objid", "object")
 TILE_COLUMNS = ("tile", "tilename")
@@ -134,8 +134,9 @@ def _read_fits_image(path, hdu=None):
     raise LensdaskError(f"{path}: no image HDU")
 
 
-def _read_header(path, hdu=None):
-    """The header of the first HDU with 2 or more axes (or of ``hdu``), without reading pixels."""
+def read_image_header(path, hdu=None):
+    """The header of the first HDU with 2 or more axes (or of ``hdu``), without reading pixels: a cutout cube's
+    (3 axes) as well as an image's (:func:`lensdask.survey.planes.read_header` takes 2-D images only)."""
     from astropy.io import fits
 
     with fits.open(os.fspath(path), memmap=True) as hdul:
@@ -266,7 +267,8 @@ def _expand_images(images, bands, tiles, what: str = "image") -> tuple[dict[str,
 
     problems: dict[str, str] = {}
     if isinstance(images, Mapping):
-        files = {str(t): {b: os.fspath(p) for b, p in v.items()} for t, v in images.items()}
+        files: dict[str, dict[str, str]] = {
+            str(t): {b: os.fspath(p) for b, p in v.items()} for t, v in images.items()}
         if tiles is not None:
             files = {t: files.get(t, {}) for t in tiles}
         for t, fb in files.items():
@@ -289,7 +291,7 @@ def _expand_images(images, bands, tiles, what: str = "image") -> tuple[dict[str,
         tiles = sorted(found)
         if not tiles:
             raise LensdaskError(f"no files match {pattern.format(tile='*', band=bands[0])!r}")
-    files: dict[str, dict[str, str]] = {}
+    files = {}
     for t in tiles:
         fb = {}
         for b in bands:
@@ -435,7 +437,7 @@ def ingest_fits_tile(
 
 
 def _assign_tiles(
-    cat: pd.DataFrame, files: dict[str, dict[str, str]], bands, hdu
+    cat: pd.DataFrame, files: dict[str, dict[str, str] | None], bands, hdu
 ) -> tuple[dict[str, pd.DataFrame], np.ndarray]:
     """Rows of each tile, and a mask of the rows in none of them.
 
@@ -452,9 +454,10 @@ def _assign_tiles(
     margin = np.full(len(cat), -np.inf)
     ra, dec = cat["ra"].to_numpy(), cat["dec"].to_numpy()
     for i, t in enumerate(names):
-        if not files[t]:  # a tile whose files are missing holds nothing
+        tile_files = files[t]
+        if not tile_files:  # a tile whose files are missing (None or empty) holds nothing
             continue
-        header = read_header(files[t][bands[0]], hdu)
+        header = read_header(tile_files[bands[0]], hdu)
         nx, ny = int(header["NAXIS1"]), int(header["NAXIS2"])
         x, y = wcs_of(header).all_world2pix(ra, dec, 0)
         m = np.minimum(np.minimum(x + 0.5, nx - 0.5 - x), np.minimum(y + 0.5, ny - 0.5 - y))
@@ -854,7 +857,8 @@ def _find_tile_files(opts: _Options, tiles: list[str] | None) -> _TileFiles:
         names = [t for t in tiles if t in names]
     check_names(names, source=f"the tiles matching {images!r}" if isinstance(images, str) else "the tile images",
                 rows=range(1, len(names) + 1))
-    wfiles, mfiles = {}, {}
+    wfiles: dict[str, dict[str, str]] = {}
+    mfiles: dict[str, dict[str, str]] = {}
     for extra, kind, into in ((opts.weights, "weight", wfiles), (opts.masks, "mask", mfiles)):
         if extra is None:
             continue
@@ -1008,6 +1012,15 @@ def _plan_cutout_tiles(out: str, opts: _Options, cubes, arrays, table, per_tile,
     return plan
 
 
+def _tile_record(tile: str, result: object) -> dict:
+    """The report's record of one written tile: its task's record, or ``{"tile", "rows"}`` from its row count."""
+    if isinstance(result, dict):
+        return result
+    if isinstance(result, (int, np.integer)):
+        return {"tile": tile, "rows": int(result)}
+    raise LensdaskError(f"tile {tile}: the ingest task returned {result!r}, neither a record nor a row count")
+
+
 def _run_plan(out: str, plan: _Plan, report: IngestReport, client, progress: bool, t_start: float):
     """Run the tile tasks, record the outcome, and return the store opened for reading.
 
@@ -1034,12 +1047,12 @@ def _run_plan(out: str, plan: _Plan, report: IngestReport, client, progress: boo
     results, failed = run_tiles(plan.jobs, client=client, progress=progress, desc="ingest", key_prefix="ingest-tile")
     failed = [{"tile": t, "error": r, "traceback": ""} for t, r in plan.problems.items() if t in names] + failed
     failed.sort(key=lambda r: names.index(r["tile"]))
-    report.tiles = [r if isinstance(r, dict) else {"tile": t, "rows": int(r)} for t, r in results.items()]
+    report.tiles = [_tile_record(t, r) for t, r in results.items()]
     report.failures = pd.DataFrame(failed, columns=FAILURE_COLUMNS)
     report.seconds = round(time.perf_counter() - t_start, 2)
     store = open_store(out, mode="r+")
     for t in report.failures["tile"]:  # a failed tile is unwritten, even if a dying worker got to commit it
-        store.group["count"][names.index(t)] = -1
+        store_array(store.group, "count")[names.index(t)] = -1
     summary = report.summary()
     store.group.attrs["provenance"] = {**store.provenance, "ingest": {
         k: v for k, v in summary.items() if k != "tiles_failed"} | {
