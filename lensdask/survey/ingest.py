@@ -297,9 +297,10 @@ def _expand_images(images, bands, tiles, what: str = "image") -> tuple[dict[str,
         for b in bands:
             name = pattern.format(tile=t, band=b) if "tile" in _fields(pattern) else pattern.format(band=b)
             path, why = _resolve(name)
-            if why:
+            if path is None:
                 problems.setdefault(t, f"band {b}: {why}")
-            fb[b] = path
+            else:
+                fb[b] = path
         files[t] = fb
     return {t: fb for t, fb in files.items() if t not in problems}, problems
 
