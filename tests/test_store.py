@@ -106,6 +106,24 @@ def test_wrong_schema_says_found_and_expected(tmp_path):
         open_store(tmp_path / "notzarr")
 
 
+def test_unreadable_zarr_metadata_is_a_schema_error(tmp_path):
+    """An array where the group should be, or metadata that is not JSON: StoreSchemaError, not a zarr traceback."""
+    zarr.create_array(tmp_path / "array.zarr", shape=(2,), dtype="int8")
+    (tmp_path / "garbled.zarr").mkdir()
+    (tmp_path / "garbled.zarr" / "zarr.json").write_text("not json")
+    for name in ("array.zarr", "garbled.zarr"):
+        with pytest.raises(StoreSchemaError, match="is not a Zarr v3 group"):
+            open_store(tmp_path / name)
+
+    _store(tmp_path / "s.zarr")
+    meta = tmp_path / "s.zarr" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["encoding"] = "quantised"
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(StoreSchemaError, match="unknown pixel encoding"):
+        open_store(tmp_path / "s.zarr")
+
+
 def test_bad_writes_are_refused(tmp_path):
     s = _store(tmp_path / "s.zarr")
     with pytest.raises(StoreWriteError, match="shape"):
