@@ -1,13 +1,14 @@
 """lensdask: find strong gravitational lenses in wide-field survey images with Dask.
 
-The public API, one function per CLI command::
+The public API, one function per CLI command (the data first, then the model, then the output;
+a store parameter is called ``store``)::
 
     simulate(out, n, seed)              lenstronomy lenses and non-lenses -> training store
     mock_survey(out, tiles, per_tile)   DES-like survey store with injected lenses + truth table
     ingest(out, ...)                    real coadd tiles + catalogue, or cutout cubes -> survey store
-    train(data, out)                    a timm ViT checkpoint (weights + model card)
-    evaluate(model, data)               AUROC, TPR0, TPR10, TPR at FPR 1e-3
-    inject(model, cutouts)              arcs painted on real cutouts: completeness and false-positive rate
+    train(store, out)                   a timm ViT checkpoint (weights + model card)
+    evaluate(store, model)              AUROC, TPR0, TPR10, TPR at FPR 1e-3
+    inject(cutouts, model)              arcs painted on real cutouts: completeness and false-positive rate
     search(zarr, model, out)            one Dask task per tile -> candidates.parquet
                                         (model=[a, b]: an ensemble; prefilter=(m, 0.1): a cascade)
     demo(out)                           mock survey -> search -> scored against the truth

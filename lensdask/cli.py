@@ -237,7 +237,7 @@ def _cmd_evaluate(a) -> int:
     from .model import evaluate
 
     m = evaluate(
-        a.model, a.data, json_path=a.json, batch_size=a.batch_size, device=a.device, roc_path=a.roc,
+        a.data, a.model, json_path=a.json, batch_size=a.batch_size, device=a.device, roc_path=a.roc,
         threshold=a.threshold, record=a.record, combine=a.combine,
     )
     for r in m.get("models", []):  # an ensemble: each model on its own, then the ensemble in full
@@ -286,7 +286,7 @@ def _cmd_inject(a) -> int:
     constraints = load_constraints_file(a.constraints) if a.constraints else None
     _checks.constraint_pairs(constraints)
     m = inject(
-        a.model, a.cutouts, galaxies=a.galaxies, orientations=a.orientations, seed=a.seed, threshold=a.threshold,
+        a.cutouts, a.model, galaxies=a.galaxies, orientations=a.orientations, seed=a.seed, threshold=a.threshold,
         constraints=constraints, max_draws=a.max_draws,
         zeropoint=a.zeropoint, aperture=a.aperture, n_bins=a.bins, top=a.top, out=a.out, png=a.png,
         json_path=a.json, record=a.record, batch_size=a.batch_size, device=a.device,

@@ -89,7 +89,7 @@ def real_galaxy_check(real_galaxies: str | None, galaxies: str, threshold: float
     from .model.inject import inject
 
     if real_galaxies and os.path.isdir(real_galaxies):
-        result = inject(None, real_galaxies, galaxies=galaxies, threshold=threshold, progress=progress)
+        result = inject(real_galaxies, None, galaxies=galaxies, threshold=threshold, progress=progress)
         out = {k: result[k] for k in REAL_KEYS if k in result}
         out["recorded"] = False
         return out

@@ -159,12 +159,12 @@ def test_evaluate_reports_each_model_and_the_ensemble(tmp_path, models, capsys):
 
     _labelled(tmp_path / "t.zarr")
     a, b = models
-    r = evaluate([a, b], tmp_path / "t.zarr", progress=False, roc_path=tmp_path / "roc.png")
+    r = evaluate(tmp_path / "t.zarr", [a, b], progress=False, roc_path=tmp_path / "roc.png")
     assert [m["model_id"] for m in r["models"]] == [read_card(m)["model_id"] for m in models]
     for m, path in zip(r["models"], models):
-        assert m["auroc"] == pytest.approx(evaluate(path, tmp_path / "t.zarr", progress=False)["auroc"])
+        assert m["auroc"] == pytest.approx(evaluate(tmp_path / "t.zarr", path, progress=False)["auroc"])
     assert r["combine"] == "mean" and r["n_pos"] == 48 and (tmp_path / "roc.png").stat().st_size > 0
-    rank = evaluate([a, b], tmp_path / "t.zarr", progress=False, combine="rank")
+    rank = evaluate(tmp_path / "t.zarr", [a, b], progress=False, combine="rank")
     assert 0.0 <= rank["auroc"] <= 1.0
     # the ensemble's AUROC is the AUROC of the mean probability, each model given the store's inputs for it
     from lensdask.model.checkpoint import load_checkpoint

@@ -3,7 +3,7 @@
 Floors, lowest first (a subpackage's ``__init__`` stands on its subpackage's floor):
 
 0 base
-    ``errors, config, names, _version, codecs, checks, fanout, cluster, workersetup``, and the display
+    ``errors, config, names, deprecation, _version, codecs, checks, fanout, cluster, workersetup``, and the display
     stretch ``images`` (pictures of cutouts for people; pure numpy and matplotlib, read by the
     simulation and survey galleries, ``model.inject``'s figures and review).
 1 data
@@ -42,6 +42,7 @@ FLOORS = {
     "lensdask.errors": 0,
     "lensdask.config": 0,
     "lensdask.names": 0,
+    "lensdask.deprecation": 0,
     "lensdask._version": 0,
     "lensdask.codecs": 0,
     "lensdask.checks": 0,

@@ -118,7 +118,7 @@ def test_a_galaxy_in_training_and_evaluation_is_refused(bg, random_model, tmp_pa
                                                            "fingerprints": [bg.fingerprints[16]]}])
     monkeypatch.setattr(PAINT, "paint_arcs", _no_work)
     with pytest.raises(SplitError, match=r"rows 16\b.*refused"):
-        inject(leaky, gals, galaxies="heldout", orientations=1, progress=False)
+        inject(gals, leaky, galaxies="heldout", orientations=1, progress=False)
     assert main(["inject", "--model", str(leaky), "--cutouts", gals, "--galaxies", "heldout"]) == 2
     # a card older than training_galaxies: its store's backgrounds were used whole, and are read again
     old = tmp_path / "old"
@@ -128,7 +128,7 @@ def test_a_galaxy_in_training_and_evaluation_is_refused(bg, random_model, tmp_pa
     c["training"] = {**c.get("training", {}), "data_provenance": {"backgrounds": gals, "negatives": None}}
     (old / "model_card.json").write_text(json.dumps(c))
     with pytest.raises(SplitError, match=r"rows 0, 8, 10"):
-        inject(old, gals, galaxies="heldout", orientations=1, progress=False)
+        inject(gals, old, galaxies="heldout", orientations=1, progress=False)
 
 
 def _no_work(*a, **k):
@@ -152,7 +152,7 @@ def test_paint_arcs_is_seeded_per_key_and_adds_only_an_arc(gals):
 
 
 def test_inject_heldout_galaxies(gals, random_model, tmp_path):
-    r = inject(random_model, gals, galaxies="heldout", orientations=2, out=tmp_path / "inj", progress=False)
+    r = inject(gals, random_model, galaxies="heldout", orientations=2, out=tmp_path / "inj", progress=False)
     assert r["rows"] == HELDOUT and r["n_cutouts"] == 10 and r["n_nonfinite"] == 0
     assert r["n_unpainted"] == 20 and r["n_painted"] == 20 and r["n_paint_failed"] == 0
     assert 0.0 <= r["fpr"] <= 1.0
@@ -187,29 +187,29 @@ def test_mismatched_cutouts_are_refused_before_any_work(gals, shared_data, tmp_p
     monkeypatch.setattr(PAINT, "paint_arcs", _no_work)
     untrained_checkpoint(tmp_path / "u", "test-vit", bands=("g", "r", "i", "u"))
     with pytest.raises(ModelMismatchError, match=r"bands differ.*missing \['u'\]"):
-        inject(tmp_path / "u", gals, progress=False)
+        inject(gals, tmp_path / "u", progress=False)
     untrained_checkpoint(tmp_path / "m", "test-vit")
     full = np.stack([np.asarray(__import__("astropy.io.fits").io.fits.getdata(shared_data / "des_galaxies" /
                                                                             f"{b}.fits"))[:3] for b in "griz"], 1)
     np.savez(tmp_path / "rz.npz", images=full[:, [0, 1, 3, 2]], bands=np.array(list("grzi")))
     with pytest.raises(ModelMismatchError, match="bands differ"):
-        inject(tmp_path / "m", tmp_path / "rz.npz", progress=False)
+        inject(tmp_path / "rz.npz", tmp_path / "m", progress=False)
     np.savez(tmp_path / "three.npz", images=full[:, :3])
     with pytest.raises(ModelMismatchError, match="4, H, W"):
-        inject(tmp_path / "m", tmp_path / "three.npz", progress=False)
+        inject(tmp_path / "three.npz", tmp_path / "m", progress=False)
     np.savez(tmp_path / "small.npz", images=full[:, :, 30:61, 30:61])
     with pytest.raises(ModelMismatchError, match="stamp sizes differ.*31 px"):
-        inject(tmp_path / "m", tmp_path / "small.npz", progress=False)
+        inject(tmp_path / "small.npz", tmp_path / "m", progress=False)
     np.savez(tmp_path / "scale.npz", images=full, pixel_scale=0.2)
     with pytest.raises(ModelMismatchError, match="pixel scales differ"):
-        inject(tmp_path / "m", tmp_path / "scale.npz", progress=False)
+        inject(tmp_path / "scale.npz", tmp_path / "m", progress=False)
 
 
 def test_nonfinite_cutouts_are_counted_and_skipped(bg, random_model, tmp_path):
     images = np.stack([np.pad(bg.images[i], ((0, 0), (3, 3), (3, 3)), mode="edge") for i in HELDOUT[:3]])
     images[1, 2, 40, 40] = np.nan
     np.savez(tmp_path / "nan.npz", images=images, bands=np.array(list("griz")), pixel_scale=0.263)
-    r = inject(random_model, tmp_path / "nan.npz", orientations=1, progress=False, top=2)
+    r = inject(tmp_path / "nan.npz", random_model, orientations=1, progress=False, top=2)
     assert r["n_nonfinite"] == 1 and r["rows_nonfinite"] == [1]
     assert r["n_cutouts"] == 2 and r["rows"] == [0, 2]
     assert r["n_unpainted"] == 2 and r["n_painted"] == 2
@@ -235,7 +235,7 @@ def test_cli_inject(gals, random_model, tmp_path, capsys):
 
 def test_record_appends_to_the_card(gals, random_model, tmp_path):
     path = _model_with_galaxies(random_model, tmp_path, [])
-    inject(path, gals, galaxies="0", orientations=1, record=True, progress=False)
+    inject(gals, path, galaxies="0", orientations=1, record=True, progress=False)
     card = json.loads((path / "model_card.json").read_text())
     assert card["evaluations"][-1]["kind"] == "inject" and card["evaluations"][-1]["rows"] == [0]
 
@@ -262,13 +262,13 @@ def test_simulated_store_and_model_card_name_their_galaxies(gals, bg, tmp_path):
     assert on_disk["training_galaxies"]["rows"] == TRAIN
     check_disjoint(on_disk, [bg.fingerprints[i] for i in HELDOUT], HELDOUT)
     with pytest.raises(SplitError, match="rows 1, 2"):
-        inject(tmp_path / "m", gals, galaxies="1,2", orientations=1, progress=False)
+        inject(gals, tmp_path / "m", galaxies="1,2", orientations=1, progress=False)
     # evaluate refuses a store made from the galaxies the model trained on, too
     from lensdask.model import evaluate
 
     with pytest.raises(SplitError, match=r"des_galaxies\[1\]"):
-        evaluate(tmp_path / "m", store.url, progress=False)
+        evaluate(store.url, tmp_path / "m", progress=False)
     held = simulate(tmp_path / "h.zarr", 12, seed=4, backgrounds=gals, galaxies="heldout", partition_size=12,
                     lookalike_fraction=0.0, progress=False)
-    r = evaluate(tmp_path / "m", held.url, progress=False)
+    r = evaluate(held.url, tmp_path / "m", progress=False)
     assert r["n_pos"] + r["n_neg"] == 12

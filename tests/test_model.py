@@ -253,7 +253,7 @@ def test_train_learns_and_writes_card(trained):
 
 def test_evaluate(trained, store, tmp_path):
     out, card = trained
-    res = evaluate(out, store.url, json_path=tmp_path / "e.json", batch_size=50, device="cpu", progress=False)
+    res = evaluate(store.url, out, json_path=tmp_path / "e.json", batch_size=50, device="cpu", progress=False)
     assert res["model_id"] == card["model_id"]
     assert res["n_pos"] + res["n_neg"] == store.n_rows and res["n_nan"] == 0
     assert res["auroc"] > 0.8

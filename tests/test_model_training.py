@@ -167,7 +167,7 @@ def test_multiclass_training_and_evaluate(tmp_path):
     m = card["metrics"]
     assert np.array(m["confusion"]["counts"]).shape == (3, 3) and m["auroc"] > 0.8
     roc = tmp_path / "roc.png"
-    res = evaluate(tmp_path / "m", st.url, json_path=tmp_path / "e.json", roc_path=roc, device="cpu",
+    res = evaluate(st.url, tmp_path / "m", json_path=tmp_path / "e.json", roc_path=roc, device="cpu",
                    progress=False, record=True)
     assert res["confusion"]["truth"] == list(classes)
     assert np.array(res["confusion"]["counts"]).sum() == st.n_rows
@@ -288,12 +288,12 @@ def test_evaluate_refuses_other_stamp_and_unlabelled(store, tmp_path):
                          stamp=45, overwrite=True)
     other.write_tile(0, np.zeros((4, 4, 45, 45), "f4"), pd.DataFrame({"object_id": range(4), "ra": 0.0, "dec": 0.0}))
     with pytest.raises(ModelMismatchError, match="27 px.*45 px"):
-        evaluate(tmp_path / "m", other.url, device="cpu", progress=False)
+        evaluate(other.url, tmp_path / "m", device="cpu", progress=False)
     same = create_store(str(tmp_path / "u.zarr"), tiles=["a"], capacity=4, bands=list("griz"), pixel_scale=0.263,
                         stamp=STAMP, overwrite=True)
     same.write_tile(0, store.read_images(0)[:4], pd.DataFrame({"object_id": range(4), "ra": 0.0, "dec": 0.0}))
     with pytest.raises(LensdaskError, match="no labelled rows"):
-        evaluate(tmp_path / "m", same.url, device="cpu", progress=False)
+        evaluate(same.url, tmp_path / "m", device="cpu", progress=False)
 
 
 # -- CLI -----------------------------------------------------------------------------------

@@ -187,7 +187,7 @@ def test_a_model_trained_on_a_quantised_store_matches_float32(tmp_path):
     aucs = {}
     for name, data, seed in [("f32", "f32.zarr", 0), ("f32-seed1", "f32.zarr", 1), ("q", "q.zarr", 0)]:
         train(tmp_path / data, tmp_path / name, seed=seed, **kw)
-        aucs[name] = evaluate(tmp_path / name, tmp_path / "test.zarr", progress=False)["auroc"]
+        aucs[name] = evaluate(tmp_path / "test.zarr", tmp_path / name, progress=False)["auroc"]
     run_to_run = abs(aucs["f32"] - aucs["f32-seed1"])
     print(f"held-out AUROC by training store and seed: {aucs}")
     assert 0.6 < aucs["f32"] < 0.995, aucs  # it learnt something, and the noise still matters

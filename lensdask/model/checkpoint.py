@@ -229,6 +229,29 @@ def load_checkpoint(model_dir: str | os.PathLike | None = None, device: str | to
     return model, card
 
 
+def refuse_model_as_store(store, call: str) -> None:
+    """Refuse a model where a store belongs: the store comes first, then the model.
+
+    ``evaluate`` and ``inject`` once took the model first; a positional call in that order would
+    pass a model as the store. Raised for ``None``, ``"default"``, a list or tuple (an ensemble)
+    and a directory holding ``model_card.json``.
+
+    Raises
+    ------
+    TypeError
+        Naming the current order, ``call`` (e.g. ``"evaluate(store, model)"``).
+    """
+    model_like = store is None or isinstance(store, (list, tuple)) or (isinstance(store, str) and store == "default")
+    if not model_like and isinstance(store, (str, os.PathLike)):
+        try:
+            model_like = (pathlib.Path(os.fspath(store)).expanduser() / CARD).is_file()
+        except (OSError, ValueError):
+            model_like = False
+    if model_like:
+        raise TypeError(f"got a model ({store!r}) where the store goes: the order is {call}, "
+                        "the store first, then the model")
+
+
 def check_compatible(card: dict, store) -> None:
     """Check that a model can score a cutout store.
 

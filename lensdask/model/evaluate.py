@@ -10,17 +10,19 @@ import numpy as np
 import pandas as pd
 
 from .. import config
+from ..deprecation import renamed_keywords
 from ..errors import LensdaskError
 from ..store import open_store
-from .checkpoint import CARD, check_compatible, jsonable, load_checkpoint, resolve_model_dir
+from .checkpoint import CARD, check_compatible, jsonable, load_checkpoint, refuse_model_as_store, resolve_model_dir
 from .infer import forward_proba, input_size, resolve_batch_size, resolve_device
 from .metrics import roc_curve
 from .report import classifier_report, plot_roc, selection_params
 
 
+@renamed_keywords(data="store")
 def evaluate(
+    store: str | os.PathLike,
     model: str | os.PathLike | list | None = None,
-    data: str | os.PathLike = ...,
     *,
     json_path: str | os.PathLike | None = None,
     batch_size: int | None = None,
@@ -35,12 +37,12 @@ def evaluate(
 
     Parameters
     ----------
+    store : str or path
+        Labelled cutout store (path or URL). (``data=`` is its deprecated old name.)
     model : str, path, list of them, or None
         Checkpoint directory; ``None`` uses the default model. Several: each model and their
         ensemble are reported (the store is read once); they must share bands, stamp and
         pixel scale.
-    data : str or path
-        Labelled cutout store (path or URL).
     json_path : str or path, optional
         Also write the result there as JSON.
     batch_size : int or "auto", optional
@@ -89,15 +91,16 @@ def evaluate(
         The store was made from real galaxies the model trained on (any rotation or flip).
     LensdaskError
         The store has no labelled rows.
+    TypeError
+        A model where the store belongs (the order before: ``evaluate(model, data)``).
     """
     from tqdm.auto import tqdm
 
-    if data is ...:
-        raise TypeError("evaluate() needs data=, the labelled store to score")
+    refuse_model_as_store(store, "evaluate(store, model)")
     threshold = float(config.get("search.threshold", threshold))
     dev = resolve_device(device)
     batch_size = resolve_batch_size(config.get("search.batch_size", batch_size), dev)
-    store = open_store(data)
+    cs = open_store(store)
     models = (list(model) if isinstance(model, (list, tuple)) else [model]) or [None]
     many = len(models) > 1
     if many:
@@ -106,21 +109,21 @@ def evaluate(
         combine = str(config.get("search.ensemble.combine", combine))
         if combine not in COMBINE:
             raise LensdaskError(f"unknown ensemble combination {combine!r}; use one of {', '.join(COMBINE)}")
-        dirs = [d for d, _ in check_models(store, models)[0]]
+        dirs = [d for d, _ in check_models(cs, models)[0]]
     else:
         dirs = [resolve_model_dir(None if models[0] == "default" else models[0])]  # as search takes it
     nets = []
     for d in dirs:
         net, card = load_checkpoint(d, device=dev)
-        check_compatible(card, store)
-        _check_real_galaxies_unseen(card, store)
+        check_compatible(card, cs)
+        _check_real_galaxies_unseen(card, cs)
         nets.append((net, card))
-    keep_params = selection_params(store.params)
+    keep_params = selection_params(cs.params)
 
     labels, probs, params = [], [[] for _ in nets], []
     n_unlabelled = 0
-    for t in tqdm(store.written_tiles(), desc="evaluate", unit="tile", disable=not progress):
-        table = store.read_table(t)
+    for t in tqdm(cs.written_tiles(), desc="evaluate", unit="tile", disable=not progress):
+        table = cs.read_table(t)
         if len(table) == 0:
             continue
         lab = table["label"].to_numpy()
@@ -130,7 +133,7 @@ def evaluate(
             continue
         # read once, normalised as training and search normalise (a quantised store's rows straight from
         # its codes), scored by every model; rows with a non-finite pixel get NaN and never reach a model
-        inputs = store.read_normalised(t, specs=[card.get("normalisation") for _, card in nets])
+        inputs = cs.read_normalised(t, specs=[card.get("normalisation") for _, card in nets])
         scored = known & ~inputs.bad
         labelled = known[~inputs.bad]  # which of the finite rows (those in inputs) are labelled
         for k, (net, card) in enumerate(nets):
@@ -141,26 +144,26 @@ def evaluate(
         labels.append(lab[known].astype(np.int64))
         params.append(table.loc[known, keep_params].reset_index(drop=True))
     if not labels:
-        raise LensdaskError(f"store {store.url!r} has no labelled rows (every label is -1); nothing to evaluate")
+        raise LensdaskError(f"store {cs.url!r} has no labelled rows (every label is -1); nothing to evaluate")
     y = np.concatenate(labels)
     params = pd.concat(params, ignore_index=True)
-    is_lens = y == store.classes.index("lens")
+    is_lens = y == cs.classes.index("lens")
     results, curves = [], []
     for (_net, card), d, pk in zip(nets, dirs, probs):
         p = np.concatenate(pk)
         lens_col = int(card["lens_class"])
         r = classifier_report(
-            y, p, truth_classes=list(store.classes), model_classes=list(card["classes"]), lens_class=lens_col,
+            y, p, truth_classes=list(cs.classes), model_classes=list(card["classes"]), lens_class=lens_col,
             params=params, threshold=threshold,
         )
-        r.update(n_unlabelled=n_unlabelled, model_id=card.get("model_id"), model=str(d), data=str(store.url))
+        r.update(n_unlabelled=n_unlabelled, model_id=card.get("model_id"), model=str(d), data=str(cs.url))
         results.append((r, p[:, lens_col], p))
     if not many:
         result = results[0][0]
         curves = [(results[0][1], f"AUROC {result['auroc']:.4f}")]
         reports = [result]
         card = nets[0][1]
-        title = f"{card.get('model_id', card['arch'])} on {pathlib.PurePath(str(store.url)).name}"
+        title = f"{card.get('model_id', card['arch'])} on {pathlib.PurePath(str(cs.url)).name}"
     else:
         cards = [c for _, c in nets]
         scores = np.stack([s for _, s, _ in results], axis=1)
@@ -172,18 +175,18 @@ def evaluate(
             classes, lens_col = ["non-lens", "lens"], 1
             p = np.stack([1.0 - ens, ens], axis=1)
         result = classifier_report(
-            y, p, truth_classes=list(store.classes), model_classes=classes, lens_class=lens_col,
+            y, p, truth_classes=list(cs.classes), model_classes=classes, lens_class=lens_col,
             params=params, threshold=threshold,
         )
         ids = [c.get("model_id") for c in cards]
         result.update(
-            n_unlabelled=n_unlabelled, model_id="+".join(ids), model=[str(d) for d in dirs], data=str(store.url),
+            n_unlabelled=n_unlabelled, model_id="+".join(ids), model=[str(d) for d in dirs], data=str(cs.url),
             combine=combine, model_ids=ids, models=[r for r, _, _ in results],
         )
         curves = [(s, f"{r['model_id']} AUROC {r['auroc']:.4f}") for r, s, _ in results]
         curves.append((ens, f"ensemble ({combine}) AUROC {result['auroc']:.4f}"))
         reports = [r for r, _, _ in results] + [result]
-        title = f"{len(ids)} models and their ensemble on {pathlib.PurePath(str(store.url)).name}"
+        title = f"{len(ids)} models and their ensemble on {pathlib.PurePath(str(cs.url)).name}"
     if roc_path is not None:
         fpr_tpr = [roc_curve(is_lens, s)[:2] for s, _ in curves]
         roc_path = pathlib.Path(os.fspath(roc_path))

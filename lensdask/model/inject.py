@@ -20,7 +20,6 @@ import json
 import math
 import os
 import pathlib
-from types import EllipsisType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -184,8 +183,8 @@ def _crop(a: np.ndarray, stamp: int) -> np.ndarray:
 
 
 def inject(
+    cutouts: str | os.PathLike,
     model: str | os.PathLike | None = None,
-    cutouts: str | os.PathLike | EllipsisType = ...,  # ...: not given (refused below)
     *,
     galaxies=None,
     orientations: int | None = None,
@@ -209,12 +208,13 @@ def inject(
 
     Parameters
     ----------
-    model : str, path or None
-        Checkpoint directory; ``None`` uses the default model.
     cutouts : str or path
         Real cutouts: a cutout store, a folder of per-band FITS cubes (e.g.
         ``../shared/data/des_galaxies``) or a ``.npy`` / ``.npz`` file (see
         :func:`read_real_cutouts`). Stamps larger than the model's are cropped around the centre.
+        Named ``cutouts``, not ``store``, because it need not be a store.
+    model : str, path or None
+        Checkpoint directory; ``None`` uses the default model.
     galaxies : str or sequence of int, optional
         Rows to use (:func:`~lensdask.simulate.galaxies.select_rows`: ``"all"``, ``"train"``,
         ``"heldout"``, ``"0:20"``, ``"1,4,7"``); None: all.
@@ -288,6 +288,8 @@ def inject(
         ``negatives``, read again), or the selection is invalid.
     LensdaskError
         No usable cutout, or other bad input.
+    TypeError
+        A model where the cutouts belong (the order before: ``inject(model, cutouts)``).
     """
     from tqdm.auto import tqdm
 
@@ -295,12 +297,11 @@ def inject(
     from ..simulate.inputs import Backgrounds, border_sigma
     from ..simulate.paint import aperture_flux, paint_arcs
     from ..simulate.render import get_renderer
-    from .checkpoint import load_checkpoint, read_card, resolve_model_dir
+    from .checkpoint import load_checkpoint, read_card, refuse_model_as_store, resolve_model_dir
     from .infer import predict_proba, resolve_batch_size, resolve_device
     from .metrics import bin_edges, binary_metrics, completeness_by
 
-    if cutouts is ...:
-        raise TypeError("inject() needs cutouts=, the real cutouts to paint arcs on")
+    refuse_model_as_store(cutouts, "inject(cutouts, model)")
     threshold = float(config.get("search.threshold", threshold))
     orientations = int(config.get("inject.orientations", orientations))
     if not 1 <= orientations <= N_DIHEDRAL:

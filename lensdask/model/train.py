@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .. import config
+from ..deprecation import renamed_keywords
 from ..errors import CheckpointError, LensdaskError
 from ..normalise import normalisation_spec
 from ..simulate.galaxies import training_galaxies
@@ -49,8 +50,9 @@ STATE = "train_state.pt"
 """Training-state file written into the output directory after every epoch."""
 
 
+@renamed_keywords(data="store")
 def train(
-    data: str | os.PathLike,
+    store: str | os.PathLike,
     out: str | os.PathLike,
     *,
     arch: str | None = None,
@@ -75,8 +77,9 @@ def train(
 
     Parameters
     ----------
-    data : str or path
-        Labelled cutout store (path or URL), e.g. from ``lensdask simulate``.
+    store : str or path
+        Labelled cutout store (path or URL), e.g. from ``lensdask simulate``. (``data=`` is its
+        deprecated old name.)
         Its ``classes`` are the model's classes: ``lens`` plus any number of
         false-positive classes (rings, spirals, mergers, artefacts...). Rows with
         label -1 (unknown) or non-finite pixels are skipped.
@@ -147,7 +150,7 @@ def train(
     if s.num_threads > 0:
         torch.set_num_threads(s.num_threads)
     out = pathlib.Path(os.fspath(out))
-    d = _open_data(data, s)
+    d = _open_data(store, s)
     net = _build_model(d, s, dev, resume)
     run = _Run(s, dev, d, net, _build_optimiser(net.model, d.rows, s, dev), out / STATE, progress)
     fingerprint = _resume_settings(run)
