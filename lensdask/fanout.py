@@ -250,7 +250,7 @@ def _run_on_client(client, jobs, key_prefix, retries, resources, finished, faile
     """Submit every job to ``client`` and hand each outcome to ``finished(tile, value)`` or ``failed(row)``."""
     import time
 
-    from distributed import wait
+    from distributed.client import _wait
 
     limits = _memory_limits(client)
     grace = _no_worker_grace(client)
@@ -265,7 +265,9 @@ def _run_on_client(client, jobs, key_prefix, retries, resources, finished, faile
         alone_since = None  # when the cluster was last seen without a worker
         while pending:
             try:
-                done, pending = wait(pending, timeout=2.0, return_when="FIRST_COMPLETED")
+                # distributed.wait would ask for the default client: ``client`` may not be it (a notebook
+                # holding several), or there may be none
+                done, pending = client.sync(_wait, pending, timeout=2.0, return_when="FIRST_COMPLETED")
             except TimeoutError:  # nothing finished in 2 s: look at the workers
                 done = set()
             for fut in done:

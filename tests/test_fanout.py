@@ -143,3 +143,15 @@ def test_an_interrupt_cancels_the_tiles_still_running(client):
             break
         time.sleep(0.2)
     assert not keys, f"still scheduled after the interrupt: {keys}"
+
+
+def test_a_client_that_is_not_the_default_runs_the_tiles(monkeypatch):
+    """A notebook may hold several clients, none of them the default: the one given is used."""
+    import distributed.client
+    from distributed import Client, LocalCluster
+
+    monkeypatch.setattr(distributed.client, "_get_global_client", lambda: None)  # no default client at all
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        results, failures = run_tiles(_jobs(_fail_on_three), client=client, progress=False)
+    assert results == {"t0": 0, "t1": 1, "t2": 4, "t4": 16} and [f["tile"] for f in failures] == ["t3"]
