@@ -102,6 +102,14 @@ def _is_local(url: str) -> bool:
     return "://" not in url
 
 
+def absolute_url(url: str | os.PathLike) -> str:
+    """A store location that means the same from any working directory: a URL (``scheme://...``) as it is,
+    a local path made absolute. Dask workers may start elsewhere, so a store is named this way before it is
+    handed to them."""
+    url = os.fspath(url)
+    return url if "://" in url else os.path.abspath(url)
+
+
 def provenance(command: str | None = None, **extra) -> dict:
     """Provenance attributes for a new store or model card.
 

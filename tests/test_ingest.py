@@ -9,7 +9,8 @@ from lensdask.cli import main
 from lensdask.errors import LensdaskError
 from lensdask.store import FLAG_EDGE, FLAG_MASKED, TileData, open_store
 from lensdask.survey import cut_stamps, ingest
-from lensdask.survey.ingest import _read_fits_image, _wcs
+from lensdask.survey.ingest import read_fits_image
+from lensdask.survey.planes import wcs_of
 
 # one exposure per band of the same patch of sky (legacypipe testcase3), each with its own WCS
 DECAM = {
@@ -34,9 +35,9 @@ def _decam(shared_data, kind="ooi"):
 
 def _catalog(files):
     """Objects at chosen pixels of the g image (converted to the sky with its WCS), one near the edge."""
-    data, header = _read_fits_image(files["DECAM-N11"]["g"])
+    data, header = read_fits_image(files["DECAM-N11"]["g"])
     px = np.array([[20.0, 25.0], [12.3, 30.6], [27.7, 19.2], [20.0, 40.4], [2.0, 3.0]])
-    ra, dec = _wcs(header).celestial.all_pix2world(px[:, 0], px[:, 1], 0)
+    ra, dec = wcs_of(header).all_pix2world(px[:, 0], px[:, 1], 0)
     return pd.DataFrame({"COADD_OBJECT_ID": np.arange(100, 105), "RA": ra, "DEC": dec})
 
 
@@ -55,8 +56,8 @@ def test_decam_objects_land_on_the_right_pixel_in_every_band(tmp_path, shared_da
     np.testing.assert_allclose(tile.table["ra"], cat["RA"])
     h = STAMP // 2
     for k, band in enumerate(["g", "r", "z"]):
-        data, header = _read_fits_image(files["DECAM-N11"][band])
-        x, y = _wcs(header).celestial.all_world2pix(cat["RA"], cat["DEC"], 0)
+        data, header = read_fits_image(files["DECAM-N11"][band])
+        x, y = wcs_of(header).all_world2pix(cat["RA"], cat["DEC"], 0)
         for i in range(4):  # interior objects: the stamp is the image around the WCS pixel
             cx, cy = int(np.floor(x[i] + 0.5)), int(np.floor(y[i] + 0.5))
             np.testing.assert_array_equal(tile.images[i, k], data[cy - h : cy + h + 1, cx - h : cx + h + 1])
@@ -66,8 +67,8 @@ def test_decam_objects_land_on_the_right_pixel_in_every_band(tmp_path, shared_da
 
 
 def _y_pixel(path, table):
-    _, header = _read_fits_image(path)
-    return _wcs(header).celestial.all_world2pix(table["ra"], table["dec"], 0)[1]
+    _, header = read_fits_image(path)
+    return wcs_of(header).all_world2pix(table["ra"], table["dec"], 0)[1]
 
 
 def test_decam_pixel_scale_mismatch_is_refused(tmp_path, shared_data):

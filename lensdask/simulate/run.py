@@ -20,7 +20,7 @@ import pandas as pd
 from .. import config
 from ..errors import LensdaskError
 from ..fanout import FAILURE_COLUMNS, run_tiles, write_failures
-from ..store import CutoutStore, create_store, open_store
+from ..store import CutoutStore, absolute_url, create_store, open_store
 from ..store import provenance as make_provenance
 from .conditions import check_source
 from .constraints import Constraints, RejectionStats, sample_lens
@@ -351,10 +351,6 @@ class _RowMaker:
 # -- Dask wiring ---------------------------------------------------------------------------
 
 
-def _absolute(url: str) -> str:
-    return url if "://" in url else os.path.abspath(url)
-
-
 def compute_partitions(bag, client=None, progress: bool = True) -> list:
     """Compute a dask bag, one task per partition, and return its items in order.
 
@@ -574,7 +570,7 @@ def simulate(
     n = int(n)
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    url = _absolute(os.fspath(out))
+    url = absolute_url(out)
     size = int(config.get("simulate.partition_size", partition_size))
     n_tiles = math.ceil(n / size)
     sim_kwargs = resolve_sim_kwargs(lens_fraction, constraints, max_draws, sources=sources,

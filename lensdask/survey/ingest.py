@@ -120,8 +120,15 @@ def cut_stamps(
 
 
 # -- readers ---------------------------------------------------------------------------
-def _read_fits_image(path, hdu=None):
-    """(data, header) of the first HDU with a 2-D (or given) image."""
+def read_fits_image(path, hdu=None):
+    """``(data, header)`` of a FITS file's first HDU holding an image of 2 or more axes, or of ``hdu`` (an index
+    or name); pixels read into memory, the header a copy.
+
+    Raises
+    ------
+    LensdaskError
+        The file has no image HDU.
+    """
     from astropy.io import fits
 
     with fits.open(os.fspath(path), memmap=False) as hdul:
@@ -146,16 +153,6 @@ def read_image_header(path, hdu=None):
             if h.header.get("NAXIS", 0) >= 2:
                 return h.header.copy()
     raise LensdaskError(f"{path}: no image HDU")
-
-
-def _wcs(header):
-    import warnings
-
-    from astropy.wcs import WCS, FITSFixedWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        return WCS(header)
 
 
 def read_table(source) -> pd.DataFrame:
@@ -493,7 +490,7 @@ def load_cutouts(cubes=None, arrays=None, bands=None, hdu=None) -> tuple[np.ndar
         missing = [b for b in bands if b not in paths or not os.path.exists(paths[b])]
         if missing:
             raise LensdaskError(f"no cube for bands {missing} ({paths})")
-        planes = [np.asarray(_read_fits_image(paths[b], hdu)[0], dtype=np.float32) for b in bands]
+        planes = [np.asarray(read_fits_image(paths[b], hdu)[0], dtype=np.float32) for b in bands]
         if len({p.shape for p in planes}) != 1 or planes[0].ndim != 3:
             raise LensdaskError(f"band cubes must all be (n, H, W) of one shape, got {[p.shape for p in planes]}")
         return np.stack(planes, axis=1), None

@@ -22,7 +22,6 @@ from ..simulate.lookalikes import render_lookalike
 from ..simulate.render import get_renderer, renderer_config
 from ..simulate.run import (
     CLASSES,
-    _absolute,
     check_lookalikes,
     compute_partitions,
     resolve_sim_kwargs,
@@ -30,7 +29,7 @@ from ..simulate.run import (
     row_scene,
     simulate_rows,
 )
-from ..store import CutoutStore, create_store, open_store
+from ..store import CutoutStore, absolute_url, create_store, open_store
 from ..store import provenance as make_provenance
 
 TILE_SIZE = 0.7306
@@ -234,7 +233,7 @@ def mock_survey(
         raise ValueError(f"tiles and per_tile must be at least 1, got {n_tiles} and {per_tile}")
     ra_range = config.get("mock_survey.ra_range")
     dec_range = config.get("mock_survey.dec_range")
-    url = _absolute(os.fspath(out))
+    url = absolute_url(out)
     truth_path = os.fspath(truth) if truth is not None else default_truth_path(url)
     if os.path.exists(truth_path) and not overwrite:
         raise FileExistsError(f"{truth_path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
