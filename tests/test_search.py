@@ -297,3 +297,15 @@ def test_search_on_a_client_that_is_not_the_default(tmp_path, random_model, monk
                         crossmatch=False, report=True)
     assert result.summary["rows"] == 73 and result.summary["tiles_failed"] == []
     assert (tmp_path / "run" / "dask-report.html").stat().st_size > 0
+
+
+def test_the_old_store_keyword_still_works_with_a_warning(tmp_path, random_model):
+    _survey(tmp_path / "s.zarr", per_tile=(5, 0, 0, 0))
+    with pytest.warns(DeprecationWarning, match="use store="):
+        old = search(zarr=tmp_path / "s.zarr", model=random_model, out=tmp_path / "old", progress=False,
+                     client=None, crossmatch=False)
+    new = search(store=tmp_path / "s.zarr", model=random_model, out=tmp_path / "new", progress=False, client=None,
+                 crossmatch=False)
+    pd.testing.assert_frame_equal(old.scores(), new.scores())
+    with pytest.raises(TypeError, match="'store' twice"):
+        search(tmp_path / "s.zarr", zarr=tmp_path / "s.zarr", out=tmp_path / "both", progress=False)

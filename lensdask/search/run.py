@@ -6,13 +6,14 @@ and reading it back) is :mod:`lensdask.rundir`'s.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import queue
 import threading
 import time
-import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +22,9 @@ import pandas as pd
 from .. import config
 from ..checks import fraction
 from ..cluster import current_client
+from ..deprecation import renamed_keywords
 from ..errors import LensdaskError
+from ..fanout import FAILURE_COLUMNS, run_tiles
 from ..model.ensemble import COMBINE, check_models
 from ..model.infer import PRECISIONS, resolve_batch_size, stage_inputs
 from ..rundir import (
@@ -36,7 +39,7 @@ from ..rundir import (
     read_scores,
     tile_done,
 )
-from ..store import open_store
+from ..store import CutoutStore, open_store
 from .score import batch_inputs, held_specs, score_models
 from .worker import get_model
 
@@ -276,8 +279,332 @@ def _gpu_workers(client) -> bool:
     return any("GPU" in (w.get("resources") or {}) for w in workers)
 
 
+@dataclass
+class _Settings:
+    """A search's settings, resolved from its arguments and the configuration, and its inputs, checked.
+
+    Attributes
+    ----------
+    store_path : str
+        The store as the tile tasks open it (absolute when local).
+    store : lensdask.store.CutoutStore
+    main : list of (pathlib.Path, dict)
+        The main models' directories and cards (one, or an ensemble).
+    pre : (pathlib.Path, dict, float) or None
+        The prefilter's directory, card and keep fraction.
+    run_dir : pathlib.Path
+    threshold, floor : float
+    batch_size : int, str or None
+    device, precision, combine : str
+    report : bool
+    retries : int
+    prefilter_threshold : float or None
+    audit : pandas.DataFrame or None
+        ``tile, object_id`` of a truth table's lenses (:func:`truth_lens_ids`).
+    signature : str
+        :func:`run_signature` of the run; resuming skips only tiles finished with it.
+    """
+
+    store_path: str
+    store: CutoutStore
+    main: list[tuple[pathlib.Path, dict]]
+    pre: tuple | None
+    run_dir: pathlib.Path
+    threshold: float
+    floor: float
+    batch_size: int | str | None
+    device: str
+    precision: str
+    combine: str
+    report: bool
+    retries: int
+    prefilter_threshold: float | None
+    audit: pd.DataFrame | None
+    signature: str
+
+    @property
+    def ids(self) -> list[str]:
+        """The main models' ids."""
+        return [c["model_id"] for _, c in self.main]
+
+    def tile_job(self, tile: int, name: str) -> tuple[str, Callable, tuple, dict]:
+        """The ``(name, search_tile, args, kwargs)`` of one tile, for :func:`lensdask.fanout.run_tiles`."""
+        kwargs: dict = dict(device=self.device, batch_size=self.batch_size, floor=self.floor,
+                            precision=self.precision, combine=self.combine)
+        if self.pre is not None:
+            kwargs.update(prefilter=(str(self.pre[0]), self.pre[1]["sha256"], self.pre[2]),
+                          prefilter_threshold=self.prefilter_threshold)
+        if self.audit is not None:
+            rows = self.audit if self.audit["tile"].isna().all() else self.audit[self.audit["tile"] == name]
+            kwargs["audit_ids"] = rows["object_id"].to_numpy(np.int64)
+        if len(self.main) == 1:
+            models: tuple = (str(self.main[0][0]), self.main[0][1]["sha256"])
+        else:
+            models = ([str(d) for d, _ in self.main], [c["sha256"] for _, c in self.main])
+        return name, search_tile, (self.store_path, tile, *models, str(self.run_dir.resolve())), kwargs
+
+
+def _resolve_settings(store, model, out, *, threshold, floor, batch_size, device, precision, report, retries,
+                      combine, prefilter, prefilter_threshold, truth) -> _Settings:
+    """Resolve :func:`search`'s settings from its arguments and the configuration, and check its inputs.
+
+    Everything that would fail in every tile task fails here instead, before any task: a bad
+    setting, a missing store, models that disagree with it or each other, an unreadable truth
+    table, a run directory that cannot be written.
+
+    Parameters
+    ----------
+    store, model, out, threshold, floor, batch_size, device, precision, report, retries, combine, prefilter, \
+prefilter_threshold, truth
+        As given to :func:`search`.
+
+    Returns
+    -------
+    _Settings
+
+    Raises
+    ------
+    LensdaskError
+        The first problem found.
+    """
+    threshold = fraction(config.get("search.threshold", threshold), "threshold")
+    floor = fraction(config.get("search.floor", floor), "floor")
+    batch_size = config.get("search.batch_size", batch_size)
+    resolve_batch_size(batch_size, "cpu")  # a bad value fails here, not in every tile task
+    device = str(config.get("search.device", device))
+    precision = str(config.get("search.precision", precision))
+    if precision not in PRECISIONS:
+        raise LensdaskError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    report = bool(config.get("search.performance_report", report))
+    retries = int(config.get("search.retries", retries))
+    combine = str(config.get("search.ensemble.combine", combine))
+    if combine not in COMBINE:
+        raise LensdaskError(f"unknown ensemble combination {combine!r}; use one of {', '.join(COMBINE)}")
+    if prefilter is not None:
+        prefilter_threshold = fraction(config.get("search.prefilter.threshold", prefilter_threshold),
+                                       "prefilter threshold")
+    elif truth is not None:
+        raise LensdaskError("a truth table audits a cascade: give it with prefilter=(MODEL, FRACTION)")
+    path = os.fspath(store)
+    opened = open_store(path)
+    main, pre = check_models(opened, model, prefilter)
+    audit = truth_lens_ids(truth) if truth is not None else None
+    signature = run_signature([c["model_id"] for _, c in main], combine,
+                              None if pre is None else (pre[1]["model_id"], pre[2], prefilter_threshold),
+                              audit=audit is not None)
+    run_dir = pathlib.Path(out)
+    check_writable(run_dir / TILES_DIR)  # a read-only or full disk is refused before any tile task
+    return _Settings(
+        store_path=path if "://" in path else os.path.abspath(path), store=opened, main=main, pre=pre,
+        run_dir=run_dir, threshold=threshold, floor=floor, batch_size=batch_size, device=device,
+        precision=precision, combine=combine, report=report, retries=retries,
+        prefilter_threshold=prefilter_threshold, audit=audit, signature=signature,
+    )
+
+
+@dataclass
+class _TilePlan:
+    """Which tiles of the store a search runs.
+
+    Attributes
+    ----------
+    names : list of str
+        Every tile's name, by index.
+    todo : list of int
+        Written tiles to search now.
+    skipped : list of int
+        Written tiles finished before (``resume``) with the same signature and floor.
+    unwritten : list of str
+        Tiles the store holds no cutouts for (never searched).
+    """
+
+    names: list[str]
+    todo: list[int]
+    skipped: list[int]
+    unwritten: list[str]
+
+
+def _plan_tiles(s: _Settings, resume: bool) -> _TilePlan:
+    """Remove what an interrupted run left half-written, and sort the store's tiles into done and to do.
+
+    Parameters
+    ----------
+    s : _Settings
+    resume : bool
+        Skip tiles already finished in the run directory with ``s.signature`` and ``s.floor``.
+
+    Returns
+    -------
+    _TilePlan
+    """
+    clean_run_dir(s.run_dir)
+    names = s.store.tiles
+    written = s.store.written_tiles()
+    todo, skipped = [], []
+    for t in written:
+        done = tile_done(s.run_dir, names[t]) if resume else None
+        if done is not None and done.get("model_id") == s.signature and done.get("floor") == s.floor:
+            skipped.append(t)
+        else:
+            todo.append(t)
+    unwritten = sorted(set(names) - {names[t] for t in written})
+    return _TilePlan(names, todo, skipped, unwritten)
+
+
+def _run_plan(s: _Settings, plan: _TilePlan, client, progress: bool) -> tuple[list[dict], float]:
+    """Run one :func:`search_tile` task per tile to do (:func:`lensdask.fanout.run_tiles`).
+
+    On ``client``: the tasks need a GPU when a worker has one, and the Dask performance report
+    is written when ``s.report``; without a client the tiles run here, one after another, and a
+    :class:`LensdaskError` (bad input) stops the search. Any other failure of a tile (its task
+    raised, its worker died, it was cancelled) becomes a row of the failures table while the
+    others complete. On ``KeyboardInterrupt`` the pending tasks are cancelled, half-written files
+    are removed and the interrupt is re-raised.
+
+    Parameters
+    ----------
+    s : _Settings
+    plan : _TilePlan
+    client : distributed.Client or None
+    progress : bool
+        Show a progress bar over the tiles to do.
+
+    Returns
+    -------
+    failures : list of dict
+        ``{"tile", "error", "traceback"}`` per failed tile, in tile order.
+    seconds : float
+        Wall time of the tasks.
+    """
+    jobs = [s.tile_job(t, plan.names[t]) for t in plan.todo]
+    t0 = time.perf_counter()
+    try:
+        with contextlib.ExitStack() as stack:
+            resources = None
+            if client is not None:
+                from distributed import performance_report
+
+                resources = {"GPU": 1} if _gpu_workers(client) else None
+                # as_current: the report (and anything else asking for "the" client) uses this one, even
+                # when it is not the process's default client
+                stack.enter_context(client.as_current())
+                if s.report:
+                    stack.enter_context(performance_report(filename=str(s.run_dir / REPORT)))
+            _, failures = run_tiles(jobs, client=client, progress=progress, desc="tiles", key_prefix="search-tile",
+                                    retries=s.retries, resources=resources, raise_in_process=(LensdaskError,))
+    except KeyboardInterrupt:
+        # Ctrl-C: run_tiles cancelled the pending tiles; what is finished stays, nothing half-written does.
+        clean_run_dir(s.run_dir)
+        raise
+    elapsed = time.perf_counter() - t0
+    clean_run_dir(s.run_dir)  # leftovers of workers killed mid-write (their tiles were redone)
+    return failures, elapsed
+
+
+def _merge_and_summarise(s: _Settings, plan: _TilePlan, failures: list[dict], elapsed: float,
+                         report_written: bool, crossmatch, radius, catalog, export) -> SearchResult:
+    """Merge the finished tiles into the candidates, write the failures table and the summary.
+
+    Parameters
+    ----------
+    s : _Settings
+    plan : _TilePlan
+    failures : list of dict
+        What :func:`_run_plan` returned.
+    elapsed : float
+        Seconds the tiles took.
+    report_written : bool
+        Whether the run wrote the Dask performance report.
+    crossmatch, radius, catalog, export
+        As given to :func:`search` (see :func:`lensdask.rundir.merge`).
+
+    Returns
+    -------
+    SearchResult
+    """
+    finished = [plan.names[t] for t in plan.todo + plan.skipped if tile_done(s.run_dir, plan.names[t]) is not None]
+    cand = merge(s.run_dir, s.threshold, tiles=finished, crossmatch=crossmatch, radius=radius, catalog=catalog,
+                 export=export)
+    stats = [tile_done(s.run_dir, n) for n in finished]
+    failures_df = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
+    if failures:
+        failures_df.to_parquet(s.run_dir / FAILURES, index=False)
+    elif (s.run_dir / FAILURES).exists():
+        (s.run_dir / FAILURES).unlink()
+    summary = _summary(s, plan, failures, finished, stats, cand, elapsed, report_written)
+    (s.run_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
+    return SearchResult(s.run_dir, cand, summary, failures_df)
+
+
+def _summary(s: _Settings, plan: _TilePlan, failures: list[dict], finished: list[str], stats: list,
+             cand: pd.DataFrame, elapsed: float, report_written: bool) -> dict:
+    """The ``summary.json`` of a search: its settings, tile and row counts, timings, cascade and audit.
+
+    Parameters
+    ----------
+    s : _Settings
+    plan : _TilePlan
+    failures : list of dict
+    finished : list of str
+        Tiles finished (this run or resumed).
+    stats : list of dict
+        Their per-tile statistics.
+    cand : pandas.DataFrame
+        The merged candidates.
+    elapsed : float
+        Seconds the tiles took.
+    report_written : bool
+        Whether the Dask performance report was written.
+
+    Returns
+    -------
+    dict
+    """
+    one = len(s.main) == 1
+    pre = s.pre
+    todo_rows = sum(s.store.counts[t] for t in plan.todo)
+    return {
+        "store": s.store_path,
+        "model": str(s.main[0][0]) if one else [str(d) for d, _ in s.main],
+        "model_id": s.main[0][1]["model_id"] if one else "+".join(s.ids),
+        "models": s.ids,
+        "combine": None if one else s.combine,
+        "threshold": s.threshold,
+        "floor": s.floor,
+        "precision": s.precision,
+        "tiles_total": s.store.n_tiles,
+        "tiles_searched": len(finished),
+        "tiles_resumed": len(plan.skipped),
+        "tiles_failed": [f["tile"] for f in failures],
+        "tiles_unwritten": plan.unwritten,
+        "rows_scored": sum(st["scored"] for st in stats),
+        "rows_nan": sum(st["nan_rows"] for st in stats),
+        "rows_masked": sum(st.get("masked_rows", 0) for st in stats),
+        "rows_edge": sum(st.get("edge_rows", 0) for st in stats),
+        "rows": sum(st["rows"] for st in stats),
+        "candidates": len(cand),
+        "known_lenses": cand.attrs.get("known_lenses"),
+        "seconds": round(elapsed, 2),
+        "cutouts_per_second": round(todo_rows / elapsed, 1) if plan.todo and elapsed > 0 else None,
+        "performance_report": str(s.run_dir / REPORT) if report_written else None,
+        # cutouts each stage saw: every finite cutout reaches the prefilter, only those it passes the main models
+        "stages": {
+            "prefilter": sum(st.get("prefilter", {}).get("scored", 0) for st in stats) if pre is not None else None,
+            "main": sum(st.get("main_scored", st["scored"]) for st in stats),
+        },
+        "prefilter": None if pre is None else {
+            "model": str(pre[0]), "model_id": pre[1]["model_id"], "keep_fraction": pre[2],
+            "threshold": s.prefilter_threshold,
+            "passed_by_threshold_only": sum(st.get("prefilter", {}).get("passed_by_threshold_only", 0)
+                                            for st in stats),
+        },
+        "audit": None if s.audit is None else audit_summary(read_scores(s.run_dir, finished), s.threshold),
+    }
+
+
+@renamed_keywords(zarr="store")
 def search(
-    zarr: str | os.PathLike,
+    store: str | os.PathLike,
     model: str | os.PathLike | list | None = None,
     out: str | os.PathLike = "lensdask-run",
     *,
@@ -314,8 +641,8 @@ def search(
 
     Parameters
     ----------
-    zarr : str or path
-        Survey cutout store.
+    store : str or path
+        Survey cutout store (formerly ``zarr=``: that keyword still works, with a ``DeprecationWarning``).
     model : str, path, or list of them, optional
         Checkpoint directory; the shipped default model when omitted. A list is an
         ensemble: every model scores every tile (read once) and ``score`` combines them.
@@ -370,167 +697,13 @@ def search(
     -------
     SearchResult
     """
-    import contextlib
-
-    from tqdm.auto import tqdm
-
-    threshold = fraction(config.get("search.threshold", threshold), "threshold")
-    floor = fraction(config.get("search.floor", floor), "floor")
-    batch_size = config.get("search.batch_size", batch_size)
-    resolve_batch_size(batch_size, "cpu")  # a bad value fails here, not in every tile task
-    device = str(config.get("search.device", device))
-    precision = str(config.get("search.precision", precision))
-    if precision not in PRECISIONS:
-        raise LensdaskError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    report = bool(config.get("search.performance_report", report))
-    retries = int(config.get("search.retries", retries))
-    combine = str(config.get("search.ensemble.combine", combine))
-    if combine not in COMBINE:
-        raise LensdaskError(f"unknown ensemble combination {combine!r}; use one of {', '.join(COMBINE)}")
-    if prefilter is not None:
-        prefilter_threshold = fraction(config.get("search.prefilter.threshold", prefilter_threshold),
-                                       "prefilter threshold")
-    elif truth is not None:
-        raise LensdaskError("a truth table audits a cascade: give it with prefilter=(MODEL, FRACTION)")
-    zarr = os.fspath(zarr)
-    store = open_store(zarr)
-    main, pre = check_models(store, model, prefilter)
-    model_dir, card = main[0]
-    ids = [c["model_id"] for _, c in main]
-    audit = truth_lens_ids(truth) if truth is not None else None
-    signature = run_signature(ids, combine, None if pre is None else (pre[1]["model_id"], pre[2], prefilter_threshold),
-                              audit=audit is not None)
-    run_dir = pathlib.Path(out)
-    check_writable(run_dir / TILES_DIR)  # a read-only or full disk is refused before any tile task
-    clean_run_dir(run_dir)
-    if "://" not in zarr:
-        zarr = os.path.abspath(zarr)
-
-    names = store.tiles
-    written = store.written_tiles()
-    todo, skipped = [], []
-    for t in written:
-        done = tile_done(run_dir, names[t]) if resume else None
-        if done is not None and done.get("model_id") == signature and done.get("floor") == floor:
-            skipped.append(t)
-        else:
-            todo.append(t)
-    unwritten = sorted(set(names) - {names[t] for t in written})
-
-    kwargs = dict(device=device, batch_size=batch_size, floor=floor, precision=precision, combine=combine)
-    if pre is not None:
-        kwargs.update(prefilter=(str(pre[0]), pre[1]["sha256"], pre[2]), prefilter_threshold=prefilter_threshold)
-    if len(main) == 1:
-        args = (str(model_dir), card["sha256"], str(run_dir.resolve()))
-    else:
-        args = ([str(d) for d, _ in main], [c["sha256"] for _, c in main], str(run_dir.resolve()))
-
-    def tile_kwargs(t):
-        if audit is None:
-            return kwargs
-        rows = audit if audit["tile"].isna().all() else audit[audit["tile"] == names[t]]
-        return dict(kwargs, audit_ids=rows["object_id"].to_numpy(np.int64))
-
-    failures: list[dict] = []
-    t0 = time.perf_counter()
+    s = _resolve_settings(
+        store, model, out, threshold=threshold, floor=floor, batch_size=batch_size,
+        device=device, precision=precision, report=report, retries=retries, combine=combine, prefilter=prefilter,
+        prefilter_threshold=prefilter_threshold, truth=truth,
+    )
+    plan = _plan_tiles(s, resume)
     client = client if client is not None else current_client()
-    bar = tqdm(total=len(todo), desc="tiles", unit="tile", disable=not progress)
-    futures: dict = {}
-    try:
-        if client is None:
-            for t in todo:
-                try:
-                    search_tile(zarr, t, *args, **tile_kwargs(t))
-                except LensdaskError:
-                    raise
-                except Exception as exc:  # a corrupt tile must not stop the others
-                    failures.append(
-                        {"tile": names[t], "error": f"{type(exc).__name__}: {exc}",
-                         "traceback": traceback.format_exc()[-2000:]}
-                    )
-                bar.update()
-        else:
-            from distributed import as_completed, performance_report
-
-            resources = {"GPU": 1} if _gpu_workers(client) else None
-            ctx = performance_report(filename=str(run_dir / REPORT)) if report else contextlib.nullcontext()
-            # as_current: the report (and anything else asking for "the" client) uses this one, even
-            # when it is not the process's default client
-            with client.as_current(), ctx:
-                futures = {
-                    client.submit(
-                        search_tile, zarr, t, *args, **tile_kwargs(t),
-                        key=f"search-tile-{names[t]}-{ids[0]}-{time.time_ns()}",
-                        pure=False, retries=retries, resources=resources,
-                    ): t
-                    for t in todo
-                }
-                for fut in as_completed(futures, loop=client.loop):
-                    t = futures[fut]
-                    if fut.status == "error":
-                        exc = fut.exception()
-                        tb = "".join(traceback.format_tb(fut.traceback()))[-2000:]
-                        failures.append({"tile": names[t], "error": f"{type(exc).__name__}: {exc}", "traceback": tb})
-                    elif fut.status == "cancelled":
-                        failures.append({"tile": names[t], "error": "cancelled (worker lost or task cancelled)",
-                                         "traceback": ""})
-                    bar.update()
-    except KeyboardInterrupt:
-        # Ctrl-C: stop handing out tiles; what is finished stays, nothing half-written does.
-        if futures:
-            client.cancel(list(futures), force=True)
-        bar.close()
-        clean_run_dir(run_dir)
-        raise
-    bar.close()
-    elapsed = time.perf_counter() - t0
-    clean_run_dir(run_dir)  # leftovers of workers killed mid-write (their tiles were redone)
-
-    finished = [names[t] for t in todo + skipped if tile_done(run_dir, names[t]) is not None]
-    cand = merge(run_dir, threshold, tiles=finished, crossmatch=crossmatch, radius=radius, catalog=catalog,
-                 export=export)
-    stats = [tile_done(run_dir, n) for n in finished]
-    failures_df = pd.DataFrame(failures, columns=["tile", "error", "traceback"])
-    if failures:
-        failures_df.to_parquet(run_dir / FAILURES, index=False)
-    elif (run_dir / FAILURES).exists():
-        (run_dir / FAILURES).unlink()
-    rows = sum(s["rows"] for s in stats)
-    summary = {
-        "store": zarr,
-        "model": str(model_dir) if len(main) == 1 else [str(d) for d, _ in main],
-        "model_id": card["model_id"] if len(main) == 1 else "+".join(ids),
-        "models": ids,
-        "combine": combine if len(main) > 1 else None,
-        "threshold": threshold,
-        "floor": floor,
-        "precision": precision,
-        "tiles_total": store.n_tiles,
-        "tiles_searched": len(finished),
-        "tiles_resumed": len(skipped),
-        "tiles_failed": [f["tile"] for f in failures],
-        "tiles_unwritten": unwritten,
-        "rows_scored": sum(s["scored"] for s in stats),
-        "rows_nan": sum(s["nan_rows"] for s in stats),
-        "rows_masked": sum(s.get("masked_rows", 0) for s in stats),
-        "rows_edge": sum(s.get("edge_rows", 0) for s in stats),
-        "rows": rows,
-        "candidates": len(cand),
-        "known_lenses": cand.attrs.get("known_lenses"),
-        "seconds": round(elapsed, 2),
-        "cutouts_per_second": round(sum(store.counts[t] for t in todo) / elapsed, 1) if todo and elapsed > 0 else None,
-        "performance_report": str(run_dir / REPORT) if report and client is not None else None,
-        # cutouts each stage saw: every finite cutout reaches the prefilter, only those it passes the main models
-        "stages": {
-            "prefilter": sum(s.get("prefilter", {}).get("scored", 0) for s in stats) if pre is not None else None,
-            "main": sum(s.get("main_scored", s["scored"]) for s in stats),
-        },
-        "prefilter": None if pre is None else {
-            "model": str(pre[0]), "model_id": pre[1]["model_id"], "keep_fraction": pre[2],
-            "threshold": prefilter_threshold,
-            "passed_by_threshold_only": sum(s.get("prefilter", {}).get("passed_by_threshold_only", 0) for s in stats),
-        },
-        "audit": None if audit is None else audit_summary(read_scores(run_dir, finished), threshold),
-    }
-    (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
-    return SearchResult(run_dir, cand, summary, failures_df)
+    failures, elapsed = _run_plan(s, plan, client, progress)
+    return _merge_and_summarise(s, plan, failures, elapsed, s.report and client is not None,
+                                crossmatch, radius, catalog, export)
