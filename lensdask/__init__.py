@@ -13,11 +13,11 @@ a store parameter is called ``store``)::
                                         (model=[a, b]: an ensemble; prefilter=(m, 0.1): a cascade)
     demo(out)                           mock survey -> search -> scored against the truth
     create_store / open_store           the Zarr v3 cutout store
-    store_info(zarr) / convert(src, dst) describe a store (`lensdask info`); rewrite one (`lensdask convert`)
+    store_info(store) / convert(src, dst) describe a store (`lensdask info`); rewrite one (`lensdask convert`)
     cluster_client(spec)                a Dask client for 'local', 'slurm', 'htcondor' or 'tcp://...'
-    gallery(run_dir)                    offline HTML gallery of the best candidates (`lensdask review`)
+    gallery_html(run_dir)               offline HTML gallery of the best candidates (`lensdask review`)
     add_labels / read_labels            the append-only labels table (`lensdask label`)
-    trainset_add(labels, zarr, to)      labelled survey cutouts -> training store (`lensdask trainset add`)
+    trainset_add(labels, store, train_store) labelled survey cutouts -> training store (`lensdask trainset add`)
     export_zooniverse(run_dir, out)     subject images + Panoptes manifest
     swap(votes, gold)                   Space Warps aggregation of volunteer votes
 """
@@ -29,7 +29,8 @@ from ._version import __version__  # noqa: E402
 from .cluster import cluster_client  # noqa: E402
 from .demo import demo  # noqa: E402
 from .model import evaluate, inject, train  # noqa: E402
-from .review import add_labels, export_zooniverse, gallery, read_labels, swap, trainset_add  # noqa: E402
+from .review import add_labels, export_zooniverse, gallery_html, read_labels, swap, trainset_add  # noqa: E402
+from .review import gallery as gallery  # noqa: E402  (the deprecated name of gallery_html; not in __all__)
 from .search import SearchResult, merge, search, search_tile  # noqa: E402
 from .simulate import simulate  # noqa: E402
 from .store import CutoutStore, create_store, open_store  # noqa: E402
@@ -41,7 +42,7 @@ __all__ = [
     "SearchResult",
     "add_labels",
     "export_zooniverse",
-    "gallery",
+    "gallery_html",
     "read_labels",
     "swap",
     "trainset_add",

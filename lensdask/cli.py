@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from . import checks as _checks
@@ -40,7 +41,7 @@ class _arg:
 
     @staticmethod
     def cluster_or_none(text):
-        return text if text == "none" else _ClusterSpec(_arg.cluster(text))
+        return text if text == "none" else _arg.cluster(text)
 
     @staticmethod
     def quantise_step(text):
@@ -65,51 +66,48 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-class _ClusterSpec(str):
-    """The --cluster value, carrying --jobs and --adapt so every command hands one value to _with_client."""
+@dataclass(frozen=True)
+class _ClusterChoice:
+    """Where a fan-out command's tasks run: its --cluster SPEC, --jobs N and --adapt MIN:MAX, read together."""
 
+    spec: str = "local"
     jobs: int | None = None
     adapt: str | None = None
 
-
-class _ClusterOption(argparse.Action):
-    # --cluster, --jobs and --adapt each rebuild args.cluster, so their order on the command line is free.
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        spec = _ClusterSpec(str(getattr(namespace, "cluster", None) or "local"))
-        spec.jobs = getattr(namespace, "jobs", None)
-        spec.adapt = getattr(namespace, "adapt", None)
-        namespace.cluster = spec
+    @classmethod
+    def of(cls, a: argparse.Namespace) -> _ClusterChoice:
+        return cls(str(a.cluster or "local"), getattr(a, "jobs", None), getattr(a, "adapt", None))
 
 
 def _cluster_arg(p: argparse.ArgumentParser) -> None:
     """--cluster SPEC, --jobs N, --adapt MIN:MAX: the options of every command that fans out."""
     g = p.add_argument_group("where tasks run")
     g.add_argument(
-        "--cluster", default=_ClusterSpec("local"), metavar="SPEC", action=_ClusterOption, type=_arg.cluster,
+        "--cluster", default="local", metavar="SPEC", type=_arg.cluster,
         help="'local' (a LocalCluster, default), a scheduler address tcp://HOST:PORT, or a batch system: "
         "'htcondor', 'htcondor-gpu', 'slurm', 'slurm-gpu' (profiles in lensdask/jobqueue.yaml), "
         "'htcondor:PROFILE' or 'slurm:PROFILE'",
     )
     g.add_argument(
-        "--jobs", type=_arg.count, metavar="N", action=_ClusterOption,
+        "--jobs", type=_arg.count, metavar="N",
         help="batch systems: keep N worker jobs running, replacing any that end (config cluster.jobs)",
     )
     g.add_argument(
-        "--adapt", metavar="MIN:MAX", action=_ClusterOption, type=_arg.adapt,
+        "--adapt", metavar="MIN:MAX", type=_arg.adapt,
         help="batch systems: scale between MIN and MAX worker jobs with the work (instead of --jobs)",
     )
 
 
-def _with_client(spec):
-    """A client for the --cluster value of any fan-out command (with its --jobs/--adapt)."""
+def _with_client(a: argparse.Namespace):
+    """A client for any fan-out command: its --cluster, --jobs and --adapt (:class:`_ClusterChoice`)."""
     from .cluster import cluster_client
 
-    return cluster_client(str(spec), jobs=getattr(spec, "jobs", None), adapt=getattr(spec, "adapt", None))
+    choice = _ClusterChoice.of(a)
+    return cluster_client(choice.spec, jobs=choice.jobs, adapt=choice.adapt)
 
 
 def _cmd_simulate(a) -> int:
-    from .simulate import gallery, simulate
+    from .simulate import gallery_png, simulate
     from .simulate.constraints import load_constraints_file
     from .simulate.run import resolve_sim_kwargs
 
@@ -121,7 +119,7 @@ def _cmd_simulate(a) -> int:
                   lookalikes=a.lookalikes.split(",") if a.lookalikes else None,
                   background_fraction=a.background_fraction, galaxies=a.galaxies)
     resolve_sim_kwargs(a.lens_fraction, constraints, None, **inputs)  # bad input fails before the cluster starts
-    with _with_client(a.cluster) as client:
+    with _with_client(a) as client:
         # return_stats=True: simulate returns (store, stats)
         store, stats = cast("tuple[CutoutStore, RejectionStats]", simulate(
             a.out, a.n, a.seed, lens_fraction=a.lens_fraction, partition_size=a.partition_size,
@@ -133,7 +131,7 @@ def _cmd_simulate(a) -> int:
         print(f"  {name:24s} rejected {stats.rejected[name]:7d}  passed {frac:6.1%} of the draws reaching it")
     if a.gallery:
         tile = store.read_tile(0)
-        gallery(tile.images, tile.table, a.gallery, bands=store.bands, n=a.gallery_n, classes=store.classes,
+        gallery_png(tile.images, tile.table, a.gallery, bands=store.bands, n=a.gallery_n, classes=store.classes,
                 title=f"{a.out} (seed {a.seed})")
         print(f"gallery: {a.gallery}")
     return 0
@@ -142,7 +140,7 @@ def _cmd_simulate(a) -> int:
 def _cmd_mock_survey(a) -> int:
     from .survey import mock_survey
 
-    with _with_client(a.cluster) as client:
+    with _with_client(a) as client:
         store, truth = mock_survey(
             a.out, a.tiles, a.per_tile, a.lens_fraction, a.seed, truth=a.truth, client=client,
             overwrite=a.overwrite, lookalike_fraction=a.lookalike_fraction,
@@ -172,7 +170,7 @@ def _cmd_ingest(a) -> int:
     for table in (a.table, a.catalog):
         if table is not None:
             check_table_names(table)
-    with _with_client(a.cluster) as client:
+    with _with_client(a) as client:
         store, report = ingest(
             a.out, images=a.images, catalog=a.catalog, weights=a.weights, masks=a.masks, des_tiles=a.des_tiles,
             tiles=a.tiles, cubes=a.cubes, arrays=a.arrays, table=a.table,
@@ -333,7 +331,7 @@ def _cmd_search(a) -> int:
         if a.prefilter is None:
             raise LensdaskError("--truth audits a cascade: give it with --prefilter MODEL:FRACTION")
         truth_lens_ids(a.truth)
-    with _with_client(a.cluster) as client:
+    with _with_client(a) as client:
         result = search(
             a.zarr, a.model, a.out, client=client, threshold=a.threshold, floor=a.floor,
             batch_size=a.batch_size, device=a.device, resume=a.resume, precision=a.precision,
@@ -417,7 +415,7 @@ def _cmd_emit_htcondor(a) -> int:
         tiles = [(t, n) for t, n in tiles if (tile_done(run_dir, n) or {}).get("model_id") != sig]
     spec = str(a.cluster) if str(a.cluster).startswith("htcondor") else "htcondor"
     files = emit_htcondor_search(
-        a.emit_htcondor, zarr=zarr, model_dir=[d for d, _ in main], run_dir=run_dir, tiles=tiles,
+        a.emit_htcondor, store=zarr, model_dir=[d for d, _ in main], run_dir=run_dir, tiles=tiles,
         threshold=_checks.fraction(config.get("search.threshold", a.threshold), "search.threshold"), floor=floor,
         batch_size=config.get("search.batch_size", a.batch_size),
         device=str(config.get("search.device", a.device)), spec=spec, combine=combine,
@@ -473,7 +471,7 @@ def _cmd_review(a) -> int:
     if a.serve:
         from .review.app import serve
 
-        server = serve(a.run_dir, labels=a.labels, top=a.top, port=a.port, labeller=a.labeller, zarr=a.zarr)
+        server = serve(a.run_dir, labels=a.labels, top=a.top, port=a.port, labeller=a.labeller, store=a.zarr)
         print(f"reviewing {len(server.state.cand)} candidates at {server.url} (127.0.0.1 only); "
               f"grades go to {server.state.labels}; Ctrl-C stops", flush=True)
         try:
@@ -481,9 +479,9 @@ def _cmd_review(a) -> int:
         finally:
             server.stop()
         return 0
-    from .review import gallery
+    from .review import gallery_html
 
-    g = gallery(a.run_dir, top=a.top, per_page=a.per_page, out=a.out, zarr=a.zarr)
+    g = gallery_html(a.run_dir, top=a.top, per_page=a.per_page, out=a.out, store=a.zarr)
     print(f"gallery of {len(g.candidates)} candidates in {len(g.pages)} pages: {g.index}")
     return 0
 
@@ -535,7 +533,7 @@ def _cmd_trainset(a) -> int:
 def _cmd_export_zooniverse(a) -> int:
     from .review import export_zooniverse
 
-    manifest = export_zooniverse(a.run_dir, a.out, top=a.top, zarr=a.zarr)
+    manifest = export_zooniverse(a.run_dir, a.out, top=a.top, store=a.zarr)
     print(f"wrote {len(manifest)} subjects and {a.out}/manifest.csv; upload with:\n"
           f"  panoptes subject-set upload-subjects SUBJECT_SET_ID {a.out}/manifest.csv")
     return 0
@@ -573,7 +571,7 @@ def _cmd_info(a) -> int:
 def _cmd_convert(a) -> int:
     from .storeadmin import convert
 
-    with _with_client(a.cluster) if a.cluster != "none" else _no_client() as client:
+    with _with_client(a) if a.cluster != "none" else _no_client() as client:
         store, failures = convert(a.src, a.dst, quantise_step=a.step, overwrite=a.overwrite, client=client,
                                   command=" ".join(["lensdask", *a.argv]))
     print(f"wrote {store} ({store.encoding['pixels']})")
@@ -600,7 +598,7 @@ def _cmd_config(a) -> int:
 def _cmd_demo(a) -> int:
     from .demo import demo, format_summary
 
-    with _with_client(a.cluster) as client:
+    with _with_client(a) as client:
         summary = demo(
             a.out, tiles=a.tiles, per_tile=a.per_tile, lens_fraction=a.lens_fraction, seed=a.seed,
             real_galaxies=a.real_galaxies, client=client,

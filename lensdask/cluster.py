@@ -33,6 +33,7 @@ import shlex
 import sys
 
 from . import config
+from .deprecation import renamed_keywords
 from .errors import ClusterError
 
 BATCH_KINDS = ("htcondor", "slurm")
@@ -444,10 +445,11 @@ def _submit_value(v) -> str:
     return str(v)
 
 
+@renamed_keywords(zarr="store")
 def emit_htcondor_search(
     directory: str | os.PathLike,
     *,
-    zarr: str,
+    store: str,
     model_dir: str | list[str],
     run_dir: str,
     tiles: list[tuple[int, str]],
@@ -462,6 +464,7 @@ def emit_htcondor_search(
 ) -> dict:
     """Write an HTCondor submission of a search as one job per tile, plus a DAG that merges.
 
+    ``store`` is the survey store's path or URL (``zarr=`` is its deprecated old name).
     ``model_dir`` may list several models (an ensemble, with ``combine``); ``prefilter``
     is ``(model_dir, keep_fraction)`` of a cascade's first stage, with ``prefilter_threshold``.
 
@@ -500,7 +503,7 @@ def emit_htcondor_search(
     dirs = [model_dir] if isinstance(model_dir, (str, os.PathLike)) else list(model_dir)
     models = " ".join(f"--model {shlex.quote(str(m))}" for m in dirs)
     tile_args = (
-        f"-m lensdask.cli search-tile --zarr {shlex.quote(zarr)} --tile $(tile) {models} "
+        f"-m lensdask.cli search-tile --zarr {shlex.quote(store)} --tile $(tile) {models} "
         f"--out {shlex.quote(run_dir)} --batch-size {shlex.quote(str(batch_size))} --floor {float(floor)!r} "
         f"--device {device}"
     )

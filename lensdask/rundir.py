@@ -69,6 +69,7 @@ import numpy as np
 import pandas as pd
 
 from . import config
+from .deprecation import renamed_keywords
 from .errors import LensdaskError
 from .names import child_path, csv_safe, safe_component
 from .store import CutoutStore, open_store
@@ -284,14 +285,16 @@ def merge(
     return cand
 
 
-def run_store(run_dir: str | os.PathLike, zarr: str | os.PathLike | None = None) -> CutoutStore:
-    """The store a search run read (from ``RUN_DIR/summary.json``), or ``zarr`` when given."""
-    if zarr is None:
+@renamed_keywords(zarr="store")
+def run_store(run_dir: str | os.PathLike, store: str | os.PathLike | None = None) -> CutoutStore:
+    """The store a search run read (from ``RUN_DIR/summary.json``), or ``store`` when given (``zarr=`` is its
+    deprecated old name)."""
+    if store is None:
         summary = pathlib.Path(run_dir) / SUMMARY
         if not summary.exists():
             raise LensdaskError(f"{run_dir} is not a finished search run (no summary.json); pass the store explicitly")
-        zarr = json.loads(summary.read_text())["store"]
-    return open_store(zarr)
+        store = json.loads(summary.read_text())["store"]
+    return open_store(store)
 
 
 def locate(store: CutoutStore, table: pd.DataFrame) -> pd.DataFrame:
@@ -337,8 +340,11 @@ def fetch_stamps(store: CutoutStore, table: pd.DataFrame) -> np.ndarray:
     return images
 
 
-def best_candidates(run_dir: str | os.PathLike, top: int, *, zarr=None, candidates: pd.DataFrame | None = None):
+@renamed_keywords(zarr="store")
+def best_candidates(run_dir: str | os.PathLike, top: int, *, store=None, candidates: pd.DataFrame | None = None):
     """The ``top`` best candidates of a run (or of ``candidates``), their store and their pixels.
+
+    ``store`` is the survey store when it moved since the search (``zarr=`` is its deprecated old name).
 
     Returns
     -------
@@ -352,6 +358,6 @@ def best_candidates(run_dir: str | os.PathLike, top: int, *, zarr=None, candidat
             raise LensdaskError(f"{run_dir} has no candidates.parquet: run `lensdask search` first")
         candidates = pd.read_parquet(path)
     cand = candidates.sort_values("score", ascending=False, kind="stable").head(int(top)).reset_index(drop=True)
-    store = run_store(run_dir, zarr)
-    stamps = fetch_stamps(store, cand) if len(cand) else np.zeros((0, len(store.bands), store.stamp, store.stamp))
-    return cand, store, stamps
+    opened = run_store(run_dir, store)
+    stamps = fetch_stamps(opened, cand) if len(cand) else np.zeros((0, len(opened.bands), opened.stamp, opened.stamp))
+    return cand, opened, stamps

@@ -7,6 +7,7 @@ import pathlib
 
 import numpy as np
 
+from .deprecation import renamed_keywords
 from .errors import LensdaskError, StoreWriteError
 from .store import FLOAT_ENCODING, SCHEMA, create_store, open_store, store_array
 from .store import provenance as make_provenance
@@ -26,8 +27,10 @@ def disk_bytes(url: str) -> int | None:
         return None
 
 
-def store_info(url: str | os.PathLike) -> dict:
-    """What a store holds and how, as a JSON-serialisable dict.
+@renamed_keywords(url="store")
+def store_info(store: str | os.PathLike) -> dict:
+    """What a store holds and how, as a JSON-serialisable dict (``store``: its path or URL; ``url=`` is the
+    deprecated old name).
 
     Keys: ``url``, ``schema``, ``version`` (the schema's number), ``bands``,
     ``pixel_scale`` (arcsec/px), ``stamp`` (px), ``tiles_written``, ``tiles``, ``rows``,
@@ -40,7 +43,7 @@ def store_info(url: str | os.PathLike) -> dict:
     """
     from .store import FLAG_EDGE, FLAG_LOSSLESS, FLAG_MASKED
 
-    url = os.fspath(url)
+    url = os.fspath(store)
     s = open_store(url)
     written = s.written_tiles()
     g = s.group

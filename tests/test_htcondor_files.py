@@ -22,7 +22,7 @@ TILES = [(0, "DES0330-3040"), (1, "DES0333-3040"), (2, "odd name,with comma")]
 @pytest.fixture(params=["htcondor", "htcondor-gpu"])
 def emitted(request, tmp_path):
     files = emit_htcondor_search(
-        tmp_path / "condor", zarr="/data/des.zarr", model_dir=["/models/a", "/models/b b"], run_dir="/runs/r1",
+        tmp_path / "condor", store="/data/des.zarr", model_dir=["/models/a", "/models/b b"], run_dir="/runs/r1",
         tiles=TILES, threshold=0.5, floor=0.1, batch_size="auto", device="cuda", spec=request.param,
         combine="rank", prefilter=("/models/pre", 0.2), prefilter_threshold=0.4)
     return files

@@ -3,6 +3,7 @@ DeprecationWarning, and an old positional order never runs on swapped inputs."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import warnings
 
@@ -63,3 +64,28 @@ def test_old_keywords_still_reach_the_store(tmp_path):
         train(data=tmp_path / "missing.zarr", out=tmp_path / "m", progress=False)
     with pytest.warns(DeprecationWarning, match="use store="), pytest.raises(StoreNotFoundError):
         evaluate(data=tmp_path / "missing.zarr", progress=False)
+
+
+def test_the_two_galleries_say_what_they_make_and_the_old_name_warns():
+    import lensdask
+    from lensdask.review import gallery_html
+    from lensdask.simulate import gallery_png
+
+    assert "gallery_html" in lensdask.__all__ and "gallery" not in lensdask.__all__
+    assert lensdask.gallery_html is gallery_html
+    with pytest.warns(DeprecationWarning, match="use lensdask.review.gallery.gallery_html"), \
+            pytest.raises(Exception):  # noqa: B017 (no run there: only the warning matters)
+        lensdask.gallery("no-such-run")
+    with pytest.warns(DeprecationWarning, match="use lensdask.simulate.gallery.gallery_png"), \
+            pytest.raises(Exception):  # noqa: B017
+        importlib.import_module("lensdask.simulate.gallery").gallery(None, None, "x.png")
+    assert callable(gallery_png)
+
+
+def test_trainset_add_old_keywords(tmp_path):
+    from lensdask.review import trainset_add
+
+    with pytest.warns(DeprecationWarning) as rec, pytest.raises(Exception):  # noqa: B017
+        trainset_add(tmp_path / "no-labels.csv", zarr=tmp_path / "s.zarr", to=tmp_path / "t.zarr")
+    assert {str(w.message) for w in rec} >= {"trainset_add(zarr=...) is deprecated; use store=",
+                                              "trainset_add(to=...) is deprecated; use train_store="}

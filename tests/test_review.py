@@ -8,7 +8,7 @@ import pytest
 
 from lensdask.errors import LensdaskError
 from lensdask.images import colour_composite
-from lensdask.review.gallery import gallery
+from lensdask.review.gallery import gallery_html
 from lensdask.review.labels import add_labels, consensus, label_conflicts, read_labels
 from lensdask.review.swap import read_classifications, swap
 from lensdask.review.trainset import trainset_add
@@ -36,7 +36,7 @@ def test_colour_composite_is_rgb_and_unit_free():
 
 
 def test_gallery_pages_offline(run):
-    g = gallery(run / "run", top=30, per_page=12)
+    g = gallery_html(run / "run", top=30, per_page=12)
     assert [p.name for p in g.pages] == ["index.html", "page-002.html", "page-003.html"]
     text = g.index.read_text()
     assert text.count('class="card"') == 12 and "data:image/png;base64," in text

@@ -219,9 +219,9 @@ def test_browser_static_page_csv_export(run, tmp_path):
     from selenium.webdriver.common.keys import Keys
 
     from lensdask.cli import main
-    from lensdask.review.gallery import gallery
+    from lensdask.review.gallery import gallery_html
 
-    g = gallery(run / "run", top=12, per_page=12, out=tmp_path / "g")
+    g = gallery_html(run / "run", top=12, per_page=12, out=tmp_path / "g")
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     driver = _browser(downloads)
@@ -249,13 +249,13 @@ def test_browser_static_page_csv_export(run, tmp_path):
 
 
 def test_page_names_known_lenses_and_escapes_every_name(run, tmp_path):
-    from lensdask.review.gallery import gallery
+    from lensdask.review.gallery import gallery_html
 
     cand = pd.read_parquet(run / "run" / "candidates.parquet").sort_values("score", ascending=False).head(3)
     cand = cand.reset_index(drop=True).assign(known_name=["DESJ0331-3041<script>", None, None],
                                               known_grading=["confident", None, None],
                                               known_sep_arcsec=[0.4, np.nan, np.nan])
-    g = gallery(run / "run", top=3, out=tmp_path / "g", candidates=cand, title="<i>t</i>")
+    g = gallery_html(run / "run", top=3, out=tmp_path / "g", candidates=cand, title="<i>t</i>")
     text = g.index.read_text()
     assert "known lens: DESJ0331-3041&lt;script&gt;, grade confident, 0.4″ away" in text
     assert "<script>," not in text and "&lt;i&gt;t&lt;/i&gt;" in text

@@ -2,7 +2,8 @@
 training, known lenses, Zooniverse."""
 
 from ..crossmatch import crossmatch, known_lens_report, known_lenses
-from .gallery import Gallery, gallery
+from .gallery import Gallery, gallery_html
+from .gallery import gallery as gallery  # the deprecated name of gallery_html
 from .labels import add_labels, consensus, label_conflicts, read_labels, votes
 from .loop import labels_from_truth, purity_at_top, review_round
 from .swap import read_classifications, swap, volunteer_skills
@@ -15,7 +16,7 @@ __all__ = [
     "consensus",
     "crossmatch",
     "export_zooniverse",
-    "gallery",
+    "gallery_html",
     "known_lens_report",
     "known_lenses",
     "label_conflicts",

@@ -30,6 +30,7 @@ import urllib.parse
 import numpy as np
 
 from .. import config
+from ..deprecation import renamed_keywords
 from ..errors import LensdaskError
 from ..images import VIEWS, sky_noise
 from ..names import is_valid_name
@@ -52,8 +53,8 @@ class ReviewState:
         Candidates shown, best score first.
     labeller : str, optional
         The reviewer name the page starts with (default ``$USER``); each reviewer can type theirs.
-    zarr : str or path, optional
-        The survey store, if it moved since the search.
+    store : str or path, optional
+        The survey store, if it moved since the search (``zarr=`` is its deprecated old name).
 
     Raises
     ------
@@ -61,10 +62,11 @@ class ReviewState:
         The run has no candidates: there is nothing to review, and nothing is served.
     """
 
-    def __init__(self, run_dir, labels=None, *, top: int = 100, labeller: str | None = None, zarr=None):
+    @renamed_keywords(zarr="store")
+    def __init__(self, run_dir, labels=None, *, top: int = 100, labeller: str | None = None, store=None):
         self.run_dir = pathlib.Path(run_dir)
         self.labels = pathlib.Path(labels) if labels is not None else self.run_dir / "labels.csv"
-        self.cand, self.store, self.stamps = best_candidates(self.run_dir, top, zarr=zarr)
+        self.cand, self.store, self.stamps = best_candidates(self.run_dir, top, store=store)
         if self.cand.empty:
             raise LensdaskError(f"{self.run_dir} has no candidates above its threshold: nothing to review "
                                 "(lower --threshold in lensdask merge, or search more tiles)")
@@ -271,11 +273,12 @@ class ReviewServer:
         self.stop()
 
 
+@renamed_keywords(zarr="store")
 def serve(run_dir, *, labels=None, top: int = 100, port: int | None = None, labeller: str | None = None,
-          zarr=None) -> ReviewServer:
+          store=None) -> ReviewServer:
     """Make the review app of a run, listening on 127.0.0.1 (not yet serving: call ``start`` or ``serve_forever``).
 
     See :class:`ReviewState` for the parameters; ``port`` defaults to config ``review.port``.
     """
-    state = ReviewState(run_dir, labels, top=top, labeller=labeller, zarr=zarr)
+    state = ReviewState(run_dir, labels, top=top, labeller=labeller, store=store)
     return ReviewServer(state, port)

@@ -1,7 +1,7 @@
 """Static HTML galleries of search candidates: true-colour, faint-feature and colour-difference views,
 band stamps, scores, known-lens matches, graded from the keyboard.
 
-``gallery(run_dir)`` writes ``RUN_DIR/gallery/index.html`` and one page per
+``gallery_html(run_dir)`` writes ``RUN_DIR/gallery/index.html`` and one page per
 ``per_page`` candidates; images are embedded (base64), so the folder works
 offline and can be copied anywhere. Grades made there stay in the browser and
 export as a CSV for ``lensdask label --from-csv`` (see :mod:`lensdask.review.page`).
@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .. import config
+from ..deprecation import renamed_function, renamed_keywords
 from ..images import sky_noise
 from ..rundir import best_candidates
 from .labels import review_classes
@@ -71,13 +72,14 @@ class Gallery:
         return f"<style>{CARD_STYLE}</style><div style='color:#ddd'>{self._first_cards}</div>"
 
 
-def gallery(
+@renamed_keywords(zarr="store")
+def gallery_html(
     run_dir: str | os.PathLike,
     *,
     top: int = 100,
     per_page: int | None = None,
     out: str | os.PathLike | None = None,
-    zarr: str | os.PathLike | None = None,
+    store: str | os.PathLike | None = None,
     candidates: pd.DataFrame | None = None,
     title: str | None = None,
 ) -> Gallery:
@@ -93,8 +95,8 @@ def gallery(
         Candidates per HTML page (config ``review.gallery_per_page``).
     out : str or path, optional
         Output folder (default ``RUN_DIR/gallery``).
-    zarr : str or path, optional
-        The survey store, if it moved since the search.
+    store : str or path, optional
+        The survey store, if it moved since the search (``zarr=`` is its deprecated old name).
     candidates : pandas.DataFrame, optional
         Rows to show instead of ``candidates.parquet`` (``tile, object_id, ra, dec, score``).
     title : str, optional
@@ -102,7 +104,7 @@ def gallery(
     """
     run_dir = pathlib.Path(run_dir)
     per_page = int(config.get("review.gallery_per_page", per_page))
-    cand, store, stamps = best_candidates(run_dir, top, zarr=zarr, candidates=candidates)
+    cand, opened, stamps = best_candidates(run_dir, top, store=store, candidates=candidates)
     out = pathlib.Path(out) if out is not None else run_dir / "gallery"
     out.mkdir(parents=True, exist_ok=True)
     title = title or "lensdask candidates"
@@ -116,7 +118,7 @@ def gallery(
     first = ""
     for p in range(n_pages):
         lo = p * per_page
-        cards = render_cards(cand.iloc[lo : lo + per_page], stamps[lo : lo + per_page], store, start=lo)
+        cards = render_cards(cand.iloc[lo : lo + per_page], stamps[lo : lo + per_page], opened, start=lo)
         if p == 0:
             first = cards
         nav = " ".join(
@@ -130,3 +132,7 @@ def gallery(
         tmp.write_text(doc)
         os.replace(tmp, pages[p])
     return Gallery(pages[0], pages, cand, first)
+
+
+gallery = renamed_function(gallery_html, "lensdask.review.gallery")
+"""Deprecated name of :func:`gallery_html`."""

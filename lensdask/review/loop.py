@@ -14,6 +14,7 @@ import pathlib
 
 import pandas as pd
 
+from ..deprecation import renamed_keywords
 from ..errors import LensdaskError
 from .labels import add_labels
 from .trainset import trainset_add
@@ -59,8 +60,9 @@ def _mean_score(scores: pd.DataFrame, object_ids: set) -> float:
     return float(sel.mean()) if len(sel) else float("nan")
 
 
+@renamed_keywords(survey="store")
 def review_round(
-    survey: str | os.PathLike,
+    store: str | os.PathLike,
     truth: pd.DataFrame | str | os.PathLike,
     train_store: str | os.PathLike,
     workdir: str | os.PathLike,
@@ -78,8 +80,9 @@ def review_round(
 
     Parameters
     ----------
-    survey : str or path
-        Survey store (a mock survey with look-alikes makes the loop measurable).
+    store : str or path
+        Survey store (a mock survey with look-alikes makes the loop measurable; ``survey=`` is its
+        deprecated old name).
     truth : DataFrame or path
         Its truth table.
     train_store : str or path
@@ -119,15 +122,15 @@ def review_round(
     work.mkdir(parents=True, exist_ok=True)
     truth = truth if isinstance(truth, pd.DataFrame) else pd.read_parquet(truth)
     model_dir = resolve_model_dir(model)
-    before = search(survey, model_dir, work / "run-before", client=client, floor=0.0, progress=progress)
+    before = search(store, model_dir, work / "run-before", client=client, floor=0.0, progress=progress)
     scores_before = before.scores()
     labels = labels_from_truth(scores_before, truth, top)
     add_labels(work / "labels.csv", labels)
-    added = trainset_add(work / "labels.csv", survey, train_store)
+    added = trainset_add(work / "labels.csv", store, train_store)
     train_kwargs.setdefault("validation_fraction", 0.0)
     card = train(train_store, work / "model", pretrained=str(model_dir), epochs=epochs, seed=seed,
                  learning_rate=learning_rate, progress=progress, **train_kwargs)
-    after = search(survey, work / "model", work / "run-after", client=client, floor=0.0, progress=progress)
+    after = search(store, work / "model", work / "run-after", client=client, floor=0.0, progress=progress)
     scores_after = after.scores()
     reviewed_fp = set(labels.loc[labels["class"] != "lens", "object_id"])
     return {

@@ -7,6 +7,7 @@ import datetime
 import numpy as np
 import pandas as pd
 
+from ..deprecation import renamed_keywords
 from ..errors import StoreWriteError
 from ..names import check_names
 from ..rundir import fetch_stamps, locate
@@ -16,7 +17,8 @@ from .labels import consensus, read_labels
 TILE_PREFIX = "review-"
 
 
-def trainset_add(labels, zarr, to, *, drop_conflicts: bool = True) -> pd.DataFrame:
+@renamed_keywords(zarr="store", to="train_store")
+def trainset_add(labels, store, train_store, *, drop_conflicts: bool = True) -> pd.DataFrame:
     """Copy labelled survey cutouts into a training store.
 
     Each object's consensus class (:func:`lensdask.review.labels.consensus`) is
@@ -30,10 +32,11 @@ def trainset_add(labels, zarr, to, *, drop_conflicts: bool = True) -> pd.DataFra
     ----------
     labels : str, path or pandas.DataFrame
         The labels table (CSV written by :func:`lensdask.review.labels.add_labels`).
-    zarr : str or path
-        The survey store the labelled objects come from.
-    to : str or path
-        The training store to extend (bands, stamp and pixel scale must match).
+    store : str or path
+        The survey store the labelled objects come from (``zarr=`` is its deprecated old name).
+    train_store : str or path
+        The training store to extend (bands, stamp and pixel scale must match; ``to=`` is its
+        deprecated old name).
     drop_conflicts : bool
         Leave out objects whose labellers disagree (else the latest label wins).
 
@@ -48,8 +51,8 @@ def trainset_add(labels, zarr, to, *, drop_conflicts: bool = True) -> pd.DataFra
     if "grade" in table.columns:  # a "possible lens" is too uncertain to train on as either class
         table = table[table["grade"].fillna("").astype(str) != "possible"]
     chosen = consensus(table, drop_conflicts=drop_conflicts)
-    survey = open_store(zarr)
-    train = open_store(to, mode="r+")
+    survey = open_store(store)
+    train = open_store(train_store, mode="r+")
     for attr in ("bands", "stamp"):
         if getattr(survey, attr) != getattr(train, attr):
             raise StoreWriteError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 
+from ..deprecation import renamed_keywords
 from ..images import png_bytes, view_image
 from ..rundir import best_candidates
 from .labels import add_labels, review_classes
@@ -37,14 +38,15 @@ class LabelWidget:
     leave the widget as a cell's last expression.
     """
 
-    def __init__(self, run_dir, labels, *, top: int = 50, labeller: str | None = None, classes=None, zarr=None):
+    @renamed_keywords(zarr="store")
+    def __init__(self, run_dir, labels, *, top: int = 50, labeller: str | None = None, classes=None, store=None):
         import ipywidgets as w
 
         self.run_dir = pathlib.Path(run_dir)
         self.labels = pathlib.Path(labels)
         self.labeller = labeller or os.environ.get("USER") or "unknown"
         self.classes = review_classes(classes)
-        self.candidates, self.store, self.stamps = best_candidates(self.run_dir, top, zarr=zarr)
+        self.candidates, self.store, self.stamps = best_candidates(self.run_dir, top, store=store)
         self.position = 0
         self.image = w.Image(format="png", width=270, height=270)
         self.info = w.HTML()

@@ -15,18 +15,20 @@ import pathlib
 
 import pandas as pd
 
+from ..deprecation import renamed_keywords
 from ..errors import LensdaskError
 from ..images import png_bytes, sky_noise, view_image
 from ..names import child_path, csv_safe
 from ..rundir import best_candidates
 
 
+@renamed_keywords(zarr="store")
 def export_zooniverse(
     run_dir: str | os.PathLike,
     out: str | os.PathLike,
     *,
     top: int = 100,
-    zarr: str | os.PathLike | None = None,
+    store: str | os.PathLike | None = None,
     candidates: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Write subject images (true-colour PNGs with a scale bar) and ``manifest.csv`` for the best ``top`` candidates.
@@ -39,8 +41,8 @@ def export_zooniverse(
         New folder to create; an existing one is refused (nothing is overwritten).
     top : int
         Number of candidates, best first.
-    zarr : str or path, optional
-        The survey store, if it moved since the search.
+    store : str or path, optional
+        The survey store, if it moved since the search (``zarr=`` is its deprecated old name).
     candidates : pandas.DataFrame, optional
         Rows to export instead of ``candidates.parquet``.
 
@@ -52,15 +54,15 @@ def export_zooniverse(
     out = pathlib.Path(out)
     if out.exists():
         raise LensdaskError(f"{out} exists; choose a new folder (an export never overwrites another)")
-    cand, store, stamps = best_candidates(run_dir, top, zarr=zarr, candidates=candidates)
+    cand, opened, stamps = best_candidates(run_dir, top, store=store, candidates=candidates)
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=False)
     rows = []
-    noise = sky_noise(stamps, store.bands) if len(stamps) else 1.0  # one brightness scale for the whole set
+    noise = sky_noise(stamps, opened.bands) if len(stamps) else 1.0  # one brightness scale for the whole set
     for i, row in cand.iterrows():
         path = child_path(tmp, f"{row['tile']}_{int(row['object_id'])}", ".png")
         name = path.name
-        path.write_bytes(png_bytes(view_image(stamps[i], store.bands, "colour", pixel_scale=store.pixel_scale,
+        path.write_bytes(png_bytes(view_image(stamps[i], opened.bands, "colour", pixel_scale=opened.pixel_scale,
                                               noise=noise), scale=6))
         rows.append(
             {

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["gallery", "colour_composite"]
+from ..deprecation import renamed_function
+
+__all__ = ["gallery_png", "colour_composite"]
 
 
 def colour_composite(image: np.ndarray, bands: Sequence[str], noise: float | None = None) -> np.ndarray:
@@ -23,7 +25,7 @@ def colour_composite(image: np.ndarray, bands: Sequence[str], noise: float | Non
     return true_colour(image, bands, noise=noise).astype(float) / 255.0
 
 
-def gallery(images: np.ndarray, table: pd.DataFrame, path: str | os.PathLike,
+def gallery_png(images: np.ndarray, table: pd.DataFrame, path: str | os.PathLike,
             bands: Sequence[str] = ("g", "r", "i", "z"),
             n: int = 24, columns: int = 6, title: str | None = None, classes: Sequence[str] | None = None) -> str:
     """Write a PNG grid of colour composites, each captioned with its parameters.
@@ -95,3 +97,7 @@ def gallery(images: np.ndarray, table: pd.DataFrame, path: str | os.PathLike,
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+gallery = renamed_function(gallery_png, "lensdask.simulate.gallery")
+"""Deprecated name of :func:`gallery_png`."""
