@@ -51,7 +51,7 @@ BATCH_SIZES = {"cpu": 64, "cuda": 512}
 batches keep a ViT's activations in cache (``benchmarks/RESULTS.md``); a GPU wants large ones."""
 
 
-def resolve_batch_size(batch_size: int | str | None, device: torch.device) -> int:
+def resolve_batch_size(batch_size: int | str | None, device: torch.device | str) -> int:
     """Cutouts per forward pass: ``batch_size``, or for ``None`` / ``"auto"`` the :data:`BATCH_SIZES` default.
 
     Raises

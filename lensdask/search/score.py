@@ -195,8 +195,8 @@ class _TopK:
         keep |= self.score >= self.threshold
         self.idx, self.score, self.images = self.idx[keep], self.score[keep], [imgs[keep]]
 
-    def rows(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(idx, images)`` of the rows that pass, in tile order."""
+    def rows(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(idx, images)`` of the rows that pass, in tile order; ``images`` is None when no row was added."""
         if not self.images:
             return self.idx, None
         self._prune()
@@ -298,14 +298,13 @@ def score_models(
     columns = [model_column(i) for i in ids]
     shared_classes = all(list(c["classes"]) == list(cards[0]["classes"]) for c in cards)
     classes = list(cards[0]["classes"]) if shared_classes else []
-    tables, bads, per_model, probs_acc, pre_scores = [], [], [[] for _ in models], [], []
+    tables, bads, probs_acc, pre_scores = [], [], [], []
+    per_model: list[list[np.ndarray]] = [[] for _ in models]
     audit_ids = None if audit_ids is None else np.asarray(audit_ids, dtype=np.int64)
     audit_buf: list[tuple[np.ndarray, np.ndarray]] = []
-    top = None
-    if prefilter is not None:
-        # without the tile's row count nothing can be dropped before the end: hold every row
-        k = int(np.ceil(float(keep_fraction) * rows_total)) if rows_total is not None else 2**62
-        top = _TopK(k, prefilter_threshold)
+    # without the tile's row count nothing can be dropped before the end: hold every row
+    k = int(np.ceil(float(keep_fraction) * rows_total)) if rows_total is not None else 2**62
+    top = _TopK(k, prefilter_threshold)  # used only with a prefilter
     offset = 0
     for xs, bad, table, held in batches:
         n = len(bad)
@@ -320,7 +319,7 @@ def score_models(
                 per_model[m].append(probs[:, int(card["lens_class"])])
                 if shared_classes:
                     mean_probs = probs if mean_probs is None else mean_probs + probs
-            if shared_classes:
+            if shared_classes and mean_probs is not None:
                 probs_acc.append(mean_probs / len(models))
         else:
             pmodel, pcard = prefilter
@@ -354,13 +353,13 @@ def score_models(
         probs = np.full((n, len(classes)), 0.0 if shared_classes else np.nan, dtype=np.float32)
         for m, (model, card) in enumerate(models):
             pr = _forward_held(model, card, cards, images, device=device, batch_size=batch_size,
-                               precision=precision) if len(idx) else None
+                               precision=precision) if images is not None and len(idx) else None
             if pr is not None:
                 scores[idx, m] = pr[:, int(card["lens_class"])]
                 if shared_classes:
                     probs[idx] += pr / len(models)
         main = np.zeros(n, bool)
-        main[idx] = True
+        main[idx] = True  # images is None only when idx is empty
         if shared_classes:
             probs[~main] = np.nan
         stage = np.where(bad, 0, np.where(main, 2, 1)).astype(np.int8)
@@ -378,7 +377,7 @@ def score_models(
             rows = np.concatenate([a[0] for a in audit_buf]) if audit_buf else np.zeros(0, np.int64)
             imgs = np.concatenate([a[1] for a in audit_buf]) if audit_buf else None
             dropped = ~main[rows] if len(rows) else np.zeros(0, bool)
-            if dropped.any():
+            if dropped.any() and imgs is not None:
                 per = np.stack([
                     _forward_held(model, card, cards, imgs[dropped], device=device, batch_size=batch_size,
                                   precision=precision)[:, int(card["lens_class"])]
@@ -419,7 +418,7 @@ def score_models(
     if prefilter is not None:
         out["prefilter_score"] = pre[keep]
         out["stage"] = stage[keep]
-    if audit_score is not None:
+    if audit_score is not None and audited is not None:
         out["audited"] = audited[keep]
         out["audit_score"] = audit_score[keep]
     out["nan_pixels"] = bad[keep]
