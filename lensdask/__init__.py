@@ -9,7 +9,7 @@ a store parameter is called ``store``)::
     train(store, out)                   a timm ViT checkpoint (weights + model card)
     evaluate(store, model)              AUROC, TPR0, TPR10, TPR at FPR 1e-3
     inject(cutouts, model)              arcs painted on real cutouts: completeness and false-positive rate
-    search(zarr, model, out)            one Dask task per tile -> candidates.parquet
+    search(store, model, out)           one Dask task per tile -> candidates.parquet
                                         (model=[a, b]: an ensemble; prefilter=(m, 0.1): a cascade)
     demo(out)                           mock survey -> search -> scored against the truth
     create_store / open_store           the Zarr v3 cutout store
