@@ -9,7 +9,7 @@ import pytest
 
 from lensdask.model.checkpoint import read_card, untrained_checkpoint
 from lensdask.search import search
-from lensdask.search.score import _TopK
+from lensdask.search.score import CascadeTopK
 
 from test_search import TILES, _survey
 
@@ -28,7 +28,7 @@ def models(tmp_path_factory):
 def test_top_k_kept_while_streaming_equals_top_k_of_the_whole_tile():
     rng = np.random.default_rng(0)
     scores = rng.random(3000).round(2)  # many ties
-    top = _TopK(k=100, threshold=0.995)
+    top = CascadeTopK(k=100, threshold=0.995)
     for start in range(0, 3000, 64):  # prunes many times on the way
         idx = np.arange(start, min(start + 64, 3000))
         top.add(idx, scores[idx], np.repeat(idx[:, None], 2, axis=1).astype(np.float32))

@@ -162,7 +162,7 @@ def prepare_inputs(images: np.ndarray, table: pd.DataFrame, cards: list[dict], h
     return batch_inputs(model_inputs(images, specs), table, len(cards))
 
 
-class _TopK:
+class CascadeTopK:
     """The rows of a tile a cascade passes on, kept while the tile streams by.
 
     Holds the model inputs (:func:`batch_inputs`' ``held``) of every row so far that is among the ``k`` best prefilter
@@ -304,7 +304,7 @@ def score_models(
     audit_buf: list[tuple[np.ndarray, np.ndarray]] = []
     # without the tile's row count nothing can be dropped before the end: hold every row
     k = int(np.ceil(float(keep_fraction) * rows_total)) if rows_total is not None else 2**62
-    top = _TopK(k, prefilter_threshold)  # used only with a prefilter
+    top = CascadeTopK(k, prefilter_threshold)  # used only with a prefilter
     offset = 0
     for xs, bad, table, held in batches:
         n = len(bad)
