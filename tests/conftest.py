@@ -90,6 +90,103 @@ GALAXY_TILES = ["DES0330-3040", "DES0333-3040"]
 """The tiles of :func:`galaxy_run` stores."""
 
 
+def make_tiny_store(path, *, tiles=None, rows=30, capacity=None, bands="griz", stamp=45, pixel_scale=0.263, seed=0,
+                    noise=0.05, flux=(0.5, 3.0), width=20.0, labels=None, first_id=0, chunk_rows=None,
+                    quantise_step=None, **create):
+    """A tiny cutout store at ``path``: sky noise plus one galaxy-like blob per stamp.
+
+    Creates the store and writes ``rows`` rows into each of its tiles; every call with the
+    same arguments writes the same pixels. Tests take it as the :func:`tiny_store` fixture.
+
+    Parameters
+    ----------
+    path : str or path
+        Where the store goes: a local path or an fsspec URL (``memory://`` ...).
+    tiles : int or sequence of str, optional
+        The tile names, or how many tiles to make (one per count of ``rows`` if that is a
+        sequence, else 2). Made tiles step 0.75 degrees in ra from ``DES0040-3000`` (ra 10,
+        dec -30), named as DES names them; each tile's rows lie within 0.35 degrees of its centre.
+    rows : int or sequence of int, default 30
+        Rows written into each tile, or one count per tile; ``0`` leaves the store empty.
+    capacity : int, optional
+        Rows a tile may hold; the most rows of any tile if omitted (at least 1).
+    bands : str or sequence of str, default "griz"
+        Filter names.
+    stamp : int, default 45
+        Stamp side in pixels.
+    pixel_scale : float, default 0.263
+        Arcsec per pixel (DES).
+    seed : int, default 0
+        Seeds the one random generator that draws every tile's pixels, then its ra and dec.
+    noise : float, default 0.05
+        Sky noise sigma.
+    flux : (float, float), default (0.5, 3.0)
+        The galaxy's peak flux is drawn uniformly from this range for each stamp and band.
+    width : float, default 20.0
+        The galaxy's profile is ``exp(-r**2 / width)``, ``r`` in pixels from the stamp's centre.
+    labels : int or sequence of int, optional
+        Each row's label: one for every row, or one per row of a tile (the same for every
+        tile); ``-1`` (not labelled, as in survey stores) if omitted.
+    first_id : int, default 0
+        Tile ``t`` holds object ids ``first_id + stride * t + row``, ``stride`` the least
+        multiple of 1000 above the largest tile's rows.
+    chunk_rows : int, optional
+        Rows per chunk (config ``store.chunk_rows`` if omitted).
+    quantise_step : float, optional
+        The quantisation step, ``0`` for exact float32 (config ``store.quantise.step`` if omitted).
+    **create
+        Further keywords of :func:`lensdask.store.create_store` (``params``, ``classes``, ``overwrite`` ...).
+
+    Returns
+    -------
+    CutoutStore
+        The store, open for writing.
+
+    Notes
+    -----
+    For each tile in turn the generator draws the noise ``normal(0, noise, (rows, bands,
+    stamp, stamp))``, then the peak fluxes ``uniform(*flux, (rows, bands, 1, 1))``, then
+    ``rows`` ra and ``rows`` dec, so a test can redraw the pixels it expects.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from lensdask.store import create_store
+
+    if tiles is None:
+        tiles = 2 if isinstance(rows, int) else len(rows)
+    # tile t is centred on ra 10 + 0.75 t, dec -30, and named as DES names it (DEShhmm-ddmm)
+    names = [f"DES{(40 + 3 * t) // 60:02d}{(40 + 3 * t) % 60:02d}-3000" for t in range(tiles)] \
+        if isinstance(tiles, int) else list(tiles)
+    counts = [rows] * len(names) if isinstance(rows, int) else list(rows)
+    if len(counts) != len(names):
+        raise ValueError(f"{len(counts)} row counts for {len(names)} tiles")
+    most = max(counts, default=0)
+    s = create_store(path, tiles=names, capacity=capacity or max(most, 1), bands=bands,
+                     pixel_scale=pixel_scale, stamp=stamp, chunk_rows=chunk_rows,
+                     quantise_step=quantise_step, **create)
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:stamp, :stamp] - stamp // 2
+    blob = np.exp(-(x**2 + y**2) / width)
+    stride = 1000 * (most // 1000 + 1)
+    label = -1 if labels is None else labels
+    for t, k in enumerate(counts):
+        if k == 0:
+            continue
+        nb = len(s.bands)
+        img = rng.normal(0, noise, (k, nb, stamp, stamp)) + blob * rng.uniform(*flux, (k, nb, 1, 1))
+        s.write_tile(t, img.astype("float32"), pd.DataFrame(
+            {"object_id": first_id + stride * t + np.arange(k), "ra": 10 + 0.75 * t + rng.uniform(-.35, .35, k),
+             "dec": -30 + rng.uniform(-.35, .35, k), "label": np.array(np.broadcast_to(label, k), int)}))
+    return s
+
+
+@pytest.fixture(scope="session")
+def tiny_store():
+    """The factory :func:`make_tiny_store` of tiny cutout stores (sky noise and a galaxy-like blob per stamp)."""
+    return make_tiny_store
+
+
 def load_benchmark(name: str):
     """The module of ``benchmarks/<name>.py`` (benchmarks are scripts, not a package)."""
     import importlib.util

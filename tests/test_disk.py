@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from lensdask.cli import main
-from lensdask.store import create_store, open_store
+from lensdask.store import open_store
 
 
 def _mount(path, *options):
@@ -40,19 +40,8 @@ def mounts(tmp_path):
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def _store(path, tiles=4, rows=30, seed=0):
-    rng = np.random.default_rng(seed)
-    s = create_store(path, tiles=[f"DES010{i}-2958" for i in range(tiles)], capacity=rows, bands="griz",
-                     pixel_scale=0.263, stamp=45)
-    for t in range(tiles):
-        s.write_tile(t, rng.normal(size=(rows, 4, 45, 45)).astype("float32"), pd.DataFrame(
-            {"object_id": 1000 * t + np.arange(rows), "ra": 10 + rng.uniform(0, .1, rows),
-             "dec": -30 + rng.uniform(0, .1, rows), "label": -np.ones(rows, int)}))
-    return s
-
-
-def test_search_into_a_read_only_disk_is_refused_with_one_line(mounts, tmp_path, random_model, capsys):
-    _store(tmp_path / "des.zarr", tiles=1, rows=4)
+def test_search_into_a_read_only_disk_is_refused_with_one_line(mounts, tmp_path, random_model, capsys, tiny_store):
+    tiny_store(tmp_path / "des.zarr", tiles=1, rows=4)
     ro = mounts("ro", "ro", "size=1m")
     code = main(["search", "--zarr", str(tmp_path / "des.zarr"), "--model", str(random_model),
                  "--out", str(ro / "run")])
@@ -71,11 +60,11 @@ def test_a_store_on_a_read_only_disk_is_refused_with_one_line(mounts, capsys):
     assert os.listdir(ro) == []
 
 
-def test_a_full_disk_leaves_only_whole_tiles_marked_done(mounts, tmp_path, random_model):
+def test_a_full_disk_leaves_only_whole_tiles_marked_done(mounts, tmp_path, random_model, tiny_store):
     from lensdask.errors import LensdaskError
     from lensdask.search import read_scores, search
 
-    _store(tmp_path / "des.zarr", tiles=6, rows=400)
+    tiny_store(tmp_path / "des.zarr", tiles=6, rows=400)
     small = mounts("small", "size=160k")
     run = small / "run"
     try:
@@ -97,10 +86,10 @@ def test_a_full_disk_leaves_only_whole_tiles_marked_done(mounts, tmp_path, rando
         assert len(read_scores(run)) == 400 * len(markers)
 
 
-def test_a_store_written_to_a_full_disk_commits_no_partial_tile(mounts):
+def test_a_store_written_to_a_full_disk_commits_no_partial_tile(mounts, tiny_store):
     small = mounts("small", "size=400k")
     with pytest.raises(OSError):
-        _store(small / "des.zarr", tiles=4, rows=30)  # ~1 MiB of float32 pixels
+        tiny_store(small / "des.zarr", tiles=4, rows=30)  # ~0.9 MiB of quantised pixels
     s = open_store(small / "des.zarr")
     for t in s.written_tiles():  # a tile counted as written reads back whole
         assert len(s.read_table(t)) == 30 and np.isfinite(s.read_images(t)).all()

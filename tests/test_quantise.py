@@ -1,5 +1,6 @@
 """Noise-bounded quantisation: error bounds, dithering, NaN and lossless rows, the Rice codec, old stores."""
 
+import functools
 import json
 
 import dask
@@ -9,8 +10,10 @@ import pytest
 
 from lensdask.errors import StoreWriteError
 from lensdask.quantise import NAN_CODE, dequantise, quantise
-from lensdask.store import FLAG_EDGE, FLAG_LOSSLESS, SCHEMA, create_store, open_store
+from lensdask.store import FLAG_EDGE, FLAG_LOSSLESS, SCHEMA, open_store
 from lensdask.storeadmin import convert, disk_bytes
+
+from conftest import make_tiny_store
 
 SIGMA = 2.5
 
@@ -28,9 +31,11 @@ def _rows(n, start=0):
     return pd.DataFrame({"object_id": np.arange(start, start + n), "ra": 10.0, "dec": -30.0})
 
 
-def _store(path, n_tiles=2, capacity=64, **kw):
-    return create_store(path, tiles=[f"T{t}" for t in range(n_tiles)], capacity=capacity, bands="griz",
-                        pixel_scale=0.263, stamp=45, chunk_rows=32, **kw)
+EMPTY = {"rows": 0, "capacity": 64, "chunk_rows": 32}
+"""Empty stores of :func:`conftest.tiny_store` (two tiles unless told), the tests writing their own pixels."""
+
+_store = functools.partial(make_tiny_store, **EMPTY)
+"""An empty store, for test_quantise_normalise.py (which imports it) until it takes the ``tiny_store`` fixture."""
 
 
 def test_error_is_a_tenth_of_the_noise_and_unbiased():
@@ -64,7 +69,7 @@ def test_dithering_averages_out_over_stamps():
     assert err.std() > 0.2  # the pixel was dithered, not stored exactly
 
 
-def test_nan_pixels_are_kept_and_unmeasurable_noise_is_stored_losslessly(tmp_path):
+def test_nan_pixels_are_kept_and_unmeasurable_noise_is_stored_losslessly(tmp_path, tiny_store):
     x = _sky(6)
     x[0, 1, :, :5] = np.nan  # an edge-padded band: noise measured on the finite border
     x[1, 2] = np.nan  # all NaN
@@ -76,7 +81,7 @@ def test_nan_pixels_are_kept_and_unmeasurable_noise_is_stored_losslessly(tmp_pat
     assert scale[1, 2] == 0 and scale[2, 0] == 0 and scale[3, 3] == 0 and scale[4, 1] == 0
     assert (scale > 0).sum() == 24 - 4
 
-    s = _store(tmp_path / "s.zarr")
+    s = tiny_store(tmp_path / "s.zarr", **EMPTY)
     s.write_tile(0, x, _rows(6))
     r = open_store(tmp_path / "s.zarr")
     y = r.read_images(0)
@@ -93,8 +98,8 @@ def test_nan_pixels_are_kept_and_unmeasurable_noise_is_stored_losslessly(tmp_pat
     assert flags.tolist() == [FLAG_EDGE, 4, 4, 4, 4, 0]
 
 
-def test_quantised_store_is_small_and_reads_alike_every_way(tmp_path):
-    s = _store(tmp_path / "q.zarr")
+def test_quantised_store_is_small_and_reads_alike_every_way(tmp_path, tiny_store):
+    s = tiny_store(tmp_path / "q.zarr", **EMPTY)
     assert s.quantised and s.schema == SCHEMA and s.encoding["step"] == 0.33
     x = _sky(60, seed=2)
     s.write_tile(1, x, _rows(60, start=1000))
@@ -113,32 +118,32 @@ def test_quantised_store_is_small_and_reads_alike_every_way(tmp_path):
 
     # float32 is one config value away, and exact
     with dask.config.set({"lensdask.store.quantise.step": None}):
-        f = _store(tmp_path / "f.zarr")
+        f = tiny_store(tmp_path / "f.zarr", **EMPTY)
     assert not f.quantised and f.encoding["pixels"] == "float32"
     f.write_tile(1, x, _rows(60, start=1000))
     np.testing.assert_array_equal(open_store(tmp_path / "f.zarr").read_images(1), x)
     assert disk_bytes(str(tmp_path / "f.zarr" / "images")) / 60 > 4 * per_cutout
 
 
-def test_a_row_encodes_alike_wherever_it_is_written(tmp_path):
+def test_a_row_encodes_alike_wherever_it_is_written(tmp_path, tiny_store):
     # the dither follows the object id, not the tile or row: re-partitioned stores hold the same values
     x = _sky(10, seed=4)
-    a, b = _store(tmp_path / "a.zarr"), _store(tmp_path / "b.zarr")
+    a, b = tiny_store(tmp_path / "a.zarr", **EMPTY), tiny_store(tmp_path / "b.zarr", **EMPTY)
     a.write_tile(0, x, _rows(10, start=500))
     b.write_tile(1, np.concatenate([x[5:], x[:5]]), pd.concat([_rows(5, 505), _rows(5, 500)]))
     ya, yb = a.read_images(0), b.read_images(1)
     np.testing.assert_array_equal(np.concatenate([ya[5:], ya[:5]]), yb)
 
 
-def test_bad_steps_are_refused(tmp_path):
+def test_bad_steps_are_refused(tmp_path, tiny_store):
     for step in (-0.1, 3.0, float("nan"), "x"):
         with pytest.raises(StoreWriteError, match="step"):
-            _store(tmp_path / "s.zarr", quantise_step=step, overwrite=True)
+            tiny_store(tmp_path / "s.zarr", **EMPTY, quantise_step=step, overwrite=True)
 
 
 def _make_v1(path, x):
     """A store as lensdask wrote it before schema /2: float32 pixels and no 'encoding'."""
-    s = _store(path, quantise_step=0)
+    s = make_tiny_store(path, **EMPTY, quantise_step=0)
     s.write_tile(0, x, _rows(len(x)))
     meta = path / "zarr.json"
     doc = json.loads(meta.read_text())
@@ -174,8 +179,8 @@ def _corrupt_shard(store_path, tile):
     shard.write_bytes(bytes(data))
 
 
-def test_a_corrupt_chunk_fails_only_its_own_tile(tmp_path):
-    s = _store(tmp_path / "s.zarr")
+def test_a_corrupt_chunk_fails_only_its_own_tile(tmp_path, tiny_store):
+    s = tiny_store(tmp_path / "s.zarr", **EMPTY)
     s.write_tile(0, _sky(40, seed=7), _rows(40))
     s.write_tile(1, _sky(40, seed=8), _rows(40, start=40))
     _corrupt_shard(tmp_path / "s.zarr", 0)
@@ -184,31 +189,31 @@ def test_a_corrupt_chunk_fails_only_its_own_tile(tmp_path):
         r.read_images(0)
     assert np.isfinite(r.read_images(1)).all()
     out, failures = convert(tmp_path / "s.zarr", tmp_path / "c.zarr")
-    assert [f["tile"] for f in failures] == ["T0"]
+    assert [f["tile"] for f in failures] == [s.tiles[0]]
     assert out.counts.tolist() == [-1, 40]
 
 
-def test_search_on_a_quantised_store_fails_only_the_corrupt_tile(tmp_path, client, random_model):
+def test_search_on_a_quantised_store_fails_only_the_corrupt_tile(tmp_path, client, random_model, tiny_store):
     from lensdask.search import search
 
-    s = _store(tmp_path / "s.zarr", n_tiles=3, capacity=32)
+    s = tiny_store(tmp_path / "s.zarr", tiles=3, rows=0, capacity=32, chunk_rows=32)
     for t in range(3):
         s.write_tile(t, _sky(30, seed=t), _rows(30, start=100 * t))
     _corrupt_shard(tmp_path / "s.zarr", 1)  # bytes flipped inside a Rice stream: the chunk checksum catches it
     result = search(tmp_path / "s.zarr", random_model, tmp_path / "run", floor=0.0, progress=False, client=client)
-    assert result.failures["tile"].tolist() == ["T1"]
+    assert result.failures["tile"].tolist() == [s.tiles[1]]
     assert (tmp_path / "run" / "failures.parquet").exists()
     scores = result.scores()
     assert len(scores) == 60 and scores["score"].between(0, 1).all()
 
 
 @pytest.mark.parametrize("codec", ["pcodec", "rice"])
-def test_both_integer_codecs_store_the_same_integers(tmp_path, codec):
+def test_both_integer_codecs_store_the_same_integers(tmp_path, codec, tiny_store):
     x = _sky(40, seed=9)
     x[2, 1, :, :4] = np.nan
     x[3, 0] = 2.0
     with dask.config.set({"lensdask.store.quantise.codec": codec}):
-        s = _store(tmp_path / "s.zarr")
+        s = tiny_store(tmp_path / "s.zarr", **EMPTY)
     assert s.encoding["codec"] == f"lensdask.{codec}"
     assert f"'name': 'lensdask.{codec}'" in str(s.group["images"].metadata.to_dict())
     s.write_tile(0, x, _rows(40))
@@ -216,14 +221,14 @@ def test_both_integer_codecs_store_the_same_integers(tmp_path, codec):
     np.testing.assert_array_equal(open_store(tmp_path / "s.zarr").group["images"][0, :40], q)
     assert disk_bytes(str(tmp_path / "s.zarr" / "images")) / 40 <= 5 * 1024
     with dask.config.set({"lensdask.store.quantise.codec": "gzip"}), pytest.raises(StoreWriteError, match="codec"):
-        _store(tmp_path / "t.zarr")
+        tiny_store(tmp_path / "t.zarr", **EMPTY)
 
 
-def test_decoded_rows_written_again_keep_their_values_bit_for_bit(tmp_path):
+def test_decoded_rows_written_again_keep_their_values_bit_for_bit(tmp_path, tiny_store):
     # copying rows between quantised stores (trainset add, convert) must not quantise them twice
     x = _sky(30, seed=12)
     x[:10] += 5000.0  # and on a sky that is not subtracted: the offset is a multiple of 1024 steps
-    a, b = _store(tmp_path / "a.zarr"), _store(tmp_path / "b.zarr", n_tiles=3)
+    a, b = tiny_store(tmp_path / "a.zarr", **EMPTY), tiny_store(tmp_path / "b.zarr", tiles=3, **EMPTY)
     a.write_tile(0, x, _rows(30, start=70))
     y = open_store(tmp_path / "a.zarr").read_images(0)
     b.write_tile(2, y[::-1], _rows(30, start=70)[::-1].reset_index(drop=True))  # other tile, other order

@@ -15,24 +15,15 @@ from lensdask.errors import LensdaskError, StoreWriteError
 from lensdask.model.checkpoint import read_card
 from lensdask.model.infer import BATCH_SIZES, resolve_batch_size
 from lensdask.search import read_scores, search_tile
-from lensdask.store import create_store, open_store
+from lensdask.store import open_store
+
+ROWS = (40, 23)
+STORE = {"capacity": 48, "chunk_rows": 16, "seed": 3}
+"""Stores of :func:`conftest.tiny_store`: chunks of 16 rows, tiles of 40 and 23 rows unless told."""
 
 
-def _store(path, n=(40, 23), chunk_rows=16, seed=3, **kw):
-    rng = np.random.default_rng(seed)
-    s = create_store(path, tiles=[f"T{t}" for t in range(len(n))], capacity=48, bands="griz", pixel_scale=0.263,
-                     stamp=45, chunk_rows=chunk_rows, **kw)
-    y, x = np.mgrid[:45, :45] - 22
-    blob = np.exp(-(x**2 + y**2) / 20.0)
-    for t, k in enumerate(n):
-        img = rng.normal(0, 0.05, (k, 4, 45, 45)) + blob * rng.uniform(0.5, 3, (k, 4, 1, 1))
-        s.write_tile(t, img.astype("float32"), pd.DataFrame(
-            {"object_id": np.arange(k) + 100 * t, "ra": rng.uniform(10, 11, k), "dec": rng.uniform(-30, -29, k)}))
-    return s
-
-
-def test_reused_read_buffer_yields_the_same_pixels(tmp_path):
-    s = _store(tmp_path / "s.zarr")
+def test_reused_read_buffer_yields_the_same_pixels(tmp_path, tiny_store):
+    s = tiny_store(tmp_path / "s.zarr", rows=ROWS, **STORE)
     plain = [(im.copy(), tab) for im, tab in s.iter_batches(16)]
     reused, bases = [], set()
     for im, tab in s.iter_batches(16, reuse=True):
@@ -46,8 +37,8 @@ def test_reused_read_buffer_yields_the_same_pixels(tmp_path):
     assert s.chunk_rows == 16
 
 
-def test_scores_do_not_depend_on_the_batch_size(tmp_path, random_model):
-    _store(tmp_path / "s.zarr")
+def test_scores_do_not_depend_on_the_batch_size(tmp_path, random_model, tiny_store):
+    tiny_store(tmp_path / "s.zarr", rows=ROWS, **STORE)
     sha = read_card(random_model)["sha256"]
     runs = {}
     for bs in (5, 16, "auto"):
@@ -71,34 +62,35 @@ def test_batch_size_resolution():
             resolve_batch_size(bad, "cpu")
 
 
-def test_cli_rejects_a_bad_batch_size(tmp_path, random_model, capsys):
+def test_cli_rejects_a_bad_batch_size(tmp_path, random_model, capsys, tiny_store):
     from lensdask.cli import main
 
-    _store(tmp_path / "s.zarr")
+    tiny_store(tmp_path / "s.zarr", rows=ROWS, **STORE)
     rc = main(["search", "--zarr", str(tmp_path / "s.zarr"), "--model", str(random_model), "--out",
                str(tmp_path / "run"), "--batch-size", "lots", "--no-crossmatch", "--no-report", "--cluster", "local"])
     assert rc != 0 and "batch size" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("compressor", ["lz4", "zstd"])
-def test_store_compressor_is_configurable_and_read_alike(tmp_path, compressor):
+def test_store_compressor_is_configurable_and_read_alike(tmp_path, compressor, tiny_store):
     with dask.config.set({"lensdask.store.compressor": compressor}):
-        s = _store(tmp_path / "s.zarr", n=(20,), quantise_step=0)  # the compressor of float32 stores
+        s = tiny_store(tmp_path / "s.zarr", rows=(20,), **STORE, noise=0.05, flux=(0.5, 3), width=20.0,
+                       quantise_step=0)  # the compressor of float32 stores
     codecs = repr(s.group["images"].metadata.codecs)
     assert f"cname=<BloscCname.{compressor}" in codecs
-    rng = np.random.default_rng(3)  # the same pixels _store wrote
+    rng = np.random.default_rng(3)  # the same pixels tiny_store wrote (its seed, noise, flux, width)
     y, x = np.mgrid[:45, :45] - 22
     expected = rng.normal(0, 0.05, (20, 4, 45, 45)) + np.exp(-(x**2 + y**2) / 20.0) * rng.uniform(0.5, 3, (20, 4, 1, 1))
     np.testing.assert_array_equal(open_store(tmp_path / "s.zarr").read_images(0), expected.astype("float32"))
 
 
-def test_unknown_compressor_is_refused(tmp_path):
+def test_unknown_compressor_is_refused(tmp_path, tiny_store):
     with dask.config.set({"lensdask.store.compressor": "gzip"}), pytest.raises(StoreWriteError, match="compressor"):
-        _store(tmp_path / "s.zarr", quantise_step=0)
+        tiny_store(tmp_path / "s.zarr", rows=ROWS, **STORE, quantise_step=0)
 
 
-def test_default_store_compressor_is_lz4(tmp_path):
-    store = _store(tmp_path / "s.zarr", n=(1,), quantise_step=0)
+def test_default_store_compressor_is_lz4(tmp_path, tiny_store):
+    store = tiny_store(tmp_path / "s.zarr", rows=(1,), **STORE, quantise_step=0)
     assert "BloscCname.lz4" in repr(store.group["images"].metadata.codecs)
 
 

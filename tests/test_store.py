@@ -8,7 +8,7 @@ import pytest
 import zarr
 
 from lensdask.errors import StoreNotFoundError, StoreSchemaError, StoreWriteError
-from lensdask.store import SCHEMA, create_store, open_store
+from lensdask.store import SCHEMA, open_store
 
 
 def _rows(n, start=0, label=None):
@@ -22,18 +22,16 @@ def _rows(n, start=0, label=None):
     )
 
 
-def _store(path, **kw):
-    args = dict(
-        tiles=["DES0000-0000", "DES0001-0000", "DES0002-0000"], capacity=20, bands="griz",
-        pixel_scale=0.263, stamp=9, params=["theta_E"], chunk_rows=8,
-        quantise_step=0,  # exact float32: these tests check values bit for bit (quantised: test_quantise.py)
-    )
-    args.update(kw)
-    return create_store(path, **args)
+EMPTY = {
+    "tiles": ["DES0000-0000", "DES0001-0000", "DES0002-0000"], "rows": 0, "capacity": 20, "stamp": 9,
+    "params": ["theta_E"], "chunk_rows": 8,
+    "quantise_step": 0,  # exact float32: these tests check values bit for bit (quantised: test_quantise.py)
+}
+"""An empty store of :func:`conftest.tiny_store`, for the tests to write their own pixels."""
 
 
-def test_round_trip_tile_and_rows(tmp_path):
-    s = _store(tmp_path / "s.zarr")
+def test_round_trip_tile_and_rows(tmp_path, tiny_store):
+    s = tiny_store(tmp_path / "s.zarr", **EMPTY)
     assert s.capacity == 24  # rounded up to a multiple of chunk_rows
     rng = np.random.default_rng(1)
     img = rng.normal(size=(13, 4, 9, 9)).astype("float32")
@@ -59,8 +57,8 @@ def test_round_trip_tile_and_rows(tmp_path):
     assert r.provenance["lensdask_version"]
 
 
-def test_tiles_are_separate_shards_and_rewrite_is_idempotent(tmp_path):
-    s = _store(tmp_path / "s.zarr")
+def test_tiles_are_separate_shards_and_rewrite_is_idempotent(tmp_path, tiny_store):
+    s = tiny_store(tmp_path / "s.zarr", **EMPTY)
     a = np.ones((5, 4, 9, 9), "float32")
     b = 2 * np.ones((7, 4, 9, 9), "float32")
     s.write_tile(0, a, _rows(5))
@@ -74,8 +72,8 @@ def test_tiles_are_separate_shards_and_rewrite_is_idempotent(tmp_path):
     np.testing.assert_array_equal(open_store(tmp_path / "s.zarr").read_images(0), a)
 
 
-def test_dask_view_has_one_chunk_per_tile(tmp_path):
-    s = _store(tmp_path / "s.zarr")
+def test_dask_view_has_one_chunk_per_tile(tmp_path, tiny_store):
+    s = tiny_store(tmp_path / "s.zarr", **EMPTY)
     s.write_tile(0, np.ones((3, 4, 9, 9), "float32"), _rows(3))
     arr = s.to_dask()
     assert arr.numblocks[0] == 3 and arr.chunks[1] == (24,)
@@ -87,8 +85,8 @@ def test_missing_store_is_named(tmp_path):
         open_store(tmp_path / "nope.zarr")
 
 
-def test_wrong_schema_says_found_and_expected(tmp_path):
-    _store(tmp_path / "s.zarr")
+def test_wrong_schema_says_found_and_expected(tmp_path, tiny_store):
+    tiny_store(tmp_path / "s.zarr", **EMPTY)
     meta = tmp_path / "s.zarr" / "zarr.json"
     doc = json.loads(meta.read_text())
     doc["attributes"]["schema"] = "lensdask.cutouts/0"
@@ -106,7 +104,7 @@ def test_wrong_schema_says_found_and_expected(tmp_path):
         open_store(tmp_path / "notzarr")
 
 
-def test_unreadable_zarr_metadata_is_a_schema_error(tmp_path):
+def test_unreadable_zarr_metadata_is_a_schema_error(tmp_path, tiny_store):
     """An array where the group should be, or metadata that is not JSON: StoreSchemaError, not a zarr traceback."""
     zarr.create_array(tmp_path / "array.zarr", shape=(2,), dtype="int8")
     (tmp_path / "garbled.zarr").mkdir()
@@ -115,7 +113,7 @@ def test_unreadable_zarr_metadata_is_a_schema_error(tmp_path):
         with pytest.raises(StoreSchemaError, match="is not a Zarr v3 group"):
             open_store(tmp_path / name)
 
-    _store(tmp_path / "s.zarr")
+    tiny_store(tmp_path / "s.zarr", **EMPTY)
     meta = tmp_path / "s.zarr" / "zarr.json"
     doc = json.loads(meta.read_text())
     doc["attributes"]["encoding"] = "quantised"
@@ -124,8 +122,8 @@ def test_unreadable_zarr_metadata_is_a_schema_error(tmp_path):
         open_store(tmp_path / "s.zarr")
 
 
-def test_bad_writes_are_refused(tmp_path):
-    s = _store(tmp_path / "s.zarr")
+def test_bad_writes_are_refused(tmp_path, tiny_store):
+    s = tiny_store(tmp_path / "s.zarr", **EMPTY)
     with pytest.raises(StoreWriteError, match="shape"):
         s.write_tile(0, np.ones((3, 3, 9, 9), "float32"), _rows(3))
     with pytest.raises(StoreWriteError, match="capacity"):
@@ -137,23 +135,23 @@ def test_bad_writes_are_refused(tmp_path):
     with pytest.raises(StoreWriteError, match="labels"):
         s.write_tile(0, np.ones((3, 4, 9, 9), "float32"), _rows(3, label=[0, 1, 5]))
     with pytest.raises(FileExistsError):
-        _store(tmp_path / "s.zarr")
+        tiny_store(tmp_path / "s.zarr", **EMPTY)
 
 
-def test_fsspec_urls(tmp_path):
-    s = _store("memory://lensdask-test/s.zarr")
+def test_fsspec_urls(tmp_path, tiny_store):
+    s = tiny_store("memory://lensdask-test/s.zarr", **EMPTY)
     s.write_tile(1, np.full((2, 4, 9, 9), 3.0, "float32"), _rows(2))
     r = open_store("memory://lensdask-test/s.zarr")
     assert r.counts.tolist() == [-1, 2, -1] and float(r.read_images(1).mean()) == 3.0
 
     url = f"file://{tmp_path}/f.zarr"
-    _store(url).write_tile(0, np.zeros((1, 4, 9, 9), "float32"), _rows(1))
+    tiny_store(url, **EMPTY).write_tile(0, np.zeros((1, 4, 9, 9), "float32"), _rows(1))
     assert open_store(url).n_rows == 1
     assert open_store(tmp_path / "f.zarr").n_rows == 1
 
 
-def test_add_tiles_and_classes(tmp_path):
-    s = _store(tmp_path / "s.zarr")
+def test_add_tiles_and_classes(tmp_path, tiny_store):
+    s = tiny_store(tmp_path / "s.zarr", **EMPTY)
     s.write_tile(0, np.ones((3, 4, 9, 9), "float32"), _rows(3))
     new = s.add_tiles(["review-1", "review-2"])
     assert new == [3, 4]
