@@ -120,7 +120,9 @@ def evaluate(
         nets.append((net, card))
     keep_params = selection_params(cs.params)
 
-    labels, probs, params = [], [[] for _ in nets], []
+    labels: list[np.ndarray] = []
+    probs: list[list[np.ndarray]] = [[] for _ in nets]
+    tables: list[pd.DataFrame] = []
     n_unlabelled = 0
     for t in tqdm(cs.written_tiles(), desc="evaluate", unit="tile", disable=not progress):
         table = cs.read_table(t)
@@ -142,13 +144,14 @@ def evaluate(
             p[scored] = forward_proba(net, x, batch_size=batch_size, device=dev, size=input_size(card))
             probs[k].append(p[known])
         labels.append(lab[known].astype(np.int64))
-        params.append(table.loc[known, keep_params].reset_index(drop=True))
+        tables.append(table.loc[known, keep_params].reset_index(drop=True))
     if not labels:
         raise LensdaskError(f"store {cs.url!r} has no labelled rows (every label is -1); nothing to evaluate")
     y = np.concatenate(labels)
-    params = pd.concat(params, ignore_index=True)
+    params = pd.concat(tables, ignore_index=True)
     is_lens = y == cs.classes.index("lens")
-    results, curves = [], []
+    results: list[tuple[dict, np.ndarray, np.ndarray]] = []
+    curves: list[tuple[np.ndarray, str]] = []
     for (_net, card), d, pk in zip(nets, dirs, probs):
         p = np.concatenate(pk)
         lens_col = int(card["lens_class"])
@@ -167,7 +170,7 @@ def evaluate(
     else:
         cards = [c for _, c in nets]
         scores = np.stack([s for _, s, _ in results], axis=1)
-        ens = combine_scores(scores, combine).astype(np.float64)
+        ens = combine_scores(scores, str(combine)).astype(np.float64)
         if combine == "mean" and all(list(c["classes"]) == list(cards[0]["classes"]) for c in cards):
             classes, lens_col = list(cards[0]["classes"]), int(cards[0]["lens_class"])
             p = np.mean([pm for _, _, pm in results], axis=0)
