@@ -7,7 +7,7 @@ one shard per block. :func:`write_tile_streamed` instead encodes each inner chun
 the array's own codecs as its rows arrive, appends it to the shard file, and writes the
 shard index last: memory is one chunk of rows, whatever the tile's size.
 
-The result is the same shard Zarr writes (``tests/test_ingest_des.py`` checks it
+The result is the same shard Zarr writes (``tests/survey/test_ingest_des.py`` checks it
 byte for byte against :meth:`CutoutStore.write_tile`), committed like a tile write:
 ``count`` is -1 while the tile changes and its row count last. On a local store the
 shard is written to a temporary file and renamed into place; on other stores

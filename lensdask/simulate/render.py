@@ -13,7 +13,7 @@ convolution with that band's own PSF: lenstronomy's ``MultiGaussianConvolution``
 ``ImageModel`` uses for a ``GAUSSIAN`` PSF) or ``PixelKernelConvolution`` (a ``PIXEL`` PSF,
 from a PSFEx model). With lenstronomy's default numerics (``supersampling_convolution``
 False) this is the same arithmetic as a fresh ``SimAPI(...).image_model_class().image``
-made with that system's conditions (:func:`reference_render`; ``tests/test_simulate*.py``
+made with that system's conditions (:func:`reference_render`; ``tests/simulate/test_simulate*.py``
 check it).
 
 Pixel values are in electrons per second (``data_count_unit='e-'``), sky subtracted.

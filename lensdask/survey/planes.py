@@ -3,7 +3,7 @@
 Images are opened, never read whole: astropy's ``section`` reads a strip of rows by
 seeking, in plain FITS and in tile-compressed FITS (``.fits.fz``: fpack's Rice or gzip
 tiles, quantised and dithered floats), where it decompresses only the compression tiles
-the strip overlaps. Pixel values equal those of ``hdu.data`` (``tests/test_ingest_des.py``).
+the strip overlaps. Pixel values equal those of ``hdu.data`` (``tests/survey/test_ingest_des.py``).
 Files are opened without memory maps: the pages of a mapped file stay in the process's
 resident memory once read, and a Dask nanny counts them against the worker's limit (a
 full-size DES tile's four compressed files, 1.2 GB, would count whole).
