@@ -305,10 +305,8 @@ def _print_dashboard(client, quiet):
 
 
 def _ready(client, quiet):
-    """Register the worker setup (:mod:`lensdask.workersetup`) and show the dashboard link."""
-    from .workersetup import register
-
-    register(client)
+    """Show the dashboard link. The worker setup (:mod:`lensdask.workersetup`) is registered by
+    :func:`lensdask.fanout.run_tiles` when a command submits its tiles (see its ``register_setup``)."""
     _print_dashboard(client, quiet)
 
 
@@ -342,8 +340,8 @@ def cluster_client(
     Yields
     ------
     distributed.Client
-        With :class:`~lensdask.workersetup.WorkerSetup` registered: every worker, now or
-        joining later, is set up for lensdask tasks and holds its own model cache.
+        Its workers get :class:`~lensdask.workersetup.WorkerSetup` when a command submits its
+        tiles (:func:`lensdask.fanout.run_tiles`), or in their first task.
     """
     from distributed import Client, LocalCluster
 

@@ -83,7 +83,9 @@ class TileFailed:
 
 def _guarded(f, *args, **kwargs):
     from .errors import LensdaskError
+    from .workersetup import current_setup
 
+    current_setup()  # the registered plugin, or (not registered) this worker process's own setup, once
     try:
         return f(*args, **kwargs)
     except LensdaskError as exc:
@@ -150,12 +152,14 @@ def run_tiles(
     postfix: Callable[[], dict | str] | None = None,
     skipped: int = 0,
     raise_in_process: tuple[type[BaseException], ...] = (),
+    register_setup: bool = True,
 ) -> tuple[dict[str, object], list[dict]]:
     """Run ``jobs`` (``(tile, function, args, kwargs)``), one task each; return results and failures.
 
     Every worker of ``client`` gets the lensdask worker setup first
-    (:func:`lensdask.workersetup.register`); without a client this process gets it
-    (:func:`lensdask.workersetup.current_setup`). On any exception while waiting
+    (:func:`lensdask.workersetup.register`), or with ``register_setup=False`` in its first
+    task (:func:`lensdask.workersetup.current_setup`: the same setup, once per worker
+    process); without a client this process gets it. On any exception while waiting
     (``KeyboardInterrupt`` included) the tasks not yet finished are cancelled and the
     exception is re-raised.
 
@@ -184,6 +188,14 @@ def run_tiles(
         progress bar (``tqdm.set_postfix`` for a dict, ``set_postfix_str`` for a string).
     skipped : int
         Tiles done before this run (resumed) and not in ``jobs``: the bar starts with them counted.
+    register_setup : bool
+        Register the worker setup plugin before submitting. Registering sends every worker
+        the plugin at once, so each imports lensdask (~0.7 GiB with PyTorch) before any task:
+        a worker whose memory limit cannot hold that is restarted over and over by its
+        nanny and a task may run, and write, on one of those short lives after its tile was
+        reported lost. Commands whose tiles do not need the model cache (ingest) set it up in
+        the first task instead, so such a worker dies in its task and the tile is reported
+        lost once, unwritten.
     raise_in_process : tuple of exception types
         Without a client, an exception of these types stops the run (it is raised, as the
         tile's call raised it) instead of becoming a row of the failures table.
@@ -238,7 +250,8 @@ def run_tiles(
                     continue
                 finished(name, value)
         else:
-            register(client)
+            if register_setup:
+                register(client)
             _run_on_client(client, jobs, key_prefix, retries, resources, finished, failed)
     finally:
         bar.close()

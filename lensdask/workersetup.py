@@ -283,5 +283,14 @@ def register(client, threads: int | None = None) -> None:
     """Register :class:`WorkerSetup` on every worker of ``client``, now and joining later.
 
     Idempotent: workers that have it keep their instance (and their cached models).
+
+    A worker that dies while the plugin is sent out (one killed at start for too little
+    memory, say) breaks the scheduler's broadcast with a closed connection. The scheduler
+    has stored the plugin before it broadcasts, so every other and every later worker still
+    gets it; the lost worker is the fan-out's to report, as a failed tile. That error is
+    logged here, not raised.
     """
-    client.register_plugin(WorkerSetup(threads))
+    try:
+        client.register_plugin(WorkerSetup(threads))
+    except OSError as exc:  # distributed's CommClosedError is an OSError
+        logging.getLogger(__name__).warning("a worker was lost while lensdask set the workers up: %s", exc)

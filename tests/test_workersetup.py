@@ -10,6 +10,7 @@ from distributed import Client, LocalCluster
 
 from lensdask import workersetup
 from lensdask.cluster import cluster_client
+from lensdask.fanout import run_tiles
 from lensdask.model.checkpoint import read_card
 from lensdask.search.worker import get_model, load_counts, loaded_models
 from lensdask.workersetup import PLUGIN_NAME, WorkerSetup, current_setup, register
@@ -88,7 +89,10 @@ def test_search_models_are_loaded_once_per_worker(threaded_cluster, random_model
 def test_in_process_setup_is_applied_once():
     first = current_setup()
     assert current_setup() is first and first.setups == 1
-    assert first.applied == {"malloc_tuned": workersetup.tune_malloc(), "threads": workersetup.limit_threads()}
+    # the thread count is whatever OMP_NUM_THREADS said when the process was first set up
+    # (earlier tests may have set it since); malloc tuning is once per process
+    assert set(first.applied) == {"malloc_tuned", "threads"}
+    assert first.applied["malloc_tuned"] == workersetup.tune_malloc()
     one = first.cached(("in-process", "cpu"), object)
     assert first.cached(("in-process", "cpu"), object) is one
     assert first.load_counts()[("in-process", "cpu")] == 1
@@ -116,20 +120,32 @@ def test_threads_follow_omp_num_threads(monkeypatch):
         workersetup.limit_threads(0)
 
 
-def test_cluster_client_registers_the_setup_on_every_worker(threaded_cluster):
+def _tile_setups():
+    """What a tile task sees: the setup object's kind and how often it was applied."""
+    setup = current_setup()
+    return type(setup).__name__, setup.setups
+
+
+def test_a_fan_out_on_a_cluster_client_registers_the_setup_on_every_worker(threaded_cluster):
     cluster, _ = threaded_cluster
-    # an existing scheduler, by address: lensdask's client registers the plugin there
+    # an existing scheduler, by address: the fan-out registers the plugin before its tiles
     with cluster_client(cluster.scheduler_address, quiet=True) as client:
+        results, failures = run_tiles([("t0", _tile_setups, (), {}), ("t1", _tile_setups, (), {})],
+                                      client=client, progress=False)
+        assert failures == [] and set(results.values()) == {("WorkerSetup", 1)}
         setups = client.run(lambda dask_worker: dask_worker.plugins[PLUGIN_NAME].setups)
         assert sorted(setups.values()) == [1, 1]
         assert all(isinstance(p, WorkerSetup) and p.setups == 1 for p in _plugins(cluster).values())
 
 
-def test_local_cluster_client_registers_the_setup():
+def test_local_cluster_workers_are_set_up_in_their_first_task_without_registering():
     with dask.config.set({"lensdask.cluster.n_workers": 1, "lensdask.cluster.threads_per_worker": 1,
                           "lensdask.cluster.dashboard_address": ":0"}), cluster_client("local", quiet=True) as client:
-        setups = client.run(lambda dask_worker: dask_worker.plugins[PLUGIN_NAME].setups)
-        applied = client.run(lambda dask_worker: dask_worker.plugins[PLUGIN_NAME].applied)
-    assert list(setups.values()) == [1]
+        assert client.run(lambda dask_worker: PLUGIN_NAME in dask_worker.plugins) == {
+            w: False for w in client.scheduler_info()["workers"]}  # nothing sent before there is work
+        results, failures = run_tiles([("a", _tile_setups, (), {}), ("b", _tile_setups, (), {})],
+                                      client=client, progress=False, register_setup=False)
+        applied = client.run(lambda: workersetup.current_setup().applied)
+    assert failures == [] and list(results.values()) == [("WorkerSetup", 1)] * 2  # once per worker process
     # a nanny's worker: OMP_NUM_THREADS=1 from distributed.nanny.pre-spawn-environ
     assert [a["threads"] for a in applied.values()] == [1]

@@ -1042,7 +1042,8 @@ def _run_plan(out: str, plan: _Plan, report: IngestReport, client, progress: boo
     from ..fanout import run_tiles
 
     names = plan.names
-    results, failed = run_tiles(plan.jobs, client=client, progress=progress, desc="ingest", key_prefix="ingest-tile")
+    results, failed = run_tiles(plan.jobs, client=client, progress=progress, desc="ingest", key_prefix="ingest-tile",
+                                register_setup=False)  # set up in the first task: see run_tiles
     failed = [{"tile": t, "error": r, "traceback": ""} for t, r in plan.problems.items() if t in names] + failed
     failed.sort(key=lambda r: names.index(r["tile"]))
     report.tiles = [_tile_record(t, r) for t, r in results.items()]
