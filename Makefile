@@ -26,6 +26,7 @@ test: $(STAMP)
 # `ruff format --check` is not run: the tree predates the formatter settings.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lensdask tests benchmarks
+	$(VENV)/bin/ruff format --check lensdask tests benchmarks
 	$(VENV)/bin/mypy lensdask
 
 benchmark: $(STAMP)

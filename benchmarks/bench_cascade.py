@@ -87,15 +87,31 @@ def main(argv: list[str] | None = None) -> dict:
         pre_dir, _ = _model(a.prefilter, tmp)
         zarr = os.path.join(tmp, "des.zarr")
         t0 = time.perf_counter()
-        _, truth_path = mock_survey(zarr, a.tiles, a.per_tile, a.lens_fraction, a.seed,
-                                    lookalike_fraction=a.lookalike_fraction, client=None, progress=False)
+        _, truth_path = mock_survey(
+            zarr,
+            a.tiles,
+            a.per_tile,
+            a.lens_fraction,
+            a.seed,
+            lookalike_fraction=a.lookalike_fraction,
+            client=None,
+            progress=False,
+        )
         t_mock = time.perf_counter() - t0
         truth = pd.read_parquet(truth_path)
         for d in (main_dir, pre_dir):  # load once in this process, as a search worker would
             card = read_card(resolve_model_dir(d))
             get_model(str(resolve_model_dir(d)), card["sha256"], "cpu")
-        common = dict(client=None, progress=False, crossmatch=False, report=False, threshold=a.threshold,
-                      floor=0.0, device="cpu", batch_size=a.batch_size)
+        common = dict(
+            client=None,
+            progress=False,
+            crossmatch=False,
+            report=False,
+            threshold=a.threshold,
+            floor=0.0,
+            device="cpu",
+            batch_size=a.batch_size,
+        )
         prefilter = (pre_dir or "default", a.keep)
 
         t_alone = t_casc = float("inf")
@@ -104,8 +120,14 @@ def main(argv: list[str] | None = None) -> dict:
             alone = search(zarr, main_dir, os.path.join(tmp, f"alone-{r}"), **common)
             t_alone = min(t_alone, time.perf_counter() - t0)
             t0 = time.perf_counter()
-            casc = search(zarr, main_dir, os.path.join(tmp, f"cascade-{r}"), prefilter=prefilter,
-                          prefilter_threshold=a.prefilter_threshold, **common)
+            casc = search(
+                zarr,
+                main_dir,
+                os.path.join(tmp, f"cascade-{r}"),
+                prefilter=prefilter,
+                prefilter_threshold=a.prefilter_threshold,
+                **common,
+            )
             t_casc = min(t_casc, time.perf_counter() - t0)
 
         rows = alone.summary["rows"]
@@ -115,56 +137,87 @@ def main(argv: list[str] | None = None) -> dict:
         injected = int(truth["is_lens"].sum())
         res = {
             "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                       f"torch {torch.__version__} ({torch.get_num_threads()} threads), no GPU"
-                       if not torch.cuda.is_available() else "GPU present",
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads), no GPU"
+            if not torch.cuda.is_available()
+            else "GPU present",
             "command": "python benchmarks/bench_cascade.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "main": a.main, "main_model_id": alone.summary["models"][0], "main_untrained": untrained,
-            "prefilter_model_id": casc.summary["prefilter"]["model_id"], "keep_fraction": a.keep,
-            "prefilter_threshold": casc.summary["prefilter"]["threshold"], "threshold": a.threshold,
-            "tiles": a.tiles, "cutouts": rows, "repeat": a.repeat, "injected_lenses": injected,
+            "main": a.main,
+            "main_model_id": alone.summary["models"][0],
+            "main_untrained": untrained,
+            "prefilter_model_id": casc.summary["prefilter"]["model_id"],
+            "keep_fraction": a.keep,
+            "prefilter_threshold": casc.summary["prefilter"]["threshold"],
+            "threshold": a.threshold,
+            "tiles": a.tiles,
+            "cutouts": rows,
+            "repeat": a.repeat,
+            "injected_lenses": injected,
             "mock_survey_seconds": round(t_mock, 1),
-            "alone_seconds": round(t_alone, 2), "cascade_seconds": round(t_casc, 2),
+            "alone_seconds": round(t_alone, 2),
+            "cascade_seconds": round(t_casc, 2),
             "alone_ms_per_cutout": round(1e3 * t_alone / rows, 3),
             "cascade_ms_per_cutout": round(1e3 * t_casc / rows, 3),
-            "cost_ratio": round(t_casc / t_alone, 4), "speedup": round(t_alone / t_casc, 2),
+            "cost_ratio": round(t_casc / t_alone, 4),
+            "speedup": round(t_alone / t_casc, 2),
             "stages": casc.summary["stages"],
             "passed_by_threshold_only": casc.summary["prefilter"]["passed_by_threshold_only"],
-            "lenses_kept_alone": len(kept_alone), "lenses_kept_cascade": len(kept_casc),
-            "lenses_lost": len(lost), "lenses_gained": len(kept_casc - kept_alone),
+            "lenses_kept_alone": len(kept_alone),
+            "lenses_kept_cascade": len(kept_casc),
+            "lenses_lost": len(lost),
+            "lenses_gained": len(kept_casc - kept_alone),
             "completeness_alone": len(kept_alone) / injected if injected else None,
             "completeness_cascade": len(kept_casc) / injected if injected else None,
             "completeness_ratio": (len(kept_alone & kept_casc) / len(kept_alone)) if kept_alone else None,
         }
         if a.audit:
-            audited = search(zarr, main_dir, os.path.join(tmp, "audit"), prefilter=prefilter,
-                             prefilter_threshold=a.prefilter_threshold, truth=truth_path, **common)
+            audited = search(
+                zarr,
+                main_dir,
+                os.path.join(tmp, "audit"),
+                prefilter=prefilter,
+                prefilter_threshold=a.prefilter_threshold,
+                truth=truth_path,
+                **common,
+            )
             res["audit"] = audited.summary["audit"]
         if a.ensemble_with:
             other_dir, _ = _model(a.ensemble_with, tmp)
             ens = {}
             for combine in ("mean", "rank"):
-                r = search(zarr, [main_dir, other_dir], os.path.join(tmp, f"ens-{combine}"), combine=combine,
-                           **dict(common, threshold=0.5))
+                r = search(
+                    zarr,
+                    [main_dir, other_dir],
+                    os.path.join(tmp, f"ens-{combine}"),
+                    combine=combine,
+                    **dict(common, threshold=0.5),
+                )
                 sc = r.scores()
                 if combine == "mean":
                     for col in [c for c in sc.columns if c.startswith("score_")]:
                         one = sc[["object_id", col]].rename(columns={col: "score"})
-                        ens[col[len("score_"):]] = score_against_truth(one, truth, 0.5)["auroc"]
+                        ens[col[len("score_") :]] = score_against_truth(one, truth, 0.5)["auroc"]
                 ens[f"ensemble_{combine}"] = score_against_truth(sc, truth, 0.5)["auroc"]
             singles = [v for k, v in ens.items() if not k.startswith("ensemble_")]
             res["auroc"] = ens
             res["ensemble_at_least_best_single"] = {
-                k: bool(ens[k] >= max(singles)) for k in ("ensemble_mean", "ensemble_rank")}
-    print(f"{res['cutouts']} cutouts in {a.tiles} tiles, {injected} injected lenses; main {res['main_model_id']}"
-          f"{' (untrained: cost only)' if untrained else ''}, prefilter {res['prefilter_model_id']} keeping "
-          f"{a.keep:g} (+ p >= {res['prefilter_threshold']:g})")
+                k: bool(ens[k] >= max(singles)) for k in ("ensemble_mean", "ensemble_rank")
+            }
+    print(
+        f"{res['cutouts']} cutouts in {a.tiles} tiles, {injected} injected lenses; main {res['main_model_id']}"
+        f"{' (untrained: cost only)' if untrained else ''}, prefilter {res['prefilter_model_id']} keeping "
+        f"{a.keep:g} (+ p >= {res['prefilter_threshold']:g})"
+    )
     print(f"  main alone   {res['alone_seconds']:8.2f} s  {res['alone_ms_per_cutout']:8.3f} ms/cutout")
-    print(f"  cascade      {res['cascade_seconds']:8.2f} s  {res['cascade_ms_per_cutout']:8.3f} ms/cutout  "
-          f"(prefilter saw {res['stages']['prefilter']}, main {res['stages']['main']})")
+    print(
+        f"  cascade      {res['cascade_seconds']:8.2f} s  {res['cascade_ms_per_cutout']:8.3f} ms/cutout  "
+        f"(prefilter saw {res['stages']['prefilter']}, main {res['stages']['main']})"
+    )
     print(f"  cost ratio cascade/alone {res['cost_ratio']:.4f}  (speed-up {res['speedup']:.2f}x)")
-    print(f"  lenses at p >= {a.threshold:g}: alone {res['lenses_kept_alone']}, cascade {res['lenses_kept_cascade']}, "
-          f"lost {res['lenses_lost']}; completeness ratio "
-          f"{res['completeness_ratio'] if res['completeness_ratio'] is None else round(res['completeness_ratio'], 4)}")
+    print(
+        f"  lenses at p >= {a.threshold:g}: alone {res['lenses_kept_alone']}, cascade {res['lenses_kept_cascade']}, "
+        f"lost {res['lenses_lost']}; completeness ratio "
+        f"{res['completeness_ratio'] if res['completeness_ratio'] is None else round(res['completeness_ratio'], 4)}"
+    )
     if "audit" in res:
         print(f"  audit (cascade run with the truth table): {res['audit']}")
     if "auroc" in res:

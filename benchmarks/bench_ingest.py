@@ -83,8 +83,12 @@ def _warm():
 def one_worker(limit):
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=limit, dashboard_address="127.0.0.1:0",
-                      silence_logs=40) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, memory_limit=limit, dashboard_address="127.0.0.1:0", silence_logs=40
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield cluster, client
 
 
@@ -167,12 +171,16 @@ def main(argv=None):
     rows = []
     try:
         t0 = time.perf_counter()
-        files, cat = write_des_tile(tiles_dir, "DES0001-0001", size=a.size, n_objects=a.objects, seed=1,
-                                    catalog=os.path.join(work, "gold.fits"))
+        files, cat = write_des_tile(
+            tiles_dir, "DES0001-0001", size=a.size, n_objects=a.objects, seed=1, catalog=os.path.join(work, "gold.fits")
+        )
         t_write = time.perf_counter() - t0
         on_disk = sum(os.path.getsize(f) for f in files.values())
-        print(f"wrote the tile in {t_write:.0f} s: {a.size} x {a.size} px, {a.objects} objects, 4 bands, "
-              f"{on_disk / 2**20:.0f} MiB compressed ({a.size**2 * 4 * 3 * 4 / 2**30:.2f} GiB as planes)", flush=True)
+        print(
+            f"wrote the tile in {t_write:.0f} s: {a.size} x {a.size} px, {a.objects} objects, 4 bands, "
+            f"{on_disk / 2**20:.0f} MiB compressed ({a.size**2 * 4 * 3 * 4 / 2**30:.2f} GiB as planes)",
+            flush=True,
+        )
         base = ["ingest", "--des-tiles", tiles_dir, "--catalog", os.path.join(work, "gold.fits"), "--overwrite"]
 
         code, wall, before, after, err = measured(a.limit, base + ["--out", os.path.join(work, "des.zarr")])
@@ -186,39 +194,64 @@ def main(argv=None):
         rows.append(("ingest (float32 store)", wall32, b32, a32))
         store32 = open_store(os.path.join(work, "des32.zarr"))
         mism, mask_ok, edge_ok, n_masked, n_edge = expected_flags_and_check(files, cat, store32)
-        print(f"float32 ingest: {wall32:.1f} s; unmasked stamp pixels differing from the SCI planes: {mism}; "
-              f"masked flags exact: {mask_ok} ({n_masked}); edge flags exact: {edge_ok} ({n_edge})", flush=True)
+        print(
+            f"float32 ingest: {wall32:.1f} s; unmasked stamp pixels differing from the SCI planes: {mism}; "
+            f"masked flags exact: {mask_ok} ({n_masked}); edge flags exact: {edge_ok} ({n_edge})",
+            flush=True,
+        )
 
-        code, wall_s, bs, as_, err = measured(a.limit, ["search", "--zarr", os.path.join(work, "des.zarr"), "--out",
-                                                        os.path.join(work, "run"), "--no-report", "--no-crossmatch"])
+        code, wall_s, bs, as_, err = measured(
+            a.limit,
+            [
+                "search",
+                "--zarr",
+                os.path.join(work, "des.zarr"),
+                "--out",
+                os.path.join(work, "run"),
+                "--no-report",
+                "--no-crossmatch",
+            ],
+        )
         assert code == 0, err
         rows.append(("search (shipped model, CPU)", wall_s, bs, as_))
         print(f"search: exit {code}, {wall_s:.1f} s, worker peak {gib(as_['maxrss'])}", flush=True)
 
         with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-            code_k, wall_k, _, _, err_k = measured(a.small_limit, base + ["--out", os.path.join(work, "k.zarr")],
-                                                    warm=False)
+            code_k, wall_k, _, _, err_k = measured(
+                a.small_limit, base + ["--out", os.path.join(work, "k.zarr")], warm=False
+            )
         lines = [ln for ln in err_k.splitlines() if ln.startswith("  tile ")]
-        print(f"ingest on a {a.small_limit} worker: exit {code_k} in {wall_k:.0f} s; traceback: "
-              f"{'Traceback' in err_k}; message: {lines}", flush=True)
+        print(
+            f"ingest on a {a.small_limit} worker: exit {code_k} in {wall_k:.0f} s; traceback: "
+            f"{'Traceback' in err_k}; message: {lines}",
+            flush=True,
+        )
 
         print()
-        print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-              f"python {platform.python_version()}; "
-              f"one worker process, 1 thread, memory limit {a.limit}")
+        print(
+            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+            f"python {platform.python_version()}; "
+            f"one worker process, 1 thread, memory limit {a.limit}"
+        )
         print()
-        print("| step | wall per tile | worker CPU | worker memory before the task "
-              "| worker peak memory (sampled every 5 ms) | core-hours for "
-              f"{a.tiles:,} tiles |")
+        print(
+            "| step | wall per tile | worker CPU | worker memory before the task "
+            "| worker peak memory (sampled every 5 ms) | core-hours for "
+            f"{a.tiles:,} tiles |"
+        )
         print("|---|---|---|---|---|---|")
         for name, wall, b, af in rows:
             cpu = af["cpu"] - b["cpu"]
-            print(f"| {name} | {wall:.1f} s | {cpu:.1f} s | {gib(b['rss'])} | {gib(af['maxrss'])} | "
-                  f"{cpu * a.tiles / 3600:,.0f} (CPU) / {wall * a.tiles / 3600:,.0f} (wall) |")
+            print(
+                f"| {name} | {wall:.1f} s | {cpu:.1f} s | {gib(b['rss'])} | {gib(af['maxrss'])} | "
+                f"{cpu * a.tiles / 3600:,.0f} (CPU) / {wall * a.tiles / 3600:,.0f} (wall) |"
+            )
         print()
-        print(f"stamps equal to the decompressed SCI planes (float32 store): {mism == 0}; "
-              f"masked flags exact: {mask_ok}; "
-              f"edge flags exact: {edge_ok}; {a.small_limit} worker: exit {code_k}, {lines}")
+        print(
+            f"stamps equal to the decompressed SCI planes (float32 store): {mism == 0}; "
+            f"masked flags exact: {mask_ok}; "
+            f"edge flags exact: {edge_ok}; {a.small_limit} worker: exit {code_k}, {lines}"
+        )
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -128,8 +128,9 @@ class Detection:
         return idx[idx != self.central]
 
 
-def detect(img: np.ndarray, *, smooth: float = 1.0, nsigma: float = 3.0, min_area: int = 5,
-           central_radius: float = 3.0) -> Detection:
+def detect(
+    img: np.ndarray, *, smooth: float = 1.0, nsigma: float = 3.0, min_area: int = 5, central_radius: float = 3.0
+) -> Detection:
     """Detect sources on one 2-d stamp.
 
     Parameters
@@ -186,8 +187,9 @@ def detect(img: np.ndarray, *, smooth: float = 1.0, nsigma: float = 3.0, min_are
         k = int(np.argmin(d))
         if d[k] <= central_radius:
             central = int(np.flatnonzero(labels == seg[on][k])[0])
-    return Detection(snr=sub / noise, segments=seg, flux=flux, x=x, y=y, area=area, central=central,
-                     labels=labels, noise=noise)
+    return Detection(
+        snr=sub / noise, segments=seg, flux=flux, x=x, y=y, area=area, central=central, labels=labels, noise=noise
+    )
 
 
 @dataclass
@@ -203,12 +205,14 @@ class StampMeasures:
     def subset(self, keep: np.ndarray, pixel_owner: np.ndarray | None = None) -> StampMeasures:
         keep = np.asarray(keep, bool)
         pix = self.off_pixels if pixel_owner is None else self.off_pixels[keep[pixel_owner]]
-        return StampMeasures(self.n_neighbours[keep], self.has_central[keep], self.brightest_dmag[keep],
-                             self.brightest_dist[keep], pix)
+        return StampMeasures(
+            self.n_neighbours[keep], self.has_central[keep], self.brightest_dmag[keep], self.brightest_dist[keep], pix
+        )
 
 
-def measure(stamps: np.ndarray, *, dilate: int = 3, pixel_scale: float = PIXEL_SCALE,
-            **detect_kw) -> tuple[StampMeasures, np.ndarray]:
+def measure(
+    stamps: np.ndarray, *, dilate: int = 3, pixel_scale: float = PIXEL_SCALE, **detect_kw
+) -> tuple[StampMeasures, np.ndarray]:
     """Detect on every stamp and collect neighbours and off-central pixels.
 
     Parameters
@@ -273,15 +277,22 @@ def _check_detection(**detect_kw) -> float:
     yy, xx = np.indices((STAMP, STAMP), dtype=np.float64)
     c = (STAMP - 1) / 2.0
     img = rng.normal(0.0, 1.0, (STAMP, STAMP))
-    img += 400 * np.exp(-((xx - c) ** 2 + (yy - c) ** 2) / (2 * 2.0 ** 2)) / (2 * np.pi * 2.0 ** 2)
-    img += 100 * np.exp(-((xx - c - 12) ** 2 + (yy - c + 9) ** 2) / (2 * 1.5 ** 2)) / (2 * np.pi * 1.5 ** 2)
+    img += 400 * np.exp(-((xx - c) ** 2 + (yy - c) ** 2) / (2 * 2.0**2)) / (2 * np.pi * 2.0**2)
+    img += 100 * np.exp(-((xx - c - 12) ** 2 + (yy - c + 9) ** 2) / (2 * 1.5**2)) / (2 * np.pi * 1.5**2)
     det = detect(img, **detect_kw)
     nb = det.neighbours
-    ok = (det.central >= 0 and nb.size == 1 and abs(det.x[nb[0]] - c - 12) < 0.5 and abs(det.y[nb[0]] - c + 9) < 0.5
-          and abs(-2.5 * math.log10(det.flux[nb[0]] / det.flux[det.central]) - 2.5 * math.log10(4)) < 0.3)
+    ok = (
+        det.central >= 0
+        and nb.size == 1
+        and abs(det.x[nb[0]] - c - 12) < 0.5
+        and abs(det.y[nb[0]] - c + 9) < 0.5
+        and abs(-2.5 * math.log10(det.flux[nb[0]] / det.flux[det.central]) - 2.5 * math.log10(4)) < 0.3
+    )
     if not ok:
-        raise AssertionError(f"detection self-check failed: central {det.central}, sources at "
-                             f"{list(zip(det.x.round(1), det.y.round(1)))}, fluxes {det.flux.round(1)}")
+        raise AssertionError(
+            f"detection self-check failed: central {det.central}, sources at "
+            f"{list(zip(det.x.round(1), det.y.round(1)))}, fluxes {det.flux.round(1)}"
+        )
     return float(np.mean([detect(s, **detect_kw).flux.size for s in rng.normal(0.0, 1.0, (300, STAMP, STAMP))]))
 
 
@@ -292,7 +303,7 @@ def crop(cube: np.ndarray, stamp: int = STAMP) -> np.ndarray:
     """The central ``stamp`` x ``stamp`` pixels of (..., ny, nx)."""
     ny, nx = cube.shape[-2:]
     y0, x0 = (ny - stamp) // 2, (nx - stamp) // 2
-    return cube[..., y0:y0 + stamp, x0:x0 + stamp]
+    return cube[..., y0 : y0 + stamp, x0 : x0 + stamp]
 
 
 def real_galaxies(data: pathlib.Path, band: str) -> np.ndarray:
@@ -338,8 +349,9 @@ def class_names(table) -> list[str]:
         from lensdask import config
         from lensdask.simulate.run import store_classes
 
-        return list(store_classes(float(config.get("simulate.lookalike_fraction")),
-                                  list(config.get("simulate.lookalikes"))))
+        return list(
+            store_classes(float(config.get("simulate.lookalike_fraction")), list(config.get("simulate.lookalikes")))
+        )
     except Exception:  # an older simulator: two classes
         return ["non-lens", "lens"]
 
@@ -367,14 +379,20 @@ def figures(m: StampMeasures) -> dict:
 
 def print_table(rows: list[tuple[str, dict]]) -> None:
     w = max(len(name) for name, _ in rows) + 2
-    print(f"{'set':<{w}}{'stamps':>7}{'central':>8}{'med nb':>8}{'mean nb':>8}{'>=1 nb':>8}"
-          f"{'med dmag':>9}{'med dist':>9}{'pix>3s':>9}{'pix>5s':>9}")
+    print(
+        f"{'set':<{w}}{'stamps':>7}{'central':>8}{'med nb':>8}{'mean nb':>8}{'>=1 nb':>8}"
+        f"{'med dmag':>9}{'med dist':>9}{'pix>3s':>9}{'pix>5s':>9}"
+    )
     for name, f in rows:
-        print(f"{name:<{w}}{f['n']:>7}{f['central']:>8.2f}{f['median_nb']:>8.1f}{f['mean_nb']:>8.2f}"
-              f"{f['frac_ge1']:>8.2f}{f['dmag']:>9.2f}{f['dist']:>8.1f}\"{f['gt3']:>9.2e}{f['gt5']:>9.2e}")
-    print("central: fraction of stamps with a central source; nb: detected neighbours per stamp; dmag: "
-          "brightest neighbour's i mag minus the central's; dist: its distance from the centre; pix>Ns: "
-          "fraction of pixels off the (dilated) central segment above N sigma (Gaussian: 1.35e-03, 2.87e-07)")
+        print(
+            f"{name:<{w}}{f['n']:>7}{f['central']:>8.2f}{f['median_nb']:>8.1f}{f['mean_nb']:>8.2f}"
+            f'{f["frac_ge1"]:>8.2f}{f["dmag"]:>9.2f}{f["dist"]:>8.1f}"{f["gt3"]:>9.2e}{f["gt5"]:>9.2e}'
+        )
+    print(
+        "central: fraction of stamps with a central source; nb: detected neighbours per stamp; dmag: "
+        "brightest neighbour's i mag minus the central's; dist: its distance from the centre; pix>Ns: "
+        "fraction of pixels off the (dilated) central segment above N sigma (Gaussian: 1.35e-03, 2.87e-07)"
+    )
 
 
 def print_scene_columns(name: str, table) -> None:
@@ -391,8 +409,10 @@ def print_scene_columns(name: str, table) -> None:
         v = sub[c].to_numpy()
         v = v[np.isfinite(v)]
         if v.size:
-            print(f"  {c:<24} n={v.size:<5} mean {v.mean():8.3f}  median {np.median(v):8.3f}  "
-                  f"min {v.min():8.3f}  max {v.max():8.3f}  >0 {np.mean(v > 0):.2f}")
+            print(
+                f"  {c:<24} n={v.size:<5} mean {v.mean():8.3f}  median {np.median(v):8.3f}  "
+                f"min {v.min():8.3f}  max {v.max():8.3f}  >0 {np.mean(v > 0):.2f}"
+            )
 
 
 def plot(sets: list[tuple[str, StampMeasures, dict]], path: pathlib.Path) -> None:
@@ -407,13 +427,26 @@ def plot(sets: list[tuple[str, StampMeasures, dict]], path: pathlib.Path) -> Non
     edges = np.arange(-0.5, top + 1.5)
     for name, m, style in sets:
         if m.n_neighbours.size:
-            a.hist(m.n_neighbours, bins=edges, density=True, histtype="step", lw=1.6,
-                   label=f"{name} (n={m.n_neighbours.size})", **style)
+            a.hist(
+                m.n_neighbours,
+                bins=edges,
+                density=True,
+                histtype="step",
+                lw=1.6,
+                label=f"{name} (n={m.n_neighbours.size})",
+                **style,
+            )
         for axis, v in ((bd, m.brightest_dist), (bm, m.brightest_dmag)):
             v = np.sort(v[np.isfinite(v)])
             if v.size:
-                axis.step(np.r_[v[0], v], np.r_[0, np.arange(1, v.size + 1) / v.size], where="post", lw=1.6,
-                          label=f"{name} ({v.size} stamps)", **style)
+                axis.step(
+                    np.r_[v[0], v],
+                    np.r_[0, np.arange(1, v.size + 1) / v.size],
+                    where="post",
+                    lw=1.6,
+                    label=f"{name} ({v.size} stamps)",
+                    **style,
+                )
         p = np.sort(m.off_pixels)
         if p.size:
             xs = np.linspace(-5, 40, 451)
@@ -423,14 +456,28 @@ def plot(sets: list[tuple[str, StampMeasures, dict]], path: pathlib.Path) -> Non
 
     xs = np.linspace(-5, 40, 451)
     c.plot(xs, norm.sf(xs), color="0.6", lw=1, ls=":", label="Gaussian")
-    a.set(xlabel="detected neighbours per stamp (central source excluded)", ylabel="fraction of stamps",
-          title="(a) neighbours")
-    bd.set(xlabel="brightest neighbour's distance from the centre (arcsec)", ylabel="CDF (stamps with one)",
-           title="(b) brightest neighbour: distance")
-    bm.set(xlabel="brightest neighbour's i mag minus the central's", ylabel="CDF (stamps with one)",
-           title="(b) brightest neighbour: delta mag")
-    c.set(xlabel="pixel / stamp sky noise (1.4826 MAD of the 4-px border)", ylabel="fraction of pixels above",
-          yscale="log", ylim=(1e-6, 1.1), title="(c) pixels off the dilated central segment")
+    a.set(
+        xlabel="detected neighbours per stamp (central source excluded)",
+        ylabel="fraction of stamps",
+        title="(a) neighbours",
+    )
+    bd.set(
+        xlabel="brightest neighbour's distance from the centre (arcsec)",
+        ylabel="CDF (stamps with one)",
+        title="(b) brightest neighbour: distance",
+    )
+    bm.set(
+        xlabel="brightest neighbour's i mag minus the central's",
+        ylabel="CDF (stamps with one)",
+        title="(b) brightest neighbour: delta mag",
+    )
+    c.set(
+        xlabel="pixel / stamp sky noise (1.4826 MAD of the 4-px border)",
+        ylabel="fraction of pixels above",
+        yscale="log",
+        ylim=(1e-6, 1.1),
+        title="(c) pixels off the dilated central segment",
+    )
     for axis in (a, bd, bm, c):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
@@ -445,10 +492,17 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=300, help="simulated stamps per set (default 300)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default=str(HERE / "scenes.png"), help="PNG to write (default benchmarks/scenes.png)")
-    ap.add_argument("--data", default=os.environ.get("LENSDASK_SHARED_DATA", str(DEFAULT_DATA)),
-                    help="the shared real data folder (default ../shared/data)")
-    ap.add_argument("--scene", choices=["both", "config", "off"], default="both",
-                    help="simulate with the configured scenes, without them (isolated galaxies), or both")
+    ap.add_argument(
+        "--data",
+        default=os.environ.get("LENSDASK_SHARED_DATA", str(DEFAULT_DATA)),
+        help="the shared real data folder (default ../shared/data)",
+    )
+    ap.add_argument(
+        "--scene",
+        choices=["both", "config", "off"],
+        default="both",
+        help="simulate with the configured scenes, without them (isolated galaxies), or both",
+    )
     ap.add_argument("--band", default="i", help="detection band (default i)")
     ap.add_argument("--smooth", type=float, default=1.0, help="detection smoothing sigma, px (default 1)")
     ap.add_argument("--nsigma", type=float, default=3.0, help="detection threshold, smoothed sigma (default 3)")
@@ -464,8 +518,10 @@ def main(argv=None) -> int:
     real_style = {"color": "k"}
     sets: list[tuple[str, StampMeasures, dict]] = []
     rows: list[tuple[str, dict]] = []
-    for name, stamps, style in (("real galaxies", real_galaxies(data, args.band), real_style),
-                                ("real sky (Balrog corners)", real_sky(data, args.band), {"color": "0.55"})):
+    for name, stamps, style in (
+        ("real galaxies", real_galaxies(data, args.band), real_style),
+        ("real sky (Balrog corners)", real_sky(data, args.band), {"color": "0.55"}),
+    ):
         m, _ = measure(stamps, **dkw)
         if name.startswith("real sky"):
             # no galaxy was chosen to sit at the centre of a sky corner: (b) is undefined there
@@ -479,8 +535,12 @@ def main(argv=None) -> int:
         print("simulate_rows takes no scene argument: simulating as configured only")
         modes = [False]
     bgs = [(None, "sim")] + ([] if args.no_real_backgrounds else [(os.fspath(data / "des_galaxies"), "sim on real")])
-    colours = {("sim", False): "tab:blue", ("sim", True): "tab:cyan",
-               ("sim on real", False): "tab:red", ("sim on real", True): "tab:orange"}
+    colours = {
+        ("sim", False): "tab:blue",
+        ("sim", True): "tab:cyan",
+        ("sim on real", False): "tab:red",
+        ("sim on real", True): "tab:orange",
+    }
     scene_tables = []
     for bg, base in bgs:
         for off in modes:
@@ -499,9 +559,11 @@ def main(argv=None) -> int:
                 rows.append((f"  {cname}", figures(m.subset(labels == lab, owner))))
             scene_tables.append((name, table))
 
-    print(f"bench_scenes: detection on {args.band} (smooth {args.smooth} px, {args.nsigma} sigma, "
-          f">= {args.min_area} px, central mask dilated {args.dilate} px); {args.n} simulated stamps per set, "
-          f"seed {args.seed}; {floor:.3f} spurious sources per white-noise stamp")
+    print(
+        f"bench_scenes: detection on {args.band} (smooth {args.smooth} px, {args.nsigma} sigma, "
+        f">= {args.min_area} px, central mask dilated {args.dilate} px); {args.n} simulated stamps per set, "
+        f"seed {args.seed}; {floor:.3f} spurious sources per white-noise stamp"
+    )
     print_table(rows)
     for name, table in scene_tables:
         print_scene_columns(name, table)

@@ -42,8 +42,10 @@ def bare_forward(model, card, batches, device) -> float:
 def normalised_batches(store, card, batch_size: int, tiles=None) -> list:
     from lensdask.normalise import normalise
 
-    return [torch.from_numpy(normalise(images, card["normalisation"]))
-            for images, _ in store.iter_batches(batch_size, tiles=tiles)]
+    return [
+        torch.from_numpy(normalise(images, card["normalisation"]))
+        for images, _ in store.iter_batches(batch_size, tiles=tiles)
+    ]
 
 
 def bare_forward_task(zarr: str, tile: int, model_dir: str, sha256: str, batch_size: int) -> tuple[tuple, float]:
@@ -68,8 +70,9 @@ def main(argv=None) -> None:
     parser.add_argument("--arch", default=None, help="random-weight architecture (default: the shipped model)")
     parser.add_argument("--tiles", type=int, default=8)
     parser.add_argument("--per-tile", type=int, default=2000)
-    parser.add_argument("--batch-size", default="auto",
-                        help="cutouts per forward pass (auto: the search's CPU default)")
+    parser.add_argument(
+        "--batch-size", default="auto", help="cutouts per forward pass (auto: the search's CPU default)"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads-per-worker", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of each measurement; the best is kept")
@@ -84,8 +87,10 @@ def main(argv=None) -> None:
 
     device = torch.device("cpu")
     args.batch_size = resolve_batch_size(args.batch_size, device)
-    print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores; torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads in this process)")
+    print(
+        f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads in this process)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = default_model_dir()
         if args.arch:
@@ -122,44 +127,67 @@ def main(argv=None) -> None:
         between = run._reader_has_a_core
         for r in range(args.repeat):
             keep("bare", bare_forward(model, card, batches, device))
-            keep("process",
-                 timed(lambda r=r: search(des, model_dir, os.path.join(tmp, f"proc{r}"), client=None, **opts)))
+            keep(
+                "process", timed(lambda r=r: search(des, model_dir, os.path.join(tmp, f"proc{r}"), client=None, **opts))
+            )
             run._reader_has_a_core = lambda device: True  # the alternative: a reader thread beside torch's threads
             try:
-                keep("process-thread",
-                     timed(lambda r=r: search(des, model_dir, os.path.join(tmp, f"thr{r}"), client=None, **opts)))
+                keep(
+                    "process-thread",
+                    timed(lambda r=r: search(des, model_dir, os.path.join(tmp, f"thr{r}"), client=None, **opts)),
+                )
             finally:
                 run._reader_has_a_core = between
         del batches
-        with LocalCluster(n_workers=args.workers, threads_per_worker=args.threads_per_worker,
-                          dashboard_address=":0") as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=args.workers, threads_per_worker=args.threads_per_worker, dashboard_address=":0"
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             best["cold"] = timed(lambda: search(des, model_dir, os.path.join(tmp, "cold"), client=client, **opts))
             for r in range(args.repeat):
-                futures = [client.submit(bare_forward_task, des, t, str(model_dir), card["sha256"], args.batch_size,
-                                         pure=False) for t in range(args.tiles)]
+                futures = [
+                    client.submit(
+                        bare_forward_task, des, t, str(model_dir), card["sha256"], args.batch_size, pure=False
+                    )
+                    for t in range(args.tiles)
+                ]
                 per_slot: dict = {}  # the task slots run side by side: the busiest one sets the pace
                 for slot, seconds in client.gather(futures):
                     per_slot[slot] = per_slot.get(slot, 0.0) + seconds
                 keep("bare-workers", max(per_slot.values()))
-                keep("cluster",
-                     timed(lambda r=r: search(des, model_dir, os.path.join(tmp, f"dist{r}"), client=client, **opts)))
+                keep(
+                    "cluster",
+                    timed(lambda r=r: search(des, model_dir, os.path.join(tmp, f"dist{r}"), client=client, **opts)),
+                )
 
     layout = f"{args.workers}x{args.threads_per_worker} thr"
-    print(f"model {card['model_id']} ({card['arch']}), "
-          f"{n} cutouts of {len(card['bands'])}x{card['stamp']}x{card['stamp']}, "
-          f"batch {args.batch_size}; best of {args.repeat}")
+    print(
+        f"model {card['model_id']} ({card['arch']}), "
+        f"{n} cutouts of {len(card['bands'])}x{card['stamp']}x{card['stamp']}, "
+        f"batch {args.batch_size}; best of {args.repeat}"
+    )
     print(f"bare forward pass, this process           {n / best['bare']:10.1f} cutouts/s")
-    print(f"search, in process                        {n / best['process']:10.1f} cutouts/s   "
-          f"ratio to bare {best['bare'] / best['process']:.2f}")
-    print(f"  the same with a reader thread beside torch {n / best['process-thread']:10.1f} cutouts/s   "
-          f"ratio to bare {best['bare'] / best['process-thread']:.2f}"
-          + ("   (not used: torch's threads hold every core)" if not between(device) else ""))
-    print(f"bare forward pass, LocalCluster {layout:9s} {n / best['bare-workers']:10.1f} cutouts/s   "
-          f"ratio to bare in this process {best['bare'] / best['bare-workers']:.2f}")
-    print(f"search, LocalCluster {layout:9s}            {n / best['cluster']:10.1f} cutouts/s   "
-          f"ratio to bare {best['bare'] / best['cluster']:.2f}, to bare in the workers "
-          f"{best['bare-workers'] / best['cluster']:.2f}   (first run, loading the model on each worker: "
-          f"{n / best['cold']:.1f} cutouts/s)")
+    print(
+        f"search, in process                        {n / best['process']:10.1f} cutouts/s   "
+        f"ratio to bare {best['bare'] / best['process']:.2f}"
+    )
+    print(
+        f"  the same with a reader thread beside torch {n / best['process-thread']:10.1f} cutouts/s   "
+        f"ratio to bare {best['bare'] / best['process-thread']:.2f}"
+        + ("   (not used: torch's threads hold every core)" if not between(device) else "")
+    )
+    print(
+        f"bare forward pass, LocalCluster {layout:9s} {n / best['bare-workers']:10.1f} cutouts/s   "
+        f"ratio to bare in this process {best['bare'] / best['bare-workers']:.2f}"
+    )
+    print(
+        f"search, LocalCluster {layout:9s}            {n / best['cluster']:10.1f} cutouts/s   "
+        f"ratio to bare {best['bare'] / best['cluster']:.2f}, to bare in the workers "
+        f"{best['bare-workers'] / best['cluster']:.2f}   (first run, loading the model on each worker: "
+        f"{n / best['cold']:.1f} cutouts/s)"
+    )
 
 
 if __name__ == "__main__":

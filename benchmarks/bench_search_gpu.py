@@ -29,15 +29,31 @@ def make_store(path, tiles, per_tile, seed=0):
     from lensdask.store import create_store
 
     rng = np.random.default_rng(seed)
-    s = create_store(path, tiles=[f"BENCH{t:04d}" for t in range(tiles)], capacity=per_tile, bands="griz",
-                     pixel_scale=0.263, stamp=45)
+    s = create_store(
+        path,
+        tiles=[f"BENCH{t:04d}" for t in range(tiles)],
+        capacity=per_tile,
+        bands="griz",
+        pixel_scale=0.263,
+        stamp=45,
+    )
     y, x = np.mgrid[:45, :45] - 22
     blob = np.exp(-(x**2 + y**2) / 20.0).astype(np.float32)
     for t in range(tiles):
-        img = (rng.normal(0, 1, (per_tile, 4, 45, 45)).astype(np.float32)
-               + blob * rng.uniform(1, 30, (per_tile, 4, 1, 1)).astype(np.float32))
-        s.write_tile(t, img, pd.DataFrame({"object_id": np.arange(per_tile) + t * per_tile,
-                                           "ra": rng.uniform(0, 60, per_tile), "dec": rng.uniform(-50, -20, per_tile)}))
+        img = rng.normal(0, 1, (per_tile, 4, 45, 45)).astype(np.float32) + blob * rng.uniform(
+            1, 30, (per_tile, 4, 1, 1)
+        ).astype(np.float32)
+        s.write_tile(
+            t,
+            img,
+            pd.DataFrame(
+                {
+                    "object_id": np.arange(per_tile) + t * per_tile,
+                    "ra": rng.uniform(0, 60, per_tile),
+                    "dec": rng.uniform(-50, -20, per_tile),
+                }
+            ),
+        )
     return s
 
 
@@ -69,8 +85,10 @@ def main(argv=None) -> dict:
         store = make_store(os.path.join(tmp, "des.zarr"), a.tiles, a.per_tile)
         t_write = time.perf_counter() - t0
         model, card, dev = get_model(model_dir, card["sha256"], str(dev))
-        batches = [torch.from_numpy(normalise(img, card["normalisation"]))
-                   for img, _ in store.iter_batches(a.batch_size, tiles=[0])]
+        batches = [
+            torch.from_numpy(normalise(img, card["normalisation"]))
+            for img, _ in store.iter_batches(a.batch_size, tiles=[0])
+        ]
         n_bare = sum(len(b) for b in batches)
         with torch.inference_mode(), autocast(dev, a.precision):
             xs = [b.to(dev) for b in batches]
@@ -81,18 +99,39 @@ def main(argv=None) -> dict:
             for xb in xs:
                 torch.softmax(model(xb).float(), 1).cpu()
             t_bare = time.perf_counter() - t0
-        search_tile(store.url, 0, model_dir, card["sha256"], os.path.join(tmp, "warm"), device=str(dev),
-                    batch_size=a.batch_size, precision=a.precision)
+        search_tile(
+            store.url,
+            0,
+            model_dir,
+            card["sha256"],
+            os.path.join(tmp, "warm"),
+            device=str(dev),
+            batch_size=a.batch_size,
+            precision=a.precision,
+        )
         t0 = time.perf_counter()
         for t in range(a.tiles):
-            search_tile(store.url, t, model_dir, card["sha256"], os.path.join(tmp, "run"), device=str(dev),
-                        batch_size=a.batch_size, precision=a.precision)
+            search_tile(
+                store.url,
+                t,
+                model_dir,
+                card["sha256"],
+                os.path.join(tmp, "run"),
+                device=str(dev),
+                batch_size=a.batch_size,
+                precision=a.precision,
+            )
         t_e2e = time.perf_counter() - t0
     n = a.tiles * a.per_tile
     res = {
-        "device": f"{dev} ({name})", "arch": a.arch, "precision": a.precision, "batch_size": a.batch_size,
-        "cutouts": n, "store_write_s": round(t_write, 2),
-        "bare_cutouts_per_s": round(n_bare / t_bare, 1), "end_to_end_cutouts_per_s": round(n / t_e2e, 1),
+        "device": f"{dev} ({name})",
+        "arch": a.arch,
+        "precision": a.precision,
+        "batch_size": a.batch_size,
+        "cutouts": n,
+        "store_write_s": round(t_write, 2),
+        "bare_cutouts_per_s": round(n_bare / t_bare, 1),
+        "end_to_end_cutouts_per_s": round(n / t_e2e, 1),
         "ratio": round((n / t_e2e) / (n_bare / t_bare), 3),
         "des_320M_hours_per_gpu": round(DES_CUTOUTS / (n / t_e2e) / 3600, 1),
     }

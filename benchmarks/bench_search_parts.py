@@ -86,7 +86,7 @@ def main(argv=None) -> None:
                 how = "one reused buffer" if reuse else "new array per read"
                 print(f"read, {name:4s}, {how:18s} {us(t):7.1f} us/cutout")
         images = np.asarray(stores["lz4"].read_images(0))
-        t = best_of(lambda: [normalise(images[s:s + 256]) for s in range(0, n, 256)], r)
+        t = best_of(lambda: [normalise(images[s : s + 256]) for s in range(0, n, 256)], r)
         print(f"normalise (blocks of 256)                  {us(t):7.1f} us/cutout")
 
         model, card = load_checkpoint(default_model_dir())
@@ -95,15 +95,18 @@ def main(argv=None) -> None:
         with torch.inference_mode():
             model(x[:64])
             for bs in (32, 64, 128, 256):
-                t = best_of(lambda bs=bs: [torch.softmax(model(x[s:s + bs]), 1).numpy() for s in range(0, n, bs)], r)
+                t = best_of(lambda bs=bs: [torch.softmax(model(x[s : s + bs]), 1).numpy() for s in range(0, n, bs)], r)
                 print(f"forward, {card['arch']}, 1 thread, batch {bs:3d}   {us(t):7.1f} us/cutout")
     env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="65536")
     for mode in ("plain", "tuned"):
-        out = subprocess.run([sys.executable, "-c", FORWARD_SNIPPET, mode], env=env,
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", FORWARD_SNIPPET, mode], env=env, capture_output=True, text=True, check=True
+        )
         label = "with tune_malloc()" if mode == "tuned" else "as a Dask nanny starts it"
-        print(f"forward, 1 thread, batch 64, MALLOC_TRIM_THRESHOLD_=65536, {label:26s} "
-              f"{float(out.stdout.split()[-1]):7.1f} us/cutout")
+        print(
+            f"forward, 1 thread, batch 64, MALLOC_TRIM_THRESHOLD_=65536, {label:26s} "
+            f"{float(out.stdout.split()[-1]):7.1f} us/cutout"
+        )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=400, help="lenses per measurement (default 400)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--constraint", action="append", default=[], metavar="KEY=VALUE",
-                    help="override lensdask.simulate.constraints.KEY (repeatable)")
+    ap.add_argument(
+        "--constraint",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override lensdask.simulate.constraints.KEY (repeatable)",
+    )
     ap.add_argument("--no-cluster", action="store_true", help="skip the LocalCluster measurement")
     args = ap.parse_args(argv)
 
@@ -67,25 +72,47 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     simulate_rows(range(n), args.seed, lens_fraction=1.0, constraints=cons, stats=stats)
     single = n / (time.perf_counter() - t)
-    print(f"lensdask simulate_rows (1 proc): {single:8.1f} accepted lenses/s  "
-          f"({1e3 / single:.2f} ms each; ratio to bare render {single / bare:.2f})")
+    print(
+        f"lensdask simulate_rows (1 proc): {single:8.1f} accepted lenses/s  "
+        f"({1e3 / single:.2f} ms each; ratio to bare render {single / bare:.2f})"
+    )
 
     if not args.no_cluster:
         from distributed import Client, LocalCluster
 
-        with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, \
-                Client(cluster) as client, tempfile.TemporaryDirectory() as d:
-            simulate(os.path.join(d, "warm.zarr"), 4, seed=args.seed, lens_fraction=1.0, partition_size=2,
-                     client=client, progress=False, constraints=over)  # builds a renderer per worker
+        with (
+            LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+            Client(cluster) as client,
+            tempfile.TemporaryDirectory() as d,
+        ):
+            simulate(
+                os.path.join(d, "warm.zarr"),
+                4,
+                seed=args.seed,
+                lens_fraction=1.0,
+                partition_size=2,
+                client=client,
+                progress=False,
+                constraints=over,
+            )  # builds a renderer per worker
             t = time.perf_counter()
-            simulate(os.path.join(d, "bench.zarr"), n, seed=args.seed, lens_fraction=1.0,
-                     partition_size=max(1, n // 8), client=client, progress=False, constraints=over)
+            simulate(
+                os.path.join(d, "bench.zarr"),
+                n,
+                seed=args.seed,
+                lens_fraction=1.0,
+                partition_size=max(1, n // 8),
+                client=client,
+                progress=False,
+                constraints=over,
+            )
             dask_rate = n / (time.perf_counter() - t)
-        print(f"lensdask simulate() 2 workers:   {dask_rate:8.1f} accepted lenses/s "
-              f"(store written; ratio to 1-proc bare render {dask_rate / bare:.2f})")
+        print(
+            f"lensdask simulate() 2 workers:   {dask_rate:8.1f} accepted lenses/s "
+            f"(store written; ratio to 1-proc bare render {dask_rate / bare:.2f})"
+        )
 
-    print(f"acceptance: {stats.accepted} lenses from {stats.draws} draws "
-          f"({stats.acceptance_fraction:.1%})")
+    print(f"acceptance: {stats.accepted} lenses from {stats.draws} draws ({stats.acceptance_fraction:.1%})")
     for name, frac in stats.acceptance().items():
         print(f"  {name:26s} rejected {stats.rejected[name]:6d}   passed {frac:7.1%} of draws reaching it")
     return 0

@@ -99,27 +99,35 @@ def main() -> None:
     t2 = time.perf_counter()
     f, q = open_store(f_url), open_store(q_url)
     n = f.n_rows
-    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}; {a.tiles} tiles x {a.per_tile} cutouts = {n}, "
-          f"{len(f.bands)} bands x {f.stamp}x{f.stamp} px; mock survey {t1 - t0:.1f} s, convert {t2 - t1:.1f} s")
+    print(
+        f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}; {a.tiles} tiles x {a.per_tile} cutouts = {n}, "
+        f"{len(f.bands)} bands x {f.stamp}x{f.stamp} px; mock survey {t1 - t0:.1f} s, convert {t2 - t1:.1f} s"
+    )
 
     x = np.concatenate([f.read_images(t) for t in f.written_tiles()])
     y = np.concatenate([q.read_images(t) for t in q.written_tiles()])
     _, sigma = measure_noise(x, 4)
     rms = float(np.sqrt(np.mean(((y - x) / sigma[..., None, None]) ** 2)))
-    print(f"quantisation: step {q.encoding['step']} sigma, error rms {rms:.4f} sigma (expected "
-          f"{q.encoding['rms_error']:.4f}); lossless rows {int((q.read_catalog()['flags'] & 4 != 0).sum())}")
+    print(
+        f"quantisation: step {q.encoding['step']} sigma, error rms {rms:.4f} sigma (expected "
+        f"{q.encoding['rms_error']:.4f}); lossless rows {int((q.read_catalog()['flags'] & 4 != 0).sum())}"
+    )
     xf = np.concatenate([f.read_normalised(t).inputs[0] for t in f.written_tiles()])
     xq = np.concatenate([q.read_normalised(t).inputs[0] for t in q.written_tiles()])
     how = "straight from the codes" if q.sky_stats else "after decoding (no stored sky statistics)"
     diff = f"{float(np.sqrt(np.mean((xq - xf) ** 2))):.4f}" if xq.shape == xf.shape else "? (other rows non-finite)"
-    print(f"model inputs: the quantised store's normalised {how}; rms difference from the float32 store's "
-          f"{diff} (normalised units)")
+    print(
+        f"model inputs: the quantised store's normalised {how}; rms difference from the float32 store's "
+        f"{diff} (normalised units)"
+    )
 
     print(f"\n{'':12s} {'pixels/cutout':>14s} {'store/cutout':>13s}")
     for name, url in [("float32+lz4", f_url), ("quantised", q_url)]:
-        print(f"{name:12s} {disk_bytes(os.path.join(url, 'images')) / n / 1024:11.2f} KiB "
-              f"{disk_bytes(url) / n / 1024:10.2f} KiB")
+        print(
+            f"{name:12s} {disk_bytes(os.path.join(url, 'images')) / n / 1024:11.2f} KiB "
+            f"{disk_bytes(url) / n / 1024:10.2f} KiB"
+        )
 
     rates = {k: [] for k in ("f-dec", "q-dec", "f-norm", "q-norm")}
     for _ in range(a.repeat):
@@ -133,8 +141,10 @@ def main() -> None:
         print(f"{name:31s} {best[k + '-dec']:10.0f} {best[k + '-norm']:17.0f} {8 * best[k + '-norm']:10.0f}")
 
     cores = os.cpu_count() or 1
-    cases = [(cores, False, "torch on every core, reading between forward passes; page cache"),
-             (max(1, cores - 1), False, "torch leaving a core to the reader thread, as in a Dask worker; page cache")]
+    cases = [
+        (cores, False, "torch on every core, reading between forward passes; page cache"),
+        (max(1, cores - 1), False, "torch leaving a core to the reader thread, as in a Dask worker; page cache"),
+    ]
     if can_drop_caches():
         cases.append((max(1, cores - 1), True, "as in a Dask worker; page cache emptied before each run: from disk"))
     else:
@@ -152,6 +162,7 @@ def main() -> None:
         print(f"  quantised / float32 speed: best {bf / bq:.3f}, median {mf / mq:.3f}")
         runs = {k: [round(x, 2) for x in v] for k, v in secs.items()}
         print(f"  all runs (s): float32 {runs['f']}, quantised {runs['q']}")
+
 
 if __name__ == "__main__":
     main()

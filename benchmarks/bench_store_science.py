@@ -57,8 +57,9 @@ def main() -> None:
         for t in store.written_tiles():
             inp = store.read_normalised(t, specs=[card.get("normalisation")])
             assert not inp.bad.any()
-            p = forward_proba(model, inp.inputs[0], batch_size=64, device="cpu",
-                              size=None if size == int(card["stamp"]) else size)
+            p = forward_proba(
+                model, inp.inputs[0], batch_size=64, device="cpu", size=None if size == int(card["stamp"]) else size
+            )
             out.append(p[:, lens].astype(np.float64))
         return np.concatenate(out)
 
@@ -70,9 +71,12 @@ def main() -> None:
             return x + (rng.normal(0, 1, x.shape) * rms * sigma[..., None, None]).astype(np.float32)
 
         rms = float(np.sqrt(np.mean(((y - x) / sigma[..., None, None]) ** 2)))
-        return rms, {"quantised, decoded pixels": y, f"Gaussian noise, {rms:.3f} sigma rms": noise(rms),
-                     "Gaussian noise, 0.01 sigma rms": noise(0.01),
-                     "float16 round trip": x.astype(np.float16).astype(np.float32)}
+        return rms, {
+            "quantised, decoded pixels": y,
+            f"Gaussian noise, {rms:.3f} sigma rms": noise(rms),
+            "Gaussian noise, 0.01 sigma rms": noise(0.01),
+            "float16 round trip": x.astype(np.float16).astype(np.float32),
+        }
 
     def report(name, x, y, truth=None, from_codes=None):
         a0 = scores(x)
@@ -80,32 +84,45 @@ def main() -> None:
         if from_codes is not None:  # scores, not pixels: the quantised store as search reads it
             vs = {"quantised, normalised from the codes": from_codes, **vs}
         print(f"\n{name}: {len(x)} cutouts; quantisation error {rms:.4f} sigma rms")
-        print(f"  {'change of the pixels':38s} {'median':>9s} {'p90':>9s} {'p99':>9s} {'p99.9':>9s} {'max':>9s} "
-              f"{'<=1e-3':>7s}" + (f" {'AUROC':>7s}" if truth is not None else ""))
+        print(
+            f"  {'change of the pixels':38s} {'median':>9s} {'p90':>9s} {'p99':>9s} {'p99.9':>9s} {'max':>9s} "
+            f"{'<=1e-3':>7s}" + (f" {'AUROC':>7s}" if truth is not None else "")
+        )
         if truth is not None:
-            print(f"  {'none (float32 store)':38s} {'':>9s} {'':>9s} {'':>9s} {'':>9s} {'':>9s} {'':>7s} "
-                  f"{auroc(truth, a0):7.4f}")
+            print(
+                f"  {'none (float32 store)':38s} {'':>9s} {'':>9s} {'':>9s} {'':>9s} {'':>9s} {'':>7s} "
+                f"{auroc(truth, a0):7.4f}"
+            )
         for label, v in vs.items():
             s = v if label.endswith("from the codes") else scores(v)
             d = np.abs(s - a0)
             q = np.quantile(d, [0.5, 0.9, 0.99, 0.999])
-            line = (f"  {label:38s} {q[0]:9.2e} {q[1]:9.2e} {q[2]:9.2e} {q[3]:9.2e} {d.max():9.2e} "
-                    f"{(d <= 1e-3).mean():7.1%}")
+            line = (
+                f"  {label:38s} {q[0]:9.2e} {q[1]:9.2e} {q[2]:9.2e} {q[3]:9.2e} {d.max():9.2e} "
+                f"{(d <= 1e-3).mean():7.1%}"
+            )
             if truth is not None:
                 line += f" {auroc(truth, s):7.4f}"
             print(line)
 
     work = tempfile.mkdtemp(prefix="bench_store_science-")
     with dask.config.set({"lensdask.store.quantise.step": 0}):
-        f, truth_path = mock_survey(os.path.join(work, "f32.zarr"), a.tiles, a.per_tile, a.lens_fraction, seed=5,
-                                    progress=False)
+        f, truth_path = mock_survey(
+            os.path.join(work, "f32.zarr"), a.tiles, a.per_tile, a.lens_fraction, seed=5, progress=False
+        )
     q, _ = convert(os.path.join(work, "f32.zarr"), os.path.join(work, "q.zarr"))
-    cat = f.read_catalog().merge(pd.read_parquet(truth_path)[["tile", "object_id", "is_lens"]],
-                                 on=["tile", "object_id"])
+    cat = f.read_catalog().merge(
+        pd.read_parquet(truth_path)[["tile", "object_id", "is_lens"]], on=["tile", "object_id"]
+    )
     x = np.concatenate([f.read_images(t) for t in f.written_tiles()])
     y = np.concatenate([q.read_images(t) for t in q.written_tiles()])
-    report(f"mock survey ({a.tiles} tiles x {a.per_tile}, {int(cat['is_lens'].sum())} lenses)", x, y,
-           cat["is_lens"].to_numpy().astype(int), from_codes=read_as_search_does(q))
+    report(
+        f"mock survey ({a.tiles} tiles x {a.per_tile}, {int(cat['is_lens'].sum())} lenses)",
+        x,
+        y,
+        cat["is_lens"].to_numpy().astype(int),
+        from_codes=read_as_search_does(q),
+    )
 
     if os.path.isdir(a.galaxies):
         from lensdask.simulate.galaxies import dihedral
@@ -113,8 +130,14 @@ def main() -> None:
 
         bg = load_backgrounds(a.galaxies, tuple(card["bands"]), 0.263, int(card["stamp"]))
         x = np.concatenate([dihedral(bg.images, k) for k in range(8)]).astype(np.float32)
-        s = create_store(os.path.join(work, "real.zarr"), tiles=["real"], capacity=len(x), bands=card["bands"],
-                         pixel_scale=0.263, stamp=int(card["stamp"]))
+        s = create_store(
+            os.path.join(work, "real.zarr"),
+            tiles=["real"],
+            capacity=len(x),
+            bands=card["bands"],
+            pixel_scale=0.263,
+            stamp=int(card["stamp"]),
+        )
         s.write_tile(0, x, pd.DataFrame({"object_id": np.arange(len(x)), "ra": 0.0, "dec": 0.0}))
         r = open_store(s.url)
         report("real DES galaxies (30 x 8 orientations)", x, r.read_images(0), from_codes=read_as_search_does(r))

@@ -31,8 +31,19 @@ def _sync(dev):
         torch.cuda.synchronize(dev)
 
 
-def measure(arch: str, *, device: str, stamp: int, bands: int, num_classes: int, batch_size: int,
-            infer_batch_size: int, steps: int, warmup: int, compiled: bool) -> dict:
+def measure(
+    arch: str,
+    *,
+    device: str,
+    stamp: int,
+    bands: int,
+    num_classes: int,
+    batch_size: int,
+    infer_batch_size: int,
+    steps: int,
+    warmup: int,
+    compiled: bool,
+) -> dict:
     """Cutouts per second for training and inference of one configuration."""
     import torch
 
@@ -87,10 +98,16 @@ def measure(arch: str, *, device: str, stamp: int, bands: int, num_classes: int,
         _sync(dev)
         t_inf = time.perf_counter() - t0
     out = {
-        "arch": arch, "compiled": compiled, "device": str(dev),
+        "arch": arch,
+        "compiled": compiled,
+        "device": str(dev),
         "dtype": "bf16 autocast" if dev.type == "cuda" else "float32",
-        "params": int(sum(p.numel() for p in model.parameters())), "stamp": stamp, "bands": bands,
-        "batch_size": batch_size, "infer_batch_size": infer_batch_size, "steps": steps,
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "stamp": stamp,
+        "bands": bands,
+        "batch_size": batch_size,
+        "infer_batch_size": infer_batch_size,
+        "steps": steps,
         "train_cutouts_per_s": round(steps * batch_size / t_train, 1),
         "infer_cutouts_per_s": round(steps * infer_batch_size / t_inf, 1),
         "warmup_s": round(t_warm_train + t_warm_inf, 2),
@@ -123,16 +140,27 @@ def main(argv=None) -> int:
 
     modes = {"both": [False, True], "on": [True], "off": [False]}[a.compile]
     machine = {
-        "python": platform.python_version(), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     print(json.dumps(machine))
     results = []
     for compiled in modes:
         try:
-            r = measure(a.arch, device=a.device, stamp=a.stamp, bands=a.bands, num_classes=a.classes,
-                        batch_size=a.batch_size, infer_batch_size=a.infer_batch_size, steps=a.steps,
-                        warmup=a.warmup, compiled=compiled)
+            r = measure(
+                a.arch,
+                device=a.device,
+                stamp=a.stamp,
+                bands=a.bands,
+                num_classes=a.classes,
+                batch_size=a.batch_size,
+                infer_batch_size=a.infer_batch_size,
+                steps=a.steps,
+                warmup=a.warmup,
+                compiled=compiled,
+            )
         except Exception as exc:  # e.g. torch.compile without a working compiler: report, keep the other row
             r = {"arch": a.arch, "compiled": compiled, "error": f"{type(exc).__name__}: {exc}"[:500]}
         results.append(r)

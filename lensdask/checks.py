@@ -126,7 +126,8 @@ def constraint_pairs(overrides: Mapping | None) -> None:
             hi = key[:-4] + "_max"
             if hi in merged and float(merged[key]) > float(merged[hi]):
                 raise ConstraintError(
-                    f"constraint {key} = {merged[key]} is greater than {hi} = {merged[hi]}: no system could pass")
+                    f"constraint {key} = {merged[key]} is greater than {hi} = {merged[hi]}: no system could pass"
+                )
 
 
 def arg_type(check: Callable) -> Callable:

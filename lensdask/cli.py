@@ -83,17 +83,24 @@ def _cluster_arg(p: argparse.ArgumentParser) -> None:
     """--cluster SPEC, --jobs N, --adapt MIN:MAX: the options of every command that fans out."""
     g = p.add_argument_group("where tasks run")
     g.add_argument(
-        "--cluster", default="local", metavar="SPEC", type=_arg.cluster,
+        "--cluster",
+        default="local",
+        metavar="SPEC",
+        type=_arg.cluster,
         help="'local' (a LocalCluster, default), a scheduler address tcp://HOST:PORT, or a batch system: "
         "'htcondor', 'htcondor-gpu', 'slurm', 'slurm-gpu' (profiles in lensdask/jobqueue.yaml), "
         "'htcondor:PROFILE' or 'slurm:PROFILE'",
     )
     g.add_argument(
-        "--jobs", type=_arg.count, metavar="N",
+        "--jobs",
+        type=_arg.count,
+        metavar="N",
         help="batch systems: keep N worker jobs running, replacing any that end (config cluster.jobs)",
     )
     g.add_argument(
-        "--adapt", metavar="MIN:MAX", type=_arg.adapt,
+        "--adapt",
+        metavar="MIN:MAX",
+        type=_arg.adapt,
         help="batch systems: scale between MIN and MAX worker jobs with the work (instead of --jobs)",
     )
 
@@ -113,26 +120,51 @@ def _cmd_simulate(a) -> int:
 
     constraints = load_constraints_file(a.constraints) if a.constraints else None
     _checks.constraint_pairs(constraints)  # min > max would burn every draw before failing
-    inputs = dict(sources=a.sources, backgrounds=a.backgrounds, psf=a.psf, conditions=a.conditions,
-                  negatives=a.negatives, real_negative_fraction=a.real_negative_fraction,
-                  lookalike_fraction=a.lookalike_fraction,
-                  lookalikes=a.lookalikes.split(",") if a.lookalikes else None,
-                  background_fraction=a.background_fraction, galaxies=a.galaxies)
+    inputs = dict(
+        sources=a.sources,
+        backgrounds=a.backgrounds,
+        psf=a.psf,
+        conditions=a.conditions,
+        negatives=a.negatives,
+        real_negative_fraction=a.real_negative_fraction,
+        lookalike_fraction=a.lookalike_fraction,
+        lookalikes=a.lookalikes.split(",") if a.lookalikes else None,
+        background_fraction=a.background_fraction,
+        galaxies=a.galaxies,
+    )
     resolve_sim_kwargs(a.lens_fraction, constraints, None, **inputs)  # bad input fails before the cluster starts
     with _with_client(a) as client:
         # return_stats=True: simulate returns (store, stats)
-        store, stats = cast("tuple[CutoutStore, RejectionStats]", simulate(
-            a.out, a.n, a.seed, lens_fraction=a.lens_fraction, partition_size=a.partition_size,
-            client=client, overwrite=a.overwrite, constraints=constraints, return_stats=True, **inputs,
-        ))
+        store, stats = cast(
+            "tuple[CutoutStore, RejectionStats]",
+            simulate(
+                a.out,
+                a.n,
+                a.seed,
+                lens_fraction=a.lens_fraction,
+                partition_size=a.partition_size,
+                client=client,
+                overwrite=a.overwrite,
+                constraints=constraints,
+                return_stats=True,
+                **inputs,
+            ),
+        )
     print(f"wrote {store}")
     print(f"lenses: {stats.accepted} accepted of {stats.draws} draws ({stats.acceptance_fraction:.1%})")
     for name, frac in stats.acceptance().items():
         print(f"  {name:24s} rejected {stats.rejected[name]:7d}  passed {frac:6.1%} of the draws reaching it")
     if a.gallery:
         tile = store.read_tile(0)
-        gallery_png(tile.images, tile.table, a.gallery, bands=store.bands, n=a.gallery_n, classes=store.classes,
-                title=f"{a.out} (seed {a.seed})")
+        gallery_png(
+            tile.images,
+            tile.table,
+            a.gallery,
+            bands=store.bands,
+            n=a.gallery_n,
+            classes=store.classes,
+            title=f"{a.out} (seed {a.seed})",
+        )
         print(f"gallery: {a.gallery}")
     return 0
 
@@ -142,8 +174,15 @@ def _cmd_mock_survey(a) -> int:
 
     with _with_client(a) as client:
         store, truth = mock_survey(
-            a.out, a.tiles, a.per_tile, a.lens_fraction, a.seed, truth=a.truth, client=client,
-            overwrite=a.overwrite, lookalike_fraction=a.lookalike_fraction,
+            a.out,
+            a.tiles,
+            a.per_tile,
+            a.lens_fraction,
+            a.seed,
+            truth=a.truth,
+            client=client,
+            overwrite=a.overwrite,
+            lookalike_fraction=a.lookalike_fraction,
             lookalikes=a.lookalikes.split(",") if a.lookalikes else None,
         )
     print(f"wrote {store}\ntruth table (never read by search): {truth}")
@@ -172,22 +211,42 @@ def _cmd_ingest(a) -> int:
             check_table_names(table)
     with _with_client(a) as client:
         store, report = ingest(
-            a.out, images=a.images, catalog=a.catalog, weights=a.weights, masks=a.masks, des_tiles=a.des_tiles,
-            tiles=a.tiles, cubes=a.cubes, arrays=a.arrays, table=a.table,
-            bands=a.bands.split(",") if a.bands else None, stamp=a.stamp, pixel_scale=a.pixel_scale,
-            per_tile=a.per_tile, hdu=a.hdu, weights_hdu=a.weights_hdu, masks_hdu=a.masks_hdu,
-            mask_bits=a.mask_bits, mask_fill=a.mask_fill, block_rows=a.block_rows, client=client,
-            overwrite=a.overwrite, return_report=True,
+            a.out,
+            images=a.images,
+            catalog=a.catalog,
+            weights=a.weights,
+            masks=a.masks,
+            des_tiles=a.des_tiles,
+            tiles=a.tiles,
+            cubes=a.cubes,
+            arrays=a.arrays,
+            table=a.table,
+            bands=a.bands.split(",") if a.bands else None,
+            stamp=a.stamp,
+            pixel_scale=a.pixel_scale,
+            per_tile=a.per_tile,
+            hdu=a.hdu,
+            weights_hdu=a.weights_hdu,
+            masks_hdu=a.masks_hdu,
+            mask_bits=a.mask_bits,
+            mask_fill=a.mask_fill,
+            block_rows=a.block_rows,
+            client=client,
+            overwrite=a.overwrite,
+            return_report=True,
         )
     counts = store.counts
     flags = np.concatenate([store.group["flags"][t, : counts[t]] for t in store.written_tiles()] or [np.zeros(0, int)])
     written = len(store.written_tiles())
-    print(f"wrote {store}: {written} of {store.n_tiles} tiles; {int(((flags & 1) != 0).sum())} rows edge-padded, "
-          f"{int(((flags & 2) != 0).sum())} masked")
+    print(
+        f"wrote {store}: {written} of {store.n_tiles} tiles; {int(((flags & 1) != 0).sum())} rows edge-padded, "
+        f"{int(((flags & 2) != 0).sum())} masked"
+    )
     if report.outside:
         where = f" (most in tiles {', '.join(report.outside_tiles[:5])})" if report.outside_tiles else ""
-        print(f"{report.outside} of {report.objects} catalogue objects lie in no tile ingested{where}: "
-              "not in the store")
+        print(
+            f"{report.outside} of {report.objects} catalogue objects lie in no tile ingested{where}: not in the store"
+        )
     off = sum(t.get("off_image_rows", 0) for t in report.tiles)
     if off:
         print(f"{off} objects lie off the image of the tile their catalogue row names: kept, all NaN, flagged edge")
@@ -216,10 +275,24 @@ def _cmd_train(a) -> int:
     if not a.data or not a.out:
         raise LensdaskError("train needs --data STORE and --out MODEL_DIR")
     card = train(
-        a.data, a.out, arch=a.arch, epochs=a.epochs, batch_size=a.batch_size, learning_rate=a.lr,
-        device=a.device, seed=a.seed, pretrained=a.pretrained, resize_to=a.resize, patch_size=a.patch_size,
-        patience=a.patience, balance=a.balance, shift_px=a.shift, compile=a.compile or None, resume=a.resume,
-        validation_fraction=a.validation_fraction, command="lensdask " + " ".join(a.argv),
+        a.data,
+        a.out,
+        arch=a.arch,
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        learning_rate=a.lr,
+        device=a.device,
+        seed=a.seed,
+        pretrained=a.pretrained,
+        resize_to=a.resize,
+        patch_size=a.patch_size,
+        patience=a.patience,
+        balance=a.balance,
+        shift_px=a.shift,
+        compile=a.compile or None,
+        resume=a.resume,
+        validation_fraction=a.validation_fraction,
+        command="lensdask " + " ".join(a.argv),
     )
     m = card.get("metrics", {})
     t = card["training"]
@@ -235,21 +308,37 @@ def _cmd_evaluate(a) -> int:
     from .model import evaluate
 
     m = evaluate(
-        a.data, a.model, json_path=a.json, batch_size=a.batch_size, device=a.device, roc_path=a.roc,
-        threshold=a.threshold, record=a.record, combine=a.combine,
+        a.data,
+        a.model,
+        json_path=a.json,
+        batch_size=a.batch_size,
+        device=a.device,
+        roc_path=a.roc,
+        threshold=a.threshold,
+        record=a.record,
+        combine=a.combine,
     )
     for r in m.get("models", []):  # an ensemble: each model on its own, then the ensemble in full
-        print(f"model {r['model_id']}: AUROC {r['auroc']:.4f}  TPR0 {r['tpr0']:.3f}  TPR10 {r['tpr10']:.3f}  "
-              f"TPR at FPR 1e-3 {r['tpr_fpr_1e-3']:.3f}  completeness {r['completeness']:.3f}  "
-              f"purity {r['purity']:.3f} at p >= {r['threshold']:g}")
+        print(
+            f"model {r['model_id']}: AUROC {r['auroc']:.4f}  TPR0 {r['tpr0']:.3f}  TPR10 {r['tpr10']:.3f}  "
+            f"TPR at FPR 1e-3 {r['tpr_fpr_1e-3']:.3f}  completeness {r['completeness']:.3f}  "
+            f"purity {r['purity']:.3f} at p >= {r['threshold']:g}"
+        )
     if m.get("models"):
         print(f"ensemble ({m['combine']}):")
-    print(f"model {m['model_id']} on {m['data']}: {m['n_pos']} lenses, {m['n_neg']} others, "
-          f"{m['n_nan']} unscorable, {m['n_unlabelled']} unlabelled")
-    for key, name in (("auroc", "AUROC"), ("tpr0", "TPR0"), ("tpr10", "TPR10"),
-                      ("tpr_fpr_1e-3", "TPR at FPR 1e-3"), ("tpr_fpr_1e-4", "TPR at FPR 1e-4"),
-                      ("completeness", f"completeness at p >= {m['threshold']:g}"),
-                      ("purity", f"purity at p >= {m['threshold']:g}")):
+    print(
+        f"model {m['model_id']} on {m['data']}: {m['n_pos']} lenses, {m['n_neg']} others, "
+        f"{m['n_nan']} unscorable, {m['n_unlabelled']} unlabelled"
+    )
+    for key, name in (
+        ("auroc", "AUROC"),
+        ("tpr0", "TPR0"),
+        ("tpr10", "TPR10"),
+        ("tpr_fpr_1e-3", "TPR at FPR 1e-3"),
+        ("tpr_fpr_1e-4", "TPR at FPR 1e-4"),
+        ("completeness", f"completeness at p >= {m['threshold']:g}"),
+        ("purity", f"purity at p >= {m['threshold']:g}"),
+    ):
         print(f"  {name:<28} {m[key]:.4f}")
     c = m["confusion"]
     width = max(len(x) for x in c["truth"] + c["predicted"]) + 2
@@ -263,13 +352,17 @@ def _cmd_evaluate(a) -> int:
         print(f"false positives by class (score >= {m['threshold']:g} / score > {t:.4g}, the FPR 1e-3 threshold)")
         cw = max(len(x) for x in fp) + 2
         for name, f in fp.items():
-            print(f"  {name:<{cw}} n={f['n']:<7} above={f['above_threshold']:<6} FPR {f['fpr']:.4f} / "
-                  f"{f['fpr_at_fpr_1e-3_threshold']:.4f}  median score {f['median_score']:.4f}")
+            print(
+                f"  {name:<{cw}} n={f['n']:<7} above={f['above_threshold']:<6} FPR {f['fpr']:.4f} / "
+                f"{f['fpr_at_fpr_1e-3_threshold']:.4f}  median score {f['median_score']:.4f}"
+            )
     for param, bins in m["selection_function"].items():
         print(f"completeness vs {param} (at p >= {m['threshold']:g} / at FPR 1e-3)")
         for b in bins:
-            print(f"  [{b['lo']:8.3g}, {b['hi']:8.3g}]  n={b['n']:<6} {b['completeness']:.3f} / "
-                  f"{b['completeness_fpr_1e-3']:.3f}")
+            print(
+                f"  [{b['lo']:8.3g}, {b['hi']:8.3g}]  n={b['n']:<6} {b['completeness']:.3f} / "
+                f"{b['completeness_fpr_1e-3']:.3f}"
+            )
     if a.roc:
         print(f"ROC curve: {a.roc}")
     if a.json:
@@ -284,20 +377,40 @@ def _cmd_inject(a) -> int:
     constraints = load_constraints_file(a.constraints) if a.constraints else None
     _checks.constraint_pairs(constraints)
     m = inject(
-        a.cutouts, a.model, galaxies=a.galaxies, orientations=a.orientations, seed=a.seed, threshold=a.threshold,
-        constraints=constraints, max_draws=a.max_draws,
-        zeropoint=a.zeropoint, aperture=a.aperture, n_bins=a.bins, top=a.top, out=a.out, png=a.png,
-        json_path=a.json, record=a.record, batch_size=a.batch_size, device=a.device,
+        a.cutouts,
+        a.model,
+        galaxies=a.galaxies,
+        orientations=a.orientations,
+        seed=a.seed,
+        threshold=a.threshold,
+        constraints=constraints,
+        max_draws=a.max_draws,
+        zeropoint=a.zeropoint,
+        aperture=a.aperture,
+        n_bins=a.bins,
+        top=a.top,
+        out=a.out,
+        png=a.png,
+        json_path=a.json,
+        record=a.record,
+        batch_size=a.batch_size,
+        device=a.device,
     )
-    print(f"model {m['model_id']} on {m['n_cutouts']} real cutouts of {m['cutouts']} (rows {m['galaxies'] or 'all'}), "
-          f"{m['orientations']} orientations each; {m['n_nonfinite']} skipped for non-finite pixels, "
-          f"{m['n_no_noise']} for no measurable noise")
-    print(f"  painted {m['n_painted']} (no system passed the constraints on {m['n_paint_failed']}), "
-          f"unpainted {m['n_unpainted']}")
+    print(
+        f"model {m['model_id']} on {m['n_cutouts']} real cutouts of {m['cutouts']} (rows {m['galaxies'] or 'all'}), "
+        f"{m['orientations']} orientations each; {m['n_nonfinite']} skipped for non-finite pixels, "
+        f"{m['n_no_noise']} for no measurable noise"
+    )
+    print(
+        f"  painted {m['n_painted']} (no system passed the constraints on {m['n_paint_failed']}), "
+        f"unpainted {m['n_unpainted']}"
+    )
     print(f"  AUROC painted vs unpainted   {m['auroc']:.4f}   TPR0 {m['tpr0']:.3f}   TPR10 {m['tpr10']:.3f}")
     lo, hi = m["fpr_interval"]
-    print(f"  unpainted at p >= {m['threshold']:g}: {m['false_positives']} of {m['n_unpainted']} = "
-          f"{m['fpr']:.4f}  (95% Clopper-Pearson {lo:.4f} - {hi:.4f})")
+    print(
+        f"  unpainted at p >= {m['threshold']:g}: {m['false_positives']} of {m['n_unpainted']} = "
+        f"{m['fpr']:.4f}  (95% Clopper-Pearson {lo:.4f} - {hi:.4f})"
+    )
     lo, hi = m["completeness_interval"]
     print(f"  painted at p >= {m['threshold']:g}: completeness {m['completeness']:.4f}  (95% {lo:.4f} - {hi:.4f})")
     for param, bins in m["completeness_by"].items():
@@ -305,10 +418,15 @@ def _cmd_inject(a) -> int:
         for b in bins:
             print(f"  [{b['lo']:8.3g}, {b['hi']:8.3g}]  n={b['n']:<5} {b['completeness']:.3f}")
     if m["top_unpainted"]:
-        print("highest-scoring unpainted: " + ", ".join(
-            f"row {t['row']} o{t['orientation']} {t['score']:.3f}" for t in m["top_unpainted"][:5]))
-    for key, name in (("completeness_png", "completeness curves"), ("top_unpainted_png", "top unpainted"),
-                      ("json", "all results")):
+        print(
+            "highest-scoring unpainted: "
+            + ", ".join(f"row {t['row']} o{t['orientation']} {t['score']:.3f}" for t in m["top_unpainted"][:5])
+        )
+    for key, name in (
+        ("completeness_png", "completeness curves"),
+        ("top_unpainted_png", "top unpainted"),
+        ("json", "all results"),
+    ):
         if m.get(key):
             print(f"{name}: {m[key]}")
     if a.record:
@@ -333,11 +451,25 @@ def _cmd_search(a) -> int:
         truth_lens_ids(a.truth)
     with _with_client(a) as client:
         result = search(
-            a.zarr, a.model, a.out, client=client, threshold=a.threshold, floor=a.floor,
-            batch_size=a.batch_size, device=a.device, resume=a.resume, precision=a.precision,
-            crossmatch=False if a.no_crossmatch else None, radius=a.radius, catalog=a.known_lenses,
-            export=a.export, report=False if a.no_report else None, combine=a.combine,
-            prefilter=a.prefilter, prefilter_threshold=a.prefilter_threshold, truth=a.truth,
+            a.zarr,
+            a.model,
+            a.out,
+            client=client,
+            threshold=a.threshold,
+            floor=a.floor,
+            batch_size=a.batch_size,
+            device=a.device,
+            resume=a.resume,
+            precision=a.precision,
+            crossmatch=False if a.no_crossmatch else None,
+            radius=a.radius,
+            catalog=a.known_lenses,
+            export=a.export,
+            report=False if a.no_report else None,
+            combine=a.combine,
+            prefilter=a.prefilter,
+            prefilter_threshold=a.prefilter_threshold,
+            truth=a.truth,
         )
     s = result.summary
     print(
@@ -345,23 +477,31 @@ def _cmd_search(a) -> int:
         f"{s['rows_nan']} flagged for non-finite pixels) with {s['model_id']} in {s['seconds']} s"
     )
     if s.get("combine"):
-        print(f"ensemble of {len(s['models'])} models, score = {s['combine']}; per-model columns and n_agree "
-              f"in the candidates")
+        print(
+            f"ensemble of {len(s['models'])} models, score = {s['combine']}; per-model columns and n_agree "
+            f"in the candidates"
+        )
     if s.get("prefilter"):
         pf = s["prefilter"]
-        print(f"cascade: the prefilter {pf['model_id']} scored {s['stages']['prefilter']} cutouts, the main "
-              f"model(s) {s['stages']['main']} (top {pf['keep_fraction']:g} of each tile, plus "
-              f"{pf['passed_by_threshold_only']} at prefilter p >= {pf['threshold']:g})")
+        print(
+            f"cascade: the prefilter {pf['model_id']} scored {s['stages']['prefilter']} cutouts, the main "
+            f"model(s) {s['stages']['main']} (top {pf['keep_fraction']:g} of each tile, plus "
+            f"{pf['passed_by_threshold_only']} at prefilter p >= {pf['threshold']:g})"
+        )
     au = s.get("audit")
     if au:
-        print(f"audit against the truth: {au['lenses']} injected lenses, {au['dropped']} stopped by the prefilter, "
-              f"{au['dropped_main_would_keep']} of which the main model(s) alone score >= {s['threshold']}")
+        print(
+            f"audit against the truth: {au['lenses']} injected lenses, {au['dropped']} stopped by the prefilter, "
+            f"{au['dropped_main_would_keep']} of which the main model(s) alone score >= {s['threshold']}"
+        )
     print(f"{s['candidates']} candidates with score >= {s['threshold']}: {result.run_dir / 'candidates.parquet'}")
     k = s.get("known_lenses")
     if k:
-        print(f"known lenses (lenscat, {k['radius_arcsec']}\" radius): "
-              f"{k['in_footprint']} inside the searched footprint, "
-              f"{k['matched']} matched to a cutout, {k['above_threshold']} scored >= {s['threshold']}")
+        print(
+            f'known lenses (lenscat, {k["radius_arcsec"]}" radius): '
+            f"{k['in_footprint']} inside the searched footprint, "
+            f"{k['matched']} matched to a cutout, {k['above_threshold']} scored >= {s['threshold']}"
+        )
     if s.get("performance_report"):
         print(f"Dask performance report: {s['performance_report']}")
     if len(result.failures):
@@ -404,10 +544,14 @@ def _cmd_emit_htcondor(a) -> int:
     store, zarr, main, pre = _search_inputs(a.zarr, a.model, a.prefilter)
     floor = _checks.fraction(config.get("search.floor", a.floor), "search.floor")
     combine = str(config.get("search.ensemble.combine", a.combine))
-    pthr = (_checks.fraction(config.get("search.prefilter.threshold", a.prefilter_threshold), "prefilter threshold")
-            if pre is not None else None)
-    sig = run_signature([c["model_id"] for _, c in main], combine,
-                        None if pre is None else (pre[1]["model_id"], pre[2], pthr))
+    pthr = (
+        _checks.fraction(config.get("search.prefilter.threshold", a.prefilter_threshold), "prefilter threshold")
+        if pre is not None
+        else None
+    )
+    sig = run_signature(
+        [c["model_id"] for _, c in main], combine, None if pre is None else (pre[1]["model_id"], pre[2], pthr)
+    )
     run_dir = os.path.abspath(a.out)
     names = store.tiles
     tiles = [(t, names[t]) for t in store.written_tiles()]
@@ -415,11 +559,19 @@ def _cmd_emit_htcondor(a) -> int:
         tiles = [(t, n) for t, n in tiles if (tile_done(run_dir, n) or {}).get("model_id") != sig]
     spec = str(a.cluster) if str(a.cluster).startswith("htcondor") else "htcondor"
     files = emit_htcondor_search(
-        a.emit_htcondor, store=zarr, model_dir=[d for d, _ in main], run_dir=run_dir, tiles=tiles,
-        threshold=_checks.fraction(config.get("search.threshold", a.threshold), "search.threshold"), floor=floor,
+        a.emit_htcondor,
+        store=zarr,
+        model_dir=[d for d, _ in main],
+        run_dir=run_dir,
+        tiles=tiles,
+        threshold=_checks.fraction(config.get("search.threshold", a.threshold), "search.threshold"),
+        floor=floor,
         batch_size=config.get("search.batch_size", a.batch_size),
-        device=str(config.get("search.device", a.device)), spec=spec, combine=combine,
-        prefilter=None if pre is None else (pre[0], pre[2]), prefilter_threshold=pthr,
+        device=str(config.get("search.device", a.device)),
+        spec=spec,
+        combine=combine,
+        prefilter=None if pre is None else (pre[0], pre[2]),
+        prefilter_threshold=pthr,
     )
     print(f"wrote {files['search.sub']} ({len(tiles)} tile jobs), {files['merge.sub']} and {files['search.dag']}")
     print(f"submit: cd {a.emit_htcondor} && condor_submit_dag search.dag   (results: {run_dir}/candidates.parquet)")
@@ -441,11 +593,16 @@ def _cmd_search_tile(a) -> int:
         raise LensdaskError(f"--tile {tile}: the store has tiles 0..{store.n_tiles - 1}")
     dirs, shas = [d for d, _ in main], [c["sha256"] for _, c in main]
     stats = search_tile(
-        zarr, tile, dirs[0] if len(dirs) == 1 else dirs, shas[0] if len(shas) == 1 else shas, a.out,
+        zarr,
+        tile,
+        dirs[0] if len(dirs) == 1 else dirs,
+        shas[0] if len(shas) == 1 else shas,
+        a.out,
         device=str(config.get("search.device", a.device)),
         batch_size=config.get("search.batch_size", a.batch_size),
         floor=_checks.fraction(config.get("search.floor", a.floor), "search.floor"),
-        combine=a.combine, prefilter=None if pre is None else (pre[0], pre[1]["sha256"], pre[2]),
+        combine=a.combine,
+        prefilter=None if pre is None else (pre[0], pre[1]["sha256"], pre[2]),
         prefilter_threshold=a.prefilter_threshold,
     )
     print(json.dumps(stats))
@@ -472,8 +629,11 @@ def _cmd_review(a) -> int:
         from .review.app import serve
 
         server = serve(a.run_dir, labels=a.labels, top=a.top, port=a.port, labeller=a.labeller, store=a.zarr)
-        print(f"reviewing {len(server.state.cand)} candidates at {server.url} (127.0.0.1 only); "
-              f"grades go to {server.state.labels}; Ctrl-C stops", flush=True)
+        print(
+            f"reviewing {len(server.state.cand)} candidates at {server.url} (127.0.0.1 only); "
+            f"grades go to {server.state.labels}; Ctrl-C stops",
+            flush=True,
+        )
         try:
             server.serve_forever()
         finally:
@@ -534,8 +694,10 @@ def _cmd_export_zooniverse(a) -> int:
     from .review import export_zooniverse
 
     manifest = export_zooniverse(a.run_dir, a.out, top=a.top, store=a.zarr)
-    print(f"wrote {len(manifest)} subjects and {a.out}/manifest.csv; upload with:\n"
-          f"  panoptes subject-set upload-subjects SUBJECT_SET_ID {a.out}/manifest.csv")
+    print(
+        f"wrote {len(manifest)} subjects and {a.out}/manifest.csv; upload with:\n"
+        f"  panoptes subject-set upload-subjects SUBJECT_SET_ID {a.out}/manifest.csv"
+    )
     return 0
 
 
@@ -572,8 +734,14 @@ def _cmd_convert(a) -> int:
     from .storeadmin import convert
 
     with _with_client(a) if a.cluster != "none" else _no_client() as client:
-        store, failures = convert(a.src, a.dst, quantise_step=a.step, overwrite=a.overwrite, client=client,
-                                  command=" ".join(["lensdask", *a.argv]))
+        store, failures = convert(
+            a.src,
+            a.dst,
+            quantise_step=a.step,
+            overwrite=a.overwrite,
+            client=client,
+            command=" ".join(["lensdask", *a.argv]),
+        )
     print(f"wrote {store} ({store.encoding['pixels']})")
     for f in failures:
         print(f"tile {f['tile']} failed: {f['error']}", file=sys.stderr)
@@ -600,8 +768,13 @@ def _cmd_demo(a) -> int:
 
     with _with_client(a) as client:
         summary = demo(
-            a.out, tiles=a.tiles, per_tile=a.per_tile, lens_fraction=a.lens_fraction, seed=a.seed,
-            real_galaxies=a.real_galaxies, client=client,
+            a.out,
+            tiles=a.tiles,
+            per_tile=a.per_tile,
+            lens_fraction=a.lens_fraction,
+            seed=a.seed,
+            real_galaxies=a.real_galaxies,
+            client=client,
         )
     print(format_summary(summary))
     print(f"outputs in {a.out}/ (summary.json, run/candidates.parquet)")
@@ -610,25 +783,36 @@ def _cmd_demo(a) -> int:
 
 def _search_model_args(p: argparse.ArgumentParser) -> None:
     """--model (repeatable: an ensemble), --combine, --prefilter, --prefilter-threshold of search and search-tile."""
-    p.add_argument("--model", action="append",
-                   help="checkpoint directory (default: the shipped model); repeat for an ensemble, every model "
-                   "scoring every tile (read once); the models must share bands, stamp and pixel scale")
-    p.add_argument("--combine", choices=["mean", "rank"],
-                   help="an ensemble's score: mean probability or rank average (config search.ensemble.combine)")
-    p.add_argument("--prefilter", type=_arg.prefilter, metavar="MODEL:FRACTION",
-                   help="two-stage cascade: MODEL (a directory, or 'default') scores every cutout, and only the top "
-                   "FRACTION of each tile, plus every cutout at or above --prefilter-threshold, reaches --model")
-    p.add_argument("--prefilter-threshold", type=_arg.fraction,
-                   help="prefilter lens probability that always passes (config search.prefilter.threshold)")
+    p.add_argument(
+        "--model",
+        action="append",
+        help="checkpoint directory (default: the shipped model); repeat for an ensemble, every model "
+        "scoring every tile (read once); the models must share bands, stamp and pixel scale",
+    )
+    p.add_argument(
+        "--combine",
+        choices=["mean", "rank"],
+        help="an ensemble's score: mean probability or rank average (config search.ensemble.combine)",
+    )
+    p.add_argument(
+        "--prefilter",
+        type=_arg.prefilter,
+        metavar="MODEL:FRACTION",
+        help="two-stage cascade: MODEL (a directory, or 'default') scores every cutout, and only the top "
+        "FRACTION of each tile, plus every cutout at or above --prefilter-threshold, reaches --model",
+    )
+    p.add_argument(
+        "--prefilter-threshold",
+        type=_arg.fraction,
+        help="prefilter lens probability that always passes (config search.prefilter.threshold)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lensdask`` command."""
     from ._version import __version__
 
-    parser = _Parser(
-        prog="lensdask", description="Find strong gravitational lenses in survey images with Dask."
-    )
+    parser = _Parser(prog="lensdask", description="Find strong gravitational lenses in survey images with Dask.")
     parser.add_argument("--version", action="version", version=f"lensdask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -637,28 +821,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_arg.count, required=True, help="number of cutouts")
     p.add_argument("--seed", type=int, default=0, help="run seed; row i depends only on (seed, i)")
     p.add_argument("--lens-fraction", type=_arg.fraction, help="fraction of lenses (config simulate.lens_fraction)")
-    p.add_argument("--partition-size", type=_arg.count,
-                   help="rows per task and per tile (config simulate.partition_size)")
+    p.add_argument(
+        "--partition-size", type=_arg.count, help="rows per task and per tile (config simulate.partition_size)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--constraints", metavar="YAML", help="constraint overrides (keys of simulate.constraints)")
-    p.add_argument("--sources", metavar="COSMOS",
-                   help="'sersic' or a GalSim COSMOS catalogue (config simulate.sources)")
-    p.add_argument("--backgrounds", metavar="PATH",
-                   help="real lens galaxies: folder of <band>.fits cubes (+ sigma_v.txt) or a store")
+    p.add_argument(
+        "--sources", metavar="COSMOS", help="'sersic' or a GalSim COSMOS catalogue (config simulate.sources)"
+    )
+    p.add_argument(
+        "--backgrounds",
+        metavar="PATH",
+        help="real lens galaxies: folder of <band>.fits cubes (+ sigma_v.txt) or a store",
+    )
     p.add_argument("--negatives", metavar="PATH", help="real non-lens cutouts (default: the backgrounds)")
-    p.add_argument("--real-negative-fraction", type=_arg.fraction,
-                   help="fraction of non-lenses taken from real cutouts")
-    p.add_argument("--background-fraction", type=_arg.fraction,
-                   help="fraction of lenses painted on the real backgrounds, the rest on modelled galaxies "
-                   "(config simulate.background_fraction)")
-    p.add_argument("--galaxies", metavar="SPEC",
-                   help="rows of the real backgrounds and negatives to use: all, train, heldout (config "
-                   "simulate.galaxy_split), a slice 0:20 or a list 1,4,7 (config simulate.galaxies)")
-    p.add_argument("--lookalike-fraction", type=_arg.fraction,
-                   help="fraction of rows that are false-positive look-alikes, each its own class "
-                   "(config simulate.lookalike_fraction)")
-    p.add_argument("--lookalikes", help="comma-separated kinds: ring,spiral,merger,companion,edge-on,group "
-                   "(config simulate.lookalikes)")
+    p.add_argument(
+        "--real-negative-fraction", type=_arg.fraction, help="fraction of non-lenses taken from real cutouts"
+    )
+    p.add_argument(
+        "--background-fraction",
+        type=_arg.fraction,
+        help="fraction of lenses painted on the real backgrounds, the rest on modelled galaxies "
+        "(config simulate.background_fraction)",
+    )
+    p.add_argument(
+        "--galaxies",
+        metavar="SPEC",
+        help="rows of the real backgrounds and negatives to use: all, train, heldout (config "
+        "simulate.galaxy_split), a slice 0:20 or a list 1,4,7 (config simulate.galaxies)",
+    )
+    p.add_argument(
+        "--lookalike-fraction",
+        type=_arg.fraction,
+        help="fraction of rows that are false-positive look-alikes, each its own class "
+        "(config simulate.lookalike_fraction)",
+    )
+    p.add_argument(
+        "--lookalikes",
+        help="comma-separated kinds: ring,spiral,merger,companion,edge-on,group (config simulate.lookalikes)",
+    )
     p.add_argument("--conditions", metavar="DES|DIR", help="'des', 'fixed' or a folder of 2d<band>_DES.txt samples")
     p.add_argument("--psf", metavar="PSFEX", help="'gaussian' or a PSFEx .psf file")
     p.add_argument("--gallery", metavar="PNG", help="also write colour composites of the first rows, with parameters")
@@ -670,27 +871,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output store, e.g. des.zarr")
     p.add_argument("--tiles", type=_arg.count, help="number of tiles (config mock_survey.tiles)")
     p.add_argument("--per-tile", type=_arg.count, help="cutouts per tile (config mock_survey.per_tile)")
-    p.add_argument("--lens-fraction", type=_arg.fraction,
-                   help="fraction of injected lenses (config mock_survey.lens_fraction)")
+    p.add_argument(
+        "--lens-fraction", type=_arg.fraction, help="fraction of injected lenses (config mock_survey.lens_fraction)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--truth", help="truth table path (default: OUT with .truth.parquet)")
-    p.add_argument("--lookalike-fraction", type=_arg.fraction,
-                   help="fraction of false-positive look-alikes (config mock_survey.lookalike_fraction)")
-    p.add_argument("--lookalikes", help="comma-separated kinds: ring,spiral,merger,companion,edge-on,group "
-                   "(config mock_survey.lookalikes)")
+    p.add_argument(
+        "--lookalike-fraction",
+        type=_arg.fraction,
+        help="fraction of false-positive look-alikes (config mock_survey.lookalike_fraction)",
+    )
+    p.add_argument(
+        "--lookalikes",
+        help="comma-separated kinds: ring,spiral,merger,companion,edge-on,group (config mock_survey.lookalikes)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     _cluster_arg(p)
     p.set_defaults(func=_cmd_mock_survey)
 
-    p = sub.add_parser("ingest",
-                       help="real data to a cutout store: coadd tile images + catalogue, or cutout cubes/arrays")
+    p = sub.add_parser(
+        "ingest", help="real data to a cutout store: coadd tile images + catalogue, or cutout cubes/arrays"
+    )
     p.add_argument("--out", required=True, help="output store, e.g. des.zarr")
-    p.add_argument("--images", metavar="PATTERN",
-                   help="per-band images with WCS, e.g. 'tiles/{tile}_{band}.fits'; * and ? match one file each")
-    p.add_argument("--des-tiles", metavar="DIR",
-                   help="DES coadd tiles as released: DIR/{tile}_{tag}_{band}.fits.fz with HDUs SCI, MSK, WGT")
-    p.add_argument("--catalog", help="objects for --images/--des-tiles: FITS/CSV/Parquet with id, ra, dec [deg] "
-                   "(tile, label optional; DES Gold COADD_OBJECT_ID, RA, DEC, TILENAME as they come)")
+    p.add_argument(
+        "--images",
+        metavar="PATTERN",
+        help="per-band images with WCS, e.g. 'tiles/{tile}_{band}.fits'; * and ? match one file each",
+    )
+    p.add_argument(
+        "--des-tiles",
+        metavar="DIR",
+        help="DES coadd tiles as released: DIR/{tile}_{tag}_{band}.fits.fz with HDUs SCI, MSK, WGT",
+    )
+    p.add_argument(
+        "--catalog",
+        help="objects for --images/--des-tiles: FITS/CSV/Parquet with id, ra, dec [deg] "
+        "(tile, label optional; DES Gold COADD_OBJECT_ID, RA, DEC, TILENAME as they come)",
+    )
     p.add_argument("--weights", metavar="PATTERN", help="inverse-variance maps like --images (0 = masked)")
     p.add_argument("--masks", metavar="PATTERN", help="integer masks like --images (see --mask-bits)")
     p.add_argument("--tiles", nargs="+", metavar="TILE", help="tile names (default: every tile matching --images)")
@@ -702,15 +919,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-scale", type=_arg.positive, help="arcsec/pixel (config survey.pixel_scale)")
     p.add_argument("--per-tile", type=_arg.count, help="rows per tile for cubes/arrays (config ingest.per_tile)")
     p.add_argument("--hdu", help="HDU of the images, number or name (config ingest.hdu)")
-    p.add_argument("--weights-hdu", metavar="HDU",
-                   help="HDU of the weight maps (config ingest.weights_hdu; default --hdu)")
+    p.add_argument(
+        "--weights-hdu", metavar="HDU", help="HDU of the weight maps (config ingest.weights_hdu; default --hdu)"
+    )
     p.add_argument("--masks-hdu", metavar="HDU", help="HDU of the masks (config ingest.masks_hdu; default --hdu)")
-    p.add_argument("--mask-bits", type=_arg.count, metavar="BITS",
-                   help="mask bits that make a pixel bad, e.g. 5 for bits 1 and 4 (config ingest.mask_bits: any "
-                   "non-zero; --des-tiles: ingest.des.mask_bits, 1)")
+    p.add_argument(
+        "--mask-bits",
+        type=_arg.count,
+        metavar="BITS",
+        help="mask bits that make a pixel bad, e.g. 5 for bits 1 and 4 (config ingest.mask_bits: any "
+        "non-zero; --des-tiles: ingest.des.mask_bits, 1)",
+    )
     p.add_argument("--mask-fill", choices=["median", "nan"], help="masked pixels become (config ingest.mask_fill)")
-    p.add_argument("--block-rows", type=_arg.count, metavar="N",
-                   help="stamps cut and written together: a worker's memory (config ingest.block_rows)")
+    p.add_argument(
+        "--block-rows",
+        type=_arg.count,
+        metavar="N",
+        help="stamps cut and written together: a worker's memory (config ingest.block_rows)",
+    )
     p.add_argument("--gallery", metavar="PNG", help="also draw a few stamps of the first tile into this PNG")
     p.add_argument("--gallery-n", type=_arg.count, default=12, metavar="N", help="stamps in the gallery (default 12)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
@@ -721,71 +947,110 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="labelled training store (required)")
     p.add_argument("--out", help="checkpoint directory to write (required)")
     p.add_argument("--arch", help="architecture name (config train.arch); --list-archs shows them")
-    p.add_argument("--list-archs", action="store_true",
-                   help="print the architectures (parameters, tokens, GFLOPs) and exit")
+    p.add_argument(
+        "--list-archs", action="store_true", help="print the architectures (parameters, tokens, GFLOPs) and exit"
+    )
     p.add_argument("--epochs", type=_arg.count)
     p.add_argument("--batch-size", type=_arg.count)
     p.add_argument("--lr", type=_arg.positive, help="peak learning rate")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: CUDA (bf16 autocast) when present")
     p.add_argument("--seed", type=int)
-    p.add_argument("--validation-fraction", type=_arg.fraction,
-                   help="held-out fraction per class (config train.validation_fraction)")
-    p.add_argument("--pretrained", metavar="FILE",
-                   help="start from local weights (.safetensors/.pth or a lensdask model dir)")
-    p.add_argument("--resize", type=_arg.count, metavar="PX",
-                   help="model input side if not the stamp, e.g. 224 (config train.resize)")
+    p.add_argument(
+        "--validation-fraction",
+        type=_arg.fraction,
+        help="held-out fraction per class (config train.validation_fraction)",
+    )
+    p.add_argument(
+        "--pretrained", metavar="FILE", help="start from local weights (.safetensors/.pth or a lensdask model dir)"
+    )
+    p.add_argument(
+        "--resize",
+        type=_arg.count,
+        metavar="PX",
+        help="model input side if not the stamp, e.g. 224 (config train.resize)",
+    )
     p.add_argument("--patch-size", type=_arg.count, metavar="PX", help="override the architecture's patch side")
-    p.add_argument("--patience", type=_arg.non_negative_int,
-                   help="early stopping: epochs without a better validation AUROC; 0 off")
-    p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=None,
-                   help="weight the loss by inverse class frequency (config train.balance)")
-    p.add_argument("--shift", type=_arg.non_negative, metavar="PX",
-                   help="largest sub-pixel shift augmentation (config train.augment.shift_px)")
+    p.add_argument(
+        "--patience", type=_arg.non_negative_int, help="early stopping: epochs without a better validation AUROC; 0 off"
+    )
+    p.add_argument(
+        "--balance",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="weight the loss by inverse class frequency (config train.balance)",
+    )
+    p.add_argument(
+        "--shift",
+        type=_arg.non_negative,
+        metavar="PX",
+        help="largest sub-pixel shift augmentation (config train.augment.shift_px)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt (saved every epoch)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="AUROC, TPR0, TPR10, TPR at FPR 1e-3/1e-4, ROC, confusion, selection function")
-    p.add_argument("--model", action="append",
-                   help="checkpoint directory (default: the shipped model); repeat to report each model and "
-                   "their ensemble")
-    p.add_argument("--combine", choices=["mean", "rank"],
-                   help="the ensemble's score: mean probability or rank average (config search.ensemble.combine)")
+    p.add_argument(
+        "--model",
+        action="append",
+        help="checkpoint directory (default: the shipped model); repeat to report each model and their ensemble",
+    )
+    p.add_argument(
+        "--combine",
+        choices=["mean", "rank"],
+        help="the ensemble's score: mean probability or rank average (config search.ensemble.combine)",
+    )
     p.add_argument("--data", required=True, help="labelled store")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--roc", metavar="PNG", help="write the ROC curve to this PNG")
     p.add_argument("--threshold", type=_arg.fraction, help="operating lens probability (config search.threshold)")
     p.add_argument("--record", action="store_true", help="append the metrics to the model card's evaluations")
-    p.add_argument("--batch-size", type=_arg.batch_size,
-                   help="cutouts per forward pass, or auto (config search.batch_size)")
+    p.add_argument(
+        "--batch-size", type=_arg.batch_size, help="cutouts per forward pass, or auto (config search.batch_size)"
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("inject", help="injection-recovery on real cutouts: arcs painted on real galaxies, "
-                       "scored with and without the arc (completeness, false-positive rate)")
+    p = sub.add_parser(
+        "inject",
+        help="injection-recovery on real cutouts: arcs painted on real galaxies, "
+        "scored with and without the arc (completeness, false-positive rate)",
+    )
     p.add_argument("--model", help="checkpoint directory (default: the shipped model)")
-    p.add_argument("--cutouts", required=True,
-                   help="real cutouts: a store, a folder of <band>.fits cubes (+ sigma_v.txt), or .npy/.npz")
-    p.add_argument("--galaxies", metavar="SPEC",
-                   help="rows to use: all, train, heldout (config simulate.galaxy_split), 0:20 or 1,4,7")
-    p.add_argument("--orientations", type=_arg.orientations,
-                   help="rotations/flips of each cutout, 1-8 (config inject.orientations)")
+    p.add_argument(
+        "--cutouts",
+        required=True,
+        help="real cutouts: a store, a folder of <band>.fits cubes (+ sigma_v.txt), or .npy/.npz",
+    )
+    p.add_argument(
+        "--galaxies",
+        metavar="SPEC",
+        help="rows to use: all, train, heldout (config simulate.galaxy_split), 0:20 or 1,4,7",
+    )
+    p.add_argument(
+        "--orientations",
+        type=_arg.orientations,
+        help="rotations/flips of each cutout, 1-8 (config inject.orientations)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the painted arcs")
     p.add_argument("--threshold", type=_arg.fraction, help="operating lens probability (config search.threshold)")
     p.add_argument("--constraints", metavar="YAML", help="constraint overrides for the painted arcs")
     p.add_argument("--max-draws", type=_arg.count, help="draws per painted system (config simulate.max_draws_per_lens)")
-    p.add_argument("--zeropoint", type=_arg.finite,
-                   help="mag of unit flux for lens magnitudes (config inject.zeropoint)")
+    p.add_argument(
+        "--zeropoint", type=_arg.finite, help="mag of unit flux for lens magnitudes (config inject.zeropoint)"
+    )
     p.add_argument("--aperture", type=_arg.positive, help="lens-flux aperture radius, arcsec (config inject.aperture)")
     p.add_argument("--bins", type=_arg.count, help="bins per completeness curve (config inject.bins)")
-    p.add_argument("--top", type=_arg.count,
-                   help="highest-scoring unpainted cutouts listed and drawn (config inject.top)")
+    p.add_argument(
+        "--top", type=_arg.count, help="highest-scoring unpainted cutouts listed and drawn (config inject.top)"
+    )
     p.add_argument("--out", metavar="DIR", help="write DIR/inject.json, DIR/completeness.png, DIR/top_unpainted.png")
     p.add_argument("--png", metavar="PREFIX", help="write PREFIX_completeness.png and PREFIX_top_unpainted.png")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--record", action="store_true", help="append the results to the model card's evaluations")
-    p.add_argument("--batch-size", type=_arg.batch_size,
-                   help="cutouts per forward pass, or auto (config search.batch_size)")
+    p.add_argument(
+        "--batch-size", type=_arg.batch_size, help="cutouts per forward pass, or auto (config search.batch_size)"
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_inject)
 
@@ -794,24 +1059,31 @@ def build_parser() -> argparse.ArgumentParser:
     _search_model_args(p)
     p.add_argument("--out", default="lensdask-run", help="run directory (default: lensdask-run)")
     p.add_argument("--threshold", type=_arg.fraction, help="lens probability for candidates (config search.threshold)")
-    p.add_argument("--floor", type=_arg.fraction,
-                   help="lens probability kept in per-tile outputs (config search.floor)")
-    p.add_argument("--batch-size", type=_arg.batch_size,
-                   help="cutouts per forward pass, or auto (config search.batch_size)")
+    p.add_argument(
+        "--floor", type=_arg.fraction, help="lens probability kept in per-tile outputs (config search.floor)"
+    )
+    p.add_argument(
+        "--batch-size", type=_arg.batch_size, help="cutouts per forward pass, or auto (config search.batch_size)"
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device on the workers")
     p.add_argument("--resume", action="store_true", help="skip tiles already finished in --out")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 on CUDA (config search.precision)")
     p.add_argument("--export", help="also write candidates as fits,csv (config search.export)")
-    p.add_argument("--radius", type=_arg.positive,
-                   help="known-lens cross-match radius, arcsec (config crossmatch.radius)")
+    p.add_argument(
+        "--radius", type=_arg.positive, help="known-lens cross-match radius, arcsec (config crossmatch.radius)"
+    )
     p.add_argument("--known-lenses", metavar="FILE", help="known-lens catalogue (default: lenscat's)")
     p.add_argument("--no-crossmatch", action="store_true", help="skip the known-lens cross-match")
     p.add_argument("--no-report", action="store_true", help="do not save the Dask performance report")
-    p.add_argument("--truth", metavar="PARQUET",
-                   help="with --prefilter on a mock survey: its truth table; the main model(s) also score the "
-                   "injected lenses the prefilter stopped, and the summary says how many they would have kept")
     p.add_argument(
-        "--emit-htcondor", metavar="DIR",
+        "--truth",
+        metavar="PARQUET",
+        help="with --prefilter on a mock survey: its truth table; the main model(s) also score the "
+        "injected lenses the prefilter stopped, and the summary says how many they would have kept",
+    )
+    p.add_argument(
+        "--emit-htcondor",
+        metavar="DIR",
         help="do not search: write an HTCondor submission (one search-tile job per tile, then merge) into DIR",
     )
     _cluster_arg(p)
@@ -823,8 +1095,9 @@ def build_parser() -> argparse.ArgumentParser:
     _search_model_args(p)
     p.add_argument("--out", required=True, help="run directory; writes OUT/tiles/<tile>.parquet and .json")
     p.add_argument("--floor", type=_arg.fraction, help="lens probability kept (config search.floor)")
-    p.add_argument("--batch-size", type=_arg.batch_size,
-                   help="cutouts per forward pass, or auto (config search.batch_size)")
+    p.add_argument(
+        "--batch-size", type=_arg.batch_size, help="cutouts per forward pass, or auto (config search.batch_size)"
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_search_tile)
 
@@ -833,33 +1106,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=_arg.fraction, help="lens probability for candidates (config search.threshold)")
     p.set_defaults(func=_cmd_merge)
 
-    p = sub.add_parser("review", help="write an offline HTML gallery of a search run's best candidates, "
-                       "or --serve a review app graded from the keyboard")
+    p = sub.add_parser(
+        "review",
+        help="write an offline HTML gallery of a search run's best candidates, "
+        "or --serve a review app graded from the keyboard",
+    )
     p.add_argument("run_dir", help="search run directory")
     p.add_argument("--top", type=_arg.count, default=100, help="number of candidates (default 100)")
     p.add_argument("--per-page", type=_arg.count, help="candidates per gallery page (config review.gallery_per_page)")
     p.add_argument("--out", help="gallery folder (default RUN_DIR/gallery)")
     p.add_argument("--zarr", help="the survey store, if it moved since the search")
     p.add_argument("--serve", action="store_true", help="serve the review app on 127.0.0.1 (grades go to --labels)")
-    p.add_argument("--port", type=_checks.arg_type(_checks.int_range(0, 65535)),
-                   help="port of --serve (config review.port; 0: any free port)")
+    p.add_argument(
+        "--port",
+        type=_checks.arg_type(_checks.int_range(0, 65535)),
+        help="port of --serve (config review.port; 0: any free port)",
+    )
     p.add_argument("--labels", help="labels CSV of --serve (default RUN_DIR/labels.csv; appended to)")
     p.add_argument("--labeller", help="reviewer name the app starts with (default: $USER)")
     p.set_defaults(func=_cmd_review)
 
     p = sub.add_parser("label", help="append reviewer labels (class per object) to a labels table")
     p.add_argument("--labels", required=True, help="labels CSV (append-only)")
-    p.add_argument("--from-csv", help="CSV with tile, object_id, class columns (and optionally labeller, time, grade: "
-                   "the review page's CSV export)")
+    p.add_argument(
+        "--from-csv",
+        help="CSV with tile, object_id, class columns (and optionally labeller, time, grade: "
+        "the review page's CSV export)",
+    )
     p.add_argument("--tile")
     p.add_argument("--object-id", type=int)
     p.add_argument("--class", dest="cls", help="class name (config review.classes)")
-    p.add_argument("--grade", choices=["definite", "probable", "possible", "no"],
-                   help="confidence: definite, probable, possible (class lens) or no (not a lens)")
+    p.add_argument(
+        "--grade",
+        choices=["definite", "probable", "possible", "no"],
+        help="confidence: definite, probable, possible (class lens) or no (not a lens)",
+    )
     p.add_argument("--labeller", help="who labels (default: $USER)")
     p.add_argument("--zarr", help="check that every object is in this store")
-    p.add_argument("--votes", metavar="OUT_CSV",
-                   help="write every object's combined grades (one vote per reviewer: counts, mean grade, class)")
+    p.add_argument(
+        "--votes",
+        metavar="OUT_CSV",
+        help="write every object's combined grades (one vote per reviewer: counts, mean grade, class)",
+    )
     p.set_defaults(func=_cmd_label)
 
     p = sub.add_parser("trainset", help="add labelled survey cutouts to a training store")
@@ -894,13 +1182,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="rewrite a store (any readable schema) as the current one, pixels re-encoded")
     p.add_argument("src", help="the store to read")
     p.add_argument("dst", help="the store to write")
-    p.add_argument("--step", type=_arg.quantise_step, metavar="SIGMA",
-                   help="quantisation step in units of each stamp's sky noise; 0 keeps float32 values "
-                   "exactly (config store.quantise.step: 0.33, rms error 0.095 sigma)")
+    p.add_argument(
+        "--step",
+        type=_arg.quantise_step,
+        metavar="SIGMA",
+        help="quantisation step in units of each stamp's sky noise; 0 keeps float32 values "
+        "exactly (config store.quantise.step: 0.33, rms error 0.095 sigma)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     g = p.add_argument_group("where tasks run")
-    g.add_argument("--cluster", default="none", metavar="SPEC", type=_arg.cluster_or_none,
-                   help="'none' (default: tile by tile in this process), or any --cluster of search")
+    g.add_argument(
+        "--cluster",
+        default="none",
+        metavar="SPEC",
+        type=_arg.cluster_or_none,
+        help="'none' (default: tile by tile in this process), or any --cluster of search",
+    )
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("config", help="show the effective configuration")
@@ -913,9 +1210,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-tile", type=_arg.count)
     p.add_argument("--lens-fraction", type=_arg.fraction)
     p.add_argument("--seed", type=int)
-    p.add_argument("--real-galaxies", metavar="DIR",
-                   help="real DES galaxy cubes for the real false-positive rate, held-out rows only "
-                   "(config demo.real_galaxies: ../shared/data/des_galaxies)")
+    p.add_argument(
+        "--real-galaxies",
+        metavar="DIR",
+        help="real DES galaxy cubes for the real false-positive rate, held-out rows only "
+        "(config demo.real_galaxies: ../shared/data/des_galaxies)",
+    )
     _cluster_arg(p)
     p.set_defaults(func=_cmd_demo)
     return parser

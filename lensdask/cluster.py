@@ -146,9 +146,7 @@ def load_profile(kind: str, name: str) -> dict:
     missing = [k for k in REQUIRED_KEYS[kind] if k not in profile]
     if missing:
         where = f" (file {path})" if path else ""
-        raise ClusterError(
-            "missing profile key " + ", ".join(f"jobqueue.{name}.{k}" for k in missing) + where
-        )
+        raise ClusterError("missing profile key " + ", ".join(f"jobqueue.{name}.{k}" for k in missing) + where)
     for key in ("cores", "memory"):
         if profile.get(key) in (None, ""):
             raise ClusterError(f"profile key jobqueue.{name}.{key} must be set (it is empty)")
@@ -350,18 +348,22 @@ def cluster_client(
         raise ClusterError("--jobs and --adapt apply to --cluster htcondor|slurm only")
     if kind == "local":
         if jobs is not None or adapt is not None:
-            raise ClusterError("--jobs and --adapt apply to --cluster htcondor|slurm only "
-                               "(local: lensdask.cluster.n_workers)")
+            raise ClusterError(
+                "--jobs and --adapt apply to --cluster htcondor|slurm only (local: lensdask.cluster.n_workers)"
+            )
         cfg = config.effective()["cluster"]
         # LocalCluster logs a warning when the preferred dashboard port is taken; it then picks another.
         logging.getLogger("distributed.node").setLevel(logging.ERROR)
-        with LocalCluster(
-            n_workers=int(cfg["n_workers"]),
-            threads_per_worker=int(cfg["threads_per_worker"]),
-            dashboard_address=cfg["dashboard_address"],
-            memory_limit=cfg["memory_limit"],
-            processes=True,
-        ) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=int(cfg["n_workers"]),
+                threads_per_worker=int(cfg["threads_per_worker"]),
+                dashboard_address=cfg["dashboard_address"],
+                memory_limit=cfg["memory_limit"],
+                processes=True,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             _ready(client, quiet)
             yield client
         return
@@ -423,8 +425,10 @@ def _batch_client(kind, name, *, quiet, jobs, adapt, worker_timeout):
                 cluster.adapt(minimum_jobs=lo, maximum_jobs=hi)
             if not quiet:
                 what = f"{lo}:{hi} adaptive" if adapt is not None else f"{hi}"
-                print(f"{kind} cluster (profile {name}): {what} worker jobs, scheduler {cluster.scheduler_address}",
-                      flush=True)
+                print(
+                    f"{kind} cluster (profile {name}): {what} worker jobs, scheduler {cluster.scheduler_address}",
+                    flush=True,
+                )
             _ready(client, quiet)
             yield client
         finally:
@@ -521,12 +525,12 @@ def emit_htcondor_search(
         "universe = vanilla",
         f"executable = {python}",
         "transfer_executable = false",
-        f"arguments = \"{tile_args}\"",
+        f'arguments = "{tile_args}"',
         f"request_cpus = {int(profile['cores'])}",
         f"request_memory = {mem_mb}",
         f"request_disk = {disk_kb}",
         # One tile per thread budget; torch follows OMP_NUM_THREADS.
-        f"environment = \"OMP_NUM_THREADS={int(profile['cores'])}\"",
+        f'environment = "OMP_NUM_THREADS={int(profile["cores"])}"',
     ]
     lines += [f"{k} = {_submit_value(v)}" for k, v in extra.items()]
     lines += [
@@ -550,7 +554,7 @@ def emit_htcondor_search(
                 "# lensdask merge: candidates.parquet from the per-tile outputs (runs on the submit machine)",
                 "universe = local",
                 f"executable = {sys.executable}",
-                f"arguments = \"{merge_args}\"",
+                f'arguments = "{merge_args}"',
                 "log = logs/merge.log",
                 "output = logs/merge.out",
                 "error = logs/merge.err",

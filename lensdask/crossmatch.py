@@ -126,8 +126,12 @@ def crossmatch(
     out = table.copy()
     idx, sep = _nearest(out["ra"].to_numpy(), out["dec"].to_numpy(), cat["ra"].to_numpy(), cat["dec"].to_numpy())
     hit = sep <= radius
-    for col, src in (("known_name", "name"), ("known_grading", "grading"), ("known_type", "type"),
-                     ("known_ref", "ref")):
+    for col, src in (
+        ("known_name", "name"),
+        ("known_grading", "grading"),
+        ("known_type", "type"),
+        ("known_ref", "ref"),
+    ):
         vals = np.full(len(out), "", dtype=object)
         vals[hit] = cat[src].to_numpy()[idx[hit]]
         out[col] = vals
@@ -180,12 +184,19 @@ def known_lens_report(
     for s in tile_stats:
         if s and s.get("ra_min") is not None:
             cosd = max(np.cos(np.radians(max(abs(s["dec_min"]), abs(s["dec_max"])))), 1e-3)
-            boxes.append({"ra_min": (s["ra_min"] - pad / cosd) % 360, "ra_max": (s["ra_max"] + pad / cosd) % 360,
-                          "dec_min": s["dec_min"] - pad, "dec_max": s["dec_max"] + pad})
+            boxes.append(
+                {
+                    "ra_min": (s["ra_min"] - pad / cosd) % 360,
+                    "ra_max": (s["ra_max"] + pad / cosd) % 360,
+                    "dec_min": s["dec_min"] - pad,
+                    "dec_max": s["dec_max"] + pad,
+                }
+            )
     inside = cat[_in_boxes(cat["ra"], cat["dec"], boxes)].reset_index(drop=True)
     rows = scores[~scores["nan_pixels"].astype(bool)] if "nan_pixels" in scores.columns else scores
-    idx, sep = _nearest(inside["ra"].to_numpy(), inside["dec"].to_numpy(), rows["ra"].to_numpy(),
-                        rows["dec"].to_numpy())
+    idx, sep = _nearest(
+        inside["ra"].to_numpy(), inside["dec"].to_numpy(), rows["ra"].to_numpy(), rows["dec"].to_numpy()
+    )
     hit = sep <= radius
     table = inside[["name", "ra", "dec", "grading", "type", "ref"]].copy()
     table["tile"] = np.where(hit, rows["tile"].to_numpy()[np.where(hit, idx, 0)] if len(rows) else "", "")

@@ -62,8 +62,19 @@ def score_against_truth(scores: pd.DataFrame, truth: pd.DataFrame, threshold: fl
     }
 
 
-REAL_KEYS = ("kind", "cutouts", "rows", "n_unpainted", "n_painted", "threshold", "fpr", "fpr_interval", "auroc",
-             "completeness", "model_id")
+REAL_KEYS = (
+    "kind",
+    "cutouts",
+    "rows",
+    "n_unpainted",
+    "n_painted",
+    "threshold",
+    "fpr",
+    "fpr_interval",
+    "auroc",
+    "completeness",
+    "model_id",
+)
 """Keys of an ``inject`` result the demo summary keeps."""
 
 
@@ -168,7 +179,8 @@ def demo(
     scores = truth[["object_id", "truth_class"]].merge(result.scores()[["object_id", "score"]], on="object_id")
     summary["lookalikes"] = int((~truth_class.isin(["lens", "non-lens"])).sum())
     summary["lookalikes_above_threshold"] = int(
-        (~scores["truth_class"].isin(["lens", "non-lens"]) & (scores["score"] >= threshold)).sum())
+        (~scores["truth_class"].isin(["lens", "non-lens"]) & (scores["score"] >= threshold)).sum()
+    )
     real = config.get("demo.real_galaxies", None if real_galaxies is None else os.fspath(real_galaxies))
     summary["real_galaxies"] = real_galaxy_check(real, config.get("demo.galaxies"), threshold, progress)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -179,8 +191,13 @@ def _store_size(url) -> dict:
     """How the mock survey's pixels are stored and what a cutout costs on disk (bytes)."""
     info = store_info(url)
     enc = info["encoding"]
-    return {"bytes_per_cutout": info["bytes_per_cutout"], "pixels": enc.get("pixels", "float"),
-            "step": enc.get("step"), "rms_error": enc.get("rms_error"), "codec": enc.get("codec")}
+    return {
+        "bytes_per_cutout": info["bytes_per_cutout"],
+        "pixels": enc.get("pixels", "float"),
+        "step": enc.get("step"),
+        "rms_error": enc.get("rms_error"),
+        "codec": enc.get("codec"),
+    }
 
 
 def format_summary(summary: dict) -> str:
@@ -206,8 +223,11 @@ def format_summary(summary: dict) -> str:
 def _store_line(st: dict | None) -> str:
     if not st or st.get("bytes_per_cutout") is None:
         return "Store: size unknown"
-    how = (f"quantised on {st['step']:g} sigma steps ({st['rms_error']:.3f} sigma rms), {st['codec']}"
-           if st["pixels"] == "quantised" else f"lossless, {st['codec']}")
+    how = (
+        f"quantised on {st['step']:g} sigma steps ({st['rms_error']:.3f} sigma rms), {st['codec']}"
+        if st["pixels"] == "quantised"
+        else f"lossless, {st['codec']}"
+    )
     return f"Store: {st['bytes_per_cutout'] / 1024:.2f} KiB per cutout on disk ({how})"
 
 
@@ -216,5 +236,7 @@ def _real_line(r: dict | None) -> str:
         return "Real DES galaxies: no real cutouts found and none recorded in the model card"
     lo, hi = r["fpr_interval"]
     where = "recorded in the model card" if r.get("recorded") else f"{r['cutouts']}, rows {r['rows']}"
-    return (f"Real DES galaxies never trained on ({where}): {r['fpr']:.1%} of {r['n_unpainted']} plain stamps "
-            f"score >= {r['threshold']} (95% CI {lo:.1%}-{hi:.1%}); painted vs plain AUROC {r['auroc']:.3f}")
+    return (
+        f"Real DES galaxies never trained on ({where}): {r['fpr']:.1%} of {r['n_unpainted']} plain stamps "
+        f"score >= {r['threshold']} (95% CI {lo:.1%}-{hi:.1%}); painted vs plain AUROC {r['auroc']:.3f}"
+    )

@@ -38,8 +38,11 @@ def renamed_keywords(**old_to_new: str) -> Callable[[F], F]:
         missing = [new for new in old_to_new.values() if new not in params]
         if missing:
             raise ValueError(f"{func.__qualname__} has no parameter {missing[0]!r}")
-        shown = f"{func.__name__}({', '.join(params[:3])}, ...)" if len(params) > 3 else \
-            f"{func.__name__}({', '.join(params)})"
+        shown = (
+            f"{func.__name__}({', '.join(params[:3])}, ...)"
+            if len(params) > 3
+            else f"{func.__name__}({', '.join(params)})"
+        )
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -47,10 +50,11 @@ def renamed_keywords(**old_to_new: str) -> Callable[[F], F]:
                 if old not in kwargs:
                     continue
                 if new in kwargs or params.index(new) < len(args):
-                    raise TypeError(f"{func.__name__}() got {new!r} twice: {old}= is the old name of {new}=; "
-                                    f"the signature is now {shown}")
-                warnings.warn(f"{func.__name__}({old}=...) is deprecated; use {new}=", DeprecationWarning,
-                              stacklevel=2)
+                    raise TypeError(
+                        f"{func.__name__}() got {new!r} twice: {old}= is the old name of {new}=; "
+                        f"the signature is now {shown}"
+                    )
+                warnings.warn(f"{func.__name__}({old}=...) is deprecated; use {new}=", DeprecationWarning, stacklevel=2)
                 kwargs[new] = kwargs.pop(old)
             return func(*args, **kwargs)
 
@@ -64,8 +68,7 @@ def renamed_function(func: F, old: str) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        warnings.warn(f"{old} is deprecated; use {func.__module__}.{func.__name__}", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(f"{old} is deprecated; use {func.__module__}.{func.__name__}", DeprecationWarning, stacklevel=2)
         return func(*args, **kwargs)
 
     wrapper.__name__ = wrapper.__qualname__ = old.rsplit(".", 1)[-1]

@@ -129,8 +129,7 @@ def describe_error(exc: BaseException, limits: set[int] | None = None) -> str:
         else:
             where = "; no memory limit known"
         times = "once" if exc.allowed_failures == 0 else f"{exc.allowed_failures + 1} times"
-        return (f"worker lost: the worker running it died {times} "
-                f"(killed for memory, preempted or crashed){where}")
+        return f"worker lost: the worker running it died {times} (killed for memory, preempted or crashed){where}"
     from .errors import LensdaskError
 
     text = " ".join(str(exc).split())
@@ -271,8 +270,16 @@ def _run_on_client(client, jobs, key_prefix, retries, resources, finished, faile
     futures = {}
     try:
         for name, f, args, kwargs in jobs:
-            fut = client.submit(_guarded, f, *args, **kwargs, key=f"{key_prefix}-{name}-{stamp}", pure=False,
-                                retries=retries, resources=resources)
+            fut = client.submit(
+                _guarded,
+                f,
+                *args,
+                **kwargs,
+                key=f"{key_prefix}-{name}-{stamp}",
+                pure=False,
+                retries=retries,
+                resources=resources,
+            )
             futures[fut] = name
         pending = set(futures)
         alone_since = None  # when the cluster was last seen without a worker
@@ -307,12 +314,20 @@ def _run_on_client(client, jobs, key_prefix, retries, resources, finished, faile
                 # Workers that die as they start (a memory limit below what a worker needs at rest)
                 # never get to fail a task: without this, the command would wait for ever.
                 client.cancel(list(pending), force=True)
-                lim = ("; memory limit " + " / ".join(format_bytes(v) for v in sorted(limits)) + " per worker"
-                       if limits else "")
+                lim = (
+                    "; memory limit " + " / ".join(format_bytes(v) for v in sorted(limits)) + " per worker"
+                    if limits
+                    else ""
+                )
                 for fut in pending:
-                    failed({"tile": futures[fut], "traceback": "",
+                    failed(
+                        {
+                            "tile": futures[fut],
+                            "traceback": "",
                             "error": f"worker lost: no worker alive for {grace:.0f} s while the tile waited "
-                                     f"(workers killed as they start, e.g. at their memory limit){lim}"})
+                            f"(workers killed as they start, e.g. at their memory limit){lim}",
+                        }
+                    )
                 pending = set()
     except BaseException:  # Ctrl-C, or a callback that raised: no task keeps running for nothing
         client.cancel([fut for fut in futures if not fut.done()], force=True)

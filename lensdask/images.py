@@ -257,8 +257,9 @@ def residual_view(stamp, bands, *, noise: float | None = None, scales: dict | No
     """True colour of ``stamp`` minus :func:`lens_model` (the faint-feature stretch): arcs without the lens light."""
     if noise is None:
         noise = sky_noise(stamp, bands, scales=scales)
-    return colour_composite(np.asarray(stamp, dtype=np.float64) - lens_model(stamp), bands, scales=scales,
-                            noise=noise, view="faint")
+    return colour_composite(
+        np.asarray(stamp, dtype=np.float64) - lens_model(stamp), bands, scales=scales, noise=noise, view="faint"
+    )
 
 
 def difference_view(stamp, bands, *, noise: float | None = None, scales: dict | None = None, pair=None) -> np.ndarray:

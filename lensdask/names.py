@@ -27,8 +27,10 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._+-")
 _MAX_COMPONENT = 160  # characters of an encoded component before it is shortened with a hash
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
-RULE = (f"a tile name holds 1-{MAX_LENGTH} letters, digits and . _ + - and starts with a letter or digit "
-        "(e.g. DES0213-3040)")
+RULE = (
+    f"a tile name holds 1-{MAX_LENGTH} letters, digits and . _ + - and starts with a letter or digit "
+    "(e.g. DES0213-3040)"
+)
 
 
 def _show(name) -> str:
@@ -65,8 +67,9 @@ def check_name(name, *, what: str = "tile name", where: str | None = None) -> st
     return name
 
 
-def check_names(names: Iterable, *, what: str = "tile name", source: str | None = None,
-                rows: Iterable | None = None) -> list[str]:
+def check_names(
+    names: Iterable, *, what: str = "tile name", source: str | None = None, rows: Iterable | None = None
+) -> list[str]:
     """Check every name of ``names``; the error names the first offending row.
 
     Parameters
@@ -174,6 +177,5 @@ def csv_safe(table):
     out = table.copy()
     for col in out.columns:
         if out[col].dtype == object or pd.api.types.is_string_dtype(out[col].dtype):
-            out[col] = out[col].map(
-                lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v)
+            out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v)
     return out

@@ -142,8 +142,11 @@ def _grid_scale_zero(x, r, target, bg, border):
         with np.errstate(invalid="ignore", divide="ignore"):
             v = (edge - z[..., None]) / cand[..., None] + redge - 0.5
             dev = np.abs(v - np.round(v))
-        fits = ok & (np.where(np.isfinite(dev), dev, 0.0).max(axis=-1) < REENCODE_TOLERANCE) & (
-            np.isfinite(dev).sum(axis=-1) >= MIN_BORDER_PIXELS)
+        fits = (
+            ok
+            & (np.where(np.isfinite(dev), dev, 0.0).max(axis=-1) < REENCODE_TOLERANCE)
+            & (np.isfinite(dev).sum(axis=-1) >= MIN_BORDER_PIXELS)
+        )
         if fits.any():
             scale = np.where(fits, cand, scale)
             zero = np.where(fits, z, zero)
@@ -294,8 +297,15 @@ def codes_normalisable(scale: np.ndarray, zero: np.ndarray, sky: np.ndarray, noi
 
 
 def normalise_codes(
-    q: np.ndarray, scale: np.ndarray, zero: np.ndarray, sky: np.ndarray, noise: np.ndarray, keys: np.ndarray,
-    *, seed: int, softening: float,
+    q: np.ndarray,
+    scale: np.ndarray,
+    zero: np.ndarray,
+    sky: np.ndarray,
+    noise: np.ndarray,
+    keys: np.ndarray,
+    *,
+    seed: int,
+    softening: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The classifier's ``asinh-noise`` normalisation of quantised stamps, straight from their codes.
 
@@ -344,8 +354,9 @@ def normalise_codes(
         per_noise = 1.0 / (np.asarray(noise, np.float64) * float(softening))
         scale64 = np.asarray(scale, np.float64)
         a = (scale64 * per_noise).astype(np.float32)[..., None]
-        c = ((np.asarray(zero, np.float64) + 0.5 * scale64 - np.asarray(sky, np.float64)) * per_noise
-             ).astype(np.float32)[..., None]
+        c = ((np.asarray(zero, np.float64) + 0.5 * scale64 - np.asarray(sky, np.float64)) * per_noise).astype(
+            np.float32
+        )[..., None]
     windows = _dither_windows(int(seed), npix)
     offsets = dither_offsets(keys, b, seed)
     codes = q.reshape(n, b, npix)

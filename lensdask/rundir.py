@@ -274,8 +274,9 @@ def merge(
         d = run_dir / TILES_DIR
         comps = sorted(p.stem for p in d.glob("*.json")) if tiles is None else [safe_component(t) for t in tiles]
         stats = [json.loads((d / f"{c}.json").read_text()) for c in comps if (d / f"{c}.json").exists()]
-        known, summary = known_lens_report(scores, [s for s in stats if s], threshold=threshold, radius=radius,
-                                           catalog=cat)
+        known, summary = known_lens_report(
+            scores, [s for s in stats if s], threshold=threshold, radius=radius, catalog=cat
+        )
         write_atomic(run_dir / KNOWN_LENSES, lambda p: known.to_parquet(p, index=False))
     write_atomic(run_dir / CANDIDATES, lambda p: cand.to_parquet(p, index=False))
     for fmt in export:

@@ -283,8 +283,11 @@ class CutoutStore:
         if self.quantised:
             enc = self.encoding
             q, scale, zero, sky, noise = quantise_measured(
-                images, self._keys(t, 0, rows["object_id"][:n]),
-                step=float(enc["step"]), seed=int(enc["seed"]), border=int(enc["border"]),
+                images,
+                self._keys(t, 0, rows["object_id"][:n]),
+                step=float(enc["step"]),
+                seed=int(enc["seed"]),
+                border=int(enc["border"]),
             )
             rows["flags"][:n] |= np.where((scale == 0).any(axis=1), FLAG_LOSSLESS, 0).astype(np.int32)
         store_array(g, "count")[t] = -1  # uncommitted while the rows change
@@ -395,9 +398,14 @@ class CutoutStore:
         if not self.quantised:
             return raw
         g = self.group
-        return self._decode(t, start, raw, store_array(g, "scale")[t, start:stop],
-                            store_array(g, "zero")[t, start:stop],
-                            np.asarray(store_array(g, "object_id")[t, start:stop]))
+        return self._decode(
+            t,
+            start,
+            raw,
+            store_array(g, "scale")[t, start:stop],
+            store_array(g, "zero")[t, start:stop],
+            np.asarray(store_array(g, "object_id")[t, start:stop]),
+        )
 
     def _keys(self, t: int, start: int, object_id: np.ndarray) -> np.ndarray:
         """Dither keys of rows ``start:start+len(object_id)`` of tile ``t``: the object id, or
@@ -453,11 +461,14 @@ class CutoutStore:
                 if pix is None:
                     pix = np.empty((min(batch_size, self.capacity), *block.values.shape[1:]), dtype=np.float32)
                 out = pix[: len(block.values)]
-            yield self._decode(block.t, block.start, block.values, block.scale, block.zero, block.object_id,
-                               out=out), block.table
+            yield (
+                self._decode(block.t, block.start, block.values, block.scale, block.zero, block.object_id, out=out),
+                block.table,
+            )
 
-    def iter_normalised(self, batch_size: int, specs: Sequence[dict | None], tiles: Iterable[int] | None = None,
-                        *, raw: bool = False):
+    def iter_normalised(
+        self, batch_size: int, specs: Sequence[dict | None], tiles: Iterable[int] | None = None, *, raw: bool = False
+    ):
         """Yield ``(inputs, table)``: the models' inputs of at most ``batch_size`` rows, tile by tile.
 
         As :meth:`iter_batches`, with the rows made ready for models as :meth:`read_normalised`
@@ -483,8 +494,15 @@ class CutoutStore:
         for block in self._stored_blocks(batch_size, tiles, reuse=True, sky=True):
             yield self._model_inputs(block, specs, raw), block.table
 
-    def read_normalised(self, tile: int | str, start: int = 0, stop: int | None = None,
-                        specs: Sequence[dict | None] = (None,), *, raw: bool = False):
+    def read_normalised(
+        self,
+        tile: int | str,
+        start: int = 0,
+        stop: int | None = None,
+        specs: Sequence[dict | None] = (None,),
+        *,
+        raw: bool = False,
+    ):
         """The models' inputs of rows ``start:stop`` of one tile.
 
         Rows with a non-finite pixel are left out (``inputs.bad`` marks them). Float32 stores,
@@ -571,23 +589,28 @@ class CutoutStore:
             return model_inputs(block.values, full, keep_raw=raw)
         object_id, scale, zero, sky, noise = block.object_id, block.scale, block.zero, block.sky, block.noise
         if object_id is None or scale is None or zero is None:
-            raise LensdaskError(f"tile {block.t} of the quantised store {self.url} was read without its rows' "
-                                "object ids, scales and offsets")
+            raise LensdaskError(
+                f"tile {block.t} of the quantised store {self.url} was read without its rows' "
+                "object ids, scales and offsets"
+            )
         q = block.values
         n = len(q)
         keys = self._keys(block.t, block.start, object_id)
         seed = int(self.encoding["seed"])
         border = int(self.encoding["border"])
-        from_codes = [sky is not None and noise is not None and spec["method"] == "asinh-noise"
-                      and spec["border"] == border for spec in full]
+        from_codes = [
+            sky is not None and noise is not None and spec["method"] == "asinh-noise" and spec["border"] == border
+            for spec in full
+        ]
         fused: dict[str, np.ndarray] = {}
         ok = np.zeros(n, dtype=bool)
         if sky is not None and noise is not None and any(from_codes):
             ok = codes_normalisable(scale, zero, sky, noise)
             for spec, direct in zip(full, from_codes):
                 if direct and spec_key(spec) not in fused:
-                    y, nan_rows = normalise_codes(q, scale, zero, sky, noise, keys,
-                                                  seed=seed, softening=spec["softening"])
+                    y, nan_rows = normalise_codes(
+                        q, scale, zero, sky, noise, keys, seed=seed, softening=spec["softening"]
+                    )
                     fused[spec_key(spec)] = y
                     ok &= ~nan_rows
         # decoded pixels: of every row when asked for or some normalisation needs them,
@@ -659,8 +682,14 @@ def _decoded_tile(url: str, t: int) -> np.ndarray:
     """Every row of tile ``t`` of a quantised store, decoded, (1, capacity, ...); NaN past its count."""
     s = open_store(url)
     g = s.group
-    out = s._decode(t, 0, np.asarray(store_array(g, "images")[t]), store_array(g, "scale")[t],
-                    store_array(g, "zero")[t], np.asarray(store_array(g, "object_id")[t]))
+    out = s._decode(
+        t,
+        0,
+        np.asarray(store_array(g, "images")[t]),
+        store_array(g, "scale")[t],
+        store_array(g, "zero")[t],
+        np.asarray(store_array(g, "object_id")[t]),
+    )
     return out[None]
 
 
@@ -769,14 +798,27 @@ def create_store(
         # a checksum per chunk: a corrupt chunk fails its read instead of decoding to noise
         codec = CODECS[encoding["codec"].split(".", 1)[1]]
         options = {k: encoding[k] for k in ("nblock", "level") if k in encoding}
-        g.create_array("images", dtype="int32", fill_value=int(np.iinfo(np.int32).min),
-                       serializer=codec(**options), compressors=[Crc32cCodec()], **image_array)
+        g.create_array(
+            "images",
+            dtype="int32",
+            fill_value=int(np.iinfo(np.int32).min),
+            serializer=codec(**options),
+            compressors=[Crc32cCodec()],
+            **image_array,
+        )
         for name in QUANTISE_ARRAYS + SKY_ARRAYS:
-            g.create_array(name, shape=(n_tiles, capacity, nb), chunks=(1, capacity, nb), dtype="float32",
-                           fill_value=np.nan, dimension_names=["tile", "row", "band"])
+            g.create_array(
+                name,
+                shape=(n_tiles, capacity, nb),
+                chunks=(1, capacity, nb),
+                dtype="float32",
+                fill_value=np.nan,
+                dimension_names=["tile", "row", "band"],
+            )
     else:
-        compressor = BloscCodec(cname=_compressor_name(), clevel=int(config.get("store.compressor_level")),
-                                shuffle="shuffle")
+        compressor = BloscCodec(
+            cname=_compressor_name(), clevel=int(config.get("store.compressor_level")), shuffle="shuffle"
+        )
         g.create_array("images", dtype=dtype, fill_value=np.nan, compressors=compressor, **image_array)
         encoding = {**encoding, "dtype": str(np.dtype(dtype)), "codec": f"blosc-{_compressor_name()}"}
     g.create_array("count", shape=(n_tiles,), chunks=(1,), dtype="int64", fill_value=-1)
@@ -785,15 +827,23 @@ def create_store(
         names[:] = np.asarray(list(tiles), dtype=object)
     for name, (dt, fill) in ROW_COLUMNS.items():
         g.create_array(
-            name, shape=(n_tiles, capacity), chunks=(1, capacity), dtype=dt, fill_value=fill,
+            name,
+            shape=(n_tiles, capacity),
+            chunks=(1, capacity),
+            dtype=dt,
+            fill_value=fill,
             dimension_names=["tile", "row"],
         )
     if params:
         pg = g.create_group("params")
         for p in params:
             pg.create_array(
-                p, shape=(n_tiles, capacity), chunks=(1, capacity), dtype=PARAM_DTYPE,
-                fill_value=np.nan, dimension_names=["tile", "row"],
+                p,
+                shape=(n_tiles, capacity),
+                chunks=(1, capacity),
+                dtype=PARAM_DTYPE,
+                fill_value=np.nan,
+                dimension_names=["tile", "row"],
             )
     g.attrs.update(
         {
@@ -828,14 +878,18 @@ def encoding_for(quantise_step: float | None = None) -> dict:
         step = float("nan")
     if not (0.0 <= step <= MAX_STEP):
         raise StoreWriteError(
-            f"quantisation step {quantise_step!r} must be in [0, {MAX_STEP}] sky-noise sigma (0: lossless)")
+            f"quantisation step {quantise_step!r} must be in [0, {MAX_STEP}] sky-noise sigma (0: lossless)"
+        )
     if step == 0:
         return dict(FLOAT_ENCODING)
     codec = str(config.get("store.quantise.codec"))
     if codec not in CODECS:
         raise StoreWriteError(f"unknown integer codec {codec!r} (store.quantise.codec); use one of {', '.join(CODECS)}")
-    options = {"nblock": int(config.get("store.quantise.nblock"))} if codec == "rice" else {
-        "level": int(config.get("store.quantise.level"))}
+    options = (
+        {"nblock": int(config.get("store.quantise.nblock"))}
+        if codec == "rice"
+        else {"level": int(config.get("store.quantise.level"))}
+    )
     return {
         "pixels": "quantised",
         "step": step,

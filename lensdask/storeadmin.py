@@ -112,17 +112,23 @@ def format_info(info: dict) -> str:
     """The human-readable report of :func:`store_info`."""
     enc = info["encoding"]
     if enc.get("pixels") == "quantised":
-        pixels = (f"quantised: step {enc['step']:g} x sky noise (rms error {enc['rms_error']:.3f} sigma), "
-                  f"{enc['dither']} dither (seed {enc['seed']}), noise from a {enc['border']} px border; "
-                  f"codec {enc['codec']} ("
-                  + ", ".join(f"{k} {enc[k]}" for k in ("level", "nblock") if k in enc) + ")")
-        pixels += ("; sky level and noise stored per row (models' inputs normalised from the codes)"
-                   if info.get("sky_statistics") else
-                   "; no stored sky level and noise (inputs normalised after decoding; `lensdask convert` adds them)")
+        pixels = (
+            f"quantised: step {enc['step']:g} x sky noise (rms error {enc['rms_error']:.3f} sigma), "
+            f"{enc['dither']} dither (seed {enc['seed']}), noise from a {enc['border']} px border; "
+            f"codec {enc['codec']} (" + ", ".join(f"{k} {enc[k]}" for k in ("level", "nblock") if k in enc) + ")"
+        )
+        pixels += (
+            "; sky level and noise stored per row (models' inputs normalised from the codes)"
+            if info.get("sky_statistics")
+            else "; no stored sky level and noise (inputs normalised after decoding; `lensdask convert` adds them)"
+        )
     else:
         pixels = f"{enc.get('dtype', 'float32')} exact; codec {enc.get('codec', '?')}"
-    old = ("" if info["schema"] == info["current_schema"]
-           else f"  (older; `lensdask convert` rewrites it as {info['current_schema']})")
+    old = (
+        ""
+        if info["schema"] == info["current_schema"]
+        else f"  (older; `lensdask convert` rewrites it as {info['current_schema']})"
+    )
     classes = ", ".join(f"{k} {v}" for k, v in info["classes"].items())
     prov = info["provenance"]
     total = "?" if info["bytes_on_disk"] is None else f"{info['bytes_on_disk'] / 2**20:.2f} MiB"
@@ -194,16 +200,29 @@ def convert(
         raise LensdaskError(f"convert writes a new store: the output {dst!r} is the input")
     s = open_store(src)
     attrs = s.attrs
-    prov = make_provenance(command, converted_from={
-        "url": src, "schema": s.schema, "encoding": s.encoding, "provenance": s.provenance})
-    d = create_store(
-        dst, tiles=s.tiles, capacity=s.capacity, bands=s.bands, pixel_scale=s.pixel_scale, stamp=s.stamp,
-        classes=s.classes, params=s.params, provenance=prov, chunk_rows=s.chunk_rows,
-        dtype=str(store_array(s.group, "images").dtype) if not s.quantised else None,
-        quantise_step=quantise_step, overwrite=overwrite,
+    prov = make_provenance(
+        command, converted_from={"url": src, "schema": s.schema, "encoding": s.encoding, "provenance": s.provenance}
     )
-    extra = {k: v for k, v in attrs.items()
-             if k not in ("schema", "bands", "pixel_scale", "stamp", "classes", "params", "provenance", "encoding")}
+    d = create_store(
+        dst,
+        tiles=s.tiles,
+        capacity=s.capacity,
+        bands=s.bands,
+        pixel_scale=s.pixel_scale,
+        stamp=s.stamp,
+        classes=s.classes,
+        params=s.params,
+        provenance=prov,
+        chunk_rows=s.chunk_rows,
+        dtype=str(store_array(s.group, "images").dtype) if not s.quantised else None,
+        quantise_step=quantise_step,
+        overwrite=overwrite,
+    )
+    extra = {
+        k: v
+        for k, v in attrs.items()
+        if k not in ("schema", "bands", "pixel_scale", "stamp", "classes", "params", "provenance", "encoding")
+    }
     if extra:  # attributes this lensdask does not interpret travel as they are
         d.group.attrs.update(extra)
     tiles = s.written_tiles()

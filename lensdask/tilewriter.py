@@ -135,8 +135,7 @@ class _ShardStream:
                 self.tmp.unlink(missing_ok=True)
 
 
-def write_tile_streamed(store: CutoutStore, tile: int | str, table: pd.DataFrame,
-                        blocks: Iterable[np.ndarray]) -> int:
+def write_tile_streamed(store: CutoutStore, tile: int | str, table: pd.DataFrame, blocks: Iterable[np.ndarray]) -> int:
     """Write all rows of one tile from image blocks that arrive in row order.
 
     Pixels are stored as :meth:`CutoutStore.write_tile` stores them (quantised row by row
@@ -179,8 +178,10 @@ def write_tile_streamed(store: CutoutStore, tile: int | str, table: pd.DataFrame
 
         enc = store.encoding
         # step, offset, and where the store keeps them the sky level and noise, of each row and band
-        per_band = {name: np.full((store.capacity, nb), np.nan, dtype=np.float32)
-                    for name in ("scale", "zero") + (("sky", "noise") if getattr(store, "sky_stats", False) else ())}
+        per_band = {
+            name: np.full((store.capacity, nb), np.nan, dtype=np.float32)
+            for name in ("scale", "zero") + (("sky", "noise") if getattr(store, "sky_stats", False) else ())
+        }
     store_array(g, "count")[t] = -1  # uncommitted while the rows change
     stream = _ShardStream(store_array(g, "images"), t)
     shape = (nb, store.stamp, store.stamp)
@@ -196,8 +197,12 @@ def write_tile_streamed(store: CutoutStore, tile: int | str, table: pd.DataFrame
                 raise StoreWriteError(f"tile {t}: more image rows than the {n} table rows")
             if quantised:
                 block, scale, zero, sky, noise = quantise_measured(
-                    block, store._keys(t, start, oid[start : start + len(block)]),
-                    step=float(enc["step"]), seed=int(enc["seed"]), border=int(enc["border"]))
+                    block,
+                    store._keys(t, start, oid[start : start + len(block)]),
+                    step=float(enc["step"]),
+                    seed=int(enc["seed"]),
+                    border=int(enc["border"]),
+                )
                 for name, value in (("scale", scale), ("zero", zero), ("sky", sky), ("noise", noise)):
                     if name in per_band:
                         per_band[name][start : start + len(block)] = value

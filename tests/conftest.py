@@ -40,9 +40,12 @@ def client():
     """One LocalCluster (2 worker processes, 1 thread each) shared by every test."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0", memory_limit="4GiB"
-    ) as cluster, Client(cluster) as c:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0", memory_limit="4GiB"
+        ) as cluster,
+        Client(cluster) as c,
+    ):
         yield c
 
 
@@ -71,15 +74,25 @@ def galaxy_run(tmp_path_factory, random_model):
     def make(name: str, per_tile: int, seed: int, first_id: int) -> pathlib.Path:
         tmp = tmp_path_factory.mktemp(name)
         rng = np.random.default_rng(seed)
-        s = create_store(tmp / "des.zarr", tiles=GALAXY_TILES, capacity=per_tile + 4, bands="griz",
-                         pixel_scale=0.263, stamp=45)
+        s = create_store(
+            tmp / "des.zarr", tiles=GALAXY_TILES, capacity=per_tile + 4, bands="griz", pixel_scale=0.263, stamp=45
+        )
         y, x = np.mgrid[:45, :45] - 22
         for t in range(len(GALAXY_TILES)):
             flux = rng.uniform(1, 5, size=(per_tile, 4, 1, 1)) * np.array([0.3, 0.6, 1.0, 1.2])[None, :, None, None]
             img = rng.normal(0, 0.05, (per_tile, 4, 45, 45)) + flux * np.exp(-(x**2 + y**2) / 18.0)
-            s.write_tile(t, img.astype("float32"), pd.DataFrame(
-                {"object_id": first_id + 100 * t + np.arange(per_tile), "ra": 52.5 + rng.uniform(0, .7, per_tile),
-                 "dec": -30.6 + rng.uniform(0, .7, per_tile), "label": -np.ones(per_tile, int)}))
+            s.write_tile(
+                t,
+                img.astype("float32"),
+                pd.DataFrame(
+                    {
+                        "object_id": first_id + 100 * t + np.arange(per_tile),
+                        "ra": 52.5 + rng.uniform(0, 0.7, per_tile),
+                        "dec": -30.6 + rng.uniform(0, 0.7, per_tile),
+                        "label": -np.ones(per_tile, int),
+                    }
+                ),
+            )
         search(tmp / "des.zarr", random_model, tmp / "run", threshold=0.0, floor=0.0, progress=False)
         return tmp
 
@@ -90,9 +103,25 @@ GALAXY_TILES = ["DES0330-3040", "DES0333-3040"]
 """The tiles of :func:`galaxy_run` stores."""
 
 
-def make_tiny_store(path, *, tiles=None, rows=30, capacity=None, bands="griz", stamp=45, pixel_scale=0.263, seed=0,
-                    noise=0.05, flux=(0.5, 3.0), width=20.0, labels=None, first_id=0, chunk_rows=None,
-                    quantise_step=None, **create):
+def make_tiny_store(
+    path,
+    *,
+    tiles=None,
+    rows=30,
+    capacity=None,
+    bands="griz",
+    stamp=45,
+    pixel_scale=0.263,
+    seed=0,
+    noise=0.05,
+    flux=(0.5, 3.0),
+    width=20.0,
+    labels=None,
+    first_id=0,
+    chunk_rows=None,
+    quantise_step=None,
+    **create,
+):
     """A tiny cutout store at ``path``: sky noise plus one galaxy-like blob per stamp.
 
     Creates the store and writes ``rows`` rows into each of its tiles; every call with the
@@ -156,15 +185,26 @@ def make_tiny_store(path, *, tiles=None, rows=30, capacity=None, bands="griz", s
     if tiles is None:
         tiles = 2 if isinstance(rows, int) else len(rows)
     # tile t is centred on ra 10 + 0.75 t, dec -30, and named as DES names it (DEShhmm-ddmm)
-    names = [f"DES{(40 + 3 * t) // 60:02d}{(40 + 3 * t) % 60:02d}-3000" for t in range(tiles)] \
-        if isinstance(tiles, int) else list(tiles)
+    names = (
+        [f"DES{(40 + 3 * t) // 60:02d}{(40 + 3 * t) % 60:02d}-3000" for t in range(tiles)]
+        if isinstance(tiles, int)
+        else list(tiles)
+    )
     counts = [rows] * len(names) if isinstance(rows, int) else list(rows)
     if len(counts) != len(names):
         raise ValueError(f"{len(counts)} row counts for {len(names)} tiles")
     most = max(counts, default=0)
-    s = create_store(path, tiles=names, capacity=capacity or max(most, 1), bands=bands,
-                     pixel_scale=pixel_scale, stamp=stamp, chunk_rows=chunk_rows,
-                     quantise_step=quantise_step, **create)
+    s = create_store(
+        path,
+        tiles=names,
+        capacity=capacity or max(most, 1),
+        bands=bands,
+        pixel_scale=pixel_scale,
+        stamp=stamp,
+        chunk_rows=chunk_rows,
+        quantise_step=quantise_step,
+        **create,
+    )
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[:stamp, :stamp] - stamp // 2
     blob = np.exp(-(x**2 + y**2) / width)
@@ -175,9 +215,18 @@ def make_tiny_store(path, *, tiles=None, rows=30, capacity=None, bands="griz", s
             continue
         nb = len(s.bands)
         img = rng.normal(0, noise, (k, nb, stamp, stamp)) + blob * rng.uniform(*flux, (k, nb, 1, 1))
-        s.write_tile(t, img.astype("float32"), pd.DataFrame(
-            {"object_id": first_id + stride * t + np.arange(k), "ra": 10 + 0.75 * t + rng.uniform(-.35, .35, k),
-             "dec": -30 + rng.uniform(-.35, .35, k), "label": np.array(np.broadcast_to(label, k), int)}))
+        s.write_tile(
+            t,
+            img.astype("float32"),
+            pd.DataFrame(
+                {
+                    "object_id": first_id + stride * t + np.arange(k),
+                    "ra": 10 + 0.75 * t + rng.uniform(-0.35, 0.35, k),
+                    "dec": -30 + rng.uniform(-0.35, 0.35, k),
+                    "label": np.array(np.broadcast_to(label, k), int),
+                }
+            ),
+        )
     return s
 
 

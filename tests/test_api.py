@@ -18,8 +18,13 @@ def test_each_command_is_a_function_of_the_same_name():
         importlib.import_module(sub)
     commands = build_parser()._subparsers._group_actions[0].choices
     # commands whose function has a more telling name than the verb
-    named = {"config": "config.show", "review": "gallery_html", "label": "add_labels", "trainset": "trainset_add",
-             "info": "store_info"}
+    named = {
+        "config": "config.show",
+        "review": "gallery_html",
+        "label": "add_labels",
+        "trainset": "trainset_add",
+        "info": "store_info",
+    }
     for command in commands:
         obj = lensdask
         for part in named.get(command, command.replace("-", "_")).split("."):

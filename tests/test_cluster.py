@@ -39,8 +39,9 @@ def test_specs():
 
 def test_every_shipped_profile_is_named_in_the_config():
     names = set(dask.config.get("lensdask.cluster.profiles").values())
-    assert names == set(PROFILES) == {"lensdask-htcondor", "lensdask-htcondor-gpu", "lensdask-slurm",
-                                      "lensdask-slurm-gpu"}
+    assert (
+        names == set(PROFILES) == {"lensdask-htcondor", "lensdask-htcondor-gpu", "lensdask-slurm", "lensdask-slurm-gpu"}
+    )
 
 
 def test_cli_options_reach_the_cluster_in_any_order():
@@ -134,15 +135,19 @@ def fake_slurm(tmp_path, monkeypatch):
     }
     for name, body in scripts.items():
         f = bin_ / name
-        f.write_text(f'#!/bin/sh\nLOG={shlex.quote(str(log))}\n{body}\n')
+        f.write_text(f"#!/bin/sh\nLOG={shlex.quote(str(log))}\n{body}\n")
         f.chmod(f.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_}{os.pathsep}{os.environ['PATH']}")
     return log
 
 
 def test_workers_that_never_connect_are_a_clear_error_and_their_jobs_are_cancelled(fake_slurm, tmp_path):
-    with dask.config.set({"jobqueue.lensdask-slurm.log-directory": str(tmp_path / "logs"),
-                          "jobqueue.lensdask-slurm.scheduler-options": {"dashboard_address": ":0"}}):
+    with dask.config.set(
+        {
+            "jobqueue.lensdask-slurm.log-directory": str(tmp_path / "logs"),
+            "jobqueue.lensdask-slurm.scheduler-options": {"dashboard_address": ":0"},
+        }
+    ):
         with pytest.raises(ClusterError) as err:
             with cluster_client("slurm", jobs=2, worker_timeout="3s", quiet=True):
                 pytest.fail("no worker can connect")
@@ -172,18 +177,38 @@ def test_emit_htcondor_gives_the_same_candidates_as_a_dask_search(tmp_path, clie
     from lensdask.search import search
     from lensdask.survey import mock_survey
 
-    store, _ = mock_survey(str(tmp_path / "des.zarr"), tiles=3, per_tile=30, lens_fraction=0.1, seed=5,
-                           client=client, progress=False)
-    dask_run = search(tmp_path / "des.zarr", random_model, tmp_path / "dask-run", client=client, threshold=0.0,
-                      progress=False)
+    store, _ = mock_survey(
+        str(tmp_path / "des.zarr"), tiles=3, per_tile=30, lens_fraction=0.1, seed=5, client=client, progress=False
+    )
+    dask_run = search(
+        tmp_path / "des.zarr", random_model, tmp_path / "dask-run", client=client, threshold=0.0, progress=False
+    )
     # A threshold that keeps about half the rows, so that the threshold reaches merge too.
     thr = float(dask_run.scores()["score"].median())
-    dask_run = search(tmp_path / "des.zarr", random_model, tmp_path / "dask-run", client=client, threshold=thr,
-                      progress=False)
+    dask_run = search(
+        tmp_path / "des.zarr", random_model, tmp_path / "dask-run", client=client, threshold=thr, progress=False
+    )
     emit = tmp_path / "condor"
-    assert main(["search", "--zarr", str(tmp_path / "des.zarr"), "--model", str(random_model),
-                 "--out", str(tmp_path / "condor-run"), "--threshold", repr(thr), "--cluster", "htcondor-gpu",
-                 "--emit-htcondor", str(emit)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--zarr",
+                str(tmp_path / "des.zarr"),
+                "--model",
+                str(random_model),
+                "--out",
+                str(tmp_path / "condor-run"),
+                "--threshold",
+                repr(thr),
+                "--cluster",
+                "htcondor-gpu",
+                "--emit-htcondor",
+                str(emit),
+            ]
+        )
+        == 0
+    )
     assert "condor_submit_dag search.dag" in capsys.readouterr().out
     assert not (tmp_path / "condor-run" / "candidates.parquet").exists()  # nothing was searched
     sub = (emit / "search.sub").read_text()
@@ -211,8 +236,22 @@ def test_search_tile_and_merge_errors(tmp_path, random_model, capsys):
 
     mock_survey(str(tmp_path / "d.zarr"), tiles=1, per_tile=5, lens_fraction=0.0, seed=1, progress=False)
     for tile in ("7", "DES-nope"):
-        assert main(["search-tile", "--zarr", str(tmp_path / "d.zarr"), "--tile", tile, "--model", str(random_model),
-                     "--out", str(tmp_path / "run")]) == 2
+        assert (
+            main(
+                [
+                    "search-tile",
+                    "--zarr",
+                    str(tmp_path / "d.zarr"),
+                    "--tile",
+                    tile,
+                    "--model",
+                    str(random_model),
+                    "--out",
+                    str(tmp_path / "run"),
+                ]
+            )
+            == 2
+        )
         assert "--tile" in capsys.readouterr().err
 
 
@@ -244,8 +283,17 @@ def test_apptainer_definition_structure():
     header = [ln for ln in text.split("\n%", 1)[0].splitlines() if ln.strip() and not ln.startswith("#")]
     assert dict(ln.split(":", 1) for ln in header).keys() >= {"Bootstrap", "From"}
     sections = re.findall(r"^%(\w+)", text, re.M)
-    assert set(sections) <= {"files", "environment", "post", "runscript", "test", "labels", "help", "setup",
-                             "startscript"}
+    assert set(sections) <= {
+        "files",
+        "environment",
+        "post",
+        "runscript",
+        "test",
+        "labels",
+        "help",
+        "setup",
+        "startscript",
+    }
     assert len(sections) == len(set(sections)) and {"post", "files", "runscript"} <= set(sections)
     post = re.search(r"^%post\n(.*?)(?=^%)", text, re.M | re.S).group(1)
     assert "pip install --no-cache-dir /src/lensdask" in post and "python -m venv /opt/lensdask" in post
@@ -278,8 +326,23 @@ def test_installed_package_carries_the_jobqueue_profiles(tmp_path):
     for name in ("setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     shutil.copytree(REPO / "lensdask", src / "lensdask", ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path / "wheel"), str(src)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "wheel"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = (tmp_path / "wheel").glob("lensdask-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "lensdask/jobqueue.yaml" in names and "lensdask/lensdask.yaml" in names
@@ -288,6 +351,7 @@ def test_installed_package_carries_the_jobqueue_profiles(tmp_path):
 
 
 # -- TLS on batch clusters ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("spec", ["htcondor", "htcondor-gpu", "slurm", "slurm-gpu"])
 def test_batch_clusters_use_tls_with_temporary_credentials(spec, tmp_path, monkeypatch):

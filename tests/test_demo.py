@@ -17,8 +17,16 @@ def heldout():
 
 def test_demo_scores_the_mock_survey_and_the_heldout_real_galaxies(tmp_path, client, shared_data, heldout):
     with dask.config.set({"lensdask.inject.orientations": 1}):
-        s = demo(tmp_path / "d", tiles=2, per_tile=60, lens_fraction=0.05, seed=3,
-                 real_galaxies=shared_data / "des_galaxies", client=client, progress=False)
+        s = demo(
+            tmp_path / "d",
+            tiles=2,
+            per_tile=60,
+            lens_fraction=0.05,
+            seed=3,
+            real_galaxies=shared_data / "des_galaxies",
+            client=client,
+            progress=False,
+        )
     assert s["top_n"] == s["injected"] > 0  # N = the number of injected lenses
     assert s["lookalikes"] > 0  # the mock survey plants look-alikes by default
     real = s["real_galaxies"]
@@ -35,8 +43,16 @@ def test_demo_scores_the_mock_survey_and_the_heldout_real_galaxies(tmp_path, cli
 
 
 def test_demo_without_real_cutouts_reports_the_model_cards_record(tmp_path, client):
-    s = demo(tmp_path / "d", tiles=1, per_tile=40, lens_fraction=0.05, seed=4,
-             real_galaxies=tmp_path / "missing", client=client, progress=False)
+    s = demo(
+        tmp_path / "d",
+        tiles=1,
+        per_tile=40,
+        lens_fraction=0.05,
+        seed=4,
+        real_galaxies=tmp_path / "missing",
+        client=client,
+        progress=False,
+    )
     real = s["real_galaxies"]
     # the shipped model's card carries its inject result on the held-out galaxies
     assert real is not None and real["recorded"] is True and real["n_unpainted"] > 0

@@ -19,8 +19,9 @@ from lensdask.store import open_store
 
 def _mount(path, *options):
     path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(path)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(path)], capture_output=True, text=True
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or 'mount failed'}); needs root with CAP_SYS_ADMIN")
 
@@ -43,8 +44,9 @@ def mounts(tmp_path):
 def test_search_into_a_read_only_disk_is_refused_with_one_line(mounts, tmp_path, random_model, capsys, tiny_store):
     tiny_store(tmp_path / "des.zarr", tiles=1, rows=4)
     ro = mounts("ro", "ro", "size=1m")
-    code = main(["search", "--zarr", str(tmp_path / "des.zarr"), "--model", str(random_model),
-                 "--out", str(ro / "run")])
+    code = main(
+        ["search", "--zarr", str(tmp_path / "des.zarr"), "--model", str(random_model), "--out", str(ro / "run")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert "cannot write" in err and "Read-only file system" in err
@@ -68,8 +70,9 @@ def test_a_full_disk_leaves_only_whole_tiles_marked_done(mounts, tmp_path, rando
     small = mounts("small", "size=160k")
     run = small / "run"
     try:
-        result = search(tmp_path / "des.zarr", random_model, run, threshold=0.0, floor=0.0, progress=False,
-                        crossmatch=False)
+        result = search(
+            tmp_path / "des.zarr", random_model, run, threshold=0.0, floor=0.0, progress=False, crossmatch=False
+        )
     except (OSError, LensdaskError):
         result = None  # the disk filled before the merge: an error, never a half-written tile
     if result is not None:

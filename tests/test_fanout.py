@@ -42,8 +42,9 @@ def test_a_tile_that_raises_is_a_failure_row_and_the_others_finish(on_client, re
 
 def _impossible_lenses():
     """Every lens is rejected (and every non-lens is fine): which tiles fail follows from the seed."""
-    return dask.config.set({"lensdask.simulate.constraints.magnification_min": 1e6,
-                            "lensdask.simulate.max_draws_per_lens": 2})
+    return dask.config.set(
+        {"lensdask.simulate.constraints.magnification_min": 1e6, "lensdask.simulate.max_draws_per_lens": 2}
+    )
 
 
 def _lens_rows(seed, n, lens_fraction):
@@ -58,8 +59,9 @@ def test_simulate_fails_only_the_tiles_that_raised(tmp_path, on_client, request)
     assert 0 < len(lenses) < n  # the seed gives both kinds of tile
     url = tmp_path / "train.zarr"
     with _impossible_lenses(), pytest.raises(SimulationFailedError) as info:
-        simulate(url, n, seed=seed, lens_fraction=0.5, partition_size=1, client=client, progress=False,
-                 lookalike_fraction=0)
+        simulate(
+            url, n, seed=seed, lens_fraction=0.5, partition_size=1, client=client, progress=False, lookalike_fraction=0
+        )
     failures = info.value.failures
     assert failures["tile"].tolist() == [f"sim-{i:06d}" for i in lenses]
     assert failures["error"].str.startswith("no simulated lens passed the constraints").all()
@@ -80,10 +82,19 @@ def test_simulate_without_failures_removes_a_stale_failures_table(tmp_path):
 
 
 def test_simulate_on_a_client_writes_what_it_writes_in_process(tmp_path, client):
-    local, local_stats = simulate(tmp_path / "a.zarr", 5, seed=8, lens_fraction=0.5, partition_size=2,
-                                  progress=False, return_stats=True)
-    dist, dist_stats = simulate(tmp_path / "b.zarr", 5, seed=8, lens_fraction=0.5, partition_size=2,
-                                progress=False, return_stats=True, client=client)
+    local, local_stats = simulate(
+        tmp_path / "a.zarr", 5, seed=8, lens_fraction=0.5, partition_size=2, progress=False, return_stats=True
+    )
+    dist, dist_stats = simulate(
+        tmp_path / "b.zarr",
+        5,
+        seed=8,
+        lens_fraction=0.5,
+        partition_size=2,
+        progress=False,
+        return_stats=True,
+        client=client,
+    )
     for t in range(local.n_tiles):
         np.testing.assert_array_equal(local.read_images(t), dist.read_images(t))
     pd.testing.assert_frame_equal(local.read_catalog(), dist.read_catalog())
@@ -102,8 +113,7 @@ def test_in_process_errors_named_in_raise_in_process_stop_the_run():
 
 
 @pytest.mark.parametrize("on_client", [False, True], ids=["in-process", "client"])
-def test_results_reach_the_callback_as_tiles_finish_and_the_bar_counts_skipped_tiles(on_client, request,
-                                                                                        monkeypatch):
+def test_results_reach_the_callback_as_tiles_finish_and_the_bar_counts_skipped_tiles(on_client, request, monkeypatch):
     import tqdm.auto
 
     client = request.getfixturevalue("client") if on_client else None
@@ -116,9 +126,14 @@ def test_results_reach_the_callback_as_tiles_finish_and_the_bar_counts_skipped_t
 
     monkeypatch.setattr(tqdm.auto, "tqdm", recording_tqdm)
     seen = []
-    results, failures = run_tiles(_jobs(_fail_on_three), client=client, progress=True, skipped=2,
-                                  on_result=lambda tile, value: seen.append((tile, value)),
-                                  postfix=lambda: {"seen": len(seen)})
+    results, failures = run_tiles(
+        _jobs(_fail_on_three),
+        client=client,
+        progress=True,
+        skipped=2,
+        on_result=lambda tile, value: seen.append((tile, value)),
+        postfix=lambda: {"seen": len(seen)},
+    )
     assert sorted(seen) == sorted(results.items()) and len(seen) == 4  # never the failed tile
     assert [f["tile"] for f in failures] == ["t3"]
     (bar,) = bars
@@ -151,7 +166,9 @@ def test_a_client_that_is_not_the_default_runs_the_tiles(monkeypatch):
     from distributed import Client, LocalCluster
 
     monkeypatch.setattr(distributed.client, "_get_global_client", lambda: None)  # no default client at all
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
-            Client(cluster, set_as_default=False) as client:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         results, failures = run_tiles(_jobs(_fail_on_three), client=client, progress=False)
     assert results == {"t0": 0, "t1": 1, "t2": 4, "t4": 16} and [f["tile"] for f in failures] == ["t3"]

@@ -22,9 +22,20 @@ TILES = [(0, "DES0330-3040"), (1, "DES0333-3040"), (2, "odd name,with comma")]
 @pytest.fixture(params=["htcondor", "htcondor-gpu"])
 def emitted(request, tmp_path):
     files = emit_htcondor_search(
-        tmp_path / "condor", store="/data/des.zarr", model_dir=["/models/a", "/models/b b"], run_dir="/runs/r1",
-        tiles=TILES, threshold=0.5, floor=0.1, batch_size="auto", device="cuda", spec=request.param,
-        combine="rank", prefilter=("/models/pre", 0.2), prefilter_threshold=0.4)
+        tmp_path / "condor",
+        store="/data/des.zarr",
+        model_dir=["/models/a", "/models/b b"],
+        run_dir="/runs/r1",
+        tiles=TILES,
+        threshold=0.5,
+        floor=0.1,
+        batch_size="auto",
+        device="cuda",
+        spec=request.param,
+        combine="rank",
+        prefilter=("/models/pre", 0.2),
+        prefilter_threshold=0.4,
+    )
     return files
 
 
@@ -67,8 +78,10 @@ def test_a_malformed_submit_file_is_refused_by_the_bindings():
         htcondor2.Submit("universe = vanilla\nexecutable /bin/true\nqueue\n")
 
 
-DAG_LINE = re.compile(r"^(?:JOB\s+(?P<job>\S+)\s+(?P<file>\S+)(?:\s+DIR\s+\S+)?(?:\s+NOOP)?(?:\s+DONE)?"
-                      r"|PARENT\s+(?P<parents>\S+(?:\s+\S+)*?)\s+CHILD\s+(?P<children>\S+(?:\s+\S+)*))\s*$")
+DAG_LINE = re.compile(
+    r"^(?:JOB\s+(?P<job>\S+)\s+(?P<file>\S+)(?:\s+DIR\s+\S+)?(?:\s+NOOP)?(?:\s+DONE)?"
+    r"|PARENT\s+(?P<parents>\S+(?:\s+\S+)*?)\s+CHILD\s+(?P<children>\S+(?:\s+\S+)*))\s*$"
+)
 
 
 def _parse_dag(text: str):
@@ -96,20 +109,30 @@ def test_dag_is_valid_dagman_and_builds_with_htcondor_dags(emitted, tmp_path):
         _submit(emitted["search.dag"].parent / file)
     # the same graph, built and written by the bindings' DAG writer, has the same nodes and edge
     dag = dags.DAG()
-    layers = {name: dag.layer(name=name, submit_description=_submit(emitted["search.dag"].parent / file))
-              for name, file in jobs.items()}
+    layers = {
+        name: dag.layer(name=name, submit_description=_submit(emitted["search.dag"].parent / file))
+        for name, file in jobs.items()
+    }
     for p, c in edges:
         layers[p].add_children(layers[c])
     out = dags.write_dag(dag, tmp_path / "rebuilt")
-    rebuilt_jobs, rebuilt_edges = _parse_dag("\n".join(
-        ln for ln in out.read_text().splitlines() if ln.split(maxsplit=1)[:1] in (["JOB"], ["PARENT"])))
+    rebuilt_jobs, rebuilt_edges = _parse_dag(
+        "\n".join(ln for ln in out.read_text().splitlines() if ln.split(maxsplit=1)[:1] in (["JOB"], ["PARENT"]))
+    )
     layer = lambda node: node.rsplit(":", 1)[0]  # noqa: E731 - the writer names a layer's nodes LAYER:INDEX
     assert {layer(n) for n in rebuilt_jobs} == set(jobs)
     assert [(layer(p), layer(c)) for p, c in rebuilt_edges] == edges
 
 
-@pytest.mark.parametrize("bad", ["JOB tiles\n", "JOB tiles search.sub\nPARENT tiles CHILD nowhere\n",
-                                 "JOBS tiles search.sub\n", "JOB a a.sub\nJOB a b.sub\n"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "JOB tiles\n",
+        "JOB tiles search.sub\nPARENT tiles CHILD nowhere\n",
+        "JOBS tiles search.sub\n",
+        "JOB a a.sub\nJOB a b.sub\n",
+    ],
+)
 def test_the_dag_check_rejects_malformed_dags(bad):
     with pytest.raises(AssertionError):
         _parse_dag(bad)

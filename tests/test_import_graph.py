@@ -117,8 +117,11 @@ def floor(name: str) -> int:
 
 
 def test_every_module_has_a_floor():
-    missing = [m for m in modules() if not any(m == k or m.startswith(k + ".") for k in FLOORS if k != PACKAGE)
-               and m != PACKAGE]
+    missing = [
+        m
+        for m in modules()
+        if not any(m == k or m.startswith(k + ".") for k in FLOORS if k != PACKAGE) and m != PACKAGE
+    ]
     assert not missing, f"give these modules a floor in FLOORS (tests/test_import_graph.py): {missing}"
 
 
@@ -129,8 +132,12 @@ def test_imports_resolve_to_modules():
 
 
 def test_no_module_imports_a_higher_floor():
-    upward = [f"{m} (floor {floor(m)}) -> {t} (floor {floor(t)})"
-              for m, targets in sorted(graph().items()) for t in sorted(targets) if floor(t) > floor(m)]
+    upward = [
+        f"{m} (floor {floor(m)}) -> {t} (floor {floor(t)})"
+        for m, targets in sorted(graph().items())
+        for t in sorted(targets)
+        if floor(t) > floor(m)
+    ]
     assert not upward, "imports up a floor:\n" + "\n".join(upward)
 
 
@@ -150,7 +157,7 @@ def test_no_import_cycles():
         stack.append(m)
         for t in sorted(edges.get(m, ())):
             if state.get(t) == 1:
-                cycles.append(stack[stack.index(t):] + [t])
+                cycles.append(stack[stack.index(t) :] + [t])
             elif t not in state:
                 visit(t)
         stack.pop()
@@ -165,7 +172,9 @@ def test_no_import_cycles():
 def test_the_graph_sees_lazy_and_relative_imports(tmp_path):
     """The parser itself: a function-level relative import and a plain one are both edges."""
     src = tmp_path / "mod.py"
-    src.write_text("import os\nfrom .errors import LensdaskError\n\ndef f():\n    from .. import store\n"
-                   "    import lensdask.names\n")
+    src.write_text(
+        "import os\nfrom .errors import LensdaskError\n\ndef f():\n    from .. import store\n"
+        "    import lensdask.names\n"
+    )
     found = imports("lensdask.search.mod", src, {"lensdask.store", "lensdask.names"})
     assert found == {"lensdask.search.errors", "lensdask.store", "lensdask.names"}

@@ -12,14 +12,29 @@ from test_quantise import SIGMA, _corrupt_shard, _make_v1, _sky
 
 
 def _labelled(path, **kw):
-    s = create_store(path, tiles=["DES0001-0001", "DES0002-0002", "DES0003-0003"], capacity=40, bands="griz",
-                     pixel_scale=0.263, stamp=45, classes=["non-lens", "lens", "ring"], chunk_rows=20,
-                     provenance={"command": "made by test_info", "lensdask_version": "9.9", "created": "today",
-                                 "seed": 5}, **kw)
+    s = create_store(
+        path,
+        tiles=["DES0001-0001", "DES0002-0002", "DES0003-0003"],
+        capacity=40,
+        bands="griz",
+        pixel_scale=0.263,
+        stamp=45,
+        classes=["non-lens", "lens", "ring"],
+        chunk_rows=20,
+        provenance={"command": "made by test_info", "lensdask_version": "9.9", "created": "today", "seed": 5},
+        **kw,
+    )
     x = _sky(30, seed=1)
     x[3, 2] = 1.0  # a constant band: kept losslessly, flagged
-    table = pd.DataFrame({"object_id": np.arange(30), "ra": 1.0, "dec": -2.0,
-                          "label": [1] * 3 + [2] * 7 + [0] * 15 + [-1] * 5, "flags": [1] + [0] * 29})
+    table = pd.DataFrame(
+        {
+            "object_id": np.arange(30),
+            "ra": 1.0,
+            "dec": -2.0,
+            "label": [1] * 3 + [2] * 7 + [0] * 15 + [-1] * 5,
+            "flags": [1] + [0] * 29,
+        }
+    )
     s.write_tile(0, x[:20], table[:20])
     s.write_tile(2, x[20:], table[20:].reset_index(drop=True))
     return s
@@ -29,11 +44,21 @@ def test_info_text_and_json(tmp_path, capsys):
     _labelled(tmp_path / "s.zarr")
     assert main(["info", str(tmp_path / "s.zarr")]) == 0
     out = capsys.readouterr().out
-    for expected in ["lensdask.cutouts/2 (version 2)", "g,r,i,z", "0.263 arcsec/px, stamp 45 px", "2 written of 3",
-                     "rows        30", "non-lens 15, lens 3, ring 7, unknown 5", "edge 1, masked 0, lossless 1",
-                     "quantised: step 0.33 x sky noise (rms error 0.095 sigma)", "lensdask.pcodec (level 8)",
-                     "KiB per cutout",
-                     "made by test_info", "lensdask 9.9", "seed 5"]:
+    for expected in [
+        "lensdask.cutouts/2 (version 2)",
+        "g,r,i,z",
+        "0.263 arcsec/px, stamp 45 px",
+        "2 written of 3",
+        "rows        30",
+        "non-lens 15, lens 3, ring 7, unknown 5",
+        "edge 1, masked 0, lossless 1",
+        "quantised: step 0.33 x sky noise (rms error 0.095 sigma)",
+        "lensdask.pcodec (level 8)",
+        "KiB per cutout",
+        "made by test_info",
+        "lensdask 9.9",
+        "seed 5",
+    ]:
         assert expected in out, (expected, out)
 
     assert main(["info", str(tmp_path / "s.zarr"), "--json"]) == 0
@@ -86,8 +111,15 @@ def test_convert_command(tmp_path, capsys):
 
 
 def test_convert_names_a_corrupt_tile_and_finishes_the_rest(tmp_path, capsys, client):
-    s = create_store(tmp_path / "s.zarr", tiles=["A", "B", "C"], capacity=20, bands="griz", pixel_scale=0.263,
-                     stamp=45, chunk_rows=20)
+    s = create_store(
+        tmp_path / "s.zarr",
+        tiles=["A", "B", "C"],
+        capacity=20,
+        bands="griz",
+        pixel_scale=0.263,
+        stamp=45,
+        chunk_rows=20,
+    )
     for t in range(3):
         s.write_tile(t, _sky(20, seed=t), pd.DataFrame({"object_id": np.arange(20) + 20 * t, "ra": 0.0, "dec": 0.0}))
     _corrupt_shard(tmp_path / "s.zarr", 1)

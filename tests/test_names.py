@@ -73,11 +73,9 @@ def test_the_two_galleries_say_what_they_make_and_the_old_name_warns():
 
     assert "gallery_html" in lensdask.__all__ and "gallery" not in lensdask.__all__
     assert lensdask.gallery_html is gallery_html
-    with pytest.warns(DeprecationWarning, match="use lensdask.review.gallery.gallery_html"), \
-            pytest.raises(Exception):  # noqa: B017 (no run there: only the warning matters)
+    with pytest.warns(DeprecationWarning, match="use lensdask.review.gallery.gallery_html"), pytest.raises(Exception):  # noqa: B017 (no run there: only the warning matters)
         lensdask.gallery("no-such-run")
-    with pytest.warns(DeprecationWarning, match="use lensdask.simulate.gallery.gallery_png"), \
-            pytest.raises(Exception):  # noqa: B017
+    with pytest.warns(DeprecationWarning, match="use lensdask.simulate.gallery.gallery_png"), pytest.raises(Exception):  # noqa: B017
         importlib.import_module("lensdask.simulate.gallery").gallery(None, None, "x.png")
     assert callable(gallery_png)
 
@@ -87,5 +85,7 @@ def test_trainset_add_old_keywords(tmp_path):
 
     with pytest.warns(DeprecationWarning) as rec, pytest.raises(Exception):  # noqa: B017
         trainset_add(tmp_path / "no-labels.csv", zarr=tmp_path / "s.zarr", to=tmp_path / "t.zarr")
-    assert {str(w.message) for w in rec} >= {"trainset_add(zarr=...) is deprecated; use store=",
-                                              "trainset_add(to=...) is deprecated; use train_store="}
+    assert {str(w.message) for w in rec} >= {
+        "trainset_add(zarr=...) is deprecated; use store=",
+        "trainset_add(to=...) is deprecated; use train_store=",
+    }

@@ -38,10 +38,11 @@ def test_staged_inputs_score_like_arrays_on_cpu(model_card):
     for (x, bad, table), (sx, sbad, stable) in zip(batches, staged):
         assert isinstance(sx, Staged) and len(sx) == len(x) == int((~bad).sum()) and sx.shape == x.shape
         assert sbad is bad and stable is table
-        np.testing.assert_array_equal(forward_proba(model, sx, batch_size=16, device=cpu),
-                                      forward_proba(model, x, batch_size=16, device=cpu))
+        np.testing.assert_array_equal(
+            forward_proba(model, sx, batch_size=16, device=cpu), forward_proba(model, x, batch_size=16, device=cpu)
+        )
     # prepare_inputs' list of arrays (one per normalisation) is staged element by element
-    (xs, *_), = stage_inputs(iter([([batches[0][0], batches[1][0]], None)]), cpu)
+    ((xs, *_),) = stage_inputs(iter([([batches[0][0], batches[1][0]], None)]), cpu)
     assert [len(s) for s in xs] == [len(batches[0][0]), len(batches[1][0])]
 
 
@@ -55,15 +56,23 @@ def test_search_with_and_without_a_reader_thread_agree(tmp_path, random_model, m
     from lensdask.model.checkpoint import read_card
     from lensdask.search import run
 
-    s = create_store(tmp_path / "s.zarr", tiles=["T0"], capacity=96, bands="griz", pixel_scale=0.263, stamp=45,
-                     chunk_rows=32)
+    s = create_store(
+        tmp_path / "s.zarr", tiles=["T0"], capacity=96, bands="griz", pixel_scale=0.263, stamp=45, chunk_rows=32
+    )
     s.write_tile(0, _sky(90, seed=4), pd.DataFrame({"object_id": np.arange(90), "ra": 0.0, "dec": 0.0}))
     sha = read_card(random_model)["sha256"]
     out = {}
     for threaded in (False, True):
         monkeypatch.setattr(run, "_reader_has_a_core", lambda dev, t=threaded: t)
-        run.search_tile(str(tmp_path / "s.zarr"), 0, str(random_model), sha, str(tmp_path / f"run{threaded}"),
-                        device="cpu", batch_size=32)
+        run.search_tile(
+            str(tmp_path / "s.zarr"),
+            0,
+            str(random_model),
+            sha,
+            str(tmp_path / f"run{threaded}"),
+            device="cpu",
+            batch_size=32,
+        )
         out[threaded] = pd.read_parquet(tmp_path / f"run{threaded}" / "tiles" / "T0.parquet")
     assert len(out[True]) == 90
     np.testing.assert_allclose(out[True]["score"], out[False]["score"], rtol=1e-5, atol=1e-6)

@@ -145,8 +145,9 @@ def test_search_on_a_store_scores_the_stores_inputs(tmp_path, random_model, step
     with dask.config.set({"lensdask.store.quantise.step": step} if step is not None else {}):
         s = _store(tmp_path / "s.zarr")
     s.write_tile(0, x, _rows(30))
-    res = search(tmp_path / "s.zarr", random_model, tmp_path / "run", floor=0.0, progress=False, client=None,
-                 crossmatch=False)
+    res = search(
+        tmp_path / "s.zarr", random_model, tmp_path / "run", floor=0.0, progress=False, client=None, crossmatch=False
+    )
     got = res.scores().set_index("object_id").loc[np.arange(30), "score"].to_numpy()
     model, card = load_checkpoint(random_model)
     if step == 0:
@@ -154,8 +155,9 @@ def test_search_on_a_store_scores_the_stores_inputs(tmp_path, random_model, step
     else:
         inputs = s.read_normalised(0, specs=[card["normalisation"]])
         want = np.full(30, np.nan, np.float32)
-        want[~inputs.bad] = forward_proba(model, inputs.inputs[0], batch_size=64, device="cpu",
-                                          size=input_size(card))[:, 1]
+        want[~inputs.bad] = forward_proba(model, inputs.inputs[0], batch_size=64, device="cpu", size=input_size(card))[
+            :, 1
+        ]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
         float_scores = predict_proba(model, card, x)[:, 1]
         assert np.nanmax(np.abs(got - float_scores)) < 0.05

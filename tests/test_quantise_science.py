@@ -139,8 +139,14 @@ def test_real_des_galaxies_scores_move_only_as_much_as_the_noise_added(shared_da
     x = np.concatenate([dihedral(bg.images, k) for k in range(8)]).astype(np.float32)  # 240 real cutouts
     from lensdask.store import create_store
 
-    s = create_store(tmp_path / "real.zarr", tiles=["real"], capacity=len(x), bands=card["bands"],
-                     pixel_scale=0.263, stamp=int(card["stamp"]))
+    s = create_store(
+        tmp_path / "real.zarr",
+        tiles=["real"],
+        capacity=len(x),
+        bands=card["bands"],
+        pixel_scale=0.263,
+        stamp=int(card["stamp"]),
+    )
     s.write_tile(0, x, pd.DataFrame({"object_id": np.arange(len(x)), "ra": 0.0, "dec": 0.0}))
     r = open_store(tmp_path / "real.zarr")
     assert r.quantised and (r.read_table(0)["flags"] == 0).all()
@@ -169,8 +175,9 @@ def _faint_rings(path, n, seed, **kw):
     s = create_store(path, tiles=["a", "b"], capacity=n // 2, bands="griz", pixel_scale=0.263, stamp=stamp, **kw)
     for t in range(2):
         rows = slice(t * (n // 2), (t + 1) * (n // 2))
-        s.write_tile(t, x[rows], pd.DataFrame({"object_id": np.arange(n)[rows], "ra": 0.0, "dec": 0.0,
-                                               "label": labels[rows]}))
+        s.write_tile(
+            t, x[rows], pd.DataFrame({"object_id": np.arange(n)[rows], "ra": 0.0, "dec": 0.0, "label": labels[rows]})
+        )
     return s
 
 
@@ -182,8 +189,7 @@ def test_a_model_trained_on_a_quantised_store_matches_float32(tmp_path):
     _faint_rings(tmp_path / "test.zarr", 600, seed=4, quantise_step=0)
     q, _ = convert(tmp_path / "f32.zarr", tmp_path / "q.zarr")
     assert q.quantised
-    kw = dict(arch="test-vit", epochs=4, batch_size=32, learning_rate=3e-3, device="cpu", progress=False,
-              patience=0)
+    kw = dict(arch="test-vit", epochs=4, batch_size=32, learning_rate=3e-3, device="cpu", progress=False, patience=0)
     aucs = {}
     for name, data, seed in [("f32", "f32.zarr", 0), ("f32-seed1", "f32.zarr", 1), ("q", "q.zarr", 0)]:
         train(tmp_path / data, tmp_path / name, seed=seed, **kw)

@@ -65,8 +65,11 @@ BAD = [
 def inputs(tmp_path_factory, random_model):
     d = tmp_path_factory.mktemp("refuse")
     s = create_store(d / "des.zarr", tiles=["DES0213-3040"], capacity=4, bands="griz", pixel_scale=0.263, stamp=45)
-    s.write_tile(0, np.zeros((2, 4, 45, 45), "float32"), pd.DataFrame({"object_id": [1, 2], "ra": [1.0, 1.0],
-                                                                        "dec": [-30.0, -30.0], "label": [-1, -1]}))
+    s.write_tile(
+        0,
+        np.zeros((2, 4, 45, 45), "float32"),
+        pd.DataFrame({"object_id": [1, 2], "ra": [1.0, 1.0], "dec": [-30.0, -30.0], "label": [-1, -1]}),
+    )
     np.savez(d / "x.npz", images=np.zeros((2, 4, 45, 45), "float32"))
     (d / "bad.yaml").write_text("theta_E_min: 2.5\ntheta_E_max: 1.0\n")
     (d / "run").mkdir()

@@ -34,8 +34,10 @@ def _slurm_state() -> str | None:
         return "sinfo timed out: slurmctld is not answering"
     states = out.stdout.split()
     if out.returncode != 0 or not any(s.rstrip("*") in ("idle", "mixed") for s in states):
-        return (f"no idle Slurm node (sinfo: {out.stdout.strip() or out.stderr.strip()}); "
-                "run deploy/slurm/start-single-node.sh")
+        return (
+            f"no idle Slurm node (sinfo: {out.stdout.strip() or out.stderr.strip()}); "
+            "run deploy/slurm/start-single-node.sh"
+        )
     return None
 
 
@@ -110,9 +112,25 @@ def test_search_survives_a_cancelled_worker_job(slurm, tmp_path, random_model, c
 
     def go():
         # batch 8: slow enough per tile that the cancel lands mid-search
-        result["code"] = main(["search", "--zarr", str(tmp_path / "des.zarr"), "--model", str(random_model),
-                               "--out", str(run), "--threshold", "0", "--batch-size", "8",
-                               "--cluster", "slurm", "--jobs", "2"])
+        result["code"] = main(
+            [
+                "search",
+                "--zarr",
+                str(tmp_path / "des.zarr"),
+                "--model",
+                str(random_model),
+                "--out",
+                str(run),
+                "--threshold",
+                "0",
+                "--batch-size",
+                "8",
+                "--cluster",
+                "slurm",
+                "--jobs",
+                "2",
+            ]
+        )
 
     th = threading.Thread(target=go)
     th.start()

@@ -23,8 +23,12 @@ def _rows(n, start=0, label=None):
 
 
 EMPTY = {
-    "tiles": ["DES0000-0000", "DES0001-0000", "DES0002-0000"], "rows": 0, "capacity": 20, "stamp": 9,
-    "params": ["theta_E"], "chunk_rows": 8,
+    "tiles": ["DES0000-0000", "DES0001-0000", "DES0002-0000"],
+    "rows": 0,
+    "capacity": 20,
+    "stamp": 9,
+    "params": ["theta_E"],
+    "chunk_rows": 8,
     "quantise_step": 0,  # exact float32: these tests check values bit for bit (quantised: test_quantise.py)
 }
 """An empty store of :func:`conftest.tiny_store`, for the tests to write their own pixels."""

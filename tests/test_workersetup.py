@@ -19,8 +19,10 @@ from lensdask.workersetup import PLUGIN_NAME, WorkerSetup, current_setup, regist
 @pytest.fixture
 def threaded_cluster():
     """Two workers in this process (``processes=False``), so their plugins can be inspected directly."""
-    with LocalCluster(n_workers=2, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
         yield cluster, client
 
 
@@ -130,8 +132,9 @@ def test_a_fan_out_on_a_cluster_client_registers_the_setup_on_every_worker(threa
     cluster, _ = threaded_cluster
     # an existing scheduler, by address: the fan-out registers the plugin before its tiles
     with cluster_client(cluster.scheduler_address, quiet=True) as client:
-        results, failures = run_tiles([("t0", _tile_setups, (), {}), ("t1", _tile_setups, (), {})],
-                                      client=client, progress=False)
+        results, failures = run_tiles(
+            [("t0", _tile_setups, (), {}), ("t1", _tile_setups, (), {})], client=client, progress=False
+        )
         assert failures == [] and set(results.values()) == {("WorkerSetup", 1)}
         setups = client.run(lambda dask_worker: dask_worker.plugins[PLUGIN_NAME].setups)
         assert sorted(setups.values()) == [1, 1]
@@ -139,12 +142,25 @@ def test_a_fan_out_on_a_cluster_client_registers_the_setup_on_every_worker(threa
 
 
 def test_local_cluster_workers_are_set_up_in_their_first_task_without_registering():
-    with dask.config.set({"lensdask.cluster.n_workers": 1, "lensdask.cluster.threads_per_worker": 1,
-                          "lensdask.cluster.dashboard_address": ":0"}), cluster_client("local", quiet=True) as client:
+    with (
+        dask.config.set(
+            {
+                "lensdask.cluster.n_workers": 1,
+                "lensdask.cluster.threads_per_worker": 1,
+                "lensdask.cluster.dashboard_address": ":0",
+            }
+        ),
+        cluster_client("local", quiet=True) as client,
+    ):
         assert client.run(lambda dask_worker: PLUGIN_NAME in dask_worker.plugins) == {
-            w: False for w in client.scheduler_info()["workers"]}  # nothing sent before there is work
-        results, failures = run_tiles([("a", _tile_setups, (), {}), ("b", _tile_setups, (), {})],
-                                      client=client, progress=False, register_setup=False)
+            w: False for w in client.scheduler_info()["workers"]
+        }  # nothing sent before there is work
+        results, failures = run_tiles(
+            [("a", _tile_setups, (), {}), ("b", _tile_setups, (), {})],
+            client=client,
+            progress=False,
+            register_setup=False,
+        )
         applied = client.run(lambda: workersetup.current_setup().applied)
     assert failures == [] and list(results.values()) == [("WorkerSetup", 1)] * 2  # once per worker process
     # a nanny's worker: OMP_NUM_THREADS=1 from distributed.nanny.pre-spawn-environ

@@ -35,38 +35,61 @@ import torch
 
 ARCHITECTURES: dict[str, dict] = {
     "vit-lens-tiny": dict(
-        patch_size=5, embed_dim=96, depth=4, num_heads=3, mlp_ratio=3.0,
+        patch_size=5,
+        embed_dim=96,
+        depth=4,
+        num_heads=3,
+        mlp_ratio=3.0,
         description="CPU default: 5 px patches (81 tokens on 45 px), width 96, 4 blocks, ~0.4 M parameters",
     ),
     "vit-lens-conv": dict(
-        patch_size=5, embed_dim=96, depth=4, num_heads=3, mlp_ratio=3.0, stem_channels=[24, 24],
+        patch_size=5,
+        embed_dim=96,
+        depth=4,
+        num_heads=3,
+        mlp_ratio=3.0,
+        stem_channels=[24, 24],
         description="vit-lens-tiny after a convolutional stem (two 3x3 conv + BN + GELU layers of 24 channels "
         "at full resolution, then 5 px patches): ~0.45 M parameters, CPU",
     ),
     "vit-tiny": dict(
-        patch_size=5, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0,
+        patch_size=5,
+        embed_dim=192,
+        depth=12,
+        num_heads=3,
+        mlp_ratio=4.0,
         description="ViT-Ti width (192, 12 blocks, 3 heads) with 5 px patches, ~5.4 M parameters; "
         "small GPU or patient CPU",
     ),
     "vit-small": dict(
-        patch_size=5, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0,
+        patch_size=5,
+        embed_dim=384,
+        depth=12,
+        num_heads=6,
+        mlp_ratio=4.0,
         description="ViT-S width (384, 12 blocks, 6 heads) with 5 px patches, ~21 M parameters; for a GPU",
     ),
     "vit-base": dict(
-        patch_size=5, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
+        patch_size=5,
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        mlp_ratio=4.0,
         description="ViT-Base (768, 12 blocks, 12 heads) with 5 px patches, ~86 M parameters; for a GPU",
     ),
     "test-vit": dict(
-        patch_size=9, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0,
+        patch_size=9,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        mlp_ratio=2.0,
         description="Tiny model for unit tests (like timm's test_vit, smaller): 9 px patches, width 32, 2 blocks",
     ),
 }
 """Architecture name -> VisionTransformer keyword arguments and a ``description``."""
 
 
-def arch_kwargs(
-    arch: str, *, in_chans: int, img_size: int, num_classes: int, patch_size: int | None = None
-) -> dict:
+def arch_kwargs(arch: str, *, in_chans: int, img_size: int, num_classes: int, patch_size: int | None = None) -> dict:
     """The complete ``VisionTransformer`` keyword arguments for a named architecture.
 
     Parameters

@@ -124,8 +124,10 @@ def save_checkpoint(model: torch.nn.Module, out_dir: str | os.PathLike, card: di
 
 def _no_model_hint(path: pathlib.Path) -> str:
     if path == default_model_dir():
-        return (" (no default model is shipped in this installation; "
-                "train one with `lensdask train` and pass its directory)")
+        return (
+            " (no default model is shipped in this installation; "
+            "train one with `lensdask train` and pass its directory)"
+        )
     return ""
 
 
@@ -248,8 +250,9 @@ def refuse_model_as_store(store, call: str) -> None:
         except (OSError, ValueError):
             model_like = False
     if model_like:
-        raise TypeError(f"got a model ({store!r}) where the store goes: the order is {call}, "
-                        "the store first, then the model")
+        raise TypeError(
+            f"got a model ({store!r}) where the store goes: the order is {call}, the store first, then the model"
+        )
 
 
 def check_compatible(card: dict, store) -> None:

@@ -75,8 +75,15 @@ class StoreBatches:
         Keep the normalised blocks in memory when they fit in this many bytes.
     """
 
-    def __init__(self, store, spec: dict, validation_fraction: float, seed: int,
-                 buffer_rows: int = 8192, cache_bytes: float = 4e9):
+    def __init__(
+        self,
+        store,
+        spec: dict,
+        validation_fraction: float,
+        seed: int,
+        buffer_rows: int = 8192,
+        cache_bytes: float = 4e9,
+    ):
         self.store = store
         self.spec = spec
         self.buffer_rows = max(1, int(buffer_rows))
@@ -99,7 +106,7 @@ class StoreBatches:
         self.role = split_rows(self.labels, validation_fraction, np.random.default_rng(seed))
         self.finite = np.ones(self.labels.size, dtype=bool)  # learned as blocks are read
         self._seen = np.zeros(len(blocks), dtype=bool)
-        row_bytes = 4 * len(store.bands) * store.stamp ** 2
+        row_bytes = 4 * len(store.bands) * store.stamp**2
         self.cached = self.labels.size * row_bytes <= cache_bytes
         self._cache: dict[int, np.ndarray] = {}
         self.max_rows_held = 0
@@ -151,8 +158,10 @@ class StoreBatches:
         return x[sel[finite]], self.labels[ids[sel]], ids[sel]
 
     def _blocks_with(self, role: int) -> np.ndarray:
-        return np.array([k for k, (t, s, e, a) in enumerate(self.blocks) if (self.role[a : a + e - s] == role).any()],
-                        dtype=np.int64)
+        return np.array(
+            [k for k, (t, s, e, a) in enumerate(self.blocks) if (self.role[a : a + e - s] == role).any()],
+            dtype=np.int64,
+        )
 
     def train_batches(self, epoch: int, seed: int, batch_size: int):
         """Yield ``(images, labels)`` numpy batches of one epoch, shuffled by ``(seed, epoch)``."""
@@ -221,8 +230,10 @@ def fourier_shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.
     s_y, s_x = x.shape[-2:]
     fy = torch.fft.fftfreq(s_y, device=x.device, dtype=torch.float32)
     fx = torch.fft.rfftfreq(s_x, device=x.device, dtype=torch.float32)
-    ramp = (dy.float()[:, None, None, None] * fy[None, None, :, None]
-            + dx.float()[:, None, None, None] * fx[None, None, None, :])
+    ramp = (
+        dy.float()[:, None, None, None] * fy[None, None, :, None]
+        + dx.float()[:, None, None, None] * fx[None, None, None, :]
+    )
     phase = torch.polar(torch.ones_like(ramp), -2.0 * math.pi * ramp)
     return torch.fft.irfft2(torch.fft.rfft2(x.float()) * phase, s=(s_y, s_x))
 

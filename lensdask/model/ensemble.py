@@ -128,10 +128,11 @@ def check_models(store, models, prefilter=None) -> tuple[list[tuple[pathlib.Path
     everyone = out + ([pre[:2]] if pre else [])
     ref_dir, ref = everyone[0]
     for d, card in everyone[1:]:
-        for key, same in (("bands", list(card["bands"]) == list(ref["bands"])),
-                          ("stamp", int(card["stamp"]) == int(ref["stamp"])),
-                          ("pixel_scale", math.isclose(float(card["pixel_scale"]), float(ref["pixel_scale"]),
-                                                       rel_tol=1e-4))):
+        for key, same in (
+            ("bands", list(card["bands"]) == list(ref["bands"])),
+            ("stamp", int(card["stamp"]) == int(ref["stamp"])),
+            ("pixel_scale", math.isclose(float(card["pixel_scale"]), float(ref["pixel_scale"]), rel_tol=1e-4)),
+        ):
             if not same:
                 raise ModelMismatchError(
                     f"models of one search must share bands, stamp and pixel scale: {ref.get('model_id')} ({ref_dir}) "

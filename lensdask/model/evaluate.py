@@ -156,8 +156,13 @@ def evaluate(
         p = np.concatenate(pk)
         lens_col = int(card["lens_class"])
         r = classifier_report(
-            y, p, truth_classes=list(cs.classes), model_classes=list(card["classes"]), lens_class=lens_col,
-            params=params, threshold=threshold,
+            y,
+            p,
+            truth_classes=list(cs.classes),
+            model_classes=list(card["classes"]),
+            lens_class=lens_col,
+            params=params,
+            threshold=threshold,
         )
         r.update(n_unlabelled=n_unlabelled, model_id=card.get("model_id"), model=str(d), data=str(cs.url))
         results.append((r, p[:, lens_col], p))
@@ -178,13 +183,23 @@ def evaluate(
             classes, lens_col = ["non-lens", "lens"], 1
             p = np.stack([1.0 - ens, ens], axis=1)
         result = classifier_report(
-            y, p, truth_classes=list(cs.classes), model_classes=classes, lens_class=lens_col,
-            params=params, threshold=threshold,
+            y,
+            p,
+            truth_classes=list(cs.classes),
+            model_classes=classes,
+            lens_class=lens_col,
+            params=params,
+            threshold=threshold,
         )
         ids = [c.get("model_id") for c in cards]
         result.update(
-            n_unlabelled=n_unlabelled, model_id="+".join(ids), model=[str(d) for d in dirs], data=str(cs.url),
-            combine=combine, model_ids=ids, models=[r for r, _, _ in results],
+            n_unlabelled=n_unlabelled,
+            model_id="+".join(ids),
+            model=[str(d) for d in dirs],
+            data=str(cs.url),
+            combine=combine,
+            model_ids=ids,
+            models=[r for r, _, _ in results],
         )
         curves = [(s, f"{r['model_id']} AUROC {r['auroc']:.4f}") for r, s, _ in results]
         curves.append((ens, f"ensemble ({combine}) AUROC {result['auroc']:.4f}"))

@@ -92,29 +92,36 @@ def read_real_cutouts(source, bands) -> dict:
 
         s = open_store(source)
         if list(s.bands) != bands:
-            raise ModelMismatchError(f"bands differ: the model takes {bands}, store {s.url!r} holds "
-                                     f"{list(s.bands)} (order matters)")
+            raise ModelMismatchError(
+                f"bands differ: the model takes {bands}, store {s.url!r} holds {list(s.bands)} (order matters)"
+            )
         lens = s.classes.index("lens") if "lens" in s.classes else None
         imgs, sig = [], []
         for t in s.written_tiles():
             tile = s.read_tile(t)
             keep = np.ones(len(tile.table), bool) if lens is None else tile.table["label"].to_numpy() != lens
             imgs.append(tile.images[keep])
-            sig.append(tile.table["sigma_v"].to_numpy()[keep] if "sigma_v" in tile.table
-                       else np.full(int(keep.sum()), np.nan))
+            sig.append(
+                tile.table["sigma_v"].to_numpy()[keep] if "sigma_v" in tile.table else np.full(int(keep.sum()), np.nan)
+            )
         shape = (0, len(bands), s.stamp, s.stamp)
         images = np.concatenate(imgs) if imgs else np.zeros(shape, np.float32)
         sigma_v = np.concatenate(sig).astype(float) if sig else np.zeros(0)
-        return {"images": np.asarray(images, np.float32), "sigma_v": sigma_v,
-                "pixel_scale": float(s.pixel_scale), "source": src}
+        return {
+            "images": np.asarray(images, np.float32),
+            "sigma_v": sigma_v,
+            "pixel_scale": float(s.pixel_scale),
+            "source": src,
+        }
     if not path.exists():
         raise LensdaskError(f"cutouts {str(source)!r} not found")
     if path.is_dir():
         have = sorted(p.stem for p in path.glob("*.fits"))
         missing = [b for b in bands if b not in have]
         if missing:
-            raise ModelMismatchError(f"bands differ: the model takes {bands}; {src} has cubes for {have} "
-                                     f"(missing {missing})")
+            raise ModelMismatchError(
+                f"bands differ: the model takes {bands}; {src} has cubes for {have} (missing {missing})"
+            )
         images, _ = load_cutouts(cubes={b: path / f"{b}.fits" for b in bands}, bands=bands)
         scales = {ps for b in bands if (ps := header_pixel_scale(read_image_header(path / f"{b}.fits"))) is not None}
         if len(scales) > 1:
@@ -126,15 +133,21 @@ def read_real_cutouts(source, bands) -> dict:
             if len(v) != len(images):
                 raise LensdaskError(f"{sig_path}: {len(v)} velocity dispersions for {len(images)} cutouts")
             sigma_v = v
-        return {"images": np.asarray(images, np.float32), "sigma_v": sigma_v,
-                "pixel_scale": scales.pop() if scales else None, "source": src}
+        return {
+            "images": np.asarray(images, np.float32),
+            "sigma_v": sigma_v,
+            "pixel_scale": scales.pop() if scales else None,
+            "source": src,
+        }
     extra = {}
     if path.suffix == ".npz":
         with np.load(path) as z:
             extra = {k: z[k] for k in ("bands", "pixel_scale", "sigma_v") if k in z}
         if "bands" in extra and [str(b) for b in np.atleast_1d(extra["bands"])] != bands:
-            raise ModelMismatchError(f"bands differ: the model takes {bands}, {src} holds "
-                                     f"{[str(b) for b in np.atleast_1d(extra['bands'])]} (order matters)")
+            raise ModelMismatchError(
+                f"bands differ: the model takes {bands}, {src} holds "
+                f"{[str(b) for b in np.atleast_1d(extra['bands'])]} (order matters)"
+            )
     try:
         images, _ = load_cutouts(arrays=path, bands=bands)
     except LensdaskError as exc:
@@ -143,8 +156,9 @@ def read_real_cutouts(source, bands) -> dict:
         raise
     images = np.asarray(images, np.float32)
     if images.ndim != 4 or images.shape[1] != len(bands):
-        raise ModelMismatchError(f"{src}: cutouts of shape {images.shape}; the model takes (n, {len(bands)}, H, W) "
-                                 f"for bands {bands}")
+        raise ModelMismatchError(
+            f"{src}: cutouts of shape {images.shape}; the model takes (n, {len(bands)}, H, W) for bands {bands}"
+        )
     sigma_v = np.asarray(extra.get("sigma_v", np.full(len(images), np.nan)), float).ravel()
     if len(sigma_v) != len(images):
         raise LensdaskError(f"{src}: {len(sigma_v)} velocity dispersions for {len(images)} cutouts")
@@ -172,14 +186,16 @@ def _card_with_training_galaxies(card: dict) -> dict:
         try:
             sets.append(load_backgrounds(p, tuple(card["bands"]), float(card["pixel_scale"]), int(card["stamp"])))
         except InputError as exc:
-            raise SplitError(f"model {card.get('model_id', '?')} trained on real cutouts from {p!r}, which cannot "
-                             f"be read to check that the evaluated galaxies are not among them ({exc})") from None
+            raise SplitError(
+                f"model {card.get('model_id', '?')} trained on real cutouts from {p!r}, which cannot "
+                f"be read to check that the evaluated galaxies are not among them ({exc})"
+            ) from None
     return {**card, "training_galaxies": real_galaxies_record(sets[0], sets[1] if len(sets) > 1 else None)}
 
 
 def _crop(a: np.ndarray, stamp: int) -> np.ndarray:
     o = (a.shape[-1] - stamp) // 2
-    return a[..., o:o + stamp, o:o + stamp]
+    return a[..., o : o + stamp, o : o + stamp]
 
 
 def inject(
@@ -327,11 +343,15 @@ def inject(
     if full.shape[-1] != full.shape[-2]:
         raise LensdaskError(f"{real['source']}: cutouts must be square, got {full.shape[-2]}x{full.shape[-1]}")
     if full.shape[-1] < stamp:
-        raise ModelMismatchError(f"stamp sizes differ: model {where} takes {stamp} px stamps, {real['source']} "
-                                 f"holds {full.shape[-1]} px cutouts (smaller; larger ones are cropped)")
+        raise ModelMismatchError(
+            f"stamp sizes differ: model {where} takes {stamp} px stamps, {real['source']} "
+            f"holds {full.shape[-1]} px cutouts (smaller; larger ones are cropped)"
+        )
     if real["pixel_scale"] is not None and not math.isclose(real["pixel_scale"], card_ps, rel_tol=1e-3):
-        raise ModelMismatchError(f"pixel scales differ: model {where} was trained at {card_ps} arcsec/px, "
-                                 f"{real['source']} is at {real['pixel_scale']} arcsec/px")
+        raise ModelMismatchError(
+            f"pixel scales differ: model {where} was trained at {card_ps} arcsec/px, "
+            f"{real['source']} is at {real['pixel_scale']} arcsec/px"
+        )
     if len(full) == 0:
         raise LensdaskError(f"{real['source']} holds no cutouts")
     rows = select_rows(galaxies, len(full))
@@ -344,9 +364,11 @@ def inject(
     no_noise = ~nonfinite & ~(noise > 0).all(axis=1)
     ok = np.flatnonzero(~nonfinite & ~no_noise)
     if ok.size == 0:
-        raise LensdaskError(f"none of the {len(rows)} selected cutouts of {real['source']} is usable "
-                            f"({int(nonfinite.sum())} with non-finite pixels, {int(no_noise.sum())} without "
-                            "measurable background noise)")
+        raise LensdaskError(
+            f"none of the {len(rows)} selected cutouts of {real['source']} is usable "
+            f"({int(nonfinite.sum())} with non-finite pixels, {int(no_noise.sum())} without "
+            "measurable background noise)"
+        )
     crops = np.ascontiguousarray(_crop(full[ok], stamp), dtype=np.float32)
     check_disjoint(_card_with_training_galaxies(card), fingerprints(crops), names=rows[ok].tolist())
 
@@ -356,28 +378,48 @@ def inject(
     net, card = load_checkpoint(model_dir, device=dev)
     lens_col = int(card["lens_class"])
     n_ok = len(ok)
-    oriented = np.stack([np.ascontiguousarray(dihedral(crops[c], o)) for c in range(n_ok)
-                         for o in range(orientations)]).astype(np.float32)
+    oriented = np.stack(
+        [np.ascontiguousarray(dihedral(crops[c], o)) for c in range(n_ok) for o in range(orientations)]
+    ).astype(np.float32)
     cut_of = np.repeat(np.arange(n_ok), orientations)  # position among the usable cutouts
     orient_of = np.tile(np.arange(orientations), n_ok)
-    bg = Backgrounds(oriented, np.repeat(noise[ok], orientations, axis=0), np.repeat(sigma_v[ok], orientations),
-                     real["source"], np.repeat(rows[ok], orientations))
+    bg = Backgrounds(
+        oriented,
+        np.repeat(noise[ok], orientations, axis=0),
+        np.repeat(sigma_v[ok], orientations),
+        real["source"],
+        np.repeat(rows[ok], orientations),
+    )
     renderer = get_renderer(bands, card_ps, stamp)
     stats = RejectionStats()
     painted_parts, tables = [], []
     for c in tqdm(range(n_ok), desc="inject", unit="cutout", disable=not progress):
         idx = np.flatnonzero(cut_of == c)
-        im, tab = paint_arcs(bg, idx, seed, keys=(N_DIHEDRAL * int(rows[ok[c]]) + orient_of[idx]).tolist(),
-                             constraints=constraints, max_draws=max_draws, renderer=renderer, stats=stats)
+        im, tab = paint_arcs(
+            bg,
+            idx,
+            seed,
+            keys=(N_DIHEDRAL * int(rows[ok[c]]) + orient_of[idx]).tolist(),
+            constraints=constraints,
+            max_draws=max_draws,
+            renderer=renderer,
+            stats=stats,
+        )
         painted_parts.append(im)
         tables.append(tab)
     painted = np.concatenate(painted_parts)
-    ptab = pd.concat([t for t in tables if len(t)], ignore_index=True) if any(len(t) for t in tables) \
+    ptab = (
+        pd.concat([t for t in tables if len(t)], ignore_index=True)
+        if any(len(t) for t in tables)
         else pd.DataFrame({"row": pd.Series([], dtype=int)})
+    )
 
     s_plain = predict_proba(net, card, oriented, batch_size=batch_size, device=dev)[:, lens_col].astype(float)
-    s_paint = (predict_proba(net, card, painted, batch_size=batch_size, device=dev)[:, lens_col].astype(float)
-               if len(painted) else np.zeros(0))
+    s_paint = (
+        predict_proba(net, card, painted, batch_size=batch_size, device=dev)[:, lens_col].astype(float)
+        if len(painted)
+        else np.zeros(0)
+    )
 
     # -- the report ---------------------------------------------------------------------
     mag_band = "i" if "i" in bands else bands[-1]
@@ -388,13 +430,14 @@ def inject(
     found = s_paint >= threshold
     curves = {}
     snr_key = f"arc_snr_{constraints.snr_band}"
-    for name, values in (("theta_E", ptab["theta_E"].to_numpy() if len(ptab) else np.zeros(0)),
-                         (snr_key, ptab[snr_key].to_numpy() if len(ptab) else np.zeros(0)),
-                         (f"lens_mag_{mag_band}", lens_mag[cut_of[pos]] if len(pos) else np.zeros(0))):
+    for name, values in (
+        ("theta_E", ptab["theta_E"].to_numpy() if len(ptab) else np.zeros(0)),
+        (snr_key, ptab[snr_key].to_numpy() if len(ptab) else np.zeros(0)),
+        (f"lens_mag_{mag_band}", lens_mag[cut_of[pos]] if len(pos) else np.zeros(0)),
+    ):
         edges = bin_edges(values, n_bins)
         curves[name] = completeness_by(values, found, edges) if edges.size else []
-    metrics = binary_metrics(np.r_[np.ones(len(s_paint), bool), np.zeros(len(s_plain), bool)],
-                             np.r_[s_paint, s_plain])
+    metrics = binary_metrics(np.r_[np.ones(len(s_paint), bool), np.zeros(len(s_plain), bool)], np.r_[s_paint, s_plain])
     k_fp = int((s_plain >= threshold).sum())
     k_found = int(found.sum())
     order = np.argsort(-s_plain, kind="mergesort")[:top]
@@ -403,8 +446,9 @@ def inject(
         "model_id": card.get("model_id"),
         "model": str(model_dir),
         "cutouts": real["source"],
-        "galaxies": galaxies if galaxies is None or isinstance(galaxies, str) else
-        [int(g) for g in np.atleast_1d(galaxies)],
+        "galaxies": galaxies
+        if galaxies is None or isinstance(galaxies, str)
+        else [int(g) for g in np.atleast_1d(galaxies)],
         "rows": rows[ok].tolist(),
         "rows_nonfinite": rows[nonfinite].tolist(),
         "rows_no_noise": rows[no_noise].tolist(),
@@ -424,8 +468,10 @@ def inject(
         "completeness": k_found / len(s_paint) if len(s_paint) else math.nan,
         "completeness_interval": list(clopper_pearson(k_found, len(s_paint))),
         "completeness_by": curves,
-        "top_unpainted": [{"row": int(rows[ok[cut_of[j]]]), "orientation": int(orient_of[j]),
-                           "score": float(s_plain[j])} for j in order],
+        "top_unpainted": [
+            {"row": int(rows[ok[cut_of[j]]]), "orientation": int(orient_of[j]), "score": float(s_plain[j])}
+            for j in order
+        ],
         "paint_acceptance": stats.acceptance_fraction,
         "constraints": constraints.as_dict(),
         "zeropoint": zeropoint,
@@ -437,15 +483,24 @@ def inject(
     if png is not None:
         prefix = os.fspath(png)
         in_dir = prefix.endswith(("/", os.sep)) or os.path.isdir(prefix)
-        pngs = {k: pathlib.Path(prefix) / f"{k}.png" if in_dir else pathlib.Path(f"{prefix}_{k}.png")
-                for k in ("completeness", "top_unpainted")}
+        pngs = {
+            k: pathlib.Path(prefix) / f"{k}.png" if in_dir else pathlib.Path(f"{prefix}_{k}.png")
+            for k in ("completeness", "top_unpainted")
+        }
     elif out is not None:
         pngs = {k: pathlib.Path(os.fspath(out)) / f"{k}.png" for k in ("completeness", "top_unpainted")}
     if pngs:
         title = f"{result['model_id']} on {pathlib.PurePath(real['source']).name}"
         plot_completeness(result, pngs["completeness"], title=title)
-        plot_top(oriented[order], s_plain[order], [(r["row"], r["orientation"]) for r in result["top_unpainted"]],
-                 bands, pngs["top_unpainted"], title=f"highest-scoring unpainted: {title}", threshold=threshold)
+        plot_top(
+            oriented[order],
+            s_plain[order],
+            [(r["row"], r["orientation"]) for r in result["top_unpainted"]],
+            bands,
+            pngs["top_unpainted"],
+            title=f"highest-scoring unpainted: {title}",
+            threshold=threshold,
+        )
         result["completeness_png"] = str(pngs["completeness"])
         result["top_unpainted_png"] = str(pngs["top_unpainted"])
     from .checkpoint import jsonable
@@ -484,8 +539,13 @@ def plot_completeness(result: dict, path, *, title: str = "") -> None:
                 ax.annotate(f"n={b['n']}", (xi, 0.03), ha="center", fontsize=7, color="grey")
         ax.axhline(result["fpr"], color="C3", ls="--", lw=1, label=f"unpainted FPR {result['fpr']:.3f}")
         ax.set_ylim(0, 1.05)
-        ax.set_xlabel(units.get(name, name.replace("lens_mag_", "lens magnitude ").replace(
-            "arc_snr_", "arc S/N, ") + (" (mag)" if name.startswith("lens_mag") else "")))
+        ax.set_xlabel(
+            units.get(
+                name,
+                name.replace("lens_mag_", "lens magnitude ").replace("arc_snr_", "arc S/N, ")
+                + (" (mag)" if name.startswith("lens_mag") else ""),
+            )
+        )
         ax.set_ylabel(f"completeness at p >= {result['threshold']:g}")
         if name.startswith("arc_snr_"):
             from matplotlib.ticker import NullFormatter, ScalarFormatter

@@ -225,8 +225,13 @@ def completeness_by(values, found, edges) -> list[dict]:
         n = int(sel.sum())
         k = int(found[sel].sum())
         rows.append(
-            {"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": n, "found": k,
-             "completeness": k / n if n else math.nan}
+            {
+                "lo": float(edges[b]),
+                "hi": float(edges[b + 1]),
+                "n": n,
+                "found": k,
+                "completeness": k / n if n else math.nan,
+            }
         )
     return rows
 

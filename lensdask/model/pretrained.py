@@ -54,7 +54,6 @@ RGB_FOR_BAND = {"u": 2, "g": 2, "r": 1, "i": 0, "z": 0, "y": 0, "Y": 0}
 _NESTED = ("state_dict", "model", "state_dict_ema", "model_ema")
 
 
-
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict | None]:
     """The state dict in a local weights file or lensdask checkpoint directory.
 
@@ -93,7 +92,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{str(path)!r} holds no state dict of tensors")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
     return state, None
 
 
@@ -185,8 +184,14 @@ def adapt_state_dict(
             old = int(round((w.shape[1] - n_prefix) ** 0.5))
             w = resample_abs_pos_embed(w, new_size=grid, num_prefix_tokens=n_prefix)
             adapted[name] = f"grid {old}x{old} -> {grid[0]}x{grid[1]} (bicubic, antialiased)"
-        if (name.startswith("head.") and w.shape != t.shape and classes and source_classes
-                and w.shape[1:] == t.shape[1:] and set(classes) & set(source_classes)):
+        if (
+            name.startswith("head.")
+            and w.shape != t.shape
+            and classes
+            and source_classes
+            and w.shape[1:] == t.shape[1:]
+            and set(classes) & set(source_classes)
+        ):
             # A lensdask checkpoint: keep what it learned for the classes both have, by name;
             # only the new classes' rows start from random.
             kept = [c for c in classes if c in source_classes]
@@ -216,8 +221,9 @@ def adapt_state_dict(
     return out, report
 
 
-def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, bands: list[str],
-                    classes: list[str] | None = None) -> dict:
+def load_pretrained(
+    model: torch.nn.Module, path: str | os.PathLike, bands: list[str], classes: list[str] | None = None
+) -> dict:
     """Initialise ``model`` in place from a local pretrained file.
 
     Parameters

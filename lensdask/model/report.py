@@ -113,18 +113,13 @@ def classifier_report(
             selection[col] = at_t
     out["selection_function"] = selection
     out["false_positives_by_class"] = false_positives_by_class(
-        truth, score, truth_classes=truth_classes, threshold=threshold, threshold_fpr=t_fpr,
+        truth, score, truth_classes=truth_classes, threshold=threshold, threshold_fpr=t_fpr
     )
     return out
 
 
 def false_positives_by_class(
-    truth: np.ndarray,
-    score: np.ndarray,
-    *,
-    truth_classes: list[str],
-    threshold: float,
-    threshold_fpr: float,
+    truth: np.ndarray, score: np.ndarray, *, truth_classes: list[str], threshold: float, threshold_fpr: float
 ) -> dict:
     """How often each non-lens truth class is scored as a lens.
 

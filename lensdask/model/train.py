@@ -142,10 +142,22 @@ def train(
     CheckpointError, ModelMismatchError
         Unreadable pretrained weights, or weights for other bands.
     """
-    s = _resolve_settings(arch=arch, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, device=device,
-                          seed=seed, validation_fraction=validation_fraction, pretrained=pretrained,
-                          resize_to=resize_to, patch_size=patch_size, patience=patience, balance=balance,
-                          shift_px=shift_px, compile=compile)
+    s = _resolve_settings(
+        arch=arch,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        device=device,
+        seed=seed,
+        validation_fraction=validation_fraction,
+        pretrained=pretrained,
+        resize_to=resize_to,
+        patch_size=patch_size,
+        patience=patience,
+        balance=balance,
+        shift_px=shift_px,
+        compile=compile,
+    )
     dev = resolve_device(s.device)
     if s.num_threads > 0:
         torch.set_num_threads(s.num_threads)
@@ -230,8 +242,9 @@ class _Settings:
     @property
     def augmentation(self) -> str:
         """The augmentation in words, as the model card records it."""
-        return (("dihedral (flips, 90 degree rotations)" if self.dihedral else "none")
-                + (f"; Fourier sub-pixel shifts up to {self.shift_px:g} px" if self.shift_px > 0 else ""))
+        return ("dihedral (flips, 90 degree rotations)" if self.dihedral else "none") + (
+            f"; Fourier sub-pixel shifts up to {self.shift_px:g} px" if self.shift_px > 0 else ""
+        )
 
 
 def _config_or_none(key: str):
@@ -241,8 +254,23 @@ def _config_or_none(key: str):
     return dask.config.get(f"lensdask.{key}", default=None)
 
 
-def _resolve_settings(*, arch, epochs, batch_size, learning_rate, device, seed, validation_fraction, pretrained,
-                      resize_to, patch_size, patience, balance, shift_px, compile) -> _Settings:
+def _resolve_settings(
+    *,
+    arch,
+    epochs,
+    batch_size,
+    learning_rate,
+    device,
+    seed,
+    validation_fraction,
+    pretrained,
+    resize_to,
+    patch_size,
+    patience,
+    balance,
+    shift_px,
+    compile,
+) -> _Settings:
     """Fill :func:`train`'s hyper-parameters left at None from the configuration, and check them.
 
     Parameters
@@ -292,8 +320,7 @@ def _resolve_settings(*, arch, epochs, batch_size, learning_rate, device, seed, 
             f"learning_rate ({s.learning_rate}), patience ({s.patience}) and shift_px ({s.shift_px}) must be >= 0"
         )
     try:  # an unknown architecture fails before any I/O
-        arch_kwargs(s.arch, in_chans=1, img_size=max(int(s.resize_to or 0), 64), num_classes=2,
-                    patch_size=s.patch_size)
+        arch_kwargs(s.arch, in_chans=1, img_size=max(int(s.resize_to or 0), 64), num_classes=2, patch_size=s.patch_size)
     except ValueError as exc:
         raise LensdaskError(str(exc)) from exc
     return s
@@ -337,8 +364,9 @@ def _open_data(data, s: _Settings) -> _Data:
     store = open_store(data)
     if "lens" not in store.classes:
         raise LensdaskError(f"store {store.url!r} has classes {store.classes}, none named 'lens'")
-    rows = StoreBatches(store, s.normalisation, s.validation_fraction, s.seed, buffer_rows=s.buffer_rows,
-                        cache_bytes=s.cache_bytes)
+    rows = StoreBatches(
+        store, s.normalisation, s.validation_fraction, s.seed, buffer_rows=s.buffer_rows, cache_bytes=s.cache_bytes
+    )
     counts = np.bincount(rows.labels[rows.labels >= 0], minlength=len(store.classes))
     present = [c for c in range(len(store.classes)) if counts[c] > 0]
     if len(present) < 2:
@@ -383,8 +411,9 @@ def _build_model(d: _Data, s: _Settings, dev: torch.device, resume: bool) -> _Mo
     """Build the seeded network for the store's bands and classes, load pretrained weights, move it to ``dev``."""
     store = d.store
     input_side = int(s.resize_to) if s.resize_to else int(store.stamp)
-    kwargs = arch_kwargs(s.arch, in_chans=len(store.bands), img_size=input_side,
-                         num_classes=len(store.classes), patch_size=s.patch_size)
+    kwargs = arch_kwargs(
+        s.arch, in_chans=len(store.bands), img_size=input_side, num_classes=len(store.classes), patch_size=s.patch_size
+    )
     torch.manual_seed(s.seed)
     model = build_vit(kwargs)
     pretrained_info = None
@@ -427,6 +456,7 @@ class _Optimiser:
 
 def _lr_lambda(total_steps: int, warmup: int):
     """Learning-rate factor by step: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total_steps``."""
+
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -578,9 +608,14 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, int]:
     g = epoch_torch_generator(s.seed, epoch)
     total_loss, n_rows = 0.0, 0
     try:
-        batch_bar = tqdm(run.data.rows.train_batches(epoch, s.seed, s.batch_size),
-                         total=run.optimiser.steps_per_epoch, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
-                         disable=not run.progress)
+        batch_bar = tqdm(
+            run.data.rows.train_batches(epoch, s.seed, s.batch_size),
+            total=run.optimiser.steps_per_epoch,
+            desc=f"epoch {epoch + 1}",
+            unit="batch",
+            leave=False,
+            disable=not run.progress,
+        )
         for step, batch in enumerate(batch_bar):
             loss_value = _train_step(run, batch, g, epoch, step)
             total_loss += loss_value * batch[1].size
@@ -588,8 +623,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, int]:
             batch_bar.set_postfix(loss=f"{loss_value:.4f}")
     except KeyboardInterrupt:
         done = f"epoch {epoch} is saved in {state_path}" if state_path.exists() else "no epoch finished"
-        print(f"lensdask train: interrupted in epoch {epoch + 1}; {done}; run again with --resume",
-              file=sys.stderr)
+        print(f"lensdask train: interrupted in epoch {epoch + 1}; {done}; run again with --resume", file=sys.stderr)
         raise
     return total_loss, n_rows
 
@@ -624,8 +658,9 @@ def _validate(model, data: StoreBatches, dev, size, batch_size, loss_fn):
 
 def _validate_run(run: _Run):
     """:func:`_validate` on the run's validation rows, in batches of at least 256."""
-    return _validate(run.net.model, run.data.rows, run.device, run.net.size, max(run.settings.batch_size, 256),
-                     run.optimiser.loss_fn)
+    return _validate(
+        run.net.model, run.data.rows, run.device, run.net.size, max(run.settings.batch_size, 256), run.optimiser.loss_fn
+    )
 
 
 def _score_epoch(run: _Run, p: _Progress, record: dict, val, epoch: int) -> None:
@@ -659,8 +694,14 @@ def _run_epochs(run: _Run, p: _Progress, fingerprint: dict) -> None:
     from tqdm.auto import tqdm
 
     s = run.settings
-    epoch_bar = tqdm(range(p.epoch, s.epochs), desc=f"train {s.arch}", unit="epoch", disable=not run.progress,
-                     initial=p.epoch, total=s.epochs)
+    epoch_bar = tqdm(
+        range(p.epoch, s.epochs),
+        desc=f"train {s.arch}",
+        unit="epoch",
+        disable=not run.progress,
+        initial=p.epoch,
+        total=s.epochs,
+    )
     for epoch in epoch_bar:
         t0 = time.perf_counter()
         total_loss, n_rows = _train_epoch(run, epoch)
@@ -695,8 +736,12 @@ def _best_metrics(run: _Run, p: _Progress) -> dict:
         return {}
     probs, labels, ids, _ = _validate_run(run)
     return classifier_report(
-        labels, probs, truth_classes=list(store.classes), model_classes=list(store.classes),
-        lens_class=run.data.lens_class, params=run.data.rows.params.iloc[ids].reset_index(drop=True),
+        labels,
+        probs,
+        truth_classes=list(store.classes),
+        model_classes=list(store.classes),
+        lens_class=run.data.lens_class,
+        params=run.data.rows.params.iloc[ids].reset_index(drop=True),
         threshold=float(config.get("search.threshold")),
     )
 
@@ -723,7 +768,8 @@ def _model_card(run: _Run, p: _Progress, metrics: dict, command: str | None) -> 
         # arcs on or used as negatives: evaluations on them are refused (lensdask.simulate.galaxies)
         "training_galaxies": training_galaxies(
             store.provenance.get("real_galaxies"),
-            read_card(s.pretrained) if (net.pretrained_info or {}).get("model_id") else None),
+            read_card(s.pretrained) if (net.pretrained_info or {}).get("model_id") else None,
+        ),
         "training": _training_record(run, p, prov["command"]),
         "metrics": metrics,  # classifier_report on the validation set at the best epoch
         "lensdask_version": prov["lensdask_version"],
@@ -777,10 +823,20 @@ def _resume_settings(run: _Run) -> dict:
     """What a resumed run must share with the run that saved the state (JSON-able; stored as ``settings``)."""
     s, store, rows = run.settings, run.data.store, run.data.rows
     return {
-        "data": str(store.url), "bands": list(store.bands), "stamp": int(store.stamp), "classes": list(store.classes),
-        "n_rows": int(rows.labels.size), "arch_kwargs": run.net.arch_kwargs, "epochs": s.epochs,
-        "batch_size": s.batch_size, "learning_rate": s.learning_rate, "weight_decay": s.weight_decay, "seed": s.seed,
-        "validation_fraction": s.validation_fraction, "balance": s.balance, "shift_px": s.shift_px,
+        "data": str(store.url),
+        "bands": list(store.bands),
+        "stamp": int(store.stamp),
+        "classes": list(store.classes),
+        "n_rows": int(rows.labels.size),
+        "arch_kwargs": run.net.arch_kwargs,
+        "epochs": s.epochs,
+        "batch_size": s.batch_size,
+        "learning_rate": s.learning_rate,
+        "weight_decay": s.weight_decay,
+        "seed": s.seed,
+        "validation_fraction": s.validation_fraction,
+        "balance": s.balance,
+        "shift_px": s.shift_px,
         "normalisation": s.normalisation,
     }
 
@@ -841,13 +897,21 @@ def _load_state(run: _Run, fingerprint: dict) -> _Progress:
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if diff:
         shown = "; ".join(f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in diff[:4])
-        raise LensdaskError(f"--resume: {str(path)!r} was made with other settings ({shown}); "
-                            "resume with the same data and options, or start afresh")
+        raise LensdaskError(
+            f"--resume: {str(path)!r} was made with other settings ({shown}); "
+            "resume with the same data and options, or start afresh"
+        )
     run.net.model.load_state_dict(state["model"])
     o.opt.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
     o.sched.load_state_dict(state["scheduler"])
     run.net.pretrained_info = json.loads(state["pretrained"])
-    return _Progress(epoch=int(state["epoch"]), history=json.loads(state["history"]),
-                     best_key=tuple(state["best_key"]), best_epoch=state["best_epoch"],
-                     best_state=state["best_state"], since_best=int(state["since_best"]), seen=int(state["seen"]),
-                     t_train=float(state["t_train"]))
+    return _Progress(
+        epoch=int(state["epoch"]),
+        history=json.loads(state["history"]),
+        best_key=tuple(state["best_key"]),
+        best_epoch=state["best_epoch"],
+        best_state=state["best_state"],
+        since_best=int(state["since_best"]),
+        seen=int(state["seen"]),
+        t_train=float(state["t_train"]),
+    )

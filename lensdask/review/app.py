@@ -68,8 +68,10 @@ class ReviewState:
         self.labels = pathlib.Path(labels) if labels is not None else self.run_dir / "labels.csv"
         self.cand, self.store, self.stamps = best_candidates(self.run_dir, top, store=store)
         if self.cand.empty:
-            raise LensdaskError(f"{self.run_dir} has no candidates above its threshold: nothing to review "
-                                "(lower --threshold in lensdask merge, or search more tiles)")
+            raise LensdaskError(
+                f"{self.run_dir} has no candidates above its threshold: nothing to review "
+                "(lower --threshold in lensdask merge, or search more tiles)"
+            )
         self.labeller = labeller or os.environ.get("USER") or ""
         self.classes = review_classes()
         self.keys = grade_keys(self.classes)
@@ -84,10 +86,21 @@ class ReviewState:
         summary = run_summary(self.run_dir)
         meta = header_meta(summary, len(self.cand), n_candidates(self.run_dir, len(self.cand)))
         meta += f" · labels → {self.labels.name}"
-        cards = render_cards(self.cand, self.stamps, self.store,
-                             src=lambda i, name: f"img/{i}/{urllib.parse.quote(name)}.png")
-        return document(title="lensdask review", run=self.run_dir.name, meta=meta, cards=cards, keys=self.keys,
-                        mode="app", storage_key="", labeller=self.labeller, token=self.token, total=len(self.cand))
+        cards = render_cards(
+            self.cand, self.stamps, self.store, src=lambda i, name: f"img/{i}/{urllib.parse.quote(name)}.png"
+        )
+        return document(
+            title="lensdask review",
+            run=self.run_dir.name,
+            meta=meta,
+            cards=cards,
+            keys=self.keys,
+            mode="app",
+            storage_key="",
+            labeller=self.labeller,
+            token=self.token,
+            total=len(self.cand),
+        )
 
     def image(self, index: int, name: str) -> bytes | None:
         """PNG bytes of one picture, or None when there is no such candidate or view."""
@@ -95,8 +108,9 @@ class ReviewState:
             return None
         with self._lock:
             if index not in self._images:
-                self._images[index] = candidate_images(self.stamps[index], self.store.bands,
-                                                       self.store.pixel_scale, self.noise)
+                self._images[index] = candidate_images(
+                    self.stamps[index], self.store.bands, self.store.pixel_scale, self.noise
+                )
             return self._images[index][name]
 
     def grades(self, labeller: str) -> dict:
@@ -108,10 +122,15 @@ class ReviewState:
         mine = latest_grades(table, labeller) if labeller else table.iloc[0:0]
         others = latest_grades(table[table["labeller"] != labeller]) if not table.empty else table
         keys = ("tile", "object_id", "class", "grade", "labeller", "time")
-        out = {f"{r['tile']}/{int(r['object_id'])}": {k: (int(r[k]) if k == "object_id" else r[k]) for k in keys}
-               for r in mine.to_dict("records")}
-        counts = {} if others.empty else {f"{t}/{int(o)}": int(n) for (t, o), n in
-                                          others.groupby(["tile", "object_id"]).size().items()}
+        out = {
+            f"{r['tile']}/{int(r['object_id'])}": {k: (int(r[k]) if k == "object_id" else r[k]) for k in keys}
+            for r in mine.to_dict("records")
+        }
+        counts = (
+            {}
+            if others.empty
+            else {f"{t}/{int(o)}": int(n) for (t, o), n in others.groupby(["tile", "object_id"]).size().items()}
+        )
         return {"grades": out, "others": counts}
 
     def grade(self, body: dict) -> dict:
@@ -124,11 +143,16 @@ class ReviewState:
         if not 0 <= index < len(self.cand):
             raise LensdaskError(f"no candidate {index}")
         if not is_valid_name(who):
-            raise LensdaskError("reviewer names are 1-128 letters, digits and . _ + - "
-                                "(starting with a letter or digit)")
+            raise LensdaskError(
+                "reviewer names are 1-128 letters, digits and . _ + - (starting with a letter or digit)"
+            )
         row = self.cand.iloc[index]
-        added = add_labels(self.labels, [{"tile": str(row["tile"]), "object_id": int(row["object_id"]),
-                                          "class": cls, "grade": grade}], labeller=who, classes=self.classes)
+        added = add_labels(
+            self.labels,
+            [{"tile": str(row["tile"]), "object_id": int(row["object_id"]), "class": cls, "grade": grade}],
+            labeller=who,
+            classes=self.classes,
+        )
         return added.iloc[0].to_dict() | {"object_id": int(added.iloc[0]["object_id"])}
 
 
@@ -194,13 +218,16 @@ def _application(state: ReviewState, port: int):
 
         post = get
 
-    return tornado.web.Application([
-        (r"/", Page),
-        (r"/img/([0-9]{1,9})/([A-Za-z0-9_%+.-]{1,64})\.png", Image),
-        (r"/api/grades", Grades),
-        (r"/api/grade", Grade),
-        (r"/(.*)", Refuse),
-    ], compress_response=True)
+    return tornado.web.Application(
+        [
+            (r"/", Page),
+            (r"/img/([0-9]{1,9})/([A-Za-z0-9_%+.-]{1,64})\.png", Image),
+            (r"/api/grades", Grades),
+            (r"/api/grade", Grade),
+            (r"/(.*)", Refuse),
+        ],
+        compress_response=True,
+    )
 
 
 class ReviewServer:
@@ -274,8 +301,9 @@ class ReviewServer:
 
 
 @renamed_keywords(zarr="store")
-def serve(run_dir, *, labels=None, top: int = 100, port: int | None = None, labeller: str | None = None,
-          store=None) -> ReviewServer:
+def serve(
+    run_dir, *, labels=None, top: int = 100, port: int | None = None, labeller: str | None = None, store=None
+) -> ReviewServer:
     """Make the review app of a run, listening on 127.0.0.1 (not yet serving: call ``start`` or ``serve_forever``).
 
     See :class:`ReviewState` for the parameters; ``port`` defaults to config ``review.port``.

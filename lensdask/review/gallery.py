@@ -124,10 +124,20 @@ def gallery_html(
         nav = " ".join(
             f'<a href="{pages[q].name}">{q + 1}</a>' if q != p else f"<b>{q + 1}</b>" for q in range(n_pages)
         )
-        doc = document(title=title, run=run_dir.name, meta=meta, cards=cards, keys=keys, mode="static",
-                       storage_key=storage, labeller=labeller, nav=f"· page {p + 1} of {n_pages}: {nav}",
-                       next_page=pages[p + 1].name if p + 1 < n_pages else None,
-                       prev_page=pages[p - 1].name if p > 0 else None, total=len(cand))
+        doc = document(
+            title=title,
+            run=run_dir.name,
+            meta=meta,
+            cards=cards,
+            keys=keys,
+            mode="static",
+            storage_key=storage,
+            labeller=labeller,
+            nav=f"· page {p + 1} of {n_pages}: {nav}",
+            next_page=pages[p + 1].name if p + 1 < n_pages else None,
+            prev_page=pages[p - 1].name if p > 0 else None,
+            total=len(cand),
+        )
         tmp = pages[p].with_suffix(".html.tmp")
         tmp.write_text(doc)
         os.replace(tmp, pages[p])

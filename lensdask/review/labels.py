@@ -97,8 +97,11 @@ def add_labels(
     allowed = review_classes(classes)
     unknown = sorted(set(table["class"].astype(str)) - set(allowed))
     if unknown:
-        raise LensdaskError(f"unknown class {unknown[0]!r}" + (f" (and {unknown[1:]})" if len(unknown) > 1 else "")
-                            + f"; known classes: {allowed} (config review.classes)")
+        raise LensdaskError(
+            f"unknown class {unknown[0]!r}"
+            + (f" (and {unknown[1:]})" if len(unknown) > 1 else "")
+            + f"; known classes: {allowed} (config review.classes)"
+        )
     if "grade" not in table.columns:
         table["grade"] = ""
     table["grade"] = table["grade"].fillna("").astype(str).str.strip().str.lower()
@@ -110,9 +113,11 @@ def add_labels(
     wrong = table[graded & (lens == (table["grade"] == "no"))]
     if len(wrong):
         r = wrong.iloc[0]
-        raise LensdaskError(f"grade {r['grade']!r} contradicts class {r['class']!r} (tile {r['tile']}, object "
-                            f"{r['object_id']}): definite/probable/possible go with {LENS_CLASS!r}, "
-                            "no with any other class")
+        raise LensdaskError(
+            f"grade {r['grade']!r} contradicts class {r['class']!r} (tile {r['tile']}, object "
+            f"{r['object_id']}): definite/probable/possible go with {LENS_CLASS!r}, "
+            "no with any other class"
+        )
     if store is not None:
         from ..rundir import locate
 
@@ -122,8 +127,9 @@ def add_labels(
     table["labeller"] = table["labeller"].fillna(labeller or "unknown")
     if "time" not in table.columns:
         table["time"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    table = table[COLUMNS].astype({"tile": str, "object_id": "int64", "class": str, "labeller": str, "time": str,
-                                   "grade": str})
+    table = table[COLUMNS].astype(
+        {"tile": str, "object_id": "int64", "class": str, "labeller": str, "time": str, "grade": str}
+    )
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     from filelock import FileLock
@@ -138,8 +144,9 @@ def add_labels(
                 header = f.readline().strip().split(",")
             if "grade" not in header:  # a five-column table from before grades: keep its layout
                 if (table["grade"] != "").any():
-                    raise LensdaskError(f"{path} was written before grades existed; "
-                                        "give a new labels file for graded labels")
+                    raise LensdaskError(
+                        f"{path} was written before grades existed; give a new labels file for graded labels"
+                    )
                 columns = [c for c in COLUMNS if c != "grade"]
         text = csv_safe(table[columns]).to_csv(index=False, header=new, lineterminator="\n")  # no formula cells
         with open(path, "a") as f:  # one write of whole lines: readers never see half a label
@@ -206,9 +213,16 @@ def votes(labels: pd.DataFrame) -> pd.DataFrame:
         counts = g["class"].value_counts()
         top = counts[counts == counts.max()].index
         cls = LENS_CLASS if LENS_CLASS in top else sorted(top)[0]
-        rows.append({"tile": tile, "object_id": int(oid), "n_reviewers": len(g),
-                     **{f"n_{k}": int((g["_g"] == k).sum()) for k in GRADES},
-                     "mean_grade": round(float(g["_score"].mean()), 3), "class": cls,
-                     "labellers": " ".join(sorted(set(g["labeller"].astype(str))))})
+        rows.append(
+            {
+                "tile": tile,
+                "object_id": int(oid),
+                "n_reviewers": len(g),
+                **{f"n_{k}": int((g["_g"] == k).sum()) for k in GRADES},
+                "mean_grade": round(float(g["_score"].mean()), 3),
+                "class": cls,
+                "labellers": " ".join(sorted(set(g["labeller"].astype(str)))),
+            }
+        )
     out = pd.DataFrame(rows, columns=cols)
     return out.sort_values(["mean_grade", "n_reviewers"], ascending=False, kind="stable").reset_index(drop=True)

@@ -42,8 +42,12 @@ def labels_from_truth(candidates: pd.DataFrame, truth: pd.DataFrame, top: int, l
     if missing:
         raise LensdaskError(f"{len(missing)} candidates are not in the truth table")
     return pd.DataFrame(
-        {"tile": best["tile"].to_numpy(), "object_id": best["object_id"].to_numpy(),
-         "class": classes.loc[best["object_id"]].to_numpy(), "labeller": labeller}
+        {
+            "tile": best["tile"].to_numpy(),
+            "object_id": best["object_id"].to_numpy(),
+            "class": classes.loc[best["object_id"]].to_numpy(),
+            "labeller": labeller,
+        }
     )
 
 
@@ -128,8 +132,16 @@ def review_round(
     add_labels(work / "labels.csv", labels)
     added = trainset_add(work / "labels.csv", store, train_store)
     train_kwargs.setdefault("validation_fraction", 0.0)
-    card = train(train_store, work / "model", pretrained=str(model_dir), epochs=epochs, seed=seed,
-                 learning_rate=learning_rate, progress=progress, **train_kwargs)
+    card = train(
+        train_store,
+        work / "model",
+        pretrained=str(model_dir),
+        epochs=epochs,
+        seed=seed,
+        learning_rate=learning_rate,
+        progress=progress,
+        **train_kwargs,
+    )
     after = search(store, work / "model", work / "run-after", client=client, floor=0.0, progress=progress)
     scores_after = after.scores()
     reviewed_fp = set(labels.loc[labels["class"] != "lens", "object_id"])

@@ -23,7 +23,7 @@ import pandas as pd
 from ..images import VIEWS, band_image, png_bytes, view_caption, view_image
 from .labels import GRADES, LENS_CLASS
 
-VIEW_SCALE = 4   # display enlargement of the 45 px views (180 px; pixels stay sharp)
+VIEW_SCALE = 4  # display enlargement of the 45 px views (180 px; pixels stay sharp)
 BAND_SCALE = 2
 
 CARD_STYLE = """
@@ -40,7 +40,8 @@ CARD_STYLE = """
 """
 """Styles of the cards alone (safe to put inside another page, e.g. a notebook)."""
 
-STYLE = """
+STYLE = (
+    """
 body{font-family:sans-serif;background:#111;color:#ddd;margin:0}
 header{position:sticky;top:0;background:#1b1b1b;padding:6px 12px;border-bottom:1px solid #333;z-index:2}
 header h2{margin:0 0 4px 0;font-size:17px} header .meta{font-size:12px;color:#aaa}
@@ -48,7 +49,9 @@ header input{background:#222;color:#eee;border:1px solid #555;width:9em}
 #progress{font-weight:bold;color:#fc6} #help{display:none;font-size:12px;background:#222;padding:6px}
 #help.on{display:block} kbd{background:#333;border:1px solid #555;border-radius:3px;padding:0 4px}
 a{color:#8cf} main{padding:8px 12px}
-""" + CARD_STYLE
+"""
+    + CARD_STYLE
+)
 
 
 def grade_keys(classes: Sequence[str]) -> list[dict]:
@@ -112,8 +115,9 @@ def _known(row: pd.Series) -> str:
     return f'<span class="known">known lens: {html.escape(name)}{extra}</span>'
 
 
-def card(i: int, row: pd.Series, bands: Sequence[str], pixel_scale: float, src: Callable[[int, str], str],
-         stamp: int) -> str:
+def card(
+    i: int, row: pd.Series, bands: Sequence[str], pixel_scale: float, src: Callable[[int, str], str], stamp: int
+) -> str:
     """One candidate's HTML: the views, band stamps, score, tile, object, position, class probabilities."""
     w = stamp * VIEW_SCALE
     views = "".join(
@@ -126,9 +130,7 @@ def card(i: int, row: pd.Series, bands: Sequence[str], pixel_scale: float, src: 
         f"<figcaption>{html.escape(b)}</figcaption></figure>"
         for b in bands
     )
-    probs = " ".join(
-        f"{html.escape(c[2:])} {row[c]:.3g}" for c in row.index if c.startswith("p_") and pd.notna(row[c])
-    )
+    probs = " ".join(f"{html.escape(c[2:])} {row[c]:.3g}" for c in row.index if c.startswith("p_") and pd.notna(row[c]))
     rank = int(row["rank"]) if "rank" in row.index and pd.notna(row["rank"]) else i + 1
     tile, oid = str(row["tile"]), int(row["object_id"])
     return (
@@ -164,15 +166,41 @@ def _json(value) -> str:
     return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def document(*, title: str, run: str, meta: str, cards: str, keys: list[dict], mode: str, storage_key: str,
-             labeller: str, nav: str = "", next_page: str | None = None, prev_page: str | None = None,
-             token: str = "", total: int = 0) -> str:
+def document(
+    *,
+    title: str,
+    run: str,
+    meta: str,
+    cards: str,
+    keys: list[dict],
+    mode: str,
+    storage_key: str,
+    labeller: str,
+    nav: str = "",
+    next_page: str | None = None,
+    prev_page: str | None = None,
+    token: str = "",
+    total: int = 0,
+) -> str:
     """The whole page. ``mode`` is ``"static"`` (grades in the browser, CSV export) or ``"app"``."""
     help_rows = " ".join(f"<kbd>{html.escape(k['key'])}</kbd> {html.escape(k['text'])}" for k in keys)
-    export = ('<button id="export" title="download every grade of this gallery as a CSV for '
-              'lensdask label --from-csv">export CSV</button>' if mode == "static" else "")
-    config = {"mode": mode, "keys": keys, "storage": storage_key, "labeller": labeller, "token": token,
-              "next": next_page, "prev": prev_page, "run": run, "total": total}
+    export = (
+        '<button id="export" title="download every grade of this gallery as a CSV for '
+        'lensdask label --from-csv">export CSV</button>'
+        if mode == "static"
+        else ""
+    )
+    config = {
+        "mode": mode,
+        "keys": keys,
+        "storage": storage_key,
+        "labeller": labeller,
+        "token": token,
+        "next": next_page,
+        "prev": prev_page,
+        "run": run,
+        "total": total,
+    }
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style></head><body><header><h2>{html.escape(title)}</h2>"

@@ -148,8 +148,9 @@ def swap(
         n_votes=("says_lens", "size"), n_says_lens=("says_lens", "sum"), **{c: (c, "first") for c in meta_cols}
     )
     out["posterior"] = pd.Series(post)
-    out["status"] = np.where(out["posterior"] >= detect, "detected",
-                             np.where(out["posterior"] <= reject, "rejected", "undecided"))
+    out["status"] = np.where(
+        out["posterior"] >= detect, "detected", np.where(out["posterior"] <= reject, "rejected", "undecided")
+    )
     out["gold"] = gold_s.reindex(out.index)
     out = out.reset_index().rename(columns={"#tile": "tile", "#object_id": "object_id"})
     return out.sort_values("posterior", ascending=False, kind="stable").reset_index(drop=True)

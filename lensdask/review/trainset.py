@@ -46,8 +46,11 @@ def trainset_add(labels, store, train_store, *, drop_conflicts: bool = True) -> 
         The rows added: ``tile`` (new), ``object_id``, ``class``, ``label``.
     """
     table = labels if isinstance(labels, pd.DataFrame) else read_labels(labels)
-    check_names(table["tile"].astype(str), source=f"the labels {labels}" if isinstance(labels, str) else "the labels",
-                rows=range(1, len(table) + 1))  # names are data: a hostile one is refused before anything is read
+    check_names(
+        table["tile"].astype(str),
+        source=f"the labels {labels}" if isinstance(labels, str) else "the labels",
+        rows=range(1, len(table) + 1),
+    )  # names are data: a hostile one is refused before anything is read
     if "grade" in table.columns:  # a "possible lens" is too uncertain to train on as either class
         table = table[table["grade"].fillna("").astype(str) != "possible"]
     chosen = consensus(table, drop_conflicts=drop_conflicts)
@@ -84,12 +87,18 @@ def trainset_add(labels, store, train_store, *, drop_conflicts: bool = True) -> 
         images = fetch_stamps(survey, piece)
         where = locate(survey, piece)
         meta = pd.concat(
-            [survey.read_table(int(ti)).set_index("row").loc[g["row"], ["ra", "dec"]].set_index(g.index)
-             for ti, g in where.groupby("tile_index")]
+            [
+                survey.read_table(int(ti)).set_index("row").loc[g["row"], ["ra", "dec"]].set_index(g.index)
+                for ti, g in where.groupby("tile_index")
+            ]
         ).loc[piece.index]
         rows = pd.DataFrame(
-            {"object_id": piece["object_id"].astype("int64"), "ra": meta["ra"].to_numpy(),
-             "dec": meta["dec"].to_numpy(), "label": piece["label"].astype("int16")}
+            {
+                "object_id": piece["object_id"].astype("int64"),
+                "ra": meta["ra"].to_numpy(),
+                "dec": meta["dec"].to_numpy(),
+                "label": piece["label"].astype("int16"),
+            }
         )
         train.write_tile(t, images, rows)
         added.append(piece.assign(tile=name)[["tile", "object_id", "class", "label"]])

@@ -71,8 +71,10 @@ class LabelWidget:
             self.info.value = f"<b>done</b>: {len(self.candidates)} candidates reviewed; labels in {self.labels}"
             return
         row = self.candidates.iloc[self.position]
-        self.image.value = png_bytes(view_image(self.stamps[self.position], self.store.bands, "colour",
-                                                pixel_scale=self.store.pixel_scale), scale=6)
+        self.image.value = png_bytes(
+            view_image(self.stamps[self.position], self.store.bands, "colour", pixel_scale=self.store.pixel_scale),
+            scale=6,
+        )
         self.info.value = (
             f"<b>{self.position + 1} / {len(self.candidates)}</b><br>tile {row['tile']}<br>"
             f"object {int(row['object_id'])}<br>score {row['score']:.4f}"
@@ -88,8 +90,12 @@ class LabelWidget:
         if self.position >= len(self.candidates):
             return
         row = self.candidates.iloc[self.position]
-        add_labels(self.labels, [{"tile": row["tile"], "object_id": int(row["object_id"]), "class": cls}],
-                   labeller=self.labeller, classes=self.classes)
+        add_labels(
+            self.labels,
+            [{"tile": row["tile"], "object_id": int(row["object_id"]), "class": cls}],
+            labeller=self.labeller,
+            classes=self.classes,
+        )
         self.move(+1)
 
     def _on_key(self, change) -> None:

@@ -62,8 +62,11 @@ def export_zooniverse(
     for i, row in cand.iterrows():
         path = child_path(tmp, f"{row['tile']}_{int(row['object_id'])}", ".png")
         name = path.name
-        path.write_bytes(png_bytes(view_image(stamps[i], opened.bands, "colour", pixel_scale=opened.pixel_scale,
-                                              noise=noise), scale=6))
+        path.write_bytes(
+            png_bytes(
+                view_image(stamps[i], opened.bands, "colour", pixel_scale=opened.pixel_scale, noise=noise), scale=6
+            )
+        )
         rows.append(
             {
                 "image": name,
@@ -82,8 +85,9 @@ def export_zooniverse(
     return manifest
 
 
-def upload_subjects(manifest_dir: str | os.PathLike, project_id: int, subject_set_name: str,
-                    username: str, password: str) -> int:  # pragma: no cover - needs Zooniverse credentials
+def upload_subjects(
+    manifest_dir: str | os.PathLike, project_id: int, subject_set_name: str, username: str, password: str
+) -> int:  # pragma: no cover - needs Zooniverse credentials
     """Upload an export to a Zooniverse project with ``panoptes-client`` (``pip install panoptes-client``).
 
     Returns the id of the subject set created. Not exercised in tests: it needs

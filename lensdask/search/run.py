@@ -108,8 +108,9 @@ def _reader_has_a_core(device) -> bool:
     return torch.get_num_threads() < cores
 
 
-def run_signature(model_ids: list[str], combine: str = "mean", prefilter: tuple | None = None,
-                  audit: bool = False) -> str:
+def run_signature(
+    model_ids: list[str], combine: str = "mean", prefilter: tuple | None = None, audit: bool = False
+) -> str:
     """What a finished tile was scored with, as one string; ``--resume`` skips only tiles with the same one.
 
     One model without a prefilter: its model id (as before ensembles existed). Otherwise the ids joined
@@ -198,8 +199,9 @@ def search_tile(
     pre = None
     keep_fraction = 1.0
     if prefilter is not None:
-        prefilter_threshold = fraction(config.get("search.prefilter.threshold", prefilter_threshold),
-                                       "prefilter threshold")
+        prefilter_threshold = fraction(
+            config.get("search.prefilter.threshold", prefilter_threshold), "prefilter threshold"
+        )
         pdir, psha, keep_fraction = prefilter
         pm, pc, _ = get_model(pdir, psha, device)
         pre = (pm, pc)
@@ -209,23 +211,44 @@ def search_tile(
     # a cascade holds its main models' inputs of the rows its prefilter may pass
     first = [pre[1]] if pre is not None else [c for _, c in main]
     specs = [c.get("normalisation") for c in first] + (held_specs([c for _, c in main]) if pre is not None else [])
-    batches = (batch_inputs(inputs, table, len(first))
-               for inputs, table in store.iter_normalised(read_rows, specs, tiles=[tile]))
+    batches = (
+        batch_inputs(inputs, table, len(first))
+        for inputs, table in store.iter_normalised(read_rows, specs, tiles=[tile])
+    )
     if _reader_has_a_core(dev):  # read, normalise and copy to the device the next block while the model scores this one
         batches = _prefetch(stage_inputs(batches, dev))
     table, stats = score_models(
-        batches, main, device=dev, batch_size=batch_size, floor=floor, precision=precision, combine=combine,
-        prefilter=pre, keep_fraction=keep_fraction, prefilter_threshold=prefilter_threshold or 0.0,
-        rows_total=int(store.counts[tile]), audit_ids=audit_ids,
+        batches,
+        main,
+        device=dev,
+        batch_size=batch_size,
+        floor=floor,
+        precision=precision,
+        combine=combine,
+        prefilter=pre,
+        keep_fraction=keep_fraction,
+        prefilter_threshold=prefilter_threshold or 0.0,
+        rows_total=int(store.counts[tile]),
+        audit_ids=audit_ids,
     )
     out = pathlib.Path(run_dir) / TILES_DIR
     out.mkdir(parents=True, exist_ok=True)
     ids = [c["model_id"] for _, c in main]
-    sig = run_signature(ids, combine, None if pre is None else (pre[1]["model_id"], keep_fraction, prefilter_threshold),
-                        audit=audit_ids is not None)
+    sig = run_signature(
+        ids,
+        combine,
+        None if pre is None else (pre[1]["model_id"], keep_fraction, prefilter_threshold),
+        audit=audit_ids is not None,
+    )
     stats.update(
-        tile=name, tile_index=int(tile), model_id=sig, floor=floor,
-        seconds=round(time.perf_counter() - t0, 3), device=str(dev), precision=precision, batch_size=batch_size,
+        tile=name,
+        tile_index=int(tile),
+        model_id=sig,
+        floor=floor,
+        seconds=round(time.perf_counter() - t0, 3),
+        device=str(dev),
+        precision=precision,
+        batch_size=batch_size,
     )
     commit_tile(out, name, table, stats)
     return stats
@@ -244,8 +267,14 @@ def audit_summary(scores: pd.DataFrame, threshold: float) -> dict:
         of the lenses the main models alone would keep that the cascade lost.
     """
     if "audit_score" not in scores.columns:
-        return {"lenses": 0, "passed_prefilter": 0, "found": 0, "dropped": 0, "dropped_main_would_keep": 0,
-                "lost_fraction": None}
+        return {
+            "lenses": 0,
+            "passed_prefilter": 0,
+            "found": 0,
+            "dropped": 0,
+            "dropped_main_would_keep": 0,
+            "lost_fraction": None,
+        }
     audited = scores["audit_score"].notna()
     lens_passed = scores["stage"].eq(2) & scores["audited"].astype(bool) if "audited" in scores else None
     dropped = int(audited.sum())
@@ -254,8 +283,11 @@ def audit_summary(scores: pd.DataFrame, threshold: float) -> dict:
     found = int((scores.loc[lens_passed, "score"] >= threshold).sum()) if lens_passed is not None else None
     alone = (found or 0) + would
     return {
-        "lenses": None if passed is None else passed + dropped, "passed_prefilter": passed, "found": found,
-        "dropped": dropped, "dropped_main_would_keep": would,
+        "lenses": None if passed is None else passed + dropped,
+        "passed_prefilter": passed,
+        "found": found,
+        "dropped": dropped,
+        "dropped_main_would_keep": would,
         "lost_fraction": (would / alone) if alone else None,
     }
 
@@ -270,8 +302,12 @@ def truth_lens_ids(truth) -> pd.DataFrame:
     if not {"object_id", "is_lens"} <= set(truth.columns):
         raise LensdaskError("a truth table needs the columns object_id and is_lens")
     lenses = truth[truth["is_lens"].astype(bool)]
-    return pd.DataFrame({"tile": lenses["tile"].astype(str) if "tile" in lenses else None,
-                         "object_id": lenses["object_id"].to_numpy(np.int64)})
+    return pd.DataFrame(
+        {
+            "tile": lenses["tile"].astype(str) if "tile" in lenses else None,
+            "object_id": lenses["object_id"].to_numpy(np.int64),
+        }
+    )
 
 
 def _gpu_workers(client) -> bool:
@@ -329,11 +365,18 @@ class _Settings:
 
     def tile_job(self, tile: int, name: str) -> tuple[str, Callable, tuple, dict]:
         """The ``(name, search_tile, args, kwargs)`` of one tile, for :func:`lensdask.fanout.run_tiles`."""
-        kwargs: dict = dict(device=self.device, batch_size=self.batch_size, floor=self.floor,
-                            precision=self.precision, combine=self.combine)
+        kwargs: dict = dict(
+            device=self.device,
+            batch_size=self.batch_size,
+            floor=self.floor,
+            precision=self.precision,
+            combine=self.combine,
+        )
         if self.pre is not None:
-            kwargs.update(prefilter=(str(self.pre[0]), self.pre[1]["sha256"], self.pre[2]),
-                          prefilter_threshold=self.prefilter_threshold)
+            kwargs.update(
+                prefilter=(str(self.pre[0]), self.pre[1]["sha256"], self.pre[2]),
+                prefilter_threshold=self.prefilter_threshold,
+            )
         if self.audit is not None:
             rows = self.audit if self.audit["tile"].isna().all() else self.audit[self.audit["tile"] == name]
             kwargs["audit_ids"] = rows["object_id"].to_numpy(np.int64)
@@ -344,8 +387,23 @@ class _Settings:
         return name, search_tile, (self.store_path, tile, *models, str(self.run_dir.resolve())), kwargs
 
 
-def _resolve_settings(store, model, out, *, threshold, floor, batch_size, device, precision, report, retries,
-                      combine, prefilter, prefilter_threshold, truth) -> _Settings:
+def _resolve_settings(
+    store,
+    model,
+    out,
+    *,
+    threshold,
+    floor,
+    batch_size,
+    device,
+    precision,
+    report,
+    retries,
+    combine,
+    prefilter,
+    prefilter_threshold,
+    truth,
+) -> _Settings:
     """Resolve :func:`search`'s settings from its arguments and the configuration, and check its inputs.
 
     Everything that would fail in every tile task fails here instead, before any task: a bad
@@ -381,24 +439,40 @@ prefilter_threshold, truth
     if combine not in COMBINE:
         raise LensdaskError(f"unknown ensemble combination {combine!r}; use one of {', '.join(COMBINE)}")
     if prefilter is not None:
-        prefilter_threshold = fraction(config.get("search.prefilter.threshold", prefilter_threshold),
-                                       "prefilter threshold")
+        prefilter_threshold = fraction(
+            config.get("search.prefilter.threshold", prefilter_threshold), "prefilter threshold"
+        )
     elif truth is not None:
         raise LensdaskError("a truth table audits a cascade: give it with prefilter=(MODEL, FRACTION)")
     path = os.fspath(store)
     opened = open_store(path)
     main, pre = check_models(opened, model, prefilter)
     audit = truth_lens_ids(truth) if truth is not None else None
-    signature = run_signature([c["model_id"] for _, c in main], combine,
-                              None if pre is None else (pre[1]["model_id"], pre[2], prefilter_threshold),
-                              audit=audit is not None)
+    signature = run_signature(
+        [c["model_id"] for _, c in main],
+        combine,
+        None if pre is None else (pre[1]["model_id"], pre[2], prefilter_threshold),
+        audit=audit is not None,
+    )
     run_dir = pathlib.Path(out)
     check_writable(run_dir / TILES_DIR)  # a read-only or full disk is refused before any tile task
     return _Settings(
-        store_path=path if "://" in path else os.path.abspath(path), store=opened, main=main, pre=pre,
-        run_dir=run_dir, threshold=threshold, floor=floor, batch_size=batch_size, device=device,
-        precision=precision, combine=combine, report=report, retries=retries,
-        prefilter_threshold=prefilter_threshold, audit=audit, signature=signature,
+        store_path=path if "://" in path else os.path.abspath(path),
+        store=opened,
+        main=main,
+        pre=pre,
+        run_dir=run_dir,
+        threshold=threshold,
+        floor=floor,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        combine=combine,
+        report=report,
+        retries=retries,
+        prefilter_threshold=prefilter_threshold,
+        audit=audit,
+        signature=signature,
     )
 
 
@@ -490,8 +564,16 @@ def _run_plan(s: _Settings, plan: _TilePlan, client, progress: bool) -> tuple[li
                 stack.enter_context(client.as_current())
                 if s.report:
                     stack.enter_context(performance_report(filename=str(s.run_dir / REPORT)))
-            _, failures = run_tiles(jobs, client=client, progress=progress, desc="tiles", key_prefix="search-tile",
-                                    retries=s.retries, resources=resources, raise_in_process=(LensdaskError,))
+            _, failures = run_tiles(
+                jobs,
+                client=client,
+                progress=progress,
+                desc="tiles",
+                key_prefix="search-tile",
+                retries=s.retries,
+                resources=resources,
+                raise_in_process=(LensdaskError,),
+            )
     except KeyboardInterrupt:
         # Ctrl-C: run_tiles cancelled the pending tiles; what is finished stays, nothing half-written does.
         clean_run_dir(s.run_dir)
@@ -501,8 +583,17 @@ def _run_plan(s: _Settings, plan: _TilePlan, client, progress: bool) -> tuple[li
     return failures, elapsed
 
 
-def _merge_and_summarise(s: _Settings, plan: _TilePlan, failures: list[dict], elapsed: float,
-                         report_written: bool, crossmatch, radius, catalog, export) -> SearchResult:
+def _merge_and_summarise(
+    s: _Settings,
+    plan: _TilePlan,
+    failures: list[dict],
+    elapsed: float,
+    report_written: bool,
+    crossmatch,
+    radius,
+    catalog,
+    export,
+) -> SearchResult:
     """Merge the finished tiles into the candidates, write the failures table and the summary.
 
     Parameters
@@ -523,8 +614,9 @@ def _merge_and_summarise(s: _Settings, plan: _TilePlan, failures: list[dict], el
     SearchResult
     """
     finished = [plan.names[t] for t in plan.todo + plan.skipped if tile_done(s.run_dir, plan.names[t]) is not None]
-    cand = merge(s.run_dir, s.threshold, tiles=finished, crossmatch=crossmatch, radius=radius, catalog=catalog,
-                 export=export)
+    cand = merge(
+        s.run_dir, s.threshold, tiles=finished, crossmatch=crossmatch, radius=radius, catalog=catalog, export=export
+    )
     stats = [tile_done(s.run_dir, n) for n in finished]
     failures_df = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
     if failures:
@@ -536,8 +628,16 @@ def _merge_and_summarise(s: _Settings, plan: _TilePlan, failures: list[dict], el
     return SearchResult(s.run_dir, cand, summary, failures_df)
 
 
-def _summary(s: _Settings, plan: _TilePlan, failures: list[dict], finished: list[str], stats: list,
-             cand: pd.DataFrame, elapsed: float, report_written: bool) -> dict:
+def _summary(
+    s: _Settings,
+    plan: _TilePlan,
+    failures: list[dict],
+    finished: list[str],
+    stats: list,
+    cand: pd.DataFrame,
+    elapsed: float,
+    report_written: bool,
+) -> dict:
     """The ``summary.json`` of a search: its settings, tile and row counts, timings, cascade and audit.
 
     Parameters
@@ -592,11 +692,14 @@ def _summary(s: _Settings, plan: _TilePlan, failures: list[dict], finished: list
             "prefilter": sum(st.get("prefilter", {}).get("scored", 0) for st in stats) if pre is not None else None,
             "main": sum(st.get("main_scored", st["scored"]) for st in stats),
         },
-        "prefilter": None if pre is None else {
-            "model": str(pre[0]), "model_id": pre[1]["model_id"], "keep_fraction": pre[2],
+        "prefilter": None
+        if pre is None
+        else {
+            "model": str(pre[0]),
+            "model_id": pre[1]["model_id"],
+            "keep_fraction": pre[2],
             "threshold": s.prefilter_threshold,
-            "passed_by_threshold_only": sum(st.get("prefilter", {}).get("passed_by_threshold_only", 0)
-                                            for st in stats),
+            "passed_by_threshold_only": sum(st.get("prefilter", {}).get("passed_by_threshold_only", 0) for st in stats),
         },
         "audit": None if s.audit is None else audit_summary(read_scores(s.run_dir, finished), s.threshold),
     }
@@ -698,12 +801,24 @@ def search(
     SearchResult
     """
     s = _resolve_settings(
-        store, model, out, threshold=threshold, floor=floor, batch_size=batch_size,
-        device=device, precision=precision, report=report, retries=retries, combine=combine, prefilter=prefilter,
-        prefilter_threshold=prefilter_threshold, truth=truth,
+        store,
+        model,
+        out,
+        threshold=threshold,
+        floor=floor,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        report=report,
+        retries=retries,
+        combine=combine,
+        prefilter=prefilter,
+        prefilter_threshold=prefilter_threshold,
+        truth=truth,
     )
     plan = _plan_tiles(s, resume)
     client = client if client is not None else current_client()
     failures, elapsed = _run_plan(s, plan, client, progress)
-    return _merge_and_summarise(s, plan, failures, elapsed, s.report and client is not None,
-                                crossmatch, radius, catalog, export)
+    return _merge_and_summarise(
+        s, plan, failures, elapsed, s.report and client is not None, crossmatch, radius, catalog, export
+    )

@@ -103,8 +103,14 @@ def score_batches(
             x, bad, table = item if prepared else prepare_batch(item[0], item[1], card)
             yield [x], bad, table, None
 
-    return score_models(items(), [(model, dict(card, model_id=model_id))], device=device, batch_size=batch_size,
-                        floor=floor, precision=precision)
+    return score_models(
+        items(),
+        [(model, dict(card, model_id=model_id))],
+        device=device,
+        batch_size=batch_size,
+        floor=floor,
+        precision=precision,
+    )
 
 
 def sky_box(ra: np.ndarray, dec: np.ndarray) -> dict:
@@ -117,8 +123,10 @@ def sky_box(ra: np.ndarray, dec: np.ndarray) -> dict:
     c = np.degrees(np.arctan2(np.sin(np.radians(ra)).mean(), np.cos(np.radians(ra)).mean()))
     d = (ra - c + 180.0) % 360.0 - 180.0
     return {
-        "ra_min": float((c + d.min()) % 360.0), "ra_max": float((c + d.max()) % 360.0),
-        "dec_min": float(dec.min()), "dec_max": float(dec.max()),
+        "ra_min": float((c + d.min()) % 360.0),
+        "ra_max": float((c + d.max()) % 360.0),
+        "dec_min": float(dec.min()),
+        "dec_max": float(dec.max()),
     }
 
 
@@ -204,8 +212,9 @@ class CascadeTopK:
         return self.idx[order], self.images[0][order]
 
 
-def _forward_held(model, card, cards: list[dict], held: np.ndarray, *, device, batch_size: int,
-                  precision: str) -> np.ndarray:
+def _forward_held(
+    model, card, cards: list[dict], held: np.ndarray, *, device, batch_size: int, precision: str
+) -> np.ndarray:
     """Lens-class-first probabilities of held rows (:func:`batch_inputs`) for the model of ``card``,
     one of ``cards``: (n, n_classes)."""
     x = np.ascontiguousarray(held[:, held_view(cards, card)])
@@ -314,8 +323,9 @@ def score_models(
             mean_probs = None
             for m, ((model, card), x) in enumerate(zip(models, xs)):
                 probs = np.full((n, len(card["classes"])), np.nan, dtype=np.float32)
-                probs[~bad] = forward_proba(model, x, batch_size=batch_size, device=device,
-                                            size=input_size(card), precision=precision)
+                probs[~bad] = forward_proba(
+                    model, x, batch_size=batch_size, device=device, size=input_size(card), precision=precision
+                )
                 per_model[m].append(probs[:, int(card["lens_class"])])
                 if shared_classes:
                     mean_probs = probs if mean_probs is None else mean_probs + probs
@@ -324,8 +334,9 @@ def score_models(
         else:
             pmodel, pcard = prefilter
             p = np.full(n, np.nan, dtype=np.float32)
-            p[~bad] = forward_proba(pmodel, xs[0], batch_size=batch_size, device=device, size=input_size(pcard),
-                                    precision=precision)[:, int(pcard["lens_class"])]
+            p[~bad] = forward_proba(
+                pmodel, xs[0], batch_size=batch_size, device=device, size=input_size(pcard), precision=precision
+            )[:, int(pcard["lens_class"])]
             pre_scores.append(p)
             good = np.flatnonzero(~bad)
             top.add(offset + good, p[good], held)  # held: the finite rows, this batch's own arrays
@@ -352,8 +363,11 @@ def score_models(
         scores = np.full((n, len(models)), np.nan, dtype=np.float32)
         probs = np.full((n, len(classes)), 0.0 if shared_classes else np.nan, dtype=np.float32)
         for m, (model, card) in enumerate(models):
-            pr = _forward_held(model, card, cards, images, device=device, batch_size=batch_size,
-                               precision=precision) if images is not None and len(idx) else None
+            pr = (
+                _forward_held(model, card, cards, images, device=device, batch_size=batch_size, precision=precision)
+                if images is not None and len(idx)
+                else None
+            )
             if pr is not None:
                 scores[idx, m] = pr[:, int(card["lens_class"])]
                 if shared_classes:
@@ -368,9 +382,13 @@ def score_models(
             order = np.lexsort((np.arange(n)[~bad], -pre[~bad].astype(np.float64)))
             by_rank[np.flatnonzero(~bad)[order[: top.k]]] = True
         stats_extra["prefilter"] = {
-            "model_id": prefilter[1]["model_id"], "keep_fraction": float(keep_fraction),
-            "threshold": float(prefilter_threshold), "top_k": int(top.k), "scored": int((~bad).sum()),
-            "passed": int(main.sum()), "passed_by_threshold_only": int((main & ~by_rank).sum()),
+            "model_id": prefilter[1]["model_id"],
+            "keep_fraction": float(keep_fraction),
+            "threshold": float(prefilter_threshold),
+            "top_k": int(top.k),
+            "scored": int((~bad).sum()),
+            "passed": int(main.sum()),
+            "passed_by_threshold_only": int((main & ~by_rank).sum()),
         }
         if audit_ids is not None:
             audit_score = np.full(n, np.nan, dtype=np.float32)
@@ -378,11 +396,15 @@ def score_models(
             imgs = np.concatenate([a[1] for a in audit_buf]) if audit_buf else None
             dropped = ~main[rows] if len(rows) else np.zeros(0, bool)
             if dropped.any() and imgs is not None:
-                per = np.stack([
-                    _forward_held(model, card, cards, imgs[dropped], device=device, batch_size=batch_size,
-                                  precision=precision)[:, int(card["lens_class"])]
-                    for model, card in models
-                ], axis=1)
+                per = np.stack(
+                    [
+                        _forward_held(
+                            model, card, cards, imgs[dropped], device=device, batch_size=batch_size, precision=precision
+                        )[:, int(card["lens_class"])]
+                        for model, card in models
+                    ],
+                    axis=1,
+                )
                 # ranks need the rows the main models saw: a dropped row is ranked among them
                 if combine == "rank" and len(models) > 1:
                     audit_score[rows[dropped]] = [
@@ -403,13 +425,15 @@ def score_models(
     if audit_score is not None:  # an audited row is kept whatever its scores
         audited = np.isin(table["object_id"].to_numpy(np.int64), audit_ids) if n else np.zeros(0, bool)
         keep |= audited
-    out = pd.DataFrame({
-        "tile": table["tile"].to_numpy()[keep] if n else np.zeros(0, object),
-        "object_id": table["object_id"].to_numpy()[keep],
-        "ra": table["ra"].to_numpy()[keep],
-        "dec": table["dec"].to_numpy()[keep],
-        "score": score[keep],
-    })
+    out = pd.DataFrame(
+        {
+            "tile": table["tile"].to_numpy()[keep] if n else np.zeros(0, object),
+            "object_id": table["object_id"].to_numpy()[keep],
+            "ra": table["ra"].to_numpy()[keep],
+            "dec": table["dec"].to_numpy()[keep],
+            "score": score[keep],
+        }
+    )
     if len(models) > 1:
         for m, col in enumerate(columns):
             out[col] = scores[keep, m]

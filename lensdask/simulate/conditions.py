@@ -62,15 +62,21 @@ def check_source(source: str, bands: Sequence[str]) -> str:
     if source in ("des", "fixed"):
         return source
     if not os.path.isdir(source):
-        raise ConditionsError(f"observing-conditions folder {source!r} not found "
-                              f"(lensdask.simulate.conditions: 'des', 'fixed' or a folder of 2d<band>_DES.txt)")
+        raise ConditionsError(
+            f"observing-conditions folder {source!r} not found "
+            f"(lensdask.simulate.conditions: 'des', 'fixed' or a folder of 2d<band>_DES.txt)"
+        )
     if not any(_load_samples(source, b) is not None for b in bands):
         raise ConditionsError(f"no 2d<band>_DES.txt file for bands {list(bands)} in {source!r}")
     return os.path.abspath(source)
 
 
-def draw_conditions(rng: np.random.Generator, bands: Sequence[str], source: str = "des",
-                    fixed: Mapping[str, tuple[float, float]] | None = None) -> dict:
+def draw_conditions(
+    rng: np.random.Generator,
+    bands: Sequence[str],
+    source: str = "des",
+    fixed: Mapping[str, tuple[float, float]] | None = None,
+) -> dict:
     """Draw one system's conditions.
 
     Parameters

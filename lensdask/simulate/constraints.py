@@ -31,8 +31,15 @@ import numpy as np
 from .. import config
 from ..errors import ConstraintError
 
-CONSTRAINT_NAMES = ("theta_E_min", "theta_E_max", "theta_E_over_seeing_min", "magnification_min", "arc_snr_min",
-                    "images_or_arc", "contrast_min")
+CONSTRAINT_NAMES = (
+    "theta_E_min",
+    "theta_E_max",
+    "theta_E_over_seeing_min",
+    "magnification_min",
+    "arc_snr_min",
+    "images_or_arc",
+    "contrast_min",
+)
 """Constraint names, cheapest to check first; rejection counts are kept under these names."""
 
 

@@ -22,8 +22,17 @@ import numpy as np
 from .. import config
 from ..errors import LensdaskError
 
-__all__ = ["SplitError", "fingerprint", "fingerprints", "dihedral", "select_rows", "galaxy_split",
-           "training_fingerprints", "check_disjoint", "N_DIHEDRAL"]
+__all__ = [
+    "SplitError",
+    "fingerprint",
+    "fingerprints",
+    "dihedral",
+    "select_rows",
+    "galaxy_split",
+    "training_fingerprints",
+    "check_disjoint",
+    "N_DIHEDRAL",
+]
 
 N_DIHEDRAL = 8
 """Rotations by 0, 90, 180, 270 degrees, each with and without a flip."""
@@ -105,8 +114,9 @@ def galaxy_split() -> dict:
     try:
         split = {name: sorted(int(i) for i in cfg[name]) for name in ("train", "heldout")}
     except (KeyError, TypeError, ValueError) as exc:
-        raise SplitError(f"config simulate.galaxy_split needs lists 'train' and 'heldout' of row indices ({exc})") \
-            from None
+        raise SplitError(
+            f"config simulate.galaxy_split needs lists 'train' and 'heldout' of row indices ({exc})"
+        ) from None
     both = sorted(set(split["train"]) & set(split["heldout"]))
     if both:
         raise SplitError(f"config simulate.galaxy_split puts rows {both} in both 'train' and 'heldout'")
@@ -149,11 +159,13 @@ def select_rows(spec, n: int) -> np.ndarray:
             try:
                 parts = [int(p) if p.strip() else None for p in s.split(":")]
             except ValueError:
-                raise SplitError(f"galaxies {spec!r}: a slice is 'start:stop' or 'start:stop:step' of integers") \
-                    from None
+                raise SplitError(
+                    f"galaxies {spec!r}: a slice is 'start:stop' or 'start:stop:step' of integers"
+                ) from None
             if len(parts) > 3 or any(p is not None and p < 0 for p in parts):
-                raise SplitError(f"galaxies {spec!r}: a slice is 'start:stop' or 'start:stop:step' of "
-                                 "non-negative integers")
+                raise SplitError(
+                    f"galaxies {spec!r}: a slice is 'start:stop' or 'start:stop:step' of non-negative integers"
+                )
             start, stop = parts[0] or 0, parts[1] if parts[1] is not None else n
             step = parts[2] if len(parts) == 3 and parts[2] is not None else 1
             if step < 1:
@@ -165,8 +177,9 @@ def select_rows(spec, n: int) -> np.ndarray:
             try:
                 rows = [int(p) for p in s.split(",") if p.strip()]
             except ValueError:
-                raise SplitError(f"galaxies {spec!r}: use 'all', 'train', 'heldout', a slice 'a:b' or "
-                                 "comma-separated row indices") from None
+                raise SplitError(
+                    f"galaxies {spec!r}: use 'all', 'train', 'heldout', a slice 'a:b' or comma-separated row indices"
+                ) from None
     elif isinstance(spec, (int, np.integer)):
         rows = [int(spec)]
     else:
@@ -179,8 +192,9 @@ def select_rows(spec, n: int) -> np.ndarray:
         raise SplitError(f"galaxies {what} selects no rows")
     bad = rows[(rows < 0) | (rows >= n)]
     if bad.size:
-        raise SplitError(f"galaxies {what}: rows {sorted(set(bad.tolist()))} are out of range for {n} cutouts "
-                         f"(rows 0..{n - 1})")
+        raise SplitError(
+            f"galaxies {what}: rows {sorted(set(bad.tolist()))} are out of range for {n} cutouts (rows 0..{n - 1})"
+        )
     if np.unique(rows).size != rows.size:
         dup = sorted({int(r) for r in rows if (rows == r).sum() > 1})
         raise SplitError(f"galaxies {what}: rows {dup} are given more than once")
@@ -255,4 +269,5 @@ def check_disjoint(card: dict, fps: Sequence[str], names: Iterable | None = None
         raise SplitError(
             f"model {card.get('model_id', card.get('arch', '?'))} was trained on real galaxies that are also "
             f"being evaluated: rows {shown}. A split that puts a galaxy in both training and evaluation is "
-            "refused; evaluate on galaxies the model never saw (e.g. --galaxies heldout)")
+            "refused; evaluate on galaxies the model never saw (e.g. --galaxies heldout)"
+        )

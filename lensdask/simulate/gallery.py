@@ -25,9 +25,16 @@ def colour_composite(image: np.ndarray, bands: Sequence[str], noise: float | Non
     return true_colour(image, bands, noise=noise).astype(float) / 255.0
 
 
-def gallery_png(images: np.ndarray, table: pd.DataFrame, path: str | os.PathLike,
-            bands: Sequence[str] = ("g", "r", "i", "z"),
-            n: int = 24, columns: int = 6, title: str | None = None, classes: Sequence[str] | None = None) -> str:
+def gallery_png(
+    images: np.ndarray,
+    table: pd.DataFrame,
+    path: str | os.PathLike,
+    bands: Sequence[str] = ("g", "r", "i", "z"),
+    n: int = 24,
+    columns: int = 6,
+    title: str | None = None,
+    classes: Sequence[str] | None = None,
+) -> str:
     """Write a PNG grid of colour composites, each captioned with its parameters.
 
     Parameters
@@ -76,9 +83,11 @@ def gallery_png(images: np.ndarray, table: pd.DataFrame, path: str | os.PathLike
         ax.imshow(colour_composite(images[k], bands, noise=noise), origin="lower")
         r = table.iloc[k]
         if r.get("label", 0) == 1:
-            text = (f"LENS θE={r['theta_E']:.2f}\" μ={r['magnification']:.1f}\n"
-                    f"S/N{snr_band}={r[f'arc_snr_{snr_band}']:.0f} c={r.get(f'contrast_{snr_band}', np.nan):.2f} "
-                    f"src {snr_band}={r[f'mag_source_{snr_band}']:.1f}")
+            text = (
+                f'LENS θE={r["theta_E"]:.2f}" μ={r["magnification"]:.1f}\n'
+                f"S/N{snr_band}={r[f'arc_snr_{snr_band}']:.0f} c={r.get(f'contrast_{snr_band}', np.nan):.2f} "
+                f"src {snr_band}={r[f'mag_source_{snr_band}']:.1f}"
+            )
         else:
             label = int(r.get("label", 0))
             name = classes[label] if label < len(classes) else f"class {label}"
@@ -86,7 +95,7 @@ def gallery_png(images: np.ndarray, table: pd.DataFrame, path: str | os.PathLike
             text = f"{name} (real cutout)" if real else f"{name} mi={r.get('mag_lens_i', np.nan):.1f}"
         seeing = r.get(f"seeing_{snr_band}", np.nan)
         if np.isfinite(seeing):
-            text += f"\nseeing {snr_band} {seeing:.2f}\""
+            text += f'\nseeing {snr_band} {seeing:.2f}"'
         if np.isfinite(r.get("scene_n_galaxies", np.nan)):
             text += f" nbr {r['scene_n_galaxies']:.0f} star {r['scene_n_stars']:.0f}"
         ax.set_title(text, fontsize=6.5)

@@ -66,8 +66,11 @@ class Backgrounds:
     rows: np.ndarray = None  # type: ignore[assignment]
 
     def __post_init__(self):
-        rows = np.arange(len(self.images), dtype=np.int64) if self.rows is None else \
-            np.asarray(self.rows, dtype=np.int64).ravel()
+        rows = (
+            np.arange(len(self.images), dtype=np.int64)
+            if self.rows is None
+            else np.asarray(self.rows, dtype=np.int64).ravel()
+        )
         if rows.shape != (len(self.images),):
             raise InputError(f"{self.source}: {rows.size} row indices for {len(self.images)} cutouts")
         object.__setattr__(self, "rows", rows)
@@ -85,8 +88,9 @@ class Backgrounds:
     def select(self, rows) -> Backgrounds:
         """The cutouts at positions ``rows`` (into this set), keeping their original row indices."""
         idx = np.asarray(rows, dtype=np.int64).ravel()
-        return Backgrounds(np.ascontiguousarray(self.images[idx]), self.noise[idx], self.sigma_v[idx],
-                           self.source, self.rows[idx])
+        return Backgrounds(
+            np.ascontiguousarray(self.images[idx]), self.noise[idx], self.sigma_v[idx], self.source, self.rows[idx]
+        )
 
 
 def _crop(cube: np.ndarray, stamp: int, what: str) -> np.ndarray:
@@ -94,7 +98,7 @@ def _crop(cube: np.ndarray, stamp: int, what: str) -> np.ndarray:
     if h < stamp or w < stamp:
         raise InputError(f"{what}: stamps of {h}x{w} px are smaller than the simulation stamp {stamp} px")
     y0, x0 = (h - stamp) // 2, (w - stamp) // 2
-    return cube[..., y0:y0 + stamp, x0:x0 + stamp]
+    return cube[..., y0 : y0 + stamp, x0 : x0 + stamp]
 
 
 def header_pixel_scale(header) -> float | None:
@@ -111,8 +115,9 @@ def header_pixel_scale(header) -> float | None:
 
 
 @functools.lru_cache(maxsize=8)
-def load_backgrounds(source: str, bands: tuple, pixel_scale: float, stamp: int,
-                     rows: tuple | None = None) -> Backgrounds:
+def load_backgrounds(
+    source: str, bands: tuple, pixel_scale: float, stamp: int, rows: tuple | None = None
+) -> Backgrounds:
     """Read real cutouts from per-band FITS cubes or from a cutout store.
 
     Parameters
@@ -179,8 +184,11 @@ def real_galaxies_record(backgrounds: Backgrounds | None, negatives: Backgrounds
     first = sets[0]
     fps = list(dict.fromkeys(f for s in sets for f in s.fingerprints))  # in order, each galaxy once
     same = [s for s in sets if s.source == first.source]
-    out: dict[str, object] = {"source": first.source, "rows": sorted({int(r) for s in same for r in s.rows}),
-                              "fingerprints": fps}
+    out: dict[str, object] = {
+        "source": first.source,
+        "rows": sorted({int(r) for s in same for r in s.rows}),
+        "fingerprints": fps,
+    }
     other = [s for s in sets if s.source != first.source]
     if other:
         out["negatives"] = {"source": other[0].source, "rows": sorted(int(r) for r in other[0].rows)}
@@ -193,8 +201,9 @@ def _backgrounds_from_fits(folder, bands, pixel_scale, stamp):
     have = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(folder, "*.fits")))
     missing = [b for b in bands if b not in have]
     if missing:
-        raise InputError(f"background cubes in {folder!r} have bands {have}; the simulation needs "
-                         f"{list(bands)} (missing {missing})")
+        raise InputError(
+            f"background cubes in {folder!r} have bands {have}; the simulation needs {list(bands)} (missing {missing})"
+        )
     cubes = []
     for b in bands:
         path = os.path.join(folder, f"{b}.fits")
@@ -202,8 +211,7 @@ def _backgrounds_from_fits(folder, bands, pixel_scale, stamp):
             data, header = np.asarray(hdul[0].data, dtype=np.float32), hdul[0].header
         ps = header_pixel_scale(header)
         if ps is not None and abs(ps - pixel_scale) > 1e-3 * pixel_scale:
-            raise InputError(f"{path}: pixel scale {ps:.4f}\"/px does not match the simulation's "
-                             f"{pixel_scale:.4f}\"/px")
+            raise InputError(f'{path}: pixel scale {ps:.4f}"/px does not match the simulation\'s {pixel_scale:.4f}"/px')
         if data.ndim == 2:
             data = data[None]
         if data.ndim != 3:
@@ -229,8 +237,9 @@ def _backgrounds_from_store(url, bands, pixel_scale, stamp):
     if list(s.bands) != list(bands):
         raise InputError(f"background store {url!r} has bands {s.bands}; the simulation needs {list(bands)}")
     if abs(s.pixel_scale - pixel_scale) > 1e-3 * pixel_scale:
-        raise InputError(f"background store {url!r} has pixel scale {s.pixel_scale}\"/px; the simulation "
-                         f"needs {pixel_scale}\"/px")
+        raise InputError(
+            f'background store {url!r} has pixel scale {s.pixel_scale}"/px; the simulation needs {pixel_scale}"/px'
+        )
     imgs, sig = [], []
     lens = s.classes.index("lens") if "lens" in s.classes else None
     for t in s.written_tiles():
@@ -286,8 +295,9 @@ def load_cosmos(source: str) -> CosmosSources:
     from astropy.io import fits
 
     if os.path.isdir(source):
-        cats = [p for p in glob.glob(os.path.join(source, "real_galaxy_catalog_*.fits"))
-                if not p.endswith("_fits.fits")]
+        cats = [
+            p for p in glob.glob(os.path.join(source, "real_galaxy_catalog_*.fits")) if not p.endswith("_fits.fits")
+        ]
         if len(cats) != 1:
             raise InputError(f"expected one real_galaxy_catalog_*.fits in {source!r}, found {len(cats)}")
         cat_path = cats[0]

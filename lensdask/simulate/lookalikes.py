@@ -81,16 +81,26 @@ def draw_feature(rng: np.random.Generator, kind: str, bands: Sequence[str]) -> d
         raise ValueError(f"unknown look-alike {kind!r}; known: {KINDS}")
     p = {"fp_angle": float(rng.uniform(0, 2 * np.pi))}
     if kind == "ring":
-        p.update(fp_radius=rng.uniform(1.0, 3.0), fp_width=rng.uniform(0.15, 0.35), fp_q=rng.uniform(0.6, 1.0),
-                 fp_knots=float(rng.integers(1, 4)), fp_knot_amp=rng.uniform(0.3, 0.9),
-                 fp_knot_phase=rng.uniform(0, 2 * np.pi))
+        p.update(
+            fp_radius=rng.uniform(1.0, 3.0),
+            fp_width=rng.uniform(0.15, 0.35),
+            fp_q=rng.uniform(0.6, 1.0),
+            fp_knots=float(rng.integers(1, 4)),
+            fp_knot_amp=rng.uniform(0.3, 0.9),
+            fp_knot_phase=rng.uniform(0, 2 * np.pi),
+        )
         p.update(band_magnitudes(rng, bands, rng.uniform(20.5, 22.5), SOURCE_COLOURS, "mag_fp"))
     elif kind == "spiral":
         p.update(fp_scale=rng.uniform(0.8, 2.0), fp_pitch=np.radians(rng.uniform(12, 25)), fp_q=rng.uniform(0.6, 1.0))
         p.update(band_magnitudes(rng, bands, rng.uniform(19.5, 21.5), SOURCE_COLOURS, "mag_fp"))
     elif kind == "merger":
-        p.update(fp_offset=rng.uniform(1.5, 4.0), fp_R=rng.uniform(0.4, 1.2), fp_n=rng.uniform(1.5, 4.0),
-                 fp_q=rng.uniform(0.5, 1.0), fp_dmag=rng.uniform(0.0, 1.5))
+        p.update(
+            fp_offset=rng.uniform(1.5, 4.0),
+            fp_R=rng.uniform(0.4, 1.2),
+            fp_n=rng.uniform(1.5, 4.0),
+            fp_q=rng.uniform(0.5, 1.0),
+            fp_dmag=rng.uniform(0.0, 1.5),
+        )
     elif kind == "companion":
         p.update(fp_offset=rng.uniform(1.2, 3.0), fp_sigma=rng.uniform(0.1, 0.3))
         p.update(band_magnitudes(rng, bands, rng.uniform(21.0, 23.0), SOURCE_COLOURS, "mag_fp"))
@@ -103,11 +113,16 @@ def draw_feature(rng: np.random.Generator, kind: str, bands: Sequence[str]) -> d
         for k in range(GROUP_MAX):
             on = k < m
             r, a = rng.uniform(1.2, 4.5), rng.uniform(0, 2 * np.pi)
-            p.update({f"fp_x{k}": r * np.cos(a) if on else np.nan, f"fp_y{k}": r * np.sin(a) if on else np.nan,
-                      f"fp_R{k}": rng.uniform(0.3, 0.9) if on else np.nan,
-                      f"fp_n{k}": rng.uniform(1.5, 4.0) if on else np.nan,
-                      f"fp_q{k}": rng.uniform(0.5, 1.0) if on else np.nan,
-                      f"fp_dmag{k}": rng.uniform(0.3, 2.5) if on else np.nan})
+            p.update(
+                {
+                    f"fp_x{k}": r * np.cos(a) if on else np.nan,
+                    f"fp_y{k}": r * np.sin(a) if on else np.nan,
+                    f"fp_R{k}": rng.uniform(0.3, 0.9) if on else np.nan,
+                    f"fp_n{k}": rng.uniform(1.5, 4.0) if on else np.nan,
+                    f"fp_q{k}": rng.uniform(0.5, 1.0) if on else np.nan,
+                    f"fp_dmag{k}": rng.uniform(0.3, 2.5) if on else np.nan,
+                }
+            )
     return {k: float(v) for k, v in p.items()}
 
 
@@ -138,8 +153,9 @@ def feature_profile(kind: str, p: dict, stamp: int, pixel_scale: float) -> np.nd
     else:
         img = np.zeros_like(x)
         for k in range(int(p["fp_members"])):
-            one = sersic(x - p[f"fp_x{k}"], y - p[f"fp_y{k}"], p[f"fp_R{k}"], p[f"fp_n{k}"], p[f"fp_q{k}"],
-                         p["fp_angle"] + k)
+            one = sersic(
+                x - p[f"fp_x{k}"], y - p[f"fp_y{k}"], p[f"fp_R{k}"], p[f"fp_n{k}"], p[f"fp_q{k}"], p["fp_angle"] + k
+            )
             img += one / one.sum() * 10 ** (-0.4 * p[f"fp_dmag{k}"])
     return _bin(img, stamp)
 
@@ -170,8 +186,11 @@ def render_lookalike(
     elif kind == "group":
         # the members' total, from the first member's flux (0.3-2.5 mag fainter than the central galaxy)
         first = galaxy["mag_lens_i"] + feature["fp_dmag0"]
-        total = first - 2.5 * np.log10(sum(10 ** (-0.4 * (feature[f"fp_dmag{k}"] - feature["fp_dmag0"]))
-                                           for k in range(int(feature["fp_members"]))))
+        total = first - 2.5 * np.log10(
+            sum(
+                10 ** (-0.4 * (feature[f"fp_dmag{k}"] - feature["fp_dmag0"])) for k in range(int(feature["fp_members"]))
+            )
+        )
         feature.update(band_magnitudes(rng, bands, total, LENS_COLOURS, "mag_fp"))
     cand = renderer.candidate(galaxy, scene=None if scene_for is None else scene_for(galaxy))
     unit = feature_profile(kind, feature, renderer.stamp, renderer.pixel_scale)

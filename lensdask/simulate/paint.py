@@ -85,8 +85,10 @@ def paint_arcs(
         renderer = get_renderer(stamp=bg.images.shape[-1])
     bands = renderer.bands
     if bg.images.ndim != 4 or bg.images.shape[1:] != (len(bands), renderer.stamp, renderer.stamp):
-        raise ValueError(f"cutouts of shape {bg.images.shape[1:]} do not fit the renderer "
-                         f"({len(bands)} bands {bands}, {renderer.stamp} px)")
+        raise ValueError(
+            f"cutouts of shape {bg.images.shape[1:]} do not fit the renderer "
+            f"({len(bands)} bands {bands}, {renderer.stamp} px)"
+        )
     if not isinstance(constraints, Constraints):
         constraints = Constraints.from_config(constraints)
     if constraints.snr_band not in bands:
@@ -99,6 +101,7 @@ def paint_arcs(
 
     images, rows = [], []
     for i, key in zip(indices, keys):
+
         def propose(rng, k=i):
             # as run.simulate_rows' lenses on real backgrounds, with the galaxy fixed
             lens = {"lens_x": 0.0, "lens_y": 0.0, "background_index": float(k)}

@@ -230,10 +230,15 @@ def draw_lensed_source(
     out.update(band_magnitudes(rng, bands, draw_source_mag(rng), SOURCE_COLOURS, "mag_source"))
     if cosmos is not None:
         k = int(rng.integers(len(cosmos)))
-        out.update(source_index=float(k),
-                   source_pixel_scale=float(cosmos.pixel_scale[k] * rng.uniform(*COSMOS_SIZE_FACTOR)),
-                   source_angle=float(rng.uniform(0.0, 2 * np.pi)),
-                   source_R_sersic=np.nan, source_n_sersic=np.nan, source_e1=np.nan, source_e2=np.nan)
+        out.update(
+            source_index=float(k),
+            source_pixel_scale=float(cosmos.pixel_scale[k] * rng.uniform(*COSMOS_SIZE_FACTOR)),
+            source_angle=float(rng.uniform(0.0, 2 * np.pi)),
+            source_R_sersic=np.nan,
+            source_n_sersic=np.nan,
+            source_e1=np.nan,
+            source_e2=np.nan,
+        )
     else:
         out.update(source_index=np.nan, source_pixel_scale=np.nan, source_angle=np.nan)
     return out
@@ -264,12 +269,33 @@ def draw_redshifts(rng: np.random.Generator, sigma_v: float | None = None) -> di
 
 def lens_galaxy_keys(bands: Sequence[str]) -> list[str]:
     """Names of the parameters :func:`draw_lens_galaxy` returns."""
-    return ["lens_x", "lens_y", "lens_R_sersic", "lens_n_sersic", "lens_e1", "lens_e2",
-            *(f"mag_lens_{b}" for b in bands)]
+    return [
+        "lens_x",
+        "lens_y",
+        "lens_R_sersic",
+        "lens_n_sersic",
+        "lens_e1",
+        "lens_e2",
+        *(f"mag_lens_{b}" for b in bands),
+    ]
 
 
 def lensed_source_keys(bands: Sequence[str]) -> list[str]:
     """Names of the parameters :func:`draw_lensed_source` returns."""
-    return ["theta_E", "mass_e1", "mass_e2", "gamma1", "gamma2", "source_x", "source_y",
-            "source_R_sersic", "source_n_sersic", "source_e1", "source_e2",
-            *(f"mag_source_{b}" for b in bands), "source_index", "source_pixel_scale", "source_angle"]
+    return [
+        "theta_E",
+        "mass_e1",
+        "mass_e2",
+        "gamma1",
+        "gamma2",
+        "source_x",
+        "source_y",
+        "source_R_sersic",
+        "source_n_sersic",
+        "source_e1",
+        "source_e2",
+        *(f"mag_source_{b}" for b in bands),
+        "source_index",
+        "source_pixel_scale",
+        "source_angle",
+    ]

@@ -63,8 +63,13 @@ KWARGS_MODEL = kwargs_model("sersic")
 
 def _kwargs_lens(p: dict) -> list[dict]:
     return [
-        {"theta_E": p["theta_E"], "e1": p["mass_e1"], "e2": p["mass_e2"],
-         "center_x": p["lens_x"], "center_y": p["lens_y"]},
+        {
+            "theta_E": p["theta_E"],
+            "e1": p["mass_e1"],
+            "e2": p["mass_e2"],
+            "center_x": p["lens_x"],
+            "center_y": p["lens_y"],
+        },
         {"gamma1": p["gamma1"], "gamma2": p["gamma2"], "ra_0": p["lens_x"], "dec_0": p["lens_y"]},
     ]
 
@@ -72,21 +77,36 @@ def _kwargs_lens(p: dict) -> list[dict]:
 def _kwargs_source(p: dict, amp: float | None = 1.0, cosmos=None) -> list[dict]:
     if cosmos is not None and np.isfinite(p.get("source_index", np.nan)):
         k = int(p["source_index"])
-        kw = {"image": cosmos.images[k], "scale": p["source_pixel_scale"], "phi_G": p["source_angle"],
-              "center_x": p["source_x"], "center_y": p["source_y"]}
+        kw = {
+            "image": cosmos.images[k],
+            "scale": p["source_pixel_scale"],
+            "phi_G": p["source_angle"],
+            "center_x": p["source_x"],
+            "center_y": p["source_y"],
+        }
     else:
-        kw = {"R_sersic": p["source_R_sersic"], "n_sersic": p["source_n_sersic"],
-              "e1": p["source_e1"], "e2": p["source_e2"],
-              "center_x": p["source_x"], "center_y": p["source_y"]}
+        kw = {
+            "R_sersic": p["source_R_sersic"],
+            "n_sersic": p["source_n_sersic"],
+            "e1": p["source_e1"],
+            "e2": p["source_e2"],
+            "center_x": p["source_x"],
+            "center_y": p["source_y"],
+        }
     if amp is not None:
         kw["amp"] = amp
     return [kw]
 
 
 def _kwargs_lens_light(p: dict, amp: float | None = 1.0) -> list[dict]:
-    kw = {"R_sersic": p["lens_R_sersic"], "n_sersic": p["lens_n_sersic"],
-          "e1": p["lens_e1"], "e2": p["lens_e2"],
-          "center_x": p["lens_x"], "center_y": p["lens_y"]}
+    kw = {
+        "R_sersic": p["lens_R_sersic"],
+        "n_sersic": p["lens_n_sersic"],
+        "e1": p["lens_e1"],
+        "e2": p["lens_e2"],
+        "center_x": p["lens_x"],
+        "center_y": p["lens_y"],
+    }
     if amp is not None:
         kw["amp"] = amp
     return [kw]
@@ -158,8 +178,9 @@ class Candidate:
             self.background_rms[b], self.exposure_time[b] = renderer.noise_of(b, self.sky[b])
             if self.bg:
                 k = int(params["background_index"])
-                self.scale[b] = float(self.real_backgrounds().noise[k, renderer.bands.index(b)]
-                                      / self.background_rms[b])
+                self.scale[b] = float(
+                    self.real_backgrounds().noise[k, renderer.bands.index(b)] / self.background_rms[b]
+                )
             else:
                 self.scale[b] = 1.0
 
@@ -179,7 +200,8 @@ class Candidate:
             r, p = self.r, self.params
             ref = r.source_model_for(p)
             self._arc1 = ref.source_surface_brightness(
-                _kwargs_source(p, cosmos=r.cosmos), _kwargs_lens(p), unconvolved=True)
+                _kwargs_source(p, cosmos=r.cosmos), _kwargs_lens(p), unconvolved=True
+            )
             self._src_norm = ref.SourceModel.total_flux(_kwargs_source(p, None, cosmos=r.cosmos), norm=True)[0]
         return self._arc1
 
@@ -307,9 +329,18 @@ class Renderer:
         ``"des"``, ``"fixed"`` (lenstronomy's DES values) or a folder of sample files.
     """
 
-    def __init__(self, bands: Sequence[str], pixel_scale: float, stamp: int, coadd_years: int,
-                 supersampling: int, sources: str = "sersic", backgrounds: str | None = None,
-                 psf: str = "gaussian", conditions: str = "des"):
+    def __init__(
+        self,
+        bands: Sequence[str],
+        pixel_scale: float,
+        stamp: int,
+        coadd_years: int,
+        supersampling: int,
+        sources: str = "sersic",
+        backgrounds: str | None = None,
+        psf: str = "gaussian",
+        conditions: str = "des",
+    ):
         from lenstronomy.SimulationAPI.ObservationConfig.DES import DES
         from lenstronomy.SimulationAPI.sim_api import SimAPI
 
@@ -320,11 +351,13 @@ class Renderer:
         self.supersampling = int(supersampling)
         self.sources, self.backgrounds_path, self.psf_path = sources, backgrounds, psf
         self.conditions = conditions
-        self.kwargs_numerics = {"supersampling_factor": self.supersampling,
-                                "supersampling_convolution": False}
+        self.kwargs_numerics = {"supersampling_factor": self.supersampling, "supersampling_convolution": False}
         self.cosmos = None if sources == "sersic" else _inputs.load_cosmos(sources)
-        self.backgrounds = (None if backgrounds is None else
-                            _inputs.load_backgrounds(backgrounds, tuple(self.bands), self.pixel_scale, self.stamp))
+        self.backgrounds = (
+            None
+            if backgrounds is None
+            else _inputs.load_backgrounds(backgrounds, tuple(self.bands), self.pixel_scale, self.stamp)
+        )
         self.psfex = None if psf == "gaussian" else _inputs.load_psfex(psf)
         self.kwargs_band, self._sims, self._models, self._zp = {}, {}, {}, {}
         self.seeing, self.sky = {}, {}
@@ -343,8 +376,11 @@ class Renderer:
         self._ref = self._models[self.bands[0]]
         self._ref_cosmos = None
         if self.cosmos is not None:
-            sim = SimAPI(num_pix=self.stamp, kwargs_single_band=self.kwargs_band[self.bands[0]],
-                         kwargs_model=kwargs_model("cosmos"))
+            sim = SimAPI(
+                num_pix=self.stamp,
+                kwargs_single_band=self.kwargs_band[self.bands[0]],
+                kwargs_model=kwargs_model("cosmos"),
+            )
             self._ref_cosmos = sim.image_model_class(self.kwargs_numerics)
             self._interp_key: int | None = None
         self.fixed_conditions = {b: (self.seeing[b], self.sky[b]) for b in self.bands}
@@ -352,9 +388,11 @@ class Renderer:
         self.worst_seeing = max(self.seeing.values())
 
     def __repr__(self) -> str:
-        return (f"Renderer(bands={self.bands}, pixel_scale={self.pixel_scale}, stamp={self.stamp}, "
-                f"coadd_years={self.coadd_years}, supersampling={self.supersampling}, sources={self.sources!r}, "
-                f"backgrounds={self.backgrounds_path!r}, psf={self.psf_path!r}, conditions={self.conditions!r})")
+        return (
+            f"Renderer(bands={self.bands}, pixel_scale={self.pixel_scale}, stamp={self.stamp}, "
+            f"coadd_years={self.coadd_years}, supersampling={self.supersampling}, sources={self.sources!r}, "
+            f"backgrounds={self.backgrounds_path!r}, psf={self.psf_path!r}, conditions={self.conditions!r})"
+        )
 
     # -- per-system pieces ------------------------------------------------------------------
     def draw_conditions(self, rng: np.random.Generator) -> dict:
@@ -392,12 +430,14 @@ class Renderer:
         from lenstronomy.ImSim.Numerics.convolution import MultiGaussianConvolution, PixelKernelConvolution
 
         if self.psfex is not None:
-            return PixelKernelConvolution(self._psfex_kernel(params["psf_x"], params["psf_y"]),
-                                          convolution_type="fft_static")
+            return PixelKernelConvolution(
+                self._psfex_kernel(params["psf_x"], params["psf_y"]), convolution_type="fft_static"
+            )
         seeing = params[f"seeing_{band}"] if seeing is None else seeing
         sigma = seeing / (2 * np.sqrt(2 * np.log(2)))
-        return MultiGaussianConvolution([sigma], [1.0], self.pixel_scale, self.supersampling, False,
-                                        truncation=GAUSSIAN_TRUNCATION)
+        return MultiGaussianConvolution(
+            [sigma], [1.0], self.pixel_scale, self.supersampling, False, truncation=GAUSSIAN_TRUNCATION
+        )
 
     def source_model_for(self, params: dict):
         ref = self._ref_cosmos  # set when there are COSMOS sources (self.cosmos)
@@ -418,8 +458,9 @@ class Renderer:
         """
         return Candidate(self, params, backgrounds, scene)
 
-    def render(self, params: dict, rng: np.random.Generator, lensed: bool = True, backgrounds=None,
-               scene=None) -> Rendered:
+    def render(
+        self, params: dict, rng: np.random.Generator, lensed: bool = True, backgrounds=None, scene=None
+    ) -> Rendered:
         """Render one system.
 
         Parameters
@@ -454,7 +495,8 @@ class Renderer:
             if cand.bg:
                 # the cutout already holds its own sky and galaxy noise: add the arc, the scene and their Poisson noise
                 image[k] = cand.real_backgrounds().images[int(cand.params["background_index"]), k] + scale[k] * (
-                    added + np.sqrt(np.maximum(added, 0.0) / t) * noise[k])
+                    added + np.sqrt(np.maximum(added, 0.0) / t) * noise[k]
+                )
             else:
                 var = cand.background_rms[b] ** 2 + np.maximum(ll[k] + added, 0.0) / t
                 image[k] = ll[k] + added + np.sqrt(var) * noise[k]
@@ -476,8 +518,17 @@ class Renderer:
         return Rendered(image.astype(np.float32), ll, arc, derived, scale)
 
 
-def renderer_config(bands=None, pixel_scale=None, stamp=None, coadd_years=None, supersampling=None,
-                    sources=None, backgrounds=None, psf=None, conditions=None) -> tuple:
+def renderer_config(
+    bands=None,
+    pixel_scale=None,
+    stamp=None,
+    coadd_years=None,
+    supersampling=None,
+    sources=None,
+    backgrounds=None,
+    psf=None,
+    conditions=None,
+) -> tuple:
     """The renderer configuration, explicit values over ``lensdask.survey`` / ``lensdask.simulate``."""
     import os
 
@@ -505,16 +556,24 @@ _CACHE: dict[tuple, Renderer] = {}
 _LOCK = threading.Lock()
 
 
-def get_renderer(bands=None, pixel_scale=None, stamp=None, coadd_years=None, supersampling=None,
-                 sources=None, backgrounds=None, psf=None, conditions=None) -> Renderer:
+def get_renderer(
+    bands=None,
+    pixel_scale=None,
+    stamp=None,
+    coadd_years=None,
+    supersampling=None,
+    sources=None,
+    backgrounds=None,
+    psf=None,
+    conditions=None,
+) -> Renderer:
     """The process-wide :class:`Renderer` of a configuration, built on first use.
 
     Unset arguments come from the configuration (``survey.bands``, ``survey.pixel_scale``
     (arcsec/px), ``survey.stamp`` (px), ``simulate.coadd_years``, ``simulate.supersampling``,
     ``simulate.sources``, ``simulate.backgrounds``, ``simulate.psf``, ``simulate.conditions``).
     """
-    key = renderer_config(bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds, psf,
-                          conditions)
+    key = renderer_config(bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds, psf, conditions)
     r = _CACHE.get(key)
     if r is None:
         with _LOCK:
@@ -564,12 +623,19 @@ def reference_render(renderer: Renderer, params: dict, lensed: bool = True) -> n
     cosmos = renderer.cosmos if np.isfinite(p.get("source_index", np.nan)) else None
     out = np.empty((len(renderer.bands), renderer.stamp, renderer.stamp))
     for k, b in enumerate(renderer.bands):
-        kw = dict(renderer.kwargs_band[b], seeing=p[f"seeing_{b}"], sky_brightness=p[f"sky_{b}"],
-                  truncation=GAUSSIAN_TRUNCATION)
+        kw = dict(
+            renderer.kwargs_band[b],
+            seeing=p[f"seeing_{b}"],
+            sky_brightness=p[f"sky_{b}"],
+            truncation=GAUSSIAN_TRUNCATION,
+        )
         if renderer.psfex is not None:
             kw.update(psf_type="PIXEL", kernel_point_source=renderer._psfex_kernel(p["psf_x"], p["psf_y"]))
-        sim = SimAPI(num_pix=renderer.stamp, kwargs_single_band=kw,
-                     kwargs_model=kwargs_model("cosmos" if cosmos is not None else "sersic"))
+        sim = SimAPI(
+            num_pix=renderer.stamp,
+            kwargs_single_band=kw,
+            kwargs_model=kwargs_model("cosmos" if cosmos is not None else "sersic"),
+        )
         model = sim.image_model_class(renderer.kwargs_numerics)
         ll_mag = _kwargs_lens_light(p, None)
         ll_mag[0]["magnitude"] = p[f"mag_lens_{b}"]

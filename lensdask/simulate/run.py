@@ -69,7 +69,14 @@ def param_names(bands: Sequence[str]) -> list[str]:
         *(f"seeing_{b}" for b in bands),
         *(f"sky_{b}" for b in bands),
         *(f"contrast_{b}" for b in bands),
-        "n_images", "arc_extent", "background_index", "sigma_v", "z_lens", "z_source", "psf_x", "psf_y",
+        "n_images",
+        "arc_extent",
+        "background_index",
+        "sigma_v",
+        "z_lens",
+        "z_source",
+        "psf_x",
+        "psf_y",
         *SCENE_KEYS,
     ]
 
@@ -186,8 +193,9 @@ def simulate_rows(
         look-alike kinds in order) and the
         parameters of :func:`param_names` (NaN where not applicable).
     """
-    renderer = get_renderer(bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds, psf,
-                            conditions)
+    renderer = get_renderer(
+        bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds, psf, conditions
+    )
     bands = renderer.bands
     check_source(renderer.conditions, bands)
     negs = config.get("simulate.negatives", negatives) or renderer.backgrounds_path
@@ -195,13 +203,20 @@ def simulate_rows(
     neg_set = None
     if negs is not None:
         negs = negs if "://" in negs else os.path.abspath(negs)
-        neg_set = load_backgrounds(negs, tuple(bands), renderer.pixel_scale, renderer.stamp,
-                                   galaxy_rows(galaxies, negs, bands, renderer.pixel_scale, renderer.stamp))
+        neg_set = load_backgrounds(
+            negs,
+            tuple(bands),
+            renderer.pixel_scale,
+            renderer.stamp,
+            galaxy_rows(galaxies, negs, bands, renderer.pixel_scale, renderer.stamp),
+        )
     real_neg = config.get("simulate.real_negative_fraction", real_negative_fraction)
     real_neg = (1.0 if neg_set is not None else 0.0) if real_neg is None else float(real_neg)
     if real_neg > 0 and neg_set is None:
-        raise InputError(f"real_negative_fraction is {real_neg} but no real negatives were given "
-                         "(simulate.negatives or simulate.backgrounds)")
+        raise InputError(
+            f"real_negative_fraction is {real_neg} but no real negatives were given "
+            "(simulate.negatives or simulate.backgrounds)"
+        )
     lens_fraction = float(config.get("simulate.lens_fraction", lens_fraction))
     if not isinstance(constraints, Constraints):
         constraints = Constraints.from_config(constraints)
@@ -214,8 +229,13 @@ def simulate_rows(
     bg, bg_path = renderer.backgrounds, renderer.backgrounds_path  # bg was read from bg_path
     # the selected rows only; lens systems index into them
     if bg is not None and bg_path is not None and galaxies is not None:
-        bg = load_backgrounds(bg_path, tuple(bands), renderer.pixel_scale, renderer.stamp,
-                              galaxy_rows(galaxies, bg_path, bands, renderer.pixel_scale, renderer.stamp))
+        bg = load_backgrounds(
+            bg_path,
+            tuple(bands),
+            renderer.pixel_scale,
+            renderer.stamp,
+            galaxy_rows(galaxies, bg_path, bands, renderer.pixel_scale, renderer.stamp),
+        )
     theta_E_from = config.get("simulate.theta_E_from", theta_E_from)
     if theta_E_from not in ("sigma_v", "uniform"):
         raise ValueError(f"theta_E_from must be 'sigma_v' or 'uniform', got {theta_E_from!r}")
@@ -259,8 +279,22 @@ def simulate_rows(
     values = np.full((n, len(names)), np.nan)
     labels = np.zeros(n, dtype=np.int16)
     col = {name: k for k, name in enumerate(names)}
-    rows = _RowMaker(seed, stream, lens_fraction, propose, measure, renderer, constraints, max_draws, stats,
-                     neg_set, real_neg, scene, lookalike_fraction, lookalikes)
+    rows = _RowMaker(
+        seed,
+        stream,
+        lens_fraction,
+        propose,
+        measure,
+        renderer,
+        constraints,
+        max_draws,
+        stats,
+        neg_set,
+        real_neg,
+        scene,
+        lookalike_fraction,
+        lookalikes,
+    )
     for row, i in enumerate(indices):
         image, params, labels[row] = rows.make(i)
         images[row] = image
@@ -285,8 +319,15 @@ def check_lookalikes(lookalike_fraction: float, lookalikes) -> None:
         raise ValueError(f"lookalike_fraction must be in [0, 1], got {lookalike_fraction}")
 
 
-def row_scene(seed: int, index: int, stream: int | None, renderer, cfg: dict, central_mag_i: float | None = None,
-              real: bool = False):
+def row_scene(
+    seed: int,
+    index: int,
+    stream: int | None,
+    renderer,
+    cfg: dict,
+    central_mag_i: float | None = None,
+    real: bool = False,
+):
     """The scene of row ``index`` of a run (None when scenes are off, or for a real cutout with ``on_real`` off).
 
     Drawn from its own seed stream (:data:`SCENE_STREAM`), so a row's neighbours and stars do not
@@ -303,8 +344,23 @@ def row_scene(seed: int, index: int, stream: int | None, renderer, cfg: dict, ce
 class _RowMaker:
     """Makes row ``i`` of a run: a lens, a look-alike, a real negative or a modelled non-lens, in its scene."""
 
-    def __init__(self, seed, stream, lens_fraction, propose, measure, renderer, constraints, max_draws, stats,
-                 neg_set, real_neg, scene, lookalike_fraction, lookalikes):
+    def __init__(
+        self,
+        seed,
+        stream,
+        lens_fraction,
+        propose,
+        measure,
+        renderer,
+        constraints,
+        max_draws,
+        stats,
+        neg_set,
+        real_neg,
+        scene,
+        lookalike_fraction,
+        lookalikes,
+    ):
         self.seed, self.stream, self.lens_fraction = seed, stream, lens_fraction
         self.propose, self.measure, self.r = propose, measure, renderer
         self.constraints, self.max_draws, self.stats = constraints, max_draws, stats
@@ -320,8 +376,9 @@ class _RowMaker:
         r = self.r
         rng = row_rng(self.seed, i, self.stream)
         if rng.random() < self.lens_fraction:
-            params, cand = sample_lens(rng, self.propose, self.measure, self.constraints, r.worst_seeing,
-                                       self.max_draws, self.stats)
+            params, cand = sample_lens(
+                rng, self.propose, self.measure, self.constraints, r.worst_seeing, self.max_draws, self.stats
+            )
             cand.scene = self.scene(i, params.get("mag_lens_i"), real=cand.bg)
             out = cand.finish(rng)
             return out.image, {**params, **out.derived}, 1
@@ -329,10 +386,12 @@ class _RowMaker:
             lrng = row_rng(self.seed, i, LOOKALIKE_ROWS_STREAM ^ (self.stream or 0))
             if lrng.random() < self.p_lookalike:
                 kind = self.lookalikes[int(lrng.integers(len(self.lookalikes)))]
-                image, params = render_lookalike(r, lrng, kind,
-                                                 scene_for=lambda g: self.scene(i, g.get("mag_lens_i")))
-                return image, {k: v for k, v in params.items() if not k.startswith("fp_") and
-                               not k.startswith("mag_fp_")}, self.classes.index(kind)
+                image, params = render_lookalike(r, lrng, kind, scene_for=lambda g: self.scene(i, g.get("mag_lens_i")))
+                return (
+                    image,
+                    {k: v for k, v in params.items() if not k.startswith("fp_") and not k.startswith("mag_fp_")},
+                    self.classes.index(kind),
+                )
         if self.real_neg > 0 and rng.random() < self.real_neg:
             k = int(rng.integers(len(self.neg_set)))
             params = {"background_index": float(k), "sigma_v": float(self.neg_set.sigma_v[k])}
@@ -416,22 +475,38 @@ class SimulationFailedError(LensdaskError):
     def __init__(self, url: str, failures: pd.DataFrame, n_tiles: int):
         self.url = url
         self.failures = failures
-        super().__init__(f"{len(failures)} of {n_tiles} tiles failed: "
-                         + "; ".join(f"{r.tile}: {r.error}" for r in failures.itertuples()))
+        super().__init__(
+            f"{len(failures)} of {n_tiles} tiles failed: "
+            + "; ".join(f"{r.tile}: {r.error}" for r in failures.itertuples())
+        )
 
 
-def resolve_sim_kwargs(lens_fraction=None, constraints=None, max_draws=None, *, sources=None, backgrounds=None,
-                       psf=None, conditions=None, negatives=None, real_negative_fraction=None,
-                       lookalike_fraction=None, lookalikes=None, background_fraction=None, scene=None,
-                       galaxies=None) -> dict:
+def resolve_sim_kwargs(
+    lens_fraction=None,
+    constraints=None,
+    max_draws=None,
+    *,
+    sources=None,
+    backgrounds=None,
+    psf=None,
+    conditions=None,
+    negatives=None,
+    real_negative_fraction=None,
+    lookalike_fraction=None,
+    lookalikes=None,
+    background_fraction=None,
+    scene=None,
+    galaxies=None,
+) -> dict:
     """Resolve every configured value now (worker processes do not see ``dask.config.set``).
 
     Paths become absolute, and the inputs they name are read once here, so a missing or
     mismatched file fails before any task is submitted. ``galaxies`` (config
     ``simulate.galaxies``) becomes ``"all"`` or the explicit list of selected rows.
     """
-    (bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds, psf,
-     conditions) = renderer_config(None, None, None, None, None, sources, backgrounds, psf, conditions)
+    (bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds, psf, conditions) = renderer_config(
+        None, None, None, None, None, sources, backgrounds, psf, conditions
+    )
     if not isinstance(constraints, Constraints):
         constraints = Constraints.from_config(constraints)
     if constraints.snr_band not in bands:
@@ -443,11 +518,18 @@ def resolve_sim_kwargs(lens_fraction=None, constraints=None, max_draws=None, *, 
         lens_fraction=float(config.get("simulate.lens_fraction", lens_fraction)),
         constraints=constraints,
         max_draws=int(config.get("simulate.max_draws_per_lens", max_draws)),
-        bands=list(bands), pixel_scale=pixel_scale, stamp=stamp, coadd_years=coadd_years,
-        supersampling=supersampling, sources=sources, backgrounds=backgrounds, psf=psf, conditions=conditions,
+        bands=list(bands),
+        pixel_scale=pixel_scale,
+        stamp=stamp,
+        coadd_years=coadd_years,
+        supersampling=supersampling,
+        sources=sources,
+        backgrounds=backgrounds,
+        psf=psf,
+        conditions=conditions,
         theta_E_from=config.get("simulate.theta_E_from"),
-        negatives=negatives, real_negative_fraction=config.get("simulate.real_negative_fraction",
-                                                               real_negative_fraction),
+        negatives=negatives,
+        real_negative_fraction=config.get("simulate.real_negative_fraction", real_negative_fraction),
         scene=dict(config.get("simulate.scene", scene)),
         lookalike_fraction=float(config.get("simulate.lookalike_fraction", lookalike_fraction)),
         lookalikes=list(config.get("simulate.lookalikes", lookalikes)),
@@ -457,8 +539,9 @@ def resolve_sim_kwargs(lens_fraction=None, constraints=None, max_draws=None, *, 
     if not 0.0 <= kw["background_fraction"] <= 1.0:
         raise ValueError(f"background_fraction must be in [0, 1], got {kw['background_fraction']}")
     check_source(conditions, bands)
-    get_renderer(*renderer_config(bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds,
-                                  psf, conditions))  # reads and checks the inputs now
+    get_renderer(
+        *renderer_config(bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds, psf, conditions)
+    )  # reads and checks the inputs now
     if negatives is not None:
         load_backgrounds(negatives, tuple(bands), pixel_scale, stamp)
     kw["galaxies"] = _resolve_galaxies(config.get("simulate.galaxies", galaxies), kw)
@@ -471,8 +554,10 @@ def _resolve_galaxies(galaxies, kw) -> str | list[int]:
         return "all"
     sources = [p for p in (kw["backgrounds"], kw["negatives"]) if p is not None]
     if not sources:
-        raise InputError(f"galaxies {galaxies!r} selects real cutouts, but the simulation has none "
-                         "(give simulate.backgrounds or simulate.negatives)")
+        raise InputError(
+            f"galaxies {galaxies!r} selects real cutouts, but the simulation has none "
+            "(give simulate.backgrounds or simulate.negatives)"
+        )
     args = (tuple(kw["bands"]), kw["pixel_scale"], kw["stamp"])
     selected = galaxy_rows(galaxies, sources[0], *args)
     assert selected is not None  # None means all rows, and galaxies is not None or "all" here
@@ -488,8 +573,10 @@ def real_galaxies(sim_kwargs: dict) -> dict | None:
     every real background and negative it may use; None when it uses none."""
     args = (tuple(sim_kwargs["bands"]), sim_kwargs["pixel_scale"], sim_kwargs["stamp"])
     sel = sim_kwargs.get("galaxies", "all")
-    bg, neg = (None if p is None else load_backgrounds(p, *args, galaxy_rows(sel, p, *args))
-               for p in (sim_kwargs["backgrounds"], sim_kwargs["negatives"] or sim_kwargs["backgrounds"]))
+    bg, neg = (
+        None if p is None else load_backgrounds(p, *args, galaxy_rows(sel, p, *args))
+        for p in (sim_kwargs["backgrounds"], sim_kwargs["negatives"] or sim_kwargs["backgrounds"])
+    )
     return real_galaxies_record(bg, neg)
 
 
@@ -573,28 +660,61 @@ def simulate(
     url = absolute_url(out)
     size = int(config.get("simulate.partition_size", partition_size))
     n_tiles = math.ceil(n / size)
-    sim_kwargs = resolve_sim_kwargs(lens_fraction, constraints, max_draws, sources=sources,
-                                    backgrounds=backgrounds, psf=psf, conditions=conditions, negatives=negatives,
-                                    real_negative_fraction=real_negative_fraction,
-                                    lookalike_fraction=lookalike_fraction, lookalikes=lookalikes,
-                                    background_fraction=background_fraction, galaxies=galaxies)
+    sim_kwargs = resolve_sim_kwargs(
+        lens_fraction,
+        constraints,
+        max_draws,
+        sources=sources,
+        backgrounds=backgrounds,
+        psf=psf,
+        conditions=conditions,
+        negatives=negatives,
+        real_negative_fraction=real_negative_fraction,
+        lookalike_fraction=lookalike_fraction,
+        lookalikes=lookalikes,
+        background_fraction=background_fraction,
+        galaxies=galaxies,
+    )
     prov = make_provenance(
-        None, seed=int(seed), n=n, partition_size=size,
+        None,
+        seed=int(seed),
+        n=n,
+        partition_size=size,
         lens_fraction=sim_kwargs["lens_fraction"],
         constraints=sim_kwargs["constraints"].as_dict(),
         max_draws_per_lens=sim_kwargs["max_draws"],
-        coadd_years=sim_kwargs["coadd_years"], supersampling=sim_kwargs["supersampling"],
-        **{k: sim_kwargs[k] for k in ("sources", "backgrounds", "psf", "conditions", "negatives",
-                                      "real_negative_fraction", "lookalike_fraction", "lookalikes",
-                                      "background_fraction", "scene", "galaxies")},
+        coadd_years=sim_kwargs["coadd_years"],
+        supersampling=sim_kwargs["supersampling"],
+        **{
+            k: sim_kwargs[k]
+            for k in (
+                "sources",
+                "backgrounds",
+                "psf",
+                "conditions",
+                "negatives",
+                "real_negative_fraction",
+                "lookalike_fraction",
+                "lookalikes",
+                "background_fraction",
+                "scene",
+                "galaxies",
+            )
+        },
         real_galaxies=real_galaxies(sim_kwargs),
     )
     tiles = [f"sim-{t:06d}" for t in range(n_tiles)]
     create_store(
-        url, tiles=tiles, capacity=min(size, n),
-        bands=sim_kwargs["bands"], pixel_scale=sim_kwargs["pixel_scale"], stamp=sim_kwargs["stamp"],
+        url,
+        tiles=tiles,
+        capacity=min(size, n),
+        bands=sim_kwargs["bands"],
+        pixel_scale=sim_kwargs["pixel_scale"],
+        stamp=sim_kwargs["stamp"],
         classes=store_classes(sim_kwargs["lookalike_fraction"], sim_kwargs["lookalikes"]),
-        params=param_names(sim_kwargs["bands"]), provenance=prov, overwrite=overwrite,
+        params=param_names(sim_kwargs["bands"]),
+        provenance=prov,
+        overwrite=overwrite,
     )
     from ..cluster import current_client
 

@@ -41,8 +41,14 @@ RED_COLOURS = {"g-r": (1.0, 1.6), "r-i": (0.35, 0.65), "i-z": (0.15, 0.4)}
 BLUE_COLOURS = {"g-r": (0.2, 0.8), "r-i": (0.05, 0.45), "i-z": (-0.05, 0.3)}
 """Uniform colour ranges (mag) of blue (star-forming) field galaxies."""
 
-SCENE_KEYS = ("scene_n_galaxies", "scene_n_satellites", "scene_n_stars", "scene_brightest_mag_i",
-              "scene_brightest_dist", "scene_n_saturated")
+SCENE_KEYS = (
+    "scene_n_galaxies",
+    "scene_n_satellites",
+    "scene_n_stars",
+    "scene_brightest_mag_i",
+    "scene_brightest_dist",
+    "scene_n_saturated",
+)
 """Per-row parameters recording what a scene placed (see :meth:`Scene.summary`)."""
 
 
@@ -140,8 +146,9 @@ class Scene:
         gx, gy = np.meshgrid(c, c)
         for k in range(n_obj):
             if self.kind[k] == KIND_STAR:
-                _deposit_point(out[k], self.x[k] / pixel_scale + (stamp - 1) / 2,
-                               self.y[k] / pixel_scale + (stamp - 1) / 2)
+                _deposit_point(
+                    out[k], self.x[k] / pixel_scale + (stamp - 1) / 2, self.y[k] / pixel_scale + (stamp - 1) / 2
+                )
                 continue
             # evaluated within 10 half-light radii (>= 95% of the flux for n <= 4.5): faint galaxies are small
             h = max(10.0 * self.R[k], 1.0) / pixel_scale
@@ -156,8 +163,9 @@ class Scene:
             out[k, y0:y1, x0:x1] = img * pixel_scale**2 / sersic_total(self.R[k], self.n[k], self.q[k])
         return out
 
-    def outside_light(self, band_index: int, counts: np.ndarray, stamp: int, pixel_scale: float,
-                      seeing: float) -> np.ndarray:
+    def outside_light(
+        self, band_index: int, counts: np.ndarray, stamp: int, pixel_scale: float, seeing: float
+    ) -> np.ndarray:
         """Light on the stamp that the stamp-sized PSF convolution cannot make (counts per pixel).
 
         Stars centred off the stamp (a Gaussian core of FWHM ``seeing``, arcsec) and the Moffat
@@ -292,8 +300,14 @@ def _galaxy_shapes(rng, mag_i, red):
     return R, sn, q, phi
 
 
-def draw_scene(rng: np.random.Generator, bands: Sequence[str], stamp: int, pixel_scale: float, cfg: dict,
-               central_mag_i: float | None = None) -> Scene:
+def draw_scene(
+    rng: np.random.Generator,
+    bands: Sequence[str],
+    stamp: int,
+    pixel_scale: float,
+    cfg: dict,
+    central_mag_i: float | None = None,
+) -> Scene:
     """Draw the neighbours and stars of one stamp.
 
     Parameters
@@ -330,8 +344,9 @@ def draw_scene(rng: np.random.Generator, bands: Sequence[str], stamp: int, pixel
     kinds.append(np.full(nf, KIND_FIELD))
     xs.append(rng.uniform(-side / 2, side / 2, nf))
     ys.append(rng.uniform(-side / 2, side / 2, nf))
-    mags.append(np.where(red[:, None], _colours(rng, nf, RED_COLOURS, mi, bands),
-                         _colours(rng, nf, BLUE_COLOURS, mi, bands)))
+    mags.append(
+        np.where(red[:, None], _colours(rng, nf, RED_COLOURS, mi, bands), _colours(rng, nf, BLUE_COLOURS, mi, bands))
+    )
     shapes.append(_galaxy_shapes(rng, mi, red))
 
     # satellites of a modelled central galaxy
@@ -347,8 +362,11 @@ def draw_scene(rng: np.random.Generator, bands: Sequence[str], stamp: int, pixel
         kinds.append(np.full(ns, KIND_SATELLITE))
         xs.append(r * np.cos(a))
         ys.append(r * np.sin(a))
-        mags.append(np.where(red[:, None], _colours(rng, ns, RED_COLOURS, mi, bands),
-                             _colours(rng, ns, BLUE_COLOURS, mi, bands)))
+        mags.append(
+            np.where(
+                red[:, None], _colours(rng, ns, RED_COLOURS, mi, bands), _colours(rng, ns, BLUE_COLOURS, mi, bands)
+            )
+        )
         shapes.append(_galaxy_shapes(rng, mi, red))
 
     # stars (density per deg^2), over a wider area: off-stamp bright stars still throw wings on it
@@ -370,10 +388,21 @@ def draw_scene(rng: np.random.Generator, bands: Sequence[str], stamp: int, pixel
     shapes.append((nan, nan, nan, nan))
 
     R, n, q, phi = (np.concatenate([sh[j] for sh in shapes]) for j in range(4))
-    return Scene(kind=np.concatenate(kinds).astype(np.int8), x=np.concatenate(xs), y=np.concatenate(ys),
-                 mag=np.concatenate(mags, axis=0), R=R, n=n, q=q, phi=phi, bands=bands, half=half,
-                 saturation=float(s["saturation"]), wing_fraction=float(s["wing_fraction"]),
-                 wing_fwhm=float(s["wing_fwhm"]))
+    return Scene(
+        kind=np.concatenate(kinds).astype(np.int8),
+        x=np.concatenate(xs),
+        y=np.concatenate(ys),
+        mag=np.concatenate(mags, axis=0),
+        R=R,
+        n=n,
+        q=q,
+        phi=phi,
+        bands=bands,
+        half=half,
+        saturation=float(s["saturation"]),
+        wing_fraction=float(s["wing_fraction"]),
+        wing_fwhm=float(s["wing_fwhm"]),
+    )
 
 
 def empty_summary() -> dict:

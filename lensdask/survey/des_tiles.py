@@ -60,7 +60,11 @@ def des_layout(directory: str | os.PathLike, mask_bits: int | None = None) -> di
     pattern = os.path.join(os.fspath(directory), config.get("ingest.des.pattern") or PATTERN)
     bits = config.get("ingest.des.mask_bits", mask_bits)
     return dict(
-        images=pattern, weights=pattern, masks=pattern,
-        hdu=HDUS["image"], weights_hdu=HDUS["weight"], masks_hdu=HDUS["mask"],
+        images=pattern,
+        weights=pattern,
+        masks=pattern,
+        hdu=HDUS["image"],
+        weights_hdu=HDUS["weight"],
+        masks_hdu=HDUS["mask"],
         mask_bits=MASK_BITS if bits is None else int(bits),
     )

@@ -66,8 +66,11 @@ def ingest_gallery(store, path: str | os.PathLike, *, n: int = 12, columns: int 
         f = int(table["flags"].iloc[r])
         what = ", ".join(w for bit, w in ((FLAG_EDGE, "edge"), (FLAG_MASKED, "masked")) if f & bit) or "clean"
         ax.set_title(f"{table['object_id'].iloc[r]}\n{what}", fontsize=7)
-    fig.suptitle(f"{store.tiles[t]}: {len(rows)} of {len(table)} stamps ({''.join(store.bands)}, "
-                 f"{store.stamp} px at {store.pixel_scale}\"/px)", fontsize=8)
+    fig.suptitle(
+        f"{store.tiles[t]}: {len(rows)} of {len(table)} stamps ({''.join(store.bands)}, "
+        f'{store.stamp} px at {store.pixel_scale}"/px)',
+        fontsize=8,
+    )
     fig.tight_layout()
     path = os.fspath(path)
     fig.savefig(path, dpi=110)

@@ -264,13 +264,15 @@ def _expand_images(images, bands, tiles, what: str = "image") -> tuple[dict[str,
 
     problems: dict[str, str] = {}
     if isinstance(images, Mapping):
-        files: dict[str, dict[str, str]] = {
-            str(t): {b: os.fspath(p) for b, p in v.items()} for t, v in images.items()}
+        files: dict[str, dict[str, str]] = {str(t): {b: os.fspath(p) for b, p in v.items()} for t, v in images.items()}
         if tiles is not None:
             files = {t: files.get(t, {}) for t in tiles}
         for t, fb in files.items():
-            gone = [f"{b}: no {what} file" if b not in fb else f"{b}: no file {fb[b]}"
-                    for b in bands if b not in fb or not os.path.exists(fb[b])]
+            gone = [
+                f"{b}: no {what} file" if b not in fb else f"{b}: no file {fb[b]}"
+                for b in bands
+                if b not in fb or not os.path.exists(fb[b])
+            ]
             if gone:
                 problems[t] = f"band {gone[0]}" + (f" (and {len(gone) - 1} more bands)" if len(gone) > 1 else "")
         return {t: fb for t, fb in files.items() if t not in problems}, problems
@@ -307,9 +309,13 @@ def _band_planes(files, weights, masks, band, hdu, weights_hdu, masks_hdu, mask_
     from .planes import BandPlanes
 
     return BandPlanes(
-        files[band], (weights or {}).get(band), (masks or {}).get(band), hdu=hdu,
+        files[band],
+        (weights or {}).get(band),
+        (masks or {}).get(band),
+        hdu=hdu,
         weight_hdu=weights_hdu if weights_hdu is not None else hdu,
-        mask_hdu=masks_hdu if masks_hdu is not None else hdu, mask_bits=mask_bits,
+        mask_hdu=masks_hdu if masks_hdu is not None else hdu,
+        mask_bits=mask_bits,
     )
 
 
@@ -426,10 +432,12 @@ def ingest_fits_tile(
         for p in planes:
             p.close()
     return {
-        "tile": store.tiles[tile], "rows": int(n),
+        "tile": store.tiles[tile],
+        "rows": int(n),
         "edge_rows": int(((flags & FLAG_EDGE) != 0).sum()),
         "masked_rows": int(((flags & FLAG_MASKED) != 0).sum()),
-        "off_image_rows": int(off.sum()), "strip_rows": stats["strip_rows"],
+        "off_image_rows": int(off.sum()),
+        "strip_rows": stats["strip_rows"],
         "seconds": round(time.perf_counter() - t0, 3),
     }
 
@@ -554,8 +562,14 @@ class IngestReport:
     def summary(self) -> dict:
         keys = ("rows", "edge_rows", "masked_rows", "off_image_rows")
         out = {k: sum(t.get(k, 0) for t in self.tiles) for k in keys}
-        out.update(tiles_written=len(self.tiles), tiles_failed=self.failures["tile"].tolist(), objects=self.objects,
-                   outside=self.outside, outside_tiles=self.outside_tiles, seconds=self.seconds)
+        out.update(
+            tiles_written=len(self.tiles),
+            tiles_failed=self.failures["tile"].tolist(),
+            objects=self.objects,
+            outside=self.outside,
+            outside_tiles=self.outside_tiles,
+            seconds=self.seconds,
+        )
         return out
 
 
@@ -677,15 +691,36 @@ def ingest(
     from ..cluster import current_client
 
     t_start = time.perf_counter()
-    opts = _resolve_options(images=images, weights=weights, masks=masks, des_tiles=des_tiles, cubes=cubes,
-                            arrays=arrays, bands=bands, stamp=stamp, pixel_scale=pixel_scale, hdu=hdu,
-                            weights_hdu=weights_hdu, masks_hdu=masks_hdu, mask_bits=mask_bits, mask_fill=mask_fill,
-                            block_rows=block_rows)
+    opts = _resolve_options(
+        images=images,
+        weights=weights,
+        masks=masks,
+        des_tiles=des_tiles,
+        cubes=cubes,
+        arrays=arrays,
+        bands=bands,
+        stamp=stamp,
+        pixel_scale=pixel_scale,
+        hdu=hdu,
+        weights_hdu=weights_hdu,
+        masks_hdu=masks_hdu,
+        mask_bits=mask_bits,
+        mask_fill=mask_fill,
+        block_rows=block_rows,
+    )
     out = _store_location(out)
     client = client if client is not None else current_client()
-    store_args = dict(bands=opts.bands, pixel_scale=opts.pixel_scale, stamp=opts.stamp, overwrite=overwrite,
-                      provenance=provenance(inputs=_input_names(images=opts.images, catalog=catalog, cubes=cubes,
-                                                                arrays=arrays, table=table, des_tiles=des_tiles)))
+    store_args = dict(
+        bands=opts.bands,
+        pixel_scale=opts.pixel_scale,
+        stamp=opts.stamp,
+        overwrite=overwrite,
+        provenance=provenance(
+            inputs=_input_names(
+                images=opts.images, catalog=catalog, cubes=cubes, arrays=arrays, table=table, des_tiles=des_tiles
+            )
+        ),
+    )
     report = IngestReport(store=None)
     if opts.images is not None:
         plan = _plan_fits_tiles(out, opts, catalog, tiles, store_args, report)
@@ -738,8 +773,24 @@ class _Options:
     block_rows: int | None
 
 
-def _resolve_options(*, images, weights, masks, des_tiles, cubes, arrays, bands, stamp, pixel_scale, hdu,
-                     weights_hdu, masks_hdu, mask_bits, mask_fill, block_rows) -> _Options:
+def _resolve_options(
+    *,
+    images,
+    weights,
+    masks,
+    des_tiles,
+    cubes,
+    arrays,
+    bands,
+    stamp,
+    pixel_scale,
+    hdu,
+    weights_hdu,
+    masks_hdu,
+    mask_bits,
+    mask_fill,
+    block_rows,
+) -> _Options:
     """Fill :func:`ingest`'s options from ``des_tiles`` and the configuration, and check them.
 
     Raises
@@ -777,8 +828,9 @@ def _resolve_options(*, images, weights, masks, des_tiles, cubes, arrays, bands,
         raise LensdaskError(f"unknown mask_fill {mask_fill!r}; use {' or '.join(MASK_FILLS)}")
     if sum(v is not None for v in (images, cubes, arrays)) != 1:
         raise LensdaskError("give exactly one of images (with a catalogue), des_tiles, cubes or arrays")
-    return _Options(images, weights, masks, bands, stamp, pixel_scale, hdu, weights_hdu, masks_hdu, mask_bits,
-                    mask_fill, block_rows)
+    return _Options(
+        images, weights, masks, bands, stamp, pixel_scale, hdu, weights_hdu, masks_hdu, mask_bits, mask_fill, block_rows
+    )
 
 
 def _store_location(out) -> str:
@@ -789,8 +841,11 @@ def _store_location(out) -> str:
 
 def _input_names(**inputs) -> dict:
     """The inputs given, for the store's provenance: paths as text, other objects by type name."""
-    return {k: (os.fspath(v) if isinstance(v, (str, os.PathLike)) else type(v).__name__)
-            for k, v in inputs.items() if v is not None}
+    return {
+        k: (os.fspath(v) if isinstance(v, (str, os.PathLike)) else type(v).__name__)
+        for k, v in inputs.items()
+        if v is not None
+    }
 
 
 @dataclass
@@ -853,8 +908,11 @@ def _find_tile_files(opts: _Options, tiles: list[str] | None) -> _TileFiles:
     names = sorted(set(files) | set(problems)) if not isinstance(images, Mapping) else list(files) + list(problems)
     if tiles is not None:
         names = [t for t in tiles if t in names]
-    check_names(names, source=f"the tiles matching {images!r}" if isinstance(images, str) else "the tile images",
-                rows=range(1, len(names) + 1))
+    check_names(
+        names,
+        source=f"the tiles matching {images!r}" if isinstance(images, str) else "the tile images",
+        rows=range(1, len(names) + 1),
+    )
     wfiles: dict[str, dict[str, str]] = {}
     mfiles: dict[str, dict[str, str]] = {}
     for extra, kind, into in ((opts.weights, "weight", wfiles), (opts.masks, "mask", mfiles)):
@@ -890,13 +948,22 @@ def _check_first_tile(opts: _Options, found: _TileFiles) -> None:
     for t in found.good:
         try:
             for b in bands:
-                with _band_planes(found.images[t], found.weights.get(t), found.masks.get(t), b, opts.hdu,
-                                  opts.weights_hdu, opts.masks_hdu, opts.mask_bits) as planes:
+                with _band_planes(
+                    found.images[t],
+                    found.weights.get(t),
+                    found.masks.get(t),
+                    b,
+                    opts.hdu,
+                    opts.weights_hdu,
+                    opts.masks_hdu,
+                    opts.mask_bits,
+                ) as planes:
                     if b == bands[0]:
                         scale = float(np.mean(proj_plane_pixel_scales(planes.wcs)) * 3600.0)
                         if abs(scale / opts.pixel_scale - 1) > 0.05:
-                            raise LensdaskError(f"the images are at {scale:.4f} arcsec/px, the store at "
-                                                f"{opts.pixel_scale} arcsec/px")
+                            raise LensdaskError(
+                                f"the images are at {scale:.4f} arcsec/px, the store at {opts.pixel_scale} arcsec/px"
+                            )
                     planes.check()
         except PlaneError as exc:
             raise LensdaskError(f"{exc} (tile {t}; nothing was written)") from None
@@ -952,15 +1019,29 @@ def _plan_fits_tiles(out: str, opts: _Options, catalog, tiles, store_args: dict,
     create_store(out, tiles=names, capacity=max([len(per[t]) for t in good] + [1]), **store_args)
     plan = _Plan(names, problems=found.problems)
     for t in good:
-        plan.jobs.append((t, ingest_fits_tile, (out, names.index(t), found.images[t], per[t]),
-                          dict(weights=found.weights.get(t), masks=found.masks.get(t), hdu=opts.hdu,
-                               weights_hdu=opts.weights_hdu, masks_hdu=opts.masks_hdu, mask_bits=opts.mask_bits,
-                               mask_fill=opts.mask_fill, block_rows=opts.block_rows)))
+        plan.jobs.append(
+            (
+                t,
+                ingest_fits_tile,
+                (out, names.index(t), found.images[t], per[t]),
+                dict(
+                    weights=found.weights.get(t),
+                    masks=found.masks.get(t),
+                    hdu=opts.hdu,
+                    weights_hdu=opts.weights_hdu,
+                    masks_hdu=opts.masks_hdu,
+                    mask_bits=opts.mask_bits,
+                    mask_fill=opts.mask_fill,
+                    block_rows=opts.block_rows,
+                ),
+            )
+        )
     return plan
 
 
-def _plan_cutout_tiles(out: str, opts: _Options, cubes, arrays, table, per_tile, tile_prefix: str, store_args: dict,
-                       report: IngestReport) -> _Plan:
+def _plan_cutout_tiles(
+    out: str, opts: _Options, cubes, arrays, table, per_tile, tile_prefix: str, store_args: dict, report: IngestReport
+) -> _Plan:
     """Load the cutouts, group them into tiles, create the store, and plan one :func:`ingest_cutout_tile` task each.
 
     Rows go to the tiles of a ``tile`` column when the table has one, else ``per_tile`` at a time
@@ -1005,8 +1086,14 @@ def _plan_cutout_tiles(out: str, opts: _Options, cubes, arrays, table, per_tile,
     create_store(out, tiles=names, capacity=max([len(g) for g in groups] + [1]), **store_args)
     plan = _Plan(names)
     for i, g in enumerate(groups):
-        plan.jobs.append((names[i], ingest_cutout_tile,
-                          (out, i, np.asarray(pix[g]), rows.iloc[g].drop(columns="tile", errors="ignore")), {}))
+        plan.jobs.append(
+            (
+                names[i],
+                ingest_cutout_tile,
+                (out, i, np.asarray(pix[g]), rows.iloc[g].drop(columns="tile", errors="ignore")),
+                {},
+            )
+        )
     return plan
 
 
@@ -1042,8 +1129,9 @@ def _run_plan(out: str, plan: _Plan, report: IngestReport, client, progress: boo
     from ..fanout import run_tiles
 
     names = plan.names
-    results, failed = run_tiles(plan.jobs, client=client, progress=progress, desc="ingest", key_prefix="ingest-tile",
-                                register_setup=False)  # set up in the first task: see run_tiles
+    results, failed = run_tiles(
+        plan.jobs, client=client, progress=progress, desc="ingest", key_prefix="ingest-tile", register_setup=False
+    )  # set up in the first task: see run_tiles
     failed = [{"tile": t, "error": r, "traceback": ""} for t, r in plan.problems.items() if t in names] + failed
     failed.sort(key=lambda r: names.index(r["tile"]))
     report.tiles = [_tile_record(t, r) for t, r in results.items()]
@@ -1053,8 +1141,10 @@ def _run_plan(out: str, plan: _Plan, report: IngestReport, client, progress: boo
     for t in report.failures["tile"]:  # a failed tile is unwritten, even if a dying worker got to commit it
         store_array(store.group, "count")[names.index(t)] = -1
     summary = report.summary()
-    store.group.attrs["provenance"] = {**store.provenance, "ingest": {
-        k: v for k, v in summary.items() if k != "tiles_failed"} | {
-        "failures": report.failures[["tile", "error"]].to_dict("records")}}
+    store.group.attrs["provenance"] = {
+        **store.provenance,
+        "ingest": {k: v for k, v in summary.items() if k != "tiles_failed"}
+        | {"failures": report.failures[["tile", "error"]].to_dict("records")},
+    }
     write_failures(out, report.failures)
     return open_store(out)

@@ -115,10 +115,19 @@ def plant_lookalikes(images, table, indices, seed, fraction, kinds, sim_kwargs) 
         return truth
     lens_fraction = float(sim_kwargs["lens_fraction"])
     p = min(1.0, fraction / max(1.0 - lens_fraction, 1e-9))
-    renderer = get_renderer(*renderer_config(
-        sim_kwargs["bands"], sim_kwargs["pixel_scale"], sim_kwargs["stamp"], sim_kwargs["coadd_years"],
-        sim_kwargs["supersampling"], sim_kwargs["sources"], sim_kwargs["backgrounds"], sim_kwargs["psf"],
-        sim_kwargs["conditions"]))
+    renderer = get_renderer(
+        *renderer_config(
+            sim_kwargs["bands"],
+            sim_kwargs["pixel_scale"],
+            sim_kwargs["stamp"],
+            sim_kwargs["coadd_years"],
+            sim_kwargs["supersampling"],
+            sim_kwargs["sources"],
+            sim_kwargs["backgrounds"],
+            sim_kwargs["psf"],
+            sim_kwargs["conditions"],
+        )
+    )
     for row, i in enumerate(indices):
         if truth[row] == "lens":
             continue
@@ -126,9 +135,13 @@ def plant_lookalikes(images, table, indices, seed, fraction, kinds, sim_kwargs) 
         if rng.random() < p:
             kind = kinds[int(rng.integers(len(kinds)))]
             images[row], _ = render_lookalike(
-                renderer, rng, kind,
-                scene_for=lambda g, i=i: row_scene(seed, i, SURVEY_STREAM, renderer, sim_kwargs["scene"],
-                                                   g.get("mag_lens_i")))
+                renderer,
+                rng,
+                kind,
+                scene_for=lambda g, i=i: row_scene(
+                    seed, i, SURVEY_STREAM, renderer, sim_kwargs["scene"], g.get("mag_lens_i")
+                ),
+            )
             truth[row] = kind
     return truth
 
@@ -141,8 +154,9 @@ def _mock_partition(part, *, url, seed, per_tile, sim_kwargs, lookalike_fraction
         truth_class = plant_lookalikes(images, table, indices, seed, lookalike_fraction, lookalikes, sim_kwargs)
         ra, dec = object_positions(row_rng(seed, t, SURVEY_STREAM + 1), per_tile, ra0, dec0)
         object_id = OBJECT_ID_BASE + t * 1_000_000 + np.arange(per_tile, dtype=np.int64)
-        rows = pd.DataFrame({"object_id": object_id, "ra": ra, "dec": dec,
-                             "label": np.full(per_tile, -1, dtype=np.int16)})
+        rows = pd.DataFrame(
+            {"object_id": object_id, "ra": ra, "dec": dec, "label": np.full(per_tile, -1, dtype=np.int16)}
+        )
         open_store(url, mode="r+").write_tile(t, images, rows)
         truth = table.drop(columns=["object_id", "ra", "dec", "label"])
         # a look-alike replaced the row's galaxy: its simulation parameters no longer apply
@@ -227,8 +241,9 @@ def mock_survey(
     lookalikes = list(config.get("mock_survey.lookalikes", lookalikes))
     check_lookalikes(lookalike_fraction, lookalikes)
     if not 0 <= lens_fraction + lookalike_fraction <= 1:
-        raise ValueError("lens_fraction + lookalike_fraction must be in [0, 1], "
-                         f"got {lens_fraction + lookalike_fraction}")
+        raise ValueError(
+            f"lens_fraction + lookalike_fraction must be in [0, 1], got {lens_fraction + lookalike_fraction}"
+        )
     if n_tiles < 1 or per_tile < 1:
         raise ValueError(f"tiles and per_tile must be at least 1, got {n_tiles} and {per_tile}")
     ra_range = config.get("mock_survey.ra_range")
@@ -242,19 +257,36 @@ def mock_survey(
 
     centres = draw_tiles(row_rng(seed, 0, SURVEY_STREAM + 2), n_tiles, ra_range, dec_range)
     prov = make_provenance(
-        None, seed=int(seed), tiles=n_tiles, per_tile=per_tile, lens_fraction=lens_fraction,
-        lookalike_fraction=lookalike_fraction, lookalikes=lookalikes,
+        None,
+        seed=int(seed),
+        tiles=n_tiles,
+        per_tile=per_tile,
+        lens_fraction=lens_fraction,
+        lookalike_fraction=lookalike_fraction,
+        lookalikes=lookalikes,
         truth=os.path.abspath(truth_path) if "://" not in truth_path else truth_path,
     )
     create_store(
-        url, tiles=list(centres["tile"]), capacity=per_tile, bands=sim_kwargs["bands"],
-        pixel_scale=sim_kwargs["pixel_scale"], stamp=sim_kwargs["stamp"], classes=CLASSES,
-        params=(), provenance=prov, overwrite=overwrite,
+        url,
+        tiles=list(centres["tile"]),
+        capacity=per_tile,
+        bands=sim_kwargs["bands"],
+        pixel_scale=sim_kwargs["pixel_scale"],
+        stamp=sim_kwargs["stamp"],
+        classes=CLASSES,
+        params=(),
+        provenance=prov,
+        overwrite=overwrite,
     )
     parts = [(t, r.tile, float(r.ra), float(r.dec)) for t, r in enumerate(centres.itertuples())]
     bag = db.from_sequence(parts, npartitions=n_tiles).map_partitions(
-        _mock_partition, url=url, seed=int(seed), per_tile=per_tile, sim_kwargs=sim_kwargs,
-        lookalike_fraction=lookalike_fraction, lookalikes=lookalikes,
+        _mock_partition,
+        url=url,
+        seed=int(seed),
+        per_tile=per_tile,
+        sim_kwargs=sim_kwargs,
+        lookalike_fraction=lookalike_fraction,
+        lookalikes=lookalikes,
     )
     truths = compute_partitions(bag, client, progress)
     table = pd.concat(truths, ignore_index=True)

@@ -76,7 +76,8 @@ class _Plane:
         self.shape = (int(h.header["NAXIS2"]), int(h.header["NAXIS1"]))
         bitpix = int(h.header["BITPIX"])
         scaled = any(k in h.header for k in ("BSCALE", "BZERO")) and not (
-            h.header.get("BSCALE", 1) == 1 and isinstance(h.header.get("BZERO", 0), int))
+            h.header.get("BSCALE", 1) == 1 and isinstance(h.header.get("BZERO", 0), int)
+        )
         self.integer = bitpix > 0 and not scaled
 
     @property
@@ -112,8 +113,9 @@ class BandPlanes:
         A file or HDU is missing, the planes differ in shape or WCS, or the mask is not integer.
     """
 
-    def __init__(self, image, weight=None, mask=None, *, hdu=None, weight_hdu=None, mask_hdu=None,
-                 mask_bits: int | None = None):
+    def __init__(
+        self, image, weight=None, mask=None, *, hdu=None, weight_hdu=None, mask_hdu=None, mask_bits: int | None = None
+    ):
         from astropy.io import fits
 
         self._open: dict[str, HDUList] = {}
@@ -146,14 +148,18 @@ class BandPlanes:
 
     def _check_agree(self) -> None:
         if self.mask is not None and not self.mask.integer:
-            raise PlaneError(f"mask {self.mask.where} holds floating-point values (BITPIX "
-                            f"{self.mask.header['BITPIX']}), not an integer bit plane: is it the science image?")
+            raise PlaneError(
+                f"mask {self.mask.where} holds floating-point values (BITPIX "
+                f"{self.mask.header['BITPIX']}), not an integer bit plane: is it the science image?"
+            )
         for other, what in ((self.weight, "weight map"), (self.mask, "mask")):
             if other is None:
                 continue
             if other.shape != self.image.shape:
-                raise TileError(f"{what} {other.where} is {other.shape[1]}x{other.shape[0]} px, the image "
-                                f"{self.image.where} {self.image.shape[1]}x{self.image.shape[0]} px")
+                raise TileError(
+                    f"{what} {other.where} is {other.shape[1]}x{other.shape[0]} px, the image "
+                    f"{self.image.where} {self.image.shape[1]}x{self.image.shape[0]} px"
+                )
             if has_wcs(other.header):
                 ny, nx = self.image.shape
                 px = np.array([[0, 0], [nx - 1, 0], [0, ny - 1], [nx - 1, ny - 1], [nx / 2, ny / 2]], float)
@@ -161,8 +167,10 @@ class BandPlanes:
                 x, y = wcs_of(other.header).all_world2pix(ra, dec, 0)
                 off = float(np.nanmax(np.hypot(x - px[:, 0], y - px[:, 1])))
                 if not off < 0.01:
-                    raise TileError(f"{what} {other.where} has another WCS than the image {self.image.where} "
-                                    f"(the same sky is {off:.3g} px apart)")
+                    raise TileError(
+                        f"{what} {other.where} has another WCS than the image {self.image.where} "
+                        f"(the same sky is {off:.3g} px apart)"
+                    )
 
     def strip(self, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Rows ``y0:y1`` of the image (float32) and of the bad-pixel plane (None when neither weight nor mask).
@@ -182,8 +190,10 @@ class BandPlanes:
             wrong = ~(w >= 0)
             if wrong.any():
                 neg, nan = int((w < 0).sum()), int(np.isnan(w).sum())
-                raise PlaneError(f"weight map {self.weight.where} holds {neg} negative and {nan} NaN values in rows "
-                                f"{y0}-{y1 - 1}: not an inverse-variance map (the science plane given as weights?)")
+                raise PlaneError(
+                    f"weight map {self.weight.where} holds {neg} negative and {nan} NaN values in rows "
+                    f"{y0}-{y1 - 1}: not an inverse-variance map (the science plane given as weights?)"
+                )
             wbad = w == 0
             bad = wbad if bad is None else bad | wbad
         return data, bad

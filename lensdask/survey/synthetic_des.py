@@ -155,22 +155,36 @@ def write_des_tile(
             msk[sl] |= 2
         hdr = header.copy()
         hdr["BAND"] = band
-        hdus = fits.HDUList([
-            fits.PrimaryHDU(),
-            fits.CompImageHDU(sci, header=hdr, name="SCI", compression_type="RICE_1", quantize_level=16,
-                              quantize_method=2),
-            fits.CompImageHDU(msk, header=header.copy(), name="MSK", compression_type="RICE_1"),
-            fits.CompImageHDU(wgt, header=header.copy(), name="WGT", compression_type="RICE_1",
-                              quantize_level=16, quantize_method=2),
-        ])
+        hdus = fits.HDUList(
+            [
+                fits.PrimaryHDU(),
+                fits.CompImageHDU(
+                    sci, header=hdr, name="SCI", compression_type="RICE_1", quantize_level=16, quantize_method=2
+                ),
+                fits.CompImageHDU(msk, header=header.copy(), name="MSK", compression_type="RICE_1"),
+                fits.CompImageHDU(
+                    wgt,
+                    header=header.copy(),
+                    name="WGT",
+                    compression_type="RICE_1",
+                    quantize_level=16,
+                    quantize_method=2,
+                ),
+            ]
+        )
         path = directory / f"{tile}_{tag}_{band}.fits.fz"
         hdus.writeto(path, overwrite=True)
         files[band] = path
         del sci, wgt, msk, hdus
-    cat = pd.DataFrame({
-        "COADD_OBJECT_ID": (10**9 + seed * 10**6 + np.arange(n_objects)).astype(np.int64),
-        "RA": ra, "DEC": dec, "TILENAME": tile, "EXTENDED_CLASS": np.where(star, 0, 3).astype(np.int16),
-    })
+    cat = pd.DataFrame(
+        {
+            "COADD_OBJECT_ID": (10**9 + seed * 10**6 + np.arange(n_objects)).astype(np.int64),
+            "RA": ra,
+            "DEC": dec,
+            "TILENAME": tile,
+            "EXTENDED_CLASS": np.where(star, 0, 3).astype(np.int16),
+        }
+    )
     if catalog is not None:
         write_catalog(cat, catalog)
     return files, cat

@@ -96,10 +96,19 @@ def test_select_rows_specs_and_errors():
     np.testing.assert_array_equal(select_rows("1,4,7", 30), [1, 4, 7])
     np.testing.assert_array_equal(select_rows([7, 2], 30), [7, 2])
     np.testing.assert_array_equal(select_rows(3, 30), [3])
-    for spec, words in [("40", "out of range"), ("0:31", "out of range"), ("1,30", "[30]"),
-                        ("train", "out of range"), ("1,1", "more than once"), ("5:5", "no rows"),
-                        ("a,b", "comma-separated"), ("1:x", "slice"), ("-1:3", "non-negative"),
-                        ([-2], "out of range"), ("3:1", "no rows")]:
+    for spec, words in [
+        ("40", "out of range"),
+        ("0:31", "out of range"),
+        ("1,30", "[30]"),
+        ("train", "out of range"),
+        ("1,1", "more than once"),
+        ("5:5", "no rows"),
+        ("a,b", "comma-separated"),
+        ("1:x", "slice"),
+        ("-1:3", "non-negative"),
+        ([-2], "out of range"),
+        ("3:1", "no rows"),
+    ]:
         with pytest.raises(SplitError, match=words.replace("[", r"\[").replace("]", r"\]")):
             select_rows(spec, 30 if spec != "train" else 10)
 
@@ -114,8 +123,9 @@ def test_a_galaxy_in_training_and_evaluation_is_refused(bg, random_model, tmp_pa
     with pytest.raises(SplitError, match=r"rows 5\b"):
         check_disjoint(card, [held_fps[0], fingerprint(dihedral(bg.images[TRAIN[4]], 6))], [0, 5])
     # inject refuses a heldout galaxy that the card says was trained on, before painting anything
-    leaky = _model_with_galaxies(random_model, tmp_path, [{"source": gals, "rows": [16],
-                                                           "fingerprints": [bg.fingerprints[16]]}])
+    leaky = _model_with_galaxies(
+        random_model, tmp_path, [{"source": gals, "rows": [16], "fingerprints": [bg.fingerprints[16]]}]
+    )
     monkeypatch.setattr(PAINT, "paint_arcs", _no_work)
     with pytest.raises(SplitError, match=r"rows 16\b.*refused"):
         inject(gals, leaky, galaxies="heldout", orientations=1, progress=False)
@@ -189,8 +199,13 @@ def test_mismatched_cutouts_are_refused_before_any_work(gals, shared_data, tmp_p
     with pytest.raises(ModelMismatchError, match=r"bands differ.*missing \['u'\]"):
         inject(gals, tmp_path / "u", progress=False)
     untrained_checkpoint(tmp_path / "m", "test-vit")
-    full = np.stack([np.asarray(__import__("astropy.io.fits").io.fits.getdata(shared_data / "des_galaxies" /
-                                                                            f"{b}.fits"))[:3] for b in "griz"], 1)
+    full = np.stack(
+        [
+            np.asarray(__import__("astropy.io.fits").io.fits.getdata(shared_data / "des_galaxies" / f"{b}.fits"))[:3]
+            for b in "griz"
+        ],
+        1,
+    )
     np.savez(tmp_path / "rz.npz", images=full[:, [0, 1, 3, 2]], bands=np.array(list("grzi")))
     with pytest.raises(ModelMismatchError, match="bands differ"):
         inject(tmp_path / "rz.npz", tmp_path / "m", progress=False)
@@ -217,19 +232,43 @@ def test_nonfinite_cutouts_are_counted_and_skipped(bg, random_model, tmp_path):
 
 
 def test_cli_inject(gals, random_model, tmp_path, capsys):
-    assert main(["inject", "--model", str(random_model), "--cutouts", gals, "--galaxies", "0,8",
-                 "--orientations", "1", "--png", str(tmp_path / "p"), "--json", str(tmp_path / "r.json")]) == 0
+    assert (
+        main(
+            [
+                "inject",
+                "--model",
+                str(random_model),
+                "--cutouts",
+                gals,
+                "--galaxies",
+                "0,8",
+                "--orientations",
+                "1",
+                "--png",
+                str(tmp_path / "p"),
+                "--json",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "AUROC painted vs unpainted" in out and "Clopper-Pearson" in out
     assert (tmp_path / "p_completeness.png").exists() and (tmp_path / "p_top_unpainted.png").exists()
     assert json.loads((tmp_path / "r.json").read_text())["rows"] == [0, 8]
-    for bad in (["--cutouts", str(tmp_path / "nowhere")], ["--cutouts", gals, "--galaxies", "99"],
-                ["--cutouts", gals, "--orientations", "9"], ["--cutouts", gals, "--galaxies", "heldout,x"]):
+    for bad in (
+        ["--cutouts", str(tmp_path / "nowhere")],
+        ["--cutouts", gals, "--galaxies", "99"],
+        ["--cutouts", gals, "--orientations", "9"],
+        ["--cutouts", gals, "--galaxies", "heldout,x"],
+    ):
         assert main(["inject", "--model", str(random_model), *bad]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("lensdask inject: error:")
-    assert main(["simulate", "--out", str(tmp_path / "x.zarr"), "--n", "4", "--backgrounds", gals,
-                 "--galaxies", "0:99"]) == 2
+    assert (
+        main(["simulate", "--out", str(tmp_path / "x.zarr"), "--n", "4", "--backgrounds", gals, "--galaxies", "0:99"])
+        == 2
+    )
     assert "out of range" in capsys.readouterr().err
 
 
@@ -245,8 +284,16 @@ def test_simulated_store_and_model_card_name_their_galaxies(gals, bg, tmp_path):
     from lensdask.model import train
     from lensdask.simulate import simulate
 
-    store = simulate(tmp_path / "s.zarr", 24, seed=3, backgrounds=gals, galaxies="train", partition_size=24,
-                     lookalike_fraction=0.0, progress=False)
+    store = simulate(
+        tmp_path / "s.zarr",
+        24,
+        seed=3,
+        backgrounds=gals,
+        galaxies="train",
+        partition_size=24,
+        lookalike_fraction=0.0,
+        progress=False,
+    )
     rg = store.provenance["real_galaxies"]
     assert rg["source"] == gals and rg["rows"] == TRAIN and len(rg["fingerprints"]) == 20
     assert rg["fingerprints"] == [bg.fingerprints[i] for i in TRAIN]
@@ -268,7 +315,15 @@ def test_simulated_store_and_model_card_name_their_galaxies(gals, bg, tmp_path):
 
     with pytest.raises(SplitError, match=r"des_galaxies\[1\]"):
         evaluate(store.url, tmp_path / "m", progress=False)
-    held = simulate(tmp_path / "h.zarr", 12, seed=4, backgrounds=gals, galaxies="heldout", partition_size=12,
-                    lookalike_fraction=0.0, progress=False)
+    held = simulate(
+        tmp_path / "h.zarr",
+        12,
+        seed=4,
+        backgrounds=gals,
+        galaxies="heldout",
+        partition_size=12,
+        lookalike_fraction=0.0,
+        progress=False,
+    )
     r = evaluate(held.url, tmp_path / "m", progress=False)
     assert r["n_pos"] + r["n_neg"] == 12

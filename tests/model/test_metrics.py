@@ -74,8 +74,14 @@ def test_binary_metrics_drops_and_counts_nan():
     s = [0.9, 0.8, 0.1, 0.2, np.nan, np.nan]
     m = binary_metrics(y, s)
     assert m == {
-        "auroc": 1.0, "tpr0": 1.0, "tpr10": 1.0, "tpr_fpr_1e-3": 1.0, "tpr_fpr_1e-4": 1.0,
-        "n_pos": 2, "n_neg": 2, "n_nan": 2,
+        "auroc": 1.0,
+        "tpr0": 1.0,
+        "tpr10": 1.0,
+        "tpr_fpr_1e-3": 1.0,
+        "tpr_fpr_1e-4": 1.0,
+        "n_pos": 2,
+        "n_neg": 2,
+        "n_nan": 2,
     }
 
 
@@ -129,15 +135,28 @@ def test_completeness_by_bins_and_edges():
 def test_classifier_report_multiclass_and_selection_function():
     classes = ["non-lens", "lens", "ring"]
     truth = np.array([1, 1, 1, 1, 0, 0, 2, 2])
-    probs = np.array([
-        [0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [np.nan] * 3,
-        [0.9, 0.05, 0.05], [0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.2, 0.6, 0.2],
-    ])
-    params = pd.DataFrame({"theta_E": [2.0, 1.0, 1.2, 1.5, np.nan, np.nan, np.nan, np.nan],
-                           "arc_snr_g": [50, 40, 10, 30, np.nan, np.nan, np.nan, np.nan],
-                           "seeing_g": 1.0})
-    r = classifier_report(truth, probs, truth_classes=classes, model_classes=classes, lens_class=1,
-                          params=params, threshold=0.5, n_bins=2)
+    probs = np.array(
+        [
+            [0.1, 0.8, 0.1],
+            [0.2, 0.7, 0.1],
+            [0.6, 0.3, 0.1],
+            [np.nan] * 3,
+            [0.9, 0.05, 0.05],
+            [0.7, 0.2, 0.1],
+            [0.1, 0.1, 0.8],
+            [0.2, 0.6, 0.2],
+        ]
+    )
+    params = pd.DataFrame(
+        {
+            "theta_E": [2.0, 1.0, 1.2, 1.5, np.nan, np.nan, np.nan, np.nan],
+            "arc_snr_g": [50, 40, 10, 30, np.nan, np.nan, np.nan, np.nan],
+            "seeing_g": 1.0,
+        }
+    )
+    r = classifier_report(
+        truth, probs, truth_classes=classes, model_classes=classes, lens_class=1, params=params, threshold=0.5, n_bins=2
+    )
     assert r["n_pos"] == 3 and r["n_neg"] == 4 and r["n_nan"] == 1
     assert r["confusion"]["counts"] == [[2, 0, 0], [1, 2, 0], [0, 1, 1]]
     assert r["completeness"] == pytest.approx(2 / 3) and r["purity"] == pytest.approx(2 / 3)

@@ -52,8 +52,13 @@ def synth(n, rng, stamp=STAMP, bands=4, lens_frac=0.5):
 def make_store(path, n_tiles=2, per_tile=40, seed=0, labels=None, bands="griz", stamp=STAMP, pixel_scale=0.263):
     rng = np.random.default_rng(seed)
     st = create_store(
-        str(path), tiles=[f"t{i}" for i in range(n_tiles)], capacity=per_tile, bands=list(bands),
-        pixel_scale=pixel_scale, stamp=stamp, overwrite=True,
+        str(path),
+        tiles=[f"t{i}" for i in range(n_tiles)],
+        capacity=per_tile,
+        bands=list(bands),
+        pixel_scale=pixel_scale,
+        stamp=stamp,
+        overwrite=True,
     )
     for t in range(n_tiles):
         im, lab = synth(per_tile, rng, stamp, len(bands))
@@ -86,8 +91,17 @@ def store(tmp_path_factory):
 def trained(store, tmp_path_factory):
     out = tmp_path_factory.mktemp("m") / "model"
     card = train(
-        store.url, out, arch="test-vit", epochs=6, batch_size=32, learning_rate=3e-3,
-        device="cpu", seed=1, validation_fraction=0.25, command="pytest", progress=False,
+        store.url,
+        out,
+        arch="test-vit",
+        epochs=6,
+        batch_size=32,
+        learning_rate=3e-3,
+        device="cpu",
+        seed=1,
+        validation_fraction=0.25,
+        command="pytest",
+        progress=False,
     )
     return out, card
 
@@ -239,8 +253,22 @@ def test_resolve_device():
 # -- training and evaluation -------------------------------------------------------------
 def test_train_learns_and_writes_card(trained):
     out, card = trained
-    for key in ("arch", "arch_kwargs", "bands", "stamp", "pixel_scale", "normalisation", "classes",
-                "lens_class", "training", "metrics", "lensdask_version", "created", "sha256", "model_id"):
+    for key in (
+        "arch",
+        "arch_kwargs",
+        "bands",
+        "stamp",
+        "pixel_scale",
+        "normalisation",
+        "classes",
+        "lens_class",
+        "training",
+        "metrics",
+        "lensdask_version",
+        "created",
+        "sha256",
+        "model_id",
+    ):
         assert key in card, key
     assert card["training"]["seed"] == 1 and card["training"]["command"] == "pytest"
     assert card["metrics"]["n_pos"] > 0 and card["metrics"]["n_neg"] > 0

@@ -26,9 +26,18 @@ KW = dict(arch="test-vit", batch_size=32, learning_rate=3e-3, device="cpu", prog
 def labelled_store(path, classes=("non-lens", "lens"), n_tiles=2, per_tile=48, seed=0, chunk_rows=16):
     """Rings are lenses; class 2 (if any) a bright compact blob; params theta_E and arc_snr_g for lenses."""
     rng = np.random.default_rng(seed)
-    st = create_store(str(path), tiles=[f"t{i}" for i in range(n_tiles)], capacity=per_tile, bands=list("griz"),
-                      pixel_scale=0.263, stamp=STAMP, classes=list(classes), params=["theta_E", "arc_snr_g"],
-                      chunk_rows=chunk_rows, overwrite=True)
+    st = create_store(
+        str(path),
+        tiles=[f"t{i}" for i in range(n_tiles)],
+        capacity=per_tile,
+        bands=list("griz"),
+        pixel_scale=0.263,
+        stamp=STAMP,
+        classes=list(classes),
+        params=["theta_E", "arc_snr_g"],
+        chunk_rows=chunk_rows,
+        overwrite=True,
+    )
     for t in range(n_tiles):
         im, lab = synth(per_tile, rng)
         if len(classes) > 2:
@@ -37,8 +46,20 @@ def labelled_store(path, classes=("non-lens", "lens"), n_tiles=2, per_tile=48, s
             im[third, :, STAMP // 2, STAMP // 2] += 40
         theta = np.where(lab == 1, rng.uniform(0.8, 3.0, per_tile), np.nan)
         snr = np.where(lab == 1, rng.uniform(10, 100, per_tile), np.nan)
-        st.write_tile(t, im, pd.DataFrame({"object_id": np.arange(per_tile) + t * per_tile, "ra": 1.0, "dec": -30.0,
-                                           "label": lab, "theta_E": theta, "arc_snr_g": snr}))
+        st.write_tile(
+            t,
+            im,
+            pd.DataFrame(
+                {
+                    "object_id": np.arange(per_tile) + t * per_tile,
+                    "ra": 1.0,
+                    "dec": -30.0,
+                    "label": lab,
+                    "theta_E": theta,
+                    "arc_snr_g": snr,
+                }
+            ),
+        )
     return st
 
 
@@ -53,8 +74,9 @@ def _imagenet_like(tmp_path, fmt="safetensors"):
     from timm.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(123)
-    src = VisionTransformer(img_size=224, patch_size=16, in_chans=3, embed_dim=32, depth=2, num_heads=2,
-                            mlp_ratio=2.0, num_classes=1000)
+    src = VisionTransformer(
+        img_size=224, patch_size=16, in_chans=3, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=1000
+    )
     state = {k: v.detach().clone() for k, v in src.state_dict().items()}
     if fmt == "safetensors":
         from safetensors.torch import save_file
@@ -133,8 +155,12 @@ def test_train_from_pretrained_records_it(store, tmp_path):
 
     model, _ = load_checkpoint(tmp_path / "m")
     with pytest.raises(ModelMismatchError, match=r"bands \['u', 'g', 'r', 'i'\].*include \['z'\]"):
-        adapt_state_dict(model.state_dict(), create_model("test-vit", in_chans=4, img_size=STAMP, num_classes=2),
-                         list("griz"), source_bands=list("ugri"))
+        adapt_state_dict(
+            model.state_dict(),
+            create_model("test-vit", in_chans=4, img_size=STAMP, num_classes=2),
+            list("griz"),
+            source_bands=list("ugri"),
+        )
 
 
 # -- resize --------------------------------------------------------------------------------
@@ -147,8 +173,13 @@ def test_resize_trains_and_search_applies_it(store, tmp_path):
     assert p.shape == (5, 2) and np.isfinite(p).all()
     from lensdask.normalise import normalise
 
-    xs = torch.nn.functional.interpolate(torch.from_numpy(normalise(x, card["normalisation"])), size=(36, 36),
-                                         mode="bilinear", antialias=True, align_corners=False)
+    xs = torch.nn.functional.interpolate(
+        torch.from_numpy(normalise(x, card["normalisation"])),
+        size=(36, 36),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )
     with torch.inference_mode():
         direct = torch.softmax(model(xs), 1).numpy()
     np.testing.assert_allclose(p, direct, atol=1e-5)
@@ -167,8 +198,9 @@ def test_multiclass_training_and_evaluate(tmp_path):
     m = card["metrics"]
     assert np.array(m["confusion"]["counts"]).shape == (3, 3) and m["auroc"] > 0.8
     roc = tmp_path / "roc.png"
-    res = evaluate(st.url, tmp_path / "m", json_path=tmp_path / "e.json", roc_path=roc, device="cpu",
-                   progress=False, record=True)
+    res = evaluate(
+        st.url, tmp_path / "m", json_path=tmp_path / "e.json", roc_path=roc, device="cpu", progress=False, record=True
+    )
     assert res["confusion"]["truth"] == list(classes)
     assert np.array(res["confusion"]["counts"]).sum() == st.n_rows
     assert {"tpr_fpr_1e-3", "tpr_fpr_1e-4", "tpr0", "tpr10", "auroc"} <= set(res)
@@ -271,11 +303,17 @@ def test_nan_loss_stops_clearly(store, tmp_path):
 
 def test_one_class_after_skipping_unlabelled(tmp_path):
     st = labelled_store(tmp_path / "s.zarr", n_tiles=1, per_tile=10)
-    st2 = create_store(str(tmp_path / "one.zarr"), tiles=["a"], capacity=10, bands=list("griz"), pixel_scale=0.263,
-                       stamp=STAMP, overwrite=True)
+    st2 = create_store(
+        str(tmp_path / "one.zarr"),
+        tiles=["a"],
+        capacity=10,
+        bands=list("griz"),
+        pixel_scale=0.263,
+        stamp=STAMP,
+        overwrite=True,
+    )
     im = st.read_images(0)
-    st2.write_tile(0, im, pd.DataFrame({"object_id": range(10), "ra": 0.0, "dec": 0.0,
-                                        "label": [1] * 5 + [-1] * 5}))
+    st2.write_tile(0, im, pd.DataFrame({"object_id": range(10), "ra": 0.0, "dec": 0.0, "label": [1] * 5 + [-1] * 5}))
     with pytest.raises(LensdaskError, match=r"1 class\(es\) \['lens'\].*at least two"):
         train(st2.url, tmp_path / "m", epochs=1, **KW)
 
@@ -284,13 +322,27 @@ def test_evaluate_refuses_other_stamp_and_unlabelled(store, tmp_path):
     from lensdask.errors import ModelMismatchError
 
     train(store.url, tmp_path / "m", epochs=1, **KW)
-    other = create_store(str(tmp_path / "o.zarr"), tiles=["a"], capacity=4, bands=list("griz"), pixel_scale=0.263,
-                         stamp=45, overwrite=True)
+    other = create_store(
+        str(tmp_path / "o.zarr"),
+        tiles=["a"],
+        capacity=4,
+        bands=list("griz"),
+        pixel_scale=0.263,
+        stamp=45,
+        overwrite=True,
+    )
     other.write_tile(0, np.zeros((4, 4, 45, 45), "f4"), pd.DataFrame({"object_id": range(4), "ra": 0.0, "dec": 0.0}))
     with pytest.raises(ModelMismatchError, match="27 px.*45 px"):
         evaluate(other.url, tmp_path / "m", device="cpu", progress=False)
-    same = create_store(str(tmp_path / "u.zarr"), tiles=["a"], capacity=4, bands=list("griz"), pixel_scale=0.263,
-                        stamp=STAMP, overwrite=True)
+    same = create_store(
+        str(tmp_path / "u.zarr"),
+        tiles=["a"],
+        capacity=4,
+        bands=list("griz"),
+        pixel_scale=0.263,
+        stamp=STAMP,
+        overwrite=True,
+    )
     same.write_tile(0, store.read_images(0)[:4], pd.DataFrame({"object_id": range(4), "ra": 0.0, "dec": 0.0}))
     with pytest.raises(LensdaskError, match="no labelled rows"):
         evaluate(same.url, tmp_path / "m", device="cpu", progress=False)
@@ -300,18 +352,77 @@ def test_evaluate_refuses_other_stamp_and_unlabelled(store, tmp_path):
 def test_cli_train_and_evaluate_options(store, tmp_path, capsys):
     path, _ = _imagenet_like(tmp_path)
     out = tmp_path / "m"
-    assert main(["train", "--data", store.url, "--out", str(out), "--arch", "test-vit", "--epochs", "1",
-                 "--device", "cpu", "--pretrained", str(path), "--resize", "36", "--patch-size", "12",
-                 "--patience", "0", "--shift", "0.25", "--no-balance"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                store.url,
+                "--out",
+                str(out),
+                "--arch",
+                "test-vit",
+                "--epochs",
+                "1",
+                "--device",
+                "cpu",
+                "--pretrained",
+                str(path),
+                "--resize",
+                "36",
+                "--patch-size",
+                "12",
+                "--patience",
+                "0",
+                "--shift",
+                "0.25",
+                "--no-balance",
+            ]
+        )
+        == 0
+    )
     card = json.loads((out / "model_card.json").read_text())
     assert card["input_size"] == 36 and card["training"]["class_weights"] is None
     assert "0.25 px" in card["training"]["augmentation"] and card["training"]["pretrained"]["file"] == str(path)
-    assert main(["train", "--data", store.url, "--out", str(out), "--arch", "test-vit", "--epochs", "1",
-                 "--device", "cpu", "--resume"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                store.url,
+                "--out",
+                str(out),
+                "--arch",
+                "test-vit",
+                "--epochs",
+                "1",
+                "--device",
+                "cpu",
+                "--resume",
+            ]
+        )
+        == 2
+    )
     assert "no training state" in capsys.readouterr().err
     roc = tmp_path / "roc.png"
-    assert main(["evaluate", "--model", str(out), "--data", store.url, "--roc", str(roc), "--threshold", "0.3",
-                 "--json", str(tmp_path / "m.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(out),
+                "--data",
+                store.url,
+                "--roc",
+                str(roc),
+                "--threshold",
+                "0.3",
+                "--json",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "AUROC" in printed and "TPR at FPR 1e-4" in printed and roc.is_file()
     assert json.loads((tmp_path / "m.json").read_text())["threshold"] == 0.3
@@ -325,8 +436,29 @@ def test_bench_train_gpu_runs_on_cpu(tmp_path, capsys):
 
     bench = load_benchmark("bench_train_gpu")
     out = tmp_path / "b.json"
-    assert bench.main(["--arch", "test-vit", "--device", "cpu", "--batch-size", "8", "--infer-batch-size", "16",
-                       "--steps", "2", "--warmup", "1", "--compile", "off", "--json", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--arch",
+                "test-vit",
+                "--device",
+                "cpu",
+                "--batch-size",
+                "8",
+                "--infer-batch-size",
+                "16",
+                "--steps",
+                "2",
+                "--warmup",
+                "1",
+                "--compile",
+                "off",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())["results"]
     assert len(res) == 1 and res[0]["train_cutouts_per_s"] > 0 and res[0]["infer_cutouts_per_s"] > 0
     assert res[0]["compiled"] is False and res[0]["device"] == "cpu"

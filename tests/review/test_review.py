@@ -49,8 +49,15 @@ def test_gallery_pages_offline(run):
 def test_labels_are_append_only_and_conflicts_kept(run, tmp_path):
     store = open_store(run / "des.zarr")
     path = tmp_path / "labels.csv"
-    add_labels(path, [{"tile": TILES[0], "object_id": 5000, "class": "spiral"},
-                      {"tile": TILES[0], "object_id": 5001, "class": "lens"}], labeller="ann", store=store)
+    add_labels(
+        path,
+        [
+            {"tile": TILES[0], "object_id": 5000, "class": "spiral"},
+            {"tile": TILES[0], "object_id": 5001, "class": "lens"},
+        ],
+        labeller="ann",
+        store=store,
+    )
     add_labels(path, [{"tile": TILES[0], "object_id": 5000, "class": "ring"}], labeller="bob", store=store)
     labels = read_labels(path)
     assert len(labels) == 3 and labels["labeller"].tolist() == ["ann", "ann", "bob"]
@@ -66,10 +73,22 @@ def test_labels_are_append_only_and_conflicts_kept(run, tmp_path):
 
 
 def test_trainset_add_extends_classes_once(run, tmp_path):
-    train = create_store(tmp_path / "train.zarr", tiles=["sim-000000"], capacity=8, bands="griz",
-                         pixel_scale=0.263, stamp=45, params=["theta_E"])
-    train.write_tile(0, np.zeros((2, 4, 45, 45), "float32"), pd.DataFrame(
-        {"object_id": [0, 1], "ra": [0.0, 0.0], "dec": [0.0, 0.0], "label": [0, 1], "theta_E": [np.nan, 1.2]}))
+    train = create_store(
+        tmp_path / "train.zarr",
+        tiles=["sim-000000"],
+        capacity=8,
+        bands="griz",
+        pixel_scale=0.263,
+        stamp=45,
+        params=["theta_E"],
+    )
+    train.write_tile(
+        0,
+        np.zeros((2, 4, 45, 45), "float32"),
+        pd.DataFrame(
+            {"object_id": [0, 1], "ra": [0.0, 0.0], "dec": [0.0, 0.0], "label": [0, 1], "theta_E": [np.nan, 1.2]}
+        ),
+    )
     labels = tmp_path / "labels.csv"
     picks = [(TILES[0], 5003, "spiral"), (TILES[1], 5105, "ring"), (TILES[1], 5106, "lens"), (TILES[0], 5004, "spiral")]
     add_labels(labels, [{"tile": t, "object_id": o, "class": c} for t, o, c in picks], labeller="ann")
@@ -114,14 +133,19 @@ def _export(path, truth, skill, n_users=12, votes_per_subject=8, seed=0):
             right = rng.random() < good
             says = is_lens if right else not is_lens
             cid += 1
-            rows.append({
-                "classification_id": cid, "user_name": f"user{u}", "workflow_id": 1,
-                "created_at": f"2026-11-29 10:{cid // 60:02d}:{cid % 60:02d} UTC",
-                "annotations": json.dumps([{"task": "T0", "value": "Yes" if says else "No"}]),
-                "subject_data": json.dumps({str(subject): {"retired": None, "#object_id": int(subject) + 7000,
-                                                           "#tile": "DES0330-3040"}}),
-                "subject_ids": str(subject),
-            })
+            rows.append(
+                {
+                    "classification_id": cid,
+                    "user_name": f"user{u}",
+                    "workflow_id": 1,
+                    "created_at": f"2026-11-29 10:{cid // 60:02d}:{cid % 60:02d} UTC",
+                    "annotations": json.dumps([{"task": "T0", "value": "Yes" if says else "No"}]),
+                    "subject_data": json.dumps(
+                        {str(subject): {"retired": None, "#object_id": int(subject) + 7000, "#tile": "DES0330-3040"}}
+                    ),
+                    "subject_ids": str(subject),
+                }
+            )
     pd.DataFrame(rows).to_csv(path, index=False)
 
 
@@ -155,8 +179,8 @@ def test_label_widget_buttons_and_keys(run, tmp_path):
     widget = LabelWidget(run / "run", tmp_path / "labels.csv", top=5, labeller="carol")
     first = widget.candidates.iloc[0]
     widget.buttons[widget.classes.index("spiral")].click()
-    widget.keys.value = "s"            # skip the second
-    widget.keys.value = str(widget.classes.index("lens") + 1)   # third: lens, by key
+    widget.keys.value = "s"  # skip the second
+    widget.keys.value = str(widget.classes.index("lens") + 1)  # third: lens, by key
     labels = read_labels(tmp_path / "labels.csv")
     assert labels["class"].tolist() == ["spiral", "lens"]
     assert labels["object_id"].tolist() == [int(first["object_id"]), int(widget.candidates.iloc[2]["object_id"])]
@@ -170,10 +194,44 @@ def test_review_commands_through_the_cli(run, tmp_path, capsys):
     assert main(["review", str(run / "run"), "--top", "5", "--out", str(tmp_path / "g")]) == 0
     assert (tmp_path / "g" / "index.html").exists()
     labels = tmp_path / "labels.csv"
-    assert main(["label", "--labels", str(labels), "--tile", TILES[0], "--object-id", "5002", "--class", "ring",
-                 "--labeller", "dan", "--zarr", str(run / "des.zarr")]) == 0
-    assert main(["label", "--labels", str(labels), "--tile", TILES[0], "--object-id", "5002", "--class", "lens",
-                 "--labeller", "eve"]) == 0
+    assert (
+        main(
+            [
+                "label",
+                "--labels",
+                str(labels),
+                "--tile",
+                TILES[0],
+                "--object-id",
+                "5002",
+                "--class",
+                "ring",
+                "--labeller",
+                "dan",
+                "--zarr",
+                str(run / "des.zarr"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "label",
+                "--labels",
+                str(labels),
+                "--tile",
+                TILES[0],
+                "--object-id",
+                "5002",
+                "--class",
+                "lens",
+                "--labeller",
+                "eve",
+            ]
+        )
+        == 0
+    )
     assert "conflicting" in capsys.readouterr().out
     assert main(["label", "--labels", str(labels), "--tile", TILES[0], "--object-id", "5002", "--class", "blob"]) == 2
     assert "unknown class 'blob'" in capsys.readouterr().err
@@ -182,14 +240,39 @@ def test_review_commands_through_the_cli(run, tmp_path, capsys):
     assert main(["export-zooniverse", str(run / "run"), "--top", "3", "--out", str(tmp_path / "z")]) == 2
     # trainset add: the conflicting object is left out, so nothing is added
     create_store(tmp_path / "t.zarr", tiles=["sim-0"], capacity=4, bands="griz", pixel_scale=0.263, stamp=45)
-    assert main(["trainset", "add", "--labels", str(labels), "--zarr", str(run / "des.zarr"),
-                 "--to", str(tmp_path / "t.zarr")]) == 0
+    assert (
+        main(
+            [
+                "trainset",
+                "add",
+                "--labels",
+                str(labels),
+                "--zarr",
+                str(run / "des.zarr"),
+                "--to",
+                str(tmp_path / "t.zarr"),
+            ]
+        )
+        == 0
+    )
     assert "added 0" in capsys.readouterr().out
     truth = {100 + i: i % 3 == 0 for i in range(30)}
     _export(tmp_path / "cls.csv", truth, {u: 0.9 for u in range(12)})
     gold = pd.DataFrame({"subject_id": [str(k) for k in list(truth)[:10]], "is_lens": list(truth.values())[:10]})
     gold.to_csv(tmp_path / "gold.csv", index=False)
-    assert main(["swap", "--classifications", str(tmp_path / "cls.csv"), "--gold", str(tmp_path / "gold.csv"),
-                 "--out", str(tmp_path / "swap.csv")]) == 0
+    assert (
+        main(
+            [
+                "swap",
+                "--classifications",
+                str(tmp_path / "cls.csv"),
+                "--gold",
+                str(tmp_path / "gold.csv"),
+                "--out",
+                str(tmp_path / "swap.csv"),
+            ]
+        )
+        == 0
+    )
     out = pd.read_csv(tmp_path / "swap.csv")
     assert len(out) == 30 and out["posterior"].between(0, 1).all()

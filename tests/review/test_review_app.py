@@ -52,8 +52,11 @@ def test_app_serves_page_pictures_and_grades(run, tmp_path):
         port = server.port
         import psutil
 
-        listening = [c.laddr.ip for c in psutil.Process().net_connections(kind="tcp")
-                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+        listening = [
+            c.laddr.ip
+            for c in psutil.Process().net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        ]
         assert listening == ["127.0.0.1"]  # loopback only
         status, page = _request(port, "GET", "/")
         text = page.decode()
@@ -64,15 +67,22 @@ def test_app_serves_page_pictures_and_grades(run, tmp_path):
         assert "run <b>run</b>" in text and "p = " in text
         status, png = _request(port, "GET", "/img/0/colour.png")
         assert status == 200 and png[:4] == b"\x89PNG"
-        assert _request(port, "GET", "/img/10/colour.png")[0] == 404       # no such candidate
+        assert _request(port, "GET", "/img/10/colour.png")[0] == 404  # no such candidate
         # nothing outside the run: not the run's files, not the labels, not the file system
-        for path in ("/../summary.json", "/img/..%2F..%2Fsummary.json", "/%2e%2e/labels.csv", "/summary.json",
-                     "/candidates.parquet", "/etc/passwd", "//etc/passwd"):
+        for path in (
+            "/../summary.json",
+            "/img/..%2F..%2Fsummary.json",
+            "/%2e%2e/labels.csv",
+            "/summary.json",
+            "/candidates.parquet",
+            "/etc/passwd",
+            "//etc/passwd",
+        ):
             status, body = _request(port, "GET", path)
             assert status in (403, 404) and b"store" not in body, path
         token = {"X-Lensdask-Token": state.token, "Content-Type": "application/json"}
         grade = {"index": 1, "class": "lens", "grade": "probable", "labeller": "ann"}
-        assert _request(port, "POST", "/api/grade", grade)[0] == 403                   # no token: refused
+        assert _request(port, "POST", "/api/grade", grade)[0] == 403  # no token: refused
         assert _request(port, "POST", "/api/grade", grade, token, host="evil.example:80")[0] == 403
         assert _request(port, "POST", "/api/grade", grade | {"grade": "no"}, token)[0] == 400  # contradiction
         assert _request(port, "POST", "/api/grade", grade | {"labeller": "<b>x"}, token)[0] == 400
@@ -86,8 +96,9 @@ def test_app_serves_page_pictures_and_grades(run, tmp_path):
 
         def post(who):
             barrier.wait()
-            return _request(port, "POST", "/api/grade", {"index": 2, "class": "ring", "grade": "no", "labeller": who},
-                            token)[0]
+            return _request(
+                port, "POST", "/api/grade", {"index": 2, "class": "ring", "grade": "no", "labeller": who}, token
+            )[0]
 
         threads = [threading.Thread(target=post, args=(f"rev{k}",)) for k in range(8)]
         [t.start() for t in threads]
@@ -137,12 +148,19 @@ def _browser(download_dir=None):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900",
-                "--disable-gpu", "--allow-file-access-from-files"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        "--disable-gpu",
+        "--allow-file-access-from-files",
+    ):
         opts.add_argument(arg)
     if download_dir is not None:
-        opts.add_experimental_option("prefs", {"download.default_directory": str(download_dir),
-                                               "download.prompt_for_download": False})
+        opts.add_experimental_option(
+            "prefs", {"download.default_directory": str(download_dir), "download.prompt_for_download": False}
+        )
     driver = webdriver.Chrome(service=Service(driver_path), options=opts)
     if download_dir is not None:
         driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(download_dir)})
@@ -168,7 +186,8 @@ def _wait(predicate, timeout=15.0, what="condition"):
 
 def _card_grades(driver):
     return driver.execute_script(
-        "return Array.from(document.querySelectorAll('.card .grade')).map(b => [b.dataset.grade, b.dataset.cls]);")
+        "return Array.from(document.querySelectorAll('.card .grade')).map(b => [b.dataset.grade, b.dataset.cls]);"
+    )
 
 
 @pytest.mark.slow
@@ -206,8 +225,9 @@ def test_browser_grades_from_the_keyboard_into_the_labels(run, tmp_path):
         driver.quit()
     # the labels feed `trainset add` unchanged: candidate 2 (spiral, then lens) is a conflict and is left out;
     # 0 (lens twice) and 3 (non-lens twice) agree with themselves
-    train = create_store(tmp_path / "train.zarr", tiles=["sim-0"], capacity=64, bands="griz", pixel_scale=0.263,
-                         stamp=45)
+    train = create_store(
+        tmp_path / "train.zarr", tiles=["sim-0"], capacity=64, bands="griz", pixel_scale=0.263, stamp=45
+    )
     added = trainset_add(labels, run / "des.zarr", tmp_path / "train.zarr")
     assert len(added) == 49 and set(added["class"]) == {"lens", "non-lens"}
     assert int(state.cand.iloc[2]["object_id"]) not in set(added["object_id"])
@@ -252,9 +272,11 @@ def test_page_names_known_lenses_and_escapes_every_name(run, tmp_path):
     from lensdask.review.gallery import gallery_html
 
     cand = pd.read_parquet(run / "run" / "candidates.parquet").sort_values("score", ascending=False).head(3)
-    cand = cand.reset_index(drop=True).assign(known_name=["DESJ0331-3041<script>", None, None],
-                                              known_grading=["confident", None, None],
-                                              known_sep_arcsec=[0.4, np.nan, np.nan])
+    cand = cand.reset_index(drop=True).assign(
+        known_name=["DESJ0331-3041<script>", None, None],
+        known_grading=["confident", None, None],
+        known_sep_arcsec=[0.4, np.nan, np.nan],
+    )
     g = gallery_html(run / "run", top=3, out=tmp_path / "g", candidates=cand, title="<i>t</i>")
     text = g.index.read_text()
     assert "known lens: DESJ0331-3041&lt;script&gt;, grade confident, 0.4″ away" in text
@@ -268,10 +290,44 @@ def test_label_grade_and_votes_through_the_cli(tmp_path, capsys):
 
     labels, out = tmp_path / "labels.csv", tmp_path / "votes.csv"
     for who, grade in (("ann", "definite"), ("bob", "possible"), ("cat", "probable")):
-        assert main(["label", "--labels", str(labels), "--tile", TILES[0], "--object-id", "7001", "--class", "lens",
-                     "--grade", grade, "--labeller", who]) == 0
-    assert main(["label", "--labels", str(labels), "--tile", TILES[0], "--object-id", "7002", "--class", "lens",
-                 "--grade", "no"]) == 2
+        assert (
+            main(
+                [
+                    "label",
+                    "--labels",
+                    str(labels),
+                    "--tile",
+                    TILES[0],
+                    "--object-id",
+                    "7001",
+                    "--class",
+                    "lens",
+                    "--grade",
+                    grade,
+                    "--labeller",
+                    who,
+                ]
+            )
+            == 0
+        )
+    assert (
+        main(
+            [
+                "label",
+                "--labels",
+                str(labels),
+                "--tile",
+                TILES[0],
+                "--object-id",
+                "7002",
+                "--class",
+                "lens",
+                "--grade",
+                "no",
+            ]
+        )
+        == 2
+    )
     assert "contradicts" in capsys.readouterr().err
     assert main(["label", "--labels", str(labels), "--votes", str(out)]) == 0
     assert "1 objects graded (1 by several reviewers)" in capsys.readouterr().out

@@ -14,13 +14,22 @@ def test_one_round_raises_purity_in_the_top_n(tmp_path, client):
     # Rings, spiral arms and close pairs are learnt from ~20 labelled examples; blue companions
     # are not (they look like a lens with one bright image; see benchmarks/RESULTS.md). The
     # training store is a default one: scenes and every look-alike class.
-    survey, truth_path = mock_survey(tmp_path / "des.zarr", tiles=2, per_tile=200, lens_fraction=0.03, seed=11,
-                                     lookalike_fraction=0.15, lookalikes=["ring", "spiral", "merger"],
-                                     client=client, progress=False)
+    survey, truth_path = mock_survey(
+        tmp_path / "des.zarr",
+        tiles=2,
+        per_tile=200,
+        lens_fraction=0.03,
+        seed=11,
+        lookalike_fraction=0.15,
+        lookalikes=["ring", "spiral", "merger"],
+        client=client,
+        progress=False,
+    )
     truth = pd.read_parquet(truth_path)
     simulate(tmp_path / "train.zarr", n=800, seed=1, partition_size=400, client=client, progress=False)
-    result = review_round(tmp_path / "des.zarr", truth, tmp_path / "train.zarr", tmp_path / "loop",
-                          top=30, client=client)
+    result = review_round(
+        tmp_path / "des.zarr", truth, tmp_path / "train.zarr", tmp_path / "loop", top=30, client=client
+    )
     print(result)
     assert result["added"] == 30
     # the look-alikes reviewers named became classes of the retrained model

@@ -56,6 +56,7 @@ def test_score_models_without_the_row_count_gives_the_same_rows(tmp_path, models
     pd.testing.assert_frame_equal(known, counted)
     assert stats["prefilter"]["top_k"] == 6 and (counted["stage"] == 2).sum() == 6
 
+
 def test_cascade_passes_the_top_fraction_and_scores_them_as_the_main_model_alone(tmp_path, models):
     main, pre = models
     _survey(tmp_path / "s.zarr", nan_row=3)
@@ -101,17 +102,30 @@ def test_audit_says_what_the_prefilter_lost(tmp_path, models):
     common = dict(floor=0.5, progress=False, client=None, crossmatch=False)
     alone = search(tmp_path / "s.zarr", main, tmp_path / "alone", **dict(common, floor=0.0)).scores()
     thr = float(np.quantile(alone["score"], 0.6))
-    truth = pd.DataFrame({"object_id": np.arange(1000, 1073),
-                          "tile": np.repeat(TILES[:2] + TILES[3:], COUNTS[:2] + COUNTS[3:]),
-                          "is_lens": np.arange(73) % 4 == 0})
-    res = search(tmp_path / "s.zarr", main, tmp_path / "casc", prefilter=(pre, 0.2), prefilter_threshold=1.0,
-                 truth=truth, threshold=thr, **common)
+    truth = pd.DataFrame(
+        {
+            "object_id": np.arange(1000, 1073),
+            "tile": np.repeat(TILES[:2] + TILES[3:], COUNTS[:2] + COUNTS[3:]),
+            "is_lens": np.arange(73) % 4 == 0,
+        }
+    )
+    res = search(
+        tmp_path / "s.zarr",
+        main,
+        tmp_path / "casc",
+        prefilter=(pre, 0.2),
+        prefilter_threshold=1.0,
+        truth=truth,
+        threshold=thr,
+        **common,
+    )
     sc = res.scores()
     lenses = set(truth.loc[truth["is_lens"], "object_id"])
     assert set(sc.loc[sc["audited"], "object_id"]) == lenses  # kept whatever the floor
     dropped = sc[sc["audited"] & (sc["stage"] == 1)]
-    np.testing.assert_allclose(dropped["audit_score"],
-                               alone.set_index("object_id").loc[dropped["object_id"], "score"], rtol=1e-5)
+    np.testing.assert_allclose(
+        dropped["audit_score"], alone.set_index("object_id").loc[dropped["object_id"], "score"], rtol=1e-5
+    )
     assert sc.loc[~sc["audited"] | (sc["stage"] == 2), "audit_score"].isna().all()
     au = res.summary["audit"]
     kept_alone = set(alone.loc[(alone["score"] >= thr) & alone["object_id"].isin(lenses), "object_id"])
@@ -125,8 +139,17 @@ def test_audit_says_what_the_prefilter_lost(tmp_path, models):
 def test_ensemble_behind_a_prefilter(tmp_path, models, random_model):
     main, pre = models
     _survey(tmp_path / "s.zarr")
-    res = search(tmp_path / "s.zarr", [main, random_model], tmp_path / "casc", prefilter=(pre, 0.5),
-                 prefilter_threshold=1.0, floor=0.0, progress=False, client=None, crossmatch=False)
+    res = search(
+        tmp_path / "s.zarr",
+        [main, random_model],
+        tmp_path / "casc",
+        prefilter=(pre, 0.5),
+        prefilter_threshold=1.0,
+        floor=0.0,
+        progress=False,
+        client=None,
+        crossmatch=False,
+    )
     sc = res.scores()
     p = sc[sc["stage"] == 2]
     cols = [c for c in sc.columns if c.startswith("score_")]
@@ -141,27 +164,77 @@ def test_cli_cascade_search_tile_emit_and_refusals(tmp_path, models, capsys):
     _survey(tmp_path / "s.zarr")
     out = tmp_path / "none"
     for bad in ("0.1", f"{pdir}:1.5", f"{pdir}:x", ":0.1"):
-        code = main(["search", "--zarr", str(tmp_path / "s.zarr"), "--model", str(mdir), "--prefilter", bad,
-                     "--out", str(out)])
+        code = main(
+            ["search", "--zarr", str(tmp_path / "s.zarr"), "--model", str(mdir), "--prefilter", bad, "--out", str(out)]
+        )
         assert code == 2 and "--prefilter" in capsys.readouterr().err
-    code = main(["search", "--zarr", str(tmp_path / "s.zarr"), "--model", str(mdir), "--truth", "x.parquet",
-                 "--out", str(out)])
+    code = main(
+        ["search", "--zarr", str(tmp_path / "s.zarr"), "--model", str(mdir), "--truth", "x.parquet", "--out", str(out)]
+    )
     assert code == 2 and "--prefilter" in capsys.readouterr().err
     gri = tmp_path / "gri"
     untrained_checkpoint(gri, "test-vit", bands=("g", "r", "i"))
-    code = main(["search", "--zarr", str(tmp_path / "s.zarr"), "--model", str(mdir), "--prefilter", f"{gri}:0.1",
-                 "--out", str(out)])
+    code = main(
+        [
+            "search",
+            "--zarr",
+            str(tmp_path / "s.zarr"),
+            "--model",
+            str(mdir),
+            "--prefilter",
+            f"{gri}:0.1",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 2 and "share bands" in capsys.readouterr().err
     assert not out.exists()  # every refusal came before any cluster or file
 
     spec = f"{pdir}:0.25"
-    assert main(["search-tile", "--zarr", str(tmp_path / "s.zarr"), "--tile", TILES[0], "--model", str(mdir),
-                 "--prefilter", spec, "--prefilter-threshold", "1", "--out", str(tmp_path / "batch")]) == 0
+    assert (
+        main(
+            [
+                "search-tile",
+                "--zarr",
+                str(tmp_path / "s.zarr"),
+                "--tile",
+                TILES[0],
+                "--model",
+                str(mdir),
+                "--prefilter",
+                spec,
+                "--prefilter-threshold",
+                "1",
+                "--out",
+                str(tmp_path / "batch"),
+            ]
+        )
+        == 0
+    )
     one = pd.read_parquet(tmp_path / "batch" / "tiles" / f"{TILES[0]}.parquet")
     assert (one["stage"] == 2).sum() == int(np.ceil(0.25 * 30))
-    assert main(["search", "--zarr", str(tmp_path / "s.zarr"), "--model", str(mdir), "--model", "default",
-                 "--prefilter", spec, "--prefilter-threshold", "0.7", "--out", str(tmp_path / "run"),
-                 "--emit-htcondor", str(tmp_path / "condor")]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--zarr",
+                str(tmp_path / "s.zarr"),
+                "--model",
+                str(mdir),
+                "--model",
+                "default",
+                "--prefilter",
+                spec,
+                "--prefilter-threshold",
+                "0.7",
+                "--out",
+                str(tmp_path / "run"),
+                "--emit-htcondor",
+                str(tmp_path / "condor"),
+            ]
+        )
+        == 0
+    )
     sub = (tmp_path / "condor" / "search.sub").read_text()
     assert sub.count("--model ") == 2 and f"--prefilter {pdir}:0.25" in sub and "--prefilter-threshold 0.7" in sub
     from lensdask.cli import build_parser
@@ -177,9 +250,27 @@ def test_cascade_benchmark_runs_on_a_tiny_survey(tmp_path):
     from conftest import load_benchmark
 
     bench = load_benchmark("bench_cascade")
-    res = bench.main(["--main", "test-vit", "--tiles", "2", "--per-tile", "30", "--lens-fraction", "0.1",
-                      "--keep", "0.2", "--prefilter-threshold", "1", "--audit", "--ensemble-with", "default",
-                      "--json", str(tmp_path / "r.json")])
+    res = bench.main(
+        [
+            "--main",
+            "test-vit",
+            "--tiles",
+            "2",
+            "--per-tile",
+            "30",
+            "--lens-fraction",
+            "0.1",
+            "--keep",
+            "0.2",
+            "--prefilter-threshold",
+            "1",
+            "--audit",
+            "--ensemble-with",
+            "default",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert res["cutouts"] == 60 and res["main_untrained"] and res["stages"] == {"prefilter": 60, "main": 12}
     assert res["cost_ratio"] > 0 and res["lenses_lost"] == res["audit"]["dropped_main_would_keep"]
     assert set(res["auroc"]) >= {"ensemble_mean", "ensemble_rank"}
@@ -193,10 +284,27 @@ def test_cli_cascade_search_prints_both_stages_and_the_audit(tmp_path, models, c
     _survey(tmp_path / "s.zarr")
     truth = pd.DataFrame({"object_id": np.arange(1000, 1073), "is_lens": np.arange(73) % 4 == 0})
     truth.to_parquet(tmp_path / "truth.parquet")
-    code = main(["search", "--zarr", str(tmp_path / "s.zarr"), "--model", str(mdir), "--prefilter", f"{pdir}:0.2",
-                 "--prefilter-threshold", "1", "--truth", str(tmp_path / "truth.parquet"),
-                 "--out", str(tmp_path / "run"),
-                 "--cluster", client.scheduler.address, "--no-crossmatch", "--no-report"])
+    code = main(
+        [
+            "search",
+            "--zarr",
+            str(tmp_path / "s.zarr"),
+            "--model",
+            str(mdir),
+            "--prefilter",
+            f"{pdir}:0.2",
+            "--prefilter-threshold",
+            "1",
+            "--truth",
+            str(tmp_path / "truth.parquet"),
+            "--out",
+            str(tmp_path / "run"),
+            "--cluster",
+            client.scheduler.address,
+            "--no-crossmatch",
+            "--no-report",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "scored 73 cutouts, the main model(s) 15 (top 0.2 of each tile" in out
@@ -210,7 +318,12 @@ def test_a_truth_table_without_a_prefilter_is_refused(tmp_path, models):
 
     _survey(tmp_path / "s.zarr")
     with pytest.raises(LensdaskError, match="prefilter"):
-        search(tmp_path / "s.zarr", models[0], tmp_path / "run",
-               truth=pd.DataFrame({"object_id": [1], "is_lens": [True]}),
-               progress=False, client=None)
+        search(
+            tmp_path / "s.zarr",
+            models[0],
+            tmp_path / "run",
+            truth=pd.DataFrame({"object_id": [1], "is_lens": [True]}),
+            progress=False,
+            client=None,
+        )
     assert not (tmp_path / "run").exists()

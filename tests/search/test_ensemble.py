@@ -50,8 +50,14 @@ def test_ensemble_reads_each_tile_once_and_keeps_every_models_score(tmp_path, mo
 
     _survey(tmp_path / "s.zarr", nan_row=3)
     a, b = models
-    one = {m: search(tmp_path / "s.zarr", m, tmp_path / f"one-{m.name}", floor=0.0, progress=False, client=None,
-                     crossmatch=False).scores().set_index("object_id") for m in models}
+    one = {
+        m: search(
+            tmp_path / "s.zarr", m, tmp_path / f"one-{m.name}", floor=0.0, progress=False, client=None, crossmatch=False
+        )
+        .scores()
+        .set_index("object_id")
+        for m in models
+    }
     reads = []
     real = CutoutStore.iter_normalised
 
@@ -60,8 +66,16 @@ def test_ensemble_reads_each_tile_once_and_keeps_every_models_score(tmp_path, mo
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(CutoutStore, "iter_normalised", counting)
-    res = search(tmp_path / "s.zarr", [a, b], tmp_path / "ens", floor=0.0, threshold=0.45, progress=False,
-                 client=None, crossmatch=False)
+    res = search(
+        tmp_path / "s.zarr",
+        [a, b],
+        tmp_path / "ens",
+        floor=0.0,
+        threshold=0.45,
+        progress=False,
+        client=None,
+        crossmatch=False,
+    )
     assert sorted(reads) == [(0,), (1,), (2,), (3,)]  # each tile read once, for both models
     sc = res.scores().set_index("object_id")
     assert len(sc) == 73
@@ -80,8 +94,16 @@ def test_ensemble_reads_each_tile_once_and_keeps_every_models_score(tmp_path, mo
 def test_rank_average_is_the_mean_rank_in_the_tile(tmp_path, models):
     _survey(tmp_path / "s.zarr")
     a, b = models
-    res = search(tmp_path / "s.zarr", [a, b], tmp_path / "rank", combine="rank", floor=0.0, progress=False,
-                 client=None, crossmatch=False)
+    res = search(
+        tmp_path / "s.zarr",
+        [a, b],
+        tmp_path / "rank",
+        combine="rank",
+        floor=0.0,
+        progress=False,
+        client=None,
+        crossmatch=False,
+    )
     sc = res.scores()
     t0 = sc[sc["tile"] == TILES[0]]
     want = (t0[_col(a)].rank() + t0[_col(b)].rank()) / 2 / len(t0)
@@ -108,12 +130,21 @@ def test_resume_skips_only_tiles_of_the_same_ensemble(tmp_path, models):
     _survey(tmp_path / "s.zarr")
     a, b = models
     first = search(tmp_path / "s.zarr", [a, b], tmp_path / "run", progress=False, client=None, crossmatch=False)
-    again = search(tmp_path / "s.zarr", [a, b], tmp_path / "run", resume=True, progress=False, client=None,
-                   crossmatch=False)
+    again = search(
+        tmp_path / "s.zarr", [a, b], tmp_path / "run", resume=True, progress=False, client=None, crossmatch=False
+    )
     assert again.summary["tiles_resumed"] == 4
     pd.testing.assert_frame_equal(first.candidates, again.candidates)
-    other = search(tmp_path / "s.zarr", [a, b], tmp_path / "run", resume=True, combine="rank", progress=False,
-                   client=None, crossmatch=False)
+    other = search(
+        tmp_path / "s.zarr",
+        [a, b],
+        tmp_path / "run",
+        resume=True,
+        combine="rank",
+        progress=False,
+        client=None,
+        crossmatch=False,
+    )
     assert other.summary["tiles_resumed"] == 0  # another combination is another run
 
 
@@ -122,14 +153,46 @@ def test_cli_ensemble_search_tile_and_merge_match_search(tmp_path, models, clien
 
     _survey(tmp_path / "s.zarr")
     a, b = models
-    code = main(["search", "--zarr", str(tmp_path / "s.zarr"), "--model", str(a), "--model", str(b), "--out",
-                 str(tmp_path / "run"), "--cluster", client.scheduler.address, "--no-crossmatch", "--no-report",
-                 "--threshold", "0.4"])
+    code = main(
+        [
+            "search",
+            "--zarr",
+            str(tmp_path / "s.zarr"),
+            "--model",
+            str(a),
+            "--model",
+            str(b),
+            "--out",
+            str(tmp_path / "run"),
+            "--cluster",
+            client.scheduler.address,
+            "--no-crossmatch",
+            "--no-report",
+            "--threshold",
+            "0.4",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "ensemble of 2 models" in out
     for t in range(4):
-        assert main(["search-tile", "--zarr", str(tmp_path / "s.zarr"), "--tile", str(t), "--model", str(a),
-                     "--model", str(b), "--out", str(tmp_path / "batch")]) == 0
+        assert (
+            main(
+                [
+                    "search-tile",
+                    "--zarr",
+                    str(tmp_path / "s.zarr"),
+                    "--tile",
+                    str(t),
+                    "--model",
+                    str(a),
+                    "--model",
+                    str(b),
+                    "--out",
+                    str(tmp_path / "batch"),
+                ]
+            )
+            == 0
+        )
     assert main(["merge", str(tmp_path / "batch"), "--threshold", "0.4"]) == 0
     got = pd.read_parquet(tmp_path / "batch" / "candidates.parquet")
     want = pd.read_parquet(tmp_path / "run" / "candidates.parquet")
@@ -140,15 +203,27 @@ def test_cli_ensemble_search_tile_and_merge_match_search(tmp_path, models, clien
 
 def _labelled(path, n=48, seed=0):
     rng = np.random.default_rng(seed)
-    s = create_store(path, tiles=["T0", "T1"], capacity=n, bands="griz", pixel_scale=0.263, stamp=45, chunk_rows=16,
-                     classes=["non-lens", "lens"])
+    s = create_store(
+        path,
+        tiles=["T0", "T1"],
+        capacity=n,
+        bands="griz",
+        pixel_scale=0.263,
+        stamp=45,
+        chunk_rows=16,
+        classes=["non-lens", "lens"],
+    )
     y, x = np.mgrid[:45, :45] - 22
     for t in range(2):
         lab = np.arange(n) % 2
-        img = (rng.normal(0, 0.05, size=(n, 4, 45, 45))
-               + (np.exp(-(x**2 + y**2) / 20.0) * (1 + 2 * lab)[:, None, None, None]))
-        s.write_tile(t, img.astype("float32"), pd.DataFrame({"object_id": np.arange(n) + 100 * t, "ra": 0.0, "dec": 0.0,
-                                                             "label": lab}))
+        img = rng.normal(0, 0.05, size=(n, 4, 45, 45)) + (
+            np.exp(-(x**2 + y**2) / 20.0) * (1 + 2 * lab)[:, None, None, None]
+        )
+        s.write_tile(
+            t,
+            img.astype("float32"),
+            pd.DataFrame({"object_id": np.arange(n) + 100 * t, "ra": 0.0, "dec": 0.0, "label": lab}),
+        )
     return s
 
 
@@ -176,10 +251,18 @@ def test_evaluate_reports_each_model_and_the_ensemble(tmp_path, models, capsys):
 
     def lens_probability(path):
         net, card = load_checkpoint(path)
-        return np.concatenate([
-            forward_proba(net, st.read_normalised(t, specs=[card["normalisation"]]).inputs[0], batch_size=64,
-                          device="cpu", size=input_size(card))[:, 1]
-            for t in range(2)])
+        return np.concatenate(
+            [
+                forward_proba(
+                    net,
+                    st.read_normalised(t, specs=[card["normalisation"]]).inputs[0],
+                    batch_size=64,
+                    device="cpu",
+                    size=input_size(card),
+                )[:, 1]
+                for t in range(2)
+            ]
+        )
 
     p = np.mean([lens_probability(m) for m in models], axis=0)
     assert r["auroc"] == pytest.approx(binary_metrics(y, p)["auroc"], abs=1e-6)

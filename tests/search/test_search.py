@@ -26,8 +26,14 @@ def _survey(path, per_tile=(30, 25, 0, 18), nan_row=None, seed=0):
         img = rng.normal(0, 0.05, size=(n, 4, 45, 45)) + blob * rng.uniform(0.5, 3, size=(n, 4, 1, 1))
         if nan_row is not None and t == 1:
             img[nan_row, 2, 10, 10] = np.nan
-        table = pd.DataFrame({"object_id": np.arange(oid, oid + n), "ra": 15.3 + rng.uniform(0, 0.7, n),
-                              "dec": -30.0 + rng.uniform(0, 0.7, n), "label": -np.ones(n, int)})
+        table = pd.DataFrame(
+            {
+                "object_id": np.arange(oid, oid + n),
+                "ra": 15.3 + rng.uniform(0, 0.7, n),
+                "dec": -30.0 + rng.uniform(0, 0.7, n),
+                "label": -np.ones(n, int),
+            }
+        )
         oid += n
         s.write_tile(t, img.astype("float32"), table)
     return s
@@ -35,10 +41,12 @@ def _survey(path, per_tile=(30, 25, 0, 18), nan_row=None, seed=0):
 
 def test_in_process_and_on_cluster_agree(tmp_path, client, random_model):
     _survey(tmp_path / "s.zarr", nan_row=3)
-    local = search(tmp_path / "s.zarr", random_model, tmp_path / "run1", threshold=0.3, floor=0.0, progress=False,
-                   client=None)
-    dist = search(tmp_path / "s.zarr", random_model, tmp_path / "run2", threshold=0.3, floor=0.0, progress=False,
-                  client=client)
+    local = search(
+        tmp_path / "s.zarr", random_model, tmp_path / "run1", threshold=0.3, floor=0.0, progress=False, client=None
+    )
+    dist = search(
+        tmp_path / "s.zarr", random_model, tmp_path / "run2", threshold=0.3, floor=0.0, progress=False, client=client
+    )
     pd.testing.assert_frame_equal(local.candidates, dist.candidates, check_exact=False, rtol=1e-5)
     scores = read_scores(tmp_path / "run2")
     assert len(scores) == 73 and scores["object_id"].is_unique
@@ -117,8 +125,9 @@ def test_missing_store(tmp_path, random_model):
 def test_one_tile_in_process(tmp_path, random_model):
     _survey(tmp_path / "s.zarr")
     card = read_card(random_model)
-    stats = search_tile(str(tmp_path / "s.zarr"), 0, str(random_model), card["sha256"], str(tmp_path / "run"),
-                        device="cpu")
+    stats = search_tile(
+        str(tmp_path / "s.zarr"), 0, str(random_model), card["sha256"], str(tmp_path / "run"), device="cpu"
+    )
     assert stats["rows"] == 30 and stats["tile"] == TILES[0]
     out = pd.read_parquet(tmp_path / "run" / "tiles" / f"{TILES[0]}.parquet")
     assert len(out) == 30 and (out["model"] == card["model_id"]).all()
@@ -140,8 +149,12 @@ def test_killed_worker_gives_exactly_the_rows_of_a_clean_run(tmp_path, random_mo
     _survey(tmp_path / "s.zarr", nan_row=2)
     clean = search(tmp_path / "s.zarr", random_model, tmp_path / "clean", threshold=0.3, progress=False, client=None)
     killed = {}
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      memory_limit="2GiB") as cluster, Client(cluster) as c:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="2GiB"
+        ) as cluster,
+        Client(cluster) as c,
+    ):
         pids = c.run(os.getpid)
 
         def kill_first_busy_worker():
@@ -156,8 +169,9 @@ def test_killed_worker_gives_exactly_the_rows_of_a_clean_run(tmp_path, random_mo
 
         th = threading.Thread(target=kill_first_busy_worker)
         th.start()
-        result = search(tmp_path / "s.zarr", random_model, tmp_path / "run", threshold=0.3, progress=False,
-                        client=c, report=True)
+        result = search(
+            tmp_path / "s.zarr", random_model, tmp_path / "run", threshold=0.3, progress=False, client=c, report=True
+        )
         th.join()
     assert killed, "no worker was killed"
     assert result.failures.empty and result.summary["tiles_searched"] == 4
@@ -196,8 +210,9 @@ def test_ctrl_c_leaves_only_whole_tiles_and_resume_completes(tmp_path, random_mo
     monkeypatch.setattr(run, "commit_tile", real)
     files = sorted(p.name for p in (tmp_path / "run" / "tiles").iterdir())
     assert files == [f"{TILES[0]}.json", f"{TILES[0]}.parquet"]  # one whole tile, nothing else
-    again = search(tmp_path / "s.zarr", random_model, tmp_path / "run", threshold=0.0, resume=True, progress=False,
-                   client=None)
+    again = search(
+        tmp_path / "s.zarr", random_model, tmp_path / "run", threshold=0.0, resume=True, progress=False, client=None
+    )
     assert again.summary["tiles_resumed"] == 1
     pd.testing.assert_frame_equal(again.candidates, clean.candidates)
 
@@ -218,8 +233,22 @@ def test_cli_exits_nonzero_naming_the_corrupt_tile(tmp_path, client, random_mode
 
     _survey(tmp_path / "s.zarr")
     (tmp_path / "s.zarr" / "images" / "c" / "1" / "0" / "0" / "0" / "0").write_bytes(b"garbage" * 40)
-    code = main(["search", "--zarr", str(tmp_path / "s.zarr"), "--model", str(random_model), "--out",
-                 str(tmp_path / "run"), "--cluster", client.scheduler.address, "--export", "csv", "--no-crossmatch"])
+    code = main(
+        [
+            "search",
+            "--zarr",
+            str(tmp_path / "s.zarr"),
+            "--model",
+            str(random_model),
+            "--out",
+            str(tmp_path / "run"),
+            "--cluster",
+            client.scheduler.address,
+            "--export",
+            "csv",
+            "--no-crossmatch",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 1
     assert "1 tiles FAILED" in err and TILES[1] in err
@@ -248,8 +277,22 @@ def test_gpu_benchmark_script_runs_on_cpu_with_a_tiny_model(tmp_path):
     from conftest import load_benchmark
 
     bench = load_benchmark("bench_search_gpu")
-    res = bench.main(["--arch", "test-vit", "--device", "cpu", "--tiles", "2", "--per-tile", "16",
-                      "--batch-size", "8", "--json", str(tmp_path / "r.json")])
+    res = bench.main(
+        [
+            "--arch",
+            "test-vit",
+            "--device",
+            "cpu",
+            "--tiles",
+            "2",
+            "--per-tile",
+            "16",
+            "--batch-size",
+            "8",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert res["cutouts"] == 32 and res["end_to_end_cutouts_per_s"] > 0 and res["des_320M_hours_per_gpu"] > 0
     assert json.loads((tmp_path / "r.json").read_text())["arch"] == "test-vit"
 
@@ -272,9 +315,17 @@ def test_search_applies_the_cards_resize(tmp_path):
         _survey(tmp_path / "s.zarr")
     torch.manual_seed(0)
     kwargs = arch_kwargs("test-vit", in_chans=4, img_size=36, num_classes=2)
-    card = {"arch": "test-vit", "arch_kwargs": kwargs, "bands": list("griz"), "stamp": 45, "input_size": 36,
-            "pixel_scale": 0.263, "normalisation": dict(DEFAULT_NORMALISATION), "classes": ["non-lens", "lens"],
-            "lens_class": 1}
+    card = {
+        "arch": "test-vit",
+        "arch_kwargs": kwargs,
+        "bands": list("griz"),
+        "stamp": 45,
+        "input_size": 36,
+        "pixel_scale": 0.263,
+        "normalisation": dict(DEFAULT_NORMALISATION),
+        "classes": ["non-lens", "lens"],
+        "lens_class": 1,
+    }
     save_checkpoint(build_vit(kwargs), tmp_path / "m36", card)
     result = search(tmp_path / "s.zarr", tmp_path / "m36", tmp_path / "run", floor=0.0, progress=False)
     model, card = load_checkpoint(tmp_path / "m36")
@@ -291,10 +342,19 @@ def test_search_on_a_client_that_is_not_the_default(tmp_path, random_model, monk
 
     _survey(tmp_path / "s.zarr")
     monkeypatch.setattr(distributed.client, "_get_global_client", lambda: None)  # no default client at all
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
-            Client(cluster, set_as_default=False) as client:
-        result = search(tmp_path / "s.zarr", random_model, tmp_path / "run", client=client, progress=False,
-                        crossmatch=False, report=True)
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        result = search(
+            tmp_path / "s.zarr",
+            random_model,
+            tmp_path / "run",
+            client=client,
+            progress=False,
+            crossmatch=False,
+            report=True,
+        )
     assert result.summary["rows"] == 73 and result.summary["tiles_failed"] == []
     assert (tmp_path / "run" / "dask-report.html").stat().st_size > 0
 
@@ -302,10 +362,22 @@ def test_search_on_a_client_that_is_not_the_default(tmp_path, random_model, monk
 def test_the_old_store_keyword_still_works_with_a_warning(tmp_path, random_model):
     _survey(tmp_path / "s.zarr", per_tile=(5, 0, 0, 0))
     with pytest.warns(DeprecationWarning, match="use store="):
-        old = search(zarr=tmp_path / "s.zarr", model=random_model, out=tmp_path / "old", progress=False,
-                     client=None, crossmatch=False)
-    new = search(store=tmp_path / "s.zarr", model=random_model, out=tmp_path / "new", progress=False, client=None,
-                 crossmatch=False)
+        old = search(
+            zarr=tmp_path / "s.zarr",
+            model=random_model,
+            out=tmp_path / "old",
+            progress=False,
+            client=None,
+            crossmatch=False,
+        )
+    new = search(
+        store=tmp_path / "s.zarr",
+        model=random_model,
+        out=tmp_path / "new",
+        progress=False,
+        client=None,
+        crossmatch=False,
+    )
     pd.testing.assert_frame_equal(old.scores(), new.scores())
     with pytest.raises(TypeError, match="'store' twice"):
         search(tmp_path / "s.zarr", zarr=tmp_path / "s.zarr", out=tmp_path / "both", progress=False)

@@ -37,8 +37,9 @@ def reference(images, spec=None):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
-@pytest.mark.parametrize("spec",
-                         [None, {"border": 0}, {"border": 2, "softening": 1.5}, {"border": 30}, {"method": "none"}])
+@pytest.mark.parametrize(
+    "spec", [None, {"border": 0}, {"border": 2, "softening": 1.5}, {"border": 30}, {"method": "none"}]
+)
 def test_matches_plain_float64_definition(dtype, spec):
     rng = np.random.default_rng(1)
     x = rng.normal(0, 1, (70, 4, 27, 27)) * rng.uniform(0.01, 100, (70, 1, 1, 1)) + rng.normal(0, 5, (70, 1, 1, 1))

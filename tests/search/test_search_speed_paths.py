@@ -43,8 +43,10 @@ def test_scores_do_not_depend_on_the_batch_size(tmp_path, random_model, tiny_sto
     runs = {}
     for bs in (5, 16, "auto"):
         out = tmp_path / f"run-{bs}"
-        stats = [search_tile(str(tmp_path / "s.zarr"), t, str(random_model), sha, str(out), device="cpu", batch_size=bs)
-                 for t in (0, 1)]
+        stats = [
+            search_tile(str(tmp_path / "s.zarr"), t, str(random_model), sha, str(out), device="cpu", batch_size=bs)
+            for t in (0, 1)
+        ]
         assert [s["rows"] for s in stats] == [40, 23]
         assert stats[0]["batch_size"] == (BATCH_SIZES["cpu"] if bs == "auto" else bs)
         runs[bs] = read_scores(out).sort_values("object_id").reset_index(drop=True)
@@ -66,16 +68,32 @@ def test_cli_rejects_a_bad_batch_size(tmp_path, random_model, capsys, tiny_store
     from lensdask.cli import main
 
     tiny_store(tmp_path / "s.zarr", rows=ROWS, **STORE)
-    rc = main(["search", "--zarr", str(tmp_path / "s.zarr"), "--model", str(random_model), "--out",
-               str(tmp_path / "run"), "--batch-size", "lots", "--no-crossmatch", "--no-report", "--cluster", "local"])
+    rc = main(
+        [
+            "search",
+            "--zarr",
+            str(tmp_path / "s.zarr"),
+            "--model",
+            str(random_model),
+            "--out",
+            str(tmp_path / "run"),
+            "--batch-size",
+            "lots",
+            "--no-crossmatch",
+            "--no-report",
+            "--cluster",
+            "local",
+        ]
+    )
     assert rc != 0 and "batch size" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("compressor", ["lz4", "zstd"])
 def test_store_compressor_is_configurable_and_read_alike(tmp_path, compressor, tiny_store):
     with dask.config.set({"lensdask.store.compressor": compressor}):
-        s = tiny_store(tmp_path / "s.zarr", rows=(20,), **STORE, noise=0.05, flux=(0.5, 3), width=20.0,
-                       quantise_step=0)  # the compressor of float32 stores
+        s = tiny_store(
+            tmp_path / "s.zarr", rows=(20,), **STORE, noise=0.05, flux=(0.5, 3), width=20.0, quantise_step=0
+        )  # the compressor of float32 stores
     codecs = repr(s.group["images"].metadata.codecs)
     assert f"cname=<BloscCname.{compressor}" in codecs
     rng = np.random.default_rng(3)  # the same pixels tiny_store wrote (its seed, noise, flux, width)

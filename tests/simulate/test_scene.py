@@ -21,8 +21,19 @@ def cfg():
 
 def _one(kind, x, y, mag_i, R=np.nan, n=np.nan, q=np.nan, phi=np.nan, **kw):
     mag = np.array([[mag_i + 1.0, mag_i + 0.5, mag_i, mag_i - 0.2]])
-    return Scene(kind=np.array([kind], np.int8), x=np.array([x]), y=np.array([y]), mag=mag, R=np.array([R]),
-                 n=np.array([n]), q=np.array([q]), phi=np.array([phi]), bands=BANDS, half=STAMP * PIX / 2, **kw)
+    return Scene(
+        kind=np.array([kind], np.int8),
+        x=np.array([x]),
+        y=np.array([y]),
+        mag=mag,
+        R=np.array([R]),
+        n=np.array([n]),
+        q=np.array([q]),
+        phi=np.array([phi]),
+        bands=BANDS,
+        half=STAMP * PIX / 2,
+        **kw,
+    )
 
 
 def test_field_counts_follow_the_configured_density(cfg):
@@ -45,8 +56,12 @@ def test_satellites_grow_with_the_central_luminosity(cfg):
     rng = np.random.default_rng(1)
 
     def mean_sats(mag):
-        return np.mean([(draw_scene(rng, BANDS, STAMP, PIX, cfg, central_mag_i=mag).kind == KIND_SATELLITE).sum()
-                        for _ in range(1500)])
+        return np.mean(
+            [
+                (draw_scene(rng, BANDS, STAMP, PIX, cfg, central_mag_i=mag).kind == KIND_SATELLITE).sum()
+                for _ in range(1500)
+            ]
+        )
 
     bright, faint = mean_sats(17.5), mean_sats(20.5)
     assert bright > 1.5 * faint
@@ -62,9 +77,17 @@ def test_galaxy_profiles_keep_their_flux_and_off_edge_galaxies_are_cut():
 
 def test_stars_take_the_system_psf_and_bright_ones_saturate_and_bleed():
     r = get_renderer()
-    params = {"lens_x": 0.0, "lens_y": 0.0, "lens_R_sersic": 1.0, "lens_n_sersic": 4.0, "lens_e1": 0.0,
-              "lens_e2": 0.0, **{f"mag_lens_{b}": 40.0 for b in BANDS},
-              **{f"seeing_{b}": 1.0 for b in BANDS}, **{f"sky_{b}": 21.0 for b in BANDS}}
+    params = {
+        "lens_x": 0.0,
+        "lens_y": 0.0,
+        "lens_R_sersic": 1.0,
+        "lens_n_sersic": 4.0,
+        "lens_e1": 0.0,
+        "lens_e2": 0.0,
+        **{f"mag_lens_{b}": 40.0 for b in BANDS},
+        **{f"seeing_{b}": 1.0 for b in BANDS},
+        **{f"sky_{b}": 21.0 for b in BANDS},
+    }
     star = _one(KIND_STAR, 0.0, 0.0, 20.0, saturation=np.inf)
     light = r.candidate(params, scene=star).scene_light("i")
     # a Gaussian PSF of FWHM 1": the star's second moment is sigma^2 (plus the pixel's 1/12)

@@ -116,8 +116,9 @@ def test_constraints_hold_for_accepted_lenses():
 
 
 def test_impossible_constraint_raises():
-    with dask.config.set({"lensdask.simulate.constraints.magnification_min": 1e6,
-                          "lensdask.simulate.max_draws_per_lens": 7}):
+    with dask.config.set(
+        {"lensdask.simulate.constraints.magnification_min": 1e6, "lensdask.simulate.max_draws_per_lens": 7}
+    ):
         with pytest.raises(ConstraintError, match="magnification_min") as info:
             simulate_rows(range(2), 0, lens_fraction=1.0)
     assert "7 draws" in str(info.value)
@@ -126,8 +127,9 @@ def test_impossible_constraint_raises():
 
 def test_simulate_on_client_writes_store(tmp_path, client):
     url = tmp_path / "train.zarr"
-    store, stats = simulate(url, 7, seed=4, lens_fraction=0.5, partition_size=3, client=client,
-                            progress=False, return_stats=True)
+    store, stats = simulate(
+        url, 7, seed=4, lens_fraction=0.5, partition_size=3, client=client, progress=False, return_stats=True
+    )
     assert store.tiles == ["sim-000000", "sim-000001", "sim-000002"]
     assert list(store.counts) == [3, 3, 1]
     again = open_store(url)

@@ -17,9 +17,12 @@ from lensdask.simulate.render import get_renderer, reference_render
 
 @pytest.fixture(scope="module")
 def real(shared_data):
-    return {"bg": str(shared_data / "des_galaxies"), "cosmos": str(shared_data / "cosmos_sources"),
-            "psf": str(shared_data / "des_psf" / "DECam_00154912_12_psfcat.psf"),
-            "cond": str(shared_data / "des_conditions")}
+    return {
+        "bg": str(shared_data / "des_galaxies"),
+        "cosmos": str(shared_data / "cosmos_sources"),
+        "psf": str(shared_data / "des_psf" / "DECam_00154912_12_psfcat.psf"),
+        "cond": str(shared_data / "des_conditions"),
+    }
 
 
 def test_des_conditions_match_the_real_samples(shared_data):
@@ -38,8 +41,7 @@ def test_des_conditions_match_the_real_samples(shared_data):
 
 @pytest.mark.parametrize("kind", ["sersic", "cosmos", "psfex"])
 def test_noiseless_render_equals_lenstronomy_under_sampled_conditions(real, kind):
-    r = get_renderer(sources=real["cosmos"] if kind == "cosmos" else None,
-                     psf=real["psf"] if kind == "psfex" else None)
+    r = get_renderer(sources=real["cosmos"] if kind == "cosmos" else None, psf=real["psf"] if kind == "psfex" else None)
     rng = np.random.default_rng(3)
     p = priors.draw_lens_galaxy(rng, r.bands)
     p.update(r.draw_conditions(rng))
@@ -52,8 +54,9 @@ def test_noiseless_render_equals_lenstronomy_under_sampled_conditions(real, kind
     from lenstronomy.SimulationAPI.sim_api import SimAPI
 
     b = r.bands[1]
-    sim = SimAPI(num_pix=r.stamp, kwargs_single_band=dict(r.kwargs_band[b], sky_brightness=p[f"sky_{b}"]),
-                 kwargs_model={})
+    sim = SimAPI(
+        num_pix=r.stamp, kwargs_single_band=dict(r.kwargs_band[b], sky_brightness=p[f"sky_{b}"]), kwargs_model={}
+    )
     assert r.noise_of(b, p[f"sky_{b}"])[0] == pytest.approx(sim.background_noise, rel=1e-12)
 
 
@@ -84,8 +87,7 @@ def test_arcs_painted_on_real_galaxies(real):
     diff = out.image - bg.images[int(row["background_index"])]
     assert np.all(diff[out.arc <= 0] == 0)
     assert np.abs(diff).sum() > 0
-    np.testing.assert_allclose(diff.sum(axis=(1, 2)), (out.arc * out.scale[:, None, None]).sum(axis=(1, 2)),
-                               rtol=0.1)
+    np.testing.assert_allclose(diff.sum(axis=(1, 2)), (out.arc * out.scale[:, None, None]).sum(axis=(1, 2)), rtol=0.1)
     for rec in tab.to_dict("records"):
         assert Constraints.from_config().check(rec) is None
 
@@ -120,8 +122,9 @@ def test_real_negatives_and_mixed_proportions(real):
     assert (tab["label"] == 0).all()
     # scene.on_real adds field galaxies and stars (never satellites) to real cutouts, painted or not:
     # light and its Poisson noise only
-    img2, tab2 = simulate_rows(range(40), 3, scene={**dask.config.get("lensdask.simulate.scene"), "on_real": True},
-                               **kw)
+    img2, tab2 = simulate_rows(
+        range(40), 3, scene={**dask.config.get("lensdask.simulate.scene"), "on_real": True}, **kw
+    )
     assert (tab2["background_index"].notna() == is_real).all()
     rows = np.flatnonzero(is_real)
     assert tab2.loc[rows, "scene_n_galaxies"].notna().all() and tab2.loc[rows, "scene_n_satellites"].eq(0).all()
@@ -146,8 +149,7 @@ def test_bad_inputs_are_named(real, tmp_path):
     from astropy.io import fits
 
     for b in "griz":
-        fits.writeto(tmp_path / f"{b}.fits", np.zeros((2, 60, 60), np.float32),
-                     fits.Header({"PIXSCALE": 0.186}))
+        fits.writeto(tmp_path / f"{b}.fits", np.zeros((2, 60, 60), np.float32), fits.Header({"PIXSCALE": 0.186}))
     with pytest.raises(InputError, match="pixel scale"):
         load_backgrounds(str(tmp_path), tuple("griz"), 0.263, 45)
     with pytest.raises(ConstraintError, match="contrast_min"):
@@ -178,9 +180,27 @@ def test_gallery_and_cli(real, tmp_path):
 
     (tmp_path / "c.yaml").write_text("arc_snr_min: 25\n")
     png = tmp_path / "g.png"
-    rc = main(["simulate", "--out", str(tmp_path / "t.zarr"), "--n", "6", "--seed", "1", "--cluster", "local",
-               "--backgrounds", real["bg"], "--sources", real["cosmos"], "--constraints", str(tmp_path / "c.yaml"),
-               "--gallery", str(png)])
+    rc = main(
+        [
+            "simulate",
+            "--out",
+            str(tmp_path / "t.zarr"),
+            "--n",
+            "6",
+            "--seed",
+            "1",
+            "--cluster",
+            "local",
+            "--backgrounds",
+            real["bg"],
+            "--sources",
+            real["cosmos"],
+            "--constraints",
+            str(tmp_path / "c.yaml"),
+            "--gallery",
+            str(png),
+        ]
+    )
     assert rc == 0
     from lensdask.store import open_store
 
@@ -197,8 +217,15 @@ def test_backgrounds_from_a_store_equal_the_cubes(real, tmp_path):
 
     cubes = load_backgrounds(real["bg"], tuple("griz"), 0.263, 45, rows=(0, 1, 2))
     images = np.asarray(cubes.images, dtype=np.float32)
-    s = create_store(tmp_path / "bg.zarr", tiles=["real"], capacity=len(images), bands=list("griz"),
-                     pixel_scale=0.263, stamp=45, quantise_step=0)
+    s = create_store(
+        tmp_path / "bg.zarr",
+        tiles=["real"],
+        capacity=len(images),
+        bands=list("griz"),
+        pixel_scale=0.263,
+        stamp=45,
+        quantise_step=0,
+    )
     s.write_tile(0, images, pd.DataFrame({"object_id": np.arange(len(images)), "ra": 0.0, "dec": 0.0}))
     from_store = load_backgrounds(str(tmp_path / "bg.zarr"), tuple("griz"), 0.263, 45)
     assert len(from_store) == len(images)

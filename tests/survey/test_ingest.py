@@ -44,9 +44,18 @@ def _catalog(files):
 def test_decam_objects_land_on_the_right_pixel_in_every_band(tmp_path, shared_data):
     files = _decam(shared_data)
     cat = _catalog(files)
-    store = ingest(tmp_path / "d.zarr", images=files, catalog=cat, bands=["g", "r", "z"], stamp=STAMP,
-                   pixel_scale=0.262, masks=_decam(shared_data, "ood"), weights=_decam(shared_data, "oow"),
-                   client=None, progress=False)
+    store = ingest(
+        tmp_path / "d.zarr",
+        images=files,
+        catalog=cat,
+        bands=["g", "r", "z"],
+        stamp=STAMP,
+        pixel_scale=0.262,
+        masks=_decam(shared_data, "ood"),
+        weights=_decam(shared_data, "oow"),
+        client=None,
+        progress=False,
+    )
     tile = store.read_tile(0)
     # rows come ordered by their pixel row in the first band (a tile is read strip by strip)
     assert np.all(np.diff(_y_pixel(files["DECAM-N11"]["g"], tile.table)) >= 0)
@@ -74,8 +83,16 @@ def _y_pixel(path, table):
 def test_decam_pixel_scale_mismatch_is_refused(tmp_path, shared_data):
     files = _decam(shared_data)
     with pytest.raises(LensdaskError, match="arcsec/px"):
-        ingest(tmp_path / "d.zarr", images=files, catalog=_catalog(files), bands=["g", "r", "z"], stamp=STAMP,
-               pixel_scale=0.5, client=None, progress=False)
+        ingest(
+            tmp_path / "d.zarr",
+            images=files,
+            catalog=_catalog(files),
+            bands=["g", "r", "z"],
+            stamp=STAMP,
+            pixel_scale=0.5,
+            client=None,
+            progress=False,
+        )
 
 
 def test_cut_stamps_pads_edges_and_fills_masks():
@@ -106,8 +123,14 @@ def test_des_cubes_are_cropped_around_the_centre_and_split_into_tiles(tmp_path, 
 def test_npz_arrays_with_a_table_and_tile_column(tmp_path):
     rng = np.random.default_rng(0)
     imgs = rng.normal(size=(7, 4, 51, 51)).astype(np.float32)
-    np.savez(tmp_path / "c.npz", images=imgs, object_id=np.arange(7) + 50, ra=np.linspace(10, 11, 7),
-             dec=np.full(7, -30.0), label=np.array([0, 1, 0, 0, 1, 0, 0]))
+    np.savez(
+        tmp_path / "c.npz",
+        images=imgs,
+        object_id=np.arange(7) + 50,
+        ra=np.linspace(10, 11, 7),
+        dec=np.full(7, -30.0),
+        label=np.array([0, 1, 0, 0, 1, 0, 0]),
+    )
     store = ingest(tmp_path / "a.zarr", arrays=tmp_path / "c.npz", per_tile=4, client=None, progress=False)
     assert store.counts.tolist() == [4, 3]
     t = store.read_tile(1)
@@ -127,9 +150,25 @@ def test_cli_ingest_on_a_cluster(tmp_path, shared_data, client, capsys):
     # a pattern needs files named by band: link them
     for b, f in files.items():
         (tmp_path / f"N11_{b}.fits").symlink_to(f)
-    code = main(["ingest", "--out", str(tmp_path / "c.zarr"), "--images", str(tmp_path / "N11_{band}.fits"),
-                 "--catalog", str(tmp_path / "cat.csv"), "--bands", "g,r,z", "--stamp", str(STAMP),
-                 "--pixel-scale", "0.262", "--cluster", client.scheduler.address])
+    code = main(
+        [
+            "ingest",
+            "--out",
+            str(tmp_path / "c.zarr"),
+            "--images",
+            str(tmp_path / "N11_{band}.fits"),
+            "--catalog",
+            str(tmp_path / "cat.csv"),
+            "--bands",
+            "g,r,z",
+            "--stamp",
+            str(STAMP),
+            "--pixel-scale",
+            "0.262",
+            "--cluster",
+            client.scheduler.address,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert "1 rows edge-padded" in capsys.readouterr().out
     assert open_store(tmp_path / "c.zarr").counts.tolist() == [5]

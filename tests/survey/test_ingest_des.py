@@ -72,8 +72,9 @@ def _by_id(tile, ids):
     return pos.loc[ids].to_numpy()
 
 
-def test_des_tiles_stamps_equal_the_decompressed_sci_planes_and_flags_are_exact(des_tile, tmp_path, float32_store,
-                                                                              monkeypatch):
+def test_des_tiles_stamps_equal_the_decompressed_sci_planes_and_flags_are_exact(
+    des_tile, tmp_path, float32_store, monkeypatch
+):
     d, files, cat = des_tile
     write_catalog(cat, tmp_path / "gold.fits")  # DES Gold as it comes: FITS, upper case, TILENAME as bytes
     from lensdask.survey import planes
@@ -81,8 +82,15 @@ def test_des_tiles_stamps_equal_the_decompressed_sci_planes_and_flags_are_exact(
     heights = []
     rows = planes._Plane.rows
     monkeypatch.setattr(planes._Plane, "rows", lambda self, y0, y1: (heights.append(y1 - y0), rows(self, y0, y1))[1])
-    store, report = ingest(tmp_path / "s.zarr", des_tiles=d / "tiles", catalog=tmp_path / "gold.fits",
-                           block_rows=256, client=None, progress=False, return_report=True)
+    store, report = ingest(
+        tmp_path / "s.zarr",
+        des_tiles=d / "tiles",
+        catalog=tmp_path / "gold.fits",
+        block_rows=256,
+        client=None,
+        progress=False,
+        return_report=True,
+    )
     assert store.tiles == [TILE] and store.counts.tolist() == [600] and report.outside == 0
     assert max(heights) < 2000 / 2  # strips of rows, never a whole plane
     tile = store.read_tile(0)
@@ -99,8 +107,14 @@ def test_des_tiles_stamps_equal_the_decompressed_sci_planes_and_flags_are_exact(
     fill = images[i, k][bad[i, k]]
     assert np.all(fill == np.median(stamps[i, k][good[i, k] & np.isfinite(stamps[i, k])]))
     # the MSK bit-2 region is not a bad pixel of a DES coadd; asking for bit 2 too flags more objects
-    s2 = ingest(tmp_path / "s2.zarr", des_tiles=d / "tiles", catalog=tmp_path / "gold.fits", mask_bits=3,
-                client=None, progress=False)
+    s2 = ingest(
+        tmp_path / "s2.zarr",
+        des_tiles=d / "tiles",
+        catalog=tmp_path / "gold.fits",
+        mask_bits=3,
+        client=None,
+        progress=False,
+    )
     assert (s2.read_table(0)["flags"] & FLAG_MASKED != 0).sum() > masked.sum()
 
 
@@ -108,13 +122,37 @@ def test_separate_hdu_options_by_number_read_the_des_layout_alike(des_tile, tmp_
     d, files, cat = des_tile
     cat.to_parquet(tmp_path / "gold.parquet")
     pattern = str(d / "tiles" / "{tile}_*_{band}.fits.fz")
-    code = main(["ingest", "--out", str(tmp_path / "n.zarr"), "--images", pattern, "--weights", pattern,
-                 "--masks", pattern, "--hdu", "1", "--masks-hdu", "2", "--weights-hdu", "WGT", "--mask-bits", "1",
-                 "--catalog", str(tmp_path / "gold.parquet"), "--cluster", client.scheduler.address, "--gallery",
-                 str(tmp_path / "g.png")])
+    code = main(
+        [
+            "ingest",
+            "--out",
+            str(tmp_path / "n.zarr"),
+            "--images",
+            pattern,
+            "--weights",
+            pattern,
+            "--masks",
+            pattern,
+            "--hdu",
+            "1",
+            "--masks-hdu",
+            "2",
+            "--weights-hdu",
+            "WGT",
+            "--mask-bits",
+            "1",
+            "--catalog",
+            str(tmp_path / "gold.parquet"),
+            "--cluster",
+            client.scheduler.address,
+            "--gallery",
+            str(tmp_path / "g.png"),
+        ]
+    )
     assert code == 0
-    ref = ingest(tmp_path / "r.zarr", des_tiles=d / "tiles", catalog=tmp_path / "gold.parquet", client=None,
-                 progress=False)
+    ref = ingest(
+        tmp_path / "r.zarr", des_tiles=d / "tiles", catalog=tmp_path / "gold.parquet", client=None, progress=False
+    )
     a, b = open_store(tmp_path / "n.zarr").read_tile(0), ref.read_tile(0)
     assert a.table.equals(b.table) and np.array_equal(a.images, b.images, equal_nan=True)
     assert (tmp_path / "g.png").stat().st_size > 10_000
@@ -125,8 +163,17 @@ def test_the_science_plane_given_as_weights_and_masks_is_refused_naming_file_and
     cat.to_parquet(tmp_path / "gold.parquet")
     pattern = str(d / "tiles" / "{tile}_*_{band}.fits.fz")
     out = tmp_path / "x.zarr"
-    base = ["ingest", "--out", str(out), "--images", pattern, "--catalog", str(tmp_path / "gold.parquet"),
-            "--hdu", "SCI"]
+    base = [
+        "ingest",
+        "--out",
+        str(out),
+        "--images",
+        pattern,
+        "--catalog",
+        str(tmp_path / "gold.parquet"),
+        "--hdu",
+        "SCI",
+    ]
     assert main(base + ["--weights", pattern]) == 2
     err = capsys.readouterr().err
     assert "_g.fits.fz[SCI]" in err and "negative" in err and "Traceback" not in err and len(err.splitlines()) == 1
@@ -150,8 +197,12 @@ def test_bad_tiles_fail_alone_and_objects_outside_every_tile_are_counted(des_til
     small, _ = write_des_tile(tmp_path / "small", "DES0003-0001", size=300, n_objects=5, seed=9)
     for f in small.values():
         with fits.open(f) as hl:
-            hdus = [hl[0].copy(), hl["SCI"].copy(), hl["MSK"].copy(),
-                    fits.CompImageHDU(np.ones((200, 300), np.float32), hl["WGT"].header, name="WGT")]
+            hdus = [
+                hl[0].copy(),
+                hl["SCI"].copy(),
+                hl["MSK"].copy(),
+                fits.CompImageHDU(np.ones((200, 300), np.float32), hl["WGT"].header, name="WGT"),
+            ]
             fits.HDUList(hdus).writeto(tiles / f.name)
     # DES0005-0001: a mask whose WCS puts the same sky elsewhere
     shifted, _ = write_des_tile(tmp_path / "shifted", "DES0005-0001", size=300, n_objects=5, seed=10)
@@ -160,12 +211,24 @@ def test_bad_tiles_fail_alone_and_objects_outside_every_tile_are_counted(des_til
             msk = hl["MSK"].copy()
             msk.header["CRPIX1"] += 3.0
             fits.HDUList([hl[0].copy(), hl["SCI"].copy(), msk, hl["WGT"].copy()]).writeto(tiles / f.name)
-    other = pd.DataFrame({"COADD_OBJECT_ID": [1, 2, 3], "RA": [40.0, 40.1, 40.2], "DEC": -30.0,
-                          "TILENAME": "DES9999-9999"})
+    other = pd.DataFrame(
+        {"COADD_OBJECT_ID": [1, 2, 3], "RA": [40.0, 40.1, 40.2], "DEC": -30.0, "TILENAME": "DES9999-9999"}
+    )
     small_cat = cat.iloc[:4].assign(TILENAME="DES0003-0001")
     pd.concat([cat, other, small_cat]).to_parquet(tmp_path / "gold.parquet")
-    code = main(["ingest", "--out", str(tmp_path / "m.zarr"), "--des-tiles", str(tiles),
-                 "--catalog", str(tmp_path / "gold.parquet"), "--cluster", client.scheduler.address])
+    code = main(
+        [
+            "ingest",
+            "--out",
+            str(tmp_path / "m.zarr"),
+            "--des-tiles",
+            str(tiles),
+            "--catalog",
+            str(tmp_path / "gold.parquet"),
+            "--cluster",
+            client.scheduler.address,
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 1
     store = open_store(tmp_path / "m.zarr")
@@ -187,11 +250,25 @@ def test_a_worker_below_the_tiles_memory_is_a_failed_tile_not_a_traceback(des_ti
 
     d, files, cat = des_tile
     cat.to_parquet(tmp_path / "gold.parquet")
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), LocalCluster(
-        n_workers=1, threads_per_worker=1, memory_limit="400MB", dashboard_address="127.0.0.1:0", silence_logs=50
-    ) as cluster:
-        code = main(["ingest", "--out", str(tmp_path / "k.zarr"), "--des-tiles", str(d / "tiles"),
-                     "--catalog", str(tmp_path / "gold.parquet"), "--cluster", cluster.scheduler_address])
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, memory_limit="400MB", dashboard_address="127.0.0.1:0", silence_logs=50
+        ) as cluster,
+    ):
+        code = main(
+            [
+                "ingest",
+                "--out",
+                str(tmp_path / "k.zarr"),
+                "--des-tiles",
+                str(d / "tiles"),
+                "--catalog",
+                str(tmp_path / "gold.parquet"),
+                "--cluster",
+                cluster.scheduler_address,
+            ]
+        )
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     (line,) = [ln for ln in err.splitlines() if ln.startswith("  tile ")]
@@ -209,8 +286,9 @@ def test_streamed_tile_is_the_shard_write_tile_writes(tmp_path, step):
     conf = {} if step is None else {"lensdask.store.quantise.step": step}
     with dask.config.set(conf):
         for name in ("a", "b"):
-            s = create_store(tmp_path / f"{name}.zarr", tiles=["x", "y"], capacity=n, bands=BANDS,
-                             pixel_scale=0.263, stamp=45)
+            s = create_store(
+                tmp_path / f"{name}.zarr", tiles=["x", "y"], capacity=n, bands=BANDS, pixel_scale=0.263, stamp=45
+            )
             if name == "a":
                 s.write_tile(1, imgs, table)
             else:
@@ -221,11 +299,29 @@ def test_streamed_tile_is_the_shard_write_tile_writes(tmp_path, step):
 
 
 def test_mask_bits_and_des_tiles_are_checked_before_anything_starts(tmp_path, capsys):
-    assert main(["ingest", "--out", str(tmp_path / "a.zarr"), "--des-tiles", str(tmp_path / "nope"),
-                 "--catalog", "x.fits"]) == 2
+    assert (
+        main(
+            ["ingest", "--out", str(tmp_path / "a.zarr"), "--des-tiles", str(tmp_path / "nope"), "--catalog", "x.fits"]
+        )
+        == 2
+    )
     assert "is not a folder" in capsys.readouterr().err
-    assert main(["ingest", "--out", str(tmp_path / "a.zarr"), "--images", "x_{band}.fits", "--catalog", "x.fits",
-                 "--mask-bits", "0"]) == 2
+    assert (
+        main(
+            [
+                "ingest",
+                "--out",
+                str(tmp_path / "a.zarr"),
+                "--images",
+                "x_{band}.fits",
+                "--catalog",
+                "x.fits",
+                "--mask-bits",
+                "0",
+            ]
+        )
+        == 2
+    )
     with pytest.raises(LensdaskError, match="des_tiles or images"):
         ingest(tmp_path / "b.zarr", images="a_{band}.fits", des_tiles=tmp_path, catalog=pd.DataFrame())
 
@@ -239,8 +335,12 @@ def test_tiles_waiting_on_a_cluster_without_workers_fail_instead_of_hanging(monk
     from lensdask import fanout
 
     monkeypatch.setattr(fanout, "_no_worker_grace", lambda client: 1.0)
-    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="2GiB", dashboard_address="127.0.0.1:0",
-                      silence_logs=50) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, memory_limit="2GiB", dashboard_address="127.0.0.1:0", silence_logs=50
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         client.wait_for_workers(1)
         threading.Timer(1.0, lambda: cluster.scale(0)).start()  # the worker goes, as one killed at start does
         t0 = time.monotonic()

@@ -18,8 +18,7 @@ NAME = re.compile(r"^DES(\d{2})(\d{2})([+-])(\d{2})(\d{2})$")
 @pytest.fixture(scope="module")
 def survey(tmp_path_factory, client):
     out = tmp_path_factory.mktemp("mock") / "des.zarr"
-    store, truth = mock_survey(out, tiles=3, per_tile=40, lens_fraction=0.25, seed=5, client=client,
-                               progress=False)
+    store, truth = mock_survey(out, tiles=3, per_tile=40, lens_fraction=0.25, seed=5, client=client, progress=False)
     return store, truth
 
 
@@ -87,8 +86,9 @@ def test_reproducible_and_refuses_overwrite(survey, tmp_path):
     store, truth_path = survey
     with pytest.raises(FileExistsError):
         mock_survey(store.url, tiles=3, per_tile=40, lens_fraction=0.25, seed=5, progress=False)
-    again, truth2 = mock_survey(tmp_path / "again.zarr", tiles=3, per_tile=40, lens_fraction=0.25, seed=5,
-                                progress=False)
+    again, truth2 = mock_survey(
+        tmp_path / "again.zarr", tiles=3, per_tile=40, lens_fraction=0.25, seed=5, progress=False
+    )
     assert again.tiles == store.tiles
     np.testing.assert_array_equal(again.read_images(1), store.read_images(1))
     a = pd.read_parquet(truth_path)
@@ -99,16 +99,18 @@ def test_reproducible_and_refuses_overwrite(survey, tmp_path):
 def test_lookalikes_are_planted_with_their_own_truth_class(tmp_path):
     from lensdask.survey import mock_survey
 
-    store, truth_path = mock_survey(tmp_path / "fp.zarr", tiles=1, per_tile=60, lens_fraction=0.1, seed=4,
-                                    lookalike_fraction=0.4, progress=False)
+    store, truth_path = mock_survey(
+        tmp_path / "fp.zarr", tiles=1, per_tile=60, lens_fraction=0.1, seed=4, lookalike_fraction=0.4, progress=False
+    )
     truth = pd.read_parquet(truth_path)
     counts = truth["truth_class"].value_counts()
     assert set(counts.index) <= {"lens", "non-lens", "ring", "spiral", "merger", "companion", "edge-on", "group"}
     assert counts.drop(["lens", "non-lens"], errors="ignore").sum() >= 12  # ~40% of 60
     assert (truth["is_lens"] == (truth["truth_class"] == "lens")).all()
     # planting leaves the lenses where they were, and the look-alikes differ from the plain galaxies
-    plain, _ = mock_survey(tmp_path / "plain.zarr", tiles=1, per_tile=60, lens_fraction=0.1, seed=4,
-                           lookalike_fraction=0.0, progress=False)
+    plain, _ = mock_survey(
+        tmp_path / "plain.zarr", tiles=1, per_tile=60, lens_fraction=0.1, seed=4, lookalike_fraction=0.0, progress=False
+    )
     a, b = store.read_images(0), plain.read_images(0)
     lens = truth["is_lens"].to_numpy()
     fp = ~truth["truth_class"].isin(["lens", "non-lens"]).to_numpy()
