@@ -20,6 +20,7 @@ it), and through the ``zarr.codecs`` entry point for other readers with lensdask
 
 from __future__ import annotations
 
+import abc
 import asyncio
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ CODEC_NAME = "lensdask.rice"
 PCODEC_NAME = "lensdask.pcodec"
 
 
-class _Int32EntropyCodec(ArrayBytesCodec):
+class _Int32EntropyCodec(ArrayBytesCodec, abc.ABC):
     """What both coders share: int32 chunks only, one option, coding off the event loop.
 
     A subclass names itself (``codec_name``), its one integer option (``option``) and
@@ -57,11 +58,13 @@ class _Int32EntropyCodec(ArrayBytesCodec):
         if np.dtype(native) != np.dtype("int32"):
             raise TypeError(f"{self.codec_name} codes int32 arrays, not {native}")
 
+    @abc.abstractmethod
     def encode_array(self, arr: np.ndarray) -> bytes | bytearray:
-        raise NotImplementedError
+        """The coded bytes of a C-ordered int32 chunk (each coder's own)."""
 
+    @abc.abstractmethod
     def decode_array(self, data: np.ndarray, shape: tuple) -> np.ndarray:
-        raise NotImplementedError
+        """The int32 chunk of ``shape`` that ``data`` (uint8 bytes) codes (each coder's own)."""
 
     def _decode_sync(self, chunk_bytes: Buffer, chunk_spec) -> NDBuffer:
         shape = tuple(chunk_spec.shape)
