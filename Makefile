@@ -22,8 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# ruff (rules in pyproject.toml) and mypy (the package; settings in pyproject.toml).
-# `ruff format --check` is not run: the tree predates the formatter settings.
+# ruff lint and format check (rules in pyproject.toml) and mypy on the package (settings in pyproject.toml).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lensdask tests benchmarks
 	$(VENV)/bin/ruff format --check lensdask tests benchmarks

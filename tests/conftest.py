@@ -1,10 +1,13 @@
-"""Shared fixtures: one LocalCluster for the session, paths to ../shared/data, tiny stores."""
+"""Shared fixtures and helpers: one LocalCluster, paths to ../shared/data, tiny stores, quantised-store stamps."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from lensdask.model.checkpoint import untrained_checkpoint
@@ -65,8 +68,6 @@ def galaxy_run(tmp_path_factory, random_model):
     ``per_tile`` rows, object ids from ``first_id``) and ``run/`` (every row a candidate,
     scored by :func:`random_model`) under a new folder and returns that folder.
     """
-    import numpy as np
-    import pandas as pd
 
     from lensdask.search import search
     from lensdask.store import create_store
@@ -177,8 +178,6 @@ def make_tiny_store(
     stamp, stamp))``, then the peak fluxes ``uniform(*flux, (rows, bands, 1, 1))``, then
     ``rows`` ra and ``rows`` dec, so a test can redraw the pixels it expects.
     """
-    import numpy as np
-    import pandas as pd
 
     from lensdask.store import create_store
 
@@ -244,3 +243,47 @@ def load_benchmark(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# Quantised stores: noise-dominated stamps and the tables, empty stores and damaged shards the tests write.
+
+SKY_SIGMA = 2.5
+"""Sky noise sigma of :func:`sky_stamps` (counts)."""
+
+
+def sky_stamps(n, seed=0, stamp=45, sky=7.0):
+    """Noise-dominated stamps: sky + Gaussian noise (sigma SKY_SIGMA) + a faint galaxy."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:stamp, :stamp] - stamp // 2
+    blob = np.exp(-(x**2 + y**2) / 8.0)
+    img = sky + rng.normal(0, SKY_SIGMA, (n, 4, stamp, stamp)) + blob * rng.uniform(0, 40, (n, 4, 1, 1))
+    return img.astype("float32")
+
+
+def table_rows(n, start=0):
+    """The table of ``n`` rows (object ids from ``start``) for stamps written to a store."""
+    return pd.DataFrame({"object_id": np.arange(start, start + n), "ra": 10.0, "dec": -30.0})
+
+
+EMPTY_STORE = {"rows": 0, "capacity": 64, "chunk_rows": 32}
+"""Keywords of :func:`make_tiny_store` for an empty store (two tiles unless told): the test writes the pixels."""
+
+
+def write_v1_store(path, x):
+    """A store as lensdask wrote it before schema /2: float32 pixels and no 'encoding'."""
+    s = make_tiny_store(path, **EMPTY_STORE, quantise_step=0)
+    s.write_tile(0, x, table_rows(len(x)))
+    meta = path / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["schema"] = "lensdask.cutouts/1"
+    del doc["attributes"]["encoding"]
+    meta.write_text(json.dumps(doc))
+
+
+def corrupt_first_chunk(store_path, tile):
+    """Flip bytes inside the first chunk of ``tile``'s image shard, so its checksum fails."""
+    shard = store_path / "images" / "c" / str(tile) / "0" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    for k in range(40, 400):  # inside the first chunk's Rice stream
+        data[k] ^= 0x5A
+    shard.write_bytes(bytes(data))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import dask
@@ -23,6 +24,17 @@ def _fail_on_three(x):
     if x == 3:
         raise ValueError(f"tile {x} is corrupt")
     return x * x
+
+
+def _sleep_until(flag, limit):
+    """Sleep until the file ``flag`` exists or ``limit`` seconds pass: a slow tile the test can end.
+
+    A cancelled task's thread runs on to the end, so a plain ``time.sleep`` would hold the shared
+    workers (and every later test) for the whole ``limit``.
+    """
+    end = time.monotonic() + limit
+    while time.monotonic() < end and not os.path.exists(flag):
+        time.sleep(0.05)
 
 
 def _jobs(f, n=5):
@@ -141,23 +153,27 @@ def test_results_reach_the_callback_as_tiles_finish_and_the_bar_counts_skipped_t
     assert bar.postfix == "seen=4"
 
 
-def test_an_interrupt_cancels_the_tiles_still_running(client):
-    jobs = [("quick", _square, (2,), {})] + [(f"slow{i}", time.sleep, (30,), {}) for i in range(4)]
+def test_an_interrupt_cancels_the_tiles_still_running(client, tmp_path):
+    end = tmp_path / "end"
+    jobs = [("quick", _square, (2,), {})] + [(f"slow{i}", _sleep_until, (str(end), 30), {}) for i in range(4)]
 
     def interrupt(tile, value):
         raise KeyboardInterrupt
 
     t0 = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        run_tiles(jobs, client=client, progress=False, key_prefix="interrupted", on_result=interrupt)
-    assert time.monotonic() - t0 < 20  # no wait for the slow tiles
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        keys = [k for ks in client.processing().values() for k in ks if str(k).startswith("interrupted-")]
-        if not keys:
-            break
-        time.sleep(0.2)
-    assert not keys, f"still scheduled after the interrupt: {keys}"
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_tiles(jobs, client=client, progress=False, key_prefix="interrupted", on_result=interrupt)
+        assert time.monotonic() - t0 < 20  # no wait for the slow tiles
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            keys = [k for ks in client.processing().values() for k in ks if str(k).startswith("interrupted-")]
+            if not keys:
+                break
+            time.sleep(0.2)
+        assert not keys, f"still scheduled after the interrupt: {keys}"
+    finally:
+        end.touch()  # the cancelled tiles' threads still run: free the shared workers for the next tests
 
 
 def test_a_client_that_is_not_the_default_runs_the_tiles(monkeypatch):

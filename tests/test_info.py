@@ -8,7 +8,7 @@ import pandas as pd
 from lensdask.cli import main
 from lensdask.store import create_store, open_store
 
-from test_quantise import SIGMA, _corrupt_shard, _make_v1, _sky
+from conftest import SKY_SIGMA, corrupt_first_chunk, sky_stamps, table_rows, write_v1_store
 
 
 def _labelled(path, **kw):
@@ -24,7 +24,7 @@ def _labelled(path, **kw):
         provenance={"command": "made by test_info", "lensdask_version": "9.9", "created": "today", "seed": 5},
         **kw,
     )
-    x = _sky(30, seed=1)
+    x = sky_stamps(30, seed=1)
     x[3, 2] = 1.0  # a constant band: kept losslessly, flagged
     table = pd.DataFrame(
         {
@@ -78,7 +78,7 @@ def test_info_on_float_and_old_stores(tmp_path, capsys):
     assert info["encoding"] == {"pixels": "float32", "dtype": "float32", "codec": "blosc-lz4"}
     assert info["bytes_per_cutout"] > 25 * 1024
 
-    _make_v1(tmp_path / "v1.zarr", _sky(4))
+    write_v1_store(tmp_path / "v1.zarr", sky_stamps(4))
     assert main(["info", str(tmp_path / "v1.zarr")]) == 0
     out = capsys.readouterr().out
     assert "lensdask.cutouts/1 (version 1)" in out and "lensdask convert" in out and "float32 exact" in out
@@ -91,13 +91,13 @@ def test_info_refuses_what_is_not_a_store(tmp_path, capsys):
 
 
 def test_convert_command(tmp_path, capsys):
-    _make_v1(tmp_path / "v1.zarr", _sky(12, seed=3))
+    write_v1_store(tmp_path / "v1.zarr", sky_stamps(12, seed=3))
     src = str(tmp_path / "v1.zarr")
     assert main(["convert", src, str(tmp_path / "q.zarr")]) == 0
     q = open_store(tmp_path / "q.zarr")
     assert q.quantised and q.n_rows == 12
     assert q.provenance["command"].startswith("lensdask convert")
-    assert np.sqrt((((q.read_images(0) - _sky(12, seed=3)) / SIGMA) ** 2).mean()) <= 0.1
+    assert np.sqrt((((q.read_images(0) - sky_stamps(12, seed=3)) / SKY_SIGMA) ** 2).mean()) <= 0.1
 
     assert main(["convert", src, str(tmp_path / "q.zarr")]) == 2  # exists
     assert "overwrite" in capsys.readouterr().err
@@ -121,8 +121,8 @@ def test_convert_names_a_corrupt_tile_and_finishes_the_rest(tmp_path, capsys, cl
         chunk_rows=20,
     )
     for t in range(3):
-        s.write_tile(t, _sky(20, seed=t), pd.DataFrame({"object_id": np.arange(20) + 20 * t, "ra": 0.0, "dec": 0.0}))
-    _corrupt_shard(tmp_path / "s.zarr", 1)
+        s.write_tile(t, sky_stamps(20, seed=t), table_rows(20, start=20 * t))
+    corrupt_first_chunk(tmp_path / "s.zarr", 1)
     assert main(["convert", str(tmp_path / "s.zarr"), str(tmp_path / "c.zarr")]) == 1
     err = capsys.readouterr().err
     assert "tile B failed" in err and "tile A" not in err and "tile C" not in err

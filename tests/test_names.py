@@ -12,6 +12,7 @@ import pytest
 from lensdask.deprecation import renamed_function, renamed_keywords
 from lensdask.errors import StoreNotFoundError
 from lensdask.model import evaluate, inject, train
+from lensdask.search import search_tile
 
 
 @renamed_keywords(old="new")
@@ -64,6 +65,8 @@ def test_old_keywords_still_reach_the_store(tmp_path):
         train(data=tmp_path / "missing.zarr", out=tmp_path / "m", progress=False)
     with pytest.warns(DeprecationWarning, match="use store="), pytest.raises(StoreNotFoundError):
         evaluate(data=tmp_path / "missing.zarr", progress=False)
+    with pytest.warns(DeprecationWarning, match="use store="), pytest.raises(StoreNotFoundError):
+        search_tile(zarr=str(tmp_path / "missing.zarr"), tile=0, model_dir="m", sha256="0", run_dir=str(tmp_path))
 
 
 def test_the_two_galleries_say_what_they_make_and_the_old_name_warns():

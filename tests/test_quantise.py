@@ -1,8 +1,5 @@
 """Noise-bounded quantisation: error bounds, dithering, NaN and lossless rows, the Rice codec, old stores."""
 
-import functools
-import json
-
 import dask
 import numpy as np
 import pandas as pd
@@ -13,39 +10,17 @@ from lensdask.quantise import NAN_CODE, dequantise, quantise
 from lensdask.store import FLAG_EDGE, FLAG_LOSSLESS, SCHEMA, open_store
 from lensdask.storeadmin import convert, disk_bytes
 
-from conftest import make_tiny_store
-
-SIGMA = 2.5
-
-
-def _sky(n, seed=0, stamp=45, sky=7.0):
-    """Noise-dominated stamps: sky + Gaussian noise (sigma SIGMA) + a faint galaxy."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[:stamp, :stamp] - stamp // 2
-    blob = np.exp(-(x**2 + y**2) / 8.0)
-    img = sky + rng.normal(0, SIGMA, (n, 4, stamp, stamp)) + blob * rng.uniform(0, 40, (n, 4, 1, 1))
-    return img.astype("float32")
-
-
-def _rows(n, start=0):
-    return pd.DataFrame({"object_id": np.arange(start, start + n), "ra": 10.0, "dec": -30.0})
-
-
-EMPTY = {"rows": 0, "capacity": 64, "chunk_rows": 32}
-"""Empty stores of :func:`conftest.tiny_store` (two tiles unless told), the tests writing their own pixels."""
-
-_store = functools.partial(make_tiny_store, **EMPTY)
-"""An empty store, for test_quantise_normalise.py (which imports it) until it takes the ``tiny_store`` fixture."""
+from conftest import EMPTY_STORE, SKY_SIGMA, corrupt_first_chunk, sky_stamps, table_rows, write_v1_store
 
 
 def test_error_is_a_tenth_of_the_noise_and_unbiased():
-    x = _sky(200)
+    x = sky_stamps(200)
     q, scale, zero = quantise(x, np.arange(200), step=0.33, seed=1, border=4)  # the default step
     assert q.dtype == np.int32 and (scale > 0).all()
     # the step follows each stamp's own noise (MAD: ~7% scatter)
-    np.testing.assert_allclose(scale / 0.33, SIGMA, rtol=0.25)
+    np.testing.assert_allclose(scale / 0.33, SKY_SIGMA, rtol=0.25)
     y = dequantise(q, scale, zero, np.arange(200), seed=1)
-    err = (y - x) / SIGMA
+    err = (y - x) / SKY_SIGMA
     assert np.sqrt((err**2).mean()) <= 0.1
     assert abs(err.mean()) < 2e-3  # no bias
     assert (np.abs(y - x) <= scale[..., None, None] / 2 * (1 + 1e-5) + 1e-5).all()  # never more than half a step
@@ -70,7 +45,7 @@ def test_dithering_averages_out_over_stamps():
 
 
 def test_nan_pixels_are_kept_and_unmeasurable_noise_is_stored_losslessly(tmp_path, tiny_store):
-    x = _sky(6)
+    x = sky_stamps(6)
     x[0, 1, :, :5] = np.nan  # an edge-padded band: noise measured on the finite border
     x[1, 2] = np.nan  # all NaN
     x[2, 0] = 3.25  # constant: no noise
@@ -81,8 +56,8 @@ def test_nan_pixels_are_kept_and_unmeasurable_noise_is_stored_losslessly(tmp_pat
     assert scale[1, 2] == 0 and scale[2, 0] == 0 and scale[3, 3] == 0 and scale[4, 1] == 0
     assert (scale > 0).sum() == 24 - 4
 
-    s = tiny_store(tmp_path / "s.zarr", **EMPTY)
-    s.write_tile(0, x, _rows(6))
+    s = tiny_store(tmp_path / "s.zarr", **EMPTY_STORE)
+    s.write_tile(0, x, table_rows(6))
     r = open_store(tmp_path / "s.zarr")
     y = r.read_images(0)
     assert np.isnan(y[0, 1, :, :5]).all() and np.isfinite(y[0, 1, :, 5:]).all()
@@ -91,7 +66,7 @@ def test_nan_pixels_are_kept_and_unmeasurable_noise_is_stored_losslessly(tmp_pat
     flags = r.read_table(0)["flags"].to_numpy()
     assert ((flags & FLAG_LOSSLESS) != 0).tolist() == [False, True, True, True, True, False]
     # other flags pass through; the lossless bit is the store's own
-    t = _rows(6)
+    t = table_rows(6)
     t["flags"] = [FLAG_EDGE | FLAG_LOSSLESS, 0, 0, 0, 0, FLAG_LOSSLESS]
     s.write_tile(1, x, t)
     flags = open_store(tmp_path / "s.zarr").read_table(1)["flags"].to_numpy()
@@ -99,13 +74,13 @@ def test_nan_pixels_are_kept_and_unmeasurable_noise_is_stored_losslessly(tmp_pat
 
 
 def test_quantised_store_is_small_and_reads_alike_every_way(tmp_path, tiny_store):
-    s = tiny_store(tmp_path / "q.zarr", **EMPTY)
+    s = tiny_store(tmp_path / "q.zarr", **EMPTY_STORE)
     assert s.quantised and s.schema == SCHEMA and s.encoding["step"] == 0.33
-    x = _sky(60, seed=2)
-    s.write_tile(1, x, _rows(60, start=1000))
+    x = sky_stamps(60, seed=2)
+    s.write_tile(1, x, table_rows(60, start=1000))
     r = open_store(tmp_path / "q.zarr")
     y = r.read_images(1)
-    assert np.sqrt((((y - x) / SIGMA) ** 2).mean()) <= 0.1
+    assert np.sqrt((((y - x) / SKY_SIGMA) ** 2).mean()) <= 0.1
     np.testing.assert_array_equal(r.read_images(1, 17, 45), y[17:45])
     reused = np.concatenate([im.copy() for im, _ in r.iter_batches(32, reuse=True)])
     np.testing.assert_array_equal(reused, y)
@@ -118,19 +93,19 @@ def test_quantised_store_is_small_and_reads_alike_every_way(tmp_path, tiny_store
 
     # float32 is one config value away, and exact
     with dask.config.set({"lensdask.store.quantise.step": None}):
-        f = tiny_store(tmp_path / "f.zarr", **EMPTY)
+        f = tiny_store(tmp_path / "f.zarr", **EMPTY_STORE)
     assert not f.quantised and f.encoding["pixels"] == "float32"
-    f.write_tile(1, x, _rows(60, start=1000))
+    f.write_tile(1, x, table_rows(60, start=1000))
     np.testing.assert_array_equal(open_store(tmp_path / "f.zarr").read_images(1), x)
     assert disk_bytes(str(tmp_path / "f.zarr" / "images")) / 60 > 4 * per_cutout
 
 
 def test_a_row_encodes_alike_wherever_it_is_written(tmp_path, tiny_store):
     # the dither follows the object id, not the tile or row: re-partitioned stores hold the same values
-    x = _sky(10, seed=4)
-    a, b = tiny_store(tmp_path / "a.zarr", **EMPTY), tiny_store(tmp_path / "b.zarr", **EMPTY)
-    a.write_tile(0, x, _rows(10, start=500))
-    b.write_tile(1, np.concatenate([x[5:], x[:5]]), pd.concat([_rows(5, 505), _rows(5, 500)]))
+    x = sky_stamps(10, seed=4)
+    a, b = tiny_store(tmp_path / "a.zarr", **EMPTY_STORE), tiny_store(tmp_path / "b.zarr", **EMPTY_STORE)
+    a.write_tile(0, x, table_rows(10, start=500))
+    b.write_tile(1, np.concatenate([x[5:], x[:5]]), pd.concat([table_rows(5, 505), table_rows(5, 500)]))
     ya, yb = a.read_images(0), b.read_images(1)
     np.testing.assert_array_equal(np.concatenate([ya[5:], ya[:5]]), yb)
 
@@ -138,23 +113,12 @@ def test_a_row_encodes_alike_wherever_it_is_written(tmp_path, tiny_store):
 def test_bad_steps_are_refused(tmp_path, tiny_store):
     for step in (-0.1, 3.0, float("nan"), "x"):
         with pytest.raises(StoreWriteError, match="step"):
-            tiny_store(tmp_path / "s.zarr", **EMPTY, quantise_step=step, overwrite=True)
-
-
-def _make_v1(path, x):
-    """A store as lensdask wrote it before schema /2: float32 pixels and no 'encoding'."""
-    s = make_tiny_store(path, **EMPTY, quantise_step=0)
-    s.write_tile(0, x, _rows(len(x)))
-    meta = path / "zarr.json"
-    doc = json.loads(meta.read_text())
-    doc["attributes"]["schema"] = "lensdask.cutouts/1"
-    del doc["attributes"]["encoding"]
-    meta.write_text(json.dumps(doc))
+            tiny_store(tmp_path / "s.zarr", **EMPTY_STORE, quantise_step=step, overwrite=True)
 
 
 def test_old_stores_open_and_convert(tmp_path):
-    x = _sky(20, seed=6)
-    _make_v1(tmp_path / "v1.zarr", x)
+    x = sky_stamps(20, seed=6)
+    write_v1_store(tmp_path / "v1.zarr", x)
     old = open_store(tmp_path / "v1.zarr")
     assert old.schema == "lensdask.cutouts/1" and not old.quantised
     np.testing.assert_array_equal(old.read_images(0), x)
@@ -163,7 +127,7 @@ def test_old_stores_open_and_convert(tmp_path):
     assert failures == [] and new.schema == SCHEMA and new.quantised
     assert new.counts.tolist() == [20, -1] and new.tiles == old.tiles
     pd.testing.assert_frame_equal(new.read_table(0).drop(columns="flags"), old.read_table(0).drop(columns="flags"))
-    assert np.sqrt((((new.read_images(0) - x) / SIGMA) ** 2).mean()) <= 0.1
+    assert np.sqrt((((new.read_images(0) - x) / SKY_SIGMA) ** 2).mean()) <= 0.1
     assert new.provenance["converted_from"]["schema"] == "lensdask.cutouts/1"
 
     back, _ = convert(tmp_path / "v2.zarr", tmp_path / "back.zarr", quantise_step=0)
@@ -171,19 +135,11 @@ def test_old_stores_open_and_convert(tmp_path):
     np.testing.assert_array_equal(back.read_images(0), new.read_images(0))  # the decoded values, exactly
 
 
-def _corrupt_shard(store_path, tile):
-    shard = store_path / "images" / "c" / str(tile) / "0" / "0" / "0" / "0"
-    data = bytearray(shard.read_bytes())
-    for k in range(40, 400):  # inside the first chunk's Rice stream
-        data[k] ^= 0x5A
-    shard.write_bytes(bytes(data))
-
-
 def test_a_corrupt_chunk_fails_only_its_own_tile(tmp_path, tiny_store):
-    s = tiny_store(tmp_path / "s.zarr", **EMPTY)
-    s.write_tile(0, _sky(40, seed=7), _rows(40))
-    s.write_tile(1, _sky(40, seed=8), _rows(40, start=40))
-    _corrupt_shard(tmp_path / "s.zarr", 0)
+    s = tiny_store(tmp_path / "s.zarr", **EMPTY_STORE)
+    s.write_tile(0, sky_stamps(40, seed=7), table_rows(40))
+    s.write_tile(1, sky_stamps(40, seed=8), table_rows(40, start=40))
+    corrupt_first_chunk(tmp_path / "s.zarr", 0)
     r = open_store(tmp_path / "s.zarr")
     with pytest.raises(ValueError, match="checksum"):  # the CRC32C of the chunk
         r.read_images(0)
@@ -198,8 +154,8 @@ def test_search_on_a_quantised_store_fails_only_the_corrupt_tile(tmp_path, clien
 
     s = tiny_store(tmp_path / "s.zarr", tiles=3, rows=0, capacity=32, chunk_rows=32)
     for t in range(3):
-        s.write_tile(t, _sky(30, seed=t), _rows(30, start=100 * t))
-    _corrupt_shard(tmp_path / "s.zarr", 1)  # bytes flipped inside a Rice stream: the chunk checksum catches it
+        s.write_tile(t, sky_stamps(30, seed=t), table_rows(30, start=100 * t))
+    corrupt_first_chunk(tmp_path / "s.zarr", 1)  # bytes flipped inside a Rice stream: the chunk checksum catches it
     result = search(tmp_path / "s.zarr", random_model, tmp_path / "run", floor=0.0, progress=False, client=client)
     assert result.failures["tile"].tolist() == [s.tiles[1]]
     assert (tmp_path / "run" / "failures.parquet").exists()
@@ -209,29 +165,29 @@ def test_search_on_a_quantised_store_fails_only_the_corrupt_tile(tmp_path, clien
 
 @pytest.mark.parametrize("codec", ["pcodec", "rice"])
 def test_both_integer_codecs_store_the_same_integers(tmp_path, codec, tiny_store):
-    x = _sky(40, seed=9)
+    x = sky_stamps(40, seed=9)
     x[2, 1, :, :4] = np.nan
     x[3, 0] = 2.0
     with dask.config.set({"lensdask.store.quantise.codec": codec}):
-        s = tiny_store(tmp_path / "s.zarr", **EMPTY)
+        s = tiny_store(tmp_path / "s.zarr", **EMPTY_STORE)
     assert s.encoding["codec"] == f"lensdask.{codec}"
     assert f"'name': 'lensdask.{codec}'" in str(s.group["images"].metadata.to_dict())
-    s.write_tile(0, x, _rows(40))
+    s.write_tile(0, x, table_rows(40))
     q, scale, zero = quantise(x, np.arange(40), step=0.33, seed=1, border=4)
     np.testing.assert_array_equal(open_store(tmp_path / "s.zarr").group["images"][0, :40], q)
     assert disk_bytes(str(tmp_path / "s.zarr" / "images")) / 40 <= 5 * 1024
     with dask.config.set({"lensdask.store.quantise.codec": "gzip"}), pytest.raises(StoreWriteError, match="codec"):
-        tiny_store(tmp_path / "t.zarr", **EMPTY)
+        tiny_store(tmp_path / "t.zarr", **EMPTY_STORE)
 
 
 def test_decoded_rows_written_again_keep_their_values_bit_for_bit(tmp_path, tiny_store):
     # copying rows between quantised stores (trainset add, convert) must not quantise them twice
-    x = _sky(30, seed=12)
+    x = sky_stamps(30, seed=12)
     x[:10] += 5000.0  # and on a sky that is not subtracted: the offset is a multiple of 1024 steps
-    a, b = tiny_store(tmp_path / "a.zarr", **EMPTY), tiny_store(tmp_path / "b.zarr", tiles=3, **EMPTY)
-    a.write_tile(0, x, _rows(30, start=70))
+    a, b = tiny_store(tmp_path / "a.zarr", **EMPTY_STORE), tiny_store(tmp_path / "b.zarr", tiles=3, **EMPTY_STORE)
+    a.write_tile(0, x, table_rows(30, start=70))
     y = open_store(tmp_path / "a.zarr").read_images(0)
-    b.write_tile(2, y[::-1], _rows(30, start=70)[::-1].reset_index(drop=True))  # other tile, other order
+    b.write_tile(2, y[::-1], table_rows(30, start=70)[::-1].reset_index(drop=True))  # other tile, other order
     y2 = open_store(tmp_path / "b.zarr").read_images(2)[::-1]
     np.testing.assert_array_equal(y2.view(np.int32), y.view(np.int32))
     np.testing.assert_array_equal(b.group["scale"][2, :30][::-1], a.group["scale"][0, :30])

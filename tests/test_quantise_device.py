@@ -14,7 +14,7 @@ from lensdask.model.infer import DeviceStager, Staged, forward_proba, stage_inpu
 from lensdask.search.score import prepare_batch
 from lensdask.store import create_store
 
-from test_quantise import _sky
+from conftest import sky_stamps
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def model_card(random_model):
 
 
 def _prepared(card, n=70, seed=0):
-    x = _sky(n, seed=seed)
+    x = sky_stamps(n, seed=seed)
     x[5, 1, 3, 3] = np.nan
     table = pd.DataFrame({"tile": "T", "object_id": np.arange(n), "ra": 0.0, "dec": 0.0})
     return prepare_batch(x, table, card)
@@ -59,7 +59,7 @@ def test_search_with_and_without_a_reader_thread_agree(tmp_path, random_model, m
     s = create_store(
         tmp_path / "s.zarr", tiles=["T0"], capacity=96, bands="griz", pixel_scale=0.263, stamp=45, chunk_rows=32
     )
-    s.write_tile(0, _sky(90, seed=4), pd.DataFrame({"object_id": np.arange(90), "ra": 0.0, "dec": 0.0}))
+    s.write_tile(0, sky_stamps(90, seed=4), pd.DataFrame({"object_id": np.arange(90), "ra": 0.0, "dec": 0.0}))
     sha = read_card(random_model)["sha256"]
     out = {}
     for threaded in (False, True):

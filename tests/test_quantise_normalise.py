@@ -10,14 +10,14 @@ from lensdask.normalise import nonfinite_rows, normalise
 from lensdask.quantise import NAN_CODE, codes_normalisable, dequantise, normalise_codes, quantise_measured
 from lensdask.store import SKY_ARRAYS, open_store
 
-from test_quantise import _rows, _sky, _store
+from conftest import EMPTY_STORE, make_tiny_store, sky_stamps, table_rows
 
 SPECS = [None, {"softening": 1.0}, {"method": "none"}, {"border": 3}]
 """The default, another softening (both from the codes), and two that must decode first."""
 
 
 def test_codes_give_the_normalisation_of_the_original_pixels():
-    x = _sky(64, seed=11)
+    x = sky_stamps(64, seed=11)
     keys = np.arange(64)
     q, scale, zero, sky, noise = quantise_measured(x, keys, step=0.33, seed=1, border=4)
     assert codes_normalisable(scale, zero, sky, noise).all()
@@ -35,7 +35,7 @@ def test_codes_give_the_normalisation_of_the_original_pixels():
 
 
 def test_nan_codes_are_reported_not_normalised():
-    x = _sky(8, seed=2)
+    x = sky_stamps(8, seed=2)
     x[5, 1, 20, 20] = np.nan
     keys = np.arange(8)
     q, scale, zero, sky, noise = quantise_measured(x, keys, step=0.33, seed=1, border=4)
@@ -45,7 +45,7 @@ def test_nan_codes_are_reported_not_normalised():
 
 def _awkward(n=40, seed=2):
     """Noisy stamps with a NaN pixel (row 3), a constant band (row 4: lossless), NaN in a border (row 5)."""
-    x = _sky(n, seed=seed)
+    x = sky_stamps(n, seed=seed)
     x[3, 1, 5, 5] = np.nan
     x[4, 2] = 1.0
     x[5, 0, 0, :] = np.nan
@@ -60,10 +60,10 @@ def _today(store, tile, specs):
 
 
 def test_store_rows_the_codes_cannot_serve_read_exactly_as_before(tmp_path):
-    s = _store(tmp_path / "q.zarr")
+    s = make_tiny_store(tmp_path / "q.zarr", **EMPTY_STORE)
     assert s.sky_stats and all(name in s.group for name in SKY_ARRAYS)
     x = _awkward()
-    s.write_tile(0, x, _rows(40))
+    s.write_tile(0, x, table_rows(40))
     inputs = s.read_normalised(0, specs=SPECS, raw=True)
     bad, today = _today(s, 0, SPECS)
     np.testing.assert_array_equal(inputs.bad, bad)
@@ -85,8 +85,8 @@ def test_store_rows_the_codes_cannot_serve_read_exactly_as_before(tmp_path):
 
 
 def test_iterating_and_row_ranges_give_the_same_inputs(tmp_path):
-    s = _store(tmp_path / "q.zarr")
-    s.write_tile(0, _awkward(), _rows(40))
+    s = make_tiny_store(tmp_path / "q.zarr", **EMPTY_STORE)
+    s.write_tile(0, _awkward(), table_rows(40))
     whole = s.read_normalised(0, specs=[None])
     parts = [inp for inp, _ in s.iter_normalised(16, [None, None], tiles=[0])]
     assert all(p.inputs[0] is p.inputs[1] for p in parts)  # equal normalisations share one array
@@ -97,9 +97,9 @@ def test_iterating_and_row_ranges_give_the_same_inputs(tmp_path):
 
 
 def test_stores_without_sky_statistics_read_as_before(tmp_path):
-    s = _store(tmp_path / "q.zarr")
+    s = make_tiny_store(tmp_path / "q.zarr", **EMPTY_STORE)
     x = _awkward()
-    s.write_tile(0, x, _rows(40))
+    s.write_tile(0, x, table_rows(40))
     for name in SKY_ARRAYS:  # the layout written before the sky statistics were stored
         shutil.rmtree(tmp_path / "q.zarr" / name)
     old = open_store(tmp_path / "q.zarr")
@@ -113,15 +113,15 @@ def test_stores_without_sky_statistics_read_as_before(tmp_path):
         np.testing.assert_array_equal(y, want)
     # still writable: new tiles get no sky statistics either, and read alike
     rw = open_store(tmp_path / "q.zarr", mode="r+")
-    rw.write_tile(1, x[:10], _rows(10, start=100))
+    rw.write_tile(1, x[:10], table_rows(10, start=100))
     again = rw.read_normalised(1)
     np.testing.assert_array_equal(again.inputs[0], normalise(rw.read_images(1)[~again.bad]))
 
 
 def test_float32_stores_give_todays_inputs_bit_for_bit(tmp_path):
-    s = _store(tmp_path / "f.zarr", quantise_step=0)
+    s = make_tiny_store(tmp_path / "f.zarr", **EMPTY_STORE, quantise_step=0)
     x = _awkward()
-    s.write_tile(0, x, _rows(40))
+    s.write_tile(0, x, table_rows(40))
     assert not s.sky_stats and "sky" not in s.group
     inputs = s.read_normalised(0, specs=SPECS, raw=True)
     bad = nonfinite_rows(x)
@@ -143,8 +143,8 @@ def test_search_on_a_store_scores_the_stores_inputs(tmp_path, random_model, step
 
     x = _awkward(30, seed=4)
     with dask.config.set({"lensdask.store.quantise.step": step} if step is not None else {}):
-        s = _store(tmp_path / "s.zarr")
-    s.write_tile(0, x, _rows(30))
+        s = make_tiny_store(tmp_path / "s.zarr", **EMPTY_STORE)
+    s.write_tile(0, x, table_rows(30))
     res = search(
         tmp_path / "s.zarr", random_model, tmp_path / "run", floor=0.0, progress=False, client=None, crossmatch=False
     )
@@ -167,8 +167,8 @@ def test_search_on_a_store_scores_the_stores_inputs(tmp_path, random_model, step
 def test_info_says_whether_the_sky_statistics_are_stored(tmp_path, capsys):
     from lensdask.cli import main
 
-    s = _store(tmp_path / "q.zarr")
-    s.write_tile(0, _sky(4), _rows(4))
+    s = make_tiny_store(tmp_path / "q.zarr", **EMPTY_STORE)
+    s.write_tile(0, sky_stamps(4), table_rows(4))
     assert main(["info", str(tmp_path / "q.zarr"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["sky_statistics"] is True
     assert main(["info", str(tmp_path / "q.zarr")]) == 0

@@ -127,8 +127,9 @@ def run_signature(
     return sig
 
 
+@renamed_keywords(zarr="store")
 def search_tile(
-    zarr: str,
+    store: str,
     tile: int,
     model_dir: str | list[str],
     sha256: str | list[str],
@@ -150,7 +151,7 @@ def search_tile(
 
     Parameters
     ----------
-    zarr : str
+    store : str
         Store path or URL.
     tile : int
         Tile index.
@@ -187,8 +188,8 @@ def search_tile(
         Per-tile statistics (also written to ``tiles/<tile>.json``).
     """
     t0 = time.perf_counter()
-    store = open_store(zarr)
-    name = store.tiles[tile]
+    cutout_store = open_store(store)
+    name = cutout_store.tiles[tile]
     precision = str(config.get("search.precision", precision))
     combine = str(config.get("search.ensemble.combine", combine))
     dirs = [model_dir] if isinstance(model_dir, (str, os.PathLike)) else list(model_dir)
@@ -206,14 +207,15 @@ def search_tile(
         pm, pc, _ = get_model(pdir, psha, device)
         pre = (pm, pc)
     batch_size = resolve_batch_size(config.get("search.batch_size", batch_size), dev)
-    read_rows = -(-batch_size // store.chunk_rows) * store.chunk_rows  # whole chunks: each is decoded once
+    chunk = cutout_store.chunk_rows
+    read_rows = -(-batch_size // chunk) * chunk  # whole chunks: each is decoded once
     # the models' inputs as training and evaluation see them (a quantised store's straight from its codes);
     # a cascade holds its main models' inputs of the rows its prefilter may pass
     first = [pre[1]] if pre is not None else [c for _, c in main]
     specs = [c.get("normalisation") for c in first] + (held_specs([c for _, c in main]) if pre is not None else [])
     batches = (
         batch_inputs(inputs, table, len(first))
-        for inputs, table in store.iter_normalised(read_rows, specs, tiles=[tile])
+        for inputs, table in cutout_store.iter_normalised(read_rows, specs, tiles=[tile])
     )
     if _reader_has_a_core(dev):  # read, normalise and copy to the device the next block while the model scores this one
         batches = _prefetch(stage_inputs(batches, dev))
@@ -228,7 +230,7 @@ def search_tile(
         prefilter=pre,
         keep_fraction=keep_fraction,
         prefilter_threshold=prefilter_threshold or 0.0,
-        rows_total=int(store.counts[tile]),
+        rows_total=int(cutout_store.counts[tile]),
         audit_ids=audit_ids,
     )
     out = pathlib.Path(run_dir) / TILES_DIR

@@ -29,7 +29,8 @@ from lensdask.model.architectures import arch_kwargs, describe_architectures
 from lensdask.model.checkpoint import check_compatible, read_card, resolve_model_dir
 from lensdask.model.infer import nonfinite_rows, resolve_device
 from lensdask.normalise import DEFAULT_NORMALISATION, normalise
-from lensdask.store import create_store
+
+from conftest import make_tiny_store
 
 STAMP = 27  # multiple of test-vit's 9 px patch: 9 tokens, fast
 
@@ -50,10 +51,12 @@ def synth(n, rng, stamp=STAMP, bands=4, lens_frac=0.5):
 
 
 def make_store(path, n_tiles=2, per_tile=40, seed=0, labels=None, bands="griz", stamp=STAMP, pixel_scale=0.263):
+    """A labelled store a model can learn from: :func:`synth`'s rings (label 1) and plain galaxies (label 0)."""
     rng = np.random.default_rng(seed)
-    st = create_store(
-        str(path),
+    st = make_tiny_store(
+        path,
         tiles=[f"t{i}" for i in range(n_tiles)],
+        rows=0,
         capacity=per_tile,
         bands=list(bands),
         pixel_scale=pixel_scale,
