@@ -146,13 +146,17 @@ def quiet_deep_profile_sizeof() -> None:
         logger.addFilter(_SIZEOF_FILTER)
 
 
-def apply_process_setup(threads: int | None = None) -> dict:
+def apply_process_setup(threads: int | None = None, *, follow_environment: bool = True) -> dict:
     """Everything a process needs before it runs tile tasks; safe to call again.
 
     Parameters
     ----------
     threads : int, optional
         See :func:`limit_threads`.
+    follow_environment : bool, default True
+        Without ``threads``, apply ``OMP_NUM_THREADS`` (a worker's). False leaves the
+        thread counts alone unless ``threads`` is given: the user's own process, where a
+        ``LocalCluster`` may have left its workers' ``OMP_NUM_THREADS=1`` in ``os.environ``.
 
     Returns
     -------
@@ -160,7 +164,7 @@ def apply_process_setup(threads: int | None = None) -> dict:
         ``malloc_tuned`` (bool) and ``threads`` (the count applied, or None).
     """
     tuned = tune_malloc()
-    applied = limit_threads(threads)
+    applied = limit_threads(threads) if threads is not None or follow_environment else None
     quiet_deep_profile_sizeof()
     return {"malloc_tuned": tuned, "threads": applied}
 
@@ -178,6 +182,9 @@ class WorkerSetup(WorkerPlugin):
     threads : int, optional
         Threads for torch and BLAS on every worker; None: the worker's ``OMP_NUM_THREADS``
         (see :func:`limit_threads`).
+    follow_environment : bool, default True
+        See :func:`apply_process_setup`; False for this process's own setup, which runs
+        tiles outside any worker and leaves the user's thread counts as they are.
 
     Attributes
     ----------
@@ -190,11 +197,12 @@ class WorkerSetup(WorkerPlugin):
     name = PLUGIN_NAME
     idempotent = True
 
-    def __init__(self, threads: int | None = None):
-        self._start(threads)
+    def __init__(self, threads: int | None = None, *, follow_environment: bool = True):
+        self._start(threads, follow_environment)
 
-    def _start(self, threads: int | None) -> None:
+    def _start(self, threads: int | None, follow_environment: bool = True) -> None:
         self.threads = threads
+        self.follow_environment = follow_environment
         self.setups = 0
         self.applied: dict | None = None
         self._models: dict[Hashable, Any] = {}
@@ -203,16 +211,16 @@ class WorkerSetup(WorkerPlugin):
 
     def __getstate__(self) -> dict:
         # what travels to the workers: the configuration only, never a cache or a lock
-        return {"threads": self.threads}
+        return {"threads": self.threads, "follow_environment": self.follow_environment}
 
     def __setstate__(self, state: dict) -> None:
-        self._start(state["threads"])
+        self._start(state["threads"], state.get("follow_environment", True))
 
     def setup(self, worker=None) -> None:
         """Apply :func:`apply_process_setup` for this worker (``worker`` is unused: the
         settings belong to its process)."""
         with self._lock:
-            self.applied = apply_process_setup(self.threads)
+            self.applied = apply_process_setup(self.threads, follow_environment=self.follow_environment)
             self.setups += 1
 
     def teardown(self, worker=None) -> None:
@@ -253,8 +261,8 @@ class WorkerSetup(WorkerPlugin):
 
 
 @functools.cache
-def _in_process_setup() -> WorkerSetup:
-    setup = WorkerSetup()
+def _process_setup(follow_environment: bool) -> WorkerSetup:
+    setup = WorkerSetup(follow_environment=follow_environment)
     setup.setup(None)
     return setup
 
@@ -263,10 +271,14 @@ def current_setup(worker=None) -> WorkerSetup:
     """The :class:`WorkerSetup` of the worker running this code, applied and ready.
 
     Inside a task (or with ``worker``, e.g. ``client.run``'s ``dask_worker``) it is the
-    instance registered on that worker. Outside any worker, or on a worker of a client
-    that did not register the plugin, it is this process's own instance, set up the
-    first time it is asked for: the tiles then get the same setup and one cache per
-    process.
+    instance registered on that worker. On a worker of a client that did not register the
+    plugin, or outside any worker, it is this process's own instance, set up the first
+    time it is asked for: the tiles then get the same setup and one cache per process.
+    A nanny's worker owns its process and follows the ``OMP_NUM_THREADS`` the nanny gave
+    it; any other process is the user's (a notebook, a CLI run, a ``processes=False``
+    cluster) and keeps its thread counts: a ``LocalCluster`` started there leaves its
+    workers' ``OMP_NUM_THREADS=1`` in ``os.environ``, and following it would train on
+    one core.
     """
     if worker is None:
         from distributed import get_worker
@@ -274,9 +286,11 @@ def current_setup(worker=None) -> WorkerSetup:
         try:
             worker = get_worker()
         except ValueError:  # not in a task: this process runs the tiles itself
-            return _in_process_setup()
+            return _process_setup(follow_environment=False)
     plugin = worker.plugins.get(PLUGIN_NAME)
-    return plugin if isinstance(plugin, WorkerSetup) else _in_process_setup()
+    if isinstance(plugin, WorkerSetup):
+        return plugin
+    return _process_setup(follow_environment=getattr(worker, "nanny", None) is not None)
 
 
 def register(client, threads: int | None = None) -> None:

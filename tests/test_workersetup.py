@@ -100,6 +100,22 @@ def test_in_process_setup_is_applied_once():
     assert first.load_counts()[("in-process", "cpu")] == 1
 
 
+def test_this_process_keeps_its_thread_count_whatever_omp_num_threads_says(monkeypatch):
+    """Outside a worker the user's thread counts stand: a LocalCluster started in this process
+    leaves its workers' OMP_NUM_THREADS=1 in os.environ (the nanny sets it before spawning), and
+    following it would train in the notebook on one core."""
+    import torch
+
+    now = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", str(now + 1))
+    own = WorkerSetup(follow_environment=False)
+    own.setup()
+    assert own.applied["threads"] is None and torch.get_num_threads() == now
+    assert current_setup().follow_environment is False  # the setup tiles get outside any worker
+    assert pickle.loads(pickle.dumps(own)).follow_environment is False
+    assert WorkerSetup(threads=now).follow_environment is True  # a worker's follows its environment
+
+
 def test_only_the_configuration_travels_to_the_workers():
     plugin = WorkerSetup(threads=3)
     plugin.setups = 1
@@ -161,7 +177,7 @@ def test_local_cluster_workers_are_set_up_in_their_first_task_without_registerin
             progress=False,
             register_setup=False,
         )
-        applied = client.run(lambda: workersetup.current_setup().applied)
+        applied = client.run(lambda dask_worker: workersetup.current_setup(dask_worker).applied)
     assert failures == [] and list(results.values()) == [("WorkerSetup", 1)] * 2  # once per worker process
     # a nanny's worker: OMP_NUM_THREADS=1 from distributed.nanny.pre-spawn-environ
     assert [a["threads"] for a in applied.values()] == [1]

@@ -432,7 +432,7 @@ def compute_partitions(bag, client=None, progress: bool = True) -> list:
         with tqdm(total=len(futures), desc="tiles", unit="tile", disable=not progress) as bar:
             for _ in as_completed(futures, loop=client.loop):
                 bar.update()
-        results = client.gather(futures)
+        return [item for part in client.gather(futures) for item in part]
     current_setup()
     if progress:
         from dask.diagnostics import ProgressBar

@@ -145,6 +145,25 @@ def test_simulate_on_client_writes_store(tmp_path, client):
     np.testing.assert_allclose(cat["theta_E"], rows["theta_E"].astype("float32"))
 
 
+def _record_call(x, log):
+    with open(log, "a") as fh:
+        fh.write(f"{x}\n")
+    return x
+
+
+@pytest.mark.parametrize("on_client", [False, True], ids=["in-process", "client"])
+def test_compute_partitions_runs_each_partition_once_in_order(tmp_path, on_client, request):
+    import dask.bag as db
+
+    from lensdask.simulate.run import compute_partitions
+
+    client = request.getfixturevalue("client") if on_client else None
+    log = tmp_path / "calls.txt"
+    bag = db.from_sequence(range(6), npartitions=3).map(_record_call, str(log))
+    assert compute_partitions(bag, client, progress=False) == list(range(6))
+    assert sorted(int(x) for x in log.read_text().split()) == list(range(6))  # once each: not again in-process
+
+
 def test_simulate_independent_of_partition_size(tmp_path):
     a = simulate(tmp_path / "a.zarr", 6, seed=9, lens_fraction=0.5, partition_size=4, progress=False)
     b = simulate(tmp_path / "b.zarr", 6, seed=9, lens_fraction=0.5, partition_size=6, progress=False)
