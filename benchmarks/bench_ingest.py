@@ -72,10 +72,17 @@ def _monitor():
     threading.Thread(target=sample, daemon=True, name="bench-memory").start()
 
 
-def _warm():
-    import lensdask.search.run  # noqa: F401
-    import lensdask.survey.ingest  # noqa: F401  (what every lensdask task imports: torch included)
+INGEST_MODULES = ("lensdask.survey.ingest", "lensdask.fanout", "lensdask.workersetup")
+"""What an ingest task imports on its worker (no PyTorch: the package face is lazy)."""
+SEARCH_MODULES = ("lensdask.search.run",)
+"""What a search task imports on its worker: PyTorch, timm and the model code included."""
 
+
+def _warm(modules):
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
     return _worker_stats()
 
 
@@ -102,10 +109,14 @@ def run_cli(argv):
     return code, time.perf_counter() - t0, err.getvalue()
 
 
-def measured(limit, argv, warm=True):
-    """Run a CLI command on a fresh one-worker cluster; its exit code, wall time, worker stats before and after."""
+def measured(limit, argv, warm=INGEST_MODULES):
+    """Run a CLI command on a fresh one-worker cluster; its exit code, wall time, worker stats before and after.
+
+    ``warm``: the modules the command's tasks import, imported on the worker before its memory is
+    measured "before the task" (an empty tuple: none).
+    """
     with one_worker(limit) as (cluster, client):
-        before = list(client.run(_warm if warm else _worker_stats).values())[0]
+        before = list(client.run(_warm, warm).values())[0]
         client.run(_monitor)
         code, wall, err = run_cli(argv + ["--cluster", cluster.scheduler_address])
         after = list(client.run(_worker_stats).values())[0] if client.scheduler_info()["workers"] else None
@@ -211,6 +222,7 @@ def main(argv=None):
                 "--no-report",
                 "--no-crossmatch",
             ],
+            warm=SEARCH_MODULES,
         )
         assert code == 0, err
         rows.append(("search (shipped model, CPU)", wall_s, bs, as_))
@@ -218,7 +230,7 @@ def main(argv=None):
 
         with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
             code_k, wall_k, _, _, err_k = measured(
-                a.small_limit, base + ["--out", os.path.join(work, "k.zarr")], warm=False
+                a.small_limit, base + ["--out", os.path.join(work, "k.zarr")], warm=()
             )
         lines = [ln for ln in err_k.splitlines() if ln.startswith("  tile ")]
         print(

@@ -22,20 +22,85 @@ a store parameter is called ``store``)::
     swap(votes, gold)                   Space Warps aggregation of volunteer votes
 """
 
-# The functions are bound after their subpackages are imported, so that
-# ``lensdask.simulate`` and ``lensdask.search`` name the functions, not the subpackages.
-from . import config  # noqa: E402  (loads the defaults into dask.config)
-from ._version import __version__  # noqa: E402
-from .cluster import cluster_client  # noqa: E402
-from .demo import demo  # noqa: E402
-from .model import evaluate, inject, train  # noqa: E402
-from .review import add_labels, export_zooniverse, gallery_html, read_labels, swap, trainset_add  # noqa: E402
-from .review import gallery as gallery  # noqa: E402  (the deprecated name of gallery_html; not in __all__)
-from .search import SearchResult, merge, search, search_tile  # noqa: E402
-from .simulate import simulate  # noqa: E402
-from .store import CutoutStore, create_store, open_store  # noqa: E402
-from .storeadmin import convert, store_info  # noqa: E402
-from .survey import ingest, mock_survey  # noqa: E402
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING
+
+from . import config  # loads the defaults into dask.config
+from ._version import __version__
+
+if TYPE_CHECKING:  # what type checkers and IDEs see: the names, as if imported here
+    from .cluster import cluster_client
+    from .demo import demo
+    from .model.evaluate import evaluate
+    from .model.inject import inject
+    from .model.train import train
+    from .review import add_labels, export_zooniverse, gallery_html, read_labels, trainset_add
+    from .review.swap import swap
+    from .search import SearchResult, merge, search, search_tile
+    from .simulate import simulate
+    from .store import CutoutStore, create_store, open_store
+    from .storeadmin import convert, store_info
+    from .survey import mock_survey
+    from .survey.ingest import ingest
+
+_HOMES = {
+    "CutoutStore": "store",
+    "SearchResult": "search",
+    "add_labels": "review",
+    "cluster_client": "cluster",
+    "convert": "storeadmin",
+    "create_store": "store",
+    "demo": "demo",
+    "evaluate": "model",
+    "export_zooniverse": "review",
+    "gallery": "review",  # the deprecated name of gallery_html; not in __all__
+    "gallery_html": "review",
+    "ingest": "survey",
+    "inject": "model",
+    "merge": "search",
+    "mock_survey": "survey",
+    "open_store": "store",
+    "read_labels": "review",
+    "search": "search",
+    "search_tile": "search",
+    "simulate": "simulate",
+    "store_info": "storeadmin",
+    "swap": "review",
+    "train": "model",
+    "trainset_add": "review",
+}
+"""Where each public name lives: imported on first use, so that a process that needs only part
+of lensdask (an ingest worker: no PyTorch, ~0.65 GiB less) does not load the rest."""
+
+
+def __getattr__(name: str):
+    """Import a public name's subpackage on first use (PEP 562) and bind the name here."""
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'lensdask' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Face(types.ModuleType):
+    """The package module: ``lensdask.simulate``, ``lensdask.search`` and ``lensdask.demo`` stay the
+    functions when their subpackages are imported. (The import system binds a subpackage to its
+    parent once it is loaded; here that binding is dropped for the names a function holds.)"""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _HOMES and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Face
 
 __all__ = [
     "CutoutStore",

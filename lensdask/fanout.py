@@ -189,12 +189,11 @@ def run_tiles(
         Tiles done before this run (resumed) and not in ``jobs``: the bar starts with them counted.
     register_setup : bool
         Register the worker setup plugin before submitting. Registering sends every worker
-        the plugin at once, so each imports lensdask (~0.7 GiB with PyTorch) before any task:
-        a worker whose memory limit cannot hold that is restarted over and over by its
-        nanny and a task may run, and write, on one of those short lives after its tile was
-        reported lost. Commands whose tiles do not need the model cache (ingest) set it up in
-        the first task instead, so such a worker dies in its task and the tile is reported
-        lost once, unwritten.
+        the plugin at once, so each imports it before any task: a worker whose memory limit
+        cannot hold that is restarted over and over by its nanny, and a task may run, and
+        write, on one of those short lives after its tile was reported lost. Commands whose
+        tiles do not need the model cache (ingest) set it up in the first task instead, so
+        such a worker dies in its task and the tile is reported lost once, unwritten.
     raise_in_process : tuple of exception types
         Without a client, an exception of these types stops the run (it is raised, as the
         tile's call raised it) instead of becoming a row of the failures table.
