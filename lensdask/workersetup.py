@@ -1,8 +1,8 @@
 """The setup of every process that runs lensdask tile tasks: one Dask worker plugin.
 
-:class:`WorkerSetup` is registered on every client that runs simulate, ingest or
-search tasks (:func:`register`; :func:`lensdask.cluster.cluster_client` and
-:func:`lensdask.fanout.run_tiles` do it). On each worker, ``setup`` applies
+:class:`WorkerSetup` is registered on every client that runs simulate or search
+tasks (:func:`register`, called by :func:`lensdask.fanout.run_tiles` when it submits
+them; ingest tasks apply it in their first task instead). On each worker, ``setup`` applies
 :func:`apply_process_setup`:
 
 * glibc's malloc thresholds (:func:`tune_malloc`), once per process;
@@ -11,7 +11,8 @@ search tasks (:func:`register`; :func:`lensdask.cluster.cluster_client` and
 
 and the plugin holds the worker's model cache (:meth:`WorkerSetup.cached`), emptied
 in ``teardown``. Code running without a Dask worker (``client=None``, the tiles run in
-this process) gets the same setup, applied once, from :func:`current_setup`.
+this process) gets the same setup, applied once, from :func:`current_setup`, except that
+it keeps the process's own thread counts.
 """
 
 from __future__ import annotations
