@@ -192,8 +192,6 @@ def _cmd_mock_survey(a) -> int:
 def _cmd_ingest(a) -> int:
     import os
 
-    import numpy as np
-
     from .survey import ingest
 
     if sum(x is not None for x in (a.images, a.des_tiles, a.cubes, a.arrays)) != 1:
@@ -235,8 +233,7 @@ def _cmd_ingest(a) -> int:
             overwrite=a.overwrite,
             return_report=True,
         )
-    counts = store.counts
-    flags = np.concatenate([store.group["flags"][t, : counts[t]] for t in store.written_tiles()] or [np.zeros(0, int)])
+    flags = store.written_values("flags")
     written = len(store.written_tiles())
     print(
         f"wrote {store}: {written} of {store.n_tiles} tiles; {int(((flags & 1) != 0).sum())} rows edge-padded, "
@@ -536,7 +533,7 @@ def _cmd_emit_htcondor(a) -> int:
 
     from . import config
     from .cluster import emit_htcondor_search
-    from .rundir import tile_done
+    from .rundir import read_markers
     from .search.run import run_signature
 
     if a.truth is not None:
@@ -556,7 +553,8 @@ def _cmd_emit_htcondor(a) -> int:
     names = store.tiles
     tiles = [(t, names[t]) for t in store.written_tiles()]
     if a.resume:
-        tiles = [(t, n) for t, n in tiles if (tile_done(run_dir, n) or {}).get("model_id") != sig]
+        markers = read_markers(run_dir)  # each finished tile's marker, read once
+        tiles = [(t, n) for t, n in tiles if (markers.get(n) or {}).get("model_id") != sig]
     spec = str(a.cluster) if str(a.cluster).startswith("htcondor") else "htcondor"
     files = emit_htcondor_search(
         a.emit_htcondor,

@@ -257,42 +257,67 @@ def run_tiles(
     return results, sorted(failures.values(), key=lambda r: order[r["tile"]])
 
 
+class _TileCall:
+    """One tile's call, ``f(*args, **kwargs)``, as one argument of :meth:`distributed.Client.map`.
+
+    A plain object: Dask does not look inside it for tasks or keys, so every tile's arguments
+    travel as they are, and one ``map`` submits every tile in one message.
+    """
+
+    def __init__(self, f: Callable, args: tuple, kwargs: dict):
+        self.f = f
+        self.args = args
+        self.kwargs = kwargs
+
+
+def _run_call(call: _TileCall):
+    return _guarded(call.f, *call.args, **call.kwargs)
+
+
 def _run_on_client(client, jobs, key_prefix, retries, resources, finished, failed) -> None:
-    """Submit every job to ``client`` and hand each outcome to ``finished(tile, value)`` or ``failed(row)``."""
+    """Submit every job to ``client`` and hand each outcome to ``finished(tile, value)`` or ``failed(row)``.
+
+    The client's own cost per tile is constant: every task goes to the scheduler in one
+    :meth:`~distributed.Client.map`, and :class:`distributed.as_completed` hands back each
+    finished one as it finishes (a wait on every pending future at each completion would cost
+    the client the square of the number of tiles).
+    """
     import time
 
-    from distributed.client import _wait
+    from distributed import as_completed
 
     limits = _memory_limits(client)
     grace = _no_worker_grace(client)
     stamp = time.time_ns()
-    futures = {}
+    futures: dict = {}
     try:
-        for name, f, args, kwargs in jobs:
-            fut = client.submit(
-                _guarded,
-                f,
-                *args,
-                **kwargs,
-                key=f"{key_prefix}-{name}-{stamp}",
-                pure=False,
-                retries=retries,
-                resources=resources,
-            )
-            futures[fut] = name
+        listed = client.map(
+            _run_call,
+            [_TileCall(f, args, kwargs) for _, f, args, kwargs in jobs],
+            key=[f"{key_prefix}-{name}-{stamp}" for name, *_ in jobs],
+            pure=False,
+            retries=retries,
+            resources=resources,
+        )
+        futures = {fut: name for fut, (name, *_) in zip(listed, jobs)}
         pending = set(futures)
+        ready = as_completed(futures, loop=client.loop)
         alone_since = None  # when the cluster was last seen without a worker
+        last = time.monotonic()  # when a tile last finished, or the workers were last looked at
         while pending:
-            try:
-                # distributed.wait would ask for the default client: ``client`` may not be it (a notebook
-                # holding several), or there may be none
-                done, pending = client.sync(_wait, pending, timeout=2.0, return_when="FIRST_COMPLETED")
-            except TimeoutError:  # nothing finished in 2 s: look at the workers
-                done = set()
+            done = ready.next_batch(block=False)
+            if not done:
+                with ready.thread_condition:
+                    ready.thread_condition.wait(timeout=0.2)
+                done = ready.next_batch(block=False)
+            # the finished tiles' results in one round trip, not one each
+            ok = [fut for fut in done if fut.status == "finished"]
+            values = dict(zip(ok, client.gather(ok))) if ok else {}
             for fut in done:
+                pending.discard(fut)
                 name = futures[fut]
-                if fut.status == "finished":
-                    finished(name, fut.result())
+                if fut in values:
+                    finished(name, values[fut])
                 elif fut.status == "error":
                     err = fut.exception()
                     tb = "".join(traceback.format_tb(fut.traceback()))[-2000:]
@@ -302,7 +327,11 @@ def _run_on_client(client, jobs, key_prefix, retries, resources, finished, faile
                     failed({"tile": name, "error": "cancelled (worker lost or task cancelled)", "traceback": ""})
             if not pending or done:
                 alone_since = None
+                last = time.monotonic()
                 continue
+            if time.monotonic() - last < 2.0:  # nothing finished for 2 s: look at the workers
+                continue
+            last = time.monotonic()
             now_limits = _memory_limits(client)
             if _n_workers(client):
                 limits |= now_limits

@@ -181,6 +181,12 @@ class CutoutStore:
         self.capacity: int = int(images.shape[1])
         self.chunk_rows: int = int(images.chunks[1])
         """Rows per compressed chunk: a read of fewer rows still decodes the whole chunk."""
+        # Per-tile metadata, read on first use and then kept: ``count`` is one chunk per tile (so
+        # tile writers never share a chunk), and reading it whole costs one file per tile.
+        self._names: tuple[str, ...] | None = None
+        self._counts: np.ndarray | None = None
+        self._known: dict[int, tuple[str, int]] = {}  # tile -> (name, count) handed to a task
+        self._by_name: dict[str, int] | None = None
 
     # -- description -----------------------------------------------------------------
     def __repr__(self) -> str:
@@ -195,13 +201,62 @@ class CutoutStore:
 
     @property
     def tiles(self) -> list[str]:
-        """Tile names, in tile-index order."""
-        return [str(t) for t in np.asarray(store_array(self.group, "tile")[:])]
+        """Tile names, in tile-index order (a new list each time; :meth:`tile_name` for one).
+
+        Read once, on first use, and kept (:meth:`refresh` reads them again).
+        """
+        return list(self._tile_names())
+
+    def _tile_names(self) -> tuple[str, ...]:
+        if self._names is None:
+            self._names = tuple(str(t) for t in np.asarray(store_array(self.group, "tile")[:]))
+        return self._names
 
     @property
     def counts(self) -> np.ndarray:
-        """Rows written per tile; -1 for a tile never written."""
-        return np.asarray(store_array(self.group, "count")[:])
+        """Rows written per tile; -1 for a tile never written (a read-only array).
+
+        A snapshot: read once, on first use, and kept, so a loop over tiles costs one read of
+        the ``count`` array (one small file per tile), not one per tile. Writes through this
+        object keep it in step; after tiles were written by other processes (the tasks of a
+        fan-out), call :meth:`refresh`, or open the store again.
+        """
+        if self._counts is None:
+            self._counts = np.array(store_array(self.group, "count")[:], dtype=np.int64)
+        view = self._counts.view()
+        view.flags.writeable = False
+        return view
+
+    def refresh(self) -> CutoutStore:
+        """Forget the tile names and counts read so far: the next use reads them again. Returns ``self``."""
+        self._names = None
+        self._counts = None
+        self._known = {}
+        self._by_name = None
+        return self
+
+    def know_tile(self, t: int, name: str, count: int) -> CutoutStore:
+        """Take tile ``t``'s name and row count as given instead of reading them. Returns ``self``.
+
+        A task that works on one tile gets these in its arguments from the client, which read
+        the store's per-tile arrays once for the whole run: reading them in every task would
+        cost one read of the ``tile`` array (every name) per task.
+        """
+        self._known[int(t)] = (str(name), int(count))
+        return self
+
+    def tile_name(self, t: int) -> str:
+        """The name of tile ``t`` (given by :meth:`know_tile`, or from :attr:`tiles`)."""
+        known = self._known.get(int(t))
+        return known[0] if known is not None else self._tile_names()[t]
+
+    def _set_count(self, t: int, n: int) -> None:
+        """Write tile ``t``'s count (the commit mark) and keep what this object knows in step."""
+        store_array(self.group, "count")[t] = n
+        if self._counts is not None:
+            self._counts[t] = n
+        if t in self._known:
+            self._known[t] = (self._known[t][0], n)
 
     @property
     def n_rows(self) -> int:
@@ -213,16 +268,40 @@ class CutoutStore:
         """Indices of the tiles whose write was committed."""
         return [int(i) for i in np.flatnonzero(self.counts >= 0)]
 
+    def written_values(self, name: str, slab: int = 256) -> np.ndarray:
+        """Every written row's value of the per-row array ``name`` (``label``, ``flags``, ...), one array.
+
+        Read ``slab`` tiles at a time (zarr fetches a slab's chunks concurrently), so a store of
+        10,000 tiles costs 40 reads, not 10,000, and memory holds one slab, not the whole array.
+        """
+        arr = store_array(self.group, name)
+        counts = self.counts
+        parts = []
+        for a in range(0, self.n_tiles, slab):
+            b = min(a + slab, self.n_tiles)
+            n = counts[a:b]
+            if not (n > 0).any():
+                continue
+            values = np.asarray(arr[a:b, : int(n.max())])
+            keep = np.arange(values.shape[1])[None, :] < n[:, None]
+            parts.append(values[keep])
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=arr.dtype)
+
     def tile_index(self, tile: int | str) -> int:
         """The index of a tile given by index or name."""
         if isinstance(tile, (int, np.integer)):
             if not 0 <= tile < self.n_tiles:
                 raise IndexError(f"tile index {tile} outside 0..{self.n_tiles - 1}")
             return int(tile)
-        names = self.tiles
-        if tile not in names:
+        for t, (name, _) in self._known.items():  # a task's own tile, without reading every name
+            if name == tile:
+                return t
+        if self._by_name is None:
+            self._by_name = {name: i for i, name in enumerate(self._tile_names())}
+        index = self._by_name.get(tile)
+        if index is None:
             raise KeyError(f"no tile named {tile!r} in {self.url}")
-        return names.index(tile)
+        return index
 
     @property
     def lens_class(self) -> int:
@@ -290,7 +369,7 @@ class CutoutStore:
                 border=int(enc["border"]),
             )
             rows["flags"][:n] |= np.where((scale == 0).any(axis=1), FLAG_LOSSLESS, 0).astype(np.int32)
-        store_array(g, "count")[t] = -1  # uncommitted while the rows change
+        self._set_count(t, -1)  # uncommitted while the rows change
         pixels = store_array(g, "images")
         if n and self.quantised:
             pixels[t, :n] = q
@@ -333,7 +412,7 @@ class CutoutStore:
             if p in table.columns:
                 row[:n] = table[p].to_numpy(dtype=PARAM_DTYPE, na_value=np.nan)
             store_array(g, f"params/{p}")[t] = row
-        store_array(g, "count")[t] = n
+        self._set_count(t, n)
         return n
 
     def add_tiles(self, names: Sequence[str]) -> list[int]:
@@ -359,6 +438,7 @@ class CutoutStore:
         store_array(g, "count")[n0:n1] = -1
         store_array(g, "tile")[n0:n1] = np.asarray(names, dtype=object)
         self.n_tiles = n1
+        self.refresh()
         return list(range(n0, n1))
 
     def add_classes(self, classes: Sequence[str]) -> list[str]:
@@ -370,10 +450,20 @@ class CutoutStore:
         return self.classes
 
     # -- reading ---------------------------------------------------------------------
+    def tile_rows(self, t: int) -> int:
+        """Rows written in tile ``t``, -1 if never written: as given (:meth:`know_tile`), from the
+        :attr:`counts` snapshot, or read (one chunk of ``count``)."""
+        if t in self._known:
+            return self._known[t][1]
+        if self._counts is not None:
+            return int(self._counts[t])
+        return int(np.asarray(store_array(self.group, "count")[t]))
+
     def _count(self, t: int) -> int:
-        n = int(np.asarray(store_array(self.group, "count")[t]))
+        """Rows of tile ``t``; an error if it was never written."""
+        n = self.tile_rows(t)
         if n < 0:
-            raise StoreWriteError(f"tile {t} ({self.tiles[t]}) of {self.url} has not been written")
+            raise StoreWriteError(f"tile {t} ({self.tile_name(t)}) of {self.url} has not been written")
         return n
 
     def read_table(self, tile: int | str, start: int = 0, stop: int | None = None) -> pd.DataFrame:
@@ -382,7 +472,7 @@ class CutoutStore:
         n = self._count(t)
         stop = n if stop is None else min(stop, n)
         g = self.group
-        cols = {"tile": np.full(stop - start, self.tiles[t], dtype=object), "row": np.arange(start, stop)}
+        cols = {"tile": np.full(stop - start, self.tile_name(t), dtype=object), "row": np.arange(start, stop)}
         for name in ROW_COLUMNS:
             cols[name] = np.asarray(store_array(g, name)[t, start:stop])
         for p in self.params:
@@ -421,7 +511,7 @@ class CutoutStore:
     def read_tile(self, tile: int | str) -> TileData:
         """All rows of one tile, pixels and table."""
         t = self.tile_index(tile)
-        return TileData(self.tiles[t], t, self.read_images(t), self.read_table(t))
+        return TileData(self.tile_name(t), t, self.read_images(t), self.read_table(t))
 
     def read_catalog(self) -> pd.DataFrame:
         """Per-row metadata of every committed tile, one table."""

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import pathlib
 
-import numpy as np
-
 from .deprecation import renamed_keywords
 from .errors import LensdaskError, StoreWriteError
 from .store import FLOAT_ENCODING, SCHEMA, create_store, open_store, store_array
@@ -47,14 +45,8 @@ def store_info(store: str | os.PathLike) -> dict:
     s = open_store(url)
     written = s.written_tiles()
     g = s.group
-    label_parts, flag_parts = [], []
-    counts = s.counts
-    for t in written:
-        n = int(counts[t])
-        label_parts.append(np.asarray(store_array(g, "label")[t, :n]))
-        flag_parts.append(np.asarray(store_array(g, "flags")[t, :n]))
-    labels = np.concatenate(label_parts) if label_parts else np.zeros(0, np.int16)
-    flags = np.concatenate(flag_parts) if flag_parts else np.zeros(0, np.int32)
+    labels = s.written_values("label")
+    flags = s.written_values("flags")
     classes = {name: int((labels == k).sum()) for k, name in enumerate(s.classes)}
     if (labels < 0).any():
         classes["unknown"] = int((labels < 0).sum())

@@ -36,8 +36,8 @@ from ..rundir import (
     clean_run_dir,
     commit_tile,
     merge,
+    read_markers,
     read_scores,
-    tile_done,
 )
 from ..store import CutoutStore, open_store
 from .score import batch_inputs, held_specs, score_models
@@ -143,6 +143,8 @@ def search_tile(
     prefilter: tuple | None = None,
     prefilter_threshold: float | None = None,
     audit_ids=None,
+    name: str | None = None,
+    rows: int | None = None,
 ) -> dict:
     """Score one tile and write its outputs atomically; the unit of work of a search.
 
@@ -181,6 +183,13 @@ def search_tile(
     audit_ids : array of int, optional
         Object ids (injected lenses of a mock survey) that the main models score even when
         the prefilter stops them, into ``audit_score``.
+    name : str, optional
+        The tile's name, and
+    rows : int, optional
+        its row count, as the caller read them (:meth:`~lensdask.store.CutoutStore.know_tile`):
+        a search reads the store's per-tile arrays once and hands each task its own tile's, so
+        the tasks of a 10,000-tile run do not each read every tile's. Read from the store when
+        not given.
 
     Returns
     -------
@@ -189,7 +198,9 @@ def search_tile(
     """
     t0 = time.perf_counter()
     cutout_store = open_store(store)
-    name = cutout_store.tiles[tile]
+    if name is not None and rows is not None:
+        cutout_store.know_tile(tile, name, rows)
+    name = cutout_store.tile_name(tile)
     precision = str(config.get("search.precision", precision))
     combine = str(config.get("search.ensemble.combine", combine))
     dirs = [model_dir] if isinstance(model_dir, (str, os.PathLike)) else list(model_dir)
@@ -230,7 +241,7 @@ def search_tile(
         prefilter=pre,
         keep_fraction=keep_fraction,
         prefilter_threshold=prefilter_threshold or 0.0,
-        rows_total=int(cutout_store.counts[tile]),
+        rows_total=cutout_store.tile_rows(tile),
         audit_ids=audit_ids,
     )
     out = pathlib.Path(run_dir) / TILES_DIR
@@ -341,6 +352,8 @@ class _Settings:
         ``tile, object_id`` of a truth table's lenses (:func:`truth_lens_ids`).
     signature : str
         :func:`run_signature` of the run; resuming skips only tiles finished with it.
+    timings : dict
+        Seconds of each step of the search so far (``summary.json``'s ``timings``).
     """
 
     store_path: str
@@ -359,6 +372,7 @@ class _Settings:
     prefilter_threshold: float | None
     audit: pd.DataFrame | None
     signature: str
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def ids(self) -> list[str]:
@@ -382,6 +396,7 @@ class _Settings:
         if self.audit is not None:
             rows = self.audit if self.audit["tile"].isna().all() else self.audit[self.audit["tile"] == name]
             kwargs["audit_ids"] = rows["object_id"].to_numpy(np.int64)
+        kwargs.update(name=name, rows=int(self.store.counts[tile]))
         if len(self.main) == 1:
             models: tuple = (str(self.main[0][0]), self.main[0][1]["sha256"])
         else:
@@ -516,15 +531,16 @@ def _plan_tiles(s: _Settings, resume: bool) -> _TilePlan:
     clean_run_dir(s.run_dir)
     names = s.store.tiles
     written = s.store.written_tiles()
+    markers = read_markers(s.run_dir) if resume else {}
     todo, skipped = [], []
     for t in written:
-        done = tile_done(s.run_dir, names[t]) if resume else None
+        done = markers.get(names[t])
         if done is not None and done.get("model_id") == s.signature and done.get("floor") == s.floor:
             skipped.append(t)
         else:
             todo.append(t)
     unwritten = sorted(set(names) - {names[t] for t in written})
-    return _TilePlan(names, todo, skipped, unwritten)
+    return _TilePlan(list(names), todo, skipped, unwritten)
 
 
 def _run_plan(s: _Settings, plan: _TilePlan, client, progress: bool) -> tuple[list[dict], float]:
@@ -550,10 +566,12 @@ def _run_plan(s: _Settings, plan: _TilePlan, client, progress: bool) -> tuple[li
     failures : list of dict
         ``{"tile", "error", "traceback"}`` per failed tile, in tile order.
     seconds : float
-        Wall time of the tasks.
+        Wall time of the tasks (the performance report's writing, after them, is
+        ``s.timings["report"]``).
     """
     jobs = [s.tile_job(t, plan.names[t]) for t in plan.todo]
     t0 = time.perf_counter()
+    tiles_end = t0
     try:
         with contextlib.ExitStack() as stack:
             resources = None
@@ -576,13 +594,14 @@ def _run_plan(s: _Settings, plan: _TilePlan, client, progress: bool) -> tuple[li
                 resources=resources,
                 raise_in_process=(LensdaskError,),
             )
+            tiles_end = time.perf_counter()
     except KeyboardInterrupt:
         # Ctrl-C: run_tiles cancelled the pending tiles; what is finished stays, nothing half-written does.
         clean_run_dir(s.run_dir)
         raise
-    elapsed = time.perf_counter() - t0
+    s.timings["report"] = time.perf_counter() - tiles_end  # writing the performance report, if any
     clean_run_dir(s.run_dir)  # leftovers of workers killed mid-write (their tiles were redone)
-    return failures, elapsed
+    return failures, tiles_end - t0
 
 
 def _merge_and_summarise(
@@ -615,16 +634,26 @@ def _merge_and_summarise(
     -------
     SearchResult
     """
-    finished = [plan.names[t] for t in plan.todo + plan.skipped if tile_done(s.run_dir, plan.names[t]) is not None]
+    t0 = time.perf_counter()
+    markers = read_markers(s.run_dir, [plan.names[t] for t in plan.todo + plan.skipped])  # each read once
+    finished = list(markers)
     cand = merge(
-        s.run_dir, s.threshold, tiles=finished, crossmatch=crossmatch, radius=radius, catalog=catalog, export=export
+        s.run_dir,
+        s.threshold,
+        tiles=finished,
+        crossmatch=crossmatch,
+        radius=radius,
+        catalog=catalog,
+        export=export,
+        markers=markers,
     )
-    stats = [tile_done(s.run_dir, n) for n in finished]
+    stats = list(markers.values())
     failures_df = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
     if failures:
         failures_df.to_parquet(s.run_dir / FAILURES, index=False)
     elif (s.run_dir / FAILURES).exists():
         (s.run_dir / FAILURES).unlink()
+    s.timings["merge"] = time.perf_counter() - t0
     summary = _summary(s, plan, failures, finished, stats, cand, elapsed, report_written)
     (s.run_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
     return SearchResult(s.run_dir, cand, summary, failures_df)
@@ -664,7 +693,7 @@ def _summary(
     """
     one = len(s.main) == 1
     pre = s.pre
-    todo_rows = sum(s.store.counts[t] for t in plan.todo)
+    todo_rows = int(s.store.counts[plan.todo].sum()) if plan.todo else 0
     return {
         "store": s.store_path,
         "model": str(s.main[0][0]) if one else [str(d) for d, _ in s.main],
@@ -689,6 +718,9 @@ def _summary(
         "seconds": round(elapsed, 2),
         "cutouts_per_second": round(todo_rows / elapsed, 1) if plan.todo and elapsed > 0 else None,
         "performance_report": str(s.run_dir / REPORT) if report_written else None,
+        # seconds of each step, on the client: settings and checks, planning (the store's per-tile
+        # arrays and, resuming, the run's markers), the tiles, the performance report, the merge
+        "timings": {k: round(v, 3) for k, v in s.timings.items()},
         # cutouts each stage saw: every finite cutout reaches the prefilter, only those it passes the main models
         "stages": {
             "prefilter": sum(st.get("prefilter", {}).get("scored", 0) for st in stats) if pre is not None else None,
@@ -802,6 +834,7 @@ def search(
     -------
     SearchResult
     """
+    t0 = time.perf_counter()
     s = _resolve_settings(
         store,
         model,
@@ -818,9 +851,13 @@ def search(
         prefilter_threshold=prefilter_threshold,
         truth=truth,
     )
+    s.timings["settings"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     plan = _plan_tiles(s, resume)
+    s.timings["plan"] = time.perf_counter() - t0
     client = client if client is not None else current_client()
     failures, elapsed = _run_plan(s, plan, client, progress)
+    s.timings["tiles"] = elapsed
     return _merge_and_summarise(
         s, plan, failures, elapsed, s.report and client is not None, crossmatch, radius, catalog, export
     )
