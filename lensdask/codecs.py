@@ -1,4 +1,4 @@
-"""Zarr v3 array-to-bytes codecs for small integers, over the entropy coders of imagecodecs.
+"""Zarr v3 array-to-bytes codecs for small integers, over the entropy coders of imagecodecs or pcodec.
 
 Quantised sky-noise stamps are small integers with a near-Gaussian spread; two coders suit them:
 
@@ -16,6 +16,13 @@ bands x stamp x stamp, C order) is coded as one stream.
 
 The codecs are registered with zarr when this module is imported (:mod:`lensdask.store` imports
 it), and through the ``zarr.codecs`` entry point for other readers with lensdask installed.
+
+Each coder's package is imported when a chunk is first coded, not when this module is, so that an
+installation without it still reads and writes stores of the other coder. Pcodec is read and written
+through ``imagecodecs`` where it is installed, else through the small ``pcodec`` package (its
+streams are the same format: either reads what the other wrote). That is what lets the GPU kit
+(``benchmarks/gpu_kit.py``) leave out imagecodecs, whose 26 MB wheel does not fit: only Rice then
+needs it, and asking for Rice without it is a :class:`~lensdask.errors.LensdaskError` that says so.
 """
 
 from __future__ import annotations
@@ -30,8 +37,49 @@ from zarr.core.buffer import Buffer, NDBuffer
 from zarr.core.common import parse_named_configuration
 from zarr.registry import register_codec
 
+from .errors import LensdaskError
+
 CODEC_NAME = "lensdask.rice"
 PCODEC_NAME = "lensdask.pcodec"
+
+
+def _imagecodecs(codec: str):
+    """The imagecodecs module, or a :class:`LensdaskError` naming the codec that needs it."""
+    try:
+        import imagecodecs
+    except ImportError as exc:
+        raise LensdaskError(
+            f"the {codec} codec needs the imagecodecs package, which is not installed: pip install imagecodecs "
+            "(or write new stores with store.quantise.codec: pcodec, which also works with the pcodec package)"
+        ) from exc
+    return imagecodecs
+
+
+def pcodec_backend():
+    """What codes Pcodec streams here: the imagecodecs module, else the pcodec module.
+
+    imagecodecs comes first because the full installation has it (its encoder wrote the
+    stores made so far, byte for byte); pcodec is the light fallback (about 0.6 MB).
+
+    Raises
+    ------
+    LensdaskError
+        Neither is installed.
+    """
+    try:
+        import imagecodecs
+
+        return imagecodecs
+    except ImportError:
+        pass
+    try:
+        import pcodec
+    except ImportError as exc:
+        raise LensdaskError(
+            f"the {PCODEC_NAME} codec needs the pcodec package (or imagecodecs), and neither is installed: "
+            "pip install pcodec"
+        ) from exc
+    return pcodec
 
 
 class _Int32EntropyCodec(ArrayBytesCodec, abc.ABC):
@@ -108,15 +156,11 @@ class RiceCodec(_Int32EntropyCodec):
         object.__setattr__(self, "nblock", nblock)
 
     def encode_array(self, arr: np.ndarray) -> bytes | bytearray:
-        import imagecodecs
-
-        return imagecodecs.rcomp_encode(arr, nblock=self.nblock)
+        return _imagecodecs(CODEC_NAME).rcomp_encode(arr, nblock=self.nblock)
 
     def decode_array(self, data: np.ndarray, shape: tuple) -> np.ndarray:
-        import imagecodecs
-
-        # imagecodecs reads any buffer (here the chunk's uint8 array); its stub names bytes only
-        return imagecodecs.rcomp_decode(data, shape=shape, dtype=np.int32, nblock=self.nblock)  # type: ignore[arg-type]
+        # imagecodecs reads any buffer (here the chunk's uint8 array)
+        return _imagecodecs(CODEC_NAME).rcomp_decode(data, shape=shape, dtype=np.int32, nblock=self.nblock)
 
 
 @dataclass(frozen=True)
@@ -140,15 +184,22 @@ class PcodecCodec(_Int32EntropyCodec):
         object.__setattr__(self, "level", level)
 
     def encode_array(self, arr: np.ndarray) -> bytes | bytearray:
-        import imagecodecs
-
-        return imagecodecs.pcodec_encode(arr, level=self.level)
+        lib = pcodec_backend()
+        if lib.__name__ == "imagecodecs":
+            return lib.pcodec_encode(arr, level=self.level)
+        return lib.standalone.simple_compress(arr.ravel(), lib.ChunkConfig(compression_level=self.level))
 
     def decode_array(self, data: np.ndarray, shape: tuple) -> np.ndarray:
-        import imagecodecs
-
-        # imagecodecs reads any buffer (here the chunk's uint8 array); its stub names bytes only
-        return imagecodecs.pcodec_decode(data, shape=shape, dtype=np.int32)  # type: ignore[arg-type]
+        lib = pcodec_backend()
+        if lib.__name__ == "imagecodecs":
+            # imagecodecs reads any buffer (here the chunk's uint8 array)
+            return lib.pcodec_decode(data, shape=shape, dtype=np.int32)
+        out = np.empty(shape, dtype=np.int32)
+        if out.size:  # pcodec decodes an empty stream to None, not to an empty array
+            done = lib.standalone.simple_decompress_into(data.tobytes(), out.reshape(-1))
+            if done.n_processed != out.size:  # a short stream would leave the rest of ``out`` unset
+                raise ValueError(f"{PCODEC_NAME}: chunk holds {done.n_processed} values, expected {out.size}")
+        return out
 
 
 register_codec(CODEC_NAME, RiceCodec)
