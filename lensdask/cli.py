@@ -229,6 +229,7 @@ def _cmd_ingest(a) -> int:
             mask_bits=a.mask_bits,
             mask_fill=a.mask_fill,
             block_rows=a.block_rows,
+            psf=a.psf,
             client=client,
             overwrite=a.overwrite,
             return_report=True,
@@ -934,6 +935,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_arg.count,
         metavar="N",
         help="stamps cut and written together: a worker's memory (config ingest.block_rows)",
+    )
+    p.add_argument(
+        "--psf",
+        metavar="PATTERN",
+        help="PSFEx models like --images, e.g. 'psf/{tile}_{band}_psfcat.psf' (--des-tiles: "
+        "{tile}_*_{band}_psfcat.psf there); without one a tile's PSF FWHM comes from its header, else its stars",
     )
     p.add_argument("--gallery", metavar="PNG", help="also draw a few stamps of the first tile into this PNG")
     p.add_argument("--gallery-n", type=_arg.count, default=12, metavar="N", help="stamps in the gallery (default 12)")

@@ -13,6 +13,10 @@ The same format serves training sets and survey data. Layout (schema
     sky, noise  (n_tiles, capacity, n_bands)  float32   quantised stores only (written since
                 they were introduced; older /2 stores lack them): sky level and sky noise of each
                 row and band measured on the pixels written, flux units, NaN where not measurable
+    psf_fwhm    (n_tiles, capacity, n_bands)  float32   PSF FWHM (arcsec) of each row and band, NaN
+                unknown (written since it was introduced; older stores lack it and still open)
+    psf_origin  (n_tiles, n_bands)  str   where each tile's PSF came from: ``simulated`` (the seeing
+                drawn per row), ``psfex:<file>``, ``header:<keyword>``, ``stars`` (measured), "" unknown
     count       (n_tiles,)            int64  rows written in each tile; -1 = not written
     tile        (n_tiles,)            str    tile names
     object_id   (n_tiles, capacity)   int64
@@ -176,6 +180,9 @@ class CutoutStore:
         self.sky_stats: bool = self.quantised and all(name in group for name in SKY_ARRAYS)
         """Whether the rows' sky level and noise are stored (:data:`SKY_ARRAYS`), so that the
         models' inputs are normalised straight from the codes."""
+        self.psf_known: bool = all(name in group for name in PSF_ARRAYS)
+        """Whether the store keeps each row's PSF FWHM per band (:data:`PSF_ARRAYS`); stores
+        written before it was introduced do not, and read alike."""
         images = store_array(group, "images")
         self.n_tiles: int = int(images.shape[0])
         self.capacity: int = int(images.shape[1])
@@ -320,7 +327,8 @@ class CutoutStore:
             (n, n_bands, stamp, stamp) pixel values, in the store's band order.
         table : pandas.DataFrame
             n rows with ``object_id``, ``ra``, ``dec`` (degrees), optionally ``label``
-            (index into ``classes``, -1 unknown) and any of the store's ``params``.
+            (index into ``classes``, -1 unknown), any of the store's ``params`` and the PSF
+            FWHM of each band, ``psf_fwhm_<band>`` (arcsec; :func:`psf_columns`).
 
         Returns
         -------
@@ -341,7 +349,7 @@ class CutoutStore:
         missing = [c for c in ("object_id", "ra", "dec") if c not in table.columns]
         if missing:
             raise StoreWriteError(f"tile {t}: table lacks the columns {missing}")
-        known = set(ROW_COLUMNS) | set(self.params) | {"tile", "row"}
+        known = set(ROW_COLUMNS) | set(self.params) | {"tile", "row"} | set(psf_columns(self.bands))
         unknown = [c for c in table.columns if c not in known]
         if unknown:
             raise StoreWriteError(
@@ -399,7 +407,8 @@ class CutoutStore:
         return rows
 
     def commit_rows(self, t: int, rows: dict[str, np.ndarray], table: pd.DataFrame) -> int:
-        """Write a tile's per-row arrays and ``params``, then its ``count`` (the commit mark).
+        """Write a tile's per-row arrays, ``params`` and PSF FWHM (``psf_fwhm_<band>`` columns of ``table``;
+        NaN where absent), then its ``count`` (the commit mark).
 
         Call after the tile's pixels are written. Returns the number of rows, ``len(table)``.
         """
@@ -412,8 +421,27 @@ class CutoutStore:
             if p in table.columns:
                 row[:n] = table[p].to_numpy(dtype=PARAM_DTYPE, na_value=np.nan)
             store_array(g, f"params/{p}")[t] = row
+        if self.psf_known:
+            fwhm = np.full((self.capacity, len(self.bands)), np.nan, dtype=np.float32)
+            for k, c in enumerate(psf_columns(self.bands)):
+                if c in table.columns:
+                    fwhm[:n, k] = table[c].to_numpy(dtype=np.float32, na_value=np.nan)
+            store_array(g, "psf_fwhm")[t] = fwhm
         self._set_count(t, n)
         return n
+
+    def write_psf_origin(self, tile: int | str, origins: Sequence[str]) -> None:
+        """Record where tile ``tile``'s PSF came from, one string per band (see :data:`PSF_ORIGINS`).
+
+        Tile-level provenance beside the per-row ``psf_fwhm``; a store without PSF arrays ignores it.
+        """
+        if not self.psf_known:
+            return
+        t = self.tile_index(tile)
+        origins = [str(o) for o in origins]
+        if len(origins) != len(self.bands):
+            raise StoreWriteError(f"tile {t}: {len(origins)} PSF origins for the bands {self.bands}")
+        store_array(self.group, "psf_origin")[t] = np.asarray(origins, dtype=object)
 
     def add_tiles(self, names: Sequence[str]) -> list[int]:
         """Grow the store by empty tiles named ``names``; returns their indices.
@@ -432,6 +460,7 @@ class CutoutStore:
         arrays = ["images", "count", "tile", *ROW_COLUMNS] + [f"params/{p}" for p in self.params]
         arrays += list(QUANTISE_ARRAYS) if self.quantised else []
         arrays += list(SKY_ARRAYS) if self.sky_stats else []
+        arrays += list(PSF_ARRAYS) if self.psf_known else []
         for name in arrays:
             arr = store_array(g, name)
             arr.resize((n1, *arr.shape[1:]))
@@ -496,6 +525,33 @@ class CutoutStore:
             store_array(g, "zero")[t, start:stop],
             np.asarray(store_array(g, "object_id")[t, start:stop]),
         )
+
+    def read_psf(self, tile: int | str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """PSF FWHM (arcsec) of rows ``start:stop`` of one tile, (n, n_bands) float32; NaN where unknown,
+        and everywhere for a store that does not keep it (:attr:`psf_known`)."""
+        t = self.tile_index(tile)
+        n = self._count(t)
+        stop = n if stop is None else min(stop, n)
+        if not self.psf_known:
+            return np.full((max(stop - start, 0), len(self.bands)), np.nan, dtype=np.float32)
+        return np.asarray(store_array(self.group, "psf_fwhm")[t, start:stop], dtype=np.float32)
+
+    def read_noise(self, tile: int | str, start: int = 0, stop: int | None = None) -> np.ndarray | None:
+        """Sky noise sigma (flux units) of rows ``start:stop`` of one tile, (n, n_bands) float32, as the
+        quantiser measured it; None for a store that does not keep it (:attr:`sky_stats`)."""
+        if not self.sky_stats:
+            return None
+        t = self.tile_index(tile)
+        n = self._count(t)
+        stop = n if stop is None else min(stop, n)
+        return np.asarray(store_array(self.group, "noise")[t, start:stop], dtype=np.float32)
+
+    def psf_origins(self, tile: int | str) -> list[str]:
+        """Where tile ``tile``'s PSF came from, one string per band ("" unknown; all "" without PSF arrays)."""
+        if not self.psf_known:
+            return [""] * len(self.bands)
+        t = self.tile_index(tile)
+        return [str(o) for o in np.asarray(store_array(self.group, "psf_origin")[t])]
 
     def _keys(self, t: int, start: int, object_id: np.ndarray) -> np.ndarray:
         """Dither keys of rows ``start:start+len(object_id)`` of tile ``t``: the object id, or
@@ -786,6 +842,20 @@ def _decoded_tile(url: str, t: int) -> np.ndarray:
 QUANTISE_ARRAYS = ("scale", "zero")
 """Per-row, per-band float32 arrays of a quantised store: step and offset (flux units)."""
 
+PSF_ARRAYS = ("psf_fwhm", "psf_origin")
+"""The PSF arrays of stores written since they were introduced: ``psf_fwhm`` (n_tiles, capacity,
+n_bands) float32, arcsec, NaN unknown; ``psf_origin`` (n_tiles, n_bands) str. Older stores lack
+them and still open (:attr:`CutoutStore.psf_known` False)."""
+
+PSF_ORIGINS = ("simulated", "psfex", "header", "stars")
+"""Kinds of ``psf_origin`` (a PSFEx origin is ``psfex:<file name>``, a header one ``header:<keyword>``)."""
+
+
+def psf_columns(bands: Sequence[str]) -> list[str]:
+    """Table columns holding each band's PSF FWHM (arcsec) for :meth:`CutoutStore.write_tile`: ``psf_fwhm_<band>``."""
+    return [f"psf_fwhm_{b}" for b in bands]
+
+
 SKY_ARRAYS = ("sky", "noise")
 """Per-row, per-band float32 arrays of a quantised store written since they were introduced: the
 sky level (median of the normalisation border, flux units) and sky noise (1.4826 MAD of it, flux
@@ -911,6 +981,16 @@ def create_store(
         )
         g.create_array("images", dtype=dtype, fill_value=np.nan, compressors=compressor, **image_array)
         encoding = {**encoding, "dtype": str(np.dtype(dtype)), "codec": f"blosc-{_compressor_name()}"}
+    g.create_array(
+        "psf_fwhm",
+        shape=(n_tiles, capacity, nb),
+        chunks=(1, capacity, nb),
+        dtype="float32",
+        fill_value=np.nan,
+        dimension_names=["tile", "row", "band"],
+    )
+    # one chunk per tile, so tile writers never share one
+    g.create_array("psf_origin", shape=(n_tiles, nb), chunks=(1, nb), dtype=str, dimension_names=["tile", "band"])
     g.create_array("count", shape=(n_tiles,), chunks=(1,), dtype="int64", fill_value=-1)
     names = g.create_array("tile", shape=(n_tiles,), chunks=(max(n_tiles, 1),), dtype=str)
     if n_tiles:

@@ -7,7 +7,7 @@ import pathlib
 
 from .deprecation import renamed_keywords
 from .errors import LensdaskError, StoreWriteError
-from .store import FLOAT_ENCODING, SCHEMA, create_store, open_store, store_array
+from .store import FLOAT_ENCODING, SCHEMA, create_store, open_store, psf_columns, store_array
 from .store import provenance as make_provenance
 
 
@@ -37,7 +37,7 @@ def store_info(store: str | os.PathLike) -> dict:
     ``bytes_per_cutout`` (whole store / rows), ``image_bytes_per_cutout`` (pixels only),
     ``sky_statistics`` (a quantised store: whether it keeps each row's sky level and noise, the
     arrays ``sky`` and ``noise``, and so normalises models' inputs straight from its codes;
-    None for float32 stores), ``provenance``.
+    None for float32 stores), ``psf`` (:func:`psf_summary`), ``provenance``.
     """
     from .store import FLAG_EDGE, FLAG_LOSSLESS, FLAG_MASKED
 
@@ -82,8 +82,52 @@ def store_info(store: str | os.PathLike) -> dict:
         "bytes_per_cutout": None if total is None or rows == 0 else total / rows,
         "image_bytes_per_cutout": None if images is None or rows == 0 else images / rows,
         "sky_statistics": s.sky_stats if s.quantised else None,
+        "psf": psf_summary(s),
         "provenance": s.provenance,
     }
+
+
+def psf_summary(s) -> dict:
+    """What a store knows of its PSF: ``recorded`` (whether it keeps ``psf_fwhm``; False for stores written
+    before), and per band ``rows`` with a known FWHM, the ``median``, ``min`` and ``max`` FWHM (arcsec; None
+    when no row knows it), and ``origins`` ({origin: tiles}; "" for tiles that record none)."""
+    import numpy as np
+
+    if not s.psf_known:
+        return {"recorded": False, "bands": {}}
+    fwhm = s.written_values("psf_fwhm").reshape(-1, len(s.bands))
+    written = s.written_tiles()
+    origins = np.asarray(store_array(s.group, "psf_origin")[:]) if written else np.zeros((0, len(s.bands)), object)
+    bands = {}
+    for k, b in enumerate(s.bands):
+        v = fwhm[:, k]
+        v = v[np.isfinite(v)]
+        per_tile: dict[str, int] = {}
+        for o in origins[written, k] if written else []:
+            per_tile[str(o)] = per_tile.get(str(o), 0) + 1
+        bands[b] = {
+            "rows": int(v.size),
+            "median": round(float(np.median(v)), 4) if v.size else None,
+            "min": round(float(v.min()), 4) if v.size else None,
+            "max": round(float(v.max()), 4) if v.size else None,
+            "origins": per_tile,
+        }
+    return {"recorded": True, "bands": bands}
+
+
+def format_psf(psf: dict, rows: int) -> list[str]:
+    """The ``psf`` lines of :func:`format_info`."""
+    if not psf.get("recorded"):
+        return ["psf         not recorded (a store written before lensdask kept PSFs; `lensdask fit` needs --psf)"]
+    lines: list[str] = []
+    for b, d in psf["bands"].items():
+        origins = ", ".join(f"{o or 'unknown'} {n}" for o, n in sorted(d["origins"].items())) or "-"
+        if d["rows"]:
+            what = f'FWHM median {d["median"]:.3f}" ({d["min"]:.3f}-{d["max"]:.3f}") on {d["rows"]} of {rows} rows'
+        else:
+            what = f"FWHM unknown on all {rows} rows"
+        lines.append(f"{'psf' if not lines else '':<12}{b}: {what}; tiles from {origins}")
+    return lines
 
 
 def _codec_names(arr) -> str:
@@ -136,6 +180,7 @@ def format_info(info: dict) -> str:
         f"encoding    {pixels}",
         f"on disk     {_kib(info['bytes_per_cutout'])} per cutout ({_kib(info['image_bytes_per_cutout'])} of pixels; "
         f"{total} in all)",
+        *format_psf(info.get("psf", {}), info["rows"]),
         f"provenance  {prov.get('command', '?')}",
         f"            lensdask {prov.get('lensdask_version', '?')}, created {prov.get('created', '?')}"
         + (f", seed {prov['seed']}" if "seed" in prov else ""),
@@ -152,7 +197,13 @@ def _convert_tile(src: str, dst: str, t: int) -> int:
     s = open_store(src)
     tile = s.read_tile(t)
     table = tile.table.drop(columns=["tile", "row"])
-    return open_store(dst, mode="r+").write_tile(t, tile.images, table)
+    out = open_store(dst, mode="r+")
+    if s.psf_known:  # the PSF travels with the rows
+        fwhm = s.read_psf(t)
+        for k, c in enumerate(psf_columns(s.bands)):
+            table[c] = fwhm[:, k]
+        out.write_psf_origin(t, s.psf_origins(t))
+    return out.write_tile(t, tile.images, table)
 
 
 def convert(

@@ -20,7 +20,7 @@ import pandas as pd
 from .. import config
 from ..errors import LensdaskError
 from ..fanout import FAILURE_COLUMNS, run_tiles, write_failures
-from ..store import CutoutStore, absolute_url, create_store, open_store
+from ..store import CutoutStore, absolute_url, create_store, open_store, psf_columns
 from ..store import provenance as make_provenance
 from .conditions import check_source
 from .constraints import Constraints, RejectionStats, sample_lens
@@ -456,8 +456,28 @@ def simulate_tile(url: str, tile: int, start: int, stop: int, seed: int, sim_kwa
     """
     stats = RejectionStats()
     images, table = simulate_rows(range(start, stop), seed, stats=stats, **sim_kwargs)
-    open_store(url, mode="r+").write_tile(tile, images, table)
+    store = open_store(url, mode="r+")
+    store.write_psf_origin(tile, psf_origins(sim_kwargs))
+    store.write_tile(tile, images, with_psf(table, sim_kwargs["bands"]))
     return stats
+
+
+def with_psf(table: pd.DataFrame, bands: Sequence[str]) -> pd.DataFrame:
+    """``table`` with each band's PSF FWHM (``psf_fwhm_<band>``, arcsec) copied from the seeing the
+    rows drew (``seeing_<band>``): what a store records as the rows' PSF (NaN where none was drawn,
+    e.g. a real cutout used as it is)."""
+    out = table.copy()
+    for b, c in zip(bands, psf_columns(bands)):
+        out[c] = table[f"seeing_{b}"].to_numpy(dtype=np.float32) if f"seeing_{b}" in table.columns else np.nan
+    return out
+
+
+def psf_origins(sim_kwargs: dict) -> list[str]:
+    """The ``psf_origin`` of a simulated tile, per band: ``simulated`` (a Gaussian of the drawn seeing), or
+    ``simulated psfex:<file name>`` (a PSFEx model's kernel, whose FWHM the rows record)."""
+    psf = sim_kwargs.get("psf") or "gaussian"
+    origin = "simulated" if psf == "gaussian" else f"simulated psfex:{os.path.basename(str(psf))}"
+    return [origin] * len(sim_kwargs["bands"])
 
 
 class SimulationFailedError(LensdaskError):

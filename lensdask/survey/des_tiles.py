@@ -36,6 +36,10 @@ HDUS = {"image": "SCI", "mask": "MSK", "weight": "WGT"}
 PATTERN = "{tile}_*_{band}.fits.fz"
 """File names of a DES coadd tile's bands; ``*`` is the processing tag."""
 
+PSF_PATTERN = "{tile}_*_{band}_psfcat.psf"
+"""File names of a DES coadd tile's PSFEx models, one per band (a tile or band without one takes its PSF
+from the image header or its stars)."""
+
 MASK_BITS = 1
 """Bits of a DES coadd MSK that mark a pixel without data (set by ``coadd_assemble``)."""
 
@@ -54,10 +58,11 @@ def des_layout(directory: str | os.PathLike, mask_bits: int | None = None) -> di
     -------
     dict
         ``images``, ``weights``, ``masks`` (one pattern, the same file), ``hdu``,
-        ``weights_hdu``, ``masks_hdu`` and ``mask_bits``, as :func:`~lensdask.survey.ingest`
-        takes them.
+        ``weights_hdu``, ``masks_hdu``, ``mask_bits`` and ``psf`` (the PSFEx pattern, config
+        ``ingest.des.psf_pattern``), as :func:`~lensdask.survey.ingest` takes them.
     """
     pattern = os.path.join(os.fspath(directory), config.get("ingest.des.pattern") or PATTERN)
+    psf = os.path.join(os.fspath(directory), config.get("ingest.des.psf_pattern") or PSF_PATTERN)
     bits = config.get("ingest.des.mask_bits", mask_bits)
     return dict(
         images=pattern,
@@ -67,4 +72,5 @@ def des_layout(directory: str | os.PathLike, mask_bits: int | None = None) -> di
         weights_hdu=HDUS["weight"],
         masks_hdu=HDUS["mask"],
         mask_bits=MASK_BITS if bits is None else int(bits),
+        psf=psf,
     )

@@ -40,7 +40,7 @@ from ..errors import LensdaskError
 from ..fanout import FAILURE_COLUMNS, write_failures
 from ..fanout import failures_path as failures_path  # where lensdask.cli looks for it
 from ..names import check_names
-from ..store import FLAG_EDGE, FLAG_MASKED, create_store, open_store, provenance, store_array
+from ..store import FLAG_EDGE, FLAG_MASKED, create_store, open_store, provenance, psf_columns, store_array
 
 ID_COLUMNS = ("object_id", "coadd_object_id", "id", "objid", "object")
 TILE_COLUMNS = ("tile", "tilename")
@@ -358,6 +358,7 @@ def ingest_fits_tile(
     mask_bits: int | None = None,
     mask_fill: str = "median",
     block_rows: int | None = None,
+    psf: dict[str, str] | None = None,
 ) -> dict:
     """Cut the stamps of ``rows`` from one tile's band images and write the tile; the unit of work of an ingest.
 
@@ -383,12 +384,17 @@ def ingest_fits_tile(
     mask_fill : {"median", "nan"}
     block_rows : int, optional
         Rows cut and encoded together (config ``ingest.block_rows``; rounded up to whole store chunks).
+    psf : dict, optional
+        ``{band: path}`` of the tile's PSFEx models. Each band's PSF FWHM, recorded for every row
+        (the store's ``psf_fwhm`` and ``psf_origin``), comes from its PSFEx model, else the image
+        header, else the tile's stars (:func:`lensdask.survey.psf.tile_psf`).
 
     Returns
     -------
     dict
         ``tile``, ``rows``, ``edge_rows``, ``masked_rows``, ``off_image_rows`` (centre off the
-        first band's image), ``strip_rows`` (image rows read, all bands), ``seconds``.
+        first band's image), ``strip_rows`` (image rows read, all bands), ``psf_fwhm`` and
+        ``psf_origin`` (per band), ``seconds``.
 
     Raises
     ------
@@ -413,6 +419,10 @@ def ingest_fits_tile(
         order = np.argsort(y_first, kind="stable")  # rows by pixel row: a block reads one strip of the image
         table = rows.iloc[order][[c for c in ("object_id", "ra", "dec", "label") if c in rows.columns]]
         table = table.reset_index(drop=True)
+        fwhm, origins = _tile_psfs(planes, store.bands, store.pixel_scale, psf or {})
+        for c, v in zip(psf_columns(store.bands), fwhm):
+            table[c] = np.float32(v)
+        store.write_psf_origin(tile, origins)
         flags = np.zeros(len(table), dtype=np.int32)
         table["flags"] = 0
         stats = {"strip_rows": 0}
@@ -438,8 +448,34 @@ def ingest_fits_tile(
         "masked_rows": int(((flags & FLAG_MASKED) != 0).sum()),
         "off_image_rows": int(off.sum()),
         "strip_rows": stats["strip_rows"],
+        "psf_fwhm": {b: (round(float(v), 4) if np.isfinite(v) else None) for b, v in zip(store.bands, fwhm)},
+        "psf_origin": dict(zip(store.bands, origins)),
         "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def _tile_psfs(planes, bands, pixel_scale: float, psfex: dict[str, str]) -> tuple[list[float], list[str]]:
+    """Each band's PSF FWHM (arcsec, NaN unknown) and origin for one tile (:func:`lensdask.survey.psf.tile_psf`).
+
+    Stars are measured on at most ``ingest.psf.star_rows`` image rows about the image's middle.
+    """
+    from .psf import tile_psf
+
+    keywords = dict(config.get("ingest.psf.header_keywords") or {}) or None
+    n_rows = int(config.get("ingest.psf.star_rows"))
+    fwhm, origins = [], []
+    for band, p in zip(bands, planes):
+
+        def strip(p=p):
+            ny = p.shape[0]
+            y0 = max(0, ny // 2 - n_rows // 2)
+            data, bad = p.strip(y0, min(ny, y0 + n_rows))
+            return np.where(bad, np.nan, data) if bad is not None else data
+
+        v, origin = tile_psf(pixel_scale, psfex=psfex.get(band), header=p.image.header, strip=strip, keywords=keywords)
+        fwhm.append(v)
+        origins.append(origin)
+    return fwhm, origins
 
 
 def _assign_tiles(
@@ -605,6 +641,7 @@ def ingest(
     mask_bits: int | None = None,
     mask_fill: str | None = None,
     block_rows: int | None = None,
+    psf=None,
     client=None,
     overwrite: bool = False,
     progress: bool = True,
@@ -667,6 +704,13 @@ def ingest(
         Config ``ingest.mask_fill``.
     block_rows : int, optional
         Stamps cut and written together (config ``ingest.block_rows``): a tile's memory.
+    psf : str or mapping, optional
+        The tiles' PSFEx models, patterned like ``images`` (``"psf/{tile}_{band}_psfcat.psf"``) or
+        ``{tile: {band: path}}``; with ``des_tiles``, ``{tile}_*_{band}_psfcat.psf`` in that folder.
+        Each tile records its PSF FWHM per band: from its PSFEx model where there is one, else from
+        the image header (config ``ingest.psf.header_keywords``), else measured on its stars
+        (:mod:`lensdask.survey.psf`); NaN where none of these gives one. Cutout cubes and arrays
+        record no PSF.
     client : distributed.Client, optional
         Where the tile tasks run; default the current client, else in this process.
     overwrite : bool
@@ -707,6 +751,7 @@ def ingest(
         mask_bits=mask_bits,
         mask_fill=mask_fill,
         block_rows=block_rows,
+        psf=psf,
     )
     out = _store_location(out)
     client = client if client is not None else current_client()
@@ -717,7 +762,13 @@ def ingest(
         overwrite=overwrite,
         provenance=provenance(
             inputs=_input_names(
-                images=opts.images, catalog=catalog, cubes=cubes, arrays=arrays, table=table, des_tiles=des_tiles
+                images=opts.images,
+                catalog=catalog,
+                cubes=cubes,
+                arrays=arrays,
+                table=table,
+                des_tiles=des_tiles,
+                psf=opts.psf if isinstance(opts.psf, (str, os.PathLike)) else None,
             )
         ),
     )
@@ -757,6 +808,8 @@ class _Options:
         ``"median"`` or ``"nan"``.
     block_rows : int or None
         Stamps cut and written together (None: config ``ingest.block_rows``, read by the task).
+    psf : str or mapping or None
+        Pattern or ``{tile: {band: path}}`` of the tiles' PSFEx models.
     """
 
     images: object
@@ -771,6 +824,7 @@ class _Options:
     mask_bits: int | None
     mask_fill: str
     block_rows: int | None
+    psf: object = None
 
 
 def _resolve_options(
@@ -790,6 +844,7 @@ def _resolve_options(
     mask_bits,
     mask_fill,
     block_rows,
+    psf=None,
 ) -> _Options:
     """Fill :func:`ingest`'s options from ``des_tiles`` and the configuration, and check them.
 
@@ -811,6 +866,7 @@ def _resolve_options(
             raise LensdaskError(f"--des-tiles {d!r} is not a folder")
         lay = des_layout(d, mask_bits)
         images, weights, masks = lay["images"], lay["weights"], lay["masks"]
+        psf = lay["psf"] if psf is None else psf
         hdu, weights_hdu, masks_hdu, mask_bits = lay["hdu"], lay["weights_hdu"], lay["masks_hdu"], lay["mask_bits"]
     bands = list(config.get("survey.bands", bands))
     stamp = int(config.get("survey.stamp", stamp))
@@ -829,7 +885,19 @@ def _resolve_options(
     if sum(v is not None for v in (images, cubes, arrays)) != 1:
         raise LensdaskError("give exactly one of images (with a catalogue), des_tiles, cubes or arrays")
     return _Options(
-        images, weights, masks, bands, stamp, pixel_scale, hdu, weights_hdu, masks_hdu, mask_bits, mask_fill, block_rows
+        images,
+        weights,
+        masks,
+        bands,
+        stamp,
+        pixel_scale,
+        hdu,
+        weights_hdu,
+        masks_hdu,
+        mask_bits,
+        mask_fill,
+        block_rows,
+        psf,
     )
 
 
@@ -1016,6 +1084,7 @@ def _plan_fits_tiles(out: str, opts: _Options, catalog, tiles, store_args: dict,
     _check_first_tile(opts, found)
     good, names = found.good, found.names
     per = _catalogue_by_tile(catalog, found, opts, report)
+    psf_files = _psf_files(opts.psf, opts.bands, good)
     create_store(out, tiles=names, capacity=max([len(per[t]) for t in good] + [1]), **store_args)
     plan = _Plan(names, problems=found.problems)
     for t in good:
@@ -1033,10 +1102,34 @@ def _plan_fits_tiles(out: str, opts: _Options, catalog, tiles, store_args: dict,
                     mask_bits=opts.mask_bits,
                     mask_fill=opts.mask_fill,
                     block_rows=opts.block_rows,
+                    psf=psf_files.get(t),
                 ),
             )
         )
     return plan
+
+
+def _psf_files(psf, bands, tiles) -> dict[str, dict[str, str]]:
+    """``{tile: {band: path}}`` of the PSFEx models found for ``tiles`` (a pattern like the images', or a
+    mapping); a tile or band without one is left out, and its PSF comes from the header or the stars."""
+    if psf is None:
+        return {}
+    if isinstance(psf, Mapping):
+        return {
+            str(t): {b: os.fspath(f) for b, f in v.items() if os.path.exists(os.fspath(f))}
+            for t, v in psf.items()
+            if str(t) in tiles
+        }
+    pattern = os.fspath(psf)
+    if _fields(pattern) - {"tile", "band"} or "band" not in _fields(pattern):
+        raise LensdaskError(f"PSF pattern {pattern!r} must hold {{band}} (and {{tile}} for several tiles)")
+    out: dict[str, dict[str, str]] = {}
+    for t in tiles:
+        for b in bands:
+            path, _ = _resolve(pattern.format(tile=t, band=b) if "tile" in _fields(pattern) else pattern.format(band=b))
+            if path is not None:
+                out.setdefault(t, {})[b] = path
+    return out
 
 
 def _plan_cutout_tiles(

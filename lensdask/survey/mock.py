@@ -24,12 +24,14 @@ from ..simulate.run import (
     CLASSES,
     check_lookalikes,
     compute_partitions,
+    psf_origins,
     resolve_sim_kwargs,
     row_rng,
     row_scene,
     simulate_rows,
+    with_psf,
 )
-from ..store import CutoutStore, absolute_url, create_store, open_store
+from ..store import CutoutStore, absolute_url, create_store, open_store, psf_columns
 from ..store import provenance as make_provenance
 
 TILE_SIZE = 0.7306
@@ -108,7 +110,8 @@ def plant_lookalikes(images, table, indices, seed, fraction, kinds, sim_kwargs) 
 
     Row ``i`` becomes a look-alike with probability ``fraction`` (of all rows), drawn from
     its own seed stream, so planting never changes which rows are lenses. A look-alike keeps the
-    row's scene (neighbours and stars), as every other row has.
+    row's scene (neighbours and stars), as every other row has. A planted row's ``seeing_<band>``
+    in ``table`` become the look-alike's own (the seeing its pixels were rendered with).
     """
     truth = np.where(table["label"].to_numpy() == 1, "lens", "non-lens").astype(object)
     if fraction <= 0:
@@ -134,7 +137,7 @@ def plant_lookalikes(images, table, indices, seed, fraction, kinds, sim_kwargs) 
         rng = row_rng(seed, i, LOOKALIKE_STREAM)
         if rng.random() < p:
             kind = kinds[int(rng.integers(len(kinds)))]
-            images[row], _ = render_lookalike(
+            images[row], drawn = render_lookalike(
                 renderer,
                 rng,
                 kind,
@@ -143,6 +146,8 @@ def plant_lookalikes(images, table, indices, seed, fraction, kinds, sim_kwargs) 
                 ),
             )
             truth[row] = kind
+            for b in sim_kwargs["bands"]:
+                table.loc[table.index[row], f"seeing_{b}"] = drawn[f"seeing_{b}"]
     return truth
 
 
@@ -157,7 +162,13 @@ def _mock_partition(part, *, url, seed, per_tile, sim_kwargs, lookalike_fraction
         rows = pd.DataFrame(
             {"object_id": object_id, "ra": ra, "dec": dec, "label": np.full(per_tile, -1, dtype=np.int16)}
         )
-        open_store(url, mode="r+").write_tile(t, images, rows)
+        # the seeing each row was rendered with is its PSF, in the store; the rest of the truth stays apart
+        psf = with_psf(table, sim_kwargs["bands"])
+        for c in psf_columns(sim_kwargs["bands"]):
+            rows[c] = psf[c].to_numpy()
+        store = open_store(url, mode="r+")
+        store.write_psf_origin(t, psf_origins(sim_kwargs))
+        store.write_tile(t, images, rows)
         truth = table.drop(columns=["object_id", "ra", "dec", "label"])
         # a look-alike replaced the row's galaxy: its simulation parameters no longer apply
         truth.loc[~np.isin(truth_class, ["lens", "non-lens"])] = np.nan
