@@ -520,9 +520,12 @@ def compare_kits(mine: dict, theirs: dict) -> dict:
 
 
 def rehearse(
-    kit: str | os.PathLike | None = None, device_kit: str | os.PathLike | None = None, keep: str | None = None
+    kit: str | os.PathLike | None = None,
+    device_kit: str | os.PathLike | None = None,
+    keep: str | None = None,
+    check_out: str | os.PathLike | None = None,
 ) -> dict:
-    """Install the kit where only the image's packages are, with no index, and use it.
+    """Install the kit where only the image's packages are, with no index, and use it as the device would.
 
     Parameters
     ----------
@@ -532,6 +535,8 @@ def rehearse(
         The device kit (``.whl``); when it exists, it must hold the same distributions at the same versions.
     keep : path, optional
         Make the venv here and keep it (default: a temporary folder, removed).
+    check_out : path, optional
+        Where the GPU check run in the venv writes its report (default: inside the temporary folder).
 
     Returns
     -------
@@ -554,11 +559,9 @@ def rehearse(
         dev = json.loads((pathlib.Path(device_kit) / "KIT.json").read_text())
         result["device_kit"] = {"path": str(device_kit), "mib": dev["total_mib"], **compare_kits(manifest, dev)}
     with contextlib.ExitStack() as stack:
-        if keep:
-            venv = pathlib.Path(keep)
-            shutil.rmtree(venv, ignore_errors=True)
-        else:
-            venv = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lensdask-rehearsal-"))) / "venv"
+        tmp = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lensdask-rehearsal-")))
+        venv = pathlib.Path(keep) if keep else tmp / "venv"
+        shutil.rmtree(venv, ignore_errors=True)
         t = time.perf_counter()
         base = getattr(sys, "_base_executable", sys.executable)
         subprocess.run([base, "-m", "venv", str(venv)], check=True)
@@ -567,35 +570,47 @@ def rehearse(
         kit_names = {w["name"] for w in manifest["wheels"]}
         result["image_packages"] = link_image_packages(site, image_here(kit_names), have)
         times["venv"] = round(time.perf_counter() - t, 1)
-        t = time.perf_counter()
         py = str(venv / "bin" / "python")
+        clean_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "OUT")}
+
+        # 1. the device's command, on the CPU: image check, the kit into a site with no index, every step
+        t = time.perf_counter()
+        out = pathlib.Path(check_out) if check_out else tmp / "gpu-check"
+        check = [py, str(REPO / "benchmarks" / "gpu_check.py"), "--cpu", "--tiny", "--out", str(out)]
+        res = subprocess.run([*check, "--wheels", str(kit), "--site", str(tmp / "site")], env=clean_env)
+        report = json.loads((out / "gpu_report.json").read_text())
+        statuses = {n: st["status"] for n, st in report["steps"].items()}
+        result["gpu_check"] = {"report": str(out / "gpu_report.json"), "statuses": statuses}
+        if res.returncode != 0:
+            raise SystemExit(f"gpu_kit: the GPU check (CPU mode) failed in the rehearsal venv: {statuses}")
+        times["gpu_check"] = round(time.perf_counter() - t, 1)
+
+        # 2. the kit installed into the venv itself: pip check, then lensdask from its wheel alone
+        t = time.perf_counter()
         wheels = sorted(str(p) for p in kit.glob("*.whl"))
         subprocess.run(
             [py, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", *wheels], check=True
         )
-        times["install"] = round(time.perf_counter() - t, 1)
         unmet = [u for u in unmet_requirements(venv) if u[0] in kit_names]
         bad = [u for u in unmet if u[2] != "missing" or u[1] not in LEFT_OUT]
         if bad:
             raise SystemExit(f"gpu_kit: requirements of the kit that neither it nor the image meets: {bad}")
         result["left_out_unmet"] = sorted({u[1] for u in unmet})
-        t = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="lensdask-rehearsal-data-") as data:
-            written = _pcodec_store_here(pathlib.Path(data))
-            # -I: neither the checkout nor PYTHONPATH on the path, and cwd a scratch folder: only the venv's
-            # lensdask can import
-            res = subprocess.run(
-                [py, "-I", str(pathlib.Path(__file__).resolve()), "smoke", "--data", data],
-                cwd=data,
-                capture_output=True,
-                text=True,
-                env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
-            )
-            sys.stdout.write(res.stdout[-4000:])
-            if res.returncode != 0:
-                raise SystemExit(f"gpu_kit: the smoke run in the rehearsal venv failed:\n{res.stderr[-6000:]}")
-            result["smoke"] = json.loads(res.stdout.strip().splitlines()[-1])
-            result["smoke"]["store_from_imagecodecs"] = written
+        data = tmp / "data"
+        data.mkdir()
+        written = _pcodec_store_here(data)
+        # -I: neither the checkout nor PYTHONPATH on the path, and cwd a scratch folder: only the venv's
+        # lensdask can import
+        res2 = subprocess.run(
+            [py, "-I", str(pathlib.Path(__file__).resolve()), "smoke", "--data", str(data)],
+            cwd=data,
+            capture_output=True,
+            text=True,
+            env=clean_env,
+        )
+        if res2.returncode != 0:
+            raise SystemExit(f"gpu_kit: the smoke run in the rehearsal venv failed:\n{res2.stderr[-6000:]}")
+        result["smoke"] = {**json.loads(res2.stdout.strip().splitlines()[-1]), "store_from": written}
         times["smoke"] = round(time.perf_counter() - t, 1)
     times["total"] = round(time.perf_counter() - t0, 1)
     result["seconds"] = times
@@ -621,55 +636,34 @@ def _pcodec_store_here(data: pathlib.Path) -> str:
 
 
 def smoke(data: str) -> dict:
-    """What the rehearsal runs inside its venv: lensdask from the kit, on the CPU, end to end."""
+    """What the rehearsal runs inside its venv with ``python -I``: lensdask from the kit's wheel alone.
+
+    Reads a Pcodec store written with imagecodecs (through pcodec: imagecodecs must be absent) and
+    searches it with the default model shipped in the wheel, known lenses cross-matched.
+    """
     import importlib.util
 
     import numpy as np
 
     import lensdask
-    from lensdask.store import create_store, open_store
-    from lensdask.survey.mock import mock_survey
+    from lensdask.store import open_store
 
     d = pathlib.Path(data)
-    out: dict = {"lensdask": lensdask.__file__}
     if importlib.util.find_spec("imagecodecs") is not None:
         raise SystemExit("imagecodecs is importable in the rehearsal venv: the kit must do without it")
-    # the store written with imagecodecs reads the same through pcodec
     got = open_store(d / "here.zarr").read_tile(0).images
     if not np.array_equal(got, np.load(d / "here.npy")):
         raise SystemExit("a Pcodec store written with imagecodecs reads differently through pcodec")
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address="127.0.0.1:0") as cluster,
-        Client(cluster) as client,
-    ):
-        store, truth = mock_survey(d / "des.zarr", tiles=2, per_tile=40, seed=5, client=client, progress=False)
-        result = lensdask.search(
-            d / "des.zarr", out=d / "run", client=client, device="cpu", floor=0.0, report=True, progress=False
-        )
-        scores = result.scores()
-        if len(scores) != 80 or not np.isfinite(scores["score"]).all():
-            raise SystemExit(f"search scored {len(scores)} rows, expected 80 finite scores")
-        if not (d / "run" / "dask-report.html").exists():
-            raise SystemExit("no Dask performance report")
-        out["search_rows"] = len(scores)
-        out["known_lenses_checked"] = result.summary.get("known_lenses") is not None
-    # a labelled set and one epoch of training of the test architecture
-    rng = np.random.default_rng(1)
-    images = open_store(d / "des.zarr").read_tile(0).images
-    train = create_store(d / "train.zarr", tiles=["T"], capacity=80, bands="griz", pixel_scale=0.263, stamp=45)
-    import pandas as pd
-
-    table = pd.DataFrame(
-        {"object_id": np.arange(80), "ra": np.zeros(80), "dec": np.zeros(80), "label": rng.integers(0, 2, 80)}
-    )
-    train.write_tile(0, np.concatenate([images, images[:, :, ::-1]]), table)
-    from lensdask.model.train import train as train_model
-
-    card = train_model(d / "train.zarr", d / "model", arch="test-vit", epochs=1, device="cpu", progress=False)
-    out["trained"] = card["arch"]
-    return out
+    result = lensdask.search(d / "here.zarr", out=d / "run", device="cpu", floor=0.0, progress=False)
+    scores = result.scores()
+    if len(scores) != 24 or not np.isfinite(scores["score"]).all():
+        raise SystemExit(f"search scored {len(scores)} rows, expected 24 finite scores")
+    return {
+        "lensdask": lensdask.__file__,
+        "search_rows": len(scores),
+        "model": result.summary["model_id"],
+        "crossmatched": result.summary.get("known_lenses") is not None,
+    }
 
 
 def main(argv=None) -> int:
@@ -683,6 +677,7 @@ def main(argv=None) -> int:
     r.add_argument("--kit", default=None, help="this Python's kit (default build/gpu-kit-pyXY, made or refreshed)")
     r.add_argument("--device-kit", default=str(REPO / ".whl"), help="the device kit to compare (default .whl)")
     r.add_argument("--keep", default=None, help="make the venv here and keep it")
+    r.add_argument("--check-out", default=None, help="where the GPU check in the venv writes its report")
     s = sub.add_parser("smoke", help="(run by rehearse inside its venv)")
     s.add_argument("--data", required=True)
     sub.add_parser("plan", help="print what the kit would hold, without downloading")
@@ -690,7 +685,7 @@ def main(argv=None) -> int:
     if a.command == "build":
         build(a.python_version, a.dest, a.max_mib)
     elif a.command == "rehearse":
-        rehearse(a.kit, a.device_kit, a.keep)
+        rehearse(a.kit, a.device_kit, a.keep, a.check_out)
     elif a.command == "smoke":
         print(json.dumps(smoke(a.data)))
     else:
