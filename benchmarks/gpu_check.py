@@ -431,6 +431,19 @@ def missing_and_conflicts(names, from_image) -> tuple[list[str], list[str]]:
     return missing, conflicts
 
 
+def installed_versions(names) -> dict[str, str | None]:
+    """The installed version of each of ``names`` (None where it is not installed)."""
+    import importlib.metadata as md
+
+    out: dict[str, str | None] = {}
+    for name in sorted(names):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def step_env(s: Step) -> None:
     """The image as it is: versions, GPUs, and what is missing."""
     s.record(
@@ -467,6 +480,7 @@ def step_env(s: Step) -> None:
     names, from_image, left_out = needed_packages(s.cfg)
     missing, conflicts = missing_and_conflicts(names, from_image)
     s.record(
+        image_versions=installed_versions(from_image),
         needed=len(names),
         missing=missing,
         missing_line=f"missing here ({len(missing)} of {len(names)} needed): {', '.join(missing) or 'none'}",

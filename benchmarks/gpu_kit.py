@@ -86,12 +86,9 @@ LEFT_OUT = {
     "a LensdaskError without it); the default Pcodec codec works through the pcodec package instead",
     "ligo-skymap": "lenscat's sky-map cross-matching (with lalsuite, healpy, reproject: about 80 MB); lensdask "
     "reads lenscat's catalogue file and never imports lenscat",
-    "mgefit": "lenstronomy's multi-Gaussian fitting (11 MB); lensdask imports only lenstronomy's SimulationAPI and "
-    "ImSim, which do not use it",
-    "jampy": "lenstronomy's Jeans-modelling interface; not imported by SimulationAPI or ImSim",
-    "corner": "lenstronomy's plotting of samples; not imported by SimulationAPI or ImSim",
-    "schwimmbad": "lenstronomy's parallel sampling pools; not imported by SimulationAPI or ImSim",
-    "multiprocess": "lenstronomy's parallel sampling pools; not imported by SimulationAPI or ImSim",
+    "mgefit": "11 MB, for lenstronomy's Jeans anisotropic modelling (lenstronomy.JAMPy) alone, which lensdask "
+    "never uses",
+    "jampy": "lenstronomy's Jeans anisotropic modelling (lenstronomy.JAMPy, with mgefit), which lensdask never uses",
 }
 """Declared dependencies the kit leaves out, each with its reason. Their own dependencies are not
 followed either. The rehearsal's ``pip check`` allows exactly these to be missing."""
