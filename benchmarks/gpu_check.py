@@ -273,6 +273,7 @@ class Orchestrator:
                 end_group(self.current)
                 self.current = None
         seconds = round(time.monotonic() - t, 1)
+        cap_log(log)
         result = json.loads(result_path.read_text()) if result_path.exists() else {}
         if status == "ok" and rc != 0:
             status = "failed"
@@ -300,6 +301,19 @@ def end_group(proc: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         return
+
+
+LOG_MAX_BYTES = 8 * 2**20
+"""A device call brings back files of at most 16 MiB: a longer log keeps its end."""
+
+
+def cap_log(path: pathlib.Path) -> None:
+    """Cut ``path`` to its last :data:`LOG_MAX_BYTES` / 2 bytes once it is longer than :data:`LOG_MAX_BYTES`."""
+    if path.stat().st_size > LOG_MAX_BYTES:
+        with open(path, "rb") as f:
+            f.seek(-LOG_MAX_BYTES // 2, os.SEEK_END)
+            end = f.read()
+        path.write_bytes(b"[... earlier output cut ...]\n" + end)
 
 
 def tail(path: pathlib.Path, lines: int) -> str:
