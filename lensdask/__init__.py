@@ -11,6 +11,7 @@ a store parameter is called ``store``)::
     inject(cutouts, model)              arcs painted on real cutouts: completeness and false-positive rate
     search(store, model, out)           one Dask task per tile -> candidates.parquet
                                         (model=[a, b]: an ensemble; prefilter=(m, 0.1): a cascade)
+    fit(run_dir, top=N)                 lens model vs null model for the best candidates -> fits.parquet
     demo(out)                           mock survey -> search -> scored against the truth
     create_store / open_store           the Zarr v3 cutout store
     store_info(store) / convert(src, dst) describe a store (`lensdask info`); rewrite one (`lensdask convert`)
@@ -33,6 +34,7 @@ from ._version import __version__
 if TYPE_CHECKING:  # what type checkers and IDEs see: the names, as if imported here
     from .cluster import cluster_client
     from .demo import demo
+    from .fit import fit
     from .model.evaluate import evaluate
     from .model.inject import inject
     from .model.train import train
@@ -55,6 +57,7 @@ _HOMES = {
     "demo": "demo",
     "evaluate": "model",
     "export_zooniverse": "review",
+    "fit": "fit",
     "gallery": "review",  # the deprecated name of gallery_html; not in __all__
     "gallery_html": "review",
     "ingest": "survey",
@@ -118,6 +121,7 @@ __all__ = [
     "create_store",
     "demo",
     "evaluate",
+    "fit",
     "ingest",
     "inject",
     "merge",

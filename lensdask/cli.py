@@ -510,6 +510,49 @@ def _cmd_search(a) -> int:
     return 0
 
 
+def _cmd_fit(a) -> int:
+    from .fit import fit
+    from .fit.candidate import favours_lens
+    from .fit.run import check
+
+    # bad input (no store, no PSF for a band, other settings than the run's fit) fails before a cluster starts
+    check(a.run_dir, top=a.top, min_score=a.min_score, store=a.zarr, psf=a.psf, seed=a.seed, overwrite=a.overwrite)
+    with _with_client(a) as client:
+        result = fit(
+            a.run_dir,
+            top=a.top,
+            min_score=a.min_score,
+            store=a.zarr,
+            psf=a.psf,
+            seed=a.seed,
+            chunk_size=a.chunk_size,
+            client=client,
+            overwrite=a.overwrite,
+        )
+    f = result.fits
+    ok = f["fit_status"] == "ok" if len(f) else f.get("fit_status", [])
+    n_ok = int(ok.sum()) if len(f) else 0
+    print(
+        f"fitted {result.fitted} candidates ({result.resumed} found done) of {result.run_dir}: {n_ok} fitted, "
+        f"{len(f) - n_ok} skipped or failed; {int(f['fit_converged'].sum()) if len(f) else 0} converged"
+    )
+    if n_ok:
+        lens = int(favours_lens(f[ok]).sum())
+        print(
+            f"the evidence favours lensing for {lens} of {n_ok}; ranked by the combined score in "
+            f"{result.run_dir / 'fits.parquet'}"
+        )
+    if len(result.failures):
+        print(
+            f"{len(result.failures)} chunks or candidates FAILED (see {result.run_dir / 'fit_failures.parquet'}):",
+            file=sys.stderr,
+        )
+        for row in result.failures.itertuples():
+            print(f"  {row.tile}: {row.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _search_inputs(zarr, model, prefilter=None):
     """Absolute store path (URLs kept), model directories and cards, the prefilter, checked against each other.
 
@@ -1093,6 +1136,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _cluster_arg(p)
     p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("fit", help="lens model vs null model for the best candidates of a run, one task per chunk")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished search run")
+    p.add_argument("--top", type=_arg.count, metavar="N", help="fit the N best candidates (config fit.top)")
+    p.add_argument("--min-score", type=_arg.fraction, metavar="S", help="fit the candidates scoring at least S")
+    p.add_argument("--zarr", metavar="STORE", help="the survey store, when it moved since the search")
+    p.add_argument(
+        "--psf",
+        metavar="FWHM",
+        help="PSF FWHM (arcsec) for rows whose store records none: one value, or per band 'g=1.2,r=1.0'",
+    )
+    p.add_argument("--seed", type=int, help="run seed (config fit.seed)")
+    p.add_argument("--chunk-size", type=_arg.count, metavar="N", help="candidates per task (config fit.chunk_size)")
+    p.add_argument("--overwrite", action="store_true", help="fit again from scratch a run fitted with other settings")
+    _cluster_arg(p)
+    p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("search-tile", help="score one tile of a store and write its per-tile outputs (a batch job)")
     p.add_argument("--zarr", required=True, help="survey store")

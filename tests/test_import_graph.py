@@ -13,7 +13,7 @@ Floors, lowest first (a subpackage's ``__init__`` stands on its subpackage's flo
 2 ``simulate.*``
 3 ``survey.*`` (a mock survey paints simulated lenses).
 4 ``model.*`` (training draws simulated galaxies; ``inject`` paints arcs on ingested cutouts).
-5 ``search.*``
+5 ``search.*``, and ``fit.*`` (lens models of a search run's candidates: the search's third stage).
 6 ``review.*`` (a review round retrains and searches again).
 7 ``demo``, ``cli`` and the package face ``lensdask/__init__.py``.
 
@@ -61,6 +61,7 @@ FLOORS = {
     "lensdask.survey": 3,
     "lensdask.model": 4,
     "lensdask.search": 5,
+    "lensdask.fit": 5,
     "lensdask.review": 6,
     "lensdask.demo": 7,
     "lensdask.cli": 7,
@@ -167,6 +168,22 @@ def test_no_import_cycles():
         if m not in state:
             visit(m)
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+LENSTRONOMY_WRAPPERS = {"lensdask.simulate.render", "lensdask.fit.lensmodel"}
+"""The only modules that import lenstronomy: the simulation's renderer and the fit's lens models."""
+
+
+def test_only_the_wrappers_import_lenstronomy():
+    importers = set()
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            if any(n.split(".")[0] == "lenstronomy" for n in names):
+                importers.add(name)
+    assert importers == LENSTRONOMY_WRAPPERS, f"lenstronomy is imported by {sorted(importers)}"
 
 
 def test_the_graph_sees_lazy_and_relative_imports(tmp_path):

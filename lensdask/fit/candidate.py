@@ -1,0 +1,223 @@
+"""One candidate, from its stamps to its row of fit columns; the flags, the evidence and the combined rank.
+Pure: arrays and settings in, a dict or a table out; no Dask, no files.
+
+Fit columns (every one prefixed ``fit_``; per-band ones suffixed ``_<band>``)
+-------------------------------------------------------------------------------
+``fit_status``         ``ok``; ``skipped: ...`` (non-finite pixels, unknown PSF or noise: not fitted);
+                       ``error: ...`` (the fit raised; the run's failures table has the traceback)
+``fit_theta_E``        Einstein radius (arcsec) of the SIE, and ``fit_theta_E_err`` (1 sigma, arcsec;
+                       inverse Hessian, marginal over every nonlinear parameter)
+``fit_q, fit_phi``     SIE axis ratio and position angle (degrees)
+``fit_gamma_ext, fit_phi_ext``  external shear and its angle (degrees)
+``fit_mag_lens_<b>``   lens light magnitude (AB, config ``fit.zero_points``)
+``fit_mag_source_<b>`` unlensed source magnitude
+``fit_source_x, fit_source_y``  source position (arcsec from the stamp centre, x = RA direction)
+``fit_magnification``  total magnification of the source (lensed / unlensed flux, no PSF)
+``fit_n_images``       images of a point at the source's centre
+``fit_chi2nu_lens, fit_chi2nu_null``  reduced chi-square of the two models on the fitted pixels
+``fit_dbic``           BIC(lens) - BIC(null): negative favours lensing
+``fit_null_blobs``     light blobs of the best null model
+``fit_masked``         neighbours masked (the same pixels in both models)
+``fit_flags``          comma-separated: ``bound:<param>`` (a main parameter at its bound),
+                       ``implausible`` (|dBIC| above ``fit.max_abs_dbic``), ``hessian`` (the Hessian at the
+                       best fit is not positive definite: no errors), ``restarts`` (the two best lens-model
+                       starts differ by more than ``fit.restart_tolerance`` in chi-square)
+``fit_converged``      no flag but ``implausible``
+``fit_seconds``        wall time of the fit
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+import numpy as np
+import pandas as pd
+
+from .lensmodel import FitSettings, fit_candidate
+from .mask import border_noise, fit_mask
+
+SCALAR_COLUMNS = {
+    "theta_E": "fit_theta_E",
+    "theta_E_err": "fit_theta_E_err",
+    "q": "fit_q",
+    "phi": "fit_phi",
+    "gamma_ext": "fit_gamma_ext",
+    "phi_ext": "fit_phi_ext",
+    "source_x": "fit_source_x",
+    "source_y": "fit_source_y",
+    "magnification": "fit_magnification",
+    "chi2nu_lens": "fit_chi2nu_lens",
+    "chi2nu_null": "fit_chi2nu_null",
+    "dbic": "fit_dbic",
+}
+"""Measurements of :func:`lensdask.fit.lensmodel.fit_candidate` and the float columns they become."""
+
+
+def fit_columns(bands) -> list[str]:
+    """Every fit column, in table order, for a store with these ``bands``."""
+    return [
+        "fit_status",
+        *SCALAR_COLUMNS.values(),
+        *(f"fit_mag_lens_{b}" for b in bands),
+        *(f"fit_mag_source_{b}" for b in bands),
+        "fit_n_images",
+        "fit_null_blobs",
+        "fit_masked",
+        "fit_flags",
+        "fit_converged",
+        "fit_seconds",
+    ]
+
+
+def empty_row(bands, status: str) -> dict:
+    """A row of fit columns for a candidate not fitted (or whose fit failed), with ``status``."""
+    row: dict = {c: np.nan for c in fit_columns(bands)}
+    row.update(
+        fit_status=status,
+        fit_n_images=-1,
+        fit_null_blobs=-1,
+        fit_masked=-1,
+        fit_flags="",
+        fit_converged=False,
+        fit_seconds=0.0,
+    )
+    return row
+
+
+def flags_of(result: dict, *, max_abs_dbic: float, restart_tolerance: float) -> list[str]:
+    """The flags (see the module's columns) of one fit's measurements."""
+    flags = [f"bound:{p}" for p in result["at_bound"].split(",") if p]
+    if abs(result["dbic"]) > max_abs_dbic:
+        flags.append("implausible")
+    if not result["hessian_ok"]:
+        flags.append("hessian")
+    if np.isfinite(result["restart_dchi2"]) and result["restart_dchi2"] > restart_tolerance:
+        flags.append("restarts")
+    return flags
+
+
+def fit_row(
+    images: np.ndarray,
+    psf_fwhm: np.ndarray,
+    noise: np.ndarray | None,
+    bands,
+    pixel_scale: float,
+    *,
+    seed: int,
+    settings: FitSettings,
+    conf: dict,
+) -> tuple[dict, dict | None, str | None]:
+    """Fit one candidate: (its fit columns, its model images or None, the traceback if the fit raised).
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        (n_bands, n, n) stamps.
+    psf_fwhm : numpy.ndarray
+        (n_bands,) PSF FWHM, arcsec.
+    noise : numpy.ndarray, optional
+        (n_bands,) sky noise sigma; measured on the stamp's border when None or not finite.
+    bands : list of str
+    pixel_scale : float, arcsec/px
+    seed : int
+        The candidate's own seed (:func:`candidate_seed`).
+    settings : FitSettings
+    conf : dict
+        ``fit_radius, mask_radius, mask_snr, max_abs_dbic, restart_tolerance, zero_points``
+        (``{band: mag}``, or None).
+
+    Notes
+    -----
+    A candidate with non-finite pixels, PSF or noise is skipped with a status, never fitted on
+    filled pixels.
+    """
+    images = np.asarray(images, dtype=np.float64)
+    if not np.isfinite(images).all():
+        bad = [b for b, band in zip(bands, images) if not np.isfinite(band).all()]
+        return empty_row(bands, f"skipped: non-finite pixels in {','.join(bad)}"), None, None
+    psf_fwhm = np.asarray(psf_fwhm, dtype=np.float64)
+    if not (np.isfinite(psf_fwhm).all() and (psf_fwhm > 0).all()):
+        bad = [b for b, v in zip(bands, psf_fwhm) if not (np.isfinite(v) and v > 0)]
+        return empty_row(bands, f"skipped: no PSF in {','.join(bad)}"), None, None
+    measured = border_noise(images)
+    noise = measured if noise is None else np.where(np.isfinite(noise) & (np.asarray(noise) > 0), noise, measured)
+    if not (np.isfinite(noise).all() and (noise > 0).all()):
+        return empty_row(bands, "skipped: sky noise not measurable"), None, None
+    mask, masked = fit_mask(
+        images,
+        noise,
+        pixel_scale,
+        fit_radius=float(conf["fit_radius"]),
+        mask_radius=float(conf["mask_radius"]),
+        snr=float(conf["mask_snr"]),
+    )
+    zp = conf.get("zero_points")
+    zero_points = None if not zp else np.array([float(zp.get(b, np.nan)) for b in bands])
+    t0 = time.perf_counter()
+    try:
+        res = fit_candidate(
+            images, noise, psf_fwhm, pixel_scale, mask, seed=seed, settings=settings, zero_points=zero_points
+        )
+    except Exception as exc:  # one candidate's failure is a status and a failures row, never the run's end
+        row = empty_row(bands, f"error: {type(exc).__name__}: {exc}"[:300])
+        row["fit_seconds"] = time.perf_counter() - t0
+        return row, None, traceback.format_exc()[-2000:]
+    flags = flags_of(res, max_abs_dbic=float(conf["max_abs_dbic"]), restart_tolerance=float(conf["restart_tolerance"]))
+    row = {"fit_status": "ok"}
+    row.update({col: float(res[key]) for key, col in SCALAR_COLUMNS.items()})
+    for k, b in enumerate(bands):
+        row[f"fit_mag_lens_{b}"] = float(res["mag_lens"][k])
+        row[f"fit_mag_source_{b}"] = float(res["mag_source"][k])
+    row.update(
+        fit_n_images=int(res["n_images"]),
+        fit_null_blobs=int(res["null_blobs"]),
+        fit_masked=int(masked),
+        fit_flags=",".join(flags),
+        fit_converged=all(f == "implausible" for f in flags),
+        fit_seconds=time.perf_counter() - t0,
+    )
+    models = {"lens": res["model_lens"], "null": res["model_null"], "source": res["source_image"], "mask": mask}
+    return row, models, None
+
+
+def candidate_seed(seed: int, object_id: int) -> int:
+    """A candidate's own seed, from the run seed and its object id (numpy ``SeedSequence``): the same
+    whatever chunk fits it."""
+    return int(
+        np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(object_id) & 0xFFFFFFFFFFFFFFFF]).generate_state(1)[0]
+    )
+
+
+def evidence_usable(table: pd.DataFrame) -> np.ndarray:
+    """Rows whose evidence counts: fitted, not implausible, and the Einstein radius not at a bound."""
+    flags = table["fit_flags"].fillna("").astype(str)
+    return (
+        (table["fit_status"] == "ok").to_numpy()
+        & ~flags.str.contains("implausible").to_numpy()
+        & ~flags.str.contains("bound:theta_E").to_numpy()
+        & np.isfinite(table["fit_dbic"].to_numpy(float))
+    )
+
+
+def combined_score(table: pd.DataFrame, *, weight: float, cap: float) -> np.ndarray:
+    """The combined log-odds of network score and lensing evidence (config ``fit.rank``).
+
+    ``logit(score) + weight * clip(-dBIC / 2, -cap, cap)`` where the evidence counts
+    (:func:`evidence_usable`), else ``logit(score)``: ``-dBIC / 2`` approximates the log Bayes factor of
+    lens against null, ``weight`` tempers it (the models are approximate), ``cap`` bounds it.
+    """
+    p = np.clip(table["score"].to_numpy(float), 1e-6, 1 - 1e-6)
+    out = np.log(p / (1 - p))
+    ev = np.zeros(len(table))
+    use = evidence_usable(table) if "fit_dbic" in table.columns else np.zeros(len(table), bool)
+    ev[use] = np.clip(-table["fit_dbic"].to_numpy(float)[use] / 2.0, -cap, cap)
+    return out + float(weight) * ev
+
+
+def favours_lens(table: pd.DataFrame, threshold: float = 0.0) -> np.ndarray:
+    """Rows whose usable evidence favours lensing (``fit_dbic < threshold``); rows without usable evidence
+    are kept (the fit neither confirms nor rejects them)."""
+    use = evidence_usable(table)
+    dbic = table["fit_dbic"].to_numpy(float)
+    return np.where(use, dbic < threshold, True)

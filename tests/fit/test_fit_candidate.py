@@ -1,0 +1,167 @@
+"""One candidate: the fit mask, the noise, the lens model against the null model, statuses, seeds, the rank."""
+
+from __future__ import annotations
+
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+
+from lensdask.fit import candidate as cand
+from lensdask.fit.lensmodel import FitSettings, fit_candidate, residual_radius
+from lensdask.fit.mask import border_noise, fit_mask
+from lensdask.fit.run import settings_from_config
+from lensdask.simulate.run import simulate_rows
+
+BANDS = ["g", "r", "i", "z"]
+QUICK = FitSettings(
+    exposure_time=1800.0,
+    light_pso=(10, 10),
+    lens_pso=(12, 12),
+    null_pso=(12, 12),
+    simplex=60,
+    lens_starts=1,
+    null_blobs=(1,),
+    hessian=False,
+)
+CONF = {
+    "fit_radius": 5.0,
+    "mask_radius": 3.5,
+    "mask_snr": 3.0,
+    "max_abs_dbic": 5000.0,
+    "restart_tolerance": 25.0,
+    "zero_points": {"g": 26.58, "r": 26.78, "i": 26.75, "z": 26.48},
+}
+
+
+def _blob(n, x, y, flux, width):
+    yy, xx = np.mgrid[:n, :n]
+    return flux * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * width**2))
+
+
+def test_border_noise_measures_each_band():
+    rng = np.random.default_rng(0)
+    img = rng.normal(0, [[[0.1]], [[0.5]]], (2, 45, 45)) + _blob(45, 22, 22, 50.0, 3.0)
+    np.testing.assert_allclose(border_noise(img), [0.1, 0.5], rtol=0.12)
+
+
+def test_mask_drops_far_neighbours_keeps_near_light_and_the_disc():
+    rng = np.random.default_rng(1)
+    n = 45
+    galaxy = _blob(n, 22, 22, 5.0, 2.5)
+    near = _blob(n, 22 + 8, 22, 1.0, 1.2)  # 8 px = 2.1": a counter-image or satellite, inside mask_radius
+    far = _blob(n, 22 - 15, 22 + 4, 3.0, 1.5)  # 4.1": a neighbour
+    img = np.stack([galaxy + near + far + rng.normal(0, 0.05, (n, n)) for _ in range(3)])
+    mask, masked = fit_mask(img, np.full(3, 0.05), 0.263, fit_radius=5.0, mask_radius=3.5)
+    assert masked == 1
+    assert mask[22, 22] == 1 and mask[22, 30] == 1  # centre and near light fitted
+    assert mask[26, 7] == 0  # the neighbour's centre is masked
+    assert mask[0, 0] == 0 and mask[22, 44] == 0  # outside the 5" disc
+    # without the neighbour nothing is masked
+    _, none = fit_mask(img - far, np.full(3, 0.05), 0.263)
+    assert none == 0
+
+
+def test_settings_follow_the_config():
+    with dask.config.set({"lensdask.fit.lens_pso": [7, 9], "lensdask.fit.local.method": "Powell"}):
+        s, conf = settings_from_config()
+    assert s.lens_pso == (7, 9) and s.local_method == "Powell"
+    assert conf["zero_points"]["g"] == pytest.approx(26.58)
+
+
+def test_unusable_candidates_are_skipped_with_a_status_not_fitted():
+    img = np.zeros((4, 45, 45))
+    img[1, 3, 3] = np.nan
+    row, models, tb = cand.fit_row(img, np.ones(4), None, BANDS, 0.263, seed=1, settings=QUICK, conf=CONF)
+    assert row["fit_status"] == "skipped: non-finite pixels in r" and models is None and tb is None
+    assert np.isnan(row["fit_theta_E"]) and not row["fit_converged"]
+    ok = np.random.default_rng(0).normal(0, 0.1, (4, 45, 45))
+    row, _, _ = cand.fit_row(
+        ok, np.array([1.0, np.nan, 1.0, 1.0]), None, BANDS, 0.263, seed=1, settings=QUICK, conf=CONF
+    )
+    assert row["fit_status"] == "skipped: no PSF in r"
+
+
+def test_a_fit_that_raises_is_a_status_and_a_traceback(monkeypatch):
+    def boom(*a, **k):
+        raise FloatingPointError("lenstronomy gave up")
+
+    monkeypatch.setattr(cand, "fit_candidate", boom)
+    img = np.random.default_rng(0).normal(0, 0.1, (4, 45, 45))
+    row, models, tb = cand.fit_row(img, np.ones(4), None, BANDS, 0.263, seed=1, settings=QUICK, conf=CONF)
+    assert row["fit_status"].startswith("error: FloatingPointError: lenstronomy gave up")
+    assert "FloatingPointError" in tb and models is None
+
+
+def test_candidate_seed_depends_on_run_seed_and_object_only():
+    assert cand.candidate_seed(3, 1_000_000_007) == cand.candidate_seed(3, 1_000_000_007)
+    assert cand.candidate_seed(3, 7) != cand.candidate_seed(4, 7) != cand.candidate_seed(3, 8)
+
+
+def test_combined_score_uses_only_usable_evidence():
+    t = pd.DataFrame(
+        {
+            "score": [0.9, 0.9, 0.9, 0.9, 0.5],
+            "fit_status": ["ok", "ok", "ok", "error: x", np.nan],
+            "fit_dbic": [-400.0, 400.0, -1e6, np.nan, np.nan],
+            "fit_flags": ["", "", "implausible", "", np.nan],
+        }
+    )
+    s = cand.combined_score(t, weight=0.1, cap=1000.0)
+    logit = np.log(9.0)
+    np.testing.assert_allclose(s[:4], [logit + 20.0, logit - 20.0, logit, logit])
+    capped = cand.combined_score(t, weight=0.1, cap=100.0)  # -dBIC/2 = 200 counts as 100
+    np.testing.assert_allclose(capped[:2], [logit + 10.0, logit - 10.0])
+    assert s[4] == pytest.approx(0.0)
+    assert list(cand.favours_lens(t.iloc[:4])) == [True, False, True, True]
+
+
+def test_residual_radius_finds_a_ring():
+    n = 45
+    yy, xx = np.mgrid[:n, :n]
+    r = np.hypot(xx - 22, yy - 22) * 0.263
+    ring = np.exp(-0.5 * ((r - 1.5) / 0.15) ** 2)
+    res = np.stack([ring, ring])
+    assert residual_radius(res, np.array([0.05, 0.05]), np.ones((n, n)), 0.263, (0.0, 0.0)) == pytest.approx(
+        1.5, abs=0.15
+    )
+
+
+@pytest.fixture(scope="module")
+def lenses():
+    """Simulated lenses (rows 2 and 3: theta_E 1.06", 1.69", clear arcs), and a plain galaxy with two
+    satellites and four field galaxies (no arc). benchmarks/bench_fit.py measures the rates over many."""
+    images, table = simulate_rows(range(4), 11, lens_fraction=1.0)
+    plain, ptable = simulate_rows(range(1), 5, lens_fraction=0.0)
+    return images, table, plain, ptable
+
+
+def _fit(images, table, i, seed, settings):
+    img = images[i].astype(float)
+    noise = border_noise(img)
+    mask, _ = fit_mask(img, noise, 0.263)
+    psf = table.loc[i, [f"seeing_{b}" for b in BANDS]].to_numpy(float)
+    return fit_candidate(img, noise, psf, 0.263, mask, seed=seed, settings=settings, zero_points=np.full(4, 26.6))
+
+
+@pytest.mark.slow
+def test_lens_model_recovers_theta_E_and_beats_the_null_model_on_a_lens(lenses):
+    images, table, plain, ptable = lenses
+    settings = FitSettings(exposure_time=1800.0, lens_starts=2, null_blobs=(1,), hessian=True)
+    res = _fit(images, table, 2, 2, settings)
+    assert res["theta_E"] == pytest.approx(table.loc[2, "theta_E"], rel=0.1)
+    assert res["dbic"] < -100  # lensing strongly favoured
+    assert res["n_images"] >= 2 and res["magnification"] > 1.5
+    assert res["model_lens"].shape == (4, 45, 45) and res["source_image"].shape == (4, 45, 45)
+    # the plain galaxy: light blobs explain its satellites with fewer parameters than a lensed source
+    null = _fit(plain, ptable, 0, 2, FitSettings(exposure_time=1800.0, null_blobs=(1, 2), hessian=False))
+    assert null["dbic"] > 0 and null["null_blobs"] == 2
+
+
+def test_the_same_seed_gives_the_same_fit(lenses):
+    images, table, _, _ = lenses
+    a = _fit(images, table, 3, 5, QUICK)
+    np.random.seed(123)  # the global generator's state outside the fit does not matter
+    b = _fit(images, table, 3, 5, QUICK)
+    assert a["theta_E"] == b["theta_E"] and a["dbic"] == b["dbic"]
+    assert np.random.randint(1 << 30) == np.random.RandomState(123).randint(1 << 30)  # and is left as it was
