@@ -5,7 +5,8 @@ many small tiles (``--per-tile`` rows of sky noise and a galaxy-like blob each: 
 matter here, the number of tiles does), then runs each command a user runs, end to end, through the
 ``lensdask`` CLI in a subprocess, on the default 2-worker LocalCluster:
 
-- ``search`` (a fresh run directory), and again with ``--no-report`` (the Dask performance report's cost);
+- ``search`` (a fresh run directory) with ``--no-report`` and with ``--report`` (the Dask performance
+  report's cost: by default a search writes it only up to ``search.performance_report_max_tiles``);
 - ``search --resume`` of the finished run (every tile done);
 - ``merge RUN_DIR``; ``info STORE``; ``review RUN_DIR --top 100``;
 - ``search --emit-htcondor DIR``;
@@ -114,8 +115,11 @@ def run_measured(argv: list[str], env: dict) -> dict:
     """Run a command, polling its process tree; wall s, client CPU s / peak RSS, workers' CPU s / peak RSS."""
     import psutil
 
+    # output to files, not pipes: a progress bar filling an unread pipe would block the command
+    out_f = tempfile.TemporaryFile(mode="w+")
+    err_f = tempfile.TemporaryFile(mode="w+")
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, env=env, stdout=out_f, stderr=err_f, text=True)
     main = psutil.Process(proc.pid)
     client_rss = 0
     client_cpu = 0.0
@@ -138,8 +142,10 @@ def run_measured(argv: list[str], env: dict) -> dict:
         except psutil.Error:
             pass
         time.sleep(0.1)
-    out, err = proc.communicate()
     wall = time.perf_counter() - t0
+    out_f.seek(0)
+    err_f.seek(0)
+    out, err = out_f.read(), err_f.read()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n{err[-3000:]}")
     return {
@@ -150,6 +156,32 @@ def run_measured(argv: list[str], env: dict) -> dict:
         "worker_peak_mib": round(max((k["rss"] for k in kids.values()), default=0) / 2**20, 1),
         "stdout": out,
     }
+
+
+def _noop(i: int) -> int:
+    return i
+
+
+def progress_bar_cost(n_tiles: int) -> dict:
+    """Seconds the fan-out's own loop takes over ``n_tiles`` no-op tiles in this process, with and
+    without its tqdm progress bar (what the bar costs the client per tile)."""
+    import io
+    from contextlib import redirect_stderr
+
+    from lensdask.fanout import run_tiles
+
+    jobs = [(f"T{i:05d}", _noop, (i,), {}) for i in range(n_tiles)]
+    best = {False: float("inf"), True: float("inf")}
+    with redirect_stderr(io.StringIO()):
+        run_tiles(jobs[:10], client=None, progress=True)  # the worker setup, once
+        for _ in range(3):
+            for progress in (False, True):
+                t0 = time.perf_counter()
+                run_tiles(jobs, client=None, progress=progress)
+                best[progress] = min(best[progress], time.perf_counter() - t0)
+    out = {"without_bar_s": round(best[False], 3), "with_bar_s": round(best[True], 3)}
+    out["bar_us_per_tile"] = round((out["with_bar_s"] - out["without_bar_s"]) / n_tiles * 1e6, 1)
+    return out
 
 
 def bench_tiles(n_tiles: int, per_tile: int, work: pathlib.Path, mock: bool) -> list[dict]:
@@ -191,7 +223,7 @@ def bench_tiles(n_tiles: int, per_tile: int, work: pathlib.Path, mock: bool) -> 
     )
     print(f"  {'build store (bench, bulk)':<28} {rows[-1]}", flush=True)
     common = ["--zarr", str(store), "--threshold", "0.0", "--no-crossmatch"]
-    for name, extra in (("search --no-report", ["--no-report"]), ("search", [])):
+    for name, extra in (("search --no-report", ["--no-report"]), ("search --report", ["--report"])):
         shutil.rmtree(run, ignore_errors=True)
         m = run_measured([*lensdask, "search", *common, "--out", str(run), *extra], env)
         row(name, m, json.loads((run / "summary.json").read_text()))
@@ -264,6 +296,8 @@ def main(argv=None) -> int:
             for c in ("wall_s", "client_own_s", "client_peak_mib"):
                 if c in by and pd.notna(a_[c]) and pd.notna(b_[c]) and a_[c] > 0:
                     print(f"  {command:<28} {c:<16} {a_[c]:>9.2f} -> {b_[c]:>9.2f}  ({b_[c] / a_[c]:.1f}x)")
+    bar = progress_bar_cost(max(a.tiles))
+    print(f"\nprogress bar over {max(a.tiles)} no-op tiles in-process: {bar}")
     if a.json:
         pathlib.Path(a.json).write_text(table.to_json(orient="records", indent=1))
     if not a.workdir:

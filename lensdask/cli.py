@@ -463,7 +463,7 @@ def _cmd_search(a) -> int:
             radius=a.radius,
             catalog=a.known_lenses,
             export=a.export,
-            report=False if a.no_report else None,
+            report=False if a.no_report else (True if a.report else None),
             combine=a.combine,
             prefilter=a.prefilter,
             prefilter_threshold=a.prefilter_threshold,
@@ -1122,7 +1122,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--known-lenses", metavar="FILE", help="known-lens catalogue (default: lenscat's)")
     p.add_argument("--no-crossmatch", action="store_true", help="skip the known-lens cross-match")
-    p.add_argument("--no-report", action="store_true", help="do not save the Dask performance report")
+    reports = p.add_mutually_exclusive_group()
+    reports.add_argument(
+        "--report",
+        action="store_true",
+        help="save the Dask performance report whatever the number of tiles (default: up to "
+        "search.performance_report_max_tiles)",
+    )
+    reports.add_argument("--no-report", action="store_true", help="do not save the Dask performance report")
     p.add_argument(
         "--truth",
         metavar="PARQUET",

@@ -323,6 +323,34 @@ def truth_lens_ids(truth) -> pd.DataFrame:
     )
 
 
+def report_setting(value) -> bool | str:
+    """``search.performance_report`` checked: True, False or ``"auto"`` (strings from the environment too).
+
+    Raises
+    ------
+    LensdaskError
+        Any other value.
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("auto", "true", "false", "yes", "no", "1", "0"):
+        return "auto" if text == "auto" else text in ("true", "yes", "1")
+    raise LensdaskError(f"search.performance_report is {value!r}; use true, false or auto")
+
+
+def report_wanted(setting: bool | str, tiles: int) -> bool:
+    """Whether a search of ``tiles`` tile tasks writes the Dask performance report.
+
+    ``"auto"`` writes it up to ``search.performance_report_max_tiles`` tiles: past that, its cost
+    grows with every task (the scheduler's task stream and the report's own rendering, after the
+    tiles) while a person reads nothing more from it (``benchmarks/bench_scale.py``).
+    """
+    if setting != "auto":
+        return bool(setting)
+    return tiles <= int(config.get("search.performance_report_max_tiles"))
+
+
 def _gpu_workers(client) -> bool:
     workers = client.scheduler_info(n_workers=-1)["workers"].values()
     return any("GPU" in (w.get("resources") or {}) for w in workers)
@@ -367,7 +395,7 @@ class _Settings:
     device: str
     precision: str
     combine: str
-    report: bool
+    report: bool | str
     retries: int
     prefilter_threshold: float | None
     audit: pd.DataFrame | None
@@ -450,7 +478,7 @@ prefilter_threshold, truth
     precision = str(config.get("search.precision", precision))
     if precision not in PRECISIONS:
         raise LensdaskError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    report = bool(config.get("search.performance_report", report))
+    report = report_setting(config.get("search.performance_report", report))
     retries = int(config.get("search.retries", retries))
     combine = str(config.get("search.ensemble.combine", combine))
     if combine not in COMBINE:
@@ -757,7 +785,7 @@ def search(
     radius: float | None = None,
     catalog=None,
     export: list[str] | str | None = None,
-    report: bool | None = None,
+    report: bool | str | None = None,
     retries: int | None = None,
     combine: str | None = None,
     prefilter: str | tuple | None = None,
@@ -809,9 +837,10 @@ def search(
         Known-lens catalogue (config ``crossmatch.catalog``; default lenscat's).
     export : list of {"fits", "csv"}, optional
         Extra formats of the candidate table (config ``search.export``).
-    report : bool, optional
+    report : bool or "auto", optional
         Save the Dask performance report as ``dask-report.html`` (config
-        ``search.performance_report``; only with a Dask client).
+        ``search.performance_report``; only with a Dask client). ``"auto"`` (the default) saves
+        it when the run has at most ``search.performance_report_max_tiles`` tiles to search.
     retries : int, optional
         Automatic retries of a tile task that raised (config ``search.retries``).
     combine : {"mean", "rank"}, optional
@@ -855,6 +884,7 @@ def search(
     t0 = time.perf_counter()
     plan = _plan_tiles(s, resume)
     s.timings["plan"] = time.perf_counter() - t0
+    s.report = report_wanted(s.report, len(plan.todo))
     client = client if client is not None else current_client()
     failures, elapsed = _run_plan(s, plan, client, progress)
     s.timings["tiles"] = elapsed

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import collections
 
+import dask
 import pytest
 import zarr.core.array
 
 from lensdask import rundir
+from lensdask.errors import LensdaskError
 from lensdask.fanout import run_tiles
 from lensdask.search import run as search_run
 from lensdask.store import open_store
@@ -138,3 +140,21 @@ def test_read_markers_reads_each_finished_tile_once(tmp_path):
     assert list(rundir.read_markers(tmp_path / "run", ["B2", "C3", "Z9"])) == ["B2"]
     scores = rundir.read_scores(tmp_path / "run")
     assert scores["tile"].tolist() == ["B2"] and scores["object_id"].tolist() == [0]
+
+
+def test_performance_report_auto_up_to_max_tiles(tmp_path, tiny_store, random_model, client):
+    """``auto`` writes the report up to ``search.performance_report_max_tiles`` tiles; ``True`` always."""
+    path = tmp_path / "survey.zarr"
+    tiny_store(path, tiles=3, rows=2)
+    common = dict(client=client, progress=False, crossmatch=False)
+    with dask.config.set({"lensdask.search.performance_report_max_tiles": 2}):
+        skipped = search_run.search(path, random_model, tmp_path / "auto", **common)
+        forced = search_run.search(path, random_model, tmp_path / "forced", report=True, **common)
+    assert forced.summary["performance_report"] == str(tmp_path / "forced" / rundir.REPORT)
+    with dask.config.set({"lensdask.search.performance_report_max_tiles": 3}):
+        written = search_run.search(path, random_model, tmp_path / "written", **common)
+    assert skipped.summary["performance_report"] is None and not (tmp_path / "auto" / rundir.REPORT).exists()
+    assert (tmp_path / "forced" / rundir.REPORT).exists() and (tmp_path / "written" / rundir.REPORT).exists()
+    assert set(written.summary["timings"]) == {"settings", "plan", "tiles", "report", "merge"}
+    with pytest.raises(LensdaskError, match="performance_report"):
+        search_run.search(path, random_model, tmp_path / "bad", report="sometimes", **common)
