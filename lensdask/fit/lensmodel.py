@@ -272,14 +272,14 @@ def fit_candidate(
         Seeds numpy's global generator (lenstronomy's PSO) for this fit.
     settings : FitSettings, optional
     zero_points : numpy.ndarray, optional
-        (n_bands,) AB magnitude of one image unit per second... of a source of unit total flux; magnitudes
-        are NaN without them.
+        (n_bands,) AB magnitude of a source of one image unit of total flux; magnitudes are NaN without them.
 
     Returns
     -------
     dict
-        See :data:`lensdask.fit.columns.FIT_COLUMNS` (the per-band entries as arrays ``mag_lens``,
-        ``mag_source``), plus ``model_lens``, ``model_null`` (n_bands, n, n) model images and
+        The measurements behind the fit columns of :mod:`lensdask.fit.candidate` (the per-band ones as
+        arrays ``mag_lens``, ``mag_source``), the flags' inputs ``at_bound``, ``hessian_ok``,
+        ``restart_dchi2``, plus ``model_lens``, ``model_null`` (n_bands, n, n) model images and
         ``source_image`` (n_bands, n, n): the reconstructed source, unlensed, on the image grid.
     """
     settings = settings or FitSettings()
