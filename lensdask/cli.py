@@ -1126,8 +1126,8 @@ def build_parser() -> argparse.ArgumentParser:
     reports.add_argument(
         "--report",
         action="store_true",
-        help="save the Dask performance report whatever the number of tiles (default: up to "
-        "search.performance_report_max_tiles)",
+        help="save the Dask performance report whatever the number of tiles (config "
+        "search.performance_report: true, false, or auto for up to search.performance_report_max_tiles)",
     )
     reports.add_argument("--no-report", action="store_true", help="do not save the Dask performance report")
     p.add_argument(

@@ -342,9 +342,9 @@ def report_setting(value) -> bool | str:
 def report_wanted(setting: bool | str, tiles: int) -> bool:
     """Whether a search of ``tiles`` tile tasks writes the Dask performance report.
 
-    ``"auto"`` writes it up to ``search.performance_report_max_tiles`` tiles: past that, its cost
-    grows with every task (the scheduler's task stream and the report's own rendering, after the
-    tiles) while a person reads nothing more from it (``benchmarks/bench_scale.py``).
+    ``"auto"`` writes it up to ``search.performance_report_max_tiles`` tiles, for a cluster where
+    its cost matters: it grows with the number of tasks (the report's rendering after the tiles;
+    2 s at 10,000 tiles here, ``benchmarks/bench_scale.py``).
     """
     if setting != "auto":
         return bool(setting)
@@ -839,8 +839,8 @@ def search(
         Extra formats of the candidate table (config ``search.export``).
     report : bool or "auto", optional
         Save the Dask performance report as ``dask-report.html`` (config
-        ``search.performance_report``; only with a Dask client). ``"auto"`` (the default) saves
-        it when the run has at most ``search.performance_report_max_tiles`` tiles to search.
+        ``search.performance_report``; only with a Dask client). ``"auto"`` saves it when the
+        run has at most ``search.performance_report_max_tiles`` tiles to search.
     retries : int, optional
         Automatic retries of a tile task that raised (config ``search.retries``).
     combine : {"mean", "rank"}, optional

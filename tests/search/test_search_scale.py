@@ -148,10 +148,12 @@ def test_performance_report_auto_up_to_max_tiles(tmp_path, tiny_store, random_mo
     tiny_store(path, tiles=3, rows=2)
     common = dict(client=client, progress=False, crossmatch=False)
     with dask.config.set({"lensdask.search.performance_report_max_tiles": 2}):
-        skipped = search_run.search(path, random_model, tmp_path / "auto", **common)
+        skipped = search_run.search(path, random_model, tmp_path / "auto", report="auto", **common)
         forced = search_run.search(path, random_model, tmp_path / "forced", report=True, **common)
     assert forced.summary["performance_report"] == str(tmp_path / "forced" / rundir.REPORT)
-    with dask.config.set({"lensdask.search.performance_report_max_tiles": 3}):
+    with dask.config.set(
+        {"lensdask.search.performance_report_max_tiles": 3, "lensdask.search.performance_report": "auto"}
+    ):
         written = search_run.search(path, random_model, tmp_path / "written", **common)
     assert skipped.summary["performance_report"] is None and not (tmp_path / "auto" / rundir.REPORT).exists()
     assert (tmp_path / "forced" / rundir.REPORT).exists() and (tmp_path / "written" / rundir.REPORT).exists()
