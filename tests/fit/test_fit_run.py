@@ -99,6 +99,10 @@ def test_fit_writes_ranks_resumes_and_does_not_depend_on_chunking(run, tmp_path,
     assert again.fitted == 0 and again.resumed == 3
     more = fit(rd, top=5, psf=1.0, chunk_size=3, progress=False)
     assert more.fitted == 2 and more.resumed == 3
+    # a merge again (another threshold) keeps what was fitted in candidates.parquet
+    assert main(["merge", str(rd), "--threshold", "0.0"]) == 0
+    remerged = pd.read_parquet(rd / "candidates.parquet")
+    assert remerged["fit_status"].notna().sum() == 5 and sorted(remerged["combined_rank"]) == list(range(1, 7))
     # the same seed in one chunk gives the same table
     one = _copy(run, tmp_path, "one")
     fit(one, top=5, psf=1.0, chunk_size=5, progress=False)
