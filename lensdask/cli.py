@@ -663,11 +663,12 @@ def _cmd_merge(a) -> int:
     cand = merge(a.run_dir, a.threshold)
     n = len(list(tiles_dir.glob("*.json")))
     print(f"merged {n} tiles: {len(cand)} candidates in {pathlib.Path(a.run_dir) / 'candidates.parquet'}")
-    from .fit.run import FIT_DIR, rank
+    from .fit.run import keep_fits
 
-    if any((pathlib.Path(a.run_dir) / FIT_DIR).glob("chunk-*.parquet")):  # fitted before: keep the fit columns
-        fits = rank(a.run_dir, cand)
-        print(f"kept the lens-model fits of {len(fits)} candidates (fit columns and combined_rank)")
+    kept = keep_fits(a.run_dir, cand)
+    if "fit_status" in kept.columns:
+        n_fit = int(kept["fit_status"].notna().sum())
+        print(f"kept the lens-model fits of {n_fit} candidates (fit columns and combined_rank)")
     return 0
 
 

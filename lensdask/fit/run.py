@@ -441,3 +441,17 @@ def rank(run_dir: str | os.PathLike, candidates: pd.DataFrame | None = None) -> 
     fits = merged[merged["fit_status"].notna()].sort_values("combined_rank").reset_index(drop=True)
     write_atomic(run_dir / FITS, lambda p: fits.to_parquet(p, index=False))
     return fits
+
+
+def keep_fits(run_dir: str | os.PathLike, candidates: pd.DataFrame) -> pd.DataFrame:
+    """The candidates of a run merged again, with the fits it already holds (``candidates`` unchanged if none).
+
+    A merge (``lensdask merge``, or a search resumed) writes ``candidates.parquet`` afresh from the
+    per-tile outputs; this puts back the fit columns and the combined rank of the candidates fitted
+    before (:func:`rank`), so a merge never loses a fit.
+    """
+    run_dir = pathlib.Path(run_dir)
+    if not any((run_dir / FIT_DIR).glob("chunk-*.parquet")):
+        return candidates
+    rank(run_dir, candidates)
+    return pd.read_parquet(run_dir / CANDIDATES)

@@ -675,6 +675,9 @@ def _merge_and_summarise(
         export=export,
         markers=markers,
     )
+    from ..fit.run import keep_fits
+
+    cand = keep_fits(s.run_dir, cand)  # a run fitted before keeps its fits (a resumed search merges afresh)
     stats = list(markers.values())
     failures_df = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
     if failures:

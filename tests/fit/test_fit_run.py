@@ -35,12 +35,14 @@ def run(galaxy_run):
 
 @pytest.fixture(autouse=True)
 def in_process(monkeypatch):
-    """The CLI runs the chunks in this process (the cluster options have their own tests)."""
+    """The CLI runs the chunks in this process (the cluster options have their own tests), even when an
+    earlier test left a default Dask client: a monkeypatch here does not reach a worker."""
     import contextlib
 
-    from lensdask import cli
+    from lensdask import cli, cluster
 
     monkeypatch.setattr(cli, "_with_client", lambda a: contextlib.nullcontext(None))
+    monkeypatch.setattr(cluster, "current_client", lambda: None)
 
 
 @pytest.fixture
@@ -103,6 +105,11 @@ def test_fit_writes_ranks_resumes_and_does_not_depend_on_chunking(run, tmp_path,
     assert main(["merge", str(rd), "--threshold", "0.0"]) == 0
     remerged = pd.read_parquet(rd / "candidates.parquet")
     assert remerged["fit_status"].notna().sum() == 5 and sorted(remerged["combined_rank"]) == list(range(1, 7))
+    # and so does a search resumed over the finished run
+    summary = json.loads((rd / "summary.json").read_text())
+    resumed = lensdask.search(summary["store"], summary["model"], rd, resume=True, client=None, progress=False)
+    assert resumed.candidates["fit_status"].notna().sum() == 5
+    assert pd.read_parquet(rd / "candidates.parquet")["fit_status"].notna().sum() == 5
     # the same seed in one chunk gives the same table
     one = _copy(run, tmp_path, "one")
     fit(one, top=5, psf=1.0, chunk_size=5, progress=False)
