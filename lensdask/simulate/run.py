@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import cast
 
 import dask
@@ -24,11 +25,11 @@ from ..store import CutoutStore, absolute_url, create_store, open_store, psf_col
 from ..store import provenance as make_provenance
 from .conditions import check_source
 from .constraints import Constraints, RejectionStats, sample_lens
-from .inputs import InputError, galaxy_rows, load_backgrounds, real_galaxies_record, theta_E_sis
+from .inputs import Backgrounds, InputError, galaxy_rows, load_backgrounds, real_galaxies_record, theta_E_sis
 from .lookalikes import KINDS as LOOKALIKE_KINDS
 from .lookalikes import render_lookalike
 from .priors import draw_lens_galaxy, draw_lensed_source, draw_redshifts, lens_galaxy_keys, lensed_source_keys
-from .render import get_renderer, renderer_config
+from .render import Candidate, Renderer, get_renderer, renderer_config
 from .scene import SCENE_KEYS, draw_scene
 
 CLASSES = ["non-lens", "lens"]
@@ -196,20 +197,135 @@ def simulate_rows(
     renderer = get_renderer(
         bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds, psf, conditions
     )
-    bands = renderer.bands
-    check_source(renderer.conditions, bands)
-    negs = config.get("simulate.negatives", negatives) or renderer.backgrounds_path
-    galaxies = config.get("simulate.galaxies", galaxies)
+    s = _row_settings(
+        renderer,
+        negatives=negatives,
+        real_negative_fraction=real_negative_fraction,
+        galaxies=galaxies,
+        lens_fraction=lens_fraction,
+        constraints=constraints,
+        max_draws=max_draws,
+        theta_E_from=theta_E_from,
+        scene=scene,
+        lookalike_fraction=lookalike_fraction,
+        lookalikes=lookalikes,
+        background_fraction=background_fraction,
+    )
+    return _make_rows(indices, _RowMaker(seed, stream, s, stats))
+
+
+# -- the rows of simulate_rows ---------------------------------------------------------------
+@dataclass(frozen=True)
+class _RowSettings:
+    """What every row of one :func:`simulate_rows` call shares: its inputs and choices, resolved.
+
+    Attributes
+    ----------
+    renderer : Renderer
+        The survey configuration the rows are rendered with (:func:`~lensdask.simulate.render.get_renderer`).
+    backgrounds : Backgrounds or None
+        The selected real cutouts that lenses are painted on; ``background_index`` counts their rows.
+    negatives : Backgrounds or None
+        The selected real non-lens cutouts.
+    real_negative_fraction : float
+        Share of the non-lens rows taken from ``negatives`` as they are, in [0, 1].
+    lens_fraction : float
+        Probability that a row is a lens.
+    constraints : Constraints
+        Quality cuts of the lenses.
+    max_draws : int
+        Draws per lens before :class:`~lensdask.errors.ConstraintError`.
+    theta_E_from : {"sigma_v", "uniform"}
+        How the Einstein radius (arcsec) of a modelled lens galaxy is drawn.
+    scene : dict
+        The ``simulate.scene`` configuration (:func:`row_scene`).
+    lookalike_fraction : float
+        Share of the non-lens rows that are look-alikes, in [0, 1].
+    lookalikes : list of str
+        The look-alike kinds, drawn uniformly.
+    background_fraction : float
+        Share of the lens rows painted on ``backgrounds`` when there are any, in [0, 1].
+    """
+
+    renderer: Renderer
+    backgrounds: Backgrounds | None
+    negatives: Backgrounds | None
+    real_negative_fraction: float
+    lens_fraction: float
+    constraints: Constraints
+    max_draws: int
+    theta_E_from: str
+    scene: dict
+    lookalike_fraction: float
+    lookalikes: list
+    background_fraction: float
+
+    @property
+    def bands(self) -> list:
+        """The renderer's bands, in stored order."""
+        return self.renderer.bands
+
+    def propose(self, rng: np.random.Generator) -> dict:
+        """One lens system's parameters (``propose`` of :func:`~lensdask.simulate.constraints.sample_lens`).
+
+        On a real background, theta_E (arcsec) is the SIS radius of the galaxy's sigma_v (km/s) and drawn
+        redshifts; on a modelled galaxy, as ``theta_E_from`` says.
+        """
+        r, bg, bands = self.renderer, self.backgrounds, self.bands
+        # a draw of rng only when lens galaxies are mixed, so stores without the option keep their rows
+        if bg is not None and (self.background_fraction >= 1.0 or rng.random() < self.background_fraction):
+            k = int(rng.integers(len(bg)))
+            lens = {"lens_x": 0.0, "lens_y": 0.0, "background_index": float(k)}
+            lens.update(draw_redshifts(rng, bg.sigma_v[k]))
+            theta_E = float(theta_E_sis(lens["sigma_v"], lens["z_lens"], lens["z_source"]))
+            src = draw_lensed_source(rng, bands, lens=None, theta_E=theta_E, cosmos=r.cosmos)
+        elif self.theta_E_from == "sigma_v":
+            lens = draw_lens_galaxy(rng, bands)
+            lens.update(draw_redshifts(rng))
+            theta_E = float(theta_E_sis(lens["sigma_v"], lens["z_lens"], lens["z_source"]))
+            src = draw_lensed_source(rng, bands, lens=lens, theta_E=theta_E, cosmos=r.cosmos)
+        else:
+            lens = draw_lens_galaxy(rng, bands)
+            theta_E_range = (self.constraints.theta_E_min, self.constraints.theta_E_max)
+            src = draw_lensed_source(rng, bands, lens=lens, theta_E_range=theta_E_range, cosmos=r.cosmos)
+        lens.update(r.draw_conditions(rng))
+        lens.update(src)
+        return lens
+
+    def measure(self, params: dict) -> Candidate:
+        """The rendered candidate of a proposed system (``measure`` of
+        :func:`~lensdask.simulate.constraints.sample_lens`)."""
+        cand = self.renderer.candidate(params, backgrounds=self.backgrounds)
+        cand.shape_band = self.constraints.snr_band  # type: ignore[attr-defined]  # the band Renderer measures
+        return cand
+
+
+def _load_selected(path: str, galaxies, bands: Sequence[str], pixel_scale: float, stamp: int) -> Backgrounds:
+    """The rows of the real cutouts at ``path`` that the selection ``galaxies`` keeps (:func:`galaxy_rows`).
+
+    ``pixel_scale`` in arcsec/px, ``stamp`` in px.
+    """
+    return load_backgrounds(
+        path, tuple(bands), pixel_scale, stamp, galaxy_rows(galaxies, path, bands, pixel_scale, stamp)
+    )
+
+
+def _real_negatives(
+    renderer: Renderer, negatives, galaxies, real_negative_fraction
+) -> tuple[Backgrounds | None, float]:
+    """The real non-lens cutouts (config ``simulate.negatives``, default the backgrounds) and the share
+    of non-lens rows taken from them (config ``simulate.real_negative_fraction``; None: 1 with them, else 0).
+
+    Raises
+    ------
+    InputError
+        A share above 0 without real negatives.
+    """
+    path = config.get("simulate.negatives", negatives) or renderer.backgrounds_path
     neg_set = None
-    if negs is not None:
-        negs = negs if "://" in negs else os.path.abspath(negs)
-        neg_set = load_backgrounds(
-            negs,
-            tuple(bands),
-            renderer.pixel_scale,
-            renderer.stamp,
-            galaxy_rows(galaxies, negs, bands, renderer.pixel_scale, renderer.stamp),
-        )
+    if path is not None:
+        path = path if "://" in path else os.path.abspath(path)
+        neg_set = _load_selected(path, galaxies, renderer.bands, renderer.pixel_scale, renderer.stamp)
     real_neg = config.get("simulate.real_negative_fraction", real_negative_fraction)
     real_neg = (1.0 if neg_set is not None else 0.0) if real_neg is None else float(real_neg)
     if real_neg > 0 and neg_set is None:
@@ -217,25 +333,46 @@ def simulate_rows(
             f"real_negative_fraction is {real_neg} but no real negatives were given "
             "(simulate.negatives or simulate.backgrounds)"
         )
-    lens_fraction = float(config.get("simulate.lens_fraction", lens_fraction))
-    if not isinstance(constraints, Constraints):
-        constraints = Constraints.from_config(constraints)
-    if constraints.snr_band not in bands:
-        raise ValueError(f"snr_band {constraints.snr_band!r} is not among the bands {bands}")
-    max_draws = int(config.get("simulate.max_draws_per_lens", max_draws))
-    names = param_names(bands)
-    theta_E_range = (constraints.theta_E_min, constraints.theta_E_max)
+    return neg_set, real_neg
 
+
+def _row_settings(
+    renderer: Renderer,
+    *,
+    negatives,
+    real_negative_fraction,
+    galaxies,
+    lens_fraction,
+    constraints,
+    max_draws,
+    theta_E_from,
+    scene,
+    lookalike_fraction,
+    lookalikes,
+    background_fraction,
+) -> _RowSettings:
+    """Fill :func:`simulate_rows`' arguments left at None from the configuration, read the inputs, and check them.
+
+    ``renderer`` is the one the rows are rendered with (:func:`~lensdask.simulate.render.get_renderer`).
+
+    Raises
+    ------
+    InputError
+        Unreadable inputs, or real negatives asked for but not given.
+    ValueError
+        An ``snr_band`` outside the bands, an unknown ``theta_E_from`` or look-alike kind, a fraction
+        outside [0, 1].
+    """
+    bands = renderer.bands
+    check_source(renderer.conditions, bands)
+    galaxies = config.get("simulate.galaxies", galaxies)
+    neg_set, real_neg = _real_negatives(renderer, negatives, galaxies, real_negative_fraction)
+    lens_fraction = float(config.get("simulate.lens_fraction", lens_fraction))
+    constraints = _resolve_constraints(constraints, bands)
+    max_draws = int(config.get("simulate.max_draws_per_lens", max_draws))
     bg, bg_path = renderer.backgrounds, renderer.backgrounds_path  # bg was read from bg_path
-    # the selected rows only; lens systems index into them
-    if bg is not None and bg_path is not None and galaxies is not None:
-        bg = load_backgrounds(
-            bg_path,
-            tuple(bands),
-            renderer.pixel_scale,
-            renderer.stamp,
-            galaxy_rows(galaxies, bg_path, bands, renderer.pixel_scale, renderer.stamp),
-        )
+    if bg is not None and bg_path is not None and galaxies is not None:  # the selected rows only
+        bg = _load_selected(bg_path, galaxies, bands, renderer.pixel_scale, renderer.stamp)
     theta_E_from = config.get("simulate.theta_E_from", theta_E_from)
     if theta_E_from not in ("sigma_v", "uniform"):
         raise ValueError(f"theta_E_from must be 'sigma_v' or 'uniform', got {theta_E_from!r}")
@@ -244,59 +381,35 @@ def simulate_rows(
     lookalikes = list(config.get("simulate.lookalikes", lookalikes))
     check_lookalikes(lookalike_fraction, lookalikes)
     background_fraction = float(config.get("simulate.background_fraction", background_fraction))
-    if not 0.0 <= background_fraction <= 1.0:
-        raise ValueError(f"background_fraction must be in [0, 1], got {background_fraction}")
+    check_background_fraction(background_fraction)
+    return _RowSettings(
+        renderer=renderer,
+        backgrounds=bg,
+        negatives=neg_set,
+        real_negative_fraction=real_neg,
+        lens_fraction=lens_fraction,
+        constraints=constraints,
+        max_draws=max_draws,
+        theta_E_from=theta_E_from,
+        scene=scene,
+        lookalike_fraction=lookalike_fraction,
+        lookalikes=lookalikes,
+        background_fraction=background_fraction,
+    )
 
-    def propose(rng):
-        # a draw of rng only when lens galaxies are mixed, so stores without the option keep their rows
-        on_real = bg is not None and (background_fraction >= 1.0 or rng.random() < background_fraction)
-        if on_real:
-            k = int(rng.integers(len(bg)))
-            lens = {"lens_x": 0.0, "lens_y": 0.0, "background_index": float(k)}
-            lens.update(draw_redshifts(rng, bg.sigma_v[k]))
-            theta_E = float(theta_E_sis(lens["sigma_v"], lens["z_lens"], lens["z_source"]))
-            src = draw_lensed_source(rng, bands, lens=None, theta_E=theta_E, cosmos=renderer.cosmos)
-        elif theta_E_from == "sigma_v":
-            lens = draw_lens_galaxy(rng, bands)
-            lens.update(draw_redshifts(rng))
-            theta_E = float(theta_E_sis(lens["sigma_v"], lens["z_lens"], lens["z_source"]))
-            src = draw_lensed_source(rng, bands, lens=lens, theta_E=theta_E, cosmos=renderer.cosmos)
-        else:
-            lens = draw_lens_galaxy(rng, bands)
-            src = draw_lensed_source(rng, bands, lens=lens, theta_E_range=theta_E_range, cosmos=renderer.cosmos)
-        lens.update(renderer.draw_conditions(rng))
-        lens.update(src)
-        return lens
 
-    def measure(params):
-        cand = renderer.candidate(params, backgrounds=bg)
-        cand.shape_band = constraints.snr_band
-        return cand
-
+def _make_rows(indices: Iterable[int], maker: _RowMaker) -> tuple[np.ndarray, pd.DataFrame]:
+    """The rows ``indices`` made by ``maker``: :func:`simulate_rows`' images and table."""
+    bands, stamp = maker.settings.bands, maker.settings.renderer.stamp
+    names = param_names(bands)
     indices = [int(i) for i in indices]
     n = len(indices)
-    images = np.empty((n, len(bands), renderer.stamp, renderer.stamp), dtype=np.float32)
+    images = np.empty((n, len(bands), stamp, stamp), dtype=np.float32)
     values = np.full((n, len(names)), np.nan)
     labels = np.zeros(n, dtype=np.int16)
     col = {name: k for k, name in enumerate(names)}
-    rows = _RowMaker(
-        seed,
-        stream,
-        lens_fraction,
-        propose,
-        measure,
-        renderer,
-        constraints,
-        max_draws,
-        stats,
-        neg_set,
-        real_neg,
-        scene,
-        lookalike_fraction,
-        lookalikes,
-    )
     for row, i in enumerate(indices):
-        image, params, labels[row] = rows.make(i)
+        image, params, labels[row] = maker.make(i)
         images[row] = image
         for k, v in params.items():
             values[row, col[k]] = v
@@ -317,6 +430,27 @@ def check_lookalikes(lookalike_fraction: float, lookalikes) -> None:
         raise ValueError("lookalike_fraction is above 0 but no look-alike kinds are given")
     if not 0.0 <= lookalike_fraction <= 1.0:
         raise ValueError(f"lookalike_fraction must be in [0, 1], got {lookalike_fraction}")
+
+
+def check_background_fraction(background_fraction: float) -> None:
+    """Refuse a share of lenses on real backgrounds outside [0, 1]."""
+    if not 0.0 <= background_fraction <= 1.0:
+        raise ValueError(f"background_fraction must be in [0, 1], got {background_fraction}")
+
+
+def _resolve_constraints(constraints: Constraints | dict | None, bands: Sequence[str]) -> Constraints:
+    """``constraints``, or the configured ``simulate.constraints`` with the keys of a dict overriding them.
+
+    Raises
+    ------
+    ValueError
+        Their ``snr_band`` is not among ``bands``.
+    """
+    if not isinstance(constraints, Constraints):
+        constraints = Constraints.from_config(constraints)
+    if constraints.snr_band not in bands:
+        raise ValueError(f"snr_band {constraints.snr_band!r} is not among the bands {list(bands)}")
+    return constraints
 
 
 def row_scene(
@@ -341,66 +475,83 @@ def row_scene(
     return draw_scene(srng, renderer.bands, renderer.stamp, renderer.pixel_scale, cfg, central_mag_i=mag)
 
 
+@dataclass(frozen=True)
 class _RowMaker:
-    """Makes row ``i`` of a run: a lens, a look-alike, a real negative or a modelled non-lens, in its scene."""
+    """Makes row ``i`` of a run: a lens, a look-alike, a real negative or a modelled non-lens, in its scene.
 
-    def __init__(
-        self,
-        seed,
-        stream,
-        lens_fraction,
-        propose,
-        measure,
-        renderer,
-        constraints,
-        max_draws,
-        stats,
-        neg_set,
-        real_neg,
-        scene,
-        lookalike_fraction,
-        lookalikes,
-    ):
-        self.seed, self.stream, self.lens_fraction = seed, stream, lens_fraction
-        self.propose, self.measure, self.r = propose, measure, renderer
-        self.constraints, self.max_draws, self.stats = constraints, max_draws, stats
-        self.neg_set, self.real_neg, self.scene_cfg = neg_set, real_neg, scene
-        self.lookalikes = list(lookalikes)
-        self.p_lookalike = lookalike_fraction
-        self.classes = store_classes(lookalike_fraction, lookalikes)
+    Attributes
+    ----------
+    seed : int
+        Run seed.
+    stream : int or None
+        Seed stream (:func:`row_rng`).
+    settings : _RowSettings
+        What every row shares.
+    stats : RejectionStats or None
+        Lens draws and rejections, updated in place.
+    """
+
+    seed: int
+    stream: int | None
+    settings: _RowSettings
+    stats: RejectionStats | None
 
     def scene(self, i, central_mag_i=None, real=False):
-        return row_scene(self.seed, i, self.stream, self.r, self.scene_cfg, central_mag_i, real)
+        """:func:`row_scene` of row ``i`` (``central_mag_i`` in mag)."""
+        s = self.settings
+        return row_scene(self.seed, i, self.stream, s.renderer, s.scene, central_mag_i, real)
 
-    def make(self, i):
-        r = self.r
+    def make(self, i: int) -> tuple[np.ndarray, dict, int]:
+        """Row ``i``: its image (bands, stamp, stamp), parameters and label (index into :func:`store_classes`)."""
+        s = self.settings
         rng = row_rng(self.seed, i, self.stream)
-        if rng.random() < self.lens_fraction:
-            params, cand = sample_lens(
-                rng, self.propose, self.measure, self.constraints, r.worst_seeing, self.max_draws, self.stats
-            )
-            cand.scene = self.scene(i, params.get("mag_lens_i"), real=cand.bg)
-            out = cand.finish(rng)
-            return out.image, {**params, **out.derived}, 1
-        if self.p_lookalike > 0:
+        if rng.random() < s.lens_fraction:
+            return self._lens(i, rng)
+        if s.lookalike_fraction > 0:
             lrng = row_rng(self.seed, i, LOOKALIKE_ROWS_STREAM ^ (self.stream or 0))
-            if lrng.random() < self.p_lookalike:
-                kind = self.lookalikes[int(lrng.integers(len(self.lookalikes)))]
-                image, params = render_lookalike(r, lrng, kind, scene_for=lambda g: self.scene(i, g.get("mag_lens_i")))
-                return (
-                    image,
-                    {k: v for k, v in params.items() if not k.startswith("fp_") and not k.startswith("mag_fp_")},
-                    self.classes.index(kind),
-                )
-        if self.real_neg > 0 and rng.random() < self.real_neg:
-            k = int(rng.integers(len(self.neg_set)))
-            params = {"background_index": float(k), "sigma_v": float(self.neg_set.sigma_v[k])}
-            scene = self.scene(i, real=True)
-            if scene is None:
-                return self.neg_set.images[k], params, 0
-            params.update(r.draw_conditions(rng))
-            out = r.render(params, rng, lensed=False, backgrounds=self.neg_set, scene=scene)
-            return out.image, {**params, **out.derived}, 0
+            if lrng.random() < s.lookalike_fraction:
+                return self._lookalike(i, lrng)
+        if s.real_negative_fraction > 0 and rng.random() < s.real_negative_fraction:
+            return self._real_negative(i, rng)
+        return self._modelled_non_lens(i, rng)
+
+    def _lens(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, dict, int]:
+        """A lens that passes the constraints, drawn with ``rng`` (label 1)."""
+        s = self.settings
+        params, cand = sample_lens(
+            rng, s.propose, s.measure, s.constraints, s.renderer.worst_seeing, s.max_draws, self.stats
+        )
+        cand.scene = self.scene(i, params.get("mag_lens_i"), real=cand.bg)
+        out = cand.finish(rng)
+        return out.image, {**params, **out.derived}, 1
+
+    def _lookalike(self, i: int, lrng: np.random.Generator) -> tuple[np.ndarray, dict, int]:
+        """A look-alike of a kind drawn with ``lrng``, labelled with its kind's class."""
+        s = self.settings
+        kind = s.lookalikes[int(lrng.integers(len(s.lookalikes)))]
+        image, params = render_lookalike(s.renderer, lrng, kind, scene_for=lambda g: self.scene(i, g.get("mag_lens_i")))
+        return (
+            image,
+            {k: v for k, v in params.items() if not k.startswith("fp_") and not k.startswith("mag_fp_")},
+            store_classes(s.lookalike_fraction, s.lookalikes).index(kind),
+        )
+
+    def _real_negative(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, dict, int]:
+        """A real non-lens cutout drawn with ``rng``, as it is or in its scene (label 0)."""
+        r, neg_set = self.settings.renderer, self.settings.negatives
+        assert neg_set is not None  # a real_negative_fraction above 0 has them (_real_negatives)
+        k = int(rng.integers(len(neg_set)))
+        params = {"background_index": float(k), "sigma_v": float(neg_set.sigma_v[k])}
+        scene = self.scene(i, real=True)
+        if scene is None:
+            return neg_set.images[k], params, 0
+        params.update(r.draw_conditions(rng))
+        out = r.render(params, rng, lensed=False, backgrounds=neg_set, scene=scene)
+        return out.image, {**params, **out.derived}, 0
+
+    def _modelled_non_lens(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, dict, int]:
+        """A modelled galaxy without a lensed source, drawn with ``rng`` (label 0)."""
+        r = self.settings.renderer
         params = draw_lens_galaxy(rng, r.bands)
         params.update(r.draw_conditions(rng))
         out = r.render(params, rng, lensed=False, scene=self.scene(i, params["mag_lens_i"]))
@@ -527,10 +678,7 @@ def resolve_sim_kwargs(
     (bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds, psf, conditions) = renderer_config(
         None, None, None, None, None, sources, backgrounds, psf, conditions
     )
-    if not isinstance(constraints, Constraints):
-        constraints = Constraints.from_config(constraints)
-    if constraints.snr_band not in bands:
-        raise ValueError(f"snr_band {constraints.snr_band!r} is not among the bands {list(bands)}")
+    constraints = _resolve_constraints(constraints, bands)
     negatives = config.get("simulate.negatives", negatives) or None
     if negatives is not None and "://" not in str(negatives):
         negatives = os.path.abspath(os.fspath(negatives))
@@ -556,8 +704,7 @@ def resolve_sim_kwargs(
         background_fraction=float(config.get("simulate.background_fraction", background_fraction)),
     )
     check_lookalikes(kw["lookalike_fraction"], kw["lookalikes"])
-    if not 0.0 <= kw["background_fraction"] <= 1.0:
-        raise ValueError(f"background_fraction must be in [0, 1], got {kw['background_fraction']}")
+    check_background_fraction(kw["background_fraction"])
     check_source(conditions, bands)
     get_renderer(
         *renderer_config(bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds, psf, conditions)
@@ -594,7 +741,7 @@ def real_galaxies(sim_kwargs: dict) -> dict | None:
     args = (tuple(sim_kwargs["bands"]), sim_kwargs["pixel_scale"], sim_kwargs["stamp"])
     sel = sim_kwargs.get("galaxies", "all")
     bg, neg = (
-        None if p is None else load_backgrounds(p, *args, galaxy_rows(sel, p, *args))
+        None if p is None else _load_selected(p, sel, *args)
         for p in (sim_kwargs["backgrounds"], sim_kwargs["negatives"] or sim_kwargs["backgrounds"])
     )
     return real_galaxies_record(bg, neg)
