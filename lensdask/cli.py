@@ -741,11 +741,21 @@ def _cmd_trainset(a) -> int:
 def _cmd_export_zooniverse(a) -> int:
     from .review import export_zooniverse
 
-    manifest = export_zooniverse(a.run_dir, a.out, top=a.top, store=a.zarr)
+    manifest = export_zooniverse(a.run_dir, a.out, top=a.top, store=a.zarr, model_panel=a.model_panel)
     print(
         f"wrote {len(manifest)} subjects and {a.out}/manifest.csv; upload with:\n"
         f"  panoptes subject-set upload-subjects SUBJECT_SET_ID {a.out}/manifest.csv"
     )
+    if a.model_panel:
+        from .review.zooniverse import UNFITTED_MANIFEST
+
+        n_panel = int((manifest["model_image"] != "").sum())
+        print(f"{n_panel} subjects have their lens-model panel as a second image")
+        if n_panel < len(manifest):
+            print(
+                f"the {len(manifest) - n_panel} without a fit are in {a.out}/{UNFITTED_MANIFEST}:\n"
+                f"  panoptes subject-set upload-subjects SUBJECT_SET_ID {a.out}/{UNFITTED_MANIFEST}"
+            )
     return 0
 
 
@@ -1239,6 +1249,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=_arg.count, default=100)
     p.add_argument("--out", required=True, help="new folder to write (never overwritten)")
     p.add_argument("--zarr", help="the survey store, if it moved since the search")
+    p.add_argument(
+        "--model-panel",
+        action="store_true",
+        help="add each fitted candidate's lens-model panel (lensdask fit) as a second subject image",
+    )
     p.set_defaults(func=_cmd_export_zooniverse)
 
     p = sub.add_parser("swap", help="aggregate a Zooniverse classification export, Space Warps style")

@@ -2,7 +2,8 @@
 
 A small Tornado application (Tornado is already installed with ``distributed``) bound to 127.0.0.1
 only. It serves one page (the same page as the offline gallery, :mod:`lensdask.review.page`, in
-``app`` mode), the candidates' pictures by candidate number and view name, and a JSON API:
+``app`` mode), the candidates' pictures by candidate number and view name (``fit-model``: the model
+panel of a candidate fitted by ``lensdask fit``), and a JSON API:
 
 ``GET api/grades?labeller=NAME``
     That reviewer's latest grade of each shown candidate, and how many grades others gave.
@@ -32,6 +33,7 @@ import numpy as np
 from .. import config
 from ..deprecation import renamed_keywords
 from ..errors import LensdaskError
+from ..fit.models import PANEL_VIEW, candidate_models
 from ..images import VIEWS, sky_noise
 from ..names import is_valid_name
 from ..rundir import best_candidates
@@ -77,9 +79,11 @@ class ReviewState:
         self.keys = grade_keys(self.classes)
         self.token = secrets.token_urlsafe(24)
         self.noise = sky_noise(self.stamps, self.store.bands)
+        self.models = candidate_models(self.run_dir, self.cand, self.stamps.shape[1:])
+        """Per shown candidate, its lens-model fit's arrays (None when not fitted): its model panel."""
         self._images: dict[int, dict[str, bytes]] = {}
         self._lock = threading.Lock()
-        self.names = set(VIEWS) | {f"band-{b}" for b in self.store.bands}
+        self.names = set(VIEWS) | {f"band-{b}" for b in self.store.bands} | {PANEL_VIEW}
 
     def page(self) -> str:
         """The review page (cards link their pictures as ``img/<index>/<view>.png``)."""
@@ -87,7 +91,11 @@ class ReviewState:
         meta = header_meta(summary, len(self.cand), n_candidates(self.run_dir, len(self.cand)))
         meta += f" · labels → {self.labels.name}"
         cards = render_cards(
-            self.cand, self.stamps, self.store, src=lambda i, name: f"img/{i}/{urllib.parse.quote(name)}.png"
+            self.cand,
+            self.stamps,
+            self.store,
+            src=lambda i, name: f"img/{i}/{urllib.parse.quote(name)}.png",
+            models=self.models,
         )
         return document(
             title="lensdask review",
@@ -103,13 +111,21 @@ class ReviewState:
         )
 
     def image(self, index: int, name: str) -> bytes | None:
-        """PNG bytes of one picture, or None when there is no such candidate or view."""
+        """PNG bytes of one picture, or None when there is no such candidate or view (the model panel
+        of a candidate without a fit included)."""
         if not 0 <= index < len(self.cand) or name not in self.names:
+            return None
+        if name == PANEL_VIEW and self.models[index] is None:
             return None
         with self._lock:
             if index not in self._images:
                 self._images[index] = candidate_images(
-                    self.stamps[index], self.store.bands, self.store.pixel_scale, self.noise
+                    self.stamps[index],
+                    self.store.bands,
+                    self.store.pixel_scale,
+                    self.noise,
+                    self.cand.iloc[index],
+                    self.models[index],
                 )
             return self._images[index][name]
 

@@ -1,5 +1,7 @@
 """Static HTML galleries of search candidates: true-colour, faint-feature and colour-difference views,
-band stamps, scores, known-lens matches, graded from the keyboard.
+band stamps, scores, known-lens matches, graded from the keyboard; for candidates fitted by
+``lensdask fit``, the model panel (data, lens model, residual, source) with θ_E and the evidence
+(:mod:`lensdask.fit.models`).
 
 ``gallery_html(run_dir)`` writes ``RUN_DIR/gallery/index.html`` and one page per
 ``per_page`` candidates; images are embedded (base64), so the folder works
@@ -14,6 +16,7 @@ import functools
 import json
 import os
 import pathlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +24,7 @@ import pandas as pd
 
 from .. import config
 from ..deprecation import renamed_function, renamed_keywords
+from ..fit.models import candidate_models
 from ..images import sky_noise
 from ..rundir import best_candidates
 from .labels import review_classes
@@ -45,17 +49,30 @@ def _inline_src(pngs: dict[str, bytes], _i: int, name: str) -> str:
     return data_uri(pngs[name])
 
 
-def render_cards(cand: pd.DataFrame, stamps: np.ndarray, store, src=None, start: int = 0) -> str:
-    """Cards of ``cand`` (images inline unless ``src(i, name)`` gives their URLs); ``start`` numbers them."""
+def render_cards(
+    cand: pd.DataFrame,
+    stamps: np.ndarray,
+    store,
+    src=None,
+    start: int = 0,
+    models: Sequence[dict[str, np.ndarray] | None] | None = None,
+) -> str:
+    """Cards of ``cand`` (images inline unless ``src(i, name)`` gives their URLs); ``start`` numbers them.
+
+    ``models``: per row, the model arrays of a fitted candidate (:func:`lensdask.fit.models.candidate_models`),
+    whose card then shows the model panel and θ_E with the evidence.
+    """
     noise = sky_noise(stamps, store.bands) if len(stamps) else 1.0  # one brightness unit for the page
     out = []
     for j, (_, row) in enumerate(cand.iterrows()):
         i = start + j
+        fitted = models[j] if models is not None else None
         if src is None:
-            pngs = candidate_images(stamps[j], store.bands, store.pixel_scale, noise)
-            out.append(card(i, row, store.bands, store.pixel_scale, functools.partial(_inline_src, pngs), store.stamp))
+            pngs = candidate_images(stamps[j], store.bands, store.pixel_scale, noise, row, fitted)
+            link = functools.partial(_inline_src, pngs)
+            out.append(card(i, row, store.bands, store.pixel_scale, link, store.stamp, fitted is not None))
         else:
-            out.append(card(i, row, store.bands, store.pixel_scale, src, store.stamp))
+            out.append(card(i, row, store.bands, store.pixel_scale, src, store.stamp, fitted is not None))
     return "".join(out)
 
 
@@ -114,11 +131,18 @@ def gallery_html(
     storage = "lensdask:grades:" + str(run_dir.resolve())
     labeller = os.environ.get("USER") or ""
     n_pages = max(1, -(-len(cand) // per_page))
+    models = candidate_models(run_dir, cand, stamps.shape[1:])  # fitted candidates show their model panel
     pages = [out / ("index.html" if p == 0 else f"page-{p + 1:03d}.html") for p in range(n_pages)]
     first = ""
     for p in range(n_pages):
         lo = p * per_page
-        cards = render_cards(cand.iloc[lo : lo + per_page], stamps[lo : lo + per_page], opened, start=lo)
+        cards = render_cards(
+            cand.iloc[lo : lo + per_page],
+            stamps[lo : lo + per_page],
+            opened,
+            start=lo,
+            models=models[lo : lo + per_page],
+        )
         if p == 0:
             first = cards
         nav = " ".join(

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from ..fit.models import PANEL_VIEW, model_panel_png, panel_title
 from ..images import VIEWS, band_image, png_bytes, view_caption, view_image
 from .labels import GRADES, LENS_CLASS
 
@@ -37,6 +38,7 @@ CARD_STYLE = """
 .card .score{font-weight:bold} .card .known{color:#fc6;font-weight:bold}
 .card .grade{font-weight:bold;color:#7e7;min-width:12em}
 .card table{border-collapse:collapse} .card td{padding:0 6px 0 0}
+.card .fit{color:#fc6} .card .fit-panel{margin-top:6px} .card .fit-panel img{image-rendering:auto}
 """
 """Styles of the cards alone (safe to put inside another page, e.g. a notebook)."""
 
@@ -91,11 +93,22 @@ def score_text(p: float) -> str:
     return f"p = {p:.4f}"
 
 
-def candidate_images(stamp: np.ndarray, bands: Sequence[str], pixel_scale: float, noise: float) -> dict[str, bytes]:
-    """PNG bytes of every picture of one card: the :data:`VIEWS` and ``band-<b>`` stamps."""
+def candidate_images(
+    stamp: np.ndarray,
+    bands: Sequence[str],
+    pixel_scale: float,
+    noise: float,
+    row: pd.Series | None = None,
+    models: dict[str, np.ndarray] | None = None,
+) -> dict[str, bytes]:
+    """PNG bytes of every picture of one card: the :data:`VIEWS` and ``band-<b>`` stamps, and the
+    model panel (``PANEL_VIEW``) when ``models`` holds a fitted candidate's models
+    (:func:`lensdask.fit.models.fitted_models`) and ``row`` its fit columns."""
     out = {v: png_bytes(view_image(stamp, bands, v, pixel_scale=pixel_scale, noise=noise)) for v in VIEWS}
     for k, b in enumerate(bands):
         out[f"band-{b}"] = png_bytes(band_image(stamp[k]))
+    if models is not None and row is not None:
+        out[PANEL_VIEW] = model_panel_png(stamp, models, bands, pixel_scale, row, noise=noise)
     return out
 
 
@@ -116,9 +129,20 @@ def _known(row: pd.Series) -> str:
 
 
 def card(
-    i: int, row: pd.Series, bands: Sequence[str], pixel_scale: float, src: Callable[[int, str], str], stamp: int
+    i: int,
+    row: pd.Series,
+    bands: Sequence[str],
+    pixel_scale: float,
+    src: Callable[[int, str], str],
+    stamp: int,
+    fitted: bool = False,
 ) -> str:
-    """One candidate's HTML: the views, band stamps, score, tile, object, position, class probabilities."""
+    """One candidate's HTML: the views, band stamps, score, tile, object, position, class probabilities.
+
+    ``fitted``: the candidate has a lens-model fit with its models (:func:`lensdask.fit.models.fitted_models`);
+    its card then shows θ_E and the evidence beside the score, and the model panel
+    (``src(i, PANEL_VIEW)``) under the views.
+    """
     w = stamp * VIEW_SCALE
     views = "".join(
         f'<figure><img data-view="{v}" src="{src(i, v)}" width="{w}" height="{w}" alt="{v}">'
@@ -133,11 +157,19 @@ def card(
     probs = " ".join(f"{html.escape(c[2:])} {row[c]:.3g}" for c in row.index if c.startswith("p_") and pd.notna(row[c]))
     rank = int(row["rank"]) if "rank" in row.index and pd.notna(row["rank"]) else i + 1
     tile, oid = str(row["tile"]), int(row["object_id"])
+    fit_info = fit_panel = ""
+    if fitted:
+        fit_info = f'<span class="fit">lens model: {html.escape(panel_title(row))}</span>'
+        fit_panel = (
+            f'<figure class="fit-panel"><img data-view="{PANEL_VIEW}" src="{src(i, PANEL_VIEW)}" '
+            'alt="lens model fit: data, lens model, residual, source">'
+            "<figcaption>lens model fit: data · lens model · residual · reconstructed source</figcaption></figure>"
+        )
     return (
         f'<div class="card" id="c{i}" data-index="{i}" data-tile="{html.escape(tile)}" data-object-id="{oid}">'
         f'<div class="info"><span class="score">#{rank} · {html.escape(score_text(row["score"]))}</span>'
-        f'<span class="grade" data-grade=""></span>{_known(row)}</div>'
-        f'<div class="views">{views}<div class="bands">{singles}</div></div>'
+        f'<span class="grade" data-grade=""></span>{_known(row)}{fit_info}</div>'
+        f'<div class="views">{views}<div class="bands">{singles}</div></div>{fit_panel}'
         f"<table><tr><td>tile</td><td>{html.escape(tile)}</td><td>object</td><td>{oid}</td>"
         f"<td>RA, Dec</td><td>{float(row['ra']):.5f}, {float(row['dec']):.5f}</td>"
         f"<td>classes</td><td>{probs}</td></tr></table></div>"
