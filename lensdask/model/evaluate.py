@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ import pandas as pd
 from .. import config
 from ..deprecation import renamed_keywords
 from ..errors import LensdaskError
-from ..store import open_store
+from ..store import CutoutStore, open_store
 from .checkpoint import CARD, check_compatible, jsonable, load_checkpoint, refuse_model_as_store, resolve_model_dir
 from .infer import forward_proba, input_size, resolve_batch_size, resolve_device
 from .metrics import roc_curve
@@ -94,17 +95,72 @@ def evaluate(
     TypeError
         A model where the store belongs (the order before: ``evaluate(model, data)``).
     """
-    from tqdm.auto import tqdm
-
     refuse_model_as_store(store, "evaluate(store, model)")
     threshold = float(config.get("search.threshold", threshold))
     dev = resolve_device(device)
     batch_size = resolve_batch_size(config.get("search.batch_size", batch_size), dev)
     cs = open_store(store)
+    m = _load_models(cs, model, combine, dev)
+    scores = _score_store(cs, m, batch_size, dev, progress)
+    results = [
+        _model_result(cs, card, d, p, scores, threshold) for (_, card), d, p in zip(m.nets, m.dirs, scores.probs)
+    ]
+    out = _ensemble_outcome(cs, m, results, scores, threshold) if m.many else _single_outcome(cs, m, results)
+    result = out.result
+    if roc_path is not None:
+        is_lens = scores.labels == cs.classes.index("lens")
+        fpr_tpr = [roc_curve(is_lens, s)[:2] for s, _ in out.curves]
+        roc_path = pathlib.Path(os.fspath(roc_path))
+        roc_path.parent.mkdir(parents=True, exist_ok=True)
+        plot_roc(out.reports, roc_path, fpr_tpr=fpr_tpr, title=out.title, labels=[lab for _, lab in out.curves])
+        result["roc_png"] = str(roc_path)
+    if json_path is not None:
+        path = pathlib.Path(os.fspath(json_path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n")
+    if record:
+        for (r, _, _), d in zip(results, m.dirs):
+            record_evaluation(d, r)
+    return result
+
+
+@dataclass(frozen=True)
+class _Models:
+    """The loaded models of an evaluation.
+
+    Attributes
+    ----------
+    dirs : list of pathlib.Path
+        Their checkpoint directories, in the order given.
+    nets : list of (torch.nn.Module, dict)
+        Each model on the device, with its card.
+    combine : str or None
+        How an ensemble's scores combine (:data:`~lensdask.model.ensemble.COMBINE`); as given for one model.
+    """
+
+    dirs: list
+    nets: list
+    combine: str | None
+
+    @property
+    def many(self) -> bool:
+        """Whether there are several models (an ensemble)."""
+        return len(self.nets) > 1
+
+
+def _load_models(cs: CutoutStore, model, combine: str | None, dev) -> _Models:
+    """Load :func:`evaluate`'s ``model`` (one or several) on ``dev`` and check each against the store ``cs``.
+
+    Raises
+    ------
+    LensdaskError
+        An unknown ``combine``, or the same model twice.
+    CheckpointError, ModelMismatchError, SplitError
+        As :func:`evaluate` says.
+    """
     models = (list(model) if isinstance(model, (list, tuple)) else [model]) or [None]
-    many = len(models) > 1
-    if many:
-        from .ensemble import COMBINE, check_models, combine_scores  # bands, stamp, pixel scale shared; no model twice
+    if len(models) > 1:
+        from .ensemble import COMBINE, check_models  # bands, stamp, pixel scale shared; no model twice
 
         combine = str(config.get("search.ensemble.combine", combine))
         if combine not in COMBINE:
@@ -118,10 +174,44 @@ def evaluate(
         check_compatible(card, cs)
         _check_real_galaxies_unseen(card, cs)
         nets.append((net, card))
-    keep_params = selection_params(cs.params)
+    return _Models(dirs, nets, combine)
 
+
+@dataclass(frozen=True)
+class _Scores:
+    """Every labelled row of a store, scored by each model.
+
+    Attributes
+    ----------
+    labels : numpy.ndarray
+        (n,) int64 truth class (index into the store's classes).
+    params : pandas.DataFrame
+        The rows' selection-function parameters (:func:`~lensdask.model.report.selection_params`).
+    probs : list of numpy.ndarray
+        Per model, (n, n_classes) float32 class probabilities; NaN for rows with a non-finite pixel.
+    n_unlabelled : int
+        Rows with label -1, skipped.
+    """
+
+    labels: np.ndarray
+    params: pd.DataFrame
+    probs: list
+    n_unlabelled: int
+
+
+def _score_store(cs: CutoutStore, m: _Models, batch_size: int, dev, progress: bool) -> _Scores:
+    """Score every labelled row of ``cs`` with each model, reading each tile once.
+
+    Raises
+    ------
+    LensdaskError
+        The store has no labelled rows.
+    """
+    from tqdm.auto import tqdm
+
+    keep_params = selection_params(cs.params)
     labels: list[np.ndarray] = []
-    probs: list[list[np.ndarray]] = [[] for _ in nets]
+    probs: list[list[np.ndarray]] = [[] for _ in m.nets]
     tables: list[pd.DataFrame] = []
     n_unlabelled = 0
     for t in tqdm(cs.written_tiles(), desc="evaluate", unit="tile", disable=not progress):
@@ -135,10 +225,10 @@ def evaluate(
             continue
         # read once, normalised as training and search normalise (a quantised store's rows straight from
         # its codes), scored by every model; rows with a non-finite pixel get NaN and never reach a model
-        inputs = cs.read_normalised(t, specs=[card.get("normalisation") for _, card in nets])
+        inputs = cs.read_normalised(t, specs=[card.get("normalisation") for _, card in m.nets])
         scored = known & ~inputs.bad
         labelled = known[~inputs.bad]  # which of the finite rows (those in inputs) are labelled
-        for k, (net, card) in enumerate(nets):
+        for k, (net, card) in enumerate(m.nets):
             p = np.full((len(table), len(card["classes"])), np.nan, dtype=np.float32)
             x = inputs.inputs[k] if labelled.all() else inputs.inputs[k][labelled]
             p[scored] = forward_proba(net, x, batch_size=batch_size, device=dev, size=input_size(card))
@@ -147,78 +237,103 @@ def evaluate(
         tables.append(table.loc[known, keep_params].reset_index(drop=True))
     if not labels:
         raise LensdaskError(f"store {cs.url!r} has no labelled rows (every label is -1); nothing to evaluate")
-    y = np.concatenate(labels)
-    params = pd.concat(tables, ignore_index=True)
-    is_lens = y == cs.classes.index("lens")
-    results: list[tuple[dict, np.ndarray, np.ndarray]] = []
-    curves: list[tuple[np.ndarray, str]] = []
-    for (_net, card), d, pk in zip(nets, dirs, probs):
-        p = np.concatenate(pk)
-        lens_col = int(card["lens_class"])
-        r = classifier_report(
-            y,
-            p,
-            truth_classes=list(cs.classes),
-            model_classes=list(card["classes"]),
-            lens_class=lens_col,
-            params=params,
-            threshold=threshold,
-        )
-        r.update(n_unlabelled=n_unlabelled, model_id=card.get("model_id"), model=str(d), data=str(cs.url))
-        results.append((r, p[:, lens_col], p))
-    if not many:
-        result = results[0][0]
-        curves = [(results[0][1], f"AUROC {result['auroc']:.4f}")]
-        reports = [result]
-        card = nets[0][1]
-        title = f"{card.get('model_id', card['arch'])} on {pathlib.PurePath(str(cs.url)).name}"
-    else:
-        cards = [c for _, c in nets]
-        scores = np.stack([s for _, s, _ in results], axis=1)
-        ens = combine_scores(scores, str(combine)).astype(np.float64)
-        if combine == "mean" and all(list(c["classes"]) == list(cards[0]["classes"]) for c in cards):
-            classes, lens_col = list(cards[0]["classes"]), int(cards[0]["lens_class"])
-            p = np.mean([pm for _, _, pm in results], axis=0)
-        else:  # a rank average is no probability per class: lens against the rest
-            classes, lens_col = ["non-lens", "lens"], 1
-            p = np.stack([1.0 - ens, ens], axis=1)
-        result = classifier_report(
-            y,
-            p,
-            truth_classes=list(cs.classes),
-            model_classes=classes,
-            lens_class=lens_col,
-            params=params,
-            threshold=threshold,
-        )
-        ids = [c.get("model_id") for c in cards]
-        result.update(
-            n_unlabelled=n_unlabelled,
-            model_id="+".join(ids),
-            model=[str(d) for d in dirs],
-            data=str(cs.url),
-            combine=combine,
-            model_ids=ids,
-            models=[r for r, _, _ in results],
-        )
-        curves = [(s, f"{r['model_id']} AUROC {r['auroc']:.4f}") for r, s, _ in results]
-        curves.append((ens, f"ensemble ({combine}) AUROC {result['auroc']:.4f}"))
-        reports = [r for r, _, _ in results] + [result]
-        title = f"{len(ids)} models and their ensemble on {pathlib.PurePath(str(cs.url)).name}"
-    if roc_path is not None:
-        fpr_tpr = [roc_curve(is_lens, s)[:2] for s, _ in curves]
-        roc_path = pathlib.Path(os.fspath(roc_path))
-        roc_path.parent.mkdir(parents=True, exist_ok=True)
-        plot_roc(reports, roc_path, fpr_tpr=fpr_tpr, title=title, labels=[lab for _, lab in curves])
-        result["roc_png"] = str(roc_path)
-    if json_path is not None:
-        path = pathlib.Path(os.fspath(json_path))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n")
-    if record:
-        for (r, _, _), d in zip(results, dirs):
-            record_evaluation(d, r)
-    return result
+    return _Scores(
+        np.concatenate(labels), pd.concat(tables, ignore_index=True), [np.concatenate(pk) for pk in probs], n_unlabelled
+    )
+
+
+def _model_result(
+    cs: CutoutStore, card: dict, model_dir, probs: np.ndarray, scores: _Scores, threshold: float
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """One model's result: ``(report, lens probabilities (n,), class probabilities (n, n_classes))``.
+
+    The report is :func:`~lensdask.model.report.classifier_report` at ``threshold`` (lens probability)
+    with the keys :func:`evaluate` adds.
+    """
+    lens_col = int(card["lens_class"])
+    r = classifier_report(
+        scores.labels,
+        probs,
+        truth_classes=list(cs.classes),
+        model_classes=list(card["classes"]),
+        lens_class=lens_col,
+        params=scores.params,
+        threshold=threshold,
+    )
+    r.update(n_unlabelled=scores.n_unlabelled, model_id=card.get("model_id"), model=str(model_dir), data=str(cs.url))
+    return r, probs[:, lens_col], probs
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What :func:`evaluate` returns and draws.
+
+    Attributes
+    ----------
+    result : dict
+        The returned result.
+    reports : list of dict
+        The reports drawn in the ROC figure.
+    curves : list of (numpy.ndarray, str)
+        Each curve's lens scores (n,) and legend label.
+    title : str
+        The ROC figure's title.
+    """
+
+    result: dict
+    reports: list
+    curves: list
+    title: str
+
+
+def _single_outcome(cs: CutoutStore, m: _Models, results: list) -> _Outcome:
+    """The outcome of one model: its own result (``results``' only :func:`_model_result`)."""
+    result, lens_scores, _ = results[0]
+    card = m.nets[0][1]
+    title = f"{card.get('model_id', card['arch'])} on {pathlib.PurePath(str(cs.url)).name}"
+    return _Outcome(result, [result], [(lens_scores, f"AUROC {result['auroc']:.4f}")], title)
+
+
+def _ensemble_outcome(cs: CutoutStore, m: _Models, results: list, scores: _Scores, threshold: float) -> _Outcome:
+    """The outcome of several models: the ensemble's report, with each model's (``results``, of
+    :func:`_model_result`) under ``models``.
+
+    The ensemble's classes are the models' when they share them and ``combine`` is ``mean``
+    (mean class probabilities), else ``non-lens``/``lens`` (the combined lens score).
+    """
+    from .ensemble import combine_scores
+
+    cards = [c for _, c in m.nets]
+    ens = combine_scores(np.stack([s for _, s, _ in results], axis=1), str(m.combine)).astype(np.float64)
+    if m.combine == "mean" and all(list(c["classes"]) == list(cards[0]["classes"]) for c in cards):
+        classes, lens_col = list(cards[0]["classes"]), int(cards[0]["lens_class"])
+        p = np.mean([pm for _, _, pm in results], axis=0)
+    else:  # a rank average is no probability per class: lens against the rest
+        classes, lens_col = ["non-lens", "lens"], 1
+        p = np.stack([1.0 - ens, ens], axis=1)
+    result = classifier_report(
+        scores.labels,
+        p,
+        truth_classes=list(cs.classes),
+        model_classes=classes,
+        lens_class=lens_col,
+        params=scores.params,
+        threshold=threshold,
+    )
+    ids = [c.get("model_id") for c in cards]
+    result.update(
+        n_unlabelled=scores.n_unlabelled,
+        model_id="+".join(ids),
+        model=[str(d) for d in m.dirs],
+        data=str(cs.url),
+        combine=m.combine,
+        model_ids=ids,
+        models=[r for r, _, _ in results],
+    )
+    curves = [(s, f"{r['model_id']} AUROC {r['auroc']:.4f}") for r, s, _ in results]
+    curves.append((ens, f"ensemble ({m.combine}) AUROC {result['auroc']:.4f}"))
+    title = f"{len(ids)} models and their ensemble on {pathlib.PurePath(str(cs.url)).name}"
+    return _Outcome(result, [r for r, _, _ in results] + [result], curves, title)
 
 
 def _check_real_galaxies_unseen(card: dict, store) -> None:
