@@ -435,6 +435,8 @@ def _cmd_inject(a) -> int:
 def _cmd_search(a) -> int:
     if getattr(a, "emit_htcondor", None):
         return _cmd_emit_htcondor(a)
+    if a.fit_top is not None:
+        raise LensdaskError("--fit-top sets the fit stage of --emit-htcondor; after a search, run lensdask fit --top N")
     from .model.ensemble import check_models
     from .search import search
     from .search.run import truth_lens_ids
@@ -572,6 +574,24 @@ def _search_inputs(zarr, model, prefilter=None):
     return store, zarr, main, pre
 
 
+def _band_without_psf(store) -> str | None:
+    """A band for which the store's first written tile records no PSF (in its first 256 rows), or None.
+
+    The DAG of --emit-htcondor leaves its fit stage out then: ``lensdask fit`` would refuse such rows
+    unless a person chooses a FWHM (``--psf``). One small read, however large the store.
+    """
+    import numpy as np
+
+    if not store.psf_known:
+        return store.bands[0]
+    written = [t for t in store.written_tiles() if store.counts[t] > 0]
+    if not written:
+        return None
+    fwhm = store.read_psf(written[0], 0, 256)
+    missing = [b for k, b in enumerate(store.bands) if not np.isfinite(fwhm[:, k]).any()]
+    return missing[0] if missing else None
+
+
 def _cmd_emit_htcondor(a) -> int:
     import os
 
@@ -600,6 +620,7 @@ def _cmd_emit_htcondor(a) -> int:
         markers = read_markers(run_dir)  # each finished tile's marker, read once
         tiles = [(t, n) for t, n in tiles if (markers.get(n) or {}).get("model_id") != sig]
     spec = str(a.cluster) if str(a.cluster).startswith("htcondor") else "htcondor"
+    no_psf = _band_without_psf(store)
     files = emit_htcondor_search(
         a.emit_htcondor,
         store=zarr,
@@ -614,8 +635,13 @@ def _cmd_emit_htcondor(a) -> int:
         combine=combine,
         prefilter=None if pre is None else (pre[0], pre[2]),
         prefilter_threshold=pthr,
+        fit=no_psf is None,  # lensdask fit refuses rows without PSF unless a person gives --psf
+        fit_top=a.fit_top,
     )
-    print(f"wrote {files['search.sub']} ({len(tiles)} tile jobs), {files['merge.sub']} and {files['search.dag']}")
+    fit = f", {files['fit.sub']}" if "fit.sub" in files else ""
+    print(f"wrote {files['search.sub']} ({len(tiles)} tile jobs), {files['merge.sub']}{fit} and {files['search.dag']}")
+    if no_psf is not None:
+        print(f"no fit stage: {zarr} records no PSF in band {no_psf}; after the DAG: lensdask fit {run_dir} --psf FWHM")
     print(f"submit: cd {a.emit_htcondor} && condor_submit_dag search.dag   (results: {run_dir}/candidates.parquet)")
     return 0
 
@@ -1155,7 +1181,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--emit-htcondor",
         metavar="DIR",
-        help="do not search: write an HTCondor submission (one search-tile job per tile, then merge) into DIR",
+        help="do not search: write an HTCondor submission (one search-tile job per tile, then merge, then fit) "
+        "into DIR",
+    )
+    p.add_argument(
+        "--fit-top",
+        type=_arg.count,
+        metavar="N",
+        help="with --emit-htcondor: the DAG's fit stage fits the N best candidates (config fit.top)",
     )
     _cluster_arg(p)
     p.set_defaults(func=_cmd_search)

@@ -463,12 +463,17 @@ def emit_htcondor_search(
     combine: str | None = None,
     prefilter: tuple[str, float] | None = None,
     prefilter_threshold: float | None = None,
+    fit: bool = True,
+    fit_top: int | None = None,
 ) -> dict:
-    """Write an HTCondor submission of a search as one job per tile, plus a DAG that merges.
+    """Write an HTCondor submission of a search as one job per tile, plus a DAG that merges and fits.
 
     ``store`` is the survey store's path or URL (``zarr=`` is its deprecated old name).
     ``model_dir`` may list several models (an ensemble, with ``combine``); ``prefilter``
     is ``(model_dir, keep_fraction)`` of a cascade's first stage, with ``prefilter_threshold``.
+    ``fit_top`` is how many of the best candidates the fit stage fits (config ``fit.top``);
+    ``fit=False`` leaves the fit stage out, for a store that records no PSF (``lensdask fit``
+    refuses it without ``--psf``, which only a person can choose: fit such a run by hand).
 
     Files written into ``directory``:
 
@@ -478,15 +483,22 @@ def emit_htcondor_search(
         the dask-jobqueue profile of ``spec``.
     ``merge.sub``
         ``lensdask merge RUN_DIR`` in the local universe (on the submit machine).
+    ``fit.sub``
+        With ``fit``: ``lensdask fit RUN_DIR --top N`` (:mod:`lensdask.fit`) as one vanilla-universe
+        job with the profile's cores, memory, disk, container and directives, but no GPU (the
+        fit runs on CPUs): its chunks run on a LocalCluster of one single-threaded worker per core.
+        It is retried after preemption and resumes by candidate; bad input (exit 2) or a
+        candidate whose fit raised (exit 1) is not retried.
     ``search.dag``
-        ``condor_submit_dag search.dag``: every tile, then the merge.
+        ``condor_submit_dag search.dag``: every tile, then the merge, then (with ``fit``) the
+        fit (``PARENT merge CHILD fit``).
     ``tiles.txt``
         ``index, name`` of every tile to search.
 
     Returns
     -------
     dict
-        Paths of the files written.
+        Paths of the files written (``fit.sub`` only with ``fit``).
     """
     kind, name = parse_spec(spec)
     if kind != "htcondor" or name is None:  # htcondor always has its profile name
@@ -563,5 +575,41 @@ def emit_htcondor_search(
             ]
         )
     )
-    (d / "search.dag").write_text("JOB tiles search.sub\nJOB merge merge.sub\nPARENT tiles CHILD merge\n")
-    return {k: d / k for k in ("search.sub", "merge.sub", "search.dag", "tiles.txt")}
+    dag = "JOB tiles search.sub\nJOB merge merge.sub\nPARENT tiles CHILD merge\n"
+    written = ["search.sub", "merge.sub", "search.dag", "tiles.txt"]
+    (d / "fit.sub").unlink(missing_ok=True)  # a DAG written again without the fit stage has no stale one
+    if fit:
+        top = int(config.get("fit.top", fit_top))
+        cores = int(profile["cores"])
+        fit_args = f"-m lensdask.cli fit {shlex.quote(run_dir)} --top {top}"
+        cpu_only = {k: v for k, v in extra.items() if k.lower() not in ("request_gpus", "+requestgpus")}
+        fit_lines = [
+            f"# lensdask fit: lens model vs null model for the {top} best candidates, after the merge (profile",
+            f"# jobqueue.{name}, no GPU). Its chunks run on a LocalCluster of {cores} single-threaded workers.",
+            "# A retried job (preemption) fits only the candidates not yet fitted.",
+            "universe = vanilla",
+            f"executable = {python}",
+            "transfer_executable = false",
+            f'arguments = "{fit_args}"',
+            f"request_cpus = {cores}",
+            f"request_memory = {mem_mb}",
+            f"request_disk = {disk_kb}",
+            f'environment = "OMP_NUM_THREADS=1 DASK_LENSDASK__CLUSTER__N_WORKERS={cores} '
+            'DASK_LENSDASK__CLUSTER__THREADS_PER_WORKER=1"',
+        ]
+        fit_lines += [f"{k} = {_submit_value(v)}" for k, v in cpu_only.items()]
+        fit_lines += [
+            "log = logs/fit.log",
+            "output = logs/fit.out",
+            "error = logs/fit.err",
+            "# retry after preemption or a bad node; not after bad input (2) or a candidate whose fit raised (1)",
+            "max_retries = 2",
+            "retry_until = ExitCode == 1 || ExitCode == 2",
+            "queue",
+            "",
+        ]
+        (d / "fit.sub").write_text("\n".join(fit_lines))
+        dag += "JOB fit fit.sub\nPARENT merge CHILD fit\n"
+        written.insert(2, "fit.sub")
+    (d / "search.dag").write_text(dag)
+    return {k: d / k for k in written}

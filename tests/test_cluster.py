@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from lensdask.cli import build_parser, main
+from lensdask.cli import _cmd_fit, build_parser, main
 from lensdask.cluster import batch_cluster, cluster_client, load_profile, parse_adapt, parse_spec
 from lensdask.errors import ClusterError
 
@@ -205,11 +205,14 @@ def test_emit_htcondor_gives_the_same_candidates_as_a_dask_search(tmp_path, clie
                 "htcondor-gpu",
                 "--emit-htcondor",
                 str(emit),
+                "--fit-top",
+                "7",
             ]
         )
         == 0
     )
-    assert "condor_submit_dag search.dag" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "condor_submit_dag search.dag" in said and "fit.sub" in said
     assert not (tmp_path / "condor-run" / "candidates.parquet").exists()  # nothing was searched
     sub = (emit / "search.sub").read_text()
     assert "request_gpus = 1" in sub and '+SingularityImage = "/cvmfs/' in sub
@@ -217,6 +220,18 @@ def test_emit_htcondor_gives_the_same_candidates_as_a_dask_search(tmp_path, clie
     assert (emit / "tiles.txt").read_text().splitlines() == [f"{i}, {n}" for i, n in enumerate(store.tiles)]
     dag = (emit / "search.dag").read_text()
     assert "JOB tiles search.sub" in dag and "PARENT tiles CHILD merge" in dag
+    # the fit stage after the merge: lensdask fit RUN_DIR --top N, on CPUs
+    assert "JOB fit fit.sub" in dag and "PARENT merge CHILD fit" in dag
+    fit_sub = (emit / "fit.sub").read_text()
+    assert (
+        "universe = vanilla" in fit_sub and "request_gpus" not in fit_sub and '+SingularityImage = "/cvmfs/' in fit_sub
+    )
+    assert "DASK_LENSDASK__CLUSTER__N_WORKERS=4" in fit_sub and "max_retries" in fit_sub
+    fit_args = shlex.split(re.search(r'^arguments = "(.*)"$', fit_sub, re.M).group(1))
+    assert fit_args[:2] == ["-m", "lensdask.cli"]
+    parsed = build_parser().parse_args(fit_args[2:])  # the real CLI parser reads them
+    assert parsed.func is _cmd_fit and parsed.run_dir == str(tmp_path / "condor-run")
+    assert parsed.top == 7 and parsed.cluster == "local"
     merge_args = shlex.split(re.search(r'^arguments = "(.*)"$', (emit / "merge.sub").read_text(), re.M).group(1))
     assert "universe = local" in (emit / "merge.sub").read_text()
 
@@ -227,6 +242,16 @@ def test_emit_htcondor_gives_the_same_candidates_as_a_dask_search(tmp_path, clie
     assert 0 < len(want) < 90
     pd.testing.assert_frame_equal(got, want)
     assert len(dask_run.candidates) == len(got)
+
+
+def test_emit_htcondor_leaves_out_the_fit_of_a_store_without_psf(galaxy_run, random_model, tmp_path, capsys):
+    made = galaxy_run("condor-nopsf", per_tile=2, seed=3, first_id=60)  # its rows record no PSF
+    emit = tmp_path / "condor"
+    argv = ["search", "--zarr", str(made / "des.zarr"), "--model", str(random_model), "--out", str(tmp_path / "r")]
+    assert main([*argv, "--emit-htcondor", str(emit)]) == 0
+    said = capsys.readouterr().out
+    assert "no fit stage" in said and "records no PSF in band g" in said and "--psf FWHM" in said
+    assert not (emit / "fit.sub").exists() and "fit" not in (emit / "search.dag").read_text()
 
 
 def test_search_tile_and_merge_errors(tmp_path, random_model, capsys):

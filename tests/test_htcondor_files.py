@@ -1,4 +1,5 @@
-"""The HTCondor files of ``lensdask search --emit-htcondor`` parse with the real HTCondor Python bindings.
+"""The HTCondor files of ``lensdask search --emit-htcondor`` (tiles, merge, fit) parse with the real HTCondor
+Python bindings.
 
 No pool is needed: ``htcondor2.Submit`` parses a submit description as ``condor_submit`` does (and
 raises on a malformed line); the DAG is checked line by line against DAGMan's grammar for the
@@ -35,6 +36,7 @@ def emitted(request, tmp_path):
         combine="rank",
         prefilter=("/models/pre", 0.2),
         prefilter_threshold=0.4,
+        fit_top=25,
     )
     return files
 
@@ -73,6 +75,49 @@ def test_merge_submit_file_parses(emitted):
     assert _arguments(sub)[:4] == ["-m", "lensdask.cli", "merge", "/runs/r1"]
 
 
+def test_fit_submit_file_parses_and_its_arguments_are_lensdask_fit(emitted):
+    from lensdask.cli import _cmd_fit, build_parser
+
+    sub = _submit(emitted["fit.sub"])
+    assert sub["universe"] == "vanilla" and sub.getQArgs() == ""
+    assert "request_gpus" not in sub.keys()  # the fit runs on CPUs, even after a GPU search
+    assert int(sub["request_cpus"]) >= 1 and int(sub["request_memory"]) > 0
+    assert sub["MY.SingularityImage"].startswith('"/cvmfs/') and int(sub["max_retries"]) == 2
+    assert "ExitCode == 2" in sub["retry_until"]  # bad input is not retried
+    env = sub["environment"].strip('"').split()
+    assert "OMP_NUM_THREADS=1" in env and f"DASK_LENSDASK__CLUSTER__N_WORKERS={sub['request_cpus']}" in env
+    args = _arguments(sub)
+    assert args[:4] == ["-m", "lensdask.cli", "fit", "/runs/r1"]
+    parsed = build_parser().parse_args(args[2:])
+    assert parsed.func is _cmd_fit and parsed.run_dir == "/runs/r1" and parsed.top == 25
+
+
+def test_fit_top_follows_the_config_and_without_the_fit_stage_the_dag_ends_with_the_merge(tmp_path):
+    from lensdask import config
+    from lensdask.cli import build_parser
+
+    folder = tmp_path / "condor"
+    common = dict(
+        store="/data/des.zarr",
+        model_dir="/models/a",
+        run_dir="/runs/r1",
+        tiles=TILES,
+        threshold=0.5,
+        floor=0.1,
+        batch_size=64,
+        device="cpu",
+    )
+    files = emit_htcondor_search(folder, **common)
+    args = _arguments(_submit(files["fit.sub"]))
+    assert build_parser().parse_args(args[2:]).top == int(config.get("fit.top"))
+    files = emit_htcondor_search(folder, **common, fit=False)  # again, over the same folder
+    assert "fit.sub" not in files and not (folder / "fit.sub").exists()  # no stale fit.sub left
+    assert _parse_dag(files["search.dag"].read_text()) == (
+        {"tiles": "search.sub", "merge": "merge.sub"},
+        [("tiles", "merge")],
+    )
+
+
 def test_a_malformed_submit_file_is_refused_by_the_bindings():
     with pytest.raises(ValueError):  # "executable /bin/true" has no "="
         htcondor2.Submit("universe = vanilla\nexecutable /bin/true\nqueue\n")
@@ -104,7 +149,8 @@ def _parse_dag(text: str):
 def test_dag_is_valid_dagman_and_builds_with_htcondor_dags(emitted, tmp_path):
     dags = pytest.importorskip("htcondor2.dags")
     jobs, edges = _parse_dag(emitted["search.dag"].read_text())
-    assert jobs == {"tiles": "search.sub", "merge": "merge.sub"} and edges == [("tiles", "merge")]
+    assert jobs == {"tiles": "search.sub", "merge": "merge.sub", "fit": "fit.sub"}
+    assert edges == [("tiles", "merge"), ("merge", "fit")]
     for file in jobs.values():  # every node's submit file is beside the DAG and parses
         _submit(emitted["search.dag"].parent / file)
     # the same graph, built and written by the bindings' DAG writer, has the same nodes and edge

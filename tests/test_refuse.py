@@ -24,6 +24,8 @@ BAD = [
     ("search --zarr {zarr} --model {model} --out {out} --cluster slurm --jobs 0", "--jobs"),
     ("search --zarr {zarr} --model {model} --out {out} --cluster slurm --adapt 5:2", "--adapt"),
     ("search --zarr {zarr} --model {model} --out {out} --emit-htcondor {out} --threshold 7", "--threshold"),
+    ("search --zarr {zarr} --model {model} --out {out} --emit-htcondor {out} --fit-top 0", "--fit-top"),
+    ("search --zarr {zarr} --model {model} --out {out} --fit-top 5", "--emit-htcondor"),
     ("search-tile --zarr {zarr} --model {model} --out {out} --tile 0 --batch-size -3", "--batch-size"),
     ("simulate --out {out} --n 0", "--n"),
     ("simulate --out {out} --n -5", "--n"),
