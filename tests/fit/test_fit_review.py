@@ -33,16 +33,7 @@ from lensdask.review.gallery import gallery_html
 from lensdask.review.zooniverse import UNFITTED_MANIFEST, export_zooniverse
 from lensdask.rundir import best_candidates
 
-TINY = {
-    "lensdask.fit.light_pso": [6, 6],
-    "lensdask.fit.lens_pso": [6, 6],
-    "lensdask.fit.null_pso": [6, 6],
-    "lensdask.fit.local.iterations": 20,
-    "lensdask.fit.lens_starts": 1,
-    "lensdask.fit.null_blobs": [1],
-    "lensdask.fit.hessian": False,
-}
-"""Fitting settings that take a fraction of a second per candidate (as tests/fit/test_fit_run.py)."""
+from test_fit_run import TINY  # the fit tests' tiny settings (a fraction of a second per candidate)
 
 N_FITTED = 3
 """Candidates fitted, of the run's 6."""
