@@ -13,7 +13,10 @@ that passes the top fraction of the tile to them (a cascade).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,6 +24,9 @@ import pandas as pd
 from ..model.ensemble import combine_scores, model_column
 from ..model.infer import forward_proba, input_size
 from ..normalise import ModelInputs, model_inputs, normalisation_spec, spec_key
+
+if TYPE_CHECKING:
+    import torch
 
 HISTOGRAM_BINS = np.linspace(0.0, 1.0, 21)
 """Edges of the per-tile score histogram (lens probability, 20 bins)."""
@@ -212,15 +218,6 @@ class CascadeTopK:
         return self.idx[order], self.images[0][order]
 
 
-def _forward_held(
-    model, card, cards: list[dict], held: np.ndarray, *, device, batch_size: int, precision: str
-) -> np.ndarray:
-    """Lens-class-first probabilities of held rows (:func:`batch_inputs`) for the model of ``card``,
-    one of ``cards``: (n, n_classes)."""
-    x = np.ascontiguousarray(held[:, held_view(cards, card)])
-    return forward_proba(model, x, batch_size=batch_size, device=device, size=input_size(card), precision=precision)
-
-
 def score_models(
     batches: Iterable,
     models: list[tuple],
@@ -295,134 +292,336 @@ def score_models(
     """
     import torch
 
-    from ..store import FLAG_EDGE, FLAG_MASKED
+    fwd = _Forward(torch.device(device), batch_size, precision)
+    ens = _ensemble(models)
+    audit_ids = None if audit_ids is None else np.asarray(audit_ids, dtype=np.int64)
+    # without the tile's row count nothing can be dropped before the end: hold every row
+    k = int(np.ceil(float(keep_fraction) * rows_total)) if rows_total is not None else 2**62
+    top = CascadeTopK(k, prefilter_threshold)  # used only with a prefilter
+    pf = None if prefilter is None else _Prefilter(prefilter[0], prefilter[1], top, audit_ids)
+    stream = _first_stage(batches, ens, fwd, pf)
+    if pf is None:
+        scored = _single_stage(stream, ens)
+    else:
+        if rows_total is None:
+            pf.top.k = int(np.ceil(float(keep_fraction) * len(stream.bad)))
+        scored = _second_stage(stream, ens, fwd, pf, keep_fraction, combine)
+    score = scored.score(combine)
+    out = _output_table(stream, ens, scored, score, floor, audit_ids)
+    extra = {"models": ens.ids, "combine": combine, **scored.extra, "main_scored": int(scored.main.sum())}
+    return out, _tile_stats(stream, score, len(out), extra)
 
-    device = torch.device(device)
+
+# -- the steps of score_models ------------------------------------------------------------
+@dataclass(frozen=True)
+class _Forward:
+    """How the forward passes run.
+
+    Attributes
+    ----------
+    device : torch.device
+    batch_size : int
+        Cutouts per forward pass.
+    precision : str
+        See :data:`lensdask.model.infer.PRECISIONS`.
+    """
+
+    device: torch.device
+    batch_size: int
+    precision: str
+
+    def proba(self, model, card: dict, x: np.ndarray) -> np.ndarray:
+        """Class probabilities (n, n_classes), in the card's class order, of the model of ``card`` on inputs ``x``."""
+        return forward_proba(
+            model, x, batch_size=self.batch_size, device=self.device, size=input_size(card), precision=self.precision
+        )
+
+    def held(self, model, card: dict, cards: list[dict], held: np.ndarray) -> np.ndarray:
+        """:meth:`proba` of held rows (:func:`batch_inputs`) for the model of ``card``, one of ``cards``."""
+        return self.proba(model, card, np.ascontiguousarray(held[:, held_view(cards, card)]))
+
+
+@dataclass(frozen=True)
+class _Ensemble:
+    """The main models of a score.
+
+    Attributes
+    ----------
+    models : list of (torch.nn.Module, dict)
+        The models and their cards.
+    ids : list of str
+        Their model ids.
+    shared_classes : bool
+        Whether every model has the same classes, in the same order.
+    """
+
+    models: list
+    ids: list
+    shared_classes: bool
+
+    @property
+    def cards(self) -> list[dict]:
+        return [c for _, c in self.models]
+
+    @property
+    def classes(self) -> list:
+        """The shared classes, whose mean probabilities are output; none when the models' differ."""
+        return list(self.models[0][1]["classes"]) if self.shared_classes else []
+
+
+def _ensemble(models: list[tuple]) -> _Ensemble:
+    """The main models as an :class:`_Ensemble`.
+
+    Raises
+    ------
+    LensdaskError
+        The same model is given twice.
+    """
     cards = [c for _, c in models]
     ids = [c["model_id"] for c in cards]
     if len(set(ids)) != len(ids):
         from ..errors import LensdaskError
 
         raise LensdaskError(f"the same model is given twice: {ids}")
-    columns = [model_column(i) for i in ids]
-    shared_classes = all(list(c["classes"]) == list(cards[0]["classes"]) for c in cards)
-    classes = list(cards[0]["classes"]) if shared_classes else []
+    return _Ensemble(models, ids, all(list(c["classes"]) == list(cards[0]["classes"]) for c in cards))
+
+
+@dataclass
+class _Prefilter:
+    """The first stage of a cascade, fed the tile's batches one after another.
+
+    Attributes
+    ----------
+    model, card
+        The prefilter and its card.
+    top : CascadeTopK
+        The rows it passes on, with their held inputs.
+    audit_ids : numpy.ndarray or None
+        Object ids the main models score even when it stops them.
+    audited : list of (numpy.ndarray, numpy.ndarray)
+        Row numbers in the tile and held inputs of the finite rows among ``audit_ids`` so far.
+    """
+
+    model: object
+    card: dict
+    top: CascadeTopK
+    audit_ids: np.ndarray | None
+    audited: list = field(default_factory=list)
+
+    def score_batch(self, fwd: _Forward, x: np.ndarray, bad: np.ndarray, table, held, offset: int) -> np.ndarray:
+        """The prefilter's lens probability of each row of a batch (NaN where ``bad``), whose first row is
+        row ``offset`` of the tile; the rows it may pass and the audited ones are kept with their ``held`` inputs.
+        """
+        p = np.full(len(bad), np.nan, dtype=np.float32)
+        p[~bad] = fwd.proba(self.model, self.card, x)[:, int(self.card["lens_class"])]
+        good = np.flatnonzero(~bad)
+        self.top.add(offset + good, p[good], held)  # held: the finite rows, this batch's own arrays
+        if self.audit_ids is not None:
+            hit = np.flatnonzero(np.isin(table["object_id"].to_numpy()[good], self.audit_ids))  # among the finite rows
+            if hit.size:
+                self.audited.append((offset + good[hit], held[hit]))
+        return p
+
+
+@dataclass(frozen=True)
+class _Stream:
+    """A tile's stream after the first stage.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        Every row: ``tile, object_id, ra, dec`` (degrees), optionally ``flags``.
+    bad : numpy.ndarray
+        (n,) rows with non-finite pixels.
+    per_model : list of list of numpy.ndarray
+        Without a prefilter: each main model's lens probabilities, batch by batch.
+    probs : list of numpy.ndarray
+        Without a prefilter and with shared classes: the mean class probabilities, batch by batch.
+    pre : list of numpy.ndarray
+        With a prefilter: its lens probabilities, batch by batch.
+    """
+
+    table: pd.DataFrame
+    bad: np.ndarray
+    per_model: list
+    probs: list
+    pre: list
+
+    @functools.cached_property
+    def flags(self) -> np.ndarray:
+        """(n,) int32 row flags (0 when the table has none)."""
+        if "flags" in self.table.columns:
+            return self.table["flags"].to_numpy().astype(np.int32)
+        return np.zeros(len(self.bad), np.int32)
+
+
+def _first_stage(batches: Iterable, ens: _Ensemble, fwd: _Forward, pf: _Prefilter | None) -> _Stream:
+    """Run the stream of batches through the first stage: every main model, or the prefilter ``pf``."""
     tables, bads, probs_acc, pre_scores = [], [], [], []
-    per_model: list[list[np.ndarray]] = [[] for _ in models]
-    audit_ids = None if audit_ids is None else np.asarray(audit_ids, dtype=np.int64)
-    audit_buf: list[tuple[np.ndarray, np.ndarray]] = []
-    # without the tile's row count nothing can be dropped before the end: hold every row
-    k = int(np.ceil(float(keep_fraction) * rows_total)) if rows_total is not None else 2**62
-    top = CascadeTopK(k, prefilter_threshold)  # used only with a prefilter
+    per_model: list[list[np.ndarray]] = [[] for _ in ens.models]
     offset = 0
     for xs, bad, table, held in batches:
-        n = len(bad)
         tables.append(table.reset_index(drop=True))
         bads.append(bad)
-        if prefilter is None:
-            mean_probs = None
-            for m, ((model, card), x) in enumerate(zip(models, xs)):
-                probs = np.full((n, len(card["classes"])), np.nan, dtype=np.float32)
-                probs[~bad] = forward_proba(
-                    model, x, batch_size=batch_size, device=device, size=input_size(card), precision=precision
-                )
-                per_model[m].append(probs[:, int(card["lens_class"])])
-                if shared_classes:
-                    mean_probs = probs if mean_probs is None else mean_probs + probs
-            if shared_classes and mean_probs is not None:
-                probs_acc.append(mean_probs / len(models))
+        if pf is None:
+            lens, mean_probs = _main_batch(ens, fwd, xs, bad)
+            for acc, p in zip(per_model, lens):
+                acc.append(p)
+            if mean_probs is not None:
+                probs_acc.append(mean_probs)
         else:
-            pmodel, pcard = prefilter
-            p = np.full(n, np.nan, dtype=np.float32)
-            p[~bad] = forward_proba(
-                pmodel, xs[0], batch_size=batch_size, device=device, size=input_size(pcard), precision=precision
-            )[:, int(pcard["lens_class"])]
-            pre_scores.append(p)
-            good = np.flatnonzero(~bad)
-            top.add(offset + good, p[good], held)  # held: the finite rows, this batch's own arrays
-            if audit_ids is not None:
-                hit = np.flatnonzero(np.isin(table["object_id"].to_numpy()[good], audit_ids))  # among the finite rows
-                if hit.size:
-                    audit_buf.append((offset + good[hit], held[hit]))
-        offset += n
-
+            pre_scores.append(pf.score_batch(fwd, xs[0], bad, table, held, offset))
+        offset += len(bad)
     bad = np.concatenate(bads) if bads else np.zeros(0, bool)
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["tile", "object_id", "ra", "dec"])
+    return _Stream(table, bad, per_model, probs_acc, pre_scores)
+
+
+def _main_batch(ens: _Ensemble, fwd: _Forward, xs: list, bad: np.ndarray) -> tuple[list, np.ndarray | None]:
+    """Each main model's lens probabilities (n,) of one batch (``xs[i]``: model i's inputs of its finite rows),
+    and the models' mean class probabilities (n, n_classes) when they share their classes, else None."""
     n = len(bad)
-    stats_extra: dict = {"models": ids, "combine": combine}
-    audit_score = None
-    if prefilter is None:
-        scores = np.stack([np.concatenate(s) if s else np.zeros(0, np.float32) for s in per_model], axis=1)
-        probs = np.concatenate(probs_acc) if probs_acc else np.zeros((0, len(classes)), np.float32)
-        main = ~bad
-    else:
-        pre = np.concatenate(pre_scores) if pre_scores else np.zeros(0, np.float32)
-        if rows_total is None:
-            top.k = int(np.ceil(float(keep_fraction) * n))
-        idx, images = top.rows()
-        scores = np.full((n, len(models)), np.nan, dtype=np.float32)
-        probs = np.full((n, len(classes)), 0.0 if shared_classes else np.nan, dtype=np.float32)
-        for m, (model, card) in enumerate(models):
-            pr = (
-                _forward_held(model, card, cards, images, device=device, batch_size=batch_size, precision=precision)
-                if images is not None and len(idx)
-                else None
-            )
-            if pr is not None:
-                scores[idx, m] = pr[:, int(card["lens_class"])]
-                if shared_classes:
-                    probs[idx] += pr / len(models)
-        main = np.zeros(n, bool)
-        main[idx] = True  # images is None only when idx is empty
-        if shared_classes:
-            probs[~main] = np.nan
-        stage = np.where(bad, 0, np.where(main, 2, 1)).astype(np.int8)
-        by_rank = np.zeros(n, bool)
-        if len(idx):
-            order = np.lexsort((np.arange(n)[~bad], -pre[~bad].astype(np.float64)))
-            by_rank[np.flatnonzero(~bad)[order[: top.k]]] = True
-        stats_extra["prefilter"] = {
-            "model_id": prefilter[1]["model_id"],
+    lens, mean_probs = [], None
+    for (model, card), x in zip(ens.models, xs):
+        probs = np.full((n, len(card["classes"])), np.nan, dtype=np.float32)
+        probs[~bad] = fwd.proba(model, card, x)
+        lens.append(probs[:, int(card["lens_class"])])
+        if ens.shared_classes:
+            mean_probs = probs if mean_probs is None else mean_probs + probs
+    if ens.shared_classes and mean_probs is not None:
+        return lens, mean_probs / len(ens.models)
+    return lens, None
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """The scores of a tile's rows.
+
+    Attributes
+    ----------
+    scores : numpy.ndarray
+        (n, n_models) float32 lens probability of each main model; NaN where it did not score the row.
+    probs : numpy.ndarray
+        (n, n_classes) float32 mean class probabilities of the main models (:attr:`_Ensemble.classes`).
+    main : numpy.ndarray
+        (n,) rows the main models scored.
+    pre, stage : numpy.ndarray or None
+        With a prefilter: its lens probability (n,), and each row's stage (0 non-finite pixels,
+        1 stopped by the prefilter, 2 scored by the main models).
+    audit_score : numpy.ndarray or None
+        With audited rows: the main models' score of those the prefilter stopped (n,), NaN elsewhere.
+    extra : dict
+        The statistics ``prefilter`` and ``audit``, when they apply.
+    """
+
+    scores: np.ndarray
+    probs: np.ndarray
+    main: np.ndarray
+    pre: np.ndarray | None = None
+    stage: np.ndarray | None = None
+    audit_score: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+    def score(self, combine: str) -> np.ndarray:
+        """The rows' ``score``: the main models' scores combined (:func:`combine_scores`); NaN where they
+        scored none."""
+        n, n_models = self.scores.shape
+        score = np.full(n, np.nan, dtype=np.float32)
+        if n:
+            main = self.main
+            score[main] = combine_scores(self.scores[main], combine) if n_models > 1 else self.scores[main, 0]
+        return score
+
+
+def _single_stage(s: _Stream, ens: _Ensemble) -> _Scored:
+    """The scores without a prefilter: every finite row by every main model."""
+    scores = np.stack([np.concatenate(p) if p else np.zeros(0, np.float32) for p in s.per_model], axis=1)
+    probs = np.concatenate(s.probs) if s.probs else np.zeros((0, len(ens.classes)), np.float32)
+    return _Scored(scores, probs, ~s.bad)
+
+
+def _second_stage(
+    s: _Stream, ens: _Ensemble, fwd: _Forward, pf: _Prefilter, keep_fraction: float, combine: str
+) -> _Scored:
+    """The scores of a cascade: the main models score the rows the prefilter passes (``pf.top``), and the
+    audited rows it stops."""
+    bad, n = s.bad, len(s.bad)
+    pre = np.concatenate(s.pre) if s.pre else np.zeros(0, np.float32)
+    idx, images = pf.top.rows()
+    scores = np.full((n, len(ens.models)), np.nan, dtype=np.float32)
+    probs = np.full((n, len(ens.classes)), 0.0 if ens.shared_classes else np.nan, dtype=np.float32)
+    for m, (model, card) in enumerate(ens.models):
+        pr = fwd.held(model, card, ens.cards, images) if images is not None and len(idx) else None
+        if pr is not None:
+            scores[idx, m] = pr[:, int(card["lens_class"])]
+            if ens.shared_classes:
+                probs[idx] += pr / len(ens.models)
+    main = np.zeros(n, bool)
+    main[idx] = True  # images is None only when idx is empty
+    if ens.shared_classes:
+        probs[~main] = np.nan
+    stage = np.where(bad, 0, np.where(main, 2, 1)).astype(np.int8)
+    by_rank = np.zeros(n, bool)
+    if len(idx):
+        order = np.lexsort((np.arange(n)[~bad], -pre[~bad].astype(np.float64)))
+        by_rank[np.flatnonzero(~bad)[order[: pf.top.k]]] = True
+    extra: dict = {
+        "prefilter": {
+            "model_id": pf.card["model_id"],
             "keep_fraction": float(keep_fraction),
-            "threshold": float(prefilter_threshold),
-            "top_k": int(top.k),
+            "threshold": pf.top.threshold,
+            "top_k": int(pf.top.k),
             "scored": int((~bad).sum()),
             "passed": int(main.sum()),
             "passed_by_threshold_only": int((main & ~by_rank).sum()),
         }
-        if audit_ids is not None:
-            audit_score = np.full(n, np.nan, dtype=np.float32)
-            rows = np.concatenate([a[0] for a in audit_buf]) if audit_buf else np.zeros(0, np.int64)
-            imgs = np.concatenate([a[1] for a in audit_buf]) if audit_buf else None
-            dropped = ~main[rows] if len(rows) else np.zeros(0, bool)
-            if dropped.any() and imgs is not None:
-                per = np.stack(
-                    [
-                        _forward_held(
-                            model, card, cards, imgs[dropped], device=device, batch_size=batch_size, precision=precision
-                        )[:, int(card["lens_class"])]
-                        for model, card in models
-                    ],
-                    axis=1,
-                )
-                # ranks need the rows the main models saw: a dropped row is ranked among them
-                if combine == "rank" and len(models) > 1:
-                    audit_score[rows[dropped]] = [
-                        combine_scores(np.vstack([scores[main], r[None]]), "rank")[-1] for r in per
-                    ]
-                else:
-                    audit_score[rows[dropped]] = combine_scores(per, combine)
-            stats_extra["audit"] = {"rows": int(len(rows)), "dropped": int(dropped.sum())}
-    score = np.full(n, np.nan, dtype=np.float32)
-    if n:
-        score[main] = combine_scores(scores[main], combine) if len(models) > 1 else scores[main, 0]
-    stats_extra["main_scored"] = int(main.sum())
+    }
+    audit_score = None
+    if pf.audit_ids is not None:
+        audit_score, extra["audit"] = _audit_scores(pf, ens, fwd, scores, main, combine)
+    return _Scored(scores, probs, main, pre, stage, audit_score, extra)
 
-    flags = table["flags"].to_numpy().astype(np.int32) if "flags" in table.columns else np.zeros(n, np.int32)
-    last = score if prefilter is None else np.where(main, score, pre)
+
+def _audit_scores(
+    pf: _Prefilter, ens: _Ensemble, fwd: _Forward, scores: np.ndarray, main: np.ndarray, combine: str
+) -> tuple[np.ndarray, dict]:
+    """What the main models would score the audited rows the prefilter stopped.
+
+    Returns
+    -------
+    audit_score : numpy.ndarray
+        (n,) float32; NaN but for the audited rows that ``main`` (the rows the main models scored, whose
+        ``scores`` a rank combination ranks a dropped row among) leaves out.
+    stats : dict
+        ``rows``: audited rows in the tile, ``dropped``: those the prefilter stopped.
+    """
+    audit_score = np.full(len(main), np.nan, dtype=np.float32)
+    rows = np.concatenate([a[0] for a in pf.audited]) if pf.audited else np.zeros(0, np.int64)
+    imgs = np.concatenate([a[1] for a in pf.audited]) if pf.audited else None
+    dropped = ~main[rows] if len(rows) else np.zeros(0, bool)
+    if dropped.any() and imgs is not None:
+        per = np.stack(
+            [fwd.held(model, card, ens.cards, imgs[dropped])[:, int(card["lens_class"])] for model, card in ens.models],
+            axis=1,
+        )
+        # ranks need the rows the main models saw: a dropped row is ranked among them
+        if combine == "rank" and len(ens.models) > 1:
+            audit_score[rows[dropped]] = [combine_scores(np.vstack([scores[main], r[None]]), "rank")[-1] for r in per]
+        else:
+            audit_score[rows[dropped]] = combine_scores(per, combine)
+    return audit_score, {"rows": int(len(rows)), "dropped": int(dropped.sum())}
+
+
+def _output_table(
+    s: _Stream, ens: _Ensemble, r: _Scored, score: np.ndarray, floor: float, audit_ids: np.ndarray | None
+) -> pd.DataFrame:
+    """The kept rows (see :func:`score_models`' ``table``): those with non-finite pixels, those whose last
+    score reaches ``floor`` (lens probability), and audited ones."""
+    table, bad, n = s.table, s.bad, len(s.bad)
+    last = score if r.pre is None else np.where(r.main, score, r.pre)
     keep = bad | (last >= floor)
     audited = None
-    if audit_score is not None:  # an audited row is kept whatever its scores
+    if r.audit_score is not None and audit_ids is not None:  # an audited row is kept whatever its scores
         audited = np.isin(table["object_id"].to_numpy(np.int64), audit_ids) if n else np.zeros(0, bool)
         keep |= audited
     out = pd.DataFrame(
@@ -434,34 +633,42 @@ def score_models(
             "score": score[keep],
         }
     )
-    if len(models) > 1:
-        for m, col in enumerate(columns):
-            out[col] = scores[keep, m]
-    for k, name in enumerate(classes):
-        out[class_column(name)] = probs[keep, k]
-    if prefilter is not None:
-        out["prefilter_score"] = pre[keep]
-        out["stage"] = stage[keep]
-    if audit_score is not None and audited is not None:
+    if len(ens.models) > 1:
+        for m, i in enumerate(ens.ids):
+            out[model_column(i)] = r.scores[keep, m]
+    for k, name in enumerate(ens.classes):
+        out[class_column(name)] = r.probs[keep, k]
+    if r.pre is not None and r.stage is not None:
+        out["prefilter_score"] = r.pre[keep]
+        out["stage"] = r.stage[keep]
+    if r.audit_score is not None and audited is not None:
         out["audited"] = audited[keep]
-        out["audit_score"] = audit_score[keep]
+        out["audit_score"] = r.audit_score[keep]
     out["nan_pixels"] = bad[keep]
-    out["flags"] = flags[keep]
+    out["flags"] = s.flags[keep]
     out["tile"] = out["tile"].astype(str)
-    out["model"] = ids[0] if len(ids) == 1 else "+".join(ids)
+    out["model"] = ens.ids[0] if len(ens.ids) == 1 else "+".join(ens.ids)
+    return out
+
+
+def _tile_stats(s: _Stream, score: np.ndarray, kept: int, extra: dict) -> dict:
+    """:func:`score_models`' ``stats`` of the tile: row counts, ``kept`` rows, the score histogram and
+    maximum, the sky box (degrees), then ``extra``."""
+    from ..store import FLAG_EDGE, FLAG_MASKED
+
+    bad, flags, n = s.bad, s.flags, len(s.bad)
     finite = score[np.isfinite(score)]
-    ra = table["ra"].to_numpy(dtype=float) if n else np.zeros(0)
-    dec = table["dec"].to_numpy(dtype=float) if n else np.zeros(0)
-    stats = {
+    ra = s.table["ra"].to_numpy(dtype=float) if n else np.zeros(0)
+    dec = s.table["dec"].to_numpy(dtype=float) if n else np.zeros(0)
+    return {
         "rows": n,
         "scored": int((~bad).sum()),
         "nan_rows": int(bad.sum()),
         "masked_rows": int(((flags & FLAG_MASKED) != 0).sum()),
         "edge_rows": int(((flags & FLAG_EDGE) != 0).sum()),
-        "kept": len(out),
+        "kept": kept,
         "histogram": np.histogram(finite, bins=HISTOGRAM_BINS)[0].tolist(),
         "max_score": float(finite.max()) if finite.size else None,
         **sky_box(ra, dec),
-        **stats_extra,
+        **extra,
     }
-    return out, stats
