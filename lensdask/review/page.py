@@ -159,7 +159,8 @@ def card(
     tile, oid = str(row["tile"]), int(row["object_id"])
     fit_info = fit_panel = ""
     if fitted:
-        fit_info = f'<span class="fit">lens model: {html.escape(panel_title(row))}</span>'
+        title = html.escape(panel_title(row)).replace("θ_E", "θ<sub>E</sub>")
+        fit_info = f'<span class="fit">lens model: {title}</span>'
         fit_panel = (
             f'<figure class="fit-panel"><img data-view="{PANEL_VIEW}" src="{src(i, PANEL_VIEW)}" '
             'alt="lens model fit: data, lens model, residual, source">'

@@ -181,7 +181,7 @@ def test_gallery_shows_the_panel_for_fitted_candidates_only(fitted, table, tmp_p
         oid = int(card.split('data-object-id="')[1].split('"')[0])
         if fits.loc[oid, "fit_status"] == "ok":
             assert f'data-view="{PANEL_VIEW}" src="data:image/png;base64,' in card
-            assert f"θ_E = {fits.loc[oid, 'fit_theta_E']:.2f}" in card and "ΔBIC = " in card
+            assert f"θ<sub>E</sub> = {fits.loc[oid, 'fit_theta_E']:.2f}" in card and "ΔBIC = " in card
         else:
             assert PANEL_VIEW not in card and "ΔBIC" not in card
 
