@@ -20,6 +20,7 @@ import json
 import math
 import os
 import pathlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -307,17 +308,83 @@ def inject(
     TypeError
         A model where the cutouts belong (the order before: ``inject(model, cutouts)``).
     """
-    from tqdm.auto import tqdm
-
-    from ..simulate.constraints import Constraints, RejectionStats
-    from ..simulate.inputs import Backgrounds, border_sigma
-    from ..simulate.paint import aperture_flux, paint_arcs
-    from ..simulate.render import get_renderer
     from .checkpoint import load_checkpoint, read_card, refuse_model_as_store, resolve_model_dir
-    from .infer import predict_proba, resolve_batch_size, resolve_device
-    from .metrics import bin_edges, binary_metrics, completeness_by
+    from .infer import resolve_batch_size, resolve_device
 
     refuse_model_as_store(cutouts, "inject(cutouts, model)")
+    s = _settings(threshold, orientations, zeropoint, aperture, n_bins, top)
+    model_dir = resolve_model_dir(model)
+    card = read_card(model_dir)
+    constraints = _constraints(constraints, list(card["bands"]))
+    cut = _usable_cutouts(cutouts, card, galaxies)  # everything read and checked before any work
+    dev = resolve_device(device)
+    batch_size = resolve_batch_size(config.get("search.batch_size", batch_size), dev)
+    net, card = load_checkpoint(model_dir, device=dev)
+    p = _paint(cut, card, s.orientations, seed, constraints, max_draws, progress)
+    s_plain = _lens_probability(net, card, p.oriented, batch_size, dev)
+    s_paint = _lens_probability(net, card, p.painted, batch_size, dev)
+    order = np.argsort(-s_plain, kind="mergesort")[: s.top]  # the top unpainted, best first
+    result = _result(card, model_dir, galaxies, seed, cut, p, s_plain, s_paint, order, s, constraints)
+    pngs = _png_paths(png, out)
+    if pngs:
+        title = f"{result['model_id']} on {pathlib.PurePath(cut.source).name}"
+        plot_completeness(result, pngs["completeness"], title=title)
+        plot_top(
+            p.oriented[order],
+            s_plain[order],
+            [(r["row"], r["orientation"]) for r in result["top_unpainted"]],
+            list(card["bands"]),
+            pngs["top_unpainted"],
+            title=f"highest-scoring unpainted: {title}",
+            threshold=s.threshold,
+        )
+        result["completeness_png"] = str(pngs["completeness"])
+        result["top_unpainted_png"] = str(pngs["top_unpainted"])
+    _write_json(result, json_path, out)
+    if record:
+        from .evaluate import record_evaluation
+
+        record_evaluation(model_dir, result)
+    return result
+
+
+# -- the steps of inject ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Settings:
+    """The options of one :func:`inject`: arguments, else configuration, checked.
+
+    Attributes
+    ----------
+    threshold : float
+        Operating lens probability.
+    orientations : int
+        Rotations/flips of each cutout, 1-8.
+    zeropoint : float
+        Of the lens magnitudes, mag.
+    aperture : float
+        Radius of the lens-flux aperture, arcsec.
+    n_bins : int
+        Bins of the completeness curves.
+    top : int
+        Highest-scoring unpainted cutouts listed and drawn.
+    """
+
+    threshold: float
+    orientations: int
+    zeropoint: float
+    aperture: float
+    n_bins: int
+    top: int
+
+
+def _settings(threshold, orientations, zeropoint, aperture, n_bins, top) -> _Settings:
+    """Fill :func:`inject`'s options left at None from the configuration, and check them.
+
+    Raises
+    ------
+    LensdaskError
+        Orientations outside 1-8, fewer than one bin, a negative ``top`` or an aperture not above 0.
+    """
     threshold = float(config.get("search.threshold", threshold))
     orientations = int(config.get("inject.orientations", orientations))
     if not 1 <= orientations <= N_DIHEDRAL:
@@ -328,16 +395,75 @@ def inject(
     top = int(config.get("inject.top", top))
     if n_bins < 1 or top < 0 or aperture <= 0:
         raise LensdaskError(f"bins must be >= 1, top >= 0 and aperture > 0 (got {n_bins}, {top}, {aperture})")
-    model_dir = resolve_model_dir(model)
-    card = read_card(model_dir)
-    bands, stamp, card_ps = list(card["bands"]), int(card["stamp"]), float(card["pixel_scale"])
-    where = card.get("model_id", card["arch"])
+    return _Settings(threshold, orientations, zeropoint, aperture, n_bins, top)
+
+
+def _constraints(constraints: Constraints | dict | None, bands: list[str]) -> Constraints:
+    """``constraints``, or ``simulate.constraints`` with a dict's keys overriding them.
+
+    Raises
+    ------
+    LensdaskError
+        Their ``snr_band`` is not among the model's ``bands``.
+    """
+    from ..simulate.constraints import Constraints
+
     if not isinstance(constraints, Constraints):
         constraints = Constraints.from_config(constraints)
     if constraints.snr_band not in bands:
         raise LensdaskError(f"snr_band {constraints.snr_band!r} is not among the model's bands {bands}")
+    return constraints
 
-    # -- read and check everything before any work ------------------------------------
+
+@dataclass(frozen=True)
+class _Cutouts:
+    """The selected real cutouts, and those of them that can be painted and scored.
+
+    Attributes
+    ----------
+    source : str
+        Where they were read (:func:`read_real_cutouts`).
+    rows : numpy.ndarray
+        (n,) the selected rows of the source.
+    nonfinite, no_noise : numpy.ndarray
+        (n,) bool: a non-finite pixel; no measurable background noise (skipped).
+    ok : numpy.ndarray
+        Positions in ``rows`` of the usable cutouts.
+    crops : numpy.ndarray
+        (n_ok, bands, stamp, stamp) float32 usable cutouts cropped to the model's stamp.
+    noise : numpy.ndarray
+        (n_ok, bands) background noise of each band, in the cutouts' units.
+    sigma_v : numpy.ndarray
+        (n_ok,) velocity dispersion, km/s (NaN when unknown).
+    """
+
+    source: str
+    rows: np.ndarray
+    nonfinite: np.ndarray
+    no_noise: np.ndarray
+    ok: np.ndarray
+    crops: np.ndarray
+    noise: np.ndarray
+    sigma_v: np.ndarray
+
+    @property
+    def used_rows(self) -> np.ndarray:
+        """The source rows of the usable cutouts."""
+        return self.rows[self.ok]
+
+
+def _checked_cutouts(cutouts, card: dict) -> dict:
+    """:func:`read_real_cutouts` of ``cutouts`` in the model's bands, checked against its card.
+
+    Raises
+    ------
+    ModelMismatchError
+        Smaller stamps, or another pixel scale.
+    LensdaskError
+        Cutouts that are not square, or none.
+    """
+    bands, stamp, card_ps = list(card["bands"]), int(card["stamp"]), float(card["pixel_scale"])
+    where = card.get("model_id", card["arch"])
     real = read_real_cutouts(cutouts, bands)
     full = real["images"]
     if full.shape[-1] != full.shape[-2]:
@@ -354,13 +480,29 @@ def inject(
         )
     if len(full) == 0:
         raise LensdaskError(f"{real['source']} holds no cutouts")
-    rows = select_rows(galaxies, len(full))
-    full = full[rows]
-    sigma_v = real["sigma_v"][rows]
+    return real
+
+
+def _usable_cutouts(cutouts, card: dict, galaxies) -> _Cutouts:
+    """The selected cutouts (``galaxies``) of :func:`_checked_cutouts`, their usable ones cropped.
+
+    Raises
+    ------
+    LensdaskError
+        None of them is usable.
+    SplitError
+        Some usable ones are galaxies the model trained on, or the selection is invalid.
+    """
+    from ..simulate.inputs import border_sigma
+
+    real = _checked_cutouts(cutouts, card)
+    rows = select_rows(galaxies, len(real["images"]))
+    full = real["images"][rows]
     nonfinite = ~np.isfinite(full.reshape(len(full), -1)).all(axis=1)
-    noise = np.full((len(full), len(bands)), np.nan)
+    n_bands = len(card["bands"])
+    noise = np.full((len(full), n_bands), np.nan)
     for k in np.flatnonzero(~nonfinite):
-        noise[k] = [border_sigma(full[k, j]) for j in range(len(bands))]
+        noise[k] = [border_sigma(full[k, j]) for j in range(n_bands)]
     no_noise = ~nonfinite & ~(noise > 0).all(axis=1)
     ok = np.flatnonzero(~nonfinite & ~no_noise)
     if ok.size == 0:
@@ -369,28 +511,66 @@ def inject(
             f"({int(nonfinite.sum())} with non-finite pixels, {int(no_noise.sum())} without "
             "measurable background noise)"
         )
-    crops = np.ascontiguousarray(_crop(full[ok], stamp), dtype=np.float32)
+    crops = np.ascontiguousarray(_crop(full[ok], int(card["stamp"])), dtype=np.float32)
     check_disjoint(_card_with_training_galaxies(card), fingerprints(crops), names=rows[ok].tolist())
+    return _Cutouts(real["source"], rows, nonfinite, no_noise, ok, crops, noise[ok], real["sigma_v"][rows][ok])
 
-    # -- oriented cutouts, painted and not ----------------------------------------------
-    dev = resolve_device(device)
-    batch_size = resolve_batch_size(config.get("search.batch_size", batch_size), dev)
-    net, card = load_checkpoint(model_dir, device=dev)
-    lens_col = int(card["lens_class"])
-    n_ok = len(ok)
+
+@dataclass(frozen=True)
+class _Painted:
+    """The usable cutouts in each orientation, and the same with an arc painted on.
+
+    Attributes
+    ----------
+    oriented : numpy.ndarray
+        (n_ok * orientations, bands, stamp, stamp) float32, unpainted.
+    cut_of, orient_of : numpy.ndarray
+        Of each oriented cutout: its position among the usable cutouts, and its orientation.
+    painted : numpy.ndarray
+        (n_painted, bands, stamp, stamp) float32, the oriented cutouts an arc could be painted on.
+    table : pandas.DataFrame
+        Their systems (:func:`~lensdask.simulate.paint.paint_arcs`; ``row``: position in ``oriented``).
+    acceptance : float
+        Fraction of the drawn systems that passed the constraints.
+    """
+
+    oriented: np.ndarray
+    cut_of: np.ndarray
+    orient_of: np.ndarray
+    painted: np.ndarray
+    table: pd.DataFrame
+    acceptance: float
+
+
+def _paint(
+    cut: _Cutouts, card: dict, orientations: int, seed: int, constraints: Constraints, max_draws, progress: bool
+) -> _Painted:
+    """Orient every usable cutout and paint an arc on each orientation.
+
+    Usable cutout ``c`` in orientation ``o`` draws its system from ``row_rng(seed, 8 row + o, PAINT_STREAM)``,
+    ``row`` its source row.
+    """
+    from tqdm.auto import tqdm
+
+    from ..simulate.constraints import RejectionStats
+    from ..simulate.inputs import Backgrounds
+    from ..simulate.paint import paint_arcs
+    from ..simulate.render import get_renderer
+
+    n_ok = len(cut.ok)
     oriented = np.stack(
-        [np.ascontiguousarray(dihedral(crops[c], o)) for c in range(n_ok) for o in range(orientations)]
+        [np.ascontiguousarray(dihedral(cut.crops[c], o)) for c in range(n_ok) for o in range(orientations)]
     ).astype(np.float32)
     cut_of = np.repeat(np.arange(n_ok), orientations)  # position among the usable cutouts
     orient_of = np.tile(np.arange(orientations), n_ok)
     bg = Backgrounds(
         oriented,
-        np.repeat(noise[ok], orientations, axis=0),
-        np.repeat(sigma_v[ok], orientations),
-        real["source"],
-        np.repeat(rows[ok], orientations),
+        np.repeat(cut.noise, orientations, axis=0),
+        np.repeat(cut.sigma_v, orientations),
+        cut.source,
+        np.repeat(cut.used_rows, orientations),
     )
-    renderer = get_renderer(bands, card_ps, stamp)
+    renderer = get_renderer(list(card["bands"]), float(card["pixel_scale"]), int(card["stamp"]))
     stats = RejectionStats()
     painted_parts, tables = [], []
     for c in tqdm(range(n_ok), desc="inject", unit="cutout", disable=not progress):
@@ -399,7 +579,7 @@ def inject(
             bg,
             idx,
             seed,
-            keys=(N_DIHEDRAL * int(rows[ok[c]]) + orient_of[idx]).tolist(),
+            keys=(N_DIHEDRAL * int(cut.used_rows[c]) + orient_of[idx]).tolist(),
             constraints=constraints,
             max_draws=max_draws,
             renderer=renderer,
@@ -407,102 +587,128 @@ def inject(
         )
         painted_parts.append(im)
         tables.append(tab)
-    painted = np.concatenate(painted_parts)
     ptab = (
         pd.concat([t for t in tables if len(t)], ignore_index=True)
         if any(len(t) for t in tables)
         else pd.DataFrame({"row": pd.Series([], dtype=int)})
     )
+    return _Painted(oriented, cut_of, orient_of, np.concatenate(painted_parts), ptab, stats.acceptance_fraction)
 
-    s_plain = predict_proba(net, card, oriented, batch_size=batch_size, device=dev)[:, lens_col].astype(float)
-    s_paint = (
-        predict_proba(net, card, painted, batch_size=batch_size, device=dev)[:, lens_col].astype(float)
-        if len(painted)
-        else np.zeros(0)
-    )
 
-    # -- the report ---------------------------------------------------------------------
+def _lens_probability(net, card: dict, images: np.ndarray, batch_size: int, dev) -> np.ndarray:
+    """The model's lens probability (n,) of ``images``; empty for no images."""
+    from .infer import predict_proba
+
+    if not len(images):
+        return np.zeros(0)
+    return predict_proba(net, card, images, batch_size=batch_size, device=dev)[:, int(card["lens_class"])].astype(float)
+
+
+def _completeness_curves(
+    cut: _Cutouts, p: _Painted, found: np.ndarray, s: _Settings, constraints: Constraints, card: dict
+) -> dict:
+    """Completeness of the painted cutouts (``found``: scored at or above the threshold) in bins of
+    ``theta_E`` (arcsec), arc S/N and the lens galaxy's magnitude (mag, in the i band, else the reddest)."""
+    from ..simulate.paint import aperture_flux
+    from .metrics import bin_edges, completeness_by
+
+    bands = list(card["bands"])
     mag_band = "i" if "i" in bands else bands[-1]
-    flux = aperture_flux(crops[:, bands.index(mag_band)], aperture, card_ps)
+    flux = aperture_flux(cut.crops[:, bands.index(mag_band)], s.aperture, float(card["pixel_scale"]))
     with np.errstate(divide="ignore", invalid="ignore"):
-        lens_mag = np.where(flux > 0, zeropoint - 2.5 * np.log10(np.where(flux > 0, flux, 1.0)), np.nan)
-    pos = ptab["row"].to_numpy().astype(int)  # positions in bg
-    found = s_paint >= threshold
+        lens_mag = np.where(flux > 0, s.zeropoint - 2.5 * np.log10(np.where(flux > 0, flux, 1.0)), np.nan)
+    ptab = p.table
+    pos = ptab["row"].to_numpy().astype(int)  # positions in oriented
     curves = {}
     snr_key = f"arc_snr_{constraints.snr_band}"
     for name, values in (
         ("theta_E", ptab["theta_E"].to_numpy() if len(ptab) else np.zeros(0)),
         (snr_key, ptab[snr_key].to_numpy() if len(ptab) else np.zeros(0)),
-        (f"lens_mag_{mag_band}", lens_mag[cut_of[pos]] if len(pos) else np.zeros(0)),
+        (f"lens_mag_{mag_band}", lens_mag[p.cut_of[pos]] if len(pos) else np.zeros(0)),
     ):
-        edges = bin_edges(values, n_bins)
+        edges = bin_edges(values, s.n_bins)
         curves[name] = completeness_by(values, found, edges) if edges.size else []
+    return curves
+
+
+def _result(
+    card: dict,
+    model_dir,
+    galaxies,
+    seed: int,
+    cut: _Cutouts,
+    p: _Painted,
+    s_plain: np.ndarray,
+    s_paint: np.ndarray,
+    order: np.ndarray,
+    s: _Settings,
+    constraints: Constraints,
+) -> dict:
+    """:func:`inject`'s result, before the files: the scores ``s_plain`` of the oriented cutouts and
+    ``s_paint`` of the painted ones, and ``order``, the positions of the top unpainted in ``p.oriented``."""
+    from .metrics import binary_metrics
+
+    found = s_paint >= s.threshold
     metrics = binary_metrics(np.r_[np.ones(len(s_paint), bool), np.zeros(len(s_plain), bool)], np.r_[s_paint, s_plain])
-    k_fp = int((s_plain >= threshold).sum())
+    k_fp = int((s_plain >= s.threshold).sum())
     k_found = int(found.sum())
-    order = np.argsort(-s_plain, kind="mergesort")[:top]
-    result = {
+    rows = cut.rows
+    return {
         "kind": "inject",
         "model_id": card.get("model_id"),
         "model": str(model_dir),
-        "cutouts": real["source"],
+        "cutouts": cut.source,
         "galaxies": galaxies
         if galaxies is None or isinstance(galaxies, str)
         else [int(g) for g in np.atleast_1d(galaxies)],
-        "rows": rows[ok].tolist(),
-        "rows_nonfinite": rows[nonfinite].tolist(),
-        "rows_no_noise": rows[no_noise].tolist(),
-        "n_cutouts": int(n_ok),
-        "n_nonfinite": int(nonfinite.sum()),
-        "n_no_noise": int(no_noise.sum()),
-        "orientations": orientations,
+        "rows": cut.used_rows.tolist(),
+        "rows_nonfinite": rows[cut.nonfinite].tolist(),
+        "rows_no_noise": rows[cut.no_noise].tolist(),
+        "n_cutouts": int(len(cut.ok)),
+        "n_nonfinite": int(cut.nonfinite.sum()),
+        "n_no_noise": int(cut.no_noise.sum()),
+        "orientations": s.orientations,
         "n_unpainted": int(len(s_plain)),
         "n_painted": int(len(s_paint)),
         "n_paint_failed": int(len(s_plain) - len(s_paint)),
         "seed": int(seed),
-        "threshold": threshold,
+        "threshold": s.threshold,
         **{k: metrics[k] for k in ("auroc", "tpr0", "tpr10", "tpr_fpr_1e-3", "tpr_fpr_1e-4")},
         "false_positives": k_fp,
         "fpr": k_fp / len(s_plain),
         "fpr_interval": list(clopper_pearson(k_fp, len(s_plain))),
         "completeness": k_found / len(s_paint) if len(s_paint) else math.nan,
         "completeness_interval": list(clopper_pearson(k_found, len(s_paint))),
-        "completeness_by": curves,
+        "completeness_by": _completeness_curves(cut, p, found, s, constraints, card),
         "top_unpainted": [
-            {"row": int(rows[ok[cut_of[j]]]), "orientation": int(orient_of[j]), "score": float(s_plain[j])}
+            {"row": int(cut.used_rows[p.cut_of[j]]), "orientation": int(p.orient_of[j]), "score": float(s_plain[j])}
             for j in order
         ],
-        "paint_acceptance": stats.acceptance_fraction,
+        "paint_acceptance": p.acceptance,
         "constraints": constraints.as_dict(),
-        "zeropoint": zeropoint,
-        "aperture": aperture,
-        "pixel_scale": card_ps,
+        "zeropoint": s.zeropoint,
+        "aperture": s.aperture,
+        "pixel_scale": float(card["pixel_scale"]),
     }
 
-    pngs = {}
+
+def _png_paths(png, out) -> dict:
+    """The figures' paths, ``completeness`` and ``top_unpainted``: by the ``png`` prefix, else in the folder
+    ``out``; {} for neither."""
     if png is not None:
         prefix = os.fspath(png)
         in_dir = prefix.endswith(("/", os.sep)) or os.path.isdir(prefix)
-        pngs = {
+        return {
             k: pathlib.Path(prefix) / f"{k}.png" if in_dir else pathlib.Path(f"{prefix}_{k}.png")
             for k in ("completeness", "top_unpainted")
         }
-    elif out is not None:
-        pngs = {k: pathlib.Path(os.fspath(out)) / f"{k}.png" for k in ("completeness", "top_unpainted")}
-    if pngs:
-        title = f"{result['model_id']} on {pathlib.PurePath(real['source']).name}"
-        plot_completeness(result, pngs["completeness"], title=title)
-        plot_top(
-            oriented[order],
-            s_plain[order],
-            [(r["row"], r["orientation"]) for r in result["top_unpainted"]],
-            bands,
-            pngs["top_unpainted"],
-            title=f"highest-scoring unpainted: {title}",
-            threshold=threshold,
-        )
-        result["completeness_png"] = str(pngs["completeness"])
-        result["top_unpainted_png"] = str(pngs["top_unpainted"])
+    if out is not None:
+        return {k: pathlib.Path(os.fspath(out)) / f"{k}.png" for k in ("completeness", "top_unpainted")}
+    return {}
+
+
+def _write_json(result: dict, json_path, out) -> None:
+    """Write ``result`` as JSON to ``json_path`` and ``out/inject.json`` (those given); ``json`` names the first."""
     from .checkpoint import jsonable
 
     for path in (json_path, None if out is None else pathlib.Path(os.fspath(out)) / "inject.json"):
@@ -511,11 +717,6 @@ def inject(
             path.parent.mkdir(parents=True, exist_ok=True)
             result.setdefault("json", str(path))
             path.write_text(json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n")
-    if record:
-        from .evaluate import record_evaluation
-
-        record_evaluation(model_dir, result)
-    return result
 
 
 def plot_completeness(result: dict, path, *, title: str = "") -> None:
