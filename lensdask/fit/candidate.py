@@ -19,9 +19,11 @@ Fit columns (every one prefixed ``fit_``; per-band ones suffixed ``_<band>``)
 ``fit_null_blobs``     light blobs of the best null model
 ``fit_masked``         neighbours masked (the same pixels in both models)
 ``fit_flags``          comma-separated: ``bound:<param>`` (a main parameter at its bound),
-                       ``implausible`` (|dBIC| above ``fit.max_abs_dbic``), ``hessian`` (the Hessian at the
-                       best fit is not positive definite: no errors), ``restarts`` (the two best lens-model
-                       starts differ by more than ``fit.restart_tolerance`` in chi-square)
+                       ``implausible`` (|dBIC| above ``fit.max_abs_dbic``), ``hessian`` (the covariance at
+                       the best fit is singular: no errors), ``optimiser`` (the lens model's optimisation
+                       stopped at ``fit.max_iterations``), ``restarts`` (optimised again from a perturbed
+                       copy, the lens model returned to an Einstein radius more than
+                       ``fit.restart_tolerance`` (fractional) away)
 ``fit_converged``      no flag but ``implausible``
 ``fit_seconds``        wall time of the fit
 """
@@ -92,7 +94,9 @@ def flags_of(result: dict, *, max_abs_dbic: float, restart_tolerance: float) -> 
         flags.append("implausible")
     if not result["hessian_ok"]:
         flags.append("hessian")
-    if np.isfinite(result["restart_dchi2"]) and result["restart_dchi2"] > restart_tolerance:
+    if not result.get("optimiser_ok", True):
+        flags.append("optimiser")
+    if np.isfinite(result["restart_dtheta"]) and result["restart_dtheta"] > restart_tolerance:
         flags.append("restarts")
     return flags
 

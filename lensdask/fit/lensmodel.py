@@ -1,45 +1,46 @@
-"""Fit one candidate's stamp with lenstronomy: a lens model against a null model. The fit package's only
-lenstronomy importer (as :mod:`lensdask.simulate.render` is the simulation's).
+"""Fit one candidate's stamps: a lens model against a null model. With :mod:`lensdask.fit.engine`, the fit
+package's only lenstronomy importers (as :mod:`lensdask.simulate.render` is the simulation's).
 
 Both models see the same pixels (the stamp's fit region, neighbours masked: :mod:`lensdask.fit.mask`),
 the same PSF (a Gaussian of each band's recorded FWHM) and the same noise (the band's sky noise plus
-the Poisson noise of the model, ``model / exposure_time``), and share the same lens light. All bands are
-fitted jointly (lenstronomy's ``multi-linear``: shapes shared, amplitudes solved per band).
+the Poisson noise of the light, ``light / exposure_time``), and start from the same lens light. All bands
+are fitted jointly: shapes shared, amplitudes solved per band (non-negative).
 
-The fitting sequence, from a cold start:
+The fitting sequence, from a cold start (each optimisation bounded trust-region least squares,
+:func:`lensdask.fit.engine.optimise`):
 
-1. **lens light**: an elliptical Sersic, PSO then Nelder-Mead;
-2. **lens model**: SIE (centred on the light) + external shear + an elliptical exponential source
-   (Sersic n = 1), from ``lens.starts`` starts (Einstein radius from the brightest residual's distance,
-   then spread over the prior range), each PSO (global) then Nelder-Mead (local); the best is kept;
-3. **null model**: the same lens light plus ``null.blobs`` unlensed elliptical exponential blobs,
-   started on the brightest residuals, PSO then Nelder-Mead; the variant of lowest BIC is kept.
+1. **lens light**: an elliptical Sersic started from the stamp's light moments, fitted with a robust
+   (soft-L1) loss so that arcs and satellites weigh little;
+2. **starts**: Einstein radii scanned over ``theta_E_grid`` values of the prior range; for each, the
+   source starts where the residual light (data less the lens light) maps back to in the source plane
+   through a round SIE, and the chi-square is evaluated with the amplitudes solved; the ``lens_starts``
+   best local minima of the scan are kept;
+3. **lens model**: the lens light, SIE (centred on the light) + external shear and an elliptical
+   exponential source, all free, optimised from each start; the best is kept and, when ``confirm``,
+   optimised again from a perturbed copy (seeded by the candidate): a fit is confirmed when the second
+   optimisation returns to it;
+4. **null model**: the same lens light plus ``null_blobs`` unlensed elliptical exponential blobs,
+   started on the brightest residual peaks with two sizes; the variant of lowest BIC is kept.
 
-Uncertainties of the lens model's nonlinear parameters come from the inverse of a finite-difference
-Hessian of the chi-square at the best fit (a Laplace approximation; NaN where it is not positive
-definite). The evidence is ``dBIC = chi2_lens - chi2_null + (k_lens - k_null) ln(n_pix)``, ``k``
-counting nonlinear parameters and linear amplitudes: negative favours lensing.
+Uncertainties of the lens model's nonlinear parameters come from the optimiser's Jacobian at the best fit
+(Gauss-Newton covariance ``(J^T J)^-1``, marginal over every nonlinear parameter). The evidence is
+``dBIC = chi2_lens - chi2_null + (k_lens - k_null) ln(n_pix)``, ``k`` counting nonlinear parameters and
+linear amplitudes: negative favours lensing.
 
-lenstronomy's PSO draws from numpy's global generator: :func:`fit_candidate` seeds it with the
-candidate's own seed, under a process-wide lock, so a result does not depend on which other
-candidates a task fitted, or in which order.
+Deterministic: the only random draw is the confirmation's perturbation, from the candidate's own seed, so
+a result does not depend on which other candidates a task fitted, or in which order.
 """
 
 from __future__ import annotations
 
-import copy
-import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
-SOURCE_N = 1.0
-"""Sersic index of the lensed source and of the null model's blobs (fixed: exponential discs)."""
+from .engine import SOURCE_N, Model, Optimum, Parameter, Stamp, chi2_at, optimise
 
-_GLOBAL_RNG = threading.Lock()
-"""lenstronomy's PSO uses numpy's global generator: one fit per process at a time keeps it seeded per candidate."""
+__all__ = ["SOURCE_N", "FitSettings", "fit_candidate", "residual_peaks"]
 
 
 @dataclass(frozen=True)
@@ -49,199 +50,205 @@ class FitSettings:
     Attributes
     ----------
     supersampling : int
-        Sub-pixel sampling of the surface brightness.
+        Sub-pixels per side of the surface brightness everywhere.
+    core_supersampling : int
+        Sub-pixels per side in the pixels about the lens light's centre.
     exposure_time : float, s
         Image units x exposure time = counts, for the Poisson term of the noise; 0 leaves it out.
-    light_pso : (int, int)
-        Particles and iterations of the lens-light PSO.
-    lens_pso, null_pso : (int, int)
-        Particles and iterations of the lens and null models' PSO.
-    simplex : int
-        Iterations of the local optimiser after each PSO (scipy's ``maxiter``).
-    local_method : str
-        The local optimiser: a method of :func:`scipy.optimize.minimize` (``Nelder-Mead``, ``Powell``).
+    theta_E_grid : int
+        Einstein radii scanned over ``theta_E_range`` for the lens model's starts.
     lens_starts : int
-        Starts of the lens model.
+        Lens-model optimisations, from the best minima of the scan.
     null_blobs : tuple of int
         Numbers of blobs the null model is tried with.
+    lens_blobs : tuple of int
+        Numbers of unlensed blobs (satellites, neighbours) the lens model is tried with, started on the
+        brightest residuals, so that light the null model's blobs explain is not forced through the lens.
+    null_starts : int
+        Starts of each null model: 1, the first fit's lens light; 2, that and the lens model's.
+    max_iterations : int
+        Most iterations of one optimisation (each costs a Jacobian: one model evaluation per parameter).
+    confirm : bool
+        Optimise the best lens model again from a perturbed copy (the ``restarts`` flag).
     theta_E_range : (float, float), arcsec
         Bounds of the Einstein radius.
-    hessian : bool
-        Estimate uncertainties (costs ~2 n^2 likelihood evaluations, n nonlinear parameters).
+    shear_sigma : float
+        Prior of each external shear component: Gaussian about 0 of this sigma (0: none).
+    mass_light_sigma : float
+        Prior of each SIE ellipticity component: Gaussian about the lens light's of this sigma (0: none).
+    source_r_max : float, arcsec
+        Upper bound of the source's (and the blobs') half-light radius.
     """
 
     supersampling: int = 1
+    core_supersampling: int = 5
     exposure_time: float = 0.0
-    light_pso: tuple[int, int] = (30, 40)
-    lens_pso: tuple[int, int] = (40, 60)
-    null_pso: tuple[int, int] = (40, 60)
-    simplex: int = 300
-    local_method: str = "Nelder-Mead"
+    theta_E_grid: int = 15
     lens_starts: int = 2
     null_blobs: tuple[int, ...] = (1, 2)
+    lens_blobs: tuple[int, ...] = (0, 1)
+    null_starts: int = 2
+    max_iterations: int = 60
+    confirm: bool = True
     theta_E_range: tuple[float, float] = (0.3, 3.5)
-    hessian: bool = True
+    shear_sigma: float = 0.08
+    mass_light_sigma: float = 0.2
+    source_r_max: float = 2.0
 
 
-@dataclass
-class ModelFit:
-    """One fitted model: best parameters (lenstronomy kwargs), chi-square, parameter counts, and its
-    per-band model images."""
+LENS_CENTRE_BOX = 0.6
+"""arcsec: the lens light's centre stays within this of the stamp centre (each axis)."""
 
-    kwargs: dict
-    chi2: float
-    n_nonlinear: int
-    n_linear: int
-    images: np.ndarray | None = None
-    starts_chi2: list = field(default_factory=list)
-    sequence: Any = None
-
-    @property
-    def k(self) -> int:
-        return self.n_nonlinear + self.n_linear
+FIRST_LIGHT_BOX = 0.25
+"""arcsec: ... and within this in the first, light-only fit (a bright arc or counter-image blended with the
+lens must not draw it away; the joint fits free it to :data:`LENS_CENTRE_BOX`)."""
 
 
-def _data(images, noise, psf_fwhm, pixel_scale, settings: FitSettings, mask):
-    """lenstronomy's ``multi_band_list`` and mask list for the stamps of one candidate."""
-    from lenstronomy.Util.simulation_util import data_configure_simple
-
-    nb, n, _ = images.shape
-    bands = []
-    for b in range(nb):
-        kw = data_configure_simple(n, pixel_scale, exposure_time=1.0, background_rms=float(noise[b]))
-        kw["image_data"] = np.asarray(images[b], dtype=float)
-        if settings.exposure_time > 0:
-            kw["exposure_time"] = float(settings.exposure_time)
-        else:  # no Poisson term: lenstronomy adds model / exposure_time to the variance
-            kw["exposure_time"] = 1e12
-        psf = {"psf_type": "GAUSSIAN", "fwhm": float(psf_fwhm[b]), "truncation": 4}
-        numerics = {"supersampling_factor": int(settings.supersampling), "supersampling_convolution": False}
-        bands.append([kw, psf, numerics])
-    return bands, [np.asarray(mask, dtype=int)] * nb
+def _light_parameters(light: dict, *, box: float = LENS_CENTRE_BOX) -> list[Parameter]:
+    cx, cy = 0.0, 0.0
+    return [
+        Parameter(0, "R_sersic", light["R_sersic"], 0.05, 6.0, 0.1),
+        Parameter(0, "n_sersic", light["n_sersic"], 0.5, 8.0, 0.3),
+        Parameter(0, "e1", light["e1"], -0.6, 0.6, 0.05),
+        Parameter(0, "e2", light["e2"], -0.6, 0.6, 0.05),
+        Parameter(0, "center_x", light["center_x"], cx - box, cx + box, 0.05),
+        Parameter(0, "center_y", light["center_y"], cy - box, cy + box, 0.05),
+    ]
 
 
-def _sersic(init, sigma, lower, upper, fixed=None):
-    return [init, sigma, fixed or {}, lower, upper]
+def _blob_parameters(component: int, x: float, y: float, r: float, half: float, r_max: float) -> list[Parameter]:
+    return [
+        Parameter(component, "R_sersic", r, 0.05, r_max, 0.1),
+        Parameter(component, "e1", 0.0, -0.6, 0.6, 0.05),
+        Parameter(component, "e2", 0.0, -0.6, 0.6, 0.05),
+        Parameter(component, "center_x", x, -half, half, 0.1),
+        Parameter(component, "center_y", y, -half, half, 0.1),
+    ]
 
 
-def _light_params(cx=0.0, cy=0.0, r=1.0, n=4.0, e1=0.0, e2=0.0, *, fix_n=False, box=1.0, r_max=5.0):
-    init = {"R_sersic": r, "n_sersic": n, "e1": e1, "e2": e2, "center_x": cx, "center_y": cy}
-    sigma = {"R_sersic": 0.3, "n_sersic": 1.0, "e1": 0.1, "e2": 0.1, "center_x": 0.1, "center_y": 0.1}
-    lower = {"R_sersic": 0.05, "n_sersic": 0.5, "e1": -0.5, "e2": -0.5, "center_x": cx - box, "center_y": cy - box}
-    upper = {"R_sersic": r_max, "n_sersic": 8.0, "e1": 0.5, "e2": 0.5, "center_x": cx + box, "center_y": cy + box}
-    fixed = {"n_sersic": SOURCE_N} if fix_n else {}
-    return init, sigma, fixed, lower, upper
+def _lens_parameters(light: dict, theta_E: float, source: tuple, settings: FitSettings, half: float, blobs=()):
+    """The lens model's parameters: lens light, SIE, shear, source, then unlensed blobs started at ``blobs``
+    ((ra, dec) arcsec each)."""
+    lo, hi = settings.theta_E_range
+    sx, sy, sr = source
+    out = [
+        *_light_parameters(light),
+        Parameter(1, "theta_E", theta_E, lo, hi, 0.05),
+        Parameter(1, "e1", 0.0, -0.5, 0.5, 0.05),
+        Parameter(1, "e2", 0.0, -0.5, 0.5, 0.05),
+        Parameter(2, "gamma1", 0.0, -0.3, 0.3, 0.02),
+        Parameter(2, "gamma2", 0.0, -0.3, 0.3, 0.02),
+        *_blob_parameters(3, sx, sy, sr, half, settings.source_r_max),
+    ]
+    for j, (bx, by) in enumerate(blobs):
+        out += _blob_parameters(4 + j, bx, by, 0.3, half, settings.source_r_max)
+    return out
 
 
-LIGHT_SHAPE = ["R_sersic", "n_sersic", "e1", "e2"]
-"""The lens light's shape parameters, held at their stage-1 values during the global search of stages 2 and 3."""
-
-
-def _run(
-    bands,
-    masks,
-    kwargs_model,
-    kwargs_params,
-    constraints,
-    settings: FitSettings,
-    pso,
-    *,
-    hold_light=False,
-    bands_compute=None,
-) -> ModelFit:
-    """PSO then Nelder-Mead from ``kwargs_params``; the best fit with its chi-square and parameter counts.
-
-    ``hold_light``: the first lens-light component's shape stays fixed during the PSO and is freed for the
-    Nelder-Mead. ``bands_compute``: the bands the likelihood uses (default all).
-    """
-    import contextlib
-    import io
-    import warnings
-
-    from lenstronomy.Workflow.fitting_sequence import FittingSequence
-
-    data = {"multi_band_list": bands, "multi_band_type": "multi-linear"}
-    likelihood = {"image_likelihood_mask_list": masks, "check_bounds": True, "check_positive_flux": True}
-    if bands_compute is not None:
-        likelihood["bands_compute"] = list(bands_compute)
-    steps: list = []
-    if pso[0] > 0 and pso[1] > 0:
-        if hold_light:
-            steps.append(["update_settings", {"lens_light_add_fixed": [[0, LIGHT_SHAPE]]}])
-        steps.append(["PSO", {"sigma_scale": 1.0, "n_particles": int(pso[0]), "n_iterations": int(pso[1])}])
-        if hold_light:
-            steps.append(["update_settings", {"lens_light_remove_fixed": [[0, LIGHT_SHAPE]]}])
-    if settings.simplex > 0:
-        steps.append(["SIMPLEX", {"n_iterations": int(settings.simplex), "method": settings.local_method}])
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        # lenstronomy prints its progress whatever verbose says; the local optimiser's iteration cap is ours
-        warnings.filterwarnings("ignore", "Maximum number of iterations", RuntimeWarning)
-        seq = FittingSequence(data, kwargs_model, constraints, likelihood, kwargs_params, verbose=False)
-        seq.fit_sequence(steps)
-        kwargs = seq.best_fit()
-        logl = seq.best_fit_likelihood()
-    n_nonlinear = seq.param_class.num_param()[0]
-    n_linear = seq.param_class.num_param_linear() * (len(bands) if bands_compute is None else sum(bands_compute))
-    return ModelFit(kwargs, -2.0 * float(logl), int(n_nonlinear), int(n_linear), sequence=seq)
-
-
-def residual_radius(residual, noise, mask, pixel_scale, centre, *, snr: float = 2.0, r_min: float = 0.5) -> float:
-    """Flux-weighted median distance (arcsec) from ``centre`` of the residual light above ``snr`` (bands summed
-    in S/N, smoothed by 1 px) beyond ``r_min``: where arcs are, a first guess of the Einstein radius; NaN if none."""
+def light_moments(stamp: Stamp, radius: float = 1.0) -> dict:
+    """A first lens light: centred on the stamp (a candidate's stamp is cut about the catalogued galaxy,
+    whose centroid a bright arc can pull but whose light is most concentrated there), with the size and
+    ellipticity of the light's moments within ``radius`` arcsec of the centre (Sersic index 4)."""
     from scipy import ndimage
 
-    nb, n, _ = residual.shape
-    s = ndimage.gaussian_filter((residual / noise[:, None, None]).sum(axis=0) / np.sqrt(nb), 1.0)
-    c = (n - 1) / 2
-    yy, xx = np.mgrid[:n, :n]
-    x = (c - xx) * pixel_scale  # lenstronomy's ra runs against the pixel x axis
-    y = (yy - c) * pixel_scale
-    r = np.hypot(x - centre[0], y - centre[1])
-    sel = (s > snr / (2 * np.sqrt(np.pi))) & (mask > 0) & (r > r_min)
-    if sel.sum() < 3:
-        return float("nan")
-    w = s[sel]
-    order = np.argsort(r[sel])
-    cum = np.cumsum(w[order])
-    return float(r[sel][order][np.searchsorted(cum, cum[-1] / 2)])
+    snr = ndimage.gaussian_filter((stamp.images / stamp.noise[:, None, None]).sum(axis=0), 1.0)
+    cx, cy = 0.0, 0.0
+    w = np.clip(snr, 0, None) * ((np.hypot(stamp.x - cx, stamp.y - cy) <= radius) & stamp.mask)
+    total = w.sum()
+    if total <= 0:
+        return {"R_sersic": 0.8, "n_sersic": 4.0, "e1": 0.0, "e2": 0.0, "center_x": cx, "center_y": cy}
+    dx, dy = stamp.x - cx, stamp.y - cy
+    qxx, qyy, qxy = (w * dx * dx).sum() / total, (w * dy * dy).sum() / total, (w * dx * dy).sum() / total
+    denom = qxx + qyy + 2 * np.sqrt(max(qxx * qyy - qxy**2, 0.0))
+    e1, e2 = ((qxx - qyy) / denom, 2 * qxy / denom) if denom > 0 else (0.0, 0.0)
+    r = float(np.clip(2 * np.sqrt(max(qxx + qyy, 1e-4)), 0.3, 3.0))
+    return {
+        "R_sersic": r,
+        "n_sersic": 4.0,
+        "e1": float(np.clip(e1, -0.4, 0.4)),
+        "e2": float(np.clip(e2, -0.4, 0.4)),
+        "center_x": cx,
+        "center_y": cy,
+    }
 
 
-def _model_images(bands, masks, kwargs_model, kwargs) -> tuple[np.ndarray, list[dict]]:
-    """Per-band model images and per-band kwargs (with their solved amplitudes)."""
-    from lenstronomy.Analysis.image_reconstruction import MultiBandImageReconstruction
-
-    rec = MultiBandImageReconstruction(
-        bands,
-        kwargs_model,
-        copy.deepcopy(kwargs),
-        multi_band_type="multi-linear",
-        kwargs_likelihood={"image_likelihood_mask_list": masks},
-        verbose=False,
-    )
-    images = np.stack([m.model for m in rec.model_band_list])
-    return images, [m.kwargs_model for m in rec.model_band_list]
-
-
-def residual_peaks(residual: np.ndarray, noise: np.ndarray, mask: np.ndarray, pixel_scale: float, k: int = 2):
-    """Up to ``k`` (x, y) positions (arcsec from the stamp centre) of the brightest residual light
-    (bands summed in S/N, smoothed by 1 px), at least 3 px apart."""
+def residual_snr(stamp: Stamp, residual: np.ndarray) -> np.ndarray:
+    """Band-summed S/N of ``residual`` (n_bands, n, n), smoothed by 1 px, zero off the fitted pixels; its own
+    noise is ~``1 / (2 sqrt(pi))`` per pixel."""
     from scipy import ndimage
 
-    snr = (residual / noise[:, None, None]).sum(axis=0)
-    snr = ndimage.gaussian_filter(snr, 1.0) * mask
-    n = snr.shape[0]
-    c = (n - 1) / 2
-    out: list[tuple[float, float]] = []
-    flat = np.argsort(snr, axis=None)[::-1]
-    for idx in flat[:400]:
-        y, x = np.unravel_index(idx, snr.shape)
-        if snr[y, x] <= 0:
+    s = (residual / stamp.noise[:, None, None]).sum(axis=0) / np.sqrt(stamp.nb)
+    return ndimage.gaussian_filter(s, 1.0) * stamp.mask
+
+
+def residual_peaks(stamp: Stamp, residual: np.ndarray, k: int = 2, min_separation: float = 3.0):
+    """Up to ``k`` (ra, dec) positions (arcsec) of the brightest residual light, at least ``min_separation``
+    px apart."""
+    snr = residual_snr(stamp, residual)
+    out: list[tuple[int, int]] = []
+    for idx in np.argsort(snr, axis=None)[::-1][:400]:
+        r, c = np.unravel_index(idx, snr.shape)
+        if snr[r, c] <= 0:
             break
-        if all((x - px) ** 2 + (y - py) ** 2 >= 9 for px, py in out):
-            out.append((x, y))
+        if all((c - pc) ** 2 + (r - pr) ** 2 >= min_separation**2 for pr, pc in out):
+            out.append((int(r), int(c)))
         if len(out) == k:
             break
-    return [((c - x) * pixel_scale, (y - c) * pixel_scale) for x, y in out]  # lenstronomy's ra runs against x
+    return [(float(stamp.x[r, c]), float(stamp.y[r, c])) for r, c in out]
+
+
+def _source_start(stamp: Stamp, snr_map: np.ndarray, light: dict, theta_E: float) -> tuple[float, float, float]:
+    """Where the residual light maps back to through a round SIS of ``theta_E`` (S/N-weighted mean and
+    spread of the mapped pixels, arcsec), about the lens centre when there is none."""
+    cx, cy = light["center_x"], light["center_y"]
+    sel = snr_map > 2.0 / (2 * np.sqrt(np.pi))
+    if sel.sum() < 3:
+        return cx, cy, 0.2
+    dx, dy = stamp.x[sel] - cx, stamp.y[sel] - cy
+    r = np.maximum(np.hypot(dx, dy), 1e-3)
+    bx, by = dx - theta_E * dx / r, dy - theta_E * dy / r
+    w = snr_map[sel]
+    mx, my = float((w * bx).sum() / w.sum()), float((w * by).sum() / w.sum())
+    spread = float(np.sqrt((w * ((bx - mx) ** 2 + (by - my) ** 2)).sum() / w.sum()))
+    return cx + mx, cy + my, float(np.clip(spread, 0.1, 0.8))
+
+
+def _scan(stamp: Stamp, model: Model, light: dict, residual: np.ndarray, settings: FitSettings, half: float, blobs=()):
+    """The lens model's starts: (chi2, theta_E, source) at the best local minima of a scan in theta_E (with
+    unlensed blobs at ``blobs``)."""
+    lo, hi = settings.theta_E_range
+    snr_map = residual_snr(stamp, residual)
+    grid = np.geomspace(lo * 1.05, hi * 0.95, settings.theta_E_grid)
+    rows = []
+    for theta in grid:
+        src = _source_start(stamp, snr_map, light, float(theta))
+        params = _lens_parameters(light, float(theta), src, settings, half, blobs)
+        rows.append((chi2_at(model, params, [p.start for p in params]), float(theta), src))
+    chi = np.array([r[0] for r in rows])
+    minima = [
+        i for i in range(len(chi)) if (i == 0 or chi[i] <= chi[i - 1]) and (i == len(chi) - 1 or chi[i] <= chi[i + 1])
+    ]
+    minima.sort(key=lambda i: chi[i])
+    starts = [rows[i] for i in minima[: settings.lens_starts]]
+    for i in np.argsort(chi):  # fewer minima than starts: the next best radii
+        if len(starts) >= settings.lens_starts:
+            break
+        if all(rows[i][1] != s[1] for s in starts):
+            starts.append(rows[i])
+    return starts
+
+
+def _confirm(model: Model, best: Optimum, settings: FitSettings, rng: np.random.Generator) -> Optimum:
+    """The best lens model optimised again from a perturbed copy: Einstein radius x U(0.9, 1.1), source
+    moved by up to 0.15 arcsec on each axis."""
+    starts = []
+    for p, v in zip(best.params, best.x):
+        if p.key == "theta_E":
+            v = v * rng.uniform(0.9, 1.1)
+        elif p.component == 3 and p.key in ("center_x", "center_y"):
+            v = v + rng.uniform(-0.15, 0.15)
+        starts.append(Parameter(p.component, p.key, float(np.clip(v, p.lower, p.upper)), p.lower, p.upper, p.scale))
+    return optimise(model, starts, max_iterations=settings.max_iterations)
 
 
 def fit_candidate(
@@ -269,7 +276,7 @@ def fit_candidate(
     mask : numpy.ndarray
         (n, n) 1 where both models are fitted, 0 elsewhere (:func:`lensdask.fit.mask.fit_mask`).
     seed : int
-        Seeds numpy's global generator (lenstronomy's PSO) for this fit.
+        Seeds the confirmation's perturbation.
     settings : FitSettings, optional
     zero_points : numpy.ndarray, optional
         (n_bands,) AB magnitude of a source of one image unit of total flux; magnitudes are NaN without them.
@@ -278,148 +285,162 @@ def fit_candidate(
     -------
     dict
         The measurements behind the fit columns of :mod:`lensdask.fit.candidate` (the per-band ones as
-        arrays ``mag_lens``, ``mag_source``), the flags' inputs ``at_bound``, ``hessian_ok``,
-        ``restart_dchi2``, plus ``model_lens``, ``model_null`` (n_bands, n, n) model images and
-        ``source_image`` (n_bands, n, n): the reconstructed source, unlensed, on the image grid.
+        arrays ``mag_lens``, ``mag_source``), the flags' inputs ``at_bound``, ``hessian_ok`` (the
+        covariance is finite), ``restart_dchi2`` (chi-square of the confirmation less the best's, NaN
+        without one), ``restart_dtheta`` (their relative Einstein-radius difference), ``optimiser_ok``,
+        plus ``model_lens``, ``model_null`` (n_bands, n, n) model images and ``source_image``
+        (n_bands, n, n): the reconstructed source, unlensed, on the image grid.
     """
-    settings = settings or FitSettings()
-    with _GLOBAL_RNG:
-        state = np.random.get_state()
-        np.random.seed(int(seed) % 2**32)
-        try:
-            return _fit(images, noise, psf_fwhm, pixel_scale, mask, settings, zero_points)
-        finally:
-            np.random.set_state(state)
+    with _one_blas_thread():
+        return _fit(images, noise, psf_fwhm, pixel_scale, mask, seed, settings or FitSettings(), zero_points)
 
 
-def _fit(images, noise, psf_fwhm, pixel_scale, mask, settings: FitSettings, zero_points) -> dict:
+def _one_blas_thread():
+    """Linear algebra on one thread for the fit (the optimiser's small SVDs are several times slower spread
+    over busy cores; parallelism is across candidates). A no-op without threadpoolctl."""
+    import contextlib
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _fit(images, noise, psf_fwhm, pixel_scale, mask, seed: int, settings: FitSettings, zero_points) -> dict:
+    t0 = time.perf_counter()
+    stamp = Stamp(
+        images,
+        noise,
+        psf_fwhm,
+        pixel_scale,
+        mask,
+        exposure_time=settings.exposure_time,
+        supersampling=settings.supersampling,
+        core_supersampling=settings.core_supersampling,
+    )
+    half = float(np.hypot(stamp.x, stamp.y)[stamp.mask].max()) if stamp.mask.any() else stamp.n * stamp.pixel_scale / 2
+    rng = np.random.default_rng(int(seed) % 2**63)
+
+    # 1. the lens light, robustly (arcs and satellites are outliers)
+    light_model = Model(stamp, lensed=False)
+    first = optimise(
+        light_model,
+        _light_parameters(light_moments(stamp), box=FIRST_LIGHT_BOX),
+        max_iterations=settings.max_iterations,
+        loss="cauchy",
+    )
+    light = light_model.components(first.params, first.x)[0]
+    light_images = light_model.templates([light])[0] * first.amps[:, 0][:, None, None]
+    residual = stamp.images - light_images
+
+    # 2-3. the lens model, without and with unlensed blobs on the brightest residuals, from the scan's best
+    # starts; the variant of lowest BIC is kept and confirmed
+    peaks = residual_peaks(stamp, residual, k=max((*settings.null_blobs, *settings.lens_blobs, 1)))
+    tried: list[tuple[float, Model, Optimum]] = []
+    for k in settings.lens_blobs:
+        if k > len(peaks):
+            continue
+        model = Model(
+            stamp, lensed=True, blobs=k, shear_sigma=settings.shear_sigma, mass_light_sigma=settings.mass_light_sigma
+        )
+        placements: list[tuple[tuple[float, float], ...]] = (
+            [()]
+            if k == 0
+            else [tuple(peaks[(j + s) % len(peaks)] for j in range(k)) for s in range(min(2, len(peaks)))]
+        )
+        for blobs in placements:
+            starts = _scan(stamp, model, light, residual, settings, half, blobs)
+            for _, theta, src in starts[: settings.lens_starts if k == 0 else 1]:
+                params = _lens_parameters(light, theta, src, settings, half, blobs)
+                fit = optimise(model, params, max_iterations=settings.max_iterations)
+                tried.append((_bic(fit, model, stamp), model, fit))
+    _, lens_model, best = min(tried, key=lambda t: t[0])
+    restart_dchi2 = restart_dtheta = float("nan")
+    if settings.confirm:
+        again = _confirm(lens_model, best, settings, rng)
+        restart_dchi2 = again.chi2 - best.chi2
+        restart_dtheta = abs(again.value("theta_E", 1) / best.value("theta_E", 1) - 1)
+        if again.chi2 < best.chi2:
+            best = again
+
+    # 4. the null model: the lens light (from the first fit, and from the lens model) and unlensed blobs
+    lights = [light, lens_model.components(best.params, best.x)[0]][: max(settings.null_starts, 1)]
+    null: Optimum | None = None
+    null_model: Model | None = None
+    for k in settings.null_blobs:
+        model = Model(stamp, lensed=False, blobs=k)
+        for start in lights:
+            blob_params: list[Parameter] = []
+            for j in range(k):
+                bx, by = peaks[j] if j < len(peaks) else (start["center_x"] + 0.8 * (j + 1), start["center_y"])
+                blob_params += _blob_parameters(1 + j, bx, by, 0.3, half, settings.source_r_max)
+            fit = optimise(model, _light_parameters(start) + blob_params, max_iterations=settings.max_iterations)
+            if null is None or _bic(fit, model, stamp) < _bic(null, null_model, stamp):
+                null, null_model = fit, model
+    assert null is not None and null_model is not None
+    return _measurements(
+        stamp, lens_model, best, null_model, null, settings, zero_points, restart_dchi2, restart_dtheta, t0
+    )
+
+
+def _k(fit: Optimum, model: Model, stamp: Stamp) -> int:
+    """Parameters a BIC counts: nonlinear ones and one amplitude per component and band."""
+    return len(fit.params) + model.n_components * stamp.nb
+
+
+def _bic(fit: Optimum, model: Model | None, stamp: Stamp) -> float:
+    assert model is not None
+    return fit.chi2 + _k(fit, model, stamp) * np.log(max(stamp.n_pix, 2))
+
+
+def _measurements(stamp, lens_model, best, null_model, null, settings, zero_points, restart_dchi2, restart_dtheta, t0):
     from lenstronomy.Util.param_util import ellipticity2phi_q, shear_cartesian2polar
 
-    t0 = time.perf_counter()
-    images = np.asarray(images, dtype=float)
-    noise = np.asarray(noise, dtype=float)
-    nb, n, _ = images.shape
-    bands, masks = _data(images, noise, psf_fwhm, pixel_scale, settings, mask)
-    half = n * pixel_scale / 2
-
-    # 1. the lens light alone, on the redder half of the bands (where arcs, mostly blue, are faintest)
-    light_model = {"lens_light_model_list": ["SERSIC_ELLIPSE"]}
-    red = [b >= nb // 2 for b in range(nb)] if nb > 1 else None
-    light = _run(
-        bands,
-        masks,
-        light_model,
-        {"lens_light_model": _param_lists([_light_params()])},
-        {},
-        settings,
-        settings.light_pso,
-        bands_compute=red,
-    )
-    light_images, _ = _model_images(bands, masks, light_model, light.kwargs)
-    ll = light.kwargs["kwargs_lens_light"][0]
-    cx, cy = float(ll["center_x"]), float(ll["center_y"])
-    residual = images - light_images
-    peaks = residual_peaks(residual, noise, mask, pixel_scale, k=2)
-    r_arc = residual_radius(residual, noise, mask, pixel_scale, (cx, cy))
-    light_init = _light_params(cx, cy, float(ll["R_sersic"]), float(ll["n_sersic"]), float(ll["e1"]), float(ll["e2"]))
-
-    # 2. the lens model, from several starts: the residual light's radius, then spread over the range
-    lo, hi = settings.theta_E_range
-    first = r_arc if np.isfinite(r_arc) else 0.5 * (lo + hi)
-    starts = [float(np.clip(first, lo * 1.1, hi * 0.9))]
-    others: list[float] = list(np.linspace(lo, hi, settings.lens_starts + 1)[1:]) if settings.lens_starts > 1 else []
-    starts += [float(t) for t in others][: settings.lens_starts - 1]
-    lens_model = {
-        "lens_model_list": ["SIE", "SHEAR"],
-        "source_light_model_list": ["SERSIC_ELLIPSE"],
-        "lens_light_model_list": ["SERSIC_ELLIPSE"],
-    }
-    constraints = {"joint_lens_with_light": [[0, 0, ["center_x", "center_y"]]]}
-    best: ModelFit | None = None
-    chi2s = []
-    for theta_E in starts:
-        lens = [
-            [
-                {"theta_E": theta_E, "e1": 0.0, "e2": 0.0, "center_x": cx, "center_y": cy},
-                {"theta_E": 0.2 * theta_E, "e1": 0.15, "e2": 0.15, "center_x": 0.1, "center_y": 0.1},
-                {},
-                {"theta_E": lo, "e1": -0.5, "e2": -0.5, "center_x": cx - 1, "center_y": cy - 1},
-                {"theta_E": hi, "e1": 0.5, "e2": 0.5, "center_x": cx + 1, "center_y": cy + 1},
-            ],
-            [
-                {"gamma1": 0.0, "gamma2": 0.0},
-                {"gamma1": 0.05, "gamma2": 0.05},
-                {"ra_0": 0, "dec_0": 0},
-                {"gamma1": -0.3, "gamma2": -0.3},
-                {"gamma1": 0.3, "gamma2": 0.3},
-            ],
-        ]
-        source = _light_params(cx, cy, 0.3, SOURCE_N, fix_n=True, box=1.5, r_max=1.5)
-        source[1].update({"center_x": 0.3, "center_y": 0.3, "R_sersic": 0.2})
-        params = {
-            "lens_model": _param_lists(lens),
-            "source_model": _param_lists([source]),
-            "lens_light_model": _param_lists([light_init]),
-        }
-        fit = _run(bands, masks, lens_model, params, constraints, settings, settings.lens_pso, hold_light=True)
-        chi2s.append(fit.chi2)
-        if best is None or fit.chi2 < best.chi2:
-            best = fit
-    assert best is not None
-    best.starts_chi2 = sorted(chi2s)
-    best.images, per_band = _model_images(bands, masks, lens_model, best.kwargs)
-
-    # 3. the null model: the same lens light and unlensed blobs
-    null: ModelFit | None = None
-    n_pix = int(mask.sum()) * nb
-    for k in settings.null_blobs:
-        blobs = []
-        for j in range(k):
-            bx, by = peaks[j] if j < len(peaks) else (cx + 0.8 * (j + 1), cy)
-            blobs.append(_light_params(bx, by, 0.3, SOURCE_N, fix_n=True, box=min(1.5, half), r_max=2.0))
-        model = {"lens_light_model_list": ["SERSIC_ELLIPSE"] * (k + 1)}
-        fit = _run(
-            bands,
-            masks,
-            model,
-            {"lens_light_model": _param_lists([light_init, *blobs])},
-            {},
-            settings,
-            settings.null_pso,
-            hold_light=True,
-        )
-        fit.kwargs["n_blobs"] = k
-        if null is None or _bic(fit, n_pix) < _bic(null, n_pix):
-            null = fit
-    assert null is not None
-    null_model = {"lens_light_model_list": ["SERSIC_ELLIPSE"] * (null.kwargs["n_blobs"] + 1)}
-    null.images, _ = _model_images(bands, masks, null_model, {k: v for k, v in null.kwargs.items() if k != "n_blobs"})
-
-    # measurements
-    sie, shear = best.kwargs["kwargs_lens"]
-    src = best.kwargs["kwargs_source"][0]
+    comps = lens_model.components(best.params, best.x)
+    light, sie, shear, src = comps[0], comps[1], comps[2], comps[3]
+    kwargs_lens = Model.kwargs_lens(comps)
     phi, q = ellipticity2phi_q(sie["e1"], sie["e2"])
     phi_shear, gamma = shear_cartesian2polar(shear["gamma1"], shear["gamma2"])
-    errors = _errors(best) if settings.hessian else {}
-    mags_lens, mags_src, mu = _photometry(bands, masks, lens_model, per_band, zero_points, pixel_scale)
-    n_images = _image_count(best.kwargs["kwargs_lens"], src["center_x"], src["center_y"])
-    dof = max(n_pix - best.k, 1)
-    dof_null = max(n_pix - null.k, 1)
-    out = {
+    templates = lens_model.templates(comps)
+    model_lens = np.einsum("cbyx,bc->byx", templates, best.amps)
+    null_comps = null_model.components(null.params, null.x)
+    model_null = np.einsum("cbyx,bc->byx", null_model.templates(null_comps), null.amps)
+    per_band = [
+        {
+            "kwargs_lens": kwargs_lens,
+            "kwargs_lens_light": [{**light, "amp": float(best.amps[b, 0])}],
+            "kwargs_source": [{**src, "n_sersic": SOURCE_N, "amp": float(best.amps[b, 1])}],
+        }
+        for b in range(stamp.nb)
+    ]
+    mags_lens, mags_src, mu = _photometry(per_band, zero_points)
+    n_images = _image_count(kwargs_lens, src["center_x"], src["center_y"])
+    k_lens, k_null = _k(best, lens_model, stamp), _k(null, null_model, stamp)
+    names = {
+        (1, "theta_E"): "theta_E",
+        (1, "e1"): "e1",
+        (1, "e2"): "e2",
+        (2, "gamma1"): "gamma1",
+        (2, "gamma2"): "gamma2",
+        (3, "R_sersic"): "source_r",
+    }
+    at_bound = ",".join(names[cb] for cb in best.at_bound() if cb in names)
+    return {
         "theta_E": float(sie["theta_E"]),
-        "theta_E_err": errors.get("theta_E", np.nan),
+        "theta_E_err": best.error("theta_E", 1),
         "q": float(q),
         "phi": float(np.degrees(phi)),
         "e1": float(sie["e1"]),
         "e2": float(sie["e2"]),
-        "e1_err": errors.get("e1", np.nan),
-        "e2_err": errors.get("e2", np.nan),
+        "e1_err": best.error("e1", 1),
+        "e2_err": best.error("e2", 1),
         "gamma_ext": float(gamma),
         "phi_ext": float(np.degrees(phi_shear)),
-        "gamma1_err": errors.get("gamma1", np.nan),
-        "gamma2_err": errors.get("gamma2", np.nan),
-        "lens_x": float(sie["center_x"]),
-        "lens_y": float(sie["center_y"]),
+        "gamma1_err": best.error("gamma1", 2),
+        "gamma2_err": best.error("gamma2", 2),
+        "lens_x": float(light["center_x"]),
+        "lens_y": float(light["center_y"]),
         "source_x": float(src["center_x"]),
         "source_y": float(src["center_y"]),
         "source_r": float(src["R_sersic"]),
@@ -429,98 +450,31 @@ def _fit(images, noise, psf_fwhm, pixel_scale, mask, settings: FitSettings, zero
         "n_images": int(n_images),
         "chi2_lens": best.chi2,
         "chi2_null": null.chi2,
-        "chi2nu_lens": best.chi2 / dof,
-        "chi2nu_null": null.chi2 / dof_null,
-        "k_lens": best.k,
-        "k_null": null.k,
-        "n_pix": n_pix,
-        "null_blobs": int(null.kwargs["n_blobs"]),
-        "dbic": float(_bic(best, n_pix) - _bic(null, n_pix)),
-        "restart_dchi2": float(best.starts_chi2[1] - best.starts_chi2[0]) if len(best.starts_chi2) > 1 else np.nan,
-        "at_bound": _at_bound(sie, shear, src, settings),
-        "hessian_ok": bool(errors.get("ok", False)),
+        "chi2nu_lens": best.chi2 / max(stamp.n_pix - k_lens, 1),
+        "chi2nu_null": null.chi2 / max(stamp.n_pix - k_null, 1),
+        "k_lens": k_lens,
+        "k_null": k_null,
+        "n_pix": stamp.n_pix,
+        "null_blobs": int(null_model.blobs),
+        "dbic": float(_bic(best, lens_model, stamp) - _bic(null, null_model, stamp)),
+        "restart_dchi2": float(restart_dchi2),
+        "restart_dtheta": float(restart_dtheta),
+        "optimiser_ok": bool(best.status > 0),
+        "at_bound": at_bound,
+        "hessian_ok": best.cov is not None and bool(np.isfinite(best.error("theta_E", 1))),
         "seconds": time.perf_counter() - t0,
-        "model_lens": best.images.astype(np.float32),
-        "model_null": null.images.astype(np.float32),
-        "source_image": _source_image(bands, masks, lens_model, per_band).astype(np.float32),
+        "model_lens": model_lens.astype(np.float32),
+        "model_null": model_null.astype(np.float32),
+        "source_image": _source_image(stamp, per_band).astype(np.float32),
     }
-    return out
 
 
-def _param_lists(components):
-    """lenstronomy's ``[init, sigma, fixed, lower, upper]`` from a list of per-component 5-tuples."""
-    return [[c[i] for c in components] for i in range(5)]
-
-
-def _bic(fit: ModelFit, n_pix: int) -> float:
-    return fit.chi2 + fit.k * np.log(max(n_pix, 2))
-
-
-def _at_bound(sie, shear, src, settings: FitSettings, tol: float = 0.02) -> str:
-    """Names of the lens model's main parameters within ``tol`` of their range from a bound ("" none)."""
-    lo, hi = settings.theta_E_range
-    checks = {
-        "theta_E": (sie["theta_E"], lo, hi),
-        "e1": (sie["e1"], -0.5, 0.5),
-        "e2": (sie["e2"], -0.5, 0.5),
-        "gamma1": (shear["gamma1"], -0.3, 0.3),
-        "gamma2": (shear["gamma2"], -0.3, 0.3),
-        "source_r": (src["R_sersic"], 0.05, 1.5),
-    }
-    return ",".join(k for k, (v, a, b) in checks.items() if min(v - a, b - v) <= tol * (b - a))
-
-
-def _errors(fit: ModelFit) -> dict:
-    """1-sigma errors of theta_E, e1, e2, gamma1, gamma2: the inverse of the finite-difference Hessian of
-    -ln L = chi2 / 2 over every nonlinear parameter at the best fit (so the errors are marginal over the
-    others). ``ok`` False, and no errors, where the Hessian is not positive definite."""
-    seq = fit.sequence
-    param = seq.param_class
-    like = seq.likelihood_class
-    x0 = np.asarray(param.kwargs2args(**fit.kwargs), dtype=float)
-    _, names = param.num_param()
-    lower, upper = (np.asarray(v, dtype=float) for v in like.param_limits)
-    h = np.maximum(1e-3 * (upper - lower), 1e-4)
-
-    def f(x):
-        return -float(like.logL(x))
-
-    m = len(x0)
-    eye = np.eye(m) * h[:, None]
-    f0 = f(x0)
-    fp = np.array([f(x0 + eye[i]) for i in range(m)])
-    fm = np.array([f(x0 - eye[i]) for i in range(m)])
-    hess = np.diag((fp - 2 * f0 + fm) / h**2)
-    for i in range(m):
-        for j in range(i + 1, m):
-            hess[i, j] = hess[j, i] = (f(x0 + eye[i] + eye[j]) - fp[i] - fp[j] + f0) / (h[i] * h[j])
-    out: dict = {"ok": False}
-    try:
-        np.linalg.cholesky(hess)
-        cov = np.linalg.inv(hess)
-    except np.linalg.LinAlgError:
-        return out
-    sd = np.sqrt(np.clip(np.diag(cov), 0, None))
-    wanted = {
-        "theta_E_lens0": "theta_E",
-        "e1_lens0": "e1",
-        "e2_lens0": "e2",
-        "gamma1_lens1": "gamma1",
-        "gamma2_lens1": "gamma2",
-    }
-    for i, name in enumerate(names):
-        if name in wanted:
-            out[wanted[name]] = float(sd[i])
-    out["ok"] = True
-    return out
-
-
-def _photometry(bands, masks, kwargs_model, per_band, zero_points, pixel_scale):
+def _photometry(per_band, zero_points):
     """Lens and (unlensed) source magnitudes per band, and the source's total magnification."""
     from lenstronomy.LightModel.light_model import LightModel
 
     light = LightModel(["SERSIC_ELLIPSE"])
-    nb = len(bands)
+    nb = len(per_band)
     mag_lens = np.full(nb, np.nan)
     mag_src = np.full(nb, np.nan)
     mus = []
@@ -533,35 +487,32 @@ def _photometry(bands, masks, kwargs_model, per_band, zero_points, pixel_scale):
             if f_src > 0:
                 mag_src[b] = zero_points[b] - 2.5 * np.log10(f_src)
         if f_src > 0:
-            mus.append(_lensed_flux(kw, pixel_scale) / f_src)
+            mus.append(_lensed_flux(kw) / f_src)
     return mag_lens, mag_src, float(np.median(mus)) if mus else np.nan
 
 
-def _lensed_flux(kw, pixel_scale, n: int = 121, scale: float = 0.1) -> float:
+def _lensed_flux(kw, n: int = 121, scale: float = 0.1) -> float:
     """Total flux of the lensed source (no PSF) on a fine grid about the lens."""
     from lenstronomy.LensModel.lens_model import LensModel
     from lenstronomy.LightModel.light_model import LightModel
 
     c = (np.arange(n) - (n - 1) / 2) * scale
-    x, y = np.meshgrid(c, c)
+    x, y = np.meshgrid(c + kw["kwargs_lens"][0]["center_x"], c + kw["kwargs_lens"][0]["center_y"])
     lens = LensModel(["SIE", "SHEAR"])
     bx, by = lens.ray_shooting(x.ravel(), y.ravel(), kw["kwargs_lens"])
     sb = LightModel(["SERSIC_ELLIPSE"]).surface_brightness(bx, by, kw["kwargs_source"])
     return float(np.sum(sb) * scale**2)
 
 
-def _source_image(bands, masks, kwargs_model, per_band) -> np.ndarray:
+def _source_image(stamp: Stamp, per_band) -> np.ndarray:
     """The reconstructed source, unlensed and without PSF, on the image grid (per band, image units)."""
-    from lenstronomy.Data.pixel_grid import PixelGrid
     from lenstronomy.LightModel.light_model import LightModel
 
-    kw_data = bands[0][0]
-    n = kw_data["image_data"].shape[0]
-    grid = PixelGrid(n, n, kw_data["transform_pix2angle"], kw_data["ra_at_xy_0"], kw_data["dec_at_xy_0"])
-    x, y = grid.pixel_coordinates
     light = LightModel(["SERSIC_ELLIPSE"])
-    area = abs(np.linalg.det(kw_data["transform_pix2angle"]))
-    return np.stack([light.surface_brightness(x, y, kw["kwargs_source"]).reshape(n, n) * area for kw in per_band])
+    x, y = stamp.x.ravel(), stamp.y.ravel()
+    return np.stack(
+        [light.surface_brightness(x, y, kw["kwargs_source"]).reshape(stamp.n, stamp.n) * stamp.area for kw in per_band]
+    )
 
 
 def _image_count(kwargs_lens, x_source, y_source) -> int:

@@ -4,8 +4,9 @@ Both models (lens and null) see the same pixels: a disc of ``fit_radius`` about 
 less the neighbours. A neighbour is a connected group of pixels detected above ``snr`` (bands
 summed in S/N, smoothed by 1 px; peaking above ``peak``) whose flux-weighted centre lies farther than ``mask_radius``
 from the stamp centre and which does not hold the centre itself; it is masked, grown by ``grow``
-pixels. Light closer to the centre (arcs, counter-images, satellites on the Einstein ring) stays
-in, for both models to explain.
+pixels. A bright neighbour whose light joins the galaxy's at ``snr`` is found at a higher threshold
+(:data:`LEVELS`), and masked with its wings. Light closer to the centre (arcs, counter-images,
+satellites on the Einstein ring) stays in, for both models to explain.
 """
 
 from __future__ import annotations
@@ -25,6 +26,15 @@ def border_noise(images: np.ndarray, border: int = 4) -> np.ndarray:
         v = v[np.isfinite(v)]
         out.append(1.4826 * float(np.median(np.abs(v - np.median(v)))) if v.size else np.nan)
     return np.asarray(out)
+
+
+LEVELS = (1, 4, 16, 64)
+"""Detection levels, in units of the threshold ``snr``: a neighbour blended with the galaxy at one level is a
+separate source at a higher one."""
+
+WING_GROW = 2
+"""px per factor of 2 in level: how far a neighbour's core found above the threshold is grown, within the
+light detected at the threshold, to take its wings."""
 
 
 def fit_mask(
@@ -74,24 +84,34 @@ def fit_mask(
     # the smoothed map's own noise: sigma of a unit-variance field smoothed by a Gaussian of `smooth` px
     s_sigma = 1.0 / (2.0 * np.sqrt(np.pi) * smooth)
     detected = s > snr * s_sigma
-    labels, count = ndimage.label(detected)
-    centre = labels[int(round(c)), int(round(c))]
+    centre_px = (int(round(c)), int(round(c)))
     neighbours = np.zeros((n, n), dtype=bool)
     masked = 0
-    if count:
+    weight = np.clip(s, 0, None)
+    # Neighbours blended with the galaxy at the detection threshold separate at higher ones: every level
+    # in LEVELS x snr is searched, and a source found at any of them counts once (by its centroid).
+    for level in LEVELS:
+        labels, count = ndimage.label(s > snr * level * s_sigma)
+        if not count:
+            break
         index = np.arange(1, count + 1)
-        weight = np.clip(s, 0, None)
         total = ndimage.sum(weight, labels, index)
         mx = ndimage.sum(weight * xx, labels, index) / np.maximum(total, 1e-12)
         my = ndimage.sum(weight * yy, labels, index) / np.maximum(total, 1e-12)
         far = np.hypot(mx - c, my - c) * pixel_scale > mask_radius
         real = ndimage.maximum(s, labels, index) > peak * s_sigma
+        centre = labels[centre_px]
         for k, lab in enumerate(index):
-            if far[k] and real[k] and lab != centre:
-                pixels = labels == lab
-                if (pixels & inside).any():  # only neighbours reaching into the fitted disc count
-                    neighbours |= pixels
-                    masked += 1
+            if not (far[k] and real[k] and lab != centre):
+                continue
+            pixels = labels == lab
+            if (pixels & neighbours).any():
+                continue  # found at a lower level already
+            if (pixels & inside).any():  # only neighbours reaching into the fitted disc count
+                if level > 1:  # a core split from a blend: its wings, within the detected light, go too
+                    pixels = ndimage.binary_dilation(pixels, iterations=WING_GROW * int(np.log2(level))) & detected
+                neighbours |= pixels
+                masked += 1
     if grow and masked:
         neighbours = ndimage.binary_dilation(neighbours, iterations=int(grow))
     return (inside & ~neighbours).astype(np.int8), masked

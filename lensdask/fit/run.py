@@ -66,16 +66,19 @@ def settings_from_config() -> tuple[FitSettings, dict]:
     """The :class:`FitSettings` and the other per-candidate options (``fit.*`` in the configuration)."""
     s = FitSettings(
         supersampling=int(config.get("fit.supersampling")),
+        core_supersampling=int(config.get("fit.core_supersampling")),
         exposure_time=float(config.get("fit.exposure_time") or 0.0),
-        light_pso=tuple(int(v) for v in config.get("fit.light_pso")),  # type: ignore[arg-type]
-        lens_pso=tuple(int(v) for v in config.get("fit.lens_pso")),  # type: ignore[arg-type]
-        null_pso=tuple(int(v) for v in config.get("fit.null_pso")),  # type: ignore[arg-type]
-        simplex=int(config.get("fit.local.iterations")),
-        local_method=str(config.get("fit.local.method")),
+        theta_E_grid=int(config.get("fit.theta_E_grid")),
         lens_starts=int(config.get("fit.lens_starts")),
         null_blobs=tuple(int(v) for v in config.get("fit.null_blobs")),
+        lens_blobs=tuple(int(v) for v in config.get("fit.lens_blobs")),
+        null_starts=int(config.get("fit.null_starts")),
+        max_iterations=int(config.get("fit.max_iterations")),
+        confirm=bool(config.get("fit.confirm")),
         theta_E_range=tuple(float(v) for v in config.get("fit.theta_E_range")),  # type: ignore[arg-type]
-        hessian=bool(config.get("fit.hessian")),
+        source_r_max=float(config.get("fit.source_r_max")),
+        shear_sigma=float(config.get("fit.priors.shear_sigma")),
+        mass_light_sigma=float(config.get("fit.priors.mass_light_sigma")),
     )
     conf = {
         "fit_radius": float(config.get("fit.fit_radius")),

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from lensdask.fit import candidate as cand
-from lensdask.fit.lensmodel import FitSettings, fit_candidate, residual_radius
+from lensdask.fit.engine import Model, Stamp
+from lensdask.fit.lensmodel import FitSettings, fit_candidate, residual_peaks
 from lensdask.fit.mask import border_noise, fit_mask
 from lensdask.fit.run import settings_from_config
 from lensdask.simulate.run import simulate_rows
@@ -16,20 +17,20 @@ from lensdask.simulate.run import simulate_rows
 BANDS = ["g", "r", "i", "z"]
 QUICK = FitSettings(
     exposure_time=1800.0,
-    light_pso=(10, 10),
-    lens_pso=(12, 12),
-    null_pso=(12, 12),
-    simplex=60,
+    theta_E_grid=6,
     lens_starts=1,
+    lens_blobs=(0,),
     null_blobs=(1,),
-    hessian=False,
+    null_starts=1,
+    max_iterations=15,
+    confirm=True,
 )
 CONF = {
     "fit_radius": 5.0,
     "mask_radius": 3.5,
     "mask_snr": 3.0,
     "max_abs_dbic": 5000.0,
-    "restart_tolerance": 25.0,
+    "restart_tolerance": 0.03,
     "zero_points": {"g": 26.58, "r": 26.78, "i": 26.75, "z": 26.48},
 }
 
@@ -63,9 +64,9 @@ def test_mask_drops_far_neighbours_keeps_near_light_and_the_disc():
 
 
 def test_settings_follow_the_config():
-    with dask.config.set({"lensdask.fit.lens_pso": [7, 9], "lensdask.fit.local.method": "Powell"}):
+    with dask.config.set({"lensdask.fit.max_iterations": 7, "lensdask.fit.lens_blobs": [0, 2]}):
         s, conf = settings_from_config()
-    assert s.lens_pso == (7, 9) and s.local_method == "Powell"
+    assert s.max_iterations == 7 and s.lens_blobs == (0, 2)
     assert conf["zero_points"]["g"] == pytest.approx(26.58)
 
 
@@ -116,15 +117,22 @@ def test_combined_score_uses_only_usable_evidence():
     assert list(cand.favours_lens(t.iloc[:4])) == [True, False, True, True]
 
 
-def test_residual_radius_finds_a_ring():
+def test_peaks_and_models_share_the_pixel_grid():
+    """A blob found in the residuals at a pixel is where the engine renders light placed at the reported
+    position (the earlier fit mirrored x: blobs started on the wrong side of the lens)."""
     n = 45
-    yy, xx = np.mgrid[:n, :n]
-    r = np.hypot(xx - 22, yy - 22) * 0.263
-    ring = np.exp(-0.5 * ((r - 1.5) / 0.15) ** 2)
-    res = np.stack([ring, ring])
-    assert residual_radius(res, np.array([0.05, 0.05]), np.ones((n, n)), 0.263, (0.0, 0.0)) == pytest.approx(
-        1.5, abs=0.15
+    img = np.stack([_blob(n, 31, 17, 5.0, 1.2), _blob(n, 31, 17, 5.0, 1.2)])
+    stamp = Stamp(img, np.array([0.05, 0.05]), np.array([1.0, 1.0]), 0.263, np.ones((n, n)))
+    (x, y), *_ = residual_peaks(stamp, img, k=2)
+    assert (x, y) == pytest.approx((stamp.x[17, 31], stamp.y[17, 31]))
+    blob = Model(stamp, lensed=False).blob({"R_sersic": 0.2, "e1": 0.0, "e2": 0.0, "center_x": x, "center_y": y})
+    assert np.unravel_index(np.argmax(blob), blob.shape) == (17, 31)
+    # the lens light's core, sampled finer, joins the coarse grid without a step
+    light = Model(stamp, lensed=False).light(
+        {"R_sersic": 0.5, "n_sersic": 4.0, "e1": 0.0, "e2": 0.0, "center_x": 0.0, "center_y": 0.0}
     )
+    assert np.unravel_index(np.argmax(light), light.shape) == (22, 22)
+    assert light[22, 26] == pytest.approx(light[22, 18]) and light[22, 26] < light[22, 25]
 
 
 @pytest.fixture(scope="module")
@@ -147,14 +155,14 @@ def _fit(images, table, i, seed, settings):
 @pytest.mark.slow
 def test_lens_model_recovers_theta_E_and_beats_the_null_model_on_a_lens(lenses):
     images, table, plain, ptable = lenses
-    settings = FitSettings(exposure_time=1800.0, lens_starts=2, null_blobs=(1,), hessian=True)
+    settings = FitSettings(exposure_time=1800.0)
     res = _fit(images, table, 2, 2, settings)
     assert res["theta_E"] == pytest.approx(table.loc[2, "theta_E"], rel=0.1)
     assert res["dbic"] < -100  # lensing strongly favoured
     assert res["n_images"] >= 2 and res["magnification"] > 1.5
     assert res["model_lens"].shape == (4, 45, 45) and res["source_image"].shape == (4, 45, 45)
     # the plain galaxy: light blobs explain its satellites with fewer parameters than a lensed source
-    null = _fit(plain, ptable, 0, 2, FitSettings(exposure_time=1800.0, null_blobs=(1, 2), hessian=False))
+    null = _fit(plain, ptable, 0, 2, FitSettings(exposure_time=1800.0, confirm=False))
     assert null["dbic"] > 0 and null["null_blobs"] == 2
 
 

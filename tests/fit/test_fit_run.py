@@ -17,13 +17,13 @@ from lensdask.fit import candidate as cand
 from lensdask.fit.run import FIT_DIR, FITS, FitError, fit
 
 TINY = {
-    "lensdask.fit.light_pso": [6, 6],
-    "lensdask.fit.lens_pso": [6, 6],
-    "lensdask.fit.null_pso": [6, 6],
-    "lensdask.fit.local.iterations": 20,
+    "lensdask.fit.theta_E_grid": 4,
     "lensdask.fit.lens_starts": 1,
+    "lensdask.fit.lens_blobs": [0],
     "lensdask.fit.null_blobs": [1],
-    "lensdask.fit.hessian": False,
+    "lensdask.fit.null_starts": 1,
+    "lensdask.fit.max_iterations": 8,
+    "lensdask.fit.confirm": False,
 }
 
 

@@ -1,0 +1,358 @@
+"""The models a candidate's stamps are compared with, and the bounded least-squares fit of one of them.
+
+A model is a list of light components (the lens light, a lensed source, unlensed blobs), each a shape
+with nonlinear parameters; the amplitudes are linear, solved per band for every trial shape
+(non-negative least squares: shapes shared by the bands, colours free). The chi-square is minimised
+over the nonlinear parameters with scipy's bounded trust-region least squares
+(:func:`scipy.optimize.least_squares`, ``trf``), whose Jacobian at the minimum gives the parameters'
+covariance (Gauss-Newton: ``(J^T J)^-1``, positive semi-definite by construction).
+
+lenstronomy supplies the physics: the elliptical Sersic surface brightness
+(``LightModel("SERSIC_ELLIPSE")``), the SIE + external shear ray shooting (``LensModel``), and the pixel
+grid and its coordinates (``data_configure_simple``, the convention of the simulation's ``SimAPI``). The
+PSF is a Gaussian of each band's FWHM (``scipy.ndimage.gaussian_filter``, truncated at 4 sigma as
+lenstronomy's ``GAUSSIAN`` PSF). Surface brightness is averaged over ``supersampling`` x
+``supersampling`` sub-pixels, and over ``core_supersampling`` sub-pixels in the few pixels about the
+lens light's centre, where a steep Sersic profile changes fastest.
+
+Pure: arrays in, arrays out; no Dask, no files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SOURCE_N = 1.0
+"""Sersic index of the lensed source and of the null model's blobs (fixed: exponential discs)."""
+
+CORE_HALF_WIDTH = 3
+"""Pixels about the lens light's centre (each side) sampled at ``core_supersampling``."""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One nonlinear parameter: its component and key (lenstronomy's name), start, bounds and typical scale."""
+
+    component: int
+    key: str
+    start: float
+    lower: float
+    upper: float
+    scale: float
+
+
+class Stamp:
+    """One candidate's pixels: data, noise, PSF, the fitted region and the coordinate grid.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        (n_bands, n, n) sky-subtracted pixels, image units.
+    noise : numpy.ndarray
+        (n_bands,) sky noise sigma, image units.
+    psf_fwhm : numpy.ndarray
+        (n_bands,) Gaussian PSF FWHM, arcsec.
+    pixel_scale : float, arcsec/px
+    mask : numpy.ndarray
+        (n, n) 1 on the fitted pixels.
+    exposure_time : float, s
+        Image units x exposure time = counts: the Poisson variance of the light (0: sky noise only).
+    supersampling, core_supersampling : int
+        Sub-pixels per side everywhere, and about the lens light's centre.
+    """
+
+    def __init__(
+        self,
+        images,
+        noise,
+        psf_fwhm,
+        pixel_scale: float,
+        mask,
+        *,
+        exposure_time: float = 0.0,
+        supersampling: int = 1,
+        core_supersampling: int = 5,
+    ):
+        from lenstronomy.Util.simulation_util import data_configure_simple
+
+        self.images = np.asarray(images, dtype=np.float64)
+        self.nb, self.n, _ = self.images.shape
+        self.noise = np.asarray(noise, dtype=np.float64)
+        self.pixel_scale = float(pixel_scale)
+        self.psf_sigma_px = np.asarray(psf_fwhm, dtype=np.float64) / (2 * np.sqrt(2 * np.log(2))) / self.pixel_scale
+        self.psf_kernels = [_gaussian_kernel(s) for s in self.psf_sigma_px]
+        self.mask = np.asarray(mask) > 0
+        self.n_pix = int(self.mask.sum()) * self.nb
+        kw = data_configure_simple(self.n, self.pixel_scale)
+        self.transform = np.asarray(kw["transform_pix2angle"], dtype=np.float64)
+        self.ra0, self.dec0 = float(kw["ra_at_xy_0"]), float(kw["dec_at_xy_0"])
+        self.x, self.y = self.coordinates(np.arange(self.n), np.arange(self.n))
+        self.ss = int(supersampling)
+        self.core_ss = int(core_supersampling)
+        self.sub_x, self.sub_y = self._subgrid(np.arange(self.n), np.arange(self.n), self.ss)
+        self.area = abs(float(np.linalg.det(self.transform)))
+        smooth = np.stack([_blur(b, 1.0) for b in self.images])
+        poisson = np.clip(smooth, 0, None) / exposure_time if exposure_time > 0 else 0.0
+        self.sigma = np.sqrt(self.noise[:, None, None] ** 2 + poisson)
+        self.weight = np.where(self.mask[None], 1.0 / self.sigma, 0.0)
+        self.data_w = (self.images * self.weight)[:, self.mask]  # (nb, m)
+
+    def coordinates(self, cols, rows):
+        """(ra, dec) arcsec of pixel centres on the grid ``rows`` x ``cols`` (each (len(rows), len(cols)))."""
+        xx, yy = np.meshgrid(np.asarray(cols, float), np.asarray(rows, float))
+        return (
+            self.ra0 + self.transform[0, 0] * xx + self.transform[0, 1] * yy,
+            self.dec0 + self.transform[1, 0] * xx + self.transform[1, 1] * yy,
+        )
+
+    def _subgrid(self, cols, rows, ss: int):
+        """Sub-pixel (ra, dec), shape (len(rows), len(cols), ss * ss), flattened to 1-d."""
+        off = (np.arange(ss) + 0.5) / ss - 0.5
+        du, dv = np.meshgrid(off, off)
+        xx, yy = np.meshgrid(np.asarray(cols, float), np.asarray(rows, float))
+        px = xx[..., None] + du.ravel()
+        py = yy[..., None] + dv.ravel()
+        ra = self.ra0 + self.transform[0, 0] * px + self.transform[0, 1] * py
+        dec = self.dec0 + self.transform[1, 0] * px + self.transform[1, 1] * py
+        return ra.ravel(), dec.ravel()
+
+    def pixel_of(self, ra: float, dec: float) -> tuple[float, float]:
+        """(col, row) of a position, arcsec."""
+        inv = np.linalg.inv(self.transform)
+        col, row = inv @ np.array([ra - self.ra0, dec - self.dec0])
+        return float(col), float(row)
+
+    def average(self, values: np.ndarray, ss: int, shape) -> np.ndarray:
+        """Mean over sub-pixels of values on a :meth:`_subgrid`, times the pixel area: flux per pixel."""
+        return values.reshape(*shape, ss * ss).mean(axis=-1) * self.area
+
+    def blur(self, image: np.ndarray) -> np.ndarray:
+        """(n_bands, n, n): ``image`` (n, n) through each band's PSF."""
+        from scipy import ndimage
+
+        out = np.empty((self.nb, self.n, self.n))
+        for b, kernel in enumerate(self.psf_kernels):
+            ndimage.correlate1d(image, kernel, axis=0, output=out[b], mode="constant")
+            ndimage.correlate1d(out[b], kernel, axis=1, output=out[b], mode="constant")
+        return out
+
+    def solve(self, templates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-band non-negative amplitudes of PSF-convolved ``templates`` (n_comp, n_bands, n, n) and the
+        weighted residuals on the fitted pixels: (amplitudes (n_bands, n_comp), residuals (n_bands * m,))."""
+        from scipy.optimize import nnls
+
+        nc = templates.shape[0]
+        amps = np.zeros((self.nb, nc))
+        res = np.empty_like(self.data_w)
+        w = self.weight[:, self.mask]
+        for b in range(self.nb):
+            a_mat = templates[:, b][:, self.mask].T * w[b][:, None]
+            try:
+                amps[b], _ = nnls(a_mat, self.data_w[b], maxiter=50 * nc)
+            except RuntimeError:  # nnls gave up: the unconstrained solution, clipped
+                amps[b] = np.clip(np.linalg.lstsq(a_mat, self.data_w[b], rcond=None)[0], 0, None)
+            res[b] = self.data_w[b] - a_mat @ amps[b]
+        return amps, res.ravel()
+
+
+def _gaussian_kernel(sigma_px: float, truncate: float = 4.0) -> np.ndarray:
+    """A normalised 1-d Gaussian of ``sigma_px`` pixels, truncated at ``truncate`` sigma."""
+    half = max(int(truncate * sigma_px + 0.5), 1)
+    x = np.arange(-half, half + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma_px) ** 2)
+    return k / k.sum()
+
+
+def _blur(image: np.ndarray, sigma_px: float) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(image, sigma_px, mode="constant", truncate=4.0)
+
+
+class Model:
+    """A sum of light components fitted to a :class:`Stamp`: the lens light (an elliptical Sersic),
+    optionally a source lensed by SIE + external shear (the SIE centred on the lens light), and any number of
+    unlensed blobs (elliptical exponentials).
+
+    Parameters
+    ----------
+    stamp : Stamp
+    lensed : bool
+        Include the SIE + shear and the lensed source.
+    blobs : int
+        Unlensed blobs.
+    shear_sigma : float
+        Gaussian prior (sigma, per component) of the external shear about zero; 0: none.
+    mass_light_sigma : float
+        Gaussian prior (sigma, per component) of the SIE's ellipticity about the lens light's; 0: none.
+    """
+
+    def __init__(
+        self, stamp: Stamp, *, lensed: bool, blobs: int = 0, shear_sigma: float = 0.0, mass_light_sigma: float = 0.0
+    ):
+        from lenstronomy.LightModel.light_model import LightModel
+
+        self.stamp = stamp
+        self.shear_sigma = float(shear_sigma)
+        self.mass_light_sigma = float(mass_light_sigma)
+        self.lensed = bool(lensed)
+        self.blobs = int(blobs)
+        self.sersic = LightModel(["SERSIC_ELLIPSE"])
+        if self.lensed:
+            from lenstronomy.LensModel.lens_model import LensModel
+
+            self.lens = LensModel(["SIE", "SHEAR"])
+        self.n_components = 1 + int(self.lensed) + self.blobs
+
+    def light(self, p: dict) -> np.ndarray:
+        """The lens light's (n, n) flux per pixel (unit amplitude), core sampled more finely."""
+        s = self.stamp
+        kw = [{"amp": 1.0, **p}]
+        img = s.average(self.sersic.surface_brightness(s.sub_x, s.sub_y, kw), s.ss, (s.n, s.n))
+        col, row = s.pixel_of(p["center_x"], p["center_y"])
+        c0, r0 = int(round(col)), int(round(row))
+        cols = np.arange(max(c0 - CORE_HALF_WIDTH, 0), min(c0 + CORE_HALF_WIDTH + 1, s.n))
+        rows = np.arange(max(r0 - CORE_HALF_WIDTH, 0), min(r0 + CORE_HALF_WIDTH + 1, s.n))
+        if len(cols) and len(rows) and s.core_ss > s.ss:
+            x, y = s._subgrid(cols, rows, s.core_ss)
+            core = s.average(self.sersic.surface_brightness(x, y, kw), s.core_ss, (len(rows), len(cols)))
+            img[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = core
+        return img
+
+    def lensed_source(self, kwargs_lens: list, p: dict) -> np.ndarray:
+        """The source's (n, n) flux per pixel (unit amplitude) through the lens, no PSF."""
+        s = self.stamp
+        bx, by = self.lens.ray_shooting(s.sub_x, s.sub_y, kwargs_lens)
+        sb = self.sersic.surface_brightness(bx, by, [{"amp": 1.0, "n_sersic": SOURCE_N, **p}])
+        return s.average(sb, s.ss, (s.n, s.n))
+
+    def blob(self, p: dict) -> np.ndarray:
+        s = self.stamp
+        sb = self.sersic.surface_brightness(s.sub_x, s.sub_y, [{"amp": 1.0, "n_sersic": SOURCE_N, **p}])
+        return s.average(sb, s.ss, (s.n, s.n))
+
+    def templates(self, comps: list[dict]) -> np.ndarray:
+        """(n_comp, n_bands, n, n) unit-amplitude components through each band's PSF; ``comps`` as
+        :meth:`components`."""
+        images = [self.light(comps[0])]
+        k = 1
+        if self.lensed:
+            images.append(self.lensed_source(self.kwargs_lens(comps), comps[3]))
+            k = 4
+        images += [self.blob(c) for c in comps[k:]]
+        return np.stack([self.stamp.blur(im) for im in images])
+
+    @staticmethod
+    def kwargs_lens(comps: list[dict]) -> list[dict]:
+        """lenstronomy's SIE + SHEAR kwargs, the SIE centred on the lens light."""
+        light, sie, shear = comps[0], comps[1], comps[2]
+        return [
+            {**sie, "center_x": light["center_x"], "center_y": light["center_y"]},
+            {**shear, "ra_0": 0.0, "dec_0": 0.0},
+        ]
+
+    def prior_residuals(self, comps: list[dict]) -> np.ndarray:
+        """Residuals of the priors (each a Gaussian's (value - mean) / sigma): they add to the chi-square the
+        optimiser minimises, not to the one the evidence compares."""
+        out = []
+        if self.lensed and self.shear_sigma > 0:
+            out += [comps[2]["gamma1"] / self.shear_sigma, comps[2]["gamma2"] / self.shear_sigma]
+        if self.lensed and self.mass_light_sigma > 0:
+            out += [(comps[1][k] - comps[0][k]) / self.mass_light_sigma for k in ("e1", "e2")]
+        return np.asarray(out, dtype=np.float64)
+
+    def component_count(self) -> int:
+        """Components holding parameters: light, [SIE, shear, source], blobs."""
+        return 1 + (3 if self.lensed else 0) + self.blobs
+
+    def components(self, params: list[Parameter], x: np.ndarray) -> list[dict]:
+        comps: list[dict] = [{} for _ in range(self.component_count())]
+        for prm, v in zip(params, x):
+            comps[prm.component][prm.key] = float(v)
+        return comps
+
+
+@dataclass
+class Optimum:
+    """The result of one least-squares run: parameters, chi-square, amplitudes, the Jacobian's covariance
+    and how the optimiser stopped."""
+
+    params: list[Parameter]
+    x: np.ndarray
+    chi2: float
+    amps: np.ndarray
+    cov: np.ndarray | None
+    status: int
+    evaluations: int
+
+    def value(self, key: str, component: int) -> float:
+        for p, v in zip(self.params, self.x):
+            if p.key == key and p.component == component:
+                return float(v)
+        raise KeyError((key, component))
+
+    def error(self, key: str, component: int) -> float:
+        if self.cov is None:
+            return float("nan")
+        for i, p in enumerate(self.params):
+            if p.key == key and p.component == component:
+                return float(np.sqrt(max(self.cov[i, i], 0.0)))
+        raise KeyError((key, component))
+
+    def at_bound(self, tol: float = 0.02) -> list[tuple[int, str]]:
+        """(component, key) of parameters within ``tol`` of their range from a bound."""
+        out = []
+        for p, v in zip(self.params, self.x):
+            span = p.upper - p.lower
+            if min(v - p.lower, p.upper - v) <= tol * span:
+                out.append((p.component, p.key))
+        return out
+
+
+def optimise(model: Model, params: list[Parameter], *, max_iterations: int, loss: str = "linear") -> Optimum:
+    """Minimise the chi-square of ``model`` over ``params`` from their starts (bounded trust-region
+    least squares, finite-difference Jacobian); amplitudes solved per band at every step."""
+    from scipy.optimize import least_squares
+
+    lower = np.array([p.lower for p in params])
+    upper = np.array([p.upper for p in params])
+    x0 = np.clip(np.array([p.start for p in params]), lower + 1e-9 * (upper - lower), upper - 1e-9 * (upper - lower))
+    scale = np.array([p.scale for p in params])
+
+    def residuals(x):
+        comps = model.components(params, x)
+        return np.concatenate([model.stamp.solve(model.templates(comps))[1], model.prior_residuals(comps)])
+
+    res = least_squares(
+        residuals,
+        x0,
+        bounds=(lower, upper),
+        method="trf",
+        x_scale=scale,
+        diff_step=1e-4,
+        loss=loss,
+        f_scale=3.0,
+        max_nfev=int(max_iterations),  # trf counts no Jacobian evaluations: iterations
+        xtol=1e-6,
+        ftol=1e-7,
+    )
+    comps = model.components(params, res.x)
+    amps, r = model.stamp.solve(model.templates(comps))
+    cov = None
+    if res.jac is not None:
+        jtj = res.jac.T @ res.jac
+        try:
+            np.linalg.cholesky(jtj)
+            cov = np.linalg.inv(jtj)
+        except np.linalg.LinAlgError:
+            cov = None
+    return Optimum(params, res.x.copy(), float(r @ r), amps, cov, int(res.status), int(res.nfev))
+
+
+def chi2_at(model: Model, params: list[Parameter], x) -> float:
+    """Chi-square of ``model`` at parameter values ``x`` (amplitudes solved)."""
+    comps = model.components(params, np.asarray(x, float))
+    r = model.stamp.solve(model.templates(comps))[1]
+    return float(r @ r)
