@@ -19,12 +19,14 @@ Fit columns (every one prefixed ``fit_``; per-band ones suffixed ``_<band>``)
 ``fit_null_blobs``     light blobs of the best null model
 ``fit_masked``         neighbours masked (the same pixels in both models)
 ``fit_flags``          comma-separated: ``bound:<param>`` (a main parameter at its bound),
-                       ``implausible`` (|dBIC| above ``fit.max_abs_dbic``), ``hessian`` (the covariance at
-                       the best fit is singular: no errors), ``optimiser`` (the lens model's optimisation
-                       stopped at ``fit.max_iterations``), ``restarts`` (optimised again from a perturbed
-                       copy, the lens model returned to an Einstein radius more than
-                       ``fit.restart_tolerance`` (fractional) away)
-``fit_converged``      no flag but ``implausible``
+                       ``misfit`` (the lens model's reduced chi-square above ``fit.max_chi2nu``: it does not
+                       describe the stamp), ``implausible`` (|dBIC| above ``fit.max_abs_dbic`` from a misfit),
+                       ``hessian`` (the covariance at the best fit is singular: no errors), ``optimiser``
+                       (the lens model's optimisation stopped at ``fit.max_iterations``), ``restarts``
+                       (optimised again from a perturbed copy, the lens model returned to an Einstein radius
+                       more than ``fit.restart_tolerance`` (fractional) away)
+``fit_converged``      no flag but ``misfit`` and ``implausible``: the optimisation found a reproducible
+                       minimum inside the bounds
 ``fit_seconds``        wall time of the fit
 """
 
@@ -87,10 +89,13 @@ def empty_row(bands, status: str) -> dict:
     return row
 
 
-def flags_of(result: dict, *, max_abs_dbic: float, restart_tolerance: float) -> list[str]:
+def flags_of(result: dict, *, max_abs_dbic: float, restart_tolerance: float, max_chi2nu: float = np.inf) -> list[str]:
     """The flags (see the module's columns) of one fit's measurements."""
     flags = [f"bound:{p}" for p in result["at_bound"].split(",") if p]
-    if abs(result["dbic"]) > max_abs_dbic:
+    misfit = result["chi2nu_lens"] > max_chi2nu
+    if misfit:
+        flags.append("misfit")
+    if misfit and abs(result["dbic"]) > max_abs_dbic:
         flags.append("implausible")
     if not result["hessian_ok"]:
         flags.append("hessian")
@@ -167,7 +172,12 @@ def fit_row(
         row = empty_row(bands, f"error: {type(exc).__name__}: {exc}"[:300])
         row["fit_seconds"] = time.perf_counter() - t0
         return row, None, traceback.format_exc()[-2000:]
-    flags = flags_of(res, max_abs_dbic=float(conf["max_abs_dbic"]), restart_tolerance=float(conf["restart_tolerance"]))
+    flags = flags_of(
+        res,
+        max_abs_dbic=float(conf["max_abs_dbic"]),
+        restart_tolerance=float(conf["restart_tolerance"]),
+        max_chi2nu=float(conf.get("max_chi2nu", np.inf)),
+    )
     row = {"fit_status": "ok"}
     row.update({col: float(res[key]) for key, col in SCALAR_COLUMNS.items()})
     for k, b in enumerate(bands):
@@ -178,7 +188,7 @@ def fit_row(
         fit_null_blobs=int(res["null_blobs"]),
         fit_masked=int(masked),
         fit_flags=",".join(flags),
-        fit_converged=all(f == "implausible" for f in flags),
+        fit_converged=all(f in ("implausible", "misfit") for f in flags),
         fit_seconds=time.perf_counter() - t0,
     )
     models = {"lens": res["model_lens"], "null": res["model_null"], "source": res["source_image"], "mask": mask}
@@ -194,34 +204,39 @@ def candidate_seed(seed: int, object_id: int) -> int:
 
 
 def evidence_usable(table: pd.DataFrame) -> np.ndarray:
-    """Rows whose evidence counts: fitted, not implausible, and the Einstein radius not at a bound."""
-    flags = table["fit_flags"].fillna("").astype(str)
-    return (
-        (table["fit_status"] == "ok").to_numpy()
-        & ~flags.str.contains("implausible").to_numpy()
-        & ~flags.str.contains("bound:theta_E").to_numpy()
-        & np.isfinite(table["fit_dbic"].to_numpy(float))
-    )
+    """Rows whose lens model is acceptable, so that their dBIC counts: fitted, no flag (converged, inside
+    the bounds, describing the stamp)."""
+    flags = table["fit_flags"].fillna("").astype(str).to_numpy()
+    return fitted(table) & (flags == "")
+
+
+def fitted(table: pd.DataFrame) -> np.ndarray:
+    """Rows fitted (status ``ok``, a finite dBIC)."""
+    return (table["fit_status"] == "ok").to_numpy() & np.isfinite(table["fit_dbic"].to_numpy(float))
 
 
 def combined_score(table: pd.DataFrame, *, weight: float, cap: float) -> np.ndarray:
     """The combined log-odds of network score and lensing evidence (config ``fit.rank``).
 
-    ``logit(score) + weight * clip(-dBIC / 2, -cap, cap)`` where the evidence counts
-    (:func:`evidence_usable`), else ``logit(score)``: ``-dBIC / 2`` approximates the log Bayes factor of
-    lens against null, ``weight`` tempers it (the models are approximate), ``cap`` bounds it.
+    ``logit(score) + weight * E`` with ``E = clip(-dBIC / 2, -cap, cap)`` where the lens model is
+    acceptable (:func:`evidence_usable`), ``E = -cap`` where a fitted lens model is not (at a bound, not
+    converged, or not describing the stamp: the physics does not support a lens), and ``E = 0`` where there
+    is no fit. ``-dBIC / 2`` approximates the log Bayes factor of lens against null, ``weight`` tempers
+    it (the models are approximate), ``cap`` bounds it.
     """
     p = np.clip(table["score"].to_numpy(float), 1e-6, 1 - 1e-6)
     out = np.log(p / (1 - p))
     ev = np.zeros(len(table))
-    use = evidence_usable(table) if "fit_dbic" in table.columns else np.zeros(len(table), bool)
-    ev[use] = np.clip(-table["fit_dbic"].to_numpy(float)[use] / 2.0, -cap, cap)
+    if "fit_dbic" in table.columns:
+        use = evidence_usable(table)
+        ev[fitted(table) & ~use] = -cap
+        ev[use] = np.clip(-table["fit_dbic"].to_numpy(float)[use] / 2.0, -cap, cap)
     return out + float(weight) * ev
 
 
 def favours_lens(table: pd.DataFrame, threshold: float = 0.0) -> np.ndarray:
-    """Rows whose usable evidence favours lensing (``fit_dbic < threshold``); rows without usable evidence
-    are kept (the fit neither confirms nor rejects them)."""
+    """Rows the fit keeps: an acceptable lens model (:func:`evidence_usable`) whose evidence favours lensing
+    (``fit_dbic < threshold``), and rows not fitted (the fit neither confirms nor rejects them)."""
     use = evidence_usable(table)
     dbic = table["fit_dbic"].to_numpy(float)
-    return np.where(use, dbic < threshold, True)
+    return np.where(use, dbic < threshold, ~fitted(table))

@@ -298,7 +298,8 @@ class Optimum:
             return float("nan")
         for i, p in enumerate(self.params):
             if p.key == key and p.component == component:
-                return float(np.sqrt(max(self.cov[i, i], 0.0)))
+                v = self.cov[i, i]
+                return float(np.sqrt(max(v, 0.0))) if np.isfinite(v) else float("nan")
         raise KeyError((key, component))
 
     def at_bound(self, tol: float = 0.02) -> list[tuple[int, str]]:
@@ -340,15 +341,24 @@ def optimise(model: Model, params: list[Parameter], *, max_iterations: int, loss
     )
     comps = model.components(params, res.x)
     amps, r = model.stamp.solve(model.templates(comps))
-    cov = None
-    if res.jac is not None:
-        jtj = res.jac.T @ res.jac
-        try:
-            np.linalg.cholesky(jtj)
-            cov = np.linalg.inv(jtj)
-        except np.linalg.LinAlgError:
-            cov = None
+    cov = None if res.jac is None else covariance(np.asarray(res.jac))
     return Optimum(params, res.x.copy(), float(r @ r), amps, cov, int(res.status), int(res.nfev))
+
+
+def covariance(jac: np.ndarray) -> np.ndarray | None:
+    """Gauss-Newton covariance ``(J^T J)^-1`` of the parameters the residuals depend on; those they do not
+    (a component whose amplitude solved to zero) get NaN rows and columns. None when the rest is singular."""
+    norms = np.linalg.norm(jac, axis=0)
+    live = norms > 1e-10 * max(float(norms.max()), 1e-300)
+    out = np.full((jac.shape[1], jac.shape[1]), np.nan)
+    sub = jac[:, live]
+    jtj = sub.T @ sub
+    try:
+        np.linalg.cholesky(jtj)
+        out[np.ix_(live, live)] = np.linalg.inv(jtj)
+    except np.linalg.LinAlgError:
+        return None
+    return out
 
 
 def chi2_at(model: Model, params: list[Parameter], x) -> float:

@@ -38,7 +38,7 @@ import pandas as pd
 
 from .. import config
 from ..images import colour_composite, rgb_bands, scale_bar, sky_noise
-from .candidate import evidence_usable
+from .candidate import evidence_usable, fitted
 from .run import FIT_DIR
 
 MODEL_ARRAYS = ("lens", "null", "source", "mask")
@@ -147,20 +147,38 @@ def theta_text(row: Mapping) -> str:
     return f"θ_E = {_number(row.get('fit_theta_E'), 2)}" + ("″" if err == "n/a" else f" ± {err}″")
 
 
-def evidence_text(row: Mapping) -> str:
-    """``ΔBIC = −12.3 (favours lensing)``: the evidence and what it says.
+FLAG_WORDS = {
+    "misfit": "the lens model misfits",
+    "implausible": "implausible",
+    "hessian": "singular covariance",
+    "optimiser": "not converged",
+    "restarts": "restarts disagree",
+}
+"""How :func:`evidence_text` says each fit flag (``bound:<param>``: ``<param> at its bound``)."""
 
-    ``favours lensing`` when ΔBIC is below config ``fit.rank.dbic_threshold``, ``favours the null
-    model`` otherwise; ``not used: implausible`` or ``not used: θ_E at its bound`` when the combined
-    rank ignores it (:func:`lensdask.fit.candidate.evidence_usable`).
+
+def evidence_text(row: Mapping) -> str:
+    """``ΔBIC = −12.3 (favours lensing)``: the evidence and what the fit concludes.
+
+    ``favours lensing`` when the lens model is acceptable (:func:`lensdask.fit.candidate.evidence_usable`)
+    and ΔBIC is below config ``fit.rank.dbic_threshold``, ``favours the null model`` when it is acceptable
+    and ΔBIC is not, ``against lensing: <why>`` when the lens model is not acceptable (its flags), and
+    ``not used: no fit`` without a fit.
     """
     text = f"ΔBIC = {_number(row.get('fit_dbic'), 1)}"
     table = pd.DataFrame([{k: row.get(k) for k in ("fit_status", "fit_flags", "fit_dbic")}])
     table["fit_dbic"] = pd.to_numeric(table["fit_dbic"], errors="coerce")
+    if not fitted(table)[0]:
+        return f"{text} (not used: no fit)"
     if not evidence_usable(table)[0]:
-        flags = str(row.get("fit_flags") or "")
-        why = "implausible" if "implausible" in flags else "θ_E at its bound" if "bound:theta_E" in flags else "n/a"
-        return f"{text} (not used: {why})"
+        flags = [f for f in str(row.get("fit_flags") or "").split(",") if f]
+        words = [
+            ("θ_E" if f == "bound:theta_E" else f.split(":", 1)[1]) + " at its bound"
+            if f.startswith("bound:")
+            else FLAG_WORDS.get(f, f)
+            for f in flags
+        ]
+        return f"{text} (against lensing: {', '.join(words)})"
     threshold = float(config.get("fit.rank.dbic_threshold"))
     return f"{text} ({'favours lensing' if float(row['fit_dbic']) < threshold else 'favours the null model'})"
 

@@ -85,6 +85,7 @@ def settings_from_config() -> tuple[FitSettings, dict]:
         "mask_radius": float(config.get("fit.mask_radius")),
         "mask_snr": float(config.get("fit.mask_snr")),
         "max_abs_dbic": float(config.get("fit.max_abs_dbic")),
+        "max_chi2nu": float(config.get("fit.max_chi2nu")),
         "restart_tolerance": float(config.get("fit.restart_tolerance")),
         "zero_points": dict(config.get("fit.zero_points") or {}),
     }

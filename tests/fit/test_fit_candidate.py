@@ -31,6 +31,7 @@ CONF = {
     "mask_snr": 3.0,
     "max_abs_dbic": 5000.0,
     "restart_tolerance": 0.03,
+    "max_chi2nu": 1.5,
     "zero_points": {"g": 26.58, "r": 26.78, "i": 26.75, "z": 26.48},
 }
 
@@ -99,22 +100,34 @@ def test_candidate_seed_depends_on_run_seed_and_object_only():
     assert cand.candidate_seed(3, 7) != cand.candidate_seed(4, 7) != cand.candidate_seed(3, 8)
 
 
-def test_combined_score_uses_only_usable_evidence():
+def test_combined_score_counts_acceptable_evidence_and_penalises_unacceptable_lens_models():
     t = pd.DataFrame(
         {
-            "score": [0.9, 0.9, 0.9, 0.9, 0.5],
-            "fit_status": ["ok", "ok", "ok", "error: x", np.nan],
-            "fit_dbic": [-400.0, 400.0, -1e6, np.nan, np.nan],
-            "fit_flags": ["", "", "implausible", "", np.nan],
+            "score": [0.9, 0.9, 0.9, 0.9, 0.9, 0.5],
+            "fit_status": ["ok", "ok", "ok", "ok", "error: x", np.nan],
+            "fit_dbic": [-400.0, 400.0, -1e6, -400.0, np.nan, np.nan],
+            "fit_flags": ["", "", "misfit,implausible", "bound:theta_E", "", np.nan],
         }
     )
     s = cand.combined_score(t, weight=0.1, cap=1000.0)
     logit = np.log(9.0)
-    np.testing.assert_allclose(s[:4], [logit + 20.0, logit - 20.0, logit, logit])
+    # acceptable: -dBIC/2 counts; fitted but flagged: -cap (the physics does not support a lens); no fit: 0
+    np.testing.assert_allclose(s[:5], [logit + 20.0, logit - 20.0, logit - 100.0, logit - 100.0, logit])
     capped = cand.combined_score(t, weight=0.1, cap=100.0)  # -dBIC/2 = 200 counts as 100
     np.testing.assert_allclose(capped[:2], [logit + 10.0, logit - 10.0])
-    assert s[4] == pytest.approx(0.0)
-    assert list(cand.favours_lens(t.iloc[:4])) == [True, False, True, True]
+    assert s[5] == pytest.approx(0.0)
+    assert list(cand.favours_lens(t)) == [True, False, False, False, True, True]
+
+
+def test_flags_say_why_a_lens_model_is_not_acceptable():
+    res = {"at_bound": "theta_E", "dbic": -9000.0, "chi2nu_lens": 2.5, "hessian_ok": True, "restart_dtheta": 0.1}
+    flags = cand.flags_of(res, max_abs_dbic=5000.0, restart_tolerance=0.03, max_chi2nu=1.5)
+    assert flags == ["bound:theta_E", "misfit", "implausible", "restarts"]
+    good = {**res, "at_bound": "", "chi2nu_lens": 1.1, "restart_dtheta": 0.001, "optimiser_ok": True}
+    assert cand.flags_of(good, max_abs_dbic=5000.0, restart_tolerance=0.03, max_chi2nu=1.5) == []
+    assert cand.flags_of(
+        {**good, "optimiser_ok": False, "hessian_ok": False}, max_abs_dbic=5000.0, restart_tolerance=0.03
+    ) == ["hessian", "optimiser"]
 
 
 def test_peaks_and_models_share_the_pixel_grid():

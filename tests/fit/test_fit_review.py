@@ -132,8 +132,11 @@ def test_panel_title_gives_theta_E_its_error_and_the_evidence():
     row = {"fit_status": "ok", "fit_theta_E": 1.234, "fit_theta_E_err": 0.051, "fit_dbic": -42.34, "fit_flags": ""}
     assert panel_title(row) == "θ_E = 1.23 ± 0.05″ · ΔBIC = −42.3 (favours lensing)"
     assert evidence_text(row | {"fit_dbic": 12.0}) == "ΔBIC = 12.0 (favours the null model)"
-    assert evidence_text(row | {"fit_flags": "implausible"}) == "ΔBIC = −42.3 (not used: implausible)"
-    assert evidence_text(row | {"fit_flags": "bound:theta_E"}).endswith("(not used: θ_E at its bound)")
+    assert evidence_text(row | {"fit_flags": "misfit,implausible"}) == (
+        "ΔBIC = −42.3 (against lensing: the lens model misfits, implausible)"
+    )
+    assert evidence_text(row | {"fit_flags": "bound:theta_E"}).endswith("(against lensing: θ_E at its bound)")
+    assert evidence_text(row | {"fit_status": "error: x", "fit_dbic": None}) == "ΔBIC = n/a (not used: no fit)"
     assert panel_title(row | {"fit_theta_E_err": np.nan}).startswith("θ_E = 1.23″ · ")
 
 
