@@ -858,6 +858,7 @@ def _cmd_demo(a) -> int:
             lens_fraction=a.lens_fraction,
             seed=a.seed,
             real_galaxies=a.real_galaxies,
+            fit_top=a.fit_top,
             client=client,
         )
     print(format_summary(summary))
@@ -1340,6 +1341,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="real DES galaxy cubes for the real false-positive rate, held-out rows only "
         "(config demo.real_galaxies: ../shared/data/des_galaxies)",
+    )
+    p.add_argument(
+        "--fit-top",
+        type=_arg.non_negative_int,
+        metavar="N",
+        help="fit lens models to the best N candidates and report the purity before and after "
+        "(config demo.fit_top: 20; 0: no fit)",
     )
     _cluster_arg(p)
     p.set_defaults(func=_cmd_demo)

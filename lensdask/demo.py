@@ -78,6 +78,42 @@ REAL_KEYS = (
 """Keys of an ``inject`` result the demo summary keeps."""
 
 
+def fit_against_truth(fits: pd.DataFrame, truth: pd.DataFrame) -> dict:
+    """How the lens models changed the purity of the fitted candidates (the network's best), against the truth.
+
+    Parameters
+    ----------
+    fits : pandas.DataFrame
+        ``object_id`` and the fit columns of every fitted candidate (``lensdask.fit.read_fits``).
+    truth : pandas.DataFrame
+        ``object_id, is_lens`` of every row of the survey.
+
+    Returns
+    -------
+    dict
+        ``fitted``, ``lenses`` among them, ``purity_before`` (lenses / fitted), ``kept`` (the fit keeps:
+        :func:`lensdask.fit.candidate.favours_lens`), ``lenses_kept``, ``purity_after`` (lenses kept / kept),
+        ``non_lenses_rejected``, ``converged`` and ``median_seconds`` (per candidate).
+    """
+    from .fit.candidate import favours_lens
+
+    m = fits.merge(truth[["object_id", "is_lens"]], on="object_id", how="left")
+    is_lens = m["is_lens"].fillna(False).to_numpy(bool)
+    kept = favours_lens(m)
+    n = len(m)
+    return {
+        "fitted": n,
+        "lenses": int(is_lens.sum()),
+        "purity_before": float(is_lens.mean()) if n else float("nan"),
+        "kept": int(kept.sum()),
+        "lenses_kept": int((kept & is_lens).sum()),
+        "purity_after": float((kept & is_lens).sum() / kept.sum()) if kept.any() else float("nan"),
+        "non_lenses_rejected": int((~kept & ~is_lens).sum()),
+        "converged": int(m["fit_converged"].sum()) if n else 0,
+        "median_seconds": float(m["fit_seconds"].median()) if n else float("nan"),
+    }
+
+
 def real_galaxy_check(real_galaxies: str | None, galaxies: str, threshold: float, progress: bool = True) -> dict | None:
     """The default model on real DES galaxies it never trained on: ``inject`` now, or the card's record.
 
@@ -123,6 +159,7 @@ def demo(
     top_n: int | None = None,
     threshold: float | None = None,
     real_galaxies: str | os.PathLike | None = None,
+    fit_top: int | None = None,
     client=None,
     progress: bool = True,
 ) -> dict:
@@ -146,6 +183,9 @@ def demo(
     real_galaxies : str or path, optional
         Real DES galaxy cubes for the real false-positive rate (config ``demo.real_galaxies``;
         relative to the working directory); see :func:`real_galaxy_check`.
+    fit_top : int, optional
+        Fit lens models to this many of the best candidates and report the purity before and after
+        (config ``demo.fit_top``; 0: no fit); see :func:`fit_against_truth`.
     client : distributed.Client, optional
 
     Returns
@@ -181,6 +221,12 @@ def demo(
     summary["lookalikes_above_threshold"] = int(
         (~scores["truth_class"].isin(["lens", "non-lens"]) & (scores["score"] >= threshold)).sum()
     )
+    fit_top = int(config.get("demo.fit_top", fit_top) or 0)
+    if fit_top > 0:
+        from .fit import fit
+
+        fitted = fit(out / "run", top=fit_top, client=client, overwrite=True, progress=progress)
+        summary["fit"] = fit_against_truth(fitted.fits, truth)
     real = config.get("demo.real_galaxies", None if real_galaxies is None else os.fspath(real_galaxies))
     summary["real_galaxies"] = real_galaxy_check(real, config.get("demo.galaxies"), threshold, progress)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -215,8 +261,18 @@ def format_summary(summary: dict) -> str:
             f"completeness {s['completeness']:.3f}, purity {s['purity']:.3f}",
             f"Look-alikes (rings, spirals, mergers, companions, edge-on discs, groups): "
             f"{s.get('lookalikes_above_threshold', 0)} of {s.get('lookalikes', 0)} above the threshold",
+            *([_fit_line(s["fit"])] if s.get("fit") else []),
             _real_line(s.get("real_galaxies")),
         ]
+    )
+
+
+def _fit_line(f: dict) -> str:
+    return (
+        f"Lens models of the best {f['fitted']}: {f['lenses']} lenses among them (purity {f['purity_before']:.2f}); "
+        f"the fit keeps {f['kept']} (purity {f['purity_after']:.2f}): {f['lenses_kept']} of {f['lenses']} lenses "
+        f"kept, {f['non_lenses_rejected']} of {f['fitted'] - f['lenses']} non-lenses rejected; "
+        f"{f['converged']} converged, median {f['median_seconds']:.1f} s a candidate"
     )
 
 
