@@ -5,7 +5,8 @@ The same format serves training sets and survey data. Layout (schema
 
     attributes  schema, bands, pixel_scale (arcsec/px), stamp (px), classes,
                 params (names of the per-row simulation parameters), provenance,
-                encoding (how the pixels are stored, see below)
+                encoding (how the pixels are stored, see below), survey (the survey profile
+                of its cutouts, lensdask.survey.profiles; stores written before it are ``des``)
     images      (n_tiles, capacity, n_bands, stamp, stamp)  int32 (quantised) or float32
                 chunks (1, chunk_rows, ...), one shard per tile
     scale, zero (n_tiles, capacity, n_bands)  float32   quantised stores only: step and
@@ -67,6 +68,9 @@ from .names import check_names
 from .quantise import dequantise, quantise_measured
 
 SCHEMA = "lensdask.cutouts/2"
+
+DEFAULT_SURVEY = "des"
+"""The survey of a store that records none (written before stores recorded their survey)."""
 """Schema name and version written to every new store."""
 
 READABLE_SCHEMAS = ("lensdask.cutouts/1", SCHEMA)
@@ -174,6 +178,9 @@ class CutoutStore:
         self.provenance: dict = dict(attrs.get("provenance", {}))
         self.schema: str = str(attrs.get("schema"))
         self.encoding: dict = dict(attrs.get("encoding", FLOAT_ENCODING))
+        self.survey: str = str(attrs.get("survey", DEFAULT_SURVEY))
+        """The survey profile of the cutouts (:mod:`lensdask.survey.profiles`); ``des`` for stores written before
+        stores recorded it."""
         """How the pixels are stored: ``{"pixels": "float32"}`` or ``{"pixels": "quantised",
         "step": sigma fraction, "seed", "border": px, "codec", "nblock"}``."""
         self.quantised: bool = self.encoding.get("pixels") == "quantised"
@@ -895,6 +902,7 @@ def create_store(
     chunk_rows: int | None = None,
     dtype: str | None = None,
     quantise_step: float | None = None,
+    survey: str = DEFAULT_SURVEY,
     overwrite: bool = False,
 ) -> CutoutStore:
     """Create an empty cutout store.
@@ -927,6 +935,8 @@ def create_store(
         Store integers on this fraction of each stamp and band's sky noise (rms error
         ``step / sqrt(12)`` sigma); 0 keeps the values exactly (config ``store.quantise.step``,
         where null also means exact).
+    survey : str
+        The survey profile of the cutouts (:mod:`lensdask.survey.profiles`), recorded as attribute ``survey``.
     overwrite : bool
         Replace an existing store; otherwise an existing path is an error.
     """
@@ -1025,6 +1035,7 @@ def create_store(
             "params": list(params),
             "provenance": provenance if provenance is not None else globals()["provenance"](),
             "encoding": encoding,
+            "survey": str(survey),
         }
     )
     return CutoutStore(g, url)

@@ -48,7 +48,8 @@ def store_info(store: str | os.PathLike) -> dict:
     deprecated old name).
 
     Keys: ``url``, ``schema``, ``version`` (the schema's number), ``bands``,
-    ``pixel_scale`` (arcsec/px), ``stamp`` (px), ``tiles_written``, ``tiles``, ``rows``,
+    ``pixel_scale`` (arcsec/px), ``stamp`` (px), ``survey`` (its survey profile; ``des`` for stores written
+    before stores recorded it), ``tiles_written``, ``tiles``, ``rows``,
     ``capacity``, ``chunk_rows``, ``classes`` ({name: rows}, plus ``unknown`` for label -1),
     ``flags`` (rows per flag), ``encoding`` (pixels, codec, quantisation), ``bytes_on_disk``,
     ``bytes_per_cutout`` (whole store / rows), ``image_bytes_per_cutout`` (pixels only),
@@ -83,6 +84,7 @@ def store_info(store: str | os.PathLike) -> dict:
         "bands": s.bands,
         "pixel_scale": s.pixel_scale,
         "stamp": s.stamp,
+        "survey": s.survey,
         "tiles_written": len(written),
         "tiles": s.n_tiles,
         "rows": rows,
@@ -188,6 +190,7 @@ def format_info(info: dict) -> str:
     lines = [
         f"store       {info['url']}",
         f"schema      {info['schema']} (version {info['version']}){old}",
+        f"survey      {info.get('survey', 'des')}",
         f"bands       {','.join(info['bands'])}",
         f"pixels      {info['pixel_scale']:g} arcsec/px, stamp {info['stamp']} px",
         f"tiles       {info['tiles_written']} written of {info['tiles']}",
@@ -276,12 +279,13 @@ def convert(
         chunk_rows=s.chunk_rows,
         dtype=str(store_array(s.group, "images").dtype) if not s.quantised else None,
         quantise_step=quantise_step,
+        survey=s.survey,
         overwrite=overwrite,
     )
     extra = {
         k: v
         for k, v in attrs.items()
-        if k not in ("schema", "bands", "pixel_scale", "stamp", "classes", "params", "provenance", "encoding")
+        if k not in ("schema", "bands", "pixel_scale", "stamp", "classes", "params", "provenance", "encoding", "survey")
     }
     if extra:  # attributes this lensdask does not interpret travel as they are
         d.group.attrs.update(extra)
