@@ -194,10 +194,16 @@ def _cmd_ingest(a) -> int:
 
     from .survey import ingest
 
-    if sum(x is not None for x in (a.images, a.des_tiles, a.cubes, a.arrays)) != 1:
-        raise LensdaskError("give one of --images or --des-tiles (with --catalog), --cubes or --arrays")
+    if sum(x is not None for x in (a.images, a.des_tiles, a.coadds, a.cubes, a.arrays)) != 1:
+        raise LensdaskError("give one of --images, --des-tiles or --coadds (with --catalog), --cubes or --arrays")
     if a.des_tiles is not None and not os.path.isdir(a.des_tiles):
         raise LensdaskError(f"--des-tiles {a.des_tiles!r} is not a folder")
+    if a.coadds is not None and not os.path.isdir(a.coadds):
+        raise LensdaskError(f"--coadds {a.coadds!r} is not a folder")
+    if a.survey is not None:
+        from .survey.profiles import get_profile
+
+        get_profile(a.survey)  # an unknown survey is refused before a cluster starts
     from .names import check_names
     from .survey.ingest import check_table_names
 
@@ -215,6 +221,8 @@ def _cmd_ingest(a) -> int:
             weights=a.weights,
             masks=a.masks,
             des_tiles=a.des_tiles,
+            survey=a.survey,
+            coadds=a.coadds,
             tiles=a.tiles,
             cubes=a.cubes,
             arrays=a.arrays,
@@ -989,8 +997,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="DES coadd tiles as released: DIR/{tile}_{tag}_{band}.fits.fz with HDUs SCI, MSK, WGT",
     )
     p.add_argument(
+        "--survey",
+        metavar="NAME",
+        help="survey profile (des, legacy-dr10, hsc-pdr3, lsst, euclid-vis; config lensdask.surveys): the store's "
+        "bands, pixel scale and stamp, checked against the input before any work, and the layout of --coadds; "
+        "recorded in the store (default des, unchecked)",
+    )
+    p.add_argument(
+        "--coadds",
+        metavar="DIR",
+        help="the survey's coadd files in its layout (--survey; e.g. a Legacy Surveys coadd/ folder of bricks)",
+    )
+    p.add_argument(
         "--catalog",
-        help="objects for --images/--des-tiles: FITS/CSV/Parquet with id, ra, dec [deg] "
+        help="objects for --images/--des-tiles/--coadds: FITS/CSV/Parquet with id, ra, dec [deg] "
         "(tile, label optional; DES Gold COADD_OBJECT_ID, RA, DEC, TILENAME as they come)",
     )
     p.add_argument("--weights", metavar="PATTERN", help="inverse-variance maps like --images (0 = masked)")

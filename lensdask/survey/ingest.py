@@ -31,6 +31,7 @@ import string
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,10 @@ from ..fanout import FAILURE_COLUMNS, write_failures
 from ..fanout import failures_path as failures_path  # where lensdask.cli looks for it
 from ..names import check_names
 from ..store import FLAG_EDGE, FLAG_MASKED, create_store, open_store, provenance, psf_columns, store_array
+
+if TYPE_CHECKING:
+    from .layouts import PlaneRules
+    from .profiles import SurveyProfile
 
 ID_COLUMNS = ("object_id", "coadd_object_id", "id", "objid", "object")
 TILE_COLUMNS = ("tile", "tilename")
@@ -305,17 +310,19 @@ def _expand_images(images, bands, tiles, what: str = "image") -> tuple[dict[str,
 
 
 # -- one tile (a task) ------------------------------------------------------------------
-def _band_planes(files, weights, masks, band, hdu, weights_hdu, masks_hdu, mask_bits):
-    from .planes import BandPlanes
+def _band_planes(files, weights, masks, band, hdu, weights_hdu, masks_hdu, mask_bits, rules=None):
+    from .layouts import open_band_planes
 
-    return BandPlanes(
-        files[band],
-        (weights or {}).get(band),
-        (masks or {}).get(band),
+    return open_band_planes(
+        files,
+        weights,
+        masks,
+        band,
         hdu=hdu,
-        weight_hdu=weights_hdu if weights_hdu is not None else hdu,
-        mask_hdu=masks_hdu if masks_hdu is not None else hdu,
+        weights_hdu=weights_hdu,
+        masks_hdu=masks_hdu,
         mask_bits=mask_bits,
+        rules=rules,
     )
 
 
@@ -359,6 +366,7 @@ def ingest_fits_tile(
     mask_fill: str = "median",
     block_rows: int | None = None,
     psf: dict[str, str] | None = None,
+    rules=None,
 ) -> dict:
     """Cut the stamps of ``rows`` from one tile's band images and write the tile; the unit of work of an ingest.
 
@@ -388,6 +396,9 @@ def ingest_fits_tile(
         ``{band: path}`` of the tile's PSFEx models. Each band's PSF FWHM, recorded for every row
         (the store's ``psf_fwhm`` and ``psf_origin``), comes from its PSFEx model, else the image
         header, else the tile's stars (:func:`lensdask.survey.psf.tile_psf`).
+    rules : lensdask.survey.layouts.PlaneRules, optional
+        How the survey's weight and mask planes are read (a variance as weights, bad bits per band
+        or from the mask header); default: inverse-variance weights and ``mask_bits``.
 
     Returns
     -------
@@ -412,7 +423,7 @@ def ingest_fits_tile(
     planes = []
     try:
         for band in store.bands:
-            planes.append(_band_planes(files, weights, masks, band, hdu, weights_hdu, masks_hdu, mask_bits))
+            planes.append(_band_planes(files, weights, masks, band, hdu, weights_hdu, masks_hdu, mask_bits, rules))
         ra, dec = rows["ra"].to_numpy(float), rows["dec"].to_numpy(float)
         xy = [p.wcs.all_world2pix(ra, dec, 0) for p in planes]
         y_first = np.where(np.isfinite(xy[0][1]), xy[0][1], np.inf)
@@ -626,6 +637,8 @@ def ingest(
     weights=None,
     masks=None,
     des_tiles=None,
+    survey: str | None = None,
+    coadds=None,
     tiles: list[str] | None = None,
     cubes=None,
     arrays=None,
@@ -676,6 +689,15 @@ def ingest(
         with HDUs SCI, MSK and WGT (see :mod:`lensdask.survey.des_tiles`); sets
         ``images``, ``weights``, ``masks``, the three HDUs and ``mask_bits``
         (config ``ingest.des.mask_bits``, default 1).
+    survey : str, optional
+        A survey profile (:func:`lensdask.survey.profiles.get_profile`: ``des``, ``legacy-dr10``,
+        ``hsc-pdr3``, ``lsst``, ``euclid-vis``): its bands, pixel scale and stamp are the store's
+        defaults, the input is checked against it before any work (bands, pixel scale within 1 %,
+        flux-unit header keywords), and the store records it. None: ``des``, unchecked, as before profiles.
+    coadds : str or path, optional
+        A folder of the survey's coadd files in its layout (:func:`lensdask.survey.layouts.survey_files`):
+        sets ``images``, ``weights``, ``masks``, their HDUs and the bad mask bits (``mask_bits``
+        overrides them for every band). With ``survey`` None, the DES layout, as ``des_tiles``.
     tiles : list of str, optional
         Tile names to ingest.
     cubes : str or mapping, optional
@@ -740,6 +762,8 @@ def ingest(
         weights=weights,
         masks=masks,
         des_tiles=des_tiles,
+        survey=survey,
+        coadds=coadds,
         cubes=cubes,
         arrays=arrays,
         bands=bands,
@@ -759,6 +783,7 @@ def ingest(
         bands=opts.bands,
         pixel_scale=opts.pixel_scale,
         stamp=opts.stamp,
+        survey=opts.survey,
         overwrite=overwrite,
         provenance=provenance(
             inputs=_input_names(
@@ -768,6 +793,7 @@ def ingest(
                 arrays=arrays,
                 table=table,
                 des_tiles=des_tiles,
+                coadds=coadds,
                 psf=opts.psf if isinstance(opts.psf, (str, os.PathLike)) else None,
             )
         ),
@@ -810,6 +836,14 @@ class _Options:
         Stamps cut and written together (None: config ``ingest.block_rows``, read by the task).
     psf : str or mapping or None
         Pattern or ``{tile: {band: path}}`` of the tiles' PSFEx models.
+    survey : str
+        The survey the store records (``des`` unless one is named).
+    profile : SurveyProfile or None
+        The named survey's profile, which the input is checked against; None when none is named.
+    rules : PlaneRules or None
+        How the survey's weight and mask planes are read (None: inverse variance, ``mask_bits``).
+    layout_problems : dict
+        ``{tile: reason}`` of tiles whose survey files are ambiguous.
     """
 
     images: object
@@ -825,6 +859,10 @@ class _Options:
     mask_fill: str
     block_rows: int | None
     psf: object = None
+    survey: str = "des"
+    profile: SurveyProfile | None = None
+    rules: PlaneRules | None = None
+    layout_problems: dict = field(default_factory=dict)
 
 
 def _resolve_options(
@@ -845,17 +883,44 @@ def _resolve_options(
     mask_fill,
     block_rows,
     psf=None,
+    survey=None,
+    coadds=None,
 ) -> _Options:
-    """Fill :func:`ingest`'s options from ``des_tiles`` and the configuration, and check them.
+    """Fill :func:`ingest`'s options from ``des_tiles``, a survey's profile and layout, and the configuration,
+    and check them.
 
     Raises
     ------
     LensdaskError
-        ``des_tiles`` with ``images`` or not a folder, mask bits that are not positive, an
-        unknown mask fill, or not exactly one input (images, DES tiles, cubes or arrays).
+        ``des_tiles`` with ``images`` or not a folder, an unknown survey, ``coadds`` with ``images`` or
+        ``des_tiles``, mask bits that are not positive, an unknown mask fill, or not exactly one input
+        (images, DES tiles, coadds, cubes or arrays).
     """
     from .planes import hdu_spec
 
+    profile = None
+    if survey is not None:
+        from .profiles import check_store_against_profile, get_profile
+
+        profile = get_profile(survey)
+        bands = bands if bands is not None else list(profile.bands)
+        pixel_scale = pixel_scale if pixel_scale is not None else profile.pixel_scale
+        stamp = stamp if stamp is not None else profile.stamp
+        check_store_against_profile(_InputImages([str(b) for b in bands], float(pixel_scale)), profile)
+    rules, layout_problems = None, {}
+    if coadds is not None:
+        from .layouts import survey_files
+        from .profiles import get_profile
+
+        if images is not None or des_tiles is not None:
+            raise LensdaskError("give coadds (with a survey) or images or des_tiles, not several")
+        found = survey_files(profile or get_profile("des"), coadds, mask_bits=mask_bits)
+        images, weights, masks = found.images, found.weights, found.masks
+        psf = found.psf if psf is None else psf
+        hdu, weights_hdu, masks_hdu, mask_bits = found.hdu, found.weights_hdu, found.masks_hdu, found.mask_bits
+        rules, layout_problems = found.rules, found.problems
+    if des_tiles is not None and profile is not None and profile.name != "des":
+        raise LensdaskError(f"des_tiles reads DES tiles; give the {profile.name} files as coadds (--coadds DIR)")
     if des_tiles is not None:
         from .des_tiles import des_layout
 
@@ -883,7 +948,7 @@ def _resolve_options(
     if mask_fill not in MASK_FILLS:
         raise LensdaskError(f"unknown mask_fill {mask_fill!r}; use {' or '.join(MASK_FILLS)}")
     if sum(v is not None for v in (images, cubes, arrays)) != 1:
-        raise LensdaskError("give exactly one of images (with a catalogue), des_tiles, cubes or arrays")
+        raise LensdaskError("give exactly one of images (with a catalogue), des_tiles, coadds, cubes or arrays")
     return _Options(
         images,
         weights,
@@ -898,6 +963,10 @@ def _resolve_options(
         mask_fill,
         block_rows,
         psf,
+        survey=profile.name if profile is not None else "des",
+        profile=profile,
+        rules=rules,
+        layout_problems=layout_problems,
     )
 
 
@@ -973,6 +1042,8 @@ def _find_tile_files(opts: _Options, tiles: list[str] | None) -> _TileFiles:
     if tiles is not None:
         check_names(tiles, source="--tiles", rows=range(1, len(tiles) + 1))
     files, problems = _expand_images(images, opts.bands, tiles)
+    problems.update({t: r for t, r in opts.layout_problems.items() if tiles is None or t in tiles})
+    files = {t: fb for t, fb in files.items() if t not in problems}
     names = sorted(set(files) | set(problems)) if not isinstance(images, Mapping) else list(files) + list(problems)
     if tiles is not None:
         names = [t for t in tiles if t in names]
@@ -1000,13 +1071,17 @@ def _check_first_tile(opts: _Options, found: _TileFiles) -> None:
     """Refuse bad input before any tile is written, on the first tile that can be read.
 
     The planes of that tile are checked on a few strips (a wrong weight map or mask is wrong
-    in every tile), and its pixel scale against the store's. A tile whose own files disagree
-    (shapes, WCS) is added to ``found.problems``, and the next one is checked.
+    in every tile), and its pixel scale against the store's. With a survey profile, the store's
+    bands, the images' pixel scale and their flux-unit keywords are checked against it
+    (:func:`~lensdask.survey.profiles.check_store_against_profile`). A tile whose own files
+    disagree (shapes, WCS) is added to ``found.problems``, and the next one is checked.
 
     Raises
     ------
     LensdaskError
         A pixel scale more than 5 % off, bad weights or masks, or no tile that can be read.
+    SurveyMismatchError
+        Input that contradicts the survey's profile, one line each.
     """
     from astropy.wcs.utils import proj_plane_pixel_scales
 
@@ -1025,9 +1100,12 @@ def _check_first_tile(opts: _Options, found: _TileFiles) -> None:
                     opts.weights_hdu,
                     opts.masks_hdu,
                     opts.mask_bits,
+                    opts.rules,
                 ) as planes:
                     if b == bands[0]:
                         scale = float(np.mean(proj_plane_pixel_scales(planes.wcs)) * 3600.0)
+                        if opts.profile is not None:
+                            _check_profile(opts.profile, opts, scale, found.images[t])
                         if abs(scale / opts.pixel_scale - 1) > 0.05:
                             raise LensdaskError(
                                 f"the images are at {scale:.4f} arcsec/px, the store at {opts.pixel_scale} arcsec/px"
@@ -1040,6 +1118,38 @@ def _check_first_tile(opts: _Options, found: _TileFiles) -> None:
             continue
         return
     raise LensdaskError("no tile could be read: " + "; ".join(f"{t}: {r}" for t, r in found.problems.items()))
+
+
+@dataclass(frozen=True)
+class _InputImages:
+    """What a profile is checked against before ingest: the store's bands and the images' pixel scale (arcsec/px)."""
+
+    bands: list
+    pixel_scale: float
+
+
+def _check_profile(profile: SurveyProfile, opts: _Options, scale: float, files: dict[str, str]) -> None:
+    """Check the store's bands, the images' pixel scale ``scale`` (arcsec/px) and each band's image headers
+    (the primary HDU's and the image HDU's, e.g. HSC's FLUXMAG0 and LSST's BUNIT) against ``profile``.
+
+    Raises
+    ------
+    SurveyMismatchError
+        One line for each contradiction.
+    """
+    from astropy.io import fits
+
+    from .planes import read_header
+    from .profiles import check_store_against_profile
+
+    headers = {}
+    for b in opts.bands:
+        if b not in files:
+            continue
+        header = fits.Header(fits.getheader(files[b], 0))
+        header.update(read_header(files[b], opts.hdu))
+        headers[f"{files[b]} (band {b})"] = header
+    check_store_against_profile(_InputImages(list(opts.bands), scale), profile, headers=headers)
 
 
 def _catalogue_by_tile(catalog, found: _TileFiles, opts: _Options, report: IngestReport) -> dict[str, pd.DataFrame]:
@@ -1103,6 +1213,7 @@ def _plan_fits_tiles(out: str, opts: _Options, catalog, tiles, store_args: dict,
                     mask_fill=opts.mask_fill,
                     block_rows=opts.block_rows,
                     psf=psf_files.get(t),
+                    rules=opts.rules,
                 ),
             )
         )
