@@ -317,21 +317,19 @@ def _profile(name: str, entry: Mapping) -> SurveyProfile:
 def _layout(name: str, entry, bands: Sequence[str]) -> CoaddLayout:
     """The coadd layout of a profile: ``des`` (today's DES tile layout) or an explicit entry."""
     if entry == "des":
-        from .des_tiles import HDUS, MASK_BITS, PATTERN, PSF_PATTERN
+        from .des_tiles import des_layout
 
-        bits = config.get("ingest.des.mask_bits")
-        pattern = config.get("ingest.des.pattern") or PATTERN
+        des = des_layout("")  # the patterns relative to the tile folder, the HDUs and bits of --des-tiles
         return CoaddLayout(
-            tile="DES coadd tile (e.g. DES0001-0001)",
-            image=pattern,
-            weight=pattern,
-            mask=pattern,
-            image_hdu=HDUS["image"],
-            weight_hdu=HDUS["weight"],
-            mask_hdu=HDUS["mask"],
-            weight_kind="invvar",
-            mask_bits=MappingProxyType({b: MASK_BITS if bits is None else int(bits) for b in bands}),
-            psf=config.get("ingest.des.psf_pattern") or PSF_PATTERN,
+            "DES coadd tile (e.g. DES0001-0001)",
+            des["images"],
+            des["weights"],
+            des["masks"],
+            des["hdu"],
+            des["weights_hdu"],
+            des["masks_hdu"],
+            mask_bits=MappingProxyType(dict.fromkeys(bands, des["mask_bits"])),
+            psf=des["psf"],
         )
     kind = str(entry.get("weight_kind", "invvar"))
     if kind not in WEIGHT_KINDS:
