@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import re
 import string
 import time
 from collections.abc import Mapping
@@ -42,6 +41,7 @@ from ..fanout import FAILURE_COLUMNS, write_failures
 from ..fanout import failures_path as failures_path  # where lensdask.cli looks for it
 from ..names import check_names
 from ..store import FLAG_EDGE, FLAG_MASKED, create_store, open_store, provenance, psf_columns, store_array
+from .layouts import tile_regex
 
 if TYPE_CHECKING:
     from .layouts import PlaneRules
@@ -234,16 +234,6 @@ def _fields(pattern: str) -> set[str]:
     return {f for _, f, _, _ in string.Formatter().parse(pattern) if f}
 
 
-def _glob_rx(pattern: str, band: str) -> re.Pattern:
-    """A regex matching the files of ``pattern`` for ``band``, capturing the tile name."""
-    text = pattern.replace("{band}", "\0b").replace("{tile}", "\0t")
-    out = []
-    for ch in text:
-        out.append({"*": "[^/]*", "?": "[^/]"}.get(ch, re.escape(ch)))
-    rx = "".join(out).replace(re.escape("\0t"), "(?P<tile>[^/]+?)", 1).replace(re.escape("\0t"), "(?P=tile)")
-    return re.compile(rx.replace(re.escape("\0b"), re.escape(band)))
-
-
 def _resolve(path: str) -> tuple[str | None, str | None]:
     """(the one file ``path`` names, None) or (None, why not); ``path`` may hold ``*`` and ``?``."""
     import glob
@@ -290,7 +280,7 @@ def _expand_images(images, bands, tiles, what: str = "image") -> tuple[dict[str,
     elif not tiles:
         found = set()
         for b in bands:  # a tile that lacks some band is found through the others, and fails
-            rx = _glob_rx(pattern, b)
+            rx = tile_regex(pattern, b)
             found |= {m.group("tile") for p in glob.glob(pattern.format(tile="*", band=b)) if (m := rx.fullmatch(p))}
         tiles = sorted(found)
         if not tiles:

@@ -183,6 +183,17 @@ class SurveyFiles:
     problems: dict = field(default_factory=dict)
 
 
+def tile_regex(pattern: str, band: str) -> re.Pattern:
+    """A regex matching the files of ``pattern`` (with ``{tile}``, ``{band}``, ``*`` and ``?``) for ``band``,
+    capturing the tile name as group ``tile``."""
+    text = pattern.replace("{band}", "\0b").replace("{tile}", "\0t")
+    out = []
+    for ch in text:
+        out.append({"*": "[^/]*", "?": "[^/]"}.get(ch, re.escape(ch)))
+    rx = "".join(out).replace(re.escape("\0t"), "(?P<tile>[^/]+?)", 1).replace(re.escape("\0t"), "(?P=tile)")
+    return re.compile(rx.replace(re.escape("\0b"), re.escape(band)))
+
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
 
@@ -252,13 +263,11 @@ def survey_files(profile: SurveyProfile, directory: str | os.PathLike, *, mask_b
 
 def _find(directory: str, pattern: str, profile: SurveyProfile, what: str, problems: dict) -> dict:
     """``{tile: {band: path}}`` of the files of one plane; a tile with several files for a band goes to ``problems``."""
-    from .ingest import _glob_rx
-
     full = os.path.join(directory, pattern)
     found: dict[str, dict[str, str]] = {}
     for band in profile.bands:
         token = profile.layout.file_band(band)
-        rx = _glob_rx(full, token)
+        rx = tile_regex(full, token)
         by_tile: dict[str, list[str]] = {}
         for path in sorted(glob.glob(full.format(tile="*", band=token))):
             m = rx.fullmatch(path)
