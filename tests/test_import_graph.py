@@ -170,8 +170,8 @@ def test_no_import_cycles():
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
-LENSTRONOMY_WRAPPERS = {"lensdask.simulate.render", "lensdask.fit.lensmodel"}
-"""The only modules that import lenstronomy: the simulation's renderer and the fit's lens models."""
+LENSTRONOMY_WRAPPERS = {"lensdask.simulate.render", "lensdask.fit.lensmodel", "lensdask.fit.engine"}
+"""The only modules that import lenstronomy: the simulation's renderer and the fit's lens models and engine."""
 
 
 def test_only_the_wrappers_import_lenstronomy():
