@@ -12,6 +12,7 @@ Fit columns (every one prefixed ``fit_``; per-band ones suffixed ``_<band>``)
 ``fit_mag_lens_<b>``   lens light magnitude (AB, config ``fit.zero_points``)
 ``fit_mag_source_<b>`` unlensed source magnitude
 ``fit_source_x, fit_source_y``  source position (arcsec from the stamp centre, x = RA direction)
+``fit_source_r``       source half-light radius (arcsec, elliptical exponential)
 ``fit_magnification``  total magnification of the source (lensed / unlensed flux, no PSF)
 ``fit_n_images``       images of a point at the source's centre
 ``fit_chi2nu_lens, fit_chi2nu_null``  reduced chi-square of the two models on the fitted pixels
@@ -50,6 +51,7 @@ SCALAR_COLUMNS = {
     "phi_ext": "fit_phi_ext",
     "source_x": "fit_source_x",
     "source_y": "fit_source_y",
+    "source_r": "fit_source_r",
     "magnification": "fit_magnification",
     "chi2nu_lens": "fit_chi2nu_lens",
     "chi2nu_null": "fit_chi2nu_null",

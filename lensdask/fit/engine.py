@@ -33,7 +33,11 @@ CORE_HALF_WIDTH = 3
 
 @dataclass(frozen=True)
 class Parameter:
-    """One nonlinear parameter: its component and key (lenstronomy's name), start, bounds and typical scale."""
+    """One nonlinear parameter: its component and key (lenstronomy's name), start, bounds and typical scale.
+
+    ``lower_is_limit``: False where the likelihood is flat towards the lower bound (a source's size far
+    below the PSF), so that a fit resting there is not at a limit of the model (:meth:`Optimum.at_bound`).
+    """
 
     component: int
     key: str
@@ -41,6 +45,7 @@ class Parameter:
     lower: float
     upper: float
     scale: float
+    lower_is_limit: bool = True
 
 
 class Stamp:
@@ -303,11 +308,12 @@ class Optimum:
         raise KeyError((key, component))
 
     def at_bound(self, tol: float = 0.02) -> list[tuple[int, str]]:
-        """(component, key) of parameters within ``tol`` of their range from a bound."""
+        """(component, key) of parameters within ``tol`` of their range from a bound (the lower one only where
+        it is a limit of the model)."""
         out = []
         for p, v in zip(self.params, self.x):
             span = p.upper - p.lower
-            if min(v - p.lower, p.upper - v) <= tol * span:
+            if p.upper - v <= tol * span or (p.lower_is_limit and v - p.lower <= tol * span):
                 out.append((p.component, p.key))
         return out
 

@@ -85,14 +85,14 @@ class FitSettings:
     exposure_time: float = 0.0
     theta_E_grid: int = 15
     lens_starts: int = 2
-    null_blobs: tuple[int, ...] = (1, 2)
-    lens_blobs: tuple[int, ...] = (0, 1)
+    null_blobs: tuple[int, ...] = (1, 2, 3)
+    lens_blobs: tuple[int, ...] = (0, 1, 2)
     null_starts: int = 2
-    max_iterations: int = 60
+    max_iterations: int = 100
     confirm: bool = True
     theta_E_range: tuple[float, float] = (0.3, 3.5)
-    shear_sigma: float = 0.08
-    mass_light_sigma: float = 0.2
+    shear_sigma: float = 0.05
+    mass_light_sigma: float = 0.1
     source_r_max: float = 2.0
 
 
@@ -116,9 +116,13 @@ def _light_parameters(light: dict, *, box: float = LENS_CENTRE_BOX) -> list[Para
     ]
 
 
+SOURCE_R_MIN = 0.02
+"""arcsec: lower bound of a source's or blob's half-light radius, far below the PSF (an unresolved source)."""
+
+
 def _blob_parameters(component: int, x: float, y: float, r: float, half: float, r_max: float) -> list[Parameter]:
     return [
-        Parameter(component, "R_sersic", r, 0.05, r_max, 0.1),
+        Parameter(component, "R_sersic", r, SOURCE_R_MIN, r_max, 0.1, lower_is_limit=False),
         Parameter(component, "e1", 0.0, -0.6, 0.6, 0.05),
         Parameter(component, "e2", 0.0, -0.6, 0.6, 0.05),
         Parameter(component, "center_x", x, -half, half, 0.1),
