@@ -1,7 +1,7 @@
 """A fitted candidate's model images, read back for people: :func:`read_models` and the model panel.
 
 ``lensdask fit`` writes, beside each chunk's rows, ``RUN_DIR/fit/chunk-<hash>.npz`` holding per
-candidate ``{object_id}_lens``, ``{object_id}_null``, ``{object_id}_source`` ((n_bands, n, n) float16
+candidate ``{object_id}_lens``, ``{object_id}_null``, ``{object_id}_source`` ((n_bands, n, n) float32
 images in the store's flux units: the lens model, the null model, the reconstructed unlensed source
 on the image grid) and ``{object_id}_mask`` ((n, n) int8, 1 on the pixels both models were fitted on).
 
@@ -76,7 +76,7 @@ def read_models(
     Returns
     -------
     dict
-        ``{object_id: {"lens", "null", "source": (n_bands, n, n) float16 images in the store's flux
+        ``{object_id: {"lens", "null", "source": (n_bands, n, n) float32 images in the store's flux
         units, "mask": (n, n) int8, 1 on fitted pixels}}``; a candidate has only the arrays found.
         Empty when the run has no fit. When several chunks hold the same candidate, the file last in
         name order wins (as :func:`lensdask.fit.run.read_fits` does for the rows).

@@ -6,7 +6,7 @@ Layout it adds to the run directory::
                                       unless overwrite=True (which removes RUN_DIR/fit first)
     RUN_DIR/fit/<chunk>.parquet       one row per candidate of a finished chunk (``tile``, ``object_id``,
                                       the fit columns of :mod:`lensdask.fit.candidate`); written atomically
-    RUN_DIR/fit/<chunk>.npz           the chunk's model images (lens, null, source; float16) and masks
+    RUN_DIR/fit/<chunk>.npz           the chunk's model images (lens, null, source; float32) and masks
     RUN_DIR/fits.parquet              every fitted candidate, ranked by the combined score
     RUN_DIR/fit_failures.parquet      chunks whose task raised, and candidates whose fit raised
     RUN_DIR/candidates.parquet        rewritten with the fit columns, ``combined_score`` and ``combined_rank``
@@ -192,7 +192,9 @@ def fit_chunk(
                 failures.append({"tile": f"{rows.at[i, 'tile']}/{oid}", "error": row["fit_status"], "traceback": tb})
             if model is not None:
                 for k, v in model.items():
-                    models[f"{oid}_{k}"] = v.astype(np.float16) if v.dtype != np.int8 else v
+                    models[f"{oid}_{k}"] = (
+                        v.astype(np.float32) if v.dtype != np.int8 else v
+                    )  # float16 overflows bright stamps
     table = pd.DataFrame(out, columns=["tile", "object_id", *fit_columns(bands)])
     folder = pathlib.Path(out_dir)
 

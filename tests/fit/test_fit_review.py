@@ -76,7 +76,7 @@ def test_read_models_gives_every_fitted_candidates_arrays(fitted, table):
     for arrays in models.values():
         assert set(arrays) == {"lens", "null", "source", "mask"}
         for name in ("lens", "null", "source"):
-            assert arrays[name].shape == (4, 45, 45) and arrays[name].dtype == np.float16
+            assert arrays[name].shape == (4, 45, 45) and arrays[name].dtype == np.float32
             assert np.isfinite(arrays[name]).all()
         assert arrays["mask"].shape == (45, 45) and arrays["mask"].dtype == np.int8
         assert 0 < arrays["mask"].sum() < 45 * 45  # a disc less neighbours, not the whole stamp
