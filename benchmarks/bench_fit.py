@@ -181,6 +181,17 @@ def summarise(table: pd.DataFrame) -> dict:
     return out
 
 
+def _report(result: dict, a, t0: float) -> dict:
+    """``result`` with the wall time and arguments, printed and written to ``--out`` as JSON."""
+    result["wall_seconds"] = time.perf_counter() - t0
+    result["args"] = vars(a)
+    print(json.dumps(result, indent=1))
+    if a.out:
+        with open(a.out, "w") as fh:
+            json.dump(result, fh, indent=1)
+    return result
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lenses", type=int, default=30)
@@ -195,26 +206,14 @@ def main(argv=None) -> dict:
 
     t0 = time.perf_counter()
     if a.real:
-        result = real_galaxies(a.real, a.orientations, a.seed, a.workers)
-        result["wall_seconds"] = time.perf_counter() - t0
-        result["args"] = vars(a)
-        print(json.dumps(result, indent=1))
-        if a.out:
-            with open(a.out, "w") as fh:
-                json.dump(result, fh, indent=1)
-        return result
+        return _report(real_galaxies(a.real, a.orientations, a.seed, a.workers), a, t0)
     images, table = systems(a.lenses, a.others, a.seed)
     psf = table[[f"seeing_{b}" for b in "griz"]].to_numpy(float)
     jobs = [(images[i].astype(np.float64), psf[i], candidate_seed(a.seed, i), None) for i in range(len(table))]
     rows = fit_all(jobs, a.workers)
     fits = pd.concat([table[["kind", "theta_E"]].reset_index(drop=True), pd.DataFrame(rows)], axis=1)
-    result = summarise(fits)
-    result["wall_seconds"] = time.perf_counter() - t0
-    result["args"] = vars(a)
-    print(json.dumps(result, indent=1))
+    result = _report(summarise(fits), a, t0)
     if a.out:
-        with open(a.out, "w") as fh:
-            json.dump(result, fh, indent=1)
         fits.to_parquet(os.path.splitext(a.out)[0] + ".parquet", index=False)
     return result
 
