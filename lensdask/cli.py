@@ -105,6 +105,19 @@ def _cluster_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+SURVEY_NAMES = "des, legacy-dr10, hsc-pdr3, lsst, euclid-vis; config lensdask.surveys"
+
+
+def _survey_arg(p: argparse.ArgumentParser, what: str, default: str | None = "des") -> None:
+    """--survey NAME: the survey profile of a command (lensdask.survey.profiles); an unknown name exits 2."""
+    p.add_argument(
+        "--survey",
+        metavar="NAME",
+        default=default,
+        help=f"survey profile ({SURVEY_NAMES}) {what} (default: {default or 'the survey the store records'})",
+    )
+
+
 def _with_client(a: argparse.Namespace):
     """A client for any fan-out command: its --cluster, --jobs and --adapt (:class:`_ClusterChoice`)."""
     from .cluster import cluster_client
@@ -131,6 +144,7 @@ def _cmd_simulate(a) -> int:
         lookalikes=a.lookalikes.split(",") if a.lookalikes else None,
         background_fraction=a.background_fraction,
         galaxies=a.galaxies,
+        survey=a.survey,
     )
     resolve_sim_kwargs(a.lens_fraction, constraints, None, **inputs)  # bad input fails before the cluster starts
     with _with_client(a) as client:
@@ -171,7 +185,9 @@ def _cmd_simulate(a) -> int:
 
 def _cmd_mock_survey(a) -> int:
     from .survey import mock_survey
+    from .survey.profiles import get_profile
 
+    get_profile(a.survey)  # an unknown survey is refused before a cluster starts
     with _with_client(a) as client:
         store, truth = mock_survey(
             a.out,
@@ -184,6 +200,7 @@ def _cmd_mock_survey(a) -> int:
             overwrite=a.overwrite,
             lookalike_fraction=a.lookalike_fraction,
             lookalikes=a.lookalikes.split(",") if a.lookalikes else None,
+            survey=a.survey,
         )
     print(f"wrote {store}\ntruth table (never read by search): {truth}")
     return 0
@@ -957,6 +974,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--psf", metavar="PSFEX", help="'gaussian' or a PSFEx .psf file")
     p.add_argument("--gallery", metavar="PNG", help="also write colour composites of the first rows, with parameters")
     p.add_argument("--gallery-n", type=_arg.count, default=24, help="stamps in the gallery (default 24)")
+    _survey_arg(p, "simulated: its bands, pixel scale, stamp, instrument and conditions; recorded in the store")
     _cluster_arg(p)
     p.set_defaults(func=_cmd_simulate)
 
@@ -979,6 +997,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated kinds: ring,spiral,merger,companion,edge-on,group (config mock_survey.lookalikes)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    _survey_arg(p, "simulated: its bands, pixel scale, stamp, instrument and conditions; recorded in the store")
     _cluster_arg(p)
     p.set_defaults(func=_cmd_mock_survey)
 

@@ -76,6 +76,8 @@ def draw_conditions(
     bands: Sequence[str],
     source: str = "des",
     fixed: Mapping[str, tuple[float, float]] | None = None,
+    model: Mapping[str, Sequence[float]] | None = None,
+    clip: Mapping[str, tuple[float, float]] | None = None,
 ) -> dict:
     """Draw one system's conditions.
 
@@ -88,6 +90,12 @@ def draw_conditions(
         or a folder of ``2d<band>_DES.txt`` sample files.
     fixed : mapping, optional
         Per band (seeing arcsec, sky mag/arcsec^2) for ``source="fixed"``.
+    model : mapping, optional
+        Per band, the parametric model ``(ln-seeing mean, ln-seeing sd, sky mean, sky sd, rho)`` of
+        ``source="des"`` (and of bands without samples); default :data:`DES_CONDITIONS`. A survey
+        profile's (:meth:`lensdask.survey.profiles.SurveyProfile.conditions`).
+    clip : mapping, optional
+        Per band, the range (arcsec) the seeing is clipped to; default :data:`SEEING_CLIP` for every band.
 
     Returns
     -------
@@ -105,11 +113,11 @@ def draw_conditions(
             if samples is not None:
                 seeing, sky = samples[rng.integers(len(samples))]
             else:
-                mu, sd, smu, ssd, rho = DES_CONDITIONS[b]
+                mu, sd, smu, ssd, rho = (DES_CONDITIONS if model is None else model)[b]
                 z1, z2 = rng.standard_normal(2)
                 seeing = np.exp(mu + sd * z1)
                 sky = smu + ssd * (rho * z1 + np.sqrt(1 - rho * rho) * z2)
-        out[f"seeing_{b}"] = float(np.clip(seeing, *SEEING_CLIP))
+        out[f"seeing_{b}"] = float(np.clip(seeing, *(SEEING_CLIP if clip is None else clip[b])))
         out[f"sky_{b}"] = float(sky)
     return out
 

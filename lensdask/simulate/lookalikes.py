@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .priors import LENS_COLOURS, SOURCE_COLOURS, band_magnitudes, draw_lens_galaxy
+from .priors import LENS_COLOURS, SOURCE_COLOURS, band_magnitudes, draw_lens_galaxy, mag_i
 from .scene import sersic
 
 if TYPE_CHECKING:
@@ -89,10 +89,10 @@ def draw_feature(rng: np.random.Generator, kind: str, bands: Sequence[str]) -> d
             fp_knot_amp=rng.uniform(0.3, 0.9),
             fp_knot_phase=rng.uniform(0, 2 * np.pi),
         )
-        p.update(band_magnitudes(rng, bands, rng.uniform(20.5, 22.5), SOURCE_COLOURS, "mag_fp"))
+        p.update(band_magnitudes(rng, bands, rng.uniform(20.5, 22.5), SOURCE_COLOURS, "mag_fp", "source"))
     elif kind == "spiral":
         p.update(fp_scale=rng.uniform(0.8, 2.0), fp_pitch=np.radians(rng.uniform(12, 25)), fp_q=rng.uniform(0.6, 1.0))
-        p.update(band_magnitudes(rng, bands, rng.uniform(19.5, 21.5), SOURCE_COLOURS, "mag_fp"))
+        p.update(band_magnitudes(rng, bands, rng.uniform(19.5, 21.5), SOURCE_COLOURS, "mag_fp", "source"))
     elif kind == "merger":
         p.update(
             fp_offset=rng.uniform(1.5, 4.0),
@@ -103,10 +103,10 @@ def draw_feature(rng: np.random.Generator, kind: str, bands: Sequence[str]) -> d
         )
     elif kind == "companion":
         p.update(fp_offset=rng.uniform(1.2, 3.0), fp_sigma=rng.uniform(0.1, 0.3))
-        p.update(band_magnitudes(rng, bands, rng.uniform(21.0, 23.0), SOURCE_COLOURS, "mag_fp"))
+        p.update(band_magnitudes(rng, bands, rng.uniform(21.0, 23.0), SOURCE_COLOURS, "mag_fp", "source"))
     elif kind == "edge-on":
         p.update(fp_scale=rng.uniform(0.6, 1.6), fp_q=rng.uniform(0.08, 0.25))
-        p.update(band_magnitudes(rng, bands, rng.uniform(19.0, 21.0), DISC_COLOURS, "mag_fp"))
+        p.update(band_magnitudes(rng, bands, rng.uniform(19.0, 21.0), DISC_COLOURS, "mag_fp", "disc"))
     else:  # group: member k's flux is 10**(-0.4 fp_dmag_k) of the first's; total magnitudes set in render
         m = int(rng.integers(2, GROUP_MAX + 1))
         p["fp_members"] = m
@@ -181,11 +181,11 @@ def render_lookalike(
     galaxy.update(renderer.draw_conditions(rng))
     feature = draw_feature(rng, kind, bands)
     if kind == "merger":
-        second = band_magnitudes(rng, bands, galaxy["mag_lens_i"] + feature["fp_dmag"], LENS_COLOURS, "mag_fp")
+        second = band_magnitudes(rng, bands, mag_i(galaxy) + feature["fp_dmag"], LENS_COLOURS, "mag_fp")
         feature.update(second)
     elif kind == "group":
         # the members' total, from the first member's flux (0.3-2.5 mag fainter than the central galaxy)
-        first = galaxy["mag_lens_i"] + feature["fp_dmag0"]
+        first = mag_i(galaxy) + feature["fp_dmag0"]
         total = first - 2.5 * np.log10(
             sum(
                 10 ** (-0.4 * (feature[f"fp_dmag{k}"] - feature["fp_dmag0"])) for k in range(int(feature["fp_members"]))

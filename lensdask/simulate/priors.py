@@ -81,6 +81,27 @@ THETA_E_RANGE = (0.8, 3.0)
 """Default Einstein radius range (arcsec); :mod:`lensdask.simulate.run` passes the configured one."""
 
 SUPPORTED_BANDS = ("g", "r", "i", "z")
+"""The DES bands, whose magnitudes every draw makes (from i and the g-r, r-i, i-z colours)."""
+
+EXTRA_BANDS = ("u", "y", "VIS")
+"""Bands of other survey profiles (:mod:`lensdask.survey.profiles`): u and y from a u-g and a z-y colour
+drawn after the DES colours (only when asked for, so DES draws stay the same), Euclid's broad VIS from the
+r, i and z fluxes (no draw)."""
+
+EXTRA_COLOURS = {
+    # Rough uniform ranges (mag) of the colours outside DES's filters, per population: red early types at
+    # z ~ 0.2-0.8 are ~1.5-2.3 in u-g (SDSS red sequence) and ~0.1-0.3 in z-y; star-forming galaxies at z ~ 1-3
+    # are flat in f_nu, within a few tenths of 0 (e.g. Ivezic et al. 2019 colour-colour plots)
+    "lens": {"u-g": (1.5, 2.3), "z-y": (0.1, 0.3)},
+    "source": {"u-g": (0.0, 0.6), "z-y": (-0.1, 0.15)},
+    "red": {"u-g": (1.4, 2.3), "z-y": (0.05, 0.3)},
+    "blue": {"u-g": (0.2, 1.0), "z-y": (-0.1, 0.2)},
+    "disc": {"u-g": (0.8, 1.6), "z-y": (0.0, 0.25)},
+    "star": {"u-g": (0.7, 2.5), "z-y": (0.0, 0.3)},
+}
+"""u-g and z-y colour ranges (mag) of each population, for profiles with u or y bands."""
+
+ALL_BANDS = SUPPORTED_BANDS + EXTRA_BANDS
 
 
 def _phi_q_to_e(phi: float, q: float) -> tuple[float, float]:
@@ -93,19 +114,51 @@ def _e_to_phi_q(e1: float, e2: float) -> tuple[float, float]:
     return float(0.5 * np.arctan2(e2, e1)), (1.0 - e) / (1.0 + e)
 
 
-def band_magnitudes(rng: np.random.Generator, bands: Sequence[str], mag_i: float, colours: dict, prefix: str) -> dict:
-    """Per-band magnitudes from an i-band magnitude and colours drawn in ``colours`` (mag)."""
+def extend_magnitudes(rng: np.random.Generator, m: dict, bands: Sequence[str], population: str, n=None) -> dict:
+    """Add the magnitudes of :data:`EXTRA_BANDS` in ``bands`` to ``m`` (g, r, i, z; floats or arrays of ``n``).
+
+    u = g + (u-g), y = z - (z-y), colours uniform in :data:`EXTRA_COLOURS` ``[population]``, drawn with
+    ``rng`` in that order and only for the bands asked for; VIS = the AB magnitude of the mean r, i, z flux
+    (the VIS filter spans about 550-900 nm). Bands outside :data:`ALL_BANDS` are refused.
+
+    Raises
+    ------
+    ValueError
+        A band without a colour prior.
+    """
+    unknown = [b for b in bands if b not in m and b not in EXTRA_BANDS]
+    if unknown:
+        raise ValueError(f"band {unknown[0]!r} has no colour prior; supported bands are {ALL_BANDS}")
+    colours = EXTRA_COLOURS[population]
+    if "u" in bands:
+        m["u"] = m["g"] + rng.uniform(*colours["u-g"], n)
+    if "y" in bands:
+        m["y"] = m["z"] - rng.uniform(*colours["z-y"], n)
+    if "VIS" in bands:
+        flux = sum(10.0 ** (-0.4 * np.asarray(m[b])) for b in ("r", "i", "z")) / 3.0
+        m["VIS"] = -2.5 * np.log10(flux)
+    return m
+
+
+def mag_i(params: dict, prefix: str = "mag_lens") -> float:
+    """The i magnitude of ``params`` (``<prefix>_i``), else its VIS magnitude (Euclid: no i band), else NaN."""
+    return float(params.get(f"{prefix}_i", params.get(f"{prefix}_VIS", np.nan)))
+
+
+def band_magnitudes(
+    rng: np.random.Generator, bands: Sequence[str], mag_i: float, colours: dict, prefix: str, population: str = "lens"
+) -> dict:
+    """Per-band magnitudes from an i-band magnitude and colours drawn in ``colours`` (mag).
+
+    Bands other than g, r, i, z come from :func:`extend_magnitudes` with ``population``'s colours.
+    """
     gr = rng.uniform(*colours["g-r"])
     ri = rng.uniform(*colours["r-i"])
     iz = rng.uniform(*colours["i-z"])
     m = {"i": mag_i, "r": mag_i + ri, "z": mag_i - iz}
     m["g"] = m["r"] + gr
-    out = {}
-    for b in bands:
-        if b not in m:
-            raise ValueError(f"band {b!r} has no colour prior; supported bands are {SUPPORTED_BANDS}")
-        out[f"{prefix}_{b}"] = float(m[b])
-    return out
+    extend_magnitudes(rng, m, bands, population)
+    return {f"{prefix}_{b}": float(m[b]) for b in bands}
 
 
 def draw_lens_galaxy(rng: np.random.Generator, bands: Sequence[str] = SUPPORTED_BANDS) -> dict:
@@ -227,7 +280,7 @@ def draw_lensed_source(
         source_e1=se1,
         source_e2=se2,
     )
-    out.update(band_magnitudes(rng, bands, draw_source_mag(rng), SOURCE_COLOURS, "mag_source"))
+    out.update(band_magnitudes(rng, bands, draw_source_mag(rng), SOURCE_COLOURS, "mag_source", "source"))
     if cosmos is not None:
         k = int(rng.integers(len(cosmos)))
         out.update(

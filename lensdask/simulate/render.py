@@ -327,6 +327,12 @@ class Renderer:
         random CCD position, the same model in every band).
     conditions : str
         ``"des"``, ``"fixed"`` (lenstronomy's DES values) or a folder of sample files.
+    survey : str
+        The survey profile (:mod:`lensdask.survey.profiles`) whose instrument and conditions are simulated:
+        ``des`` as lensdask always did (lenstronomy's DES preset, ``coadd_years``); another profile takes
+        read noise, exposures and e-/s zero points from :meth:`~lensdask.survey.profiles.SurveyProfile.single_band`,
+        its parametric conditions for ``conditions="des"`` (seeing clipped to
+        :meth:`~lensdask.survey.profiles.SurveyProfile.seeing_clip`) and its medians for ``"fixed"``.
     """
 
     def __init__(
@@ -340,9 +346,18 @@ class Renderer:
         backgrounds: str | None = None,
         psf: str = "gaussian",
         conditions: str = "des",
+        survey: str = "des",
     ):
         from lenstronomy.SimulationAPI.ObservationConfig.DES import DES
         from lenstronomy.SimulationAPI.sim_api import SimAPI
+
+        from ..survey.profiles import get_profile
+
+        self.survey = str(survey)
+        profile = None if self.survey == "des" else get_profile(self.survey)
+        # the parametric conditions and seeing clip of draw_conditions: None (DES's) for des
+        self.condition_model = None if profile is None else {b: c.as_tuple() for b, c in profile.conditions().items()}
+        self.seeing_clip = None if profile is None else {b: profile.seeing_clip(b) for b in bands}
 
         self.bands = list(bands)
         self.pixel_scale = float(pixel_scale)
@@ -362,10 +377,13 @@ class Renderer:
         self.kwargs_band, self._sims, self._models, self._zp = {}, {}, {}, {}
         self.seeing, self.sky = {}, {}
         for b in self.bands:
-            # DES() mutates a module-level dict, and leaves num_exposures alone for
-            # coadd_years=3: copy its output and set the exposures ourselves.
-            kw = copy.deepcopy(DES(band=b, coadd_years=self.coadd_years).kwargs_single_band())
-            kw["num_exposures"] = (self.coadd_years * 10) // 3
+            if profile is None:
+                # DES() mutates a module-level dict, and leaves num_exposures alone for
+                # coadd_years=3: copy its output and set the exposures ourselves.
+                kw = copy.deepcopy(DES(band=b, coadd_years=self.coadd_years).kwargs_single_band())
+                kw["num_exposures"] = (self.coadd_years * 10) // 3
+            else:
+                kw = profile.single_band(b)
             kw["pixel_scale"] = self.pixel_scale
             self.kwargs_band[b] = kw
             self._zp[b] = float(kw["magnitude_zero_point"])
@@ -391,13 +409,16 @@ class Renderer:
         return (
             f"Renderer(bands={self.bands}, pixel_scale={self.pixel_scale}, stamp={self.stamp}, "
             f"coadd_years={self.coadd_years}, supersampling={self.supersampling}, sources={self.sources!r}, "
-            f"backgrounds={self.backgrounds_path!r}, psf={self.psf_path!r}, conditions={self.conditions!r})"
+            f"backgrounds={self.backgrounds_path!r}, psf={self.psf_path!r}, conditions={self.conditions!r}, "
+            f"survey={self.survey!r})"
         )
 
     # -- per-system pieces ------------------------------------------------------------------
     def draw_conditions(self, rng: np.random.Generator) -> dict:
         """``seeing_<band>``, ``sky_<band>`` (and PSF position) of one system."""
-        out = draw_conditions(rng, self.bands, self.conditions, self.fixed_conditions)
+        out = draw_conditions(
+            rng, self.bands, self.conditions, self.fixed_conditions, self.condition_model, self.seeing_clip
+        )
         if self.psfex is not None:
             # A random CCD position (2048 x 4096 px DECam CCD); the seeing is the kernel's FWHM.
             out["psf_x"] = float(rng.uniform(0, 2048))
@@ -528,8 +549,13 @@ def renderer_config(
     backgrounds=None,
     psf=None,
     conditions=None,
+    survey=None,
 ) -> tuple:
-    """The renderer configuration, explicit values over ``lensdask.survey`` / ``lensdask.simulate``."""
+    """The renderer configuration, explicit values over ``lensdask.survey`` / ``lensdask.simulate``.
+
+    ``survey`` (None: ``des``) names a survey profile: for any other than ``des``, bands, pixel scale and
+    stamp default to the profile's instead of ``lensdask.survey.*``.
+    """
     import os
 
     def _path(v):
@@ -539,6 +565,14 @@ def renderer_config(
     psf = config.get("simulate.psf", psf) or "gaussian"
     conditions = config.get("simulate.conditions", conditions) or "des"
     backgrounds = config.get("simulate.backgrounds", backgrounds) or None
+    survey = "des" if survey is None else str(survey)
+    if survey != "des":
+        from ..survey.profiles import get_profile
+
+        profile = get_profile(survey)
+        bands = profile.bands if bands is None else bands
+        pixel_scale = profile.pixel_scale if pixel_scale is None else pixel_scale
+        stamp = profile.stamp if stamp is None else stamp
     return (
         tuple(config.get("survey.bands", bands)),
         float(config.get("survey.pixel_scale", pixel_scale)),
@@ -549,6 +583,7 @@ def renderer_config(
         _path(backgrounds),
         psf if psf == "gaussian" else _path(psf),
         conditions if conditions in ("des", "fixed") else _path(conditions),
+        survey,
     )
 
 
@@ -566,14 +601,18 @@ def get_renderer(
     backgrounds=None,
     psf=None,
     conditions=None,
+    survey=None,
 ) -> Renderer:
     """The process-wide :class:`Renderer` of a configuration, built on first use.
 
     Unset arguments come from the configuration (``survey.bands``, ``survey.pixel_scale``
     (arcsec/px), ``survey.stamp`` (px), ``simulate.coadd_years``, ``simulate.supersampling``,
-    ``simulate.sources``, ``simulate.backgrounds``, ``simulate.psf``, ``simulate.conditions``).
+    ``simulate.sources``, ``simulate.backgrounds``, ``simulate.psf``, ``simulate.conditions``), or from the
+    profile of ``survey`` (:func:`renderer_config`).
     """
-    key = renderer_config(bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds, psf, conditions)
+    key = renderer_config(
+        bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds, psf, conditions, survey
+    )
     r = _CACHE.get(key)
     if r is None:
         with _LOCK:

@@ -28,7 +28,7 @@ from .constraints import Constraints, RejectionStats, sample_lens
 from .inputs import Backgrounds, InputError, galaxy_rows, load_backgrounds, real_galaxies_record, theta_E_sis
 from .lookalikes import KINDS as LOOKALIKE_KINDS
 from .lookalikes import render_lookalike
-from .priors import draw_lens_galaxy, draw_lensed_source, draw_redshifts, lens_galaxy_keys, lensed_source_keys
+from .priors import draw_lens_galaxy, draw_lensed_source, draw_redshifts, lens_galaxy_keys, lensed_source_keys, mag_i
 from .render import Candidate, Renderer, get_renderer, renderer_config
 from .scene import SCENE_KEYS, draw_scene
 
@@ -122,6 +122,7 @@ def simulate_rows(
     lookalikes: Sequence[str] | None = None,
     background_fraction: float | None = None,
     galaxies: str | Sequence[int] | None = None,
+    survey: str | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Simulate the rows ``indices`` of the run ``seed``. Pure: no Dask.
 
@@ -182,6 +183,9 @@ def simulate_rows(
         ``simulate.galaxies``; None or ``"all"``: every row): ``"train"``, ``"heldout"``,
         ``"0:20"``, ``"1,4,7"`` (see :func:`~lensdask.simulate.galaxies.select_rows`).
         ``background_index`` then counts rows of the selection.
+    survey : str, optional
+        Survey profile simulated (:mod:`lensdask.survey.profiles`; None: ``des``): its bands, pixel scale,
+        stamp, instrument and conditions unless given (:func:`~lensdask.simulate.render.renderer_config`).
 
     Returns
     -------
@@ -195,7 +199,7 @@ def simulate_rows(
         parameters of :func:`param_names` (NaN where not applicable).
     """
     renderer = get_renderer(
-        bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds, psf, conditions
+        bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds, psf, conditions, survey
     )
     s = _row_settings(
         renderer,
@@ -368,7 +372,7 @@ def _row_settings(
     galaxies = config.get("simulate.galaxies", galaxies)
     neg_set, real_neg = _real_negatives(renderer, negatives, galaxies, real_negative_fraction)
     lens_fraction = float(config.get("simulate.lens_fraction", lens_fraction))
-    constraints = _resolve_constraints(constraints, bands)
+    constraints = _resolve_constraints(constraints, bands, renderer.survey)
     max_draws = int(config.get("simulate.max_draws_per_lens", max_draws))
     bg, bg_path = renderer.backgrounds, renderer.backgrounds_path  # bg was read from bg_path
     if bg is not None and bg_path is not None and galaxies is not None:  # the selected rows only
@@ -438,8 +442,13 @@ def check_background_fraction(background_fraction: float) -> None:
         raise ValueError(f"background_fraction must be in [0, 1], got {background_fraction}")
 
 
-def _resolve_constraints(constraints: Constraints | dict | None, bands: Sequence[str]) -> Constraints:
+def _resolve_constraints(
+    constraints: Constraints | dict | None, bands: Sequence[str], survey: str = "des"
+) -> Constraints:
     """``constraints``, or the configured ``simulate.constraints`` with the keys of a dict overriding them.
+
+    A ``survey`` other than ``des`` whose bands lack the configured ``snr_band`` (Euclid VIS has no g) measures
+    the S/N in its first band, unless the ``snr_band`` was given.
 
     Raises
     ------
@@ -447,7 +456,12 @@ def _resolve_constraints(constraints: Constraints | dict | None, bands: Sequence
         Their ``snr_band`` is not among ``bands``.
     """
     if not isinstance(constraints, Constraints):
+        given = isinstance(constraints, dict) and constraints.get("snr_band") is not None
         constraints = Constraints.from_config(constraints)
+        if survey != "des" and not given and constraints.snr_band not in bands and len(bands):
+            import dataclasses
+
+            constraints = dataclasses.replace(constraints, snr_band=str(bands[0]))
     if constraints.snr_band not in bands:
         raise ValueError(f"snr_band {constraints.snr_band!r} is not among the bands {list(bands)}")
     return constraints
@@ -521,7 +535,7 @@ class _RowMaker:
         params, cand = sample_lens(
             rng, s.propose, s.measure, s.constraints, s.renderer.worst_seeing, s.max_draws, self.stats
         )
-        cand.scene = self.scene(i, params.get("mag_lens_i"), real=cand.bg)
+        cand.scene = self.scene(i, mag_i(params), real=cand.bg)
         out = cand.finish(rng)
         return out.image, {**params, **out.derived}, 1
 
@@ -529,7 +543,7 @@ class _RowMaker:
         """A look-alike of a kind drawn with ``lrng``, labelled with its kind's class."""
         s = self.settings
         kind = s.lookalikes[int(lrng.integers(len(s.lookalikes)))]
-        image, params = render_lookalike(s.renderer, lrng, kind, scene_for=lambda g: self.scene(i, g.get("mag_lens_i")))
+        image, params = render_lookalike(s.renderer, lrng, kind, scene_for=lambda g: self.scene(i, mag_i(g)))
         return (
             image,
             {k: v for k, v in params.items() if not k.startswith("fp_") and not k.startswith("mag_fp_")},
@@ -554,7 +568,7 @@ class _RowMaker:
         r = self.settings.renderer
         params = draw_lens_galaxy(rng, r.bands)
         params.update(r.draw_conditions(rng))
-        out = r.render(params, rng, lensed=False, scene=self.scene(i, params["mag_lens_i"]))
+        out = r.render(params, rng, lensed=False, scene=self.scene(i, mag_i(params)))
         return out.image, {**params, **out.derived}, 0
 
 
@@ -668,17 +682,20 @@ def resolve_sim_kwargs(
     background_fraction=None,
     scene=None,
     galaxies=None,
+    survey=None,
 ) -> dict:
     """Resolve every configured value now (worker processes do not see ``dask.config.set``).
 
     Paths become absolute, and the inputs they name are read once here, so a missing or
     mismatched file fails before any task is submitted. ``galaxies`` (config
-    ``simulate.galaxies``) becomes ``"all"`` or the explicit list of selected rows.
+    ``simulate.galaxies``) becomes ``"all"`` or the explicit list of selected rows. ``survey`` (None:
+    ``des``) is the survey profile simulated (:func:`~lensdask.simulate.render.renderer_config`); an
+    unknown one raises :class:`~lensdask.survey.profiles.UnknownSurveyError`.
     """
-    (bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds, psf, conditions) = renderer_config(
-        None, None, None, None, None, sources, backgrounds, psf, conditions
+    (bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds, psf, conditions, survey) = (
+        renderer_config(None, None, None, None, None, sources, backgrounds, psf, conditions, survey)
     )
-    constraints = _resolve_constraints(constraints, bands)
+    constraints = _resolve_constraints(constraints, bands, survey)
     negatives = config.get("simulate.negatives", negatives) or None
     if negatives is not None and "://" not in str(negatives):
         negatives = os.path.abspath(os.fspath(negatives))
@@ -702,12 +719,15 @@ def resolve_sim_kwargs(
         lookalike_fraction=float(config.get("simulate.lookalike_fraction", lookalike_fraction)),
         lookalikes=list(config.get("simulate.lookalikes", lookalikes)),
         background_fraction=float(config.get("simulate.background_fraction", background_fraction)),
+        survey=survey,
     )
     check_lookalikes(kw["lookalike_fraction"], kw["lookalikes"])
     check_background_fraction(kw["background_fraction"])
     check_source(conditions, bands)
     get_renderer(
-        *renderer_config(bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds, psf, conditions)
+        *renderer_config(
+            bands, pixel_scale, stamp, coadd_years, supersampling, sources, backgrounds, psf, conditions, survey
+        )
     )  # reads and checks the inputs now
     if negatives is not None:
         load_backgrounds(negatives, tuple(bands), pixel_scale, stamp)
@@ -770,6 +790,7 @@ def simulate(
     lookalikes: Sequence[str] | None = None,
     background_fraction: float | None = None,
     galaxies: str | Sequence[int] | None = None,
+    survey: str | None = None,
 ) -> CutoutStore | tuple[CutoutStore, RejectionStats]:
     """Simulate a training store of ``n`` rows, one task per tile (:func:`lensdask.fanout.run_tiles`).
 
@@ -808,6 +829,10 @@ def simulate(
         Rows of the real backgrounds and negatives to use (config ``simulate.galaxies``; e.g.
         ``"train"``, see :func:`simulate_rows`). The store's provenance ``real_galaxies`` records
         the source, rows and fingerprints of the real cutouts the run may use (null: none).
+    survey : str, optional
+        The survey profile simulated (:mod:`lensdask.survey.profiles`; None: ``des``, exactly as before
+        profiles): its bands, pixel scale, stamp, instrument and conditions. The store records it
+        (attribute ``survey``).
 
     Returns
     -------
@@ -841,6 +866,7 @@ def simulate(
         lookalikes=lookalikes,
         background_fraction=background_fraction,
         galaxies=galaxies,
+        survey=survey,
     )
     prov = make_provenance(
         None,
@@ -882,6 +908,7 @@ def simulate(
         params=param_names(sim_kwargs["bands"]),
         provenance=prov,
         overwrite=overwrite,
+        survey=sim_kwargs["survey"],
     )
     from ..cluster import current_client
 

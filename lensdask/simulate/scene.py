@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .priors import extend_magnitudes
+
 OVERSAMPLE = 3
 """Sub-pixel sampling of the galaxy profiles before they are binned to pixels."""
 
@@ -256,12 +258,13 @@ def saturate(image: np.ndarray, level: float) -> np.ndarray:
 # -- drawing ---------------------------------------------------------------------------------
 
 
-def _colours(rng, n, colours, mag_i, bands):
+def _colours(rng, n, colours, mag_i, bands, population):
     gr = rng.uniform(*colours["g-r"], n)
     ri = rng.uniform(*colours["r-i"], n)
     iz = rng.uniform(*colours["i-z"], n)
     m = {"i": mag_i, "r": mag_i + ri, "z": mag_i - iz}
     m["g"] = m["r"] + gr
+    extend_magnitudes(rng, m, bands, population, n)
     return np.stack([m[b] for b in bands], axis=1) if n else np.zeros((0, len(bands)))
 
 
@@ -272,6 +275,7 @@ def _star_colours(rng, n, mag_i, bands):
     iz = np.clip(0.5 * ri + rng.normal(0, 0.04, n), -0.1, 0.8)
     m = {"i": mag_i, "r": mag_i + ri, "z": mag_i - iz}
     m["g"] = m["r"] + gr
+    extend_magnitudes(rng, m, bands, "star", n)
     return np.stack([m[b] for b in bands], axis=1) if n else np.zeros((0, len(bands)))
 
 
@@ -345,7 +349,11 @@ def draw_scene(
     xs.append(rng.uniform(-side / 2, side / 2, nf))
     ys.append(rng.uniform(-side / 2, side / 2, nf))
     mags.append(
-        np.where(red[:, None], _colours(rng, nf, RED_COLOURS, mi, bands), _colours(rng, nf, BLUE_COLOURS, mi, bands))
+        np.where(
+            red[:, None],
+            _colours(rng, nf, RED_COLOURS, mi, bands, "red"),
+            _colours(rng, nf, BLUE_COLOURS, mi, bands, "blue"),
+        )
     )
     shapes.append(_galaxy_shapes(rng, mi, red))
 
@@ -364,7 +372,9 @@ def draw_scene(
         ys.append(r * np.sin(a))
         mags.append(
             np.where(
-                red[:, None], _colours(rng, ns, RED_COLOURS, mi, bands), _colours(rng, ns, BLUE_COLOURS, mi, bands)
+                red[:, None],
+                _colours(rng, ns, RED_COLOURS, mi, bands, "red"),
+                _colours(rng, ns, BLUE_COLOURS, mi, bands, "blue"),
             )
         )
         shapes.append(_galaxy_shapes(rng, mi, red))

@@ -19,6 +19,7 @@ import pandas as pd
 
 from .. import config
 from ..simulate.lookalikes import render_lookalike
+from ..simulate.priors import mag_i
 from ..simulate.render import get_renderer, renderer_config
 from ..simulate.run import (
     CLASSES,
@@ -129,6 +130,7 @@ def plant_lookalikes(images, table, indices, seed, fraction, kinds, sim_kwargs) 
             sim_kwargs["backgrounds"],
             sim_kwargs["psf"],
             sim_kwargs["conditions"],
+            sim_kwargs["survey"],
         )
     )
     for row, i in enumerate(indices):
@@ -141,9 +143,7 @@ def plant_lookalikes(images, table, indices, seed, fraction, kinds, sim_kwargs) 
                 renderer,
                 rng,
                 kind,
-                scene_for=lambda g, i=i: row_scene(
-                    seed, i, SURVEY_STREAM, renderer, sim_kwargs["scene"], g.get("mag_lens_i")
-                ),
+                scene_for=lambda g, i=i: row_scene(seed, i, SURVEY_STREAM, renderer, sim_kwargs["scene"], mag_i(g)),
             )
             truth[row] = kind
             for b in sim_kwargs["bands"]:
@@ -201,11 +201,12 @@ def mock_survey(
     truth: str | os.PathLike | None = None,
     lookalike_fraction: float | None = None,
     lookalikes=None,
+    survey: str | None = None,
     client=None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> tuple[CutoutStore, str]:
-    """Make a DES-like survey store with injected lenses, and its truth table.
+    """Make a DES-like survey store (or one of another survey) with injected lenses, and its truth table.
 
     Parameters
     ----------
@@ -227,6 +228,9 @@ def mock_survey(
         (config ``mock_survey.lookalike_fraction``); see :mod:`lensdask.simulate.lookalikes`.
     lookalikes : sequence of str, optional
         Look-alike kinds to plant, drawn uniformly (config ``mock_survey.lookalikes``).
+    survey : str, optional
+        The survey profile simulated (:mod:`lensdask.survey.profiles`; None: ``des``, exactly as before
+        profiles): its bands, pixel scale, stamp, instrument and conditions; recorded in the store.
     client : distributed.Client, optional
         Where to compute; default the current client, else the local threaded scheduler.
     overwrite : bool
@@ -264,7 +268,7 @@ def mock_survey(
     if os.path.exists(truth_path) and not overwrite:
         raise FileExistsError(f"{truth_path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     # the survey plants its own look-alikes (truth classes, not labels): none from the training-set option
-    sim_kwargs = resolve_sim_kwargs(lens_fraction=lens_fraction, lookalike_fraction=0.0)
+    sim_kwargs = resolve_sim_kwargs(lens_fraction=lens_fraction, lookalike_fraction=0.0, survey=survey)
 
     centres = draw_tiles(row_rng(seed, 0, SURVEY_STREAM + 2), n_tiles, ra_range, dec_range)
     prov = make_provenance(
@@ -288,6 +292,7 @@ def mock_survey(
         params=(),
         provenance=prov,
         overwrite=overwrite,
+        survey=sim_kwargs["survey"],
     )
     parts = [(t, r.tile, float(r.ra), float(r.dec)) for t, r in enumerate(centres.itertuples())]
     bag = db.from_sequence(parts, npartitions=n_tiles).map_partitions(

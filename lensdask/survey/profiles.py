@@ -174,6 +174,9 @@ class SurveyProfile:
     layout: CoaddLayout
     conditions_spec: object = None
     """The ``conditions`` entry as configured; :meth:`conditions` reads it."""
+    simulation_spec: Mapping | None = None
+    """The ``simulation`` entry as configured (exposures of a survey without a lenstronomy preset);
+    :meth:`single_band` reads it."""
 
     @property
     def stamp(self) -> int:
@@ -215,6 +218,56 @@ class SurveyProfile:
                 raise LensdaskError(f"survey {self.name}, band {b}: unknown scatter {scatter!r} (des-<band> or none)")
             out[b] = BandConditions(math.log(seeing), ln_sd, float(sky), sky_sd, rho)
         return out
+
+    def seeing_clip(self, band: str) -> tuple[float, float]:
+        """Range (arcsec) a drawn seeing of ``band`` is clipped to: DES's 0.6-2.5" for ``des``, else that range
+        times the band's median seeing (DES medians are ~1")."""
+        from ..simulate.conditions import SEEING_CLIP
+
+        if self.conditions_spec == "des":
+            return SEEING_CLIP
+        median = self.conditions()[band].seeing_median
+        return (SEEING_CLIP[0] * median, SEEING_CLIP[1] * median)
+
+    def single_band(self, band: str) -> dict:
+        """lenstronomy's ``kwargs_single_band`` of ``band`` for simulations of this survey (a new dict).
+
+        The lenstronomy preset's read noise, gain, exposures and e-/s zero point (``simulation.preset``,
+        else :attr:`lenstronomy`), with ``simulation.num_exposures`` and ``simulation.exposure_time``
+        (per band) over them, at the profile's pixel scale, and its median seeing (arcsec) and sky
+        (mag/arcsec^2) as the fixed conditions. (The ``des`` profile is simulated as
+        :class:`lensdask.simulate.render.Renderer` always did, from ``simulate.coadd_years``.)
+
+        Raises
+        ------
+        LensdaskError
+            No preset to take the instrument from, or no such band in it.
+        """
+        import copy
+        import importlib
+
+        spec = dict(self.simulation_spec or {})
+        preset = spec.get("preset", self.lenstronomy)
+        if preset not in ("DES", "LSST", "Euclid"):
+            raise LensdaskError(
+                f"survey {self.name}: simulations need a lenstronomy preset (lenstronomy or simulation.preset: "
+                f"DES, LSST or Euclid), got {preset!r}"
+            )
+        module = importlib.import_module(f"lenstronomy.SimulationAPI.ObservationConfig.{preset}")
+        try:
+            # presets mutate module-level dicts: always a deep copy
+            kw = copy.deepcopy(getattr(module, preset)(band=band).kwargs_single_band())
+        except ValueError as exc:
+            raise LensdaskError(
+                f"survey {self.name}: lenstronomy's {preset} preset has no band {band!r} ({exc})"
+            ) from None
+        for key in ("num_exposures", "exposure_time"):
+            per_band = spec.get(key)
+            if isinstance(per_band, Mapping) and band in per_band:
+                kw[key] = type(kw[key])(per_band[band])
+        cond = self.conditions()[band]
+        kw.update(pixel_scale=self.pixel_scale, seeing=cond.seeing_median, sky_brightness=cond.sky_mean)
+        return kw
 
     def _condition_medians(self, median) -> dict[str, tuple[float, float]]:
         """``{band: (seeing FWHM arcsec, sky mag/arcsec^2)}`` from the lenstronomy preset or the profile."""
@@ -311,6 +364,7 @@ def _profile(name: str, entry: Mapping) -> SurveyProfile:
         ),
         layout=_layout(name, entry["layout"], bands),
         conditions_spec=entry.get("conditions"),
+        simulation_spec=MappingProxyType(dict(entry.get("simulation") or {})),
     )
 
 
