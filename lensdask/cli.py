@@ -118,6 +118,28 @@ def _survey_arg(p: argparse.ArgumentParser, what: str, default: str | None = "de
     )
 
 
+def _adapt_survey_arg(p: argparse.ArgumentParser) -> None:
+    """--adapt-survey: another survey's cutouts scored by an adapted model (pretrained.adapt_to_survey)."""
+    p.add_argument(
+        "--adapt-survey",
+        action="store_true",
+        help="score cutouts of another survey than the model's (model card and store 'survey'; refused otherwise): "
+        "the model's bands are mapped to the store's by name, else nearest in wavelength, and the stamps "
+        "resampled to the model's input side; not retrained, so check it (evaluate, inject) before trusting it",
+    )
+
+
+def _check_survey(store_path, survey: str | None) -> None:
+    """--survey NAME of a command that reads a store: refused (exit 2) unless the store is of that survey."""
+    if survey is None:
+        return
+    from .store import open_store
+    from .survey.profiles import check_store_survey, get_profile
+
+    get_profile(survey)  # an unknown name is refused, listing the known ones, even before the store is opened
+    check_store_survey(open_store(store_path), survey)
+
+
 def _with_client(a: argparse.Namespace):
     """A client for any fan-out command: its --cluster, --jobs and --adapt (:class:`_ClusterChoice`)."""
     from .cluster import cluster_client
@@ -297,6 +319,7 @@ def _cmd_train(a) -> int:
         return 0
     if not a.data or not a.out:
         raise LensdaskError("train needs --data STORE and --out MODEL_DIR")
+    _check_survey(a.data, a.survey)  # the model card records the store's survey
     card = train(
         a.data,
         a.out,
@@ -330,6 +353,7 @@ def _cmd_train(a) -> int:
 def _cmd_evaluate(a) -> int:
     from .model import evaluate
 
+    _check_survey(a.data, a.survey)
     m = evaluate(
         a.data,
         a.model,
@@ -340,6 +364,7 @@ def _cmd_evaluate(a) -> int:
         threshold=a.threshold,
         record=a.record,
         combine=a.combine,
+        adapt_survey=a.adapt_survey,
     )
     for r in m.get("models", []):  # an ensemble: each model on its own, then the ensemble in full
         print(
@@ -418,6 +443,8 @@ def _cmd_inject(a) -> int:
         record=a.record,
         batch_size=a.batch_size,
         device=a.device,
+        survey=a.survey,
+        adapt_survey=a.adapt_survey,
     )
     print(
         f"model {m['model_id']} on {m['n_cutouts']} real cutouts of {m['cutouts']} (rows {m['galaxies'] or 'all'}), "
@@ -458,7 +485,13 @@ def _cmd_inject(a) -> int:
 
 
 def _cmd_search(a) -> int:
+    _check_survey(a.zarr, a.survey)
     if getattr(a, "emit_htcondor", None):
+        if a.adapt_survey:
+            raise LensdaskError(
+                "--adapt-survey runs with a search, not with --emit-htcondor: adapt the model in a search, then "
+                "submit with RUN_DIR/adapted/<model_id> as --model"
+            )
         return _cmd_emit_htcondor(a)
     if a.fit_top is not None:
         raise LensdaskError("--fit-top sets the fit stage of --emit-htcondor; after a search, run lensdask fit --top N")
@@ -469,7 +502,7 @@ def _cmd_search(a) -> int:
 
     # Bad input fails here, before any cluster is started: models that disagree with each other or the
     # store, a corrupt weights file (once, not in every tile), an unreadable truth table.
-    check_models(open_store(a.zarr), a.model, a.prefilter)
+    check_models(open_store(a.zarr), a.model, a.prefilter, adapt_survey=a.adapt_survey)
     if a.truth is not None:
         if a.prefilter is None:
             raise LensdaskError("--truth audits a cascade: give it with --prefilter MODEL:FRACTION")
@@ -495,6 +528,7 @@ def _cmd_search(a) -> int:
             prefilter=a.prefilter,
             prefilter_threshold=a.prefilter_threshold,
             truth=a.truth,
+            adapt_survey=a.adapt_survey,
         )
     s = result.summary
     print(
@@ -1117,6 +1151,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt (saved every epoch)")
+    _survey_arg(p, "of --data, which must record it; the model card records the store's survey", default=None)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="AUROC, TPR0, TPR10, TPR at FPR 1e-3/1e-4, ROC, confusion, selection function")
@@ -1139,6 +1174,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_arg.batch_size, help="cutouts per forward pass, or auto (config search.batch_size)"
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    _survey_arg(p, "of --data, which must record it", default=None)
+    _adapt_survey_arg(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
@@ -1182,6 +1219,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_arg.batch_size, help="cutouts per forward pass, or auto (config search.batch_size)"
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    _survey_arg(p, "of --cutouts: a store must record it; folders and arrays are taken as it (des)", default=None)
+    _adapt_survey_arg(p)
     p.set_defaults(func=_cmd_inject)
 
     p = sub.add_parser("search", help="score every cutout of a survey store, one task per tile")
@@ -1230,6 +1269,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="with --emit-htcondor: the DAG's fit stage fits the N best candidates (config fit.top)",
     )
+    _survey_arg(p, "of --zarr, which must record it", default=None)
+    _adapt_survey_arg(p)
     _cluster_arg(p)
     p.set_defaults(func=_cmd_search)
 

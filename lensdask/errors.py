@@ -25,6 +25,10 @@ class ModelMismatchError(LensdaskError):
     """A model and a store disagree (bands, stamp size, pixel scale)."""
 
 
+class ModelSurveyError(ModelMismatchError):
+    """A model trained on one survey's cutouts given another survey's, without adapting it explicitly."""
+
+
 class CheckpointError(LensdaskError):
     """A model directory is missing, incomplete or corrupt."""
 

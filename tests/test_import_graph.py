@@ -10,7 +10,8 @@ Floors, lowest first (a subpackage's ``__init__`` stands on its subpackage's flo
     ``normalise`` (the models' pixel normalisation, which the quantised store applies to its codes),
     ``quantise, store, tilewriter, storeadmin``, the run directory ``rundir`` and the known-lens
     cross-match ``crossmatch`` (which the run directory's merge applies).
-2 ``simulate.*``
+2 ``simulate.*``, and what a survey is: its profile ``survey.profiles`` and the DES tile layout it points
+    at, ``survey.des_tiles`` (a simulation renders a survey's bands, pixels, instrument and conditions).
 3 ``survey.*`` (a mock survey paints simulated lenses).
 4 ``model.*`` (training draws simulated galaxies; ``inject`` paints arcs on ingested cutouts).
 5 ``search.*``, and ``fit.*`` (lens models of a search run's candidates: the search's third stage).
@@ -58,6 +59,8 @@ FLOORS = {
     "lensdask.rundir": 1,
     "lensdask.crossmatch": 1,
     "lensdask.simulate": 2,
+    "lensdask.survey.profiles": 2,
+    "lensdask.survey.des_tiles": 2,
     "lensdask.survey": 3,
     "lensdask.model": 4,
     "lensdask.search": 5,

@@ -9,7 +9,8 @@
 The card holds ``arch`` and ``arch_kwargs`` (the full timm ``VisionTransformer``
 keyword set, so the model rebuilds even if :data:`ARCHITECTURES` changes),
 ``bands`` (order matters), ``stamp`` (pixels), ``pixel_scale`` (arcsec/pixel),
-``normalisation`` (see :mod:`lensdask.normalise`), ``classes``,
+``normalisation`` (see :mod:`lensdask.normalise`), ``classes``, ``survey`` (the survey
+profile of the training store, :mod:`lensdask.survey.profiles`; cards without it are ``des``),
 ``lens_class`` (index into ``classes``), ``training`` (data, command, seed,
 hyper-parameters, history), ``metrics`` (validation), ``lensdask_version``,
 ``created``, ``sha256`` of ``model.safetensors`` and
@@ -27,7 +28,7 @@ import pathlib
 
 import torch
 
-from ..errors import CheckpointError, ModelMismatchError
+from ..errors import CheckpointError, ModelMismatchError, ModelSurveyError
 from .architectures import build_vit
 
 WEIGHTS = "model.safetensors"
@@ -255,7 +256,52 @@ def refuse_model_as_store(store, call: str) -> None:
         )
 
 
-def check_compatible(card: dict, store) -> None:
+DEFAULT_SURVEY = "des"
+"""The survey of a model card that records none (cards written before cards recorded their survey)."""
+
+
+def card_survey(card: dict) -> str:
+    """The survey profile a model was trained on (card ``survey``; ``des`` for cards without one)."""
+    return str(card.get("survey") or DEFAULT_SURVEY)
+
+
+def check_survey(card: dict, survey: str, where: str, *, adapt_survey: bool = False) -> bool:
+    """Refuse a model on cutouts of another survey than its own, unless it is adapted explicitly.
+
+    Parameters
+    ----------
+    card : dict
+        A model card.
+    survey : str
+        The survey of the cutouts (a store's ``survey``).
+    where : str
+        The cutouts, as the message names them.
+    adapt_survey : bool
+        The user asked to adapt the model's bands and scale (:func:`lensdask.model.pretrained.adapt_to_survey`).
+
+    Returns
+    -------
+    bool
+        True when the model must be adapted (another survey, ``adapt_survey``), False when it is the same survey.
+
+    Raises
+    ------
+    ModelSurveyError
+        Another survey without ``adapt_survey``; one line naming both surveys.
+    """
+    own = card_survey(card)
+    if own == str(survey):
+        return False
+    if adapt_survey:
+        return True
+    model = card.get("model_id", card.get("arch", "model"))
+    raise ModelSurveyError(
+        f"model {model} was trained on {own} cutouts, {where} holds {survey} cutouts: use a model trained on "
+        f"{survey}, or adapt its bands and pixel scale explicitly (--adapt-survey; API adapt_survey=True)"
+    )
+
+
+def check_compatible(card: dict, store, *, adapt_survey: bool = False) -> None:
     """Check that a model can score a cutout store.
 
     Parameters
@@ -264,14 +310,22 @@ def check_compatible(card: dict, store) -> None:
         A model card.
     store : lensdask.store.CutoutStore
         The store to be scored.
+    adapt_survey : bool
+        A model of another survey is to be adapted to the store (:func:`lensdask.model.pretrained.adapt_to_survey`):
+        its bands, stamp and pixel scale are not checked here.
 
     Raises
     ------
+    ModelSurveyError
+        The model was trained on another survey's cutouts than the store holds (card ``survey``, store
+        ``survey``; both ``des`` when not recorded), and ``adapt_survey`` is False.
     ModelMismatchError
         Bands (names or order), stamp size (pixels) or pixel scale (arcsec/pixel,
         relative tolerance 1e-4) differ; the message names both values.
     """
     where = card.get("model_id", card.get("arch", "model"))
+    if check_survey(card, getattr(store, "survey", DEFAULT_SURVEY), f"store {store.url!r}", adapt_survey=adapt_survey):
+        return
     if list(card["bands"]) != list(store.bands):
         raise ModelMismatchError(
             f"bands differ: model {where} was trained on {list(card['bands'])}, "
@@ -298,6 +352,7 @@ def untrained_checkpoint(
     pixel_scale: float = 0.263,
     classes=("non-lens", "lens"),
     seed: int = 0,
+    survey: str = DEFAULT_SURVEY,
 ) -> dict:
     """Save a randomly initialised model of ``arch`` with a complete card.
 
@@ -320,6 +375,8 @@ def untrained_checkpoint(
         Class names; must include ``"lens"``.
     seed : int
         Seed of the random initialisation.
+    survey : str
+        The survey profile the card records.
 
     Returns
     -------
@@ -340,6 +397,7 @@ def untrained_checkpoint(
         "normalisation": dict(DEFAULT_NORMALISATION),
         "classes": list(classes),
         "lens_class": list(classes).index("lens"),
+        "survey": str(survey),
         "training": {"note": f"untrained: random initialisation with seed {seed}"},
     }
     return save_checkpoint(build_vit(kwargs), out_dir, card)

@@ -84,7 +84,9 @@ def parse_prefilter(spec) -> tuple[str, float]:
     return prefilter_spec(spec)
 
 
-def check_models(store, models, prefilter=None) -> tuple[list[tuple[pathlib.Path, dict]], tuple | None]:
+def check_models(
+    store, models, prefilter=None, *, adapt_survey: bool = False
+) -> tuple[list[tuple[pathlib.Path, dict]], tuple | None]:
     """Check the models of a search against each other and the store, and their weights once each.
 
     Parameters
@@ -94,6 +96,10 @@ def check_models(store, models, prefilter=None) -> tuple[list[tuple[pathlib.Path
         The main model, or an ensemble; None: the shipped default model.
     prefilter : str or (path, float), optional
         ``MODEL:FRACTION`` of a cascade's first stage (:func:`parse_prefilter`).
+    adapt_survey : bool
+        Models trained on another survey than the store's are to be adapted to it
+        (:func:`~lensdask.model.pretrained.adapt_to_survey`): neither refused nor compared with the
+        store's or each other's bands, stamp and pixel scale (adapted, they all take the store's).
 
     Returns
     -------
@@ -102,6 +108,8 @@ def check_models(store, models, prefilter=None) -> tuple[list[tuple[pathlib.Path
 
     Raises
     ------
+    ModelSurveyError
+        A model trained on another survey than the store's, without ``adapt_survey``.
     ModelMismatchError
         Models whose bands, band order, stamp or pixel scale differ from each other or the store.
     CheckpointError
@@ -127,7 +135,7 @@ def check_models(store, models, prefilter=None) -> tuple[list[tuple[pathlib.Path
         pre = (d, read_card(d), frac)
     everyone = out + ([pre[:2]] if pre else [])
     ref_dir, ref = everyone[0]
-    for d, card in everyone[1:]:
+    for d, card in everyone[1:] if not adapt_survey else ():
         for key, same in (
             ("bands", list(card["bands"]) == list(ref["bands"])),
             ("stamp", int(card["stamp"]) == int(ref["stamp"])),
@@ -144,7 +152,7 @@ def check_models(store, models, prefilter=None) -> tuple[list[tuple[pathlib.Path
         if sha in seen:
             raise LensdaskError(f"the same model is given twice: {seen[sha]} and {d} ({card.get('model_id')})")
         seen[sha] = d
-        check_compatible(card, store)
+        check_compatible(card, store, adapt_survey=adapt_survey)
     cols = [model_column(c["model_id"]) for _, c in out]
     if len(set(cols)) != len(cols):
         raise LensdaskError(f"two models of the ensemble map to one column name: {cols}")

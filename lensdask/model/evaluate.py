@@ -14,9 +14,18 @@ from .. import config
 from ..deprecation import renamed_keywords
 from ..errors import LensdaskError
 from ..store import CutoutStore, open_store
-from .checkpoint import CARD, check_compatible, jsonable, load_checkpoint, refuse_model_as_store, resolve_model_dir
+from .checkpoint import (
+    CARD,
+    check_compatible,
+    check_survey,
+    jsonable,
+    load_checkpoint,
+    refuse_model_as_store,
+    resolve_model_dir,
+)
 from .infer import forward_proba, input_size, resolve_batch_size, resolve_device
 from .metrics import roc_curve
+from .pretrained import adapt_to_survey
 from .report import classifier_report, plot_roc, selection_params
 
 
@@ -33,6 +42,7 @@ def evaluate(
     record: bool = False,
     progress: bool = True,
     combine: str | None = None,
+    adapt_survey: bool = False,
 ) -> dict:
     """Score every labelled row of a store and summarise lens-versus-rest performance.
 
@@ -64,6 +74,9 @@ def evaluate(
         With several models, the ensemble's score: the mean lens probability, or the mean of
         the models' ranks over all scored rows as a fraction in (0, 1] (config
         ``search.ensemble.combine``). ``record`` writes each model's own result to its card.
+    adapt_survey : bool
+        A model trained on another survey than the store's is adapted to the store's bands and pixel
+        scale (:func:`~lensdask.model.pretrained.adapt_to_survey`) instead of refused.
 
     Returns
     -------
@@ -88,6 +101,8 @@ def evaluate(
     ------
     CheckpointError, ModelMismatchError, StoreNotFoundError
         From loading the model, comparing it with the store, or opening the store.
+    ModelSurveyError
+        A model trained on another survey than the store's, without ``adapt_survey``.
     SplitError
         The store was made from real galaxies the model trained on (any rotation or flip).
     LensdaskError
@@ -100,7 +115,7 @@ def evaluate(
     dev = resolve_device(device)
     batch_size = resolve_batch_size(config.get("search.batch_size", batch_size), dev)
     cs = open_store(store)
-    m = _load_models(cs, model, combine, dev)
+    m = _load_models(cs, model, combine, dev, adapt_survey)
     scores = _score_store(cs, m, batch_size, dev, progress)
     results = [
         _model_result(cs, card, d, p, scores, threshold) for (_, card), d, p in zip(m.nets, m.dirs, scores.probs)
@@ -148,8 +163,10 @@ class _Models:
         return len(self.nets) > 1
 
 
-def _load_models(cs: CutoutStore, model, combine: str | None, dev) -> _Models:
+def _load_models(cs: CutoutStore, model, combine: str | None, dev, adapt_survey: bool = False) -> _Models:
     """Load :func:`evaluate`'s ``model`` (one or several) on ``dev`` and check each against the store ``cs``.
+
+    A model of another survey than the store's is refused, or adapted to it with ``adapt_survey``.
 
     Raises
     ------
@@ -165,12 +182,15 @@ def _load_models(cs: CutoutStore, model, combine: str | None, dev) -> _Models:
         combine = str(config.get("search.ensemble.combine", combine))
         if combine not in COMBINE:
             raise LensdaskError(f"unknown ensemble combination {combine!r}; use one of {', '.join(COMBINE)}")
-        dirs = [d for d, _ in check_models(cs, models)[0]]
+        dirs = [d for d, _ in check_models(cs, models, adapt_survey=adapt_survey)[0]]
     else:
         dirs = [resolve_model_dir(None if models[0] == "default" else models[0])]  # as search takes it
     nets = []
     for d in dirs:
         net, card = load_checkpoint(d, device=dev)
+        if check_survey(card, cs.survey, f"store {cs.url!r}", adapt_survey=adapt_survey):
+            net, card = adapt_to_survey(net, card, cs)
+            net.to(dev)
         check_compatible(card, cs)
         _check_real_galaxies_unseen(card, cs)
         nets.append((net, card))

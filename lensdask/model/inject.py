@@ -220,6 +220,8 @@ def inject(
     batch_size: int | str | None = None,
     device: str | None = None,
     progress: bool = True,
+    survey: str | None = None,
+    adapt_survey: bool = False,
 ) -> dict:
     """Injection-recovery of a model on real cutouts: arcs painted on real galaxies vs the galaxies alone.
 
@@ -259,6 +261,13 @@ def inject(
         Bins of the completeness curves (config ``inject.bins``).
     top : int, optional
         Highest-scoring unpainted cutouts listed and drawn (config ``inject.top``).
+    survey : str, optional
+        The survey profile of the cutouts (:mod:`lensdask.survey.profiles`): a store's must be it (None:
+        what the store records); folders and arrays record none (None: ``des``).
+    adapt_survey : bool
+        A model trained on another survey than the cutouts' is adapted to their bands and pixel scale
+        (:func:`~lensdask.model.pretrained.adapt_to_survey`) instead of refused; arcs are then painted as
+        that survey sees them.
     out : str or path, optional
         Folder for ``inject.json``, ``completeness.png`` and ``top_unpainted.png``.
     png : str or path, optional
@@ -296,6 +305,10 @@ def inject(
 
     Raises
     ------
+    ModelSurveyError
+        The model was trained on another survey than the cutouts', without ``adapt_survey``.
+    SurveyMismatchError, UnknownSurveyError
+        A store of another survey than ``survey``, or an unknown ``survey``.
     ModelMismatchError
         Bands, stamp size or pixel scale of the cutouts differ from the model card; raised
         before any cutout is painted or scored.
@@ -308,18 +321,28 @@ def inject(
     TypeError
         A model where the cutouts belong (the order before: ``inject(model, cutouts)``).
     """
-    from .checkpoint import load_checkpoint, read_card, refuse_model_as_store, resolve_model_dir
+    from .checkpoint import check_survey, load_checkpoint, read_card, refuse_model_as_store, resolve_model_dir
     from .infer import resolve_batch_size, resolve_device
 
     refuse_model_as_store(cutouts, "inject(cutouts, model)")
     s = _settings(threshold, orientations, zeropoint, aperture, n_bins, top)
     model_dir = resolve_model_dir(model)
     card = read_card(model_dir)
+    target = _cutouts_survey(cutouts, survey)
+    adapted = check_survey(card, target.survey, str(cutouts), adapt_survey=adapt_survey)
+    if adapted:
+        from .pretrained import adapt_to_survey
+
+        net, card = load_checkpoint(model_dir, device="cpu")
+        net, card = adapt_to_survey(net, card, target)
     constraints = _constraints(constraints, list(card["bands"]))
     cut = _usable_cutouts(cutouts, card, galaxies)  # everything read and checked before any work
     dev = resolve_device(device)
     batch_size = resolve_batch_size(config.get("search.batch_size", batch_size), dev)
-    net, card = load_checkpoint(model_dir, device=dev)
+    if adapted:
+        net.to(dev)
+    else:
+        net, card = load_checkpoint(model_dir, device=dev)
     p = _paint(cut, card, s.orientations, seed, constraints, max_draws, progress)
     s_plain = _lens_probability(net, card, p.oriented, batch_size, dev)
     s_paint = _lens_probability(net, card, p.painted, batch_size, dev)
@@ -349,6 +372,29 @@ def inject(
 
 
 # -- the steps of inject ----------------------------------------------------------------------
+def _cutouts_survey(cutouts, survey: str | None):
+    """The survey of the cutouts, as :func:`~lensdask.model.pretrained.adapt_to_survey` takes a target.
+
+    A store: itself, checked against ``survey`` when given (:func:`lensdask.survey.profiles.check_store_survey`);
+    folders and arrays: the profile of ``survey`` (None: ``des``), its bands, stamp and pixel scale.
+    """
+    from types import SimpleNamespace
+
+    from ..survey.profiles import check_store_survey, get_profile
+
+    path = pathlib.Path(os.fspath(cutouts))
+    if "://" in str(cutouts) or (path / "zarr.json").exists():
+        from ..store import open_store
+
+        store = open_store(cutouts)
+        check_store_survey(store, survey)
+        return store
+    profile = get_profile(survey or "des")
+    return SimpleNamespace(
+        bands=list(profile.bands), stamp=profile.stamp, pixel_scale=profile.pixel_scale, survey=profile.name
+    )
+
+
 @dataclass(frozen=True)
 class _Settings:
     """The options of one :func:`inject`: arguments, else configuration, checked.
@@ -556,6 +602,7 @@ def _paint(
     from ..simulate.inputs import Backgrounds
     from ..simulate.paint import paint_arcs
     from ..simulate.render import get_renderer
+    from .checkpoint import card_survey
 
     n_ok = len(cut.ok)
     oriented = np.stack(
@@ -570,7 +617,9 @@ def _paint(
         cut.source,
         np.repeat(cut.used_rows, orientations),
     )
-    renderer = get_renderer(list(card["bands"]), float(card["pixel_scale"]), int(card["stamp"]))
+    renderer = get_renderer(
+        list(card["bands"]), float(card["pixel_scale"]), int(card["stamp"]), survey=card_survey(card)
+    )
     stats = RejectionStats()
     painted_parts, tables = [], []
     for c in tqdm(range(n_ok), desc="inject", unit="cutout", disable=not progress):

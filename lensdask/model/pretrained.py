@@ -258,3 +258,148 @@ def load_pretrained(
         info["sha256"] = sha256_file(path)
     info.update(report)
     return info
+
+
+# -- a model of one survey on another survey's cutouts ------------------------------------------
+BAND_WAVELENGTH_NM = {
+    "u": 365.0,
+    "g": 480.0,
+    "r": 620.0,
+    "i": 760.0,
+    "z": 900.0,
+    "y": 1000.0,
+    "Y": 1000.0,
+    "VIS": 715.0,
+}
+"""Approximate effective wavelength (nm) of each band name the survey profiles use (Euclid VIS: 550-900 nm)."""
+
+
+def _wavelength(band: str) -> float:
+    try:
+        return BAND_WAVELENGTH_NM[band]
+    except KeyError:
+        raise ModelMismatchError(
+            f"band {band!r} has no known wavelength to adapt a model across surveys (known: "
+            f"{', '.join(BAND_WAVELENGTH_NM)})"
+        ) from None
+
+
+def survey_channels(source: list[str], target: list[str]) -> tuple[list[list[tuple[int, float]]], str]:
+    """How a model's input channels (bands ``source``) become those of bands ``target``.
+
+    Each target band takes the source band of the same name, else the nearest in wavelength
+    (:data:`BAND_WAVELENGTH_NM`); a source band taken by several target bands is shared among them
+    (divided by their number), and a source band no target band takes is added to the target band
+    nearest to it. The kernels of every target channel therefore sum to the kernels of every
+    source channel: an image that is the same in every band embeds as before.
+
+    Returns
+    -------
+    (list, str)
+        Per target band, ``[(source channel, weight), ...]``; and how, for the model card.
+    """
+
+    def closest(band: str, among: list[str]) -> str:
+        w = _wavelength(band)
+        return min(among, key=lambda s: abs(_wavelength(s) - w))
+
+    nearest = [b if b in source else closest(b, source) for b in target]
+    mix: list[list[tuple[int, float]]] = []
+    for b in nearest:
+        mix.append([(source.index(b), 1.0 / nearest.count(b))])
+    for j, s in enumerate(source):
+        if s not in nearest:
+            mix[target.index(closest(s, target))].append((j, 1.0))
+    how = ", ".join(
+        f"{b}<-" + "+".join(source[j] + ("" if w == 1.0 else f"/{round(1 / w)}") for j, w in m)
+        for b, m in zip(target, mix)
+    )
+    return mix, how
+
+
+def adapt_to_survey(model: torch.nn.Module, card: dict, target) -> tuple[torch.nn.Module, dict]:
+    """A model trained on one survey's cutouts, adapted to another survey's: bands, stamp and pixel scale.
+
+    The first convolution of the patch embedding is remapped from the card's bands to ``target``'s
+    (:func:`survey_channels`); the model keeps its input side, and the card's ``input_size`` makes
+    every caller resample the target's stamps to it (bilinear, antialiased, as ``train --resize``
+    does), so a stamp of the same field (every profile's stamp is ~11.8 arcsec) reaches the model
+    at about the pixel scale it was trained at. Nothing is retrained: scores on another survey are
+    an extrapolation, to be checked (``lensdask evaluate`` / ``inject``) before they are trusted.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The loaded model (:func:`~lensdask.model.checkpoint.load_checkpoint`).
+    card : dict
+        Its card.
+    target : object
+        The cutouts: ``bands``, ``stamp`` (px), ``pixel_scale`` (arcsec/px) and ``survey`` (a
+        :class:`~lensdask.store.CutoutStore`).
+
+    Returns
+    -------
+    (torch.nn.Module, dict)
+        The adapted model (eval mode, on the CPU) and its card: the target's ``bands``, ``stamp``,
+        ``pixel_scale`` and ``survey``, ``input_size`` the model's side, and ``adapted_from`` (the
+        original ``model_id``, ``survey``, ``bands``, ``stamp``, ``pixel_scale`` and the channel map).
+        ``sha256`` and ``model_id`` are dropped (:func:`~lensdask.model.checkpoint.save_checkpoint`
+        sets new ones).
+
+    Raises
+    ------
+    ModelMismatchError
+        A band without a known wavelength, or a model whose patch embedding has no convolution
+        over the card's bands.
+    """
+    from .architectures import build_vit
+    from .checkpoint import card_survey
+
+    source, bands = list(card["bands"]), [str(b) for b in target.bands]
+    mix, how = survey_channels(source, bands)
+    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    first = next(
+        (k for k, v in state.items() if k.startswith("patch_embed.") and v.ndim == 4 and v.shape[1] == len(source)),
+        None,
+    )
+    if first is None:
+        raise ModelMismatchError(f"model {card.get('model_id')}: no patch-embedding convolution over {source}")
+    w = state[first]
+    state[first] = torch.stack([sum(w[:, j] * f for j, f in m) for m in mix], dim=1).contiguous()
+    kwargs = dict(card["arch_kwargs"], in_chans=len(bands))
+    net = build_vit(kwargs)
+    net.load_state_dict(state, strict=True)
+    net.eval()
+    side = int(card.get("input_size") or card["stamp"])
+    new = {k: v for k, v in card.items() if k not in ("sha256", "model_id", "evaluations")}
+    new.update(
+        arch_kwargs=kwargs,
+        bands=bands,
+        stamp=int(target.stamp),
+        input_size=side,
+        pixel_scale=float(target.pixel_scale),
+        survey=str(target.survey),
+        adapted_from={
+            "model_id": card.get("model_id"),
+            "survey": card_survey(card),
+            "bands": source,
+            "stamp": int(card["stamp"]),
+            "pixel_scale": float(card["pixel_scale"]),
+            "channels": how,
+            "input": f"{int(target.stamp)} px stamps resampled to {side} px",
+        },
+    )
+    return net, new
+
+
+def adapt_checkpoint(model_dir: str | os.PathLike | None, target, out_dir: str | os.PathLike) -> pathlib.Path:
+    """:func:`adapt_to_survey` of a checkpoint, saved as a checkpoint in ``out_dir`` (returned).
+
+    For callers that hand a model directory to workers (:func:`lensdask.search.search`).
+    """
+    from .checkpoint import load_checkpoint, save_checkpoint
+
+    net, card = load_checkpoint(model_dir, device="cpu")
+    net, card = adapt_to_survey(net, card, target)
+    save_checkpoint(net, out_dir, card)
+    return pathlib.Path(os.fspath(out_dir))

@@ -764,6 +764,7 @@ def _model_card(run: _Run, p: _Progress, metrics: dict, command: str | None) -> 
         "normalisation": s.normalisation,
         "classes": list(store.classes),
         "lens_class": int(d.lens_class),
+        "survey": str(getattr(store, "survey", "des")),  # the training store's survey profile
         # the real galaxies (source, rows, rotation-invariant fingerprints) the training store painted
         # arcs on or used as negatives: evaluations on them are refused (lensdask.simulate.galaxies)
         "training_galaxies": training_galaxies(

@@ -448,6 +448,7 @@ def _resolve_settings(
     prefilter,
     prefilter_threshold,
     truth,
+    adapt_survey=False,
 ) -> _Settings:
     """Resolve :func:`search`'s settings from its arguments and the configuration, and check its inputs.
 
@@ -458,7 +459,7 @@ def _resolve_settings(
     Parameters
     ----------
     store, model, out, threshold, floor, batch_size, device, precision, report, retries, combine, prefilter, \
-prefilter_threshold, truth
+prefilter_threshold, truth, adapt_survey
         As given to :func:`search`.
 
     Returns
@@ -491,7 +492,7 @@ prefilter_threshold, truth
         raise LensdaskError("a truth table audits a cascade: give it with prefilter=(MODEL, FRACTION)")
     path = os.fspath(store)
     opened = open_store(path)
-    main, pre = check_models(opened, model, prefilter)
+    main, pre = check_models(opened, model, prefilter, adapt_survey=adapt_survey)
     audit = truth_lens_ids(truth) if truth is not None else None
     signature = run_signature(
         [c["model_id"] for _, c in main],
@@ -501,6 +502,15 @@ prefilter_threshold, truth
     )
     run_dir = pathlib.Path(out)
     check_writable(run_dir / TILES_DIR)  # a read-only or full disk is refused before any tile task
+    if adapt_survey:
+        main = [_adapted(d, card, opened, run_dir) for d, card in main]
+        pre = None if pre is None else (*_adapted(pre[0], pre[1], opened, run_dir), pre[2])
+        signature = run_signature(
+            [c["model_id"] for _, c in main],
+            combine,
+            None if pre is None else (pre[1]["model_id"], pre[2], prefilter_threshold),
+            audit=audit is not None,
+        )
     return _Settings(
         store_path=path if "://" in path else os.path.abspath(path),
         store=opened,
@@ -519,6 +529,18 @@ prefilter_threshold, truth
         audit=audit,
         signature=signature,
     )
+
+
+def _adapted(model_dir: pathlib.Path, card: dict, store, run_dir: pathlib.Path) -> tuple[pathlib.Path, dict]:
+    """A model of another survey than the store's, adapted to it (:func:`~lensdask.model.pretrained.adapt_checkpoint`)
+    as ``RUN_DIR/adapted/<model_id>``, with its card; a model of the store's survey as it is."""
+    from ..model.checkpoint import card_survey, read_card
+    from ..model.pretrained import adapt_checkpoint
+
+    if card_survey(card) == store.survey:
+        return model_dir, card
+    out = adapt_checkpoint(model_dir, store, run_dir / "adapted" / str(card["model_id"]))
+    return out, read_card(out)
 
 
 @dataclass
@@ -794,6 +816,7 @@ def search(
     prefilter: str | tuple | None = None,
     prefilter_threshold: float | None = None,
     truth=None,
+    adapt_survey: bool = False,
 ) -> SearchResult:
     """Search every tile of a survey store for lenses.
 
@@ -861,6 +884,11 @@ def search(
         models also score the injected lenses the prefilter stopped (and nothing else), so the
         summary can say how many of them the main models alone would have kept (``audit``).
         Never used for the search itself.
+    adapt_survey : bool
+        A model trained on another survey than the store's (card and store ``survey``) is refused
+        (:class:`~lensdask.errors.ModelSurveyError`) unless this is set: then it is adapted to the
+        store's bands and pixel scale (:func:`~lensdask.model.pretrained.adapt_to_survey`), saved as
+        ``RUN_DIR/adapted/<model_id>`` and searched with.
 
     Returns
     -------
@@ -882,6 +910,7 @@ def search(
         prefilter=prefilter,
         prefilter_threshold=prefilter_threshold,
         truth=truth,
+        adapt_survey=adapt_survey,
     )
     s.timings["settings"] = time.perf_counter() - t0
     t0 = time.perf_counter()

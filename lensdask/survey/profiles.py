@@ -486,3 +486,29 @@ def check_store_against_profile(store, profile: SurveyProfile, *, headers: Mappi
         problems.extend(_flux_mismatches(profile, where, header))
     if problems:
         raise SurveyMismatchError("\n".join(problems))
+
+
+def check_store_survey(store, survey: str | None) -> None:
+    """The ``--survey NAME`` of a command that reads a store: the store must be of that survey, and fit its profile.
+
+    Parameters
+    ----------
+    store : lensdask.store.CutoutStore
+    survey : str or None
+        None: whatever survey the store records (nothing is checked).
+
+    Raises
+    ------
+    UnknownSurveyError
+        No profile of that name (the message lists the known ones).
+    SurveyMismatchError
+        The store records another survey, or its bands or pixel scale contradict the profile
+        (:func:`check_store_against_profile`); one line each.
+    """
+    if survey is None:
+        return
+    profile = get_profile(survey)
+    recorded = str(getattr(store, "survey", "des"))
+    if recorded != profile.name:
+        raise SurveyMismatchError(f"store {store.url!r} holds {recorded} cutouts, not {profile.name} (--survey)")
+    check_store_against_profile(store, profile)
