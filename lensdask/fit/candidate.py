@@ -25,9 +25,11 @@ Fit columns (every one prefixed ``fit_``; per-band ones suffixed ``_<band>``)
                        ``hessian`` (the covariance at the best fit is singular: no errors), ``optimiser``
                        (the lens model's optimisation stopped at ``fit.max_iterations``), ``restarts``
                        (optimised again from a perturbed copy, the lens model returned to an Einstein radius
-                       more than ``fit.restart_tolerance`` (fractional) away)
-``fit_converged``      no flag but ``misfit`` and ``implausible``: the optimisation found a reproducible
-                       minimum inside the bounds
+                       more than ``fit.restart_tolerance`` (fractional) away), ``source_size`` (the source's
+                       half-light radius above ``fit.max_source_size`` x theta_E: a source that large makes
+                       no arcs, only a halo concentric with the lens, which is the lens light's structure)
+``fit_converged``      no flag but ``misfit``, ``implausible`` and ``source_size``: the optimisation found a
+                       reproducible minimum inside the bounds
 ``fit_seconds``        wall time of the fit
 """
 
@@ -91,7 +93,18 @@ def empty_row(bands, status: str) -> dict:
     return row
 
 
-def flags_of(result: dict, *, max_abs_dbic: float, restart_tolerance: float, max_chi2nu: float = np.inf) -> list[str]:
+PHYSICS_FLAGS = ("misfit", "implausible", "source_size")
+"""Flags about what the converged lens model says, not about the optimisation."""
+
+
+def flags_of(
+    result: dict,
+    *,
+    max_abs_dbic: float,
+    restart_tolerance: float,
+    max_chi2nu: float = np.inf,
+    max_source_size: float = np.inf,
+) -> list[str]:
     """The flags (see the module's columns) of one fit's measurements."""
     flags = [f"bound:{p}" for p in result["at_bound"].split(",") if p]
     misfit = result["chi2nu_lens"] > max_chi2nu
@@ -105,6 +118,8 @@ def flags_of(result: dict, *, max_abs_dbic: float, restart_tolerance: float, max
         flags.append("optimiser")
     if np.isfinite(result["restart_dtheta"]) and result["restart_dtheta"] > restart_tolerance:
         flags.append("restarts")
+    if result.get("source_r", 0.0) > max_source_size * result.get("theta_E", np.inf):
+        flags.append("source_size")
     return flags
 
 
@@ -135,7 +150,8 @@ def fit_row(
         The candidate's own seed (:func:`candidate_seed`).
     settings : FitSettings
     conf : dict
-        ``fit_radius, mask_radius, mask_snr, max_abs_dbic, restart_tolerance, zero_points``
+        ``fit_radius, mask_radius, mask_snr, max_abs_dbic, restart_tolerance, zero_points``, and optionally
+        ``max_chi2nu``, ``max_source_size``
         (``{band: mag}``, or None).
 
     Notes
@@ -179,6 +195,7 @@ def fit_row(
         max_abs_dbic=float(conf["max_abs_dbic"]),
         restart_tolerance=float(conf["restart_tolerance"]),
         max_chi2nu=float(conf.get("max_chi2nu", np.inf)),
+        max_source_size=float(conf.get("max_source_size", np.inf)),
     )
     row = {"fit_status": "ok"}
     row.update({col: float(res[key]) for key, col in SCALAR_COLUMNS.items()})
@@ -190,7 +207,7 @@ def fit_row(
         fit_null_blobs=int(res["null_blobs"]),
         fit_masked=int(masked),
         fit_flags=",".join(flags),
-        fit_converged=all(f in ("implausible", "misfit") for f in flags),
+        fit_converged=all(f in PHYSICS_FLAGS for f in flags),
         fit_seconds=time.perf_counter() - t0,
     )
     models = {"lens": res["model_lens"], "null": res["model_null"], "source": res["source_image"], "mask": mask}

@@ -62,8 +62,9 @@ class Stamp:
     pixel_scale : float, arcsec/px
     mask : numpy.ndarray
         (n, n) 1 on the fitted pixels.
-    exposure_time : float, s
-        Image units x exposure time = counts: the Poisson variance of the light (0: sky noise only).
+    exposure_time : float or numpy.ndarray, s
+        Image units x exposure time = counts: the Poisson variance of the light (0: sky noise only); one
+        value, or one per band (:func:`effective_exposure`).
     supersampling, core_supersampling : int
         Sub-pixels per side everywhere, and about the lens light's centre.
     """
@@ -177,9 +178,9 @@ def _blur(image: np.ndarray, sigma_px: float) -> np.ndarray:
 
 
 class Model:
-    """A sum of light components fitted to a :class:`Stamp`: the lens light (an elliptical Sersic),
-    optionally a source lensed by SIE + external shear (the SIE centred on the lens light), and any number of
-    unlensed blobs (elliptical exponentials).
+    """A sum of light components fitted to a :class:`Stamp`: the lens light (one or two concentric elliptical
+    Sersics), optionally a source lensed by SIE + external shear (the SIE centred on the lens light), and any
+    number of unlensed blobs (elliptical exponentials).
 
     Parameters
     ----------
@@ -192,10 +193,21 @@ class Model:
         Gaussian prior (sigma, per component) of the external shear about zero; 0: none.
     mass_light_sigma : float
         Gaussian prior (sigma, per component) of the SIE's ellipticity about the lens light's; 0: none.
+    light_profiles : int
+        Sersic profiles of the lens light: 1, or 2 (a second, the *envelope*, concentric with the first, with
+        its own size, index and ellipticity: real galaxies are rarely one Sersic, and light a single profile
+        leaves behind would otherwise be explained by the source or the blobs).
     """
 
     def __init__(
-        self, stamp: Stamp, *, lensed: bool, blobs: int = 0, shear_sigma: float = 0.0, mass_light_sigma: float = 0.0
+        self,
+        stamp: Stamp,
+        *,
+        lensed: bool,
+        blobs: int = 0,
+        shear_sigma: float = 0.0,
+        mass_light_sigma: float = 0.0,
+        light_profiles: int = 1,
     ):
         from lenstronomy.LightModel.light_model import LightModel
 
@@ -204,12 +216,25 @@ class Model:
         self.mass_light_sigma = float(mass_light_sigma)
         self.lensed = bool(lensed)
         self.blobs = int(blobs)
+        if light_profiles not in (1, 2):
+            raise ValueError(f"light_profiles must be 1 or 2, not {light_profiles!r}")
+        self.light_profiles = int(light_profiles)
         self.sersic = LightModel(["SERSIC_ELLIPSE"])
         if self.lensed:
             from lenstronomy.LensModel.lens_model import LensModel
 
             self.lens = LensModel(["SIE", "SHEAR"])
-        self.n_components = 1 + int(self.lensed) + self.blobs
+        self.n_components = 1 + int(self.lensed) + self.blobs + self.light_profiles - 1
+
+    @property
+    def envelope_component(self) -> int | None:
+        """Index of the lens light's second profile among :meth:`components` (the last one), or None."""
+        return self.component_count() - 1 if self.light_profiles == 2 else None
+
+    @property
+    def envelope_amplitude(self) -> int | None:
+        """Column of the envelope's amplitude in an :class:`Optimum`'s ``amps`` (the last one), or None."""
+        return self.n_components - 1 if self.light_profiles == 2 else None
 
     def light(self, p: dict) -> np.ndarray:
         """The lens light's (n, n) flux per pixel (unit amplitude), core sampled more finely."""
@@ -246,8 +271,15 @@ class Model:
         if self.lensed:
             images.append(self.lensed_source(self.kwargs_lens(comps), comps[3]))
             k = 4
-        images += [self.blob(c) for c in comps[k:]]
+        images += [self.blob(c) for c in comps[k : k + self.blobs]]
+        if self.light_profiles == 2:
+            images.append(self.light(self.envelope(comps)))
         return np.stack([self.stamp.blur(im) for im in images])
+
+    def envelope(self, comps: list[dict]) -> dict:
+        """The envelope's Sersic kwargs (no amplitude), centred on the lens light."""
+        c0 = comps[0]
+        return {**comps[-1], "center_x": c0["center_x"], "center_y": c0["center_y"]}
 
     @staticmethod
     def kwargs_lens(comps: list[dict]) -> list[dict]:
@@ -269,8 +301,8 @@ class Model:
         return np.asarray(out, dtype=np.float64)
 
     def component_count(self) -> int:
-        """Components holding parameters: light, [SIE, shear, source], blobs."""
-        return 1 + (3 if self.lensed else 0) + self.blobs
+        """Components holding parameters: light, [SIE, shear, source], blobs, [envelope]."""
+        return 1 + (3 if self.lensed else 0) + self.blobs + self.light_profiles - 1
 
     def components(self, params: list[Parameter], x: np.ndarray) -> list[dict]:
         comps: list[dict] = [{} for _ in range(self.component_count())]
@@ -318,9 +350,13 @@ class Optimum:
         return out
 
 
-def optimise(model: Model, params: list[Parameter], *, max_iterations: int, loss: str = "linear") -> Optimum:
+def optimise(
+    model: Model, params: list[Parameter], *, max_iterations: int, loss: str = "linear", ftol: float = 1e-7
+) -> Optimum:
     """Minimise the chi-square of ``model`` over ``params`` from their starts (bounded trust-region
-    least squares, finite-difference Jacobian); amplitudes solved per band at every step."""
+    least squares, finite-difference Jacobian); amplitudes solved per band at every step. It stops when a
+    step changes the chi-square by less than ``ftol`` of itself (or moves the parameters by less than
+    1e-6 of their values), else after ``max_iterations`` (``Optimum.status`` 0)."""
     from scipy.optimize import least_squares
 
     lower = np.array([p.lower for p in params])
@@ -343,7 +379,7 @@ def optimise(model: Model, params: list[Parameter], *, max_iterations: int, loss
         f_scale=3.0,
         max_nfev=int(max_iterations),  # trf counts no Jacobian evaluations: iterations
         xtol=1e-6,
-        ftol=1e-7,
+        ftol=ftol,
     )
     comps = model.components(params, res.x)
     amps, r = model.stamp.solve(model.templates(comps))

@@ -10,7 +10,8 @@ The fitting sequence, from a cold start (each optimisation bounded trust-region 
 :func:`lensdask.fit.engine.optimise`):
 
 1. **lens light**: an elliptical Sersic started from the stamp's light moments, fitted with a robust
-   (soft-L1) loss so that arcs and satellites weigh little;
+   (Cauchy) loss so that arcs and satellites weigh little, then (``light_profiles`` 2) with a concentric
+   envelope, a second Sersic, that both models keep;
 2. **starts**: Einstein radii scanned over ``theta_E_grid`` values of the prior range; for each, the
    source starts where the residual light (data less the lens light) maps back to in the source plane
    through a round SIE, and the chi-square is evaluated with the amplitudes solved; the ``lens_starts``
@@ -78,6 +79,11 @@ class FitSettings:
         Prior of each SIE ellipticity component: Gaussian about the lens light's of this sigma (0: none).
     source_r_max : float, arcsec
         Upper bound of the source's (and the blobs') half-light radius.
+    light_profiles : int
+        Sersic profiles of the lens light, in both models: 1, or 2 (concentric, each its own size, index and
+        ellipticity: :class:`lensdask.fit.engine.Model`).
+    ftol : float
+        An optimisation has converged when a step changes the chi-square by less than this fraction of it.
     """
 
     supersampling: int = 1
@@ -94,6 +100,8 @@ class FitSettings:
     shear_sigma: float = 0.05
     mass_light_sigma: float = 0.1
     source_r_max: float = 2.0
+    light_profiles: int = 1
+    ftol: float = 1e-7
 
 
 LENS_CENTRE_BOX = 0.6
@@ -104,16 +112,34 @@ FIRST_LIGHT_BOX = 0.25
 lens must not draw it away; the joint fits free it to :data:`LENS_CENTRE_BOX`)."""
 
 
-def _light_parameters(light: dict, *, box: float = LENS_CENTRE_BOX) -> list[Parameter]:
+def _light_parameters(light: list[dict], *, box: float = LENS_CENTRE_BOX, envelope: int | None = None):
+    """The lens light's parameters, started at ``light`` ([main] or [main, envelope] Sersic kwargs); with
+    ``envelope`` (its component index), the second profile's too, started at ``light[1]`` or, when there
+    is none, at twice the main profile's size with index 1."""
     cx, cy = 0.0, 0.0
-    return [
-        Parameter(0, "R_sersic", light["R_sersic"], 0.05, 6.0, 0.1),
-        Parameter(0, "n_sersic", light["n_sersic"], 0.5, 8.0, 0.3),
-        Parameter(0, "e1", light["e1"], -0.6, 0.6, 0.05),
-        Parameter(0, "e2", light["e2"], -0.6, 0.6, 0.05),
-        Parameter(0, "center_x", light["center_x"], cx - box, cx + box, 0.05),
-        Parameter(0, "center_y", light["center_y"], cy - box, cy + box, 0.05),
+    main = light[0]
+    out = [
+        Parameter(0, "R_sersic", main["R_sersic"], 0.05, 6.0, 0.1),
+        Parameter(0, "n_sersic", main["n_sersic"], 0.5, 8.0, 0.3),
+        Parameter(0, "e1", main["e1"], -0.6, 0.6, 0.05),
+        Parameter(0, "e2", main["e2"], -0.6, 0.6, 0.05),
+        Parameter(0, "center_x", main["center_x"], cx - box, cx + box, 0.05),
+        Parameter(0, "center_y", main["center_y"], cy - box, cy + box, 0.05),
     ]
+    if envelope is not None:
+        env = light[1] if len(light) > 1 else {**main, "R_sersic": min(2 * main["R_sersic"], 6.0), "n_sersic": 1.0}
+        out += [
+            Parameter(envelope, "R_sersic", env["R_sersic"], 0.05, 6.0, 0.1),
+            Parameter(envelope, "n_sersic", env["n_sersic"], 0.5, 8.0, 0.3),
+            Parameter(envelope, "e1", env["e1"], -0.6, 0.6, 0.05),
+            Parameter(envelope, "e2", env["e2"], -0.6, 0.6, 0.05),
+        ]
+    return out
+
+
+def _lens_light(model: Model, comps: list[dict]) -> list[dict]:
+    """The lens light's Sersic kwargs of a fit's components: [main] or [main, envelope]."""
+    return [comps[0]] + ([comps[-1]] if model.envelope_component is not None else [])
 
 
 SOURCE_R_MIN = 0.02
@@ -130,13 +156,15 @@ def _blob_parameters(component: int, x: float, y: float, r: float, half: float, 
     ]
 
 
-def _lens_parameters(light: dict, theta_E: float, source: tuple, settings: FitSettings, half: float, blobs=()):
+def _lens_parameters(
+    light: list[dict], theta_E: float, source: tuple, settings: FitSettings, half: float, blobs=(), envelope=None
+):
     """The lens model's parameters: lens light, SIE, shear, source, then unlensed blobs started at ``blobs``
-    ((ra, dec) arcsec each)."""
+    ((ra, dec) arcsec each), and the lens light's envelope (component ``envelope``) if any."""
     lo, hi = settings.theta_E_range
     sx, sy, sr = source
     out = [
-        *_light_parameters(light),
+        *_light_parameters(light, envelope=envelope),
         Parameter(1, "theta_E", theta_E, lo, hi, 0.05),
         Parameter(1, "e1", 0.0, -0.5, 0.5, 0.05),
         Parameter(1, "e2", 0.0, -0.5, 0.5, 0.05),
@@ -201,10 +229,10 @@ def residual_peaks(stamp: Stamp, residual: np.ndarray, k: int = 2, min_separatio
     return [(float(stamp.x[r, c]), float(stamp.y[r, c])) for r, c in out]
 
 
-def _source_start(stamp: Stamp, snr_map: np.ndarray, light: dict, theta_E: float) -> tuple[float, float, float]:
+def _source_start(stamp: Stamp, snr_map: np.ndarray, light: list[dict], theta_E: float) -> tuple[float, float, float]:
     """Where the residual light maps back to through a round SIS of ``theta_E`` (S/N-weighted mean and
     spread of the mapped pixels, arcsec), about the lens centre when there is none."""
-    cx, cy = light["center_x"], light["center_y"]
+    cx, cy = light[0]["center_x"], light[0]["center_y"]
     sel = snr_map > 2.0 / (2 * np.sqrt(np.pi))
     if sel.sum() < 3:
         return cx, cy, 0.2
@@ -217,7 +245,9 @@ def _source_start(stamp: Stamp, snr_map: np.ndarray, light: dict, theta_E: float
     return cx + mx, cy + my, float(np.clip(spread, 0.1, 0.8))
 
 
-def _scan(stamp: Stamp, model: Model, light: dict, residual: np.ndarray, settings: FitSettings, half: float, blobs=()):
+def _scan(
+    stamp: Stamp, model: Model, light: list[dict], residual: np.ndarray, settings: FitSettings, half: float, blobs=()
+):
     """The lens model's starts: (chi2, theta_E, source) at the best local minima of a scan in theta_E (with
     unlensed blobs at ``blobs``)."""
     lo, hi = settings.theta_E_range
@@ -226,7 +256,7 @@ def _scan(stamp: Stamp, model: Model, light: dict, residual: np.ndarray, setting
     rows = []
     for theta in grid:
         src = _source_start(stamp, snr_map, light, float(theta))
-        params = _lens_parameters(light, float(theta), src, settings, half, blobs)
+        params = _lens_parameters(light, float(theta), src, settings, half, blobs, model.envelope_component)
         rows.append((chi2_at(model, params, [p.start for p in params]), float(theta), src))
     chi = np.array([r[0] for r in rows])
     minima = [
@@ -252,7 +282,7 @@ def _confirm(model: Model, best: Optimum, settings: FitSettings, rng: np.random.
         elif p.component == 3 and p.key in ("center_x", "center_y"):
             v = v + rng.uniform(-0.15, 0.15)
         starts.append(Parameter(p.component, p.key, float(np.clip(v, p.lower, p.upper)), p.lower, p.upper, p.scale))
-    return optimise(model, starts, max_iterations=settings.max_iterations)
+    return optimise(model, starts, max_iterations=settings.max_iterations, ftol=settings.ftol)
 
 
 def fit_candidate(
@@ -313,6 +343,7 @@ def _one_blas_thread():
 
 def _fit(images, noise, psf_fwhm, pixel_scale, mask, seed: int, settings: FitSettings, zero_points) -> dict:
     t0 = time.perf_counter()
+
     stamp = Stamp(
         images,
         noise,
@@ -328,14 +359,19 @@ def _fit(images, noise, psf_fwhm, pixel_scale, mask, seed: int, settings: FitSet
 
     # 1. the lens light, robustly (arcs and satellites are outliers)
     light_model = Model(stamp, lensed=False)
-    first = optimise(
-        light_model,
-        _light_parameters(light_moments(stamp), box=FIRST_LIGHT_BOX),
-        max_iterations=settings.max_iterations,
-        loss="cauchy",
-    )
-    light = light_model.components(first.params, first.x)[0]
-    light_images = light_model.templates([light])[0] * first.amps[:, 0][:, None, None]
+    light = [light_moments(stamp)]
+    for profiles in range(1, settings.light_profiles + 1):  # one Sersic, then (if asked) with its envelope
+        light_model = Model(stamp, lensed=False, light_profiles=profiles)
+        first = optimise(
+            light_model,
+            _light_parameters(light, box=FIRST_LIGHT_BOX, envelope=light_model.envelope_component),
+            max_iterations=settings.max_iterations,
+            ftol=settings.ftol,
+            loss="cauchy",
+        )
+        light = _lens_light(light_model, light_model.components(first.params, first.x))
+    comps = light_model.components(first.params, first.x)
+    light_images = np.einsum("cbyx,bc->byx", light_model.templates(comps), first.amps)
     residual = stamp.images - light_images
 
     # 2-3. the lens model, without and with unlensed blobs on the brightest residuals, from the scan's best
@@ -346,7 +382,12 @@ def _fit(images, noise, psf_fwhm, pixel_scale, mask, seed: int, settings: FitSet
         if k > len(peaks):
             continue
         model = Model(
-            stamp, lensed=True, blobs=k, shear_sigma=settings.shear_sigma, mass_light_sigma=settings.mass_light_sigma
+            stamp,
+            lensed=True,
+            blobs=k,
+            shear_sigma=settings.shear_sigma,
+            mass_light_sigma=settings.mass_light_sigma,
+            light_profiles=settings.light_profiles,
         )
         placements: list[tuple[tuple[float, float], ...]] = (
             [()]
@@ -356,8 +397,8 @@ def _fit(images, noise, psf_fwhm, pixel_scale, mask, seed: int, settings: FitSet
         for blobs in placements:
             starts = _scan(stamp, model, light, residual, settings, half, blobs)
             for _, theta, src in starts[: settings.lens_starts if k == 0 else 1]:
-                params = _lens_parameters(light, theta, src, settings, half, blobs)
-                fit = optimise(model, params, max_iterations=settings.max_iterations)
+                params = _lens_parameters(light, theta, src, settings, half, blobs, model.envelope_component)
+                fit = optimise(model, params, max_iterations=settings.max_iterations, ftol=settings.ftol)
                 tried.append((_bic(fit, model, stamp), model, fit))
     _, lens_model, best = min(tried, key=lambda t: t[0])
     restart_dchi2 = restart_dtheta = float("nan")
@@ -369,17 +410,20 @@ def _fit(images, noise, psf_fwhm, pixel_scale, mask, seed: int, settings: FitSet
             best = again
 
     # 4. the null model: the lens light (from the first fit, and from the lens model) and unlensed blobs
-    lights = [light, lens_model.components(best.params, best.x)[0]][: max(settings.null_starts, 1)]
+    lights = [light, _lens_light(lens_model, lens_model.components(best.params, best.x))]
+    lights = lights[: max(settings.null_starts, 1)]
     null: Optimum | None = None
     null_model: Model | None = None
     for k in settings.null_blobs:
-        model = Model(stamp, lensed=False, blobs=k)
+        model = Model(stamp, lensed=False, blobs=k, light_profiles=settings.light_profiles)
         for start in lights:
             blob_params: list[Parameter] = []
             for j in range(k):
-                bx, by = peaks[j] if j < len(peaks) else (start["center_x"] + 0.8 * (j + 1), start["center_y"])
+                c0 = start[0]
+                bx, by = peaks[j] if j < len(peaks) else (c0["center_x"] + 0.8 * (j + 1), c0["center_y"])
                 blob_params += _blob_parameters(1 + j, bx, by, 0.3, half, settings.source_r_max)
-            fit = optimise(model, _light_parameters(start) + blob_params, max_iterations=settings.max_iterations)
+            params = _light_parameters(start, envelope=model.envelope_component) + blob_params
+            fit = optimise(model, params, max_iterations=settings.max_iterations, ftol=settings.ftol)
             if null is None or _bic(fit, model, stamp) < _bic(null, null_model, stamp):
                 null, null_model = fit, model
     assert null is not None and null_model is not None
@@ -410,10 +454,12 @@ def _measurements(stamp, lens_model, best, null_model, null, settings, zero_poin
     model_lens = np.einsum("cbyx,bc->byx", templates, best.amps)
     null_comps = null_model.components(null.params, null.x)
     model_null = np.einsum("cbyx,bc->byx", null_model.templates(null_comps), null.amps)
+    env = lens_model.envelope_amplitude
     per_band = [
         {
             "kwargs_lens": kwargs_lens,
-            "kwargs_lens_light": [{**light, "amp": float(best.amps[b, 0])}],
+            "kwargs_lens_light": [{**light, "amp": float(best.amps[b, 0])}]
+            + ([{**lens_model.envelope(comps), "amp": float(best.amps[b, env])}] if env is not None else []),
             "kwargs_source": [{**src, "n_sersic": SOURCE_N, "amp": float(best.amps[b, 1])}],
         }
         for b in range(stamp.nb)
@@ -478,12 +524,13 @@ def _photometry(per_band, zero_points):
     from lenstronomy.LightModel.light_model import LightModel
 
     light = LightModel(["SERSIC_ELLIPSE"])
+    lens_light = LightModel(["SERSIC_ELLIPSE"] * len(per_band[0]["kwargs_lens_light"]))
     nb = len(per_band)
     mag_lens = np.full(nb, np.nan)
     mag_src = np.full(nb, np.nan)
     mus = []
     for b, kw in enumerate(per_band):
-        f_lens = float(np.sum(light.total_flux(kw["kwargs_lens_light"])))
+        f_lens = float(np.sum(lens_light.total_flux(kw["kwargs_lens_light"])))
         f_src = float(np.sum(light.total_flux(kw["kwargs_source"])))
         if zero_points is not None:
             if f_lens > 0:

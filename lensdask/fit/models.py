@@ -153,6 +153,7 @@ FLAG_WORDS = {
     "hessian": "singular covariance",
     "optimiser": "not converged",
     "restarts": "restarts disagree",
+    "source_size": "source too large for arcs",
 }
 """How :func:`evidence_text` says each fit flag (``bound:<param>``: ``<param> at its bound``)."""
 

@@ -79,6 +79,8 @@ def settings_from_config() -> tuple[FitSettings, dict]:
         source_r_max=float(config.get("fit.source_r_max")),
         shear_sigma=float(config.get("fit.priors.shear_sigma")),
         mass_light_sigma=float(config.get("fit.priors.mass_light_sigma")),
+        light_profiles=int(config.get("fit.light_profiles")),
+        ftol=float(config.get("fit.ftol")),
     )
     conf = {
         "fit_radius": float(config.get("fit.fit_radius")),
@@ -86,6 +88,7 @@ def settings_from_config() -> tuple[FitSettings, dict]:
         "mask_snr": float(config.get("fit.mask_snr")),
         "max_abs_dbic": float(config.get("fit.max_abs_dbic")),
         "max_chi2nu": float(config.get("fit.max_chi2nu")),
+        "max_source_size": float(config.get("fit.max_source_size")),
         "restart_tolerance": float(config.get("fit.restart_tolerance")),
         "zero_points": dict(config.get("fit.zero_points") or {}),
     }

@@ -128,6 +128,42 @@ def test_flags_say_why_a_lens_model_is_not_acceptable():
     assert cand.flags_of(
         {**good, "optimiser_ok": False, "hessian_ok": False}, max_abs_dbic=5000.0, restart_tolerance=0.03
     ) == ["hessian", "optimiser"]
+    # a source as large as the Einstein radius makes a halo about the lens, not arcs
+    halo = {**good, "theta_E": 1.0, "source_r": 0.9}
+    assert cand.flags_of(halo, max_abs_dbic=5000.0, restart_tolerance=0.03, max_source_size=0.75) == ["source_size"]
+    assert (
+        cand.flags_of({**halo, "source_r": 0.3}, max_abs_dbic=5000.0, restart_tolerance=0.03, max_source_size=0.75)
+        == []
+    )
+
+
+def test_the_envelope_describes_a_galaxy_that_one_sersic_cannot():
+    """A compact bulge in an extended disc: with two concentric Sersics the lens light fits to the noise; with
+    one, it leaves a ring of residual light (which a lensed source would otherwise claim)."""
+    from lensdask.fit.engine import optimise
+    from lensdask.fit.lensmodel import _light_parameters, light_moments
+
+    n, noise = 45, np.array([0.02, 0.02])
+    stamp0 = Stamp(np.zeros((2, n, n)), noise, np.array([0.9, 0.9]), 0.263, np.ones((n, n)))
+    two = Model(stamp0, lensed=False, light_profiles=2)
+    assert two.n_components == 2 and two.envelope_component == 1 and two.envelope_amplitude == 1
+    comps = [
+        {"R_sersic": 0.3, "n_sersic": 4.0, "e1": 0.0, "e2": 0.0, "center_x": 0.1, "center_y": -0.1},
+        {"R_sersic": 2.5, "n_sersic": 1.0, "e1": 0.25, "e2": 0.0},
+    ]
+    templates = two.templates(comps)
+    assert templates.shape == (2, 2, n, n)
+    assert two.envelope(comps)["center_x"] == 0.1  # concentric with the main profile
+    rng = np.random.default_rng(3)
+    image = 40 * templates[0] + 60 * templates[1] + rng.normal(0, noise[0], (2, n, n))
+    stamp = Stamp(image, noise, np.array([0.9, 0.9]), 0.263, np.ones((n, n)))
+    chi2nu = {}
+    for profiles in (1, 2):
+        model = Model(stamp, lensed=False, light_profiles=profiles)
+        start = _light_parameters([light_moments(stamp)], envelope=model.envelope_component)
+        fit = optimise(model, start, max_iterations=100, ftol=1e-6)
+        chi2nu[profiles] = fit.chi2 / (stamp.n_pix - len(fit.params) - model.n_components * 2)
+    assert chi2nu[2] < 1.1 < 2 * chi2nu[2] < chi2nu[1]
 
 
 def test_peaks_and_models_share_the_pixel_grid():
