@@ -6,8 +6,9 @@
       model.safetensors   the state dict (safetensors: no pickle, safe to load)
       model_card.json     everything needed to rebuild and apply the model
 
-The card holds ``arch`` and ``arch_kwargs`` (the full timm ``VisionTransformer``
-keyword set, so the model rebuilds even if :data:`ARCHITECTURES` changes),
+The card holds ``arch`` and ``arch_kwargs`` (the full keyword set of the timm model class,
+whose ``family`` names the class, a ``VisionTransformer`` where absent; so the model rebuilds even
+if :data:`ARCHITECTURES` changes, :func:`~lensdask.model.architectures.build_model`),
 ``bands`` (order matters), ``stamp`` (pixels), ``pixel_scale`` (arcsec/pixel),
 ``normalisation`` (see :mod:`lensdask.normalise`), ``classes``, ``survey`` (the survey
 profile of the training store, :mod:`lensdask.survey.profiles`; cards without it are ``des``),
@@ -29,7 +30,7 @@ import pathlib
 import torch
 
 from ..errors import CheckpointError, ModelMismatchError, ModelSurveyError
-from .architectures import build_vit
+from .architectures import build_model
 
 WEIGHTS = "model.safetensors"
 CARD = "model_card.json"
@@ -223,7 +224,7 @@ def load_checkpoint(model_dir: str | os.PathLike | None = None, device: str | to
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"cannot read the weights {str(weights)!r}: {exc}") from exc
     try:
-        model = build_vit(dict(card["arch_kwargs"]))
+        model = build_model(dict(card["arch_kwargs"]))
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise CheckpointError(f"weights in {str(path)!r} do not fit architecture {card['arch']!r}: {exc}") from exc
@@ -400,4 +401,4 @@ def untrained_checkpoint(
         "survey": str(survey),
         "training": {"note": f"untrained: random initialisation with seed {seed}"},
     }
-    return save_checkpoint(build_vit(kwargs), out_dir, card)
+    return save_checkpoint(build_model(kwargs), out_dir, card)

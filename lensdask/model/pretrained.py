@@ -12,8 +12,10 @@ The file may have been made for another input: typically a ViT trained on
 3-channel RGB images of 224 px with 16 px patches. Three tensors are adapted to
 the model being trained, every other tensor must fit as is:
 
-``patch_embed.proj.weight``
-    *Patch size*: resampled with FlexiViT's pseudo-inverse resize
+the first convolution over the bands (``patch_embed.proj.weight`` of a ViT; ``conv1.0.weight`` of a
+ResNet, ``stem.0.weight`` of a ConvNeXt: :func:`~lensdask.model.architectures.input_conv_name`)
+    *Patch size* (a ViT's patch projection only; another kernel size of a CNN's first
+    convolution is refused): resampled with FlexiViT's pseudo-inverse resize
     (``timm.layers.resample_patch_embed``), which keeps the response of each
     filter to a patch resized along with it. *Channels*: from RGB, each band
     takes the kernel of the RGB channel nearest in wavelength (u, g -> B;
@@ -26,12 +28,13 @@ the model being trained, every other tensor must fit as is:
     The grid of patch-position embeddings is resampled bicubically (with
     antialiasing) to the model's token grid (``timm.layers.resample_abs_pos_embed``);
     class-token embeddings are copied.
-``head.*``
+the classifier (``head.*`` of a ViT, ``fc.*`` of a ResNet, ``head.fc.*`` of a ConvNeXt)
     Kept only if the number of classes matches; otherwise the new head stays
     randomly initialised (an ImageNet head has 1000 classes).
 
-A tensor that is missing from the file or does not fit (another width or depth)
-stops with a :class:`~lensdask.errors.CheckpointError` naming it.
+A tensor that is missing from the file or does not fit (another width or depth, or
+another family: a ViT's tensors in a ResNet) stops with a
+:class:`~lensdask.errors.CheckpointError` naming it.
 """
 
 from __future__ import annotations
@@ -125,14 +128,14 @@ def adapt_state_dict(
     classes: list[str] | None = None,
     source_classes: list[str] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Fit a pretrained ViT state dict to ``model`` (see the module docstring).
+    """Fit a pretrained state dict to ``model`` (see the module docstring).
 
     Parameters
     ----------
     state : dict
         The pretrained tensors.
-    model : timm VisionTransformer
-        The model to be initialised (its input side, patch size, band count and
+    model : timm model
+        The model to be initialised (its input side, a ViT's patch size, band count and
         class count may differ from the file's).
     bands : list of str
         The model's bands, in input-channel order.
@@ -154,27 +157,31 @@ def adapt_state_dict(
     """
     from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
+    from .architectures import classifier_prefix, input_conv_name
+
     target = model.state_dict()
+    first, head = input_conv_name(model), classifier_prefix(model)
     out: dict[str, torch.Tensor] = {}
     adapted: dict[str, str] = {}
     skipped: dict[str, str] = {}
     bad: list[str] = []
     for name, t in target.items():
         if name not in state:
-            if name.startswith("head."):
+            if name.startswith(head):
                 skipped[name] = "not in the file; randomly initialised"
             else:
                 bad.append(f"{name} (missing)")
             continue
         w = state[name].to(t.dtype)
-        if name == "patch_embed.proj.weight" and w.ndim == 4:
+        if name in (first, "patch_embed.proj.weight") and w.ndim == 4:
             how = []
-            if w.shape[-2:] != t.shape[-2:]:
+            if w.shape[-2:] != t.shape[-2:] and name == "patch_embed.proj.weight":
                 w = resample_patch_embed(w, list(t.shape[-2:]))
                 how.append(f"patch {tuple(state[name].shape[-2:])} -> {tuple(t.shape[-2:])} (FlexiViT pseudo-inverse)")
-            w, ch = _adapt_channels(w, bands, source_bands)
-            if state[name].shape[1] != t.shape[1] or source_bands is not None:
-                how.append(ch)
+            if name == first:  # only the convolution over the bands has band channels
+                w, ch = _adapt_channels(w, bands, source_bands)
+                if state[name].shape[1] != t.shape[1] or source_bands is not None:
+                    how.append(ch)
             if how:
                 adapted[name] = "; ".join(how)
         elif name == "pos_embed" and w.ndim == 3 and w.shape != t.shape and w.shape[-1] == t.shape[-1]:
@@ -185,7 +192,7 @@ def adapt_state_dict(
             w = resample_abs_pos_embed(w, new_size=grid, num_prefix_tokens=n_prefix)
             adapted[name] = f"grid {old}x{old} -> {grid[0]}x{grid[1]} (bicubic, antialiased)"
         if (
-            name.startswith("head.")
+            name.startswith(head)
             and w.shape != t.shape
             and classes
             and source_classes
@@ -201,7 +208,7 @@ def adapt_state_dict(
             w = w_new
             adapted[name] = f"rows of classes {kept} kept by name; {[c for c in classes if c not in kept]} new"
         if w.shape != t.shape:
-            if name.startswith("head."):
+            if name.startswith(head):
                 skipped[name] = f"shape {tuple(w.shape)} in the file, {tuple(t.shape)} here; randomly initialised"
             else:
                 bad.append(f"{name} {tuple(state[name].shape)} vs {tuple(t.shape)}")
@@ -228,7 +235,7 @@ def load_pretrained(
 
     Parameters
     ----------
-    model : timm VisionTransformer
+    model : timm model
         The freshly built model.
     path : str or path
         Weights file or lensdask checkpoint directory (see the module docstring).
@@ -320,7 +327,8 @@ def survey_channels(source: list[str], target: list[str]) -> tuple[list[list[tup
 def adapt_to_survey(model: torch.nn.Module, card: dict, target) -> tuple[torch.nn.Module, dict]:
     """A model trained on one survey's cutouts, adapted to another survey's: bands, stamp and pixel scale.
 
-    The first convolution of the patch embedding is remapped from the card's bands to ``target``'s
+    The first convolution over the bands (a ViT's patch embedding, a CNN's stem) is remapped from the
+    card's bands to ``target``'s
     (:func:`survey_channels`); the model keeps its input side, and the card's ``input_size`` makes
     every caller resample the target's stamps to it (bilinear, antialiased, as ``train --resize``
     does), so a stamp of the same field (every profile's stamp is ~11.8 arcsec) reaches the model
@@ -349,25 +357,22 @@ def adapt_to_survey(model: torch.nn.Module, card: dict, target) -> tuple[torch.n
     Raises
     ------
     ModelMismatchError
-        A band without a known wavelength, or a model whose patch embedding has no convolution
-        over the card's bands.
+        A band without a known wavelength, or a model whose first convolution is not over the
+        card's bands.
     """
-    from .architectures import build_vit
+    from .architectures import build_model, input_conv_name
     from .checkpoint import card_survey
 
     source, bands = list(card["bands"]), [str(b) for b in target.bands]
     mix, how = survey_channels(source, bands)
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
-    first = next(
-        (k for k, v in state.items() if k.startswith("patch_embed.") and v.ndim == 4 and v.shape[1] == len(source)),
-        None,
-    )
-    if first is None:
-        raise ModelMismatchError(f"model {card.get('model_id')}: no patch-embedding convolution over {source}")
+    first = input_conv_name(model)
+    if first not in state or state[first].ndim != 4 or state[first].shape[1] != len(source):
+        raise ModelMismatchError(f"model {card.get('model_id')}: its first convolution ({first}) is not over {source}")
     w = state[first]
     state[first] = torch.stack([sum(w[:, j] * f for j, f in m) for m in mix], dim=1).contiguous()
     kwargs = dict(card["arch_kwargs"], in_chans=len(bands))
-    net = build_vit(kwargs)
+    net = build_model(kwargs)
     net.load_state_dict(state, strict=True)
     net.eval()
     side = int(card.get("input_size") or card["stamp"])

@@ -40,7 +40,7 @@ from ..errors import CheckpointError, LensdaskError
 from ..normalise import normalisation_spec
 from ..simulate.galaxies import training_galaxies
 from ..store import CutoutStore, open_store, provenance
-from .architectures import arch_kwargs, build_vit
+from .architectures import arch_kwargs, build_model
 from .checkpoint import read_card, save_checkpoint
 from .data import TRAIN, StoreBatches, augment, class_weights, epoch_torch_generator
 from .infer import autocast, resize, resolve_device
@@ -391,7 +391,7 @@ class _Model:
     model : torch.nn.Module
         On the training device.
     arch_kwargs : dict
-        What rebuilds it (:func:`~lensdask.model.architectures.build_vit`).
+        What rebuilds it (:func:`~lensdask.model.architectures.build_model`).
     input_side : int
         Model input side, pixels.
     size : int or None
@@ -415,7 +415,7 @@ def _build_model(d: _Data, s: _Settings, dev: torch.device, resume: bool) -> _Mo
         s.arch, in_chans=len(store.bands), img_size=input_side, num_classes=len(store.classes), patch_size=s.patch_size
     )
     torch.manual_seed(s.seed)
-    model = build_vit(kwargs)
+    model = build_model(kwargs)
     pretrained_info = None
     if s.pretrained and not resume:
         from .pretrained import load_pretrained
