@@ -337,6 +337,7 @@ def _cmd_train(a) -> int:
         shift_px=a.shift,
         compile=a.compile or None,
         resume=a.resume,
+        time_limit=a.time_limit,
         validation_fraction=a.validation_fraction,
         command="lensdask " + " ".join(a.argv),
     )
@@ -346,6 +347,11 @@ def _cmd_train(a) -> int:
         f"wrote {a.out} ({card['model_id']}); best epoch {t['best_epoch']} of {len(t['history'])}; "
         f"{t['cutouts_per_second']:.0f} cutouts/s on {t['device']}; validation AUROC "
         f"{m.get('auroc', float('nan')):.4f}, TPR at FPR 1e-3 {m.get('tpr_fpr_1e-3', float('nan')):.3f}"
+        + (
+            f"; stopped at the time limit after epoch {len(t['history'])} of {t['epochs']} (--resume goes on)"
+            if t.get("stopped_at_time_limit")
+            else ""
+        )
     )
     return 0
 
@@ -1151,6 +1157,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt (saved every epoch)")
+    p.add_argument(
+        "--time-limit",
+        type=_arg.non_negative,
+        metavar="SECONDS",
+        help="wall seconds for this call: no epoch is started that would end past it; the best epoch so far is "
+        "saved and the training state kept for --resume",
+    )
     _survey_arg(p, "of --data, which must record it; the model card records the store's survey", default=None)
     p.set_defaults(func=_cmd_train)
 

@@ -70,6 +70,7 @@ def train(
     shift_px: float | None = None,
     compile: bool | None = None,
     resume: bool = False,
+    time_limit: float | None = None,
     command: str | None = None,
     progress: bool = True,
 ) -> dict:
@@ -121,6 +122,14 @@ def train(
     resume : bool
         Continue from ``OUT/train_state.pt`` (written after every epoch). The
         data, architecture and hyper-parameters must be the same.
+    time_limit : float, seconds, optional
+        Wall-clock seconds for this call's epochs: an epoch that would end past it (judged by
+        the mean wall time of the epochs so far, validation included) is not started; the
+        best epoch so far is saved as the checkpoint, and the training state is kept, so a
+        later call with ``resume`` goes on (config ``train.keep_state`` aside). At least one
+        epoch runs when none has. Not part of what a resumed run must share. The card's
+        ``training`` records ``wall_seconds`` (every epoch, every call) and
+        ``stopped_at_time_limit``.
     command : str, optional
         Recorded in the card; defaults to ``sys.argv``.
     progress : bool
@@ -164,13 +173,17 @@ def train(
     out = pathlib.Path(os.fspath(out))
     d = _open_data(store, s)
     net = _build_model(d, s, dev, resume)
-    run = _Run(s, dev, d, net, _build_optimiser(net.model, d.rows, s, dev), out / STATE, progress)
+    if time_limit is not None and not time_limit >= 0:
+        raise LensdaskError(f"time_limit must be >= 0 seconds, got {time_limit}")
+    deadline = None if time_limit is None else time.perf_counter() + float(time_limit)
+    run = _Run(s, dev, d, net, _build_optimiser(net.model, d.rows, s, dev), out / STATE, progress, deadline)
     fingerprint = _resume_settings(run)
     p = _load_state(run, fingerprint) if resume else _Progress()
     _run_epochs(run, p, fingerprint)
     card = _model_card(run, p, _best_metrics(run, p), command)
+    card["training"]["time_limit"] = time_limit
     card = save_checkpoint(net.model.to("cpu"), out, card)
-    if not config.get("train.keep_state"):
+    if not config.get("train.keep_state") and not p.stopped_at_time_limit:
         run.state_path.unlink(missing_ok=True)
     return card
 
@@ -494,6 +507,8 @@ class _Run:
         The training-state file, ``OUT/train_state.pt``.
     progress : bool
         Show tqdm progress bars.
+    deadline : float or None
+        ``time.perf_counter()`` by which this call's epochs must end (``time_limit``); None: no limit.
     """
 
     settings: _Settings
@@ -503,6 +518,7 @@ class _Run:
     optimiser: _Optimiser
     state_path: pathlib.Path
     progress: bool
+    deadline: float | None = None
 
 
 @dataclass
@@ -527,8 +543,12 @@ class _Progress:
         Training rows passed through the model.
     t_train : float
         Time spent in training epochs (validation excluded), seconds.
+    t_wall : float
+        Wall time of the epochs, validation included, over every call, seconds.
     stopped_early : bool
         ``patience`` ran out.
+    stopped_at_time_limit : bool
+        The next epoch would have ended past the call's ``time_limit``.
     """
 
     epoch: int = 0
@@ -539,7 +559,9 @@ class _Progress:
     since_best: int = 0
     seen: int = 0
     t_train: float = 0.0
+    t_wall: float = 0.0
     stopped_early: bool = False
+    stopped_at_time_limit: bool = False
 
 
 def _train_step(run: _Run, batch: tuple, g: torch.Generator, epoch: int, step: int) -> float:
@@ -704,6 +726,9 @@ def _run_epochs(run: _Run, p: _Progress, fingerprint: dict) -> None:
     )
     for epoch in epoch_bar:
         t0 = time.perf_counter()
+        if run.deadline is not None and p.epoch > 0 and t0 + p.t_wall / p.epoch > run.deadline:
+            p.stopped_at_time_limit = True
+            break
         total_loss, n_rows = _train_epoch(run, epoch)
         p.t_train += time.perf_counter() - t0
         p.seen += n_rows
@@ -713,6 +738,7 @@ def _run_epochs(run: _Run, p: _Progress, fingerprint: dict) -> None:
         p.history.append(record)
         p.epoch = epoch + 1
         epoch_bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k not in ("epoch", "lr")})
+        p.t_wall += time.perf_counter() - t0
         _save_state(run, p, fingerprint)
         if s.patience and val is not None and p.since_best >= s.patience and epoch + 1 < s.epochs:
             p.stopped_early = True
@@ -817,6 +843,8 @@ def _training_record(run: _Run, p: _Progress, command: str) -> dict:
         "torch_threads": int(torch.get_num_threads()),
         "cutouts_per_second": p.seen / p.t_train if p.t_train > 0 else math.nan,
         "train_seconds": p.t_train,
+        "wall_seconds": p.t_wall,
+        "stopped_at_time_limit": p.stopped_at_time_limit,
     }
 
 
@@ -862,6 +890,7 @@ def _save_state(run: _Run, p: _Progress, fingerprint: dict) -> None:
         "since_best": p.since_best,
         "seen": p.seen,
         "t_train": p.t_train,
+        "t_wall": p.t_wall,
         "pretrained": json.dumps(run.net.pretrained_info),
     }
     tmp = path.with_suffix(".tmp")
@@ -915,4 +944,5 @@ def _load_state(run: _Run, fingerprint: dict) -> _Progress:
         since_best=int(state["since_best"]),
         seen=int(state["seen"]),
         t_train=float(state["t_train"]),
+        t_wall=float(state.get("t_wall", state["t_train"])),  # states saved before t_wall: training time
     )

@@ -290,6 +290,23 @@ def test_resume_after_interrupt_matches_uninterrupted(store, tmp_path, monkeypat
         train(store.url, tmp_path / "cut", resume=True, **kw)
 
 
+def test_time_limit_stops_between_epochs_and_resume_goes_on(store, tmp_path):
+    """time_limit 0: one epoch (none had run), the checkpoint of it, the state kept; a resume ends where an
+    uninterrupted run ends, and the wall seconds of both calls add up."""
+    kw = dict(epochs=3, seed=5, **KW)
+    full = train(store.url, tmp_path / "full", **kw)
+    cut = train(store.url, tmp_path / "cut", time_limit=0, **kw)
+    t = cut["training"]
+    assert t["stopped_at_time_limit"] and len(t["history"]) == 1 and t["time_limit"] == 0
+    assert (tmp_path / "cut" / "train_state.pt").is_file() and t["wall_seconds"] > 0
+    again = train(store.url, tmp_path / "cut", time_limit=0, resume=True, **kw)  # one epoch done: none fits in 0 s
+    assert len(again["training"]["history"]) == 1 and again["sha256"] == cut["sha256"]
+    resumed = train(store.url, tmp_path / "cut", resume=True, **kw)
+    assert resumed["sha256"] == full["sha256"] and not resumed["training"]["stopped_at_time_limit"]
+    assert resumed["training"]["wall_seconds"] > t["wall_seconds"]
+    assert not (tmp_path / "cut" / "train_state.pt").exists()
+
+
 def test_early_stopping(store, tmp_path):
     card = train(store.url, tmp_path / "m", **{**KW, "learning_rate": 0.0}, epochs=6, patience=2)
     t = card["training"]
