@@ -8,6 +8,7 @@ a store parameter is called ``store``)::
     ingest(out, ...)                    real coadd tiles + catalogue, or cutout cubes -> survey store
     train(store, out)                   a timm ViT checkpoint (weights + model card)
     evaluate(store, model)              AUROC, TPR0, TPR10, TPR at FPR 1e-3
+    build_committee(store, members, out) a meta-classifier over two or three models -> one model directory
     inject(cutouts, model)              arcs painted on real cutouts: completeness and false-positive rate
     search(store, model, out)           one Dask task per tile -> candidates.parquet
                                         (model=[a, b]: an ensemble; prefilter=(m, 0.1): a cascade)
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the names, as if imported 
     from .cluster import cluster_client
     from .demo import demo
     from .fit import fit
+    from .model.committee import build_committee
     from .model.evaluate import evaluate
     from .model.inject import inject
     from .model.train import train
@@ -51,6 +53,7 @@ _HOMES = {
     "CutoutStore": "store",
     "SearchResult": "search",
     "add_labels": "review",
+    "build_committee": "model",
     "cluster_client": "cluster",
     "convert": "storeadmin",
     "create_store": "store",
@@ -115,6 +118,7 @@ __all__ = [
     "swap",
     "trainset_add",
     "__version__",
+    "build_committee",
     "cluster_client",
     "config",
     "convert",

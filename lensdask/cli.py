@@ -424,6 +424,38 @@ def _cmd_evaluate(a) -> int:
     return 0
 
 
+def _cmd_committee(a) -> int:
+    from .model.committee import build_committee
+
+    _check_survey(a.data, a.survey)
+    card = build_committee(
+        a.data,
+        a.members,
+        a.out,
+        meta=a.meta,
+        hidden=a.hidden,
+        l2=a.l2,
+        heldback=a.heldback,
+        seed=a.seed,
+        batch_size=a.batch_size,
+        device=a.device,
+        overwrite=a.overwrite,
+        command="lensdask " + " ".join(a.argv),
+    )
+    c, h = card["committee"], card["metrics"]["heldback"]
+    fitted = c["meta"]["fitted_on"]
+    print(
+        f"wrote {a.out} ({card['model_id']}): {c['meta']['kind']} meta-classifier over "
+        f"{', '.join(m['model_id'] for m in c['members'])}, fitted on {fitted['rows']} rows of {fitted['data']}"
+    )
+    members = "  ".join(f"{i} {v:.4f}" for i, v in h["auroc_members"].items())
+    print(
+        f"held back {h['n']} rows ({h['n_lens']} lenses): AUROC committee {h['auroc']:.4f}, "
+        f"members' mean {h['auroc_mean']:.4f}; members {members}"
+    )
+    return 0
+
+
 def _cmd_inject(a) -> int:
     from .model import inject
     from .simulate.constraints import load_constraints_file
@@ -1190,6 +1222,34 @@ def build_parser() -> argparse.ArgumentParser:
     _survey_arg(p, "of --data, which must record it", default=None)
     _adapt_survey_arg(p)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "committee",
+        help="two or three models combined by a learned meta-classifier, fitted on rows none of them trained on, "
+        "written as one model directory",
+    )
+    p.add_argument("--members", nargs="+", required=True, metavar="DIR", help="the members' model directories")
+    p.add_argument(
+        "--data", required=True, help="labelled store to fit the meta-classifier on; it must have trained no member"
+    )
+    p.add_argument("--out", required=True, help="the committee's model directory to write")
+    p.add_argument("--meta", choices=["logistic", "mlp"], help="the meta-classifier (config committee.meta)")
+    p.add_argument("--hidden", type=_arg.count, metavar="N", help="hidden units of the mlp (config committee.hidden)")
+    p.add_argument("--l2", type=_arg.non_negative, help="L2 penalty on the meta's weights (config committee.l2)")
+    p.add_argument(
+        "--heldback",
+        type=_arg.fraction,
+        metavar="FRACTION",
+        help="rows per class kept out of the fit to report AUROCs (config committee.heldback)",
+    )
+    p.add_argument("--seed", type=int, help="the held-back split and the mlp's start (config committee.seed)")
+    p.add_argument(
+        "--batch-size", type=_arg.batch_size, help="cutouts per forward pass, or auto (config search.batch_size)"
+    )
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _survey_arg(p, "of --data, which must record it", default=None)
+    p.set_defaults(func=_cmd_committee)
 
     p = sub.add_parser(
         "inject",

@@ -24,6 +24,7 @@ def test_each_command_is_a_function_of_the_same_name():
         "label": "add_labels",
         "trainset": "trainset_add",
         "info": "store_info",
+        "committee": "build_committee",
     }
     for command in commands:
         obj = lensdask

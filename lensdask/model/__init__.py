@@ -11,6 +11,7 @@ from .checkpoint import (
     save_checkpoint,
     untrained_checkpoint,
 )
+from .committee import build_committee
 from .evaluate import evaluate
 from .infer import nonfinite_rows, predict_proba, resolve_device
 from .inject import inject
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_NORMALISATION",
     "auroc",
     "binary_metrics",
+    "build_committee",
     "check_compatible",
     "classifier_report",
     "completeness_by",

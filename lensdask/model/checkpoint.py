@@ -29,7 +29,7 @@ import pathlib
 
 import torch
 
-from ..errors import CheckpointError, ModelMismatchError, ModelSurveyError
+from ..errors import CheckpointError, LensdaskError, ModelMismatchError, ModelSurveyError
 from .architectures import build_model
 
 WEIGHTS = "model.safetensors"
@@ -188,7 +188,70 @@ def verify_weights(model_dir: str | os.PathLike | None, card: dict | None = None
             f"{str(weights)!r} is corrupt or was replaced: its sha256 is {digest[:12]}…, "
             f"the model card expects {card['sha256'][:12]}…"
         )
+    if is_committee(card):
+        _verify_members(path, card)
     return digest
+
+
+MEMBERS = "members"
+"""The folder of a committee's members, ``members/m0``, ``members/m1``, ... (:mod:`lensdask.model.committee`)."""
+
+
+def is_committee(card: dict) -> bool:
+    """Whether a card is a committee's: members and a meta-classifier (its ``committee`` record)."""
+    return isinstance(card.get("committee"), dict)
+
+
+def committee_members(model_dir: str | os.PathLike, card: dict) -> list[tuple[pathlib.Path, dict]]:
+    """A committee's member directories and their card records, in order.
+
+    The directories are named here (``MEMBERS/m<i>``), never taken from the card: a card's text is
+    data, not a path. A record whose ``name`` is not the one expected is refused.
+
+    Raises
+    ------
+    CheckpointError
+        No members, or records out of order or more or fewer than ``arch_kwargs.n_members``.
+    """
+    path = resolve_model_dir(model_dir)
+    records = card["committee"].get("members")
+    n = int((card.get("arch_kwargs") or {}).get("n_members", -1))
+    if not isinstance(records, list) or len(records) < 2 or len(records) != n:
+        raise CheckpointError(f"committee {card.get('model_id', path)}: its card lists no valid members")
+    out = []
+    for i, rec in enumerate(records):
+        name = f"m{i}"
+        if not isinstance(rec, dict) or rec.get("name") != name:
+            raise CheckpointError(f"committee {card.get('model_id', path)}: member {i} is not recorded as {name!r}")
+        out.append((path / MEMBERS / name, rec))
+    return out
+
+
+def _verify_members(path: pathlib.Path, card: dict) -> None:
+    """Every member's weights against its own card, that card against the committee's record of it, and the
+    digests stored with the meta-classifier's weights against both."""
+    from safetensors import safe_open
+
+    members = committee_members(path, card)
+    try:
+        with safe_open(str(path / WEIGHTS), framework="pt") as f:
+            stored = [bytes(row.tolist()).hex() for row in f.get_tensor("member_sha256")]
+    except Exception as exc:  # safetensors and key errors have no common base
+        raise CheckpointError(f"cannot read the member digests of {str(path / WEIGHTS)!r}: {exc}") from exc
+    if len(stored) != len(members):
+        raise CheckpointError(
+            f"{str(path)!r}: the meta-classifier holds {len(stored)} member digests, the card {len(members)} members"
+        )
+    for (d, rec), digest in zip(members, stored):
+        mcard = read_card(d)
+        if is_committee(mcard):
+            raise CheckpointError(f"{str(d)!r} is a committee: committees of committees are not supported")
+        if not (mcard.get("sha256") == rec.get("sha256") == digest):
+            raise CheckpointError(
+                f"member {rec.get('name')} of committee {card.get('model_id', path)} was replaced: its card says "
+                f"{str(mcard.get('sha256'))[:12]}…, the committee was built with {digest[:12]}…"
+            )
+        verify_weights(d, mcard)
 
 
 def load_checkpoint(model_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
@@ -212,25 +275,40 @@ def load_checkpoint(model_dir: str | os.PathLike | None = None, device: str | to
         Missing directory or files, a weights file whose sha256 differs from the
         card's, or weights that cannot be read or do not fit the architecture.
     """
+    path = resolve_model_dir(model_dir)
+    card = read_card(path)
+    verify_weights(path, card)  # a committee's: every member's too
+    model = _build(path, card)
+    model.to(device)
+    model.eval()
+    return model, card
+
+
+def _build(path: pathlib.Path, card: dict) -> torch.nn.Module:
+    """The network of a verified checkpoint, on the CPU; a committee's with its members
+    (:class:`~lensdask.model.metaclassifier.Committee`)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = resolve_model_dir(model_dir)
-    card = read_card(path)
+    from .infer import input_size
+    from .metaclassifier import Committee, MetaClassifier
+
     weights = path / WEIGHTS
-    verify_weights(path, card)
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"cannot read the weights {str(weights)!r}: {exc}") from exc
+    kwargs = dict(card["arch_kwargs"])
     try:
-        model = build_model(dict(card["arch_kwargs"]))
+        model = MetaClassifier.from_kwargs(kwargs) if is_committee(card) else build_model(kwargs)
         model.load_state_dict(state, strict=True)
-    except (RuntimeError, TypeError, ValueError) as exc:
+    except (RuntimeError, TypeError, ValueError, LensdaskError) as exc:
         raise CheckpointError(f"weights in {str(path)!r} do not fit architecture {card['arch']!r}: {exc}") from exc
-    model.to(device)
-    model.eval()
-    return model, card
+    if not isinstance(model, MetaClassifier):
+        return model
+    cards = [read_card(d) for d, _ in committee_members(path, card)]
+    nets = [_build(d, c) for (d, _), c in zip(committee_members(path, card), cards)]
+    return Committee(nets, [input_size(c) for c in cards], model, int(card["lens_class"]), len(card["classes"]))
 
 
 def refuse_model_as_store(store, call: str) -> None:

@@ -73,8 +73,13 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     """
     path = pathlib.Path(os.fspath(path)).expanduser()
     if path.is_dir():
-        from .checkpoint import load_checkpoint
+        from .checkpoint import is_committee, load_checkpoint, read_card
 
+        if is_committee(read_card(path)):
+            raise CheckpointError(
+                f"{str(path)!r} is a committee, not one network to start from: pick one of its members "
+                f"({str(path / 'members' / 'm0')!r}, ...)"
+            )
         model, card = load_checkpoint(path, device="cpu")
         return {k: v.detach().clone() for k, v in model.state_dict().items()}, card
     if not path.is_file():
@@ -361,8 +366,13 @@ def adapt_to_survey(model: torch.nn.Module, card: dict, target) -> tuple[torch.n
         card's bands.
     """
     from .architectures import build_model, input_conv_name
-    from .checkpoint import card_survey
+    from .checkpoint import card_survey, is_committee
 
+    if is_committee(card):
+        raise ModelMismatchError(
+            f"committee {card.get('model_id')} cannot be adapted to another survey as a whole: adapt its members "
+            "(--adapt-survey on each), or train members on the survey, and build a committee of those"
+        )
     source, bands = list(card["bands"]), [str(b) for b in target.bands]
     mix, how = survey_channels(source, bands)
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
