@@ -221,3 +221,27 @@ def test_logistic_meta_is_scikit_learns():
     d = meta.describe()
     np.testing.assert_allclose(d["coefficients"], ref.coef_[0], rtol=1e-4, atol=1e-5)
     assert d["intercept"] == pytest.approx(ref.intercept_[0], abs=1e-5)
+
+
+def test_inject_takes_a_committee_and_its_members_training_galaxies(shared_data, random_model, tmp_path):
+    from lensdask.model import inject
+    from lensdask.model.checkpoint import untrained_checkpoint
+    from lensdask.simulate.inputs import load_backgrounds
+
+    from conftest import make_tiny_store
+
+    gals = str(shared_data / "des_galaxies")
+    fps = load_backgrounds(gals, tuple("griz"), 0.263, 45).fingerprints
+    leaky = tmp_path / "leaky"  # 45 px members: the random test-vit, its card saying it trained on galaxy 16
+    shutil.copytree(random_model, leaky)
+    card = json.loads((leaky / "model_card.json").read_text())
+    card["training_galaxies"] = [{"source": gals, "rows": [16], "fingerprints": [fps[16]]}]
+    (leaky / "model_card.json").write_text(json.dumps(card))  # the card is not hashed
+    untrained_checkpoint(tmp_path / "res", "test-resnet", seed=2)
+    fit = make_tiny_store(tmp_path / "fit.zarr", rows=40, labels=np.arange(40) % 2, seed=3)
+    c = build_committee(fit.url, [leaky, tmp_path / "res"], tmp_path / "c", progress=False)
+    assert c["training_galaxies"] == card["training_galaxies"]
+    with pytest.raises(SplitError, match=r"rows 16\b"):
+        inject(gals, tmp_path / "c", galaxies="heldout", orientations=1, progress=False)
+    r = inject(gals, tmp_path / "c", galaxies="0,8", orientations=1, progress=False, top=2)
+    assert r["model_id"] == c["model_id"] and r["n_painted"] == 2 and 0 <= r["fpr"] <= 1
