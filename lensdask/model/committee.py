@@ -139,6 +139,8 @@ def build_committee(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise LensdaskError(f"{str(out)!r} exists; choose another --out or pass --overwrite")
     cs = open_store(store)
+    if "lens" not in cs.classes:
+        raise LensdaskError(f"store {cs.url!r} has no class 'lens' (classes {cs.classes}): nothing to fit on")
     cards = [read_card(d) for d in dirs]
     check_members(dirs, cards)
     for d, card in zip(dirs, cards):
