@@ -1,16 +1,21 @@
-"""The network bake-off of issue 27: every candidate trained on one store under one wall-clock budget, then scored.
+"""The network bake-off of issue 27: every candidate trained on one store under one wall-clock budget, then
+scored, then the best two and three combined into committees and scored the same way.
 
-The recipe (stores, seeds, validation split, budget, candidates) is fixed in ``RUN/recipe.json`` by
-the first call, and every later call must give the same one. Three steps, each resumable::
+The recipe (stores, seeds, validation split, budget, candidates, committees) is fixed in
+``RUN/recipe.json`` by the first call, and every later call must give the same one (a recipe saved
+before a field existed is read with that field's default, and written back with it). Three steps,
+each resumable::
 
-    python benchmarks/bakeoff.py --run bakeoff/ --prepare --cluster local   # the two stores (~25 min on 2 cores)
+    python benchmarks/bakeoff.py --run bakeoff/ --prepare --cluster local   # the three stores (~25 min on 2 cores)
     python benchmarks/bakeoff.py --run bakeoff/ --stop-after 3600          # train for at most an hour, then exit
     python benchmarks/bakeoff.py --run bakeoff/                            # go on; score and print the table at the end
 
 ``--prepare`` simulates the training store (64,000 scene rows: lenses, plain galaxies and
 look-alikes, 30% of the lenses painted on the training ``des_galaxies`` and 30% of the plain
-non-lenses the training galaxies themselves, as the shipped default's store) and the held-out
-scene store (6,000 rows, no real galaxies, another seed).
+non-lenses the training galaxies themselves, as the shipped default's store), the held-out
+scene store (6,000 rows, no real galaxies, another seed) and the committees' meta store (8,000
+rows, seed 6, simulated as the held-out store: see below). Each is skipped when its
+``<store>.done`` is there.
 
 Training: each candidate (architecture x seed) runs ``lensdask.train`` into ``RUN/<arch>-s<seed>/``
 with ``resume`` and ``time_limit``, so a killed or stopped call goes on from its last epoch in a
@@ -18,7 +23,7 @@ later one. Its budget is wall-clock seconds, counted across calls in ``RUN/<arch
 (a heartbeat every second while it trains, so the time of an epoch cut short by a kill is spent
 too). Epochs are planned once, before the first epoch, from a short calibration of the training
 speed on synthetic batches (``bench_train_gpu.measure``), so that the cosine schedule ends within
-the budget; ``--epochs`` fixes them instead.
+the budget; ``--epochs`` fixes them instead. Training does not need the meta store.
 
 Scoring (``RUN/<arch>-s<seed>/scores.json``, then ``RUN/table.json`` and ``RUN/table.md``):
 parameters, forward GFLOPs per cutout, training wall seconds and epochs, validation AUROC (the
@@ -26,6 +31,21 @@ card's), AUROC and TPR at FPR 1e-3 on the held-out scenes (``lensdask.evaluate``
 among the held-out real galaxies (``lensdask.inject --galaxies heldout``: plain stamps scoring at
 or above the search threshold) and the search forward pass in cutouts/s (``bench_search.bare_forward``
 over held-out cutouts, this process's torch threads).
+
+Committees (``RUN/committee-k<k>/``, rows after the single networks): for each ``k`` in
+``committee_sizes`` (default 2 and 3; sizes above the number of candidates are skipped), the
+members are the ``k`` candidates of highest validation AUROC (the card's ``metrics.auroc``, ties
+in recipe order) -- a rule fixed before any held-out set is scored, so held-out figures never
+choose members. They are combined by ``lensdask.model.committee.build_committee`` with the
+``committee_meta`` meta-classifier (default logistic) fitted on the meta store, whose rows trained
+none of them (rebuilt only when the members' model ids or the meta-classifier change), and the
+committee is scored as a candidate is: parameters, GFLOPs and training seconds are the sums over
+its members; epochs and validation AUROC have no single value (``None``, shown as "–"); its
+meta-classifier's AUROC on the meta store's held-back rows is ``meta_heldback_auroc``. The meta
+store holds no real galaxies: a store painted on the training galaxies is refused by
+``build_committee`` (every member trained on them), and one on the held-out galaxies would make
+the committee's real FPR (``inject --galaxies heldout``) impossible. Scoring committees needs the
+meta store prepared (``--prepare``); the single networks' table is written first.
 """
 
 from __future__ import annotations
@@ -49,9 +69,55 @@ EFFICIENCY = 0.8
 """Share of the synthetic-batch training speed that an epoch keeps (reading, augmentation, validation)."""
 
 
+META_STORE = "meta.zarr"
+"""The meta store's name in ``RUN`` when the recipe names none."""
+COMMITTEE = "committee-k{k}"
+"""A committee's directory in ``RUN`` (and its row's name)."""
+COMMITTEE_RULE = (
+    "committee-k<k>, for each k in committee_sizes {sizes} up to the number of candidates: the k candidates of "
+    "highest validation AUROC (model card metrics.auroc, their own validation split of the training store; ties "
+    "in recipe order), fixed before any held-out set is scored; combined by build_committee with a {meta} "
+    "meta-classifier (config committee.*: l2, held-back fraction, seed) fitted on the meta store {store} "
+    "({n} rows, simulation seed {seed}, no real galaxies, as the held-out scenes), which trained none of them; "
+    "params, GFLOPs and train s are sums over the members"
+)
+
+
 @dataclasses.dataclass
 class Recipe:
-    """What every candidate shares; fixed in ``RUN/recipe.json`` by the first call."""
+    """What every candidate and committee shares; fixed in ``RUN/recipe.json`` by the first call.
+
+    Attributes
+    ----------
+    train_store, heldout_store : str
+        The training store and the held-out scene store.
+    n_train, n_heldout, n_meta : int
+        Rows simulated into the training, held-out and meta stores.
+    train_sim_seed, heldout_sim_seed, meta_sim_seed : int
+        Their simulation seeds (distinct, so no store repeats another's rows).
+    galaxies : str
+        Real DES galaxies: backgrounds and plain negatives of the training store (its ``train``
+        split), and the held-out real galaxies of the real FPR (its ``heldout`` split).
+    archs, seeds : tuple
+        The candidates: every architecture with every training seed.
+    budget_s : float
+        Wall-clock seconds of training per candidate, across calls.
+    epochs : int or None
+        Fixed epochs; None plans them from a calibration (:func:`plan_epochs`).
+    batch_size, learning_rate, validation_fraction :
+        Training settings of every candidate (cutouts per step, peak rate, share of the training
+        store held out for validation).
+    orientations : int
+        Rotations and flips of each held-out real galaxy in the real FPR.
+    search_rows : int
+        Held-out cutouts timed for the search speed.
+    meta_store : str or None
+        The committees' meta-classifier store; None is ``RUN/meta.zarr`` (:func:`load_recipe`).
+    committee_sizes : tuple of int
+        Members of each committee (each at least 2); sizes above the number of candidates are skipped.
+    committee_meta : {"logistic", "mlp"}
+        The committees' meta-classifier.
+    """
 
     train_store: str
     heldout_store: str
@@ -69,21 +135,66 @@ class Recipe:
     validation_fraction: float = 0.1
     orientations: int = 8
     search_rows: int = 4096
+    meta_store: str | None = None
+    n_meta: int = 8_000
+    meta_sim_seed: int = 6
+    committee_sizes: tuple = (2, 3)
+    committee_meta: str = "logistic"
 
     def candidates(self) -> list[tuple[str, int]]:
         return [(a, s) for a in self.archs for s in self.seeds]
 
+    def committee_ks(self) -> list[int]:
+        """The committee sizes built: those of ``committee_sizes`` up to the number of candidates, each once."""
+        n = len(self.candidates())
+        return sorted({int(k) for k in self.committee_sizes if int(k) <= n})
+
+    def committee_rule(self) -> str:
+        """How committees are made, in words (written into ``table.json``)."""
+        return COMMITTEE_RULE.format(
+            sizes=list(self.committee_sizes), meta=self.committee_meta, store=self.meta_store, n=self.n_meta,
+            seed=self.meta_sim_seed,
+        )  # fmt: skip
+
+
+def recipe_defaults(run: pathlib.Path) -> dict:
+    """The JSON of every recipe field that has a default, as this run would give it (``meta_store`` in ``run``)."""
+    out = {f.name: f.default for f in dataclasses.fields(Recipe) if f.default is not dataclasses.MISSING}
+    out["meta_store"] = str(run / META_STORE)
+    return json.loads(json.dumps(out))
+
 
 def load_recipe(run: pathlib.Path, given: Recipe) -> Recipe:
-    """The run's recipe: written by the first call; a later call must give the same one."""
+    """The run's recipe: written by the first call; a later call must give the same one.
+
+    A field missing from the saved ``recipe.json`` (saved before the field existed) is read as its
+    default (:func:`recipe_defaults`); when the rest agrees, the file is written again with every field.
+
+    Returns
+    -------
+    Recipe
+        ``given``, its ``meta_store`` made ``RUN/meta.zarr`` when None.
+
+    Raises
+    ------
+    SystemExit
+        The saved recipe differs from ``given`` (the message names each field).
+    """
     path = run / "recipe.json"
+    if given.meta_store is None:
+        given = dataclasses.replace(given, meta_store=str(run / META_STORE))
     mine = json.loads(json.dumps(dataclasses.asdict(given)))
     if path.is_file():
         saved = json.loads(path.read_text())
+        missing = sorted(set(mine) - set(saved))
+        saved = {**{k: v for k, v in recipe_defaults(run).items() if k in missing}, **saved}
         diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
         if diff:
             shown = "; ".join(f"{k}: saved {saved.get(k)!r}, given {mine.get(k)!r}" for k in diff)
             raise SystemExit(f"bakeoff: {path} fixes another recipe ({shown}); use another --run")
+        if missing:
+            _write_json(path, mine)
+            print(f"{path}: added {', '.join(missing)} (their defaults)")
     else:
         run.mkdir(parents=True, exist_ok=True)
         _write_json(path, mine)
@@ -102,7 +213,11 @@ def _read_json(path: pathlib.Path, default=None):
 
 # -- the stores ---------------------------------------------------------------------------
 def prepare(recipe: Recipe, client=None, progress: bool = True) -> None:
-    """Simulate the training and held-out stores (each skipped when a finished one is there)."""
+    """Simulate the training, held-out and meta stores (each skipped when its ``<store>.done`` is there).
+
+    The meta store (for the committees' meta-classifier; only when a committee is planned) is
+    simulated as the held-out scenes, with its own seed: no real galaxies (see the module's notes).
+    """
     from lensdask import simulate
 
     jobs = [
@@ -114,6 +229,8 @@ def prepare(recipe: Recipe, client=None, progress: bool = True) -> None:
         ),
         (recipe.heldout_store, recipe.n_heldout, recipe.heldout_sim_seed, {}),
     ]
+    if recipe.committee_ks():
+        jobs.append((str(recipe.meta_store), recipe.n_meta, recipe.meta_sim_seed, {}))
     for out, n, seed, kw in jobs:
         done = pathlib.Path(out + ".done")
         if done.is_file():
@@ -275,50 +392,176 @@ def search_speed(model_dir: pathlib.Path, store_path: str, rows: int, repeat: in
     return n / best
 
 
-def score_candidate(recipe: Recipe, run: pathlib.Path, arch: str, seed: int, progress: bool) -> dict:
-    """The table row of one trained candidate (cached in its ``scores.json``)."""
+def _network_size(card: dict) -> tuple[int, float]:
+    """Parameters and forward GFLOPs per cutout of one network (not a committee), from its card."""
     import torch
 
-    from lensdask import evaluate, inject
     from lensdask.model.architectures import build_model, family_of, forward_gflops
-    from lensdask.model.checkpoint import read_card
 
-    out = run / f"{arch}-s{seed}"
+    kwargs = card["arch_kwargs"]
+    with torch.device("meta"):
+        net = build_model(kwargs)
+    side = int(card.get("input_size") or card["stamp"])
+    params = int(sum(p.numel() for p in net.parameters()))
+    return params, float(forward_gflops(net, family_of(kwargs), len(card["bands"]), side))
+
+
+def _budget_seconds(model_dir: pathlib.Path, card: dict) -> float:
+    """Wall seconds a network trained: its ``budget.json`` (all calls), else its card's ``wall_seconds``."""
+    ledger = _read_json(model_dir / BUDGET, {})
+    return float(ledger.get("elapsed_s", card["training"].get("wall_seconds", math.nan)))
+
+
+def score_model(recipe: Recipe, model_dir: pathlib.Path, name: str, progress: bool, seed: int | None = None) -> dict:
+    """The table row of one trained network or committee in ``model_dir`` (cached in its ``scores.json``).
+
+    Parameters
+    ----------
+    recipe : Recipe
+        Its held-out stores and scoring settings.
+    model_dir : pathlib.Path
+        A candidate's directory, or a committee's (``lensdask.model.committee``).
+    name : str
+        The row's ``candidate``.
+    progress : bool
+        Unused (the scoring passes are quiet).
+    seed : int, optional
+        The candidate's training seed (None for a committee).
+
+    Returns
+    -------
+    dict
+        The row; see the module's docstring. A committee's ``params``, ``gflops`` and ``train_s`` are
+        sums over its members (their own ``budget.json``, else card), its ``epochs``, ``epochs_planned``,
+        ``best_epoch``, ``train_cutouts_per_s`` and ``val_auroc`` are None, and it adds ``members`` (their
+        directory names), ``member_model_ids``, ``meta`` and ``meta_heldback_auroc`` (its meta-classifier's
+        AUROC on the meta store's held-back rows, beside ``meta_heldback_auroc_mean``, the members' mean's).
+    """
+    from lensdask import evaluate, inject
+    from lensdask.model.architectures import family_of
+    from lensdask.model.checkpoint import committee_members, is_committee, read_card
+
+    out = pathlib.Path(model_dir)
     cached = _read_json(out / SCORES)
     card = read_card(out)
     if cached and cached.get("model_id") == card["model_id"]:
         return cached
-    kwargs, t = card["arch_kwargs"], card["training"]
-    with torch.device("meta"):
-        net = build_model(kwargs)
-    side = int(card.get("input_size") or card["stamp"])
     held = evaluate(recipe.heldout_store, out, progress=False)
     real = inject(recipe.galaxies, out, galaxies="heldout", orientations=recipe.orientations, progress=False)
-    ledger = _read_json(out / BUDGET, {})
-    row = {
-        "candidate": f"{arch}-s{seed}",
-        "arch": arch,
-        "seed": seed,
-        "family": family_of(kwargs),
-        "model_id": card["model_id"],
-        "params": int(sum(p.numel() for p in net.parameters())),
-        "gflops": round(forward_gflops(net, family_of(kwargs), len(card["bands"]), side), 4),
-        "train_s": round(float(ledger.get("elapsed_s", t.get("wall_seconds", math.nan))), 1),
-        "epochs": len(t["history"]),
-        "epochs_planned": int(t["epochs"]),
-        "best_epoch": int(t["best_epoch"]),
-        "train_cutouts_per_s": round(float(t["cutouts_per_second"]), 1),
-        "val_auroc": card.get("metrics", {}).get("auroc"),
-        "heldout_auroc": held["auroc"],
-        "heldout_tpr_fpr_1e-3": held["tpr_fpr_1e-3"],
-        "real_false_positives": int(real["false_positives"]),
-        "real_plain": int(real["n_unpainted"]),
-        "real_fpr": real["fpr"],
-        "real_auroc": real["auroc"],
-        "search_cutouts_per_s": round(search_speed(out, recipe.heldout_store, recipe.search_rows), 1),
-    }
+    row: dict = {"candidate": name, "arch": card["arch"], "seed": seed}
+    extra: dict = {}
+    if is_committee(card):
+        members = [(d, rec, read_card(d)) for d, rec in committee_members(out, card)]
+        sizes = [_network_size(c) for _, _, c in members]
+        heldback = (card.get("metrics") or {}).get("heldback") or {}
+        extra = dict(
+            members=[pathlib.Path(r["source"]).name for _, r, _ in members],
+            member_model_ids=[r["model_id"] for _, r, _ in members],
+            meta=card["committee"]["meta"]["kind"],
+            meta_heldback_auroc=heldback.get("auroc"),
+            meta_heldback_auroc_mean=heldback.get("auroc_mean"),
+        )
+        row.update(
+            family="committee",
+            model_id=card["model_id"],
+            params=sum(p for p, _ in sizes),
+            gflops=round(sum(g for _, g in sizes), 4),
+            train_s=round(sum(_budget_seconds(pathlib.Path(r["source"]), c) for _, r, c in members), 1),
+            epochs=None,
+            epochs_planned=None,
+            best_epoch=None,
+            train_cutouts_per_s=None,
+            val_auroc=None,
+        )
+    else:
+        t = card["training"]
+        params, gflops = _network_size(card)
+        row.update(
+            family=family_of(card["arch_kwargs"]),
+            model_id=card["model_id"],
+            params=params,
+            gflops=round(gflops, 4),
+            train_s=round(_budget_seconds(out, card), 1),
+            epochs=len(t["history"]),
+            epochs_planned=int(t["epochs"]),
+            best_epoch=int(t["best_epoch"]),
+            train_cutouts_per_s=round(float(t["cutouts_per_second"]), 1),
+            val_auroc=card.get("metrics", {}).get("auroc"),
+        )
+    row.update(
+        {
+            "heldout_auroc": held["auroc"],
+            "heldout_tpr_fpr_1e-3": held["tpr_fpr_1e-3"],
+            "real_false_positives": int(real["false_positives"]),
+            "real_plain": int(real["n_unpainted"]),
+            "real_fpr": real["fpr"],
+            "real_auroc": real["auroc"],
+            "search_cutouts_per_s": round(search_speed(out, recipe.heldout_store, recipe.search_rows), 1),
+        }
+    )
+    row.update(extra)
     _write_json(out / SCORES, row)
     return row
+
+
+def score_candidate(recipe: Recipe, run: pathlib.Path, arch: str, seed: int, progress: bool) -> dict:
+    """The table row of one trained candidate, ``RUN/<arch>-s<seed>`` (:func:`score_model`)."""
+    return score_model(recipe, run / f"{arch}-s{seed}", f"{arch}-s{seed}", progress, seed=seed)
+
+
+# -- committees ---------------------------------------------------------------------------
+def by_validation_auroc(run: pathlib.Path, recipe: Recipe) -> list[str]:
+    """The candidates' directory names, best validation AUROC (card ``metrics.auroc``) first, ties in recipe order.
+
+    Only the cards are read: no held-out figure can change the order. A missing or non-finite AUROC
+    ranks last.
+    """
+    from lensdask.model.checkpoint import read_card
+
+    def val(name: str) -> float:
+        v = (read_card(run / name).get("metrics") or {}).get("auroc")
+        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else -math.inf
+
+    names = [f"{arch}-s{seed}" for arch, seed in recipe.candidates()]
+    return sorted(names, key=lambda n: -val(n))  # stable: ties keep the recipe's order
+
+
+def build_committees(recipe: Recipe, run: pathlib.Path, progress: bool) -> list[tuple[pathlib.Path, str]]:
+    """Build ``RUN/committee-k<k>`` for each size of :meth:`Recipe.committee_ks` (kept when already built of
+    the same members, by model id, and meta-classifier).
+
+    Returns
+    -------
+    list of (pathlib.Path, str)
+        Each committee's directory and row name, smallest first.
+    """
+    from lensdask.model.checkpoint import CARD, read_card
+    from lensdask.model.committee import build_committee
+
+    ranked = by_validation_auroc(run, recipe)
+    built = []
+    for k in recipe.committee_ks():
+        name = COMMITTEE.format(k=k)
+        out = run / name
+        members = [run / m for m in ranked[:k]]
+        ids = [read_card(m)["model_id"] for m in members]
+        card = _read_json(out / CARD)
+        same = (
+            card is not None
+            and [m.get("model_id") for m in card.get("committee", {}).get("members", [])] == ids
+            and card["committee"].get("meta", {}).get("kind") == recipe.committee_meta
+        )
+        if same:
+            print(f"{name}: built before ({', '.join(ranked[:k])})")
+        else:
+            t0 = time.perf_counter()
+            build_committee(
+                str(recipe.meta_store), members, out, meta=recipe.committee_meta, overwrite=True,
+                progress=progress, command=f"benchmarks/bakeoff.py {name}",
+            )  # fmt: skip
+            print(f"{name}: {', '.join(ranked[:k])}, {recipe.committee_meta} meta, {time.perf_counter() - t0:.0f} s")
+        built.append((out, name))
+    return built
 
 
 COLUMNS = [
@@ -336,7 +579,8 @@ COLUMNS = [
 
 
 def markdown(rows: list[dict]) -> str:
-    """The table as markdown (real FPR shown with its count, e.g. ``0.000 (0/80)``)."""
+    """The table as markdown (real FPR shown with its count, e.g. ``0.000 (0/80)``; a committee with its
+    members, e.g. ``committee-k2 (vit-lens-tiny-s0 + resnet-lens-s0)``; no value: "–")."""
 
     def cell(row, key, fmt):
         v = row.get(key)
@@ -345,6 +589,8 @@ def markdown(rows: list[dict]) -> str:
         text = fmt.format(v)
         if key == "real_fpr":
             text += f" ({row['real_false_positives']}/{row['real_plain']})"
+        if key == "candidate" and row.get("members"):
+            text += f" ({' + '.join(row['members'])})"
         if key == "epochs" and row.get("epochs_planned") != v:
             text += f" of {row['epochs_planned']}"
         return text
@@ -357,7 +603,7 @@ def markdown(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="bake-off directory (recipe, candidates, table)")
-    parser.add_argument("--prepare", action="store_true", help="simulate the training and held-out stores, then stop")
+    parser.add_argument("--prepare", action="store_true", help="simulate the three stores, then stop")
     parser.add_argument("--cluster", default=None, help="Dask cluster for --prepare (e.g. local); default in-process")
     parser.add_argument("--train-store", default=None, help="default RUN/train.zarr")
     parser.add_argument("--heldout-store", default=None, help="default RUN/heldout.zarr")
@@ -374,6 +620,14 @@ def main(argv=None) -> int:
     parser.add_argument("--validation-fraction", type=float, default=Recipe.validation_fraction)
     parser.add_argument("--orientations", type=int, default=Recipe.orientations)
     parser.add_argument("--search-rows", type=int, default=Recipe.search_rows)
+    parser.add_argument("--meta-store", default=None, help="the committees' meta store (default RUN/meta.zarr)")
+    parser.add_argument("--n-meta", type=int, default=Recipe.n_meta)
+    parser.add_argument("--meta-sim-seed", type=int, default=Recipe.meta_sim_seed)
+    parser.add_argument(
+        "--committee-sizes", nargs="*", type=int, default=list(Recipe.committee_sizes),
+        help="members of each committee (at least 2; none: no committees)",
+    )  # fmt: skip
+    parser.add_argument("--committee-meta", default=Recipe.committee_meta, choices=("logistic", "mlp"))
     parser.add_argument("--stop-after", type=float, default=None, help="end this call's training after SECONDS")
     parser.add_argument("--no-progress", action="store_true")
     a = parser.parse_args(argv)
@@ -398,8 +652,15 @@ def main(argv=None) -> int:
             validation_fraction=a.validation_fraction,
             orientations=a.orientations,
             search_rows=a.search_rows,
+            meta_store=a.meta_store,
+            n_meta=a.n_meta,
+            meta_sim_seed=a.meta_sim_seed,
+            committee_sizes=tuple(a.committee_sizes),
+            committee_meta=a.committee_meta,
         ),
     )
+    if any(k < 2 for k in recipe.committee_sizes):
+        raise SystemExit(f"bakeoff: a committee needs at least two members, got sizes {list(recipe.committee_sizes)}")
     progress = not a.no_progress
     if a.prepare:
         if a.cluster:
@@ -424,11 +685,24 @@ def main(argv=None) -> int:
         print(f"run the same command again to go on ({run})")
         return 3
     rows = [score_candidate(recipe, run, arch, seed, progress) for arch, seed in recipe.candidates()]
-    _write_json(run / "table.json", {"recipe": dataclasses.asdict(recipe), "rows": rows})
-    table = markdown(rows)
-    (run / "table.md").write_text(table)
-    print(table, end="")
+    write_table(run, recipe, rows)
+    if recipe.committee_ks():
+        if not pathlib.Path(f"{recipe.meta_store}.done").is_file():
+            raise SystemExit(
+                f"bakeoff: the committees' meta store {recipe.meta_store} is not prepared; run with --prepare, then "
+                f"this command again for the committee rows ({run / 'table.md'} has the single networks)"
+            )
+        rows += [score_model(recipe, d, name, progress) for d, name in build_committees(recipe, run, progress)]
+        write_table(run, recipe, rows)
+    print(markdown(rows), end="")
     return 0
+
+
+def write_table(run: pathlib.Path, recipe: Recipe, rows: list[dict]) -> None:
+    """``RUN/table.json`` (the recipe, the committee rule and the rows) and ``RUN/table.md``."""
+    rule = recipe.committee_rule() if recipe.committee_ks() else None
+    _write_json(run / "table.json", {"recipe": dataclasses.asdict(recipe), "committee_rule": rule, "rows": rows})
+    (run / "table.md").write_text(markdown(rows))
 
 
 if __name__ == "__main__":

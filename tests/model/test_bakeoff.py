@@ -1,20 +1,25 @@
-"""benchmarks/bakeoff.py end to end at toy scale: stores, a budget split over two calls, the table.
+"""benchmarks/bakeoff.py end to end at toy scale: stores, a budget split over two calls, the table, a committee.
 
-Two candidates (``test-vit``, ``test-resnet``), 300 training rows and 120 held-out rows, a
-6-second budget each; the first call stops after 2 s (as a job slot would end), the second goes
-on from the saved epochs. The budget's seconds must add up across the calls, not restart.
+Two candidates (``test-vit``, ``test-resnet``), 300 training rows, 120 held-out rows and 120 meta
+rows, an 8-second budget each; the first call stops after 5 s (as a job slot would end), the
+second goes on from the saved epochs. The budget's seconds must add up across the calls, not
+restart. The default committee sizes (2, 3) give one committee of the two (3 is skipped); training
+goes on without the meta store, scoring the committee needs it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import pathlib
 import sys
 
 import pytest
 import torch
 
-from conftest import REPO
+REPO = pathlib.Path(__file__).resolve().parents[2]
+"""The repository (not ``conftest.REPO``: ``tests/model/conftest.py`` may shadow that module name)."""
 
 pytestmark = pytest.mark.skipif(
     not (REPO.parent / "shared" / "data" / "des_galaxies").is_dir(), reason="needs ../shared/data/des_galaxies"
@@ -43,10 +48,13 @@ def test_bakeoff_resumes_within_its_budget_and_tabulates(tmp_path, one_thread, c
     run = tmp_path / "run"
     args = [
         "--run", str(run), "--n-train", "300", "--n-heldout", "120", "--archs", "test-vit", "test-resnet",
-        "--budget", "8", "--orientations", "1", "--search-rows", "128", "--no-progress",
+        "--budget", "8", "--orientations", "1", "--search-rows", "128", "--n-meta", "120", "--no-progress",
     ]  # fmt: skip
     assert bakeoff.main([*args, "--prepare"]) == 0
-    assert (run / "train.zarr.done").is_file() and (run / "heldout.zarr.done").is_file()
+    for store in ("train", "heldout", "meta"):
+        assert (run / f"{store}.zarr.done").is_file()
+    meta_done = run / "meta.zarr.done"
+    meta_done.rename(run / "meta.zarr.done.aside")  # training must not need the meta store
 
     assert bakeoff.main([*args, "--stop-after", "5"]) == 3  # not finished: go on later
     first = json.loads((run / "test-vit-s0" / "budget.json").read_text())
@@ -56,7 +64,13 @@ def test_bakeoff_resumes_within_its_budget_and_tabulates(tmp_path, one_thread, c
 
     with pytest.raises(SystemExit, match="another recipe"):
         bakeoff.main([*args, "--budget", "7"])
+    with pytest.raises(SystemExit, match="another recipe .*committee_sizes"):
+        bakeoff.main([*args, "--committee-sizes", "2"])
 
+    with pytest.raises(SystemExit, match=r"meta store .*meta\.zarr is not prepared; run with --prepare"):
+        bakeoff.main(args)  # trains to the end and scores the single networks, then needs the meta store
+    assert (run / "table.md").read_text().count("\n") == 4  # the single networks so far
+    (run / "meta.zarr.done.aside").rename(meta_done)
     assert bakeoff.main(args) == 0
     second = json.loads((run / "test-vit-s0" / "budget.json").read_text())
     assert second["done"] and len(second["sessions"]) == 2
@@ -67,13 +81,67 @@ def test_bakeoff_resumes_within_its_budget_and_tabulates(tmp_path, one_thread, c
 
     table = json.loads((run / "table.json").read_text())
     cols = {
-        "params", "gflops", "train_s", "epochs", "val_auroc", "heldout_auroc", "heldout_tpr_fpr_1e-3",
-        "real_fpr", "real_false_positives", "real_plain", "search_cutouts_per_s",
+        "params", "gflops", "train_s", "heldout_auroc", "heldout_tpr_fpr_1e-3", "real_fpr", "real_false_positives",
+        "real_plain", "search_cutouts_per_s",
     }  # fmt: skip
-    assert [r["candidate"] for r in table["rows"]] == ["test-vit-s0", "test-resnet-s0"]
+    assert [r["candidate"] for r in table["rows"]] == ["test-vit-s0", "test-resnet-s0", "committee-k2"]
     for row in table["rows"]:
         assert cols <= set(row) and all(row[c] is not None for c in cols)
-        assert row["real_plain"] == 10 and row["search_cutouts_per_s"] > 0 and row["epochs"] >= 1
+        assert row["real_plain"] == 10 and row["search_cutouts_per_s"] > 0
+    singles, committee = table["rows"][:2], table["rows"][2]
+    for row in singles:
+        assert row["epochs"] >= 1 and row["val_auroc"] is not None
     assert table["rows"][1]["family"] == "resnet"
+
+    # the committee: members by validation AUROC (never held-out figures), sums over them, its own scores
+    ranked = sorted(singles, key=lambda r: -r["val_auroc"])  # stable: ties in recipe order
+    assert committee["members"] == [r["candidate"] for r in ranked]
+    assert committee["member_model_ids"] == [r["model_id"] for r in ranked]
+    assert committee["family"] == "committee" and committee["meta"] == "logistic"
+    assert committee["params"] == sum(r["params"] for r in singles)
+    assert committee["gflops"] == pytest.approx(sum(r["gflops"] for r in singles), abs=2e-4)
+    assert committee["train_s"] == pytest.approx(sum(r["train_s"] for r in singles), abs=0.2)
+    assert committee["epochs"] is None and committee["val_auroc"] is None
+    assert 0 <= committee["heldout_auroc"] <= 1 and 0 <= committee["meta_heldback_auroc"] <= 1
+    ccard = json.loads((run / "committee-k2" / "model_card.json").read_text())
+    assert ccard["model_id"] == committee["model_id"] and ccard["committee"]["meta"]["kind"] == "logistic"
+    assert ccard["committee"]["meta"]["fitted_on"]["data"].endswith("meta.zarr")
+    assert not (run / "committee-k3").exists()  # 3 members asked of 2 candidates: skipped
+    assert "validation AUROC" in table["committee_rule"] and "seed 6" in table["committee_rule"]
     md = (run / "table.md").read_text()
-    assert md.count("\n") == 4 and "TPR @ FPR 1e-3" in md and "/10)" in md
+    assert md.count("\n") == 5 and "TPR @ FPR 1e-3" in md and "/10)" in md
+    assert f"committee-k2 ({' + '.join(committee['members'])})" in md and "| – |" in md
+
+    capsys.readouterr()
+    assert bakeoff.main(args) == 0  # again: nothing trained, built or scored anew
+    assert "committee-k2: built before" in capsys.readouterr().out
+    assert json.loads((run / "table.json").read_text())["rows"] == table["rows"]
+
+
+def test_a_recipe_saved_before_a_field_existed_is_read_with_its_default(tmp_path, capsys):
+    bakeoff = load_bakeoff()
+    run = tmp_path / "run"
+    run.mkdir()
+    given = bakeoff.Recipe(train_store=str(run / "train.zarr"), heldout_store=str(run / "heldout.zarr"))
+    new = ("meta_store", "n_meta", "meta_sim_seed", "committee_sizes", "committee_meta")
+    old = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(given))).items() if k not in new}
+    (run / "recipe.json").write_text(json.dumps(old))
+
+    # a new field given another value than its default is another recipe; the file is left as it was
+    for changed in (dict(n_meta=5), dict(meta_store=str(tmp_path / "elsewhere.zarr")), dict(committee_sizes=(2,))):
+        with pytest.raises(SystemExit, match=f"another recipe .*{next(iter(changed))}: saved"):
+            bakeoff.load_recipe(run, dataclasses.replace(given, **changed))
+    with pytest.raises(SystemExit, match="another recipe .*budget_s"):  # an old field still counts
+        bakeoff.load_recipe(run, dataclasses.replace(given, budget_s=1.0))
+    assert json.loads((run / "recipe.json").read_text()) == old
+
+    # the defaults are accepted, and the recipe written back with every field
+    recipe = bakeoff.load_recipe(run, given)
+    assert recipe.meta_store == str(run / "meta.zarr") and recipe.committee_ks() == [2, 3]
+    assert "added committee_meta, committee_sizes, meta_sim_seed, meta_store, n_meta" in capsys.readouterr().out
+    saved = json.loads((run / "recipe.json").read_text())
+    assert saved == {**old, "meta_store": str(run / "meta.zarr"), "n_meta": 8000, "meta_sim_seed": 6,
+                     "committee_sizes": [2, 3], "committee_meta": "logistic"}  # fmt: skip
+    assert bakeoff.load_recipe(run, given) == recipe and capsys.readouterr().out == ""  # as saved now
+    with pytest.raises(SystemExit, match="another recipe .*n_meta"):
+        bakeoff.load_recipe(run, dataclasses.replace(given, n_meta=5))
