@@ -52,6 +52,17 @@ def client():
         yield c
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test (tiny networks; both cores stay free for the Dask workers)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def random_model(tmp_path_factory):
     """A randomly initialised ``test-vit`` checkpoint for 4-band 45 px stamps."""

@@ -31,12 +31,7 @@ from lensdask.normalise import DEFAULT_NORMALISATION
 STAMP = 27
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def card_of(arch, bands="griz", stamp=STAMP, classes=("non-lens", "lens")):

@@ -31,18 +31,14 @@ from test_model import make_store
 KW = dict(batch_size=32, learning_rate=3e-3, device="cpu", progress=False, epochs=1, validation_fraction=0.25)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """Stores (train: seed 0; fit: seed 1; test: seed 2), the two members, and a logistic committee."""
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # restored below: later modules keep both threads
     d = tmp_path_factory.mktemp("committee")
     stores = {
         name: make_store(d / f"{name}.zarr", per_tile=40, seed=k) for k, name in enumerate(("train", "fit", "test"))
@@ -52,6 +48,7 @@ def setup(tmp_path_factory):
     train(stores["train"].url, vit, arch="test-vit", seed=0, **KW)
     train(stores["train"].url, res, arch="test-resnet", seed=1, **KW)
     card = build_committee(stores["fit"].url, [vit, res], d / "committee", progress=False, heldback=0.3)
+    torch.set_num_threads(threads)
     return types.SimpleNamespace(dir=d, stores=stores, members=[vit, res], committee=d / "committee", card=card)
 
 
