@@ -37,15 +37,38 @@ CARD = "model_card.json"
 REQUIRED = ("arch", "arch_kwargs", "bands", "stamp", "pixel_scale", "normalisation", "classes", "lens_class")
 
 
-def default_model_dir() -> pathlib.Path:
-    """The model shipped inside the package, ``lensdask/data/default_model``."""
-    return pathlib.Path(__file__).resolve().parent.parent / "data" / "default_model"
+def default_model_dir(survey: str | None = None) -> pathlib.Path:
+    """The model shipped inside the package for a survey.
+
+    Parameters
+    ----------
+    survey : str, optional
+        A survey profile's name (the cutouts' survey). ``None`` or ``des``: ``lensdask/data/default_model``;
+        another survey: ``lensdask/data/<survey>_model`` when the package ships one (``lsst``), else the DES
+        model, which the survey check then refuses on that survey's cutouts with a message naming both.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    data = pathlib.Path(__file__).resolve().parent.parent / "data"
+    if survey is not None and str(survey) != "des":
+        from ..survey.profiles import known_surveys
+
+        # a survey name is data: only a known profile's name selects a folder, never a path
+        if str(survey) in known_surveys() and (data / f"{survey}_model" / CARD).is_file():
+            return data / f"{survey}_model"
+    return data / "default_model"
 
 
-def resolve_model_dir(model: str | os.PathLike | None) -> pathlib.Path:
-    """A model directory from a user argument; ``None`` gives :func:`default_model_dir`."""
-    if model is None:
-        return default_model_dir()
+def resolve_model_dir(model: str | os.PathLike | None, survey: str | None = None) -> pathlib.Path:
+    """A model directory from a user argument.
+
+    ``None`` or ``"default"`` gives the shipped model of ``survey`` (:func:`default_model_dir`); anything
+    else is a path.
+    """
+    if model is None or (isinstance(model, str) and model == "default"):
+        return default_model_dir(survey)
     return pathlib.Path(os.fspath(model)).expanduser()
 
 
@@ -125,7 +148,7 @@ def save_checkpoint(model: torch.nn.Module, out_dir: str | os.PathLike, card: di
 
 
 def _no_model_hint(path: pathlib.Path) -> str:
-    if path == default_model_dir():
+    if path.parent == default_model_dir().parent:
         return (
             " (no default model is shipped in this installation; "
             "train one with `lensdask train` and pass its directory)"

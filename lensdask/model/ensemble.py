@@ -126,12 +126,12 @@ def check_models(
     models = list(models) or [None]
     out = []
     for m in models:
-        d = resolve_model_dir(None if m in (None, "default") else m)
+        d = resolve_model_dir(m, store.survey)
         out.append((d, read_card(d)))
     pre = None
     if prefilter is not None:
         pm, frac = parse_prefilter(prefilter)
-        d = resolve_model_dir(None if pm == "default" else pm)
+        d = resolve_model_dir(pm, store.survey)
         pre = (d, read_card(d), frac)
     everyone = out + ([pre[:2]] if pre else [])
     ref_dir, ref = everyone[0]

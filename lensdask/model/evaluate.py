@@ -184,7 +184,7 @@ def _load_models(cs: CutoutStore, model, combine: str | None, dev, adapt_survey:
             raise LensdaskError(f"unknown ensemble combination {combine!r}; use one of {', '.join(COMBINE)}")
         dirs = [d for d, _ in check_models(cs, models, adapt_survey=adapt_survey)[0]]
     else:
-        dirs = [resolve_model_dir(None if models[0] == "default" else models[0])]  # as search takes it
+        dirs = [resolve_model_dir(models[0], cs.survey)]  # as search takes it: the shipped model of its survey
     nets = []
     for d in dirs:
         net, card = load_checkpoint(d, device=dev)

@@ -326,9 +326,9 @@ def inject(
 
     refuse_model_as_store(cutouts, "inject(cutouts, model)")
     s = _settings(threshold, orientations, zeropoint, aperture, n_bins, top)
-    model_dir = resolve_model_dir(model)
-    card = read_card(model_dir)
     target = _cutouts_survey(cutouts, survey)
+    model_dir = resolve_model_dir(model, target.survey)
+    card = read_card(model_dir)
     adapted = check_survey(card, target.survey, str(cutouts), adapt_survey=adapt_survey)
     if adapted:
         from .pretrained import adapt_to_survey

@@ -215,6 +215,19 @@ def test_default_model_dir():
     assert resolve_model_dir(None) == default_model_dir()
 
 
+def test_the_shipped_model_follows_the_cutouts_survey():
+    lsst = default_model_dir("lsst")
+    assert lsst.parts[-3:] == ("lensdask", "data", "lsst_model")
+    card = read_card(lsst)
+    assert card["survey"] == "lsst" and card["bands"] == ["u", "g", "r", "i", "z", "y"] and card["stamp"] == 59
+    assert resolve_model_dir("default", "lsst") == resolve_model_dir(None, "lsst") == lsst
+    assert default_model_dir("des") == default_model_dir(None) == resolve_model_dir("default")
+    # no model shipped for that survey: the DES model, which the survey check refuses on its cutouts
+    assert default_model_dir("hsc-pdr3") == default_model_dir()
+    # a survey name is data, never a path
+    assert default_model_dir("../data/lsst") == default_model_dir("lsst_model") == default_model_dir()
+
+
 def test_check_compatible(tmp_path):
     card = tiny_card(None)
     check_compatible(card, make_store(tmp_path / "ok.zarr", 1, 2))

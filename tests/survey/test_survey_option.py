@@ -13,7 +13,7 @@ from lensdask.cli import main
 from lensdask.demo import score_against_truth
 from lensdask.errors import ModelSurveyError
 from lensdask.model import evaluate
-from lensdask.model.checkpoint import card_survey, read_card, untrained_checkpoint
+from lensdask.model.checkpoint import card_survey, default_model_dir, read_card, untrained_checkpoint
 from lensdask.model.pretrained import survey_channels
 from lensdask.search import search
 from lensdask.simulate import simulate
@@ -77,7 +77,6 @@ def test_des_model_refused_on_an_lsst_store_naming_both(lsst_survey, random_mode
     assert card_survey(read_card(random_model)) == "des"
     for argv in (
         ["search", "--zarr", store, "--model", str(random_model), "--out", str(tmp_path / "run")],
-        ["search", "--zarr", store, "--out", str(tmp_path / "run")],  # the shipped model: no survey, read as des
         ["evaluate", "--data", store, "--model", str(random_model)],
         ["inject", "--cutouts", store, "--model", str(random_model)],
     ):
@@ -88,6 +87,16 @@ def test_des_model_refused_on_an_lsst_store_naming_both(lsst_survey, random_mode
     assert not (tmp_path / "run").exists()
     with pytest.raises(ModelSurveyError, match="trained on des cutouts.*holds lsst cutouts"):
         evaluate(store, random_model, progress=False)
+
+
+def test_an_lsst_store_is_searched_with_the_shipped_lsst_model(lsst_survey, tmp_path, client, capsys):
+    run = tmp_path / "run"
+    argv = ["search", "--zarr", str(lsst_survey[0]), "--out", str(run), "--threshold", "0", "--no-crossmatch"]
+    assert main([*argv, "--no-report", "--cluster", client.scheduler.address]) == 0, capsys.readouterr().err
+    summary = json.loads((run / "summary.json").read_text())
+    card = read_card(default_model_dir("lsst"))
+    assert summary["model_id"] == card["model_id"] and card_survey(card) == "lsst"
+    assert len(pd.read_parquet(run / "candidates.parquet")) == 6
 
 
 def test_survey_option_must_match_the_store(lsst_survey, random_model, capsys):
