@@ -16,7 +16,6 @@ import pathlib
 import sys
 
 import pytest
-import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 """The repository (not ``conftest.REPO``: ``tests/model/conftest.py`` may shadow that module name)."""
@@ -35,15 +34,7 @@ def load_bakeoff():
     return module
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_bakeoff_resumes_within_its_budget_and_tabulates(tmp_path, one_thread, capsys):
+def test_bakeoff_resumes_within_its_budget_and_tabulates(tmp_path, one_torch_thread, capsys):
     bakeoff = load_bakeoff()
     run = tmp_path / "run"
     args = [
