@@ -17,9 +17,11 @@ The fitting sequence, from a cold start (each optimisation bounded trust-region 
    through a round SIE, and the chi-square is evaluated with the amplitudes solved; the ``lens_starts``
    best local minima of the scan are kept;
 3. **lens model**: the lens light, SIE (centred on the light) + external shear and an elliptical
-   exponential source, all free, optimised from each start; the best is kept and, when ``confirm``,
-   optimised again from a perturbed copy (seeded by the candidate): a fit is confirmed when the second
-   optimisation returns to it;
+   exponential source, all free, optimised from each start; the best is kept. When its Einstein radius
+   rests at a bound, up to ``rescue_starts`` more of the scan's starts are optimised (a run to the bound is
+   most often a start in the wrong basin). When ``confirm``, the best is optimised again from a perturbed
+   copy (seeded by the candidate): a fit is confirmed when the second optimisation returns to it; one that
+   lands lower instead becomes the best and is confirmed afresh, up to ``confirm_rounds`` times;
 4. **null model**: the same lens light plus ``null_blobs`` unlensed elliptical exponential blobs,
    started on the brightest residual peaks with two sizes; the variant of lowest BIC is kept.
 
@@ -71,6 +73,14 @@ class FitSettings:
         Most iterations of one optimisation (each costs a Jacobian: one model evaluation per parameter).
     confirm : bool
         Optimise the best lens model again from a perturbed copy (the ``restarts`` flag).
+    confirm_rounds : int
+        Confirmations at most: a confirmation that lands on a lower chi-square elsewhere becomes the best
+        and is itself confirmed, while rounds remain.
+    rescue_starts : int
+        More starts of the scan optimised when the best lens model's Einstein radius rests at a bound.
+    restart_tolerance : float
+        A confirmation whose Einstein radius differs from the best's by more than this fraction did not
+        return to it (config ``fit.restart_tolerance``, which the ``restarts`` flag uses too).
     theta_E_range : (float, float), arcsec
         Bounds of the Einstein radius.
     shear_sigma : float
@@ -96,6 +106,9 @@ class FitSettings:
     null_starts: int = 2
     max_iterations: int = 100
     confirm: bool = True
+    confirm_rounds: int = 1
+    rescue_starts: int = 0
+    restart_tolerance: float = 0.03
     theta_E_range: tuple[float, float] = (0.3, 3.5)
     shear_sigma: float = 0.05
     mass_light_sigma: float = 0.1
@@ -248,8 +261,9 @@ def _source_start(stamp: Stamp, snr_map: np.ndarray, light: list[dict], theta_E:
 def _scan(
     stamp: Stamp, model: Model, light: list[dict], residual: np.ndarray, settings: FitSettings, half: float, blobs=()
 ):
-    """The lens model's starts: (chi2, theta_E, source) at the best local minima of a scan in theta_E (with
-    unlensed blobs at ``blobs``)."""
+    """The lens model's starts: (chi2, theta_E, source) of a scan in theta_E (with unlensed blobs at
+    ``blobs``), best first: the ``lens_starts`` best local minima (made up with the next best radii where
+    there are fewer), then the other minima, then the other radii, each by chi-square."""
     lo, hi = settings.theta_E_range
     snr_map = residual_snr(stamp, residual)
     grid = np.geomspace(lo * 1.05, hi * 0.95, settings.theta_E_grid)
@@ -263,13 +277,11 @@ def _scan(
         i for i in range(len(chi)) if (i == 0 or chi[i] <= chi[i - 1]) and (i == len(chi) - 1 or chi[i] <= chi[i + 1])
     ]
     minima.sort(key=lambda i: chi[i])
-    starts = [rows[i] for i in minima[: settings.lens_starts]]
-    for i in np.argsort(chi):  # fewer minima than starts: the next best radii
-        if len(starts) >= settings.lens_starts:
-            break
-        if all(rows[i][1] != s[1] for s in starts):
-            starts.append(rows[i])
-    return starts
+    by_chi2 = [int(i) for i in np.argsort(chi, kind="stable")]
+    first = minima[: settings.lens_starts]
+    first += [i for i in by_chi2 if i not in first][: settings.lens_starts - len(first)]  # fewer minima than starts
+    rest = [i for i in minima if i not in first] + [i for i in by_chi2 if i not in first and i not in minima]
+    return [rows[i] for i in first + rest]
 
 
 def _confirm(model: Model, best: Optimum, settings: FitSettings, rng: np.random.Generator) -> Optimum:
@@ -283,6 +295,41 @@ def _confirm(model: Model, best: Optimum, settings: FitSettings, rng: np.random.
             v = v + rng.uniform(-0.15, 0.15)
         starts.append(Parameter(p.component, p.key, float(np.clip(v, p.lower, p.upper)), p.lower, p.upper, p.scale))
     return optimise(model, starts, max_iterations=settings.max_iterations, ftol=settings.ftol)
+
+
+def _rescued(stamp: Stamp, model: Model, best: Optimum, unused: list, light, settings: FitSettings, half, blobs):
+    """The best lens model, or, when its Einstein radius rests at a bound, the lowest-BIC of it and the fits
+    from up to ``rescue_starts`` of its variant's ``unused`` scan starts (the scan's other minima first: a
+    run to the bound is most often a start in the wrong basin)."""
+    if settings.rescue_starts <= 0 or (1, "theta_E") not in best.at_bound():
+        return best
+    for _, theta, src in unused[: settings.rescue_starts]:
+        params = _lens_parameters(light, theta, src, settings, half, blobs, model.envelope_component)
+        fit = optimise(model, params, max_iterations=settings.max_iterations, ftol=settings.ftol)
+        if _bic(fit, model, stamp) < _bic(best, model, stamp):
+            best = fit
+    return best
+
+
+def _confirmed(model: Model, best: Optimum, settings: FitSettings, rng: np.random.Generator):
+    """(best, restart_dchi2, restart_dtheta): the best lens model after up to ``confirm_rounds``
+    confirmations (:func:`_confirm`), with the last confirmation's chi-square less the best's and their
+    relative Einstein-radius difference (NaN without ``confirm``). A confirmation that lands lower becomes
+    the best; when it also moved the Einstein radius by more than ``restart_tolerance``, it is confirmed in
+    turn while rounds remain."""
+    restart_dchi2 = restart_dtheta = float("nan")
+    if not settings.confirm:
+        return best, restart_dchi2, restart_dtheta
+    for _ in range(max(settings.confirm_rounds, 1)):
+        again = _confirm(model, best, settings, rng)
+        restart_dchi2 = again.chi2 - best.chi2
+        restart_dtheta = abs(again.value("theta_E", 1) / best.value("theta_E", 1) - 1)
+        if again.chi2 >= best.chi2:
+            break  # the best stands (confirmed, or a worse basin nearby: the restarts flag decides)
+        best = again
+        if restart_dtheta <= settings.restart_tolerance:
+            break  # the same solution, a little lower
+    return best, restart_dchi2, restart_dtheta
 
 
 def fit_candidate(
@@ -377,7 +424,7 @@ def _fit(images, noise, psf_fwhm, pixel_scale, mask, seed: int, settings: FitSet
     # 2-3. the lens model, without and with unlensed blobs on the brightest residuals, from the scan's best
     # starts; the variant of lowest BIC is kept and confirmed
     peaks = residual_peaks(stamp, residual, k=max((*settings.null_blobs, *settings.lens_blobs, 1)))
-    tried: list[tuple[float, Model, Optimum]] = []
+    tried: list[tuple[float, Model, Optimum, tuple[tuple[tuple[float, float], ...], list]]] = []  # + (blobs, unused)
     for k in settings.lens_blobs:
         if k > len(peaks):
             continue
@@ -396,18 +443,14 @@ def _fit(images, noise, psf_fwhm, pixel_scale, mask, seed: int, settings: FitSet
         )
         for blobs in placements:
             starts = _scan(stamp, model, light, residual, settings, half, blobs)
-            for _, theta, src in starts[: settings.lens_starts if k == 0 else 1]:
+            used = settings.lens_starts if k == 0 else 1
+            for _, theta, src in starts[:used]:
                 params = _lens_parameters(light, theta, src, settings, half, blobs, model.envelope_component)
                 fit = optimise(model, params, max_iterations=settings.max_iterations, ftol=settings.ftol)
-                tried.append((_bic(fit, model, stamp), model, fit))
-    _, lens_model, best = min(tried, key=lambda t: t[0])
-    restart_dchi2 = restart_dtheta = float("nan")
-    if settings.confirm:
-        again = _confirm(lens_model, best, settings, rng)
-        restart_dchi2 = again.chi2 - best.chi2
-        restart_dtheta = abs(again.value("theta_E", 1) / best.value("theta_E", 1) - 1)
-        if again.chi2 < best.chi2:
-            best = again
+                tried.append((_bic(fit, model, stamp), model, fit, (blobs, starts[used:])))
+    _, lens_model, best, (best_blobs, unused) = min(tried, key=lambda t: t[0])
+    best = _rescued(stamp, lens_model, best, unused, light, settings, half, best_blobs)
+    best, restart_dchi2, restart_dtheta = _confirmed(lens_model, best, settings, rng)
 
     # 4. the null model: the lens light (from the first fit, and from the lens model) and unlensed blobs
     lights = [light, _lens_light(lens_model, lens_model.components(best.params, best.x))]

@@ -222,3 +222,90 @@ def test_the_same_seed_gives_the_same_fit(lenses):
     b = _fit(images, table, 3, 5, QUICK)
     assert a["theta_E"] == b["theta_E"] and a["dbic"] == b["dbic"]
     assert np.random.randint(1 << 30) == np.random.RandomState(123).randint(1 << 30)  # and is left as it was
+
+
+def _optimum(theta_E, chi2):
+    from lensdask.fit.engine import Optimum, Parameter
+
+    params = [Parameter(1, "theta_E", theta_E, 0.3, 3.5, 0.05)]
+    return Optimum(params, np.array([theta_E]), chi2, np.zeros((1, 1)), None, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("rounds", "landings", "theta", "dtheta"),
+    [
+        (1, [(1.5, 90.0)], 1.5, 0.5),  # one round: a lower landing elsewhere is kept, and flagged
+        (2, [(1.5, 90.0), (1.51, 95.0)], 1.5, 0.01 / 1.5),  # ... confirmed in turn
+        (2, [(1.5, 90.0), (2.0, 80.0)], 2.0, 1 / 3),  # still moving after the last round: flagged
+        (2, [(1.01, 99.0)], 1.01, 0.01),  # lower but the same radius: no second round
+        (3, [(1.3, 120.0)], 1.0, 0.3),  # a worse basin: the best stands
+    ],
+)
+def test_a_confirmation_that_lands_lower_elsewhere_is_confirmed_in_turn(monkeypatch, rounds, landings, theta, dtheta):
+    from lensdask.fit import lensmodel
+
+    calls = iter(landings)
+    monkeypatch.setattr(lensmodel, "_confirm", lambda model, best, settings, rng: _optimum(*next(calls)))
+    settings = FitSettings(confirm_rounds=rounds, restart_tolerance=0.03)
+    best, dchi2, dth = lensmodel._confirmed(None, _optimum(1.0, 100.0), settings, np.random.default_rng(0))
+    assert best.value("theta_E", 1) == pytest.approx(theta)
+    assert dth == pytest.approx(dtheta, rel=1e-6)
+    assert next(calls, None) is None  # every landing asked for was used, and no more
+    assert np.isfinite(dchi2)
+
+
+def test_the_scan_gives_its_best_minima_first_then_every_other_radius():
+    from lensdask.fit import lensmodel
+
+    chi = [5.0, 3.0, 4.0, 1.0, 6.0, 2.0, 7.0]  # minima at 1 (3.0), 3 (1.0), 5 (2.0)
+    stamp = Stamp(np.zeros((1, 9, 9)), np.ones(1), np.ones(1), 0.263, np.ones((9, 9)))
+    settings = FitSettings(theta_E_grid=len(chi), lens_starts=2)
+    it = iter(chi)
+    calls = []
+
+    def chi2_at(model, params, x):
+        calls.append(x)
+        return next(it)
+
+    import unittest.mock as mock
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(envelope_component=None)
+    with mock.patch.object(lensmodel, "chi2_at", chi2_at):
+        starts = lensmodel._scan(stamp, model, [lensmodel.light_moments(stamp)], np.zeros((1, 9, 9)), settings, 1.0)
+    grid = np.geomspace(0.3 * 1.05, 3.5 * 0.95, len(chi))
+    order = [int(np.argmin(abs(grid - s[1]))) for s in starts]
+    assert order == [3, 5, 1, 2, 0, 4, 6]  # the two best minima (as before), the third, then the rest by chi2
+    assert [s[0] for s in starts] == [chi[i] for i in order]
+
+
+def test_a_lens_model_at_its_einstein_radius_bound_is_rescued_from_the_next_starts(monkeypatch):
+    from types import SimpleNamespace
+
+    from lensdask.fit import lensmodel
+
+    landings = {1.2: 90.0, 2.0: 95.0, 0.8: 80.0}  # where each start's optimisation ends: (theta_E, chi2)
+    started = []
+
+    def optimise(model, params, **kw):
+        theta = next(p.start for p in params if p.key == "theta_E")
+        started.append(theta)
+        return _optimum(theta, landings[theta])
+
+    monkeypatch.setattr(lensmodel, "optimise", optimise)
+    stamp = Stamp(np.zeros((1, 9, 9)), np.ones(1), np.ones(1), 0.263, np.ones((9, 9)))
+    model = SimpleNamespace(n_components=1, envelope_component=None)
+    light = [lensmodel.light_moments(stamp)]
+    unused = [(0.0, t, (0.0, 0.0, 0.2)) for t in (1.2, 2.0, 0.8)]  # the scan's order
+
+    def rescued(best, n):
+        settings = FitSettings(rescue_starts=n)
+        return lensmodel._rescued(stamp, model, best, unused, light, settings, 2.0, ())
+
+    at_bound = _optimum(3.49, 100.0)  # the upper bound is 3.5
+    got = rescued(at_bound, 2)
+    assert started == [1.2, 2.0] and got.value("theta_E", 1) == 1.2  # two starts, the lower BIC kept
+    started.clear()
+    assert rescued(at_bound, 0) is at_bound and started == []  # off
+    assert rescued(_optimum(1.7, 100.0), 2).value("theta_E", 1) == 1.7 and started == []  # inside: untouched
+    assert rescued(_optimum(3.49, 50.0), 3).value("theta_E", 1) == 3.49  # the bound fit is still the best
