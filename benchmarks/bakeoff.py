@@ -315,6 +315,13 @@ def plan_epochs(recipe: Recipe, arch: str, n_train_rows: int, stamp: int, bands:
     return {"epochs": epochs, "calibration_cutouts_per_s": rate, "efficiency": EFFICIENCY, "n_train": n_train_rows}
 
 
+def first_epoch_seconds(plan: dict) -> float:
+    """Wall seconds of a candidate's first epoch as its plan expects them (0 when the recipe fixed the epochs)."""
+    if "calibration_cutouts_per_s" not in plan:
+        return 0.0
+    return float(plan["n_train"]) / (float(plan["calibration_cutouts_per_s"]) * float(plan["efficiency"]))
+
+
 def train_candidate(recipe: Recipe, run: pathlib.Path, arch: str, seed: int, stop_at: float | None, progress: bool):
     """Train one candidate within what is left of its budget (and of this call); True when it is done."""
     from lensdask import open_store, train
@@ -324,6 +331,8 @@ def train_candidate(recipe: Recipe, run: pathlib.Path, arch: str, seed: int, sto
     ledger = Ledger(out / BUDGET, recipe.budget_s)
     if ledger.data["done"]:
         return True
+    if stop_at is not None and time.perf_counter() >= stop_at:
+        return False  # this call's time is up: not even a calibration
     if "plan" not in ledger.data:
         store = open_store(recipe.train_store)
         n_rows = int(store.n_rows)
@@ -332,11 +341,13 @@ def train_candidate(recipe: Recipe, run: pathlib.Path, arch: str, seed: int, sto
         ledger.save()
     limit = max(ledger.remaining, 0.0)
     capped = stop_at is not None and stop_at - time.perf_counter() < limit
+    resume = (out / "train_state.pt").is_file()
     if capped:
         limit = max(stop_at - time.perf_counter(), 0.0)
-        if limit <= 0:
+        # train() stops before an epoch that would end past its limit once it has timed one; a fresh start
+        # has not, so its first epoch is estimated from the calibration
+        if limit <= 0 or (not resume and limit < first_epoch_seconds(ledger.data["plan"])):
             return False
-    resume = (out / "train_state.pt").is_file()
     print(
         f"{arch} seed {seed}: {ledger.data['elapsed_s']:.0f} of {recipe.budget_s:.0f} s spent; "
         f"{'resuming' if resume else 'starting'} for at most {limit:.0f} s "

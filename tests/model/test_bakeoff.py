@@ -14,6 +14,7 @@ import importlib.util
 import json
 import pathlib
 import sys
+import time
 
 import pytest
 
@@ -136,3 +137,21 @@ def test_a_recipe_saved_before_a_field_existed_is_read_with_its_default(tmp_path
     assert bakeoff.load_recipe(run, given) == recipe and capsys.readouterr().out == ""  # as saved now
     with pytest.raises(SystemExit, match="another recipe .*n_meta"):
         bakeoff.load_recipe(run, dataclasses.replace(given, n_meta=5))
+
+
+def test_a_call_that_is_out_of_time_starts_no_new_candidate(tmp_path, monkeypatch):
+    bakeoff = load_bakeoff()
+    recipe = bakeoff.Recipe(train_store=str(tmp_path / "train.zarr"), heldout_store=str(tmp_path / "heldout.zarr"))
+    started = []
+    monkeypatch.setattr("lensdask.train", lambda *a, **k: started.append(k) or {})
+    monkeypatch.setattr(bakeoff, "plan_epochs", lambda *a, **k: pytest.fail("calibrated after the call's time"))
+    now = time.perf_counter()
+    # no time left in the call: neither a calibration nor a start
+    assert bakeoff.train_candidate(recipe, tmp_path, "test-vit", 0, now - 1, False) is False
+    # a planned first epoch of 1,250 s (1,000 rows at 1 cutout/s x 0.8) does not fit in the call's 60 s left
+    ledger = bakeoff.Ledger(tmp_path / "test-vit-s0" / bakeoff.BUDGET, recipe.budget_s)
+    ledger.data["plan"] = {"epochs": 5, "calibration_cutouts_per_s": 1.0, "efficiency": 0.8, "n_train": 1000}
+    ledger.save()
+    assert bakeoff.first_epoch_seconds(ledger.data["plan"]) == pytest.approx(1250.0)
+    assert bakeoff.train_candidate(recipe, tmp_path, "test-vit", 0, time.perf_counter() + 60, False) is False
+    assert started == [] and json.loads(ledger.path.read_text())["sessions"] == []
