@@ -17,11 +17,10 @@ The fitting sequence, from a cold start (each optimisation bounded trust-region 
    through a round SIE, and the chi-square is evaluated with the amplitudes solved; the ``lens_starts``
    best local minima of the scan are kept;
 3. **lens model**: the lens light, SIE (centred on the light) + external shear and an elliptical
-   exponential source, all free, optimised from each start; the best is kept. When its Einstein radius
-   rests at a bound, up to ``rescue_starts`` more of the scan's starts are optimised (a run to the bound is
-   most often a start in the wrong basin). When ``confirm``, the best is optimised again from a perturbed
-   copy (seeded by the candidate): a fit is confirmed when the second optimisation returns to it; one that
-   lands lower instead becomes the best and is confirmed afresh, up to ``confirm_rounds`` times;
+   exponential source, all free, optimised from each start; the best is kept and, when ``confirm``,
+   optimised again from a perturbed copy (seeded by the candidate): a fit is confirmed when the second
+   optimisation returns to it; one that lands lower and elsewhere instead becomes the best and is confirmed
+   in turn, up to ``confirm_rounds`` times;
 4. **null model**: the same lens light plus ``null_blobs`` unlensed elliptical exponential blobs,
    started on the brightest residual peaks with two sizes; the variant of lowest BIC is kept.
 
@@ -76,8 +75,6 @@ class FitSettings:
     confirm_rounds : int
         Confirmations at most: a confirmation that lands on a lower chi-square elsewhere becomes the best
         and is itself confirmed, while rounds remain.
-    rescue_starts : int
-        More starts of the scan optimised when the best lens model's Einstein radius rests at a bound.
     restart_tolerance : float
         A confirmation whose Einstein radius differs from the best's by more than this fraction did not
         return to it (config ``fit.restart_tolerance``, which the ``restarts`` flag uses too).
@@ -107,7 +104,6 @@ class FitSettings:
     max_iterations: int = 100
     confirm: bool = True
     confirm_rounds: int = 1
-    rescue_starts: int = 0
     restart_tolerance: float = 0.03
     theta_E_range: tuple[float, float] = (0.3, 3.5)
     shear_sigma: float = 0.05
@@ -297,20 +293,6 @@ def _confirm(model: Model, best: Optimum, settings: FitSettings, rng: np.random.
     return optimise(model, starts, max_iterations=settings.max_iterations, ftol=settings.ftol)
 
 
-def _rescued(stamp: Stamp, model: Model, best: Optimum, unused: list, light, settings: FitSettings, half, blobs):
-    """The best lens model, or, when its Einstein radius rests at a bound, the lowest-BIC of it and the fits
-    from up to ``rescue_starts`` of its variant's ``unused`` scan starts (the scan's other minima first: a
-    run to the bound is most often a start in the wrong basin)."""
-    if settings.rescue_starts <= 0 or (1, "theta_E") not in best.at_bound():
-        return best
-    for _, theta, src in unused[: settings.rescue_starts]:
-        params = _lens_parameters(light, theta, src, settings, half, blobs, model.envelope_component)
-        fit = optimise(model, params, max_iterations=settings.max_iterations, ftol=settings.ftol)
-        if _bic(fit, model, stamp) < _bic(best, model, stamp):
-            best = fit
-    return best
-
-
 def _confirmed(model: Model, best: Optimum, settings: FitSettings, rng: np.random.Generator):
     """(best, restart_dchi2, restart_dtheta): the best lens model after up to ``confirm_rounds``
     confirmations (:func:`_confirm`), with the last confirmation's chi-square less the best's and their
@@ -424,7 +406,7 @@ def _fit(images, noise, psf_fwhm, pixel_scale, mask, seed: int, settings: FitSet
     # 2-3. the lens model, without and with unlensed blobs on the brightest residuals, from the scan's best
     # starts; the variant of lowest BIC is kept and confirmed
     peaks = residual_peaks(stamp, residual, k=max((*settings.null_blobs, *settings.lens_blobs, 1)))
-    tried: list[tuple[float, Model, Optimum, tuple[tuple[tuple[float, float], ...], list]]] = []  # + (blobs, unused)
+    tried: list[tuple[float, Model, Optimum]] = []
     for k in settings.lens_blobs:
         if k > len(peaks):
             continue
@@ -443,13 +425,11 @@ def _fit(images, noise, psf_fwhm, pixel_scale, mask, seed: int, settings: FitSet
         )
         for blobs in placements:
             starts = _scan(stamp, model, light, residual, settings, half, blobs)
-            used = settings.lens_starts if k == 0 else 1
-            for _, theta, src in starts[:used]:
+            for _, theta, src in starts[: settings.lens_starts if k == 0 else 1]:
                 params = _lens_parameters(light, theta, src, settings, half, blobs, model.envelope_component)
                 fit = optimise(model, params, max_iterations=settings.max_iterations, ftol=settings.ftol)
-                tried.append((_bic(fit, model, stamp), model, fit, (blobs, starts[used:])))
-    _, lens_model, best, (best_blobs, unused) = min(tried, key=lambda t: t[0])
-    best = _rescued(stamp, lens_model, best, unused, light, settings, half, best_blobs)
+                tried.append((_bic(fit, model, stamp), model, fit))
+    _, lens_model, best = min(tried, key=lambda t: t[0])
     best, restart_dchi2, restart_dtheta = _confirmed(lens_model, best, settings, rng)
 
     # 4. the null model: the lens light (from the first fit, and from the lens model) and unlensed blobs

@@ -76,7 +76,6 @@ def settings_from_config() -> tuple[FitSettings, dict]:
         max_iterations=int(config.get("fit.max_iterations")),
         confirm=bool(config.get("fit.confirm")),
         confirm_rounds=int(config.get("fit.confirm_rounds")),
-        rescue_starts=int(config.get("fit.rescue_starts")),
         restart_tolerance=float(config.get("fit.restart_tolerance")),
         theta_E_range=tuple(float(v) for v in config.get("fit.theta_E_range")),  # type: ignore[arg-type]
         source_r_max=float(config.get("fit.source_r_max")),

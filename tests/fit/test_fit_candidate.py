@@ -277,35 +277,3 @@ def test_the_scan_gives_its_best_minima_first_then_every_other_radius():
     order = [int(np.argmin(abs(grid - s[1]))) for s in starts]
     assert order == [3, 5, 1, 2, 0, 4, 6]  # the two best minima (as before), the third, then the rest by chi2
     assert [s[0] for s in starts] == [chi[i] for i in order]
-
-
-def test_a_lens_model_at_its_einstein_radius_bound_is_rescued_from_the_next_starts(monkeypatch):
-    from types import SimpleNamespace
-
-    from lensdask.fit import lensmodel
-
-    landings = {1.2: 90.0, 2.0: 95.0, 0.8: 80.0}  # where each start's optimisation ends: (theta_E, chi2)
-    started = []
-
-    def optimise(model, params, **kw):
-        theta = next(p.start for p in params if p.key == "theta_E")
-        started.append(theta)
-        return _optimum(theta, landings[theta])
-
-    monkeypatch.setattr(lensmodel, "optimise", optimise)
-    stamp = Stamp(np.zeros((1, 9, 9)), np.ones(1), np.ones(1), 0.263, np.ones((9, 9)))
-    model = SimpleNamespace(n_components=1, envelope_component=None)
-    light = [lensmodel.light_moments(stamp)]
-    unused = [(0.0, t, (0.0, 0.0, 0.2)) for t in (1.2, 2.0, 0.8)]  # the scan's order
-
-    def rescued(best, n):
-        settings = FitSettings(rescue_starts=n)
-        return lensmodel._rescued(stamp, model, best, unused, light, settings, 2.0, ())
-
-    at_bound = _optimum(3.49, 100.0)  # the upper bound is 3.5
-    got = rescued(at_bound, 2)
-    assert started == [1.2, 2.0] and got.value("theta_E", 1) == 1.2  # two starts, the lower BIC kept
-    started.clear()
-    assert rescued(at_bound, 0) is at_bound and started == []  # off
-    assert rescued(_optimum(1.7, 100.0), 2).value("theta_E", 1) == 1.7 and started == []  # inside: untouched
-    assert rescued(_optimum(3.49, 50.0), 3).value("theta_E", 1) == 3.49  # the bound fit is still the best
