@@ -46,6 +46,12 @@ store holds no real galaxies: a store painted on the training galaxies is refuse
 ``build_committee`` (every member trained on them), and one on the held-out galaxies would make
 the committee's real FPR (``inject --galaxies heldout``) impossible. Scoring committees needs the
 meta store prepared (``--prepare``); the single networks' table is written first.
+
+The new default (``RUN/table.json`` ``decision``, and the last line of ``table.md``): once every row is
+scored, :func:`choose_default` applies the rule written into ``benchmarks/RESULTS.md`` before any
+held-out set was scored -- gates on the held-out real galaxies and on the search cost against the
+baseline (``--baseline``, default ``vit-lens-tiny`` retrained under the recipe), then the best TPR at
+FPR 1e-3 on the held-out scenes, which must beat the baseline's by more than 0.02 to change the default.
 """
 
 from __future__ import annotations
@@ -640,6 +646,10 @@ def main(argv=None) -> int:
     )  # fmt: skip
     parser.add_argument("--committee-meta", default=Recipe.committee_meta, choices=("logistic", "mlp"))
     parser.add_argument("--stop-after", type=float, default=None, help="end this call's training after SECONDS")
+    parser.add_argument(
+        "--baseline", default=None,
+        help="the row the new default must beat (default vit-lens-tiny-s<first seed>: today's architecture, retrained)",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true")
     a = parser.parse_args(argv)
 
@@ -704,16 +714,100 @@ def main(argv=None) -> int:
                 f"this command again for the committee rows ({run / 'table.md'} has the single networks)"
             )
         rows += [score_model(recipe, d, name, progress) for d, name in build_committees(recipe, run, progress)]
-        write_table(run, recipe, rows)
+    decision = choose_default(rows, a.baseline or f"vit-lens-tiny-s{recipe.seeds[0]}")
+    write_table(run, recipe, rows, decision)
     print(markdown(rows), end="")
+    print(f"\nNew default: {decision['reason']}.")
     return 0
 
 
-def write_table(run: pathlib.Path, recipe: Recipe, rows: list[dict]) -> None:
-    """``RUN/table.json`` (the recipe, the committee rule and the rows) and ``RUN/table.md``."""
+# -- the new default ---------------------------------------------------------------------
+TPR_KEY = "heldout_tpr_fpr_1e-3"
+TPR_MARGIN = 0.02
+"""TPR at FPR 1e-3 within this of the best ties (about 2 sigma at TPR ~0.2 with 3,000 lenses); the winner must beat
+the baseline by more than this to become the default."""
+COST_LIMIT = 3.0
+"""Search cost per cutout, at most this many times the baseline's (search cutouts/s at least 1/COST_LIMIT of it)."""
+DEFAULT_RULE = (
+    "Among the rows (candidates and committees) that pass both gates -- 0 held-out real plain stamps at or above "
+    "the search threshold, and search cutouts/s at least 1/{cost:g} of the baseline {baseline}'s -- the highest "
+    "TPR at FPR 1e-3 on the held-out scenes wins; rows within {margin:g} of it tie, and among them the higher "
+    "held-out AUROC wins, then the faster search. The default changes only if the winner beats the baseline by "
+    "more than {margin:g} in TPR at FPR 1e-3 (benchmarks/RESULTS.md, fixed before any held-out set was scored)."
+)
+
+
+def choose_default(rows: list[dict], baseline: str) -> dict:
+    """Apply the rule for the new default (``benchmarks/RESULTS.md``, issue 27) to the scored rows.
+
+    Parameters
+    ----------
+    rows : list of dict
+        The table's rows (:func:`score_model`): ``candidate``, ``real_false_positives``,
+        ``search_cutouts_per_s``, ``heldout_tpr_fpr_1e-3``, ``heldout_auroc``.
+    baseline : str
+        The row of today's architecture retrained under the recipe (e.g. ``vit-lens-tiny-s0``): the
+        search-cost gate and the margin to beat are measured against it.
+
+    Returns
+    -------
+    dict
+        ``rule`` (in words), ``baseline``, ``gates`` (``{candidate: reasons it fails, [] when it passes}``),
+        ``winner`` (the best row passing both gates, or None), ``change`` (True when the winner beats the
+        baseline by more than :data:`TPR_MARGIN`; then it becomes the default) and ``reason`` (one line).
+    """
+    by_name = {r["candidate"]: r for r in rows}
+    out: dict = {
+        "rule": DEFAULT_RULE.format(cost=COST_LIMIT, baseline=baseline, margin=TPR_MARGIN),
+        "baseline": baseline,
+        "gates": {},
+        "winner": None,
+        "change": False,
+    }
+    base = by_name.get(baseline)
+    if base is None:
+        out["reason"] = f"no row {baseline!r} to measure against: the shipped default stays"
+        return out
+    min_speed = float(base["search_cutouts_per_s"]) / COST_LIMIT
+    for r in rows:
+        fails = []
+        if int(r["real_false_positives"]) != 0:
+            fails.append(f"{r['real_false_positives']} real plain stamps at or above the threshold")
+        if not float(r["search_cutouts_per_s"]) >= min_speed:
+            speed = f"{r['search_cutouts_per_s']:.0f}"
+            fails.append(f"search {speed} cutouts/s < {min_speed:.0f} (1/{COST_LIMIT:g} of {baseline}'s)")
+        out["gates"][r["candidate"]] = fails
+    passing = [r for r in rows if not out["gates"][r["candidate"]]]
+    if not passing:
+        out["reason"] = "no row passes both gates: the shipped default stays"
+        return out
+    best_tpr = max(float(r[TPR_KEY]) for r in passing)
+    tied = [r for r in passing if float(r[TPR_KEY]) >= best_tpr - TPR_MARGIN]
+    winner = max(tied, key=lambda r: (float(r["heldout_auroc"]), float(r["search_cutouts_per_s"])))
+    gain = float(winner[TPR_KEY]) - float(base[TPR_KEY])
+    out["winner"] = winner["candidate"]
+    out["change"] = bool(winner["candidate"] != baseline and gain > TPR_MARGIN)
+    out["reason"] = (
+        f"{winner['candidate']} wins (TPR at FPR 1e-3 {float(winner[TPR_KEY]):.3f}, held-out AUROC "
+        f"{float(winner['heldout_auroc']):.4f}), "
+        + (
+            f"{gain:+.3f} over {baseline}: it becomes the default"
+            if out["change"]
+            else f"{gain:+.3f} over {baseline}, not more than {TPR_MARGIN:g}: the shipped default stays"
+        )
+    )
+    return out
+
+
+def write_table(run: pathlib.Path, recipe: Recipe, rows: list[dict], decision: dict | None = None) -> None:
+    """``RUN/table.json`` (the recipe, the committee rule, the rows and, once every row is scored, the
+    ``decision`` of :func:`choose_default`) and ``RUN/table.md`` (the decision's reason below the table)."""
     rule = recipe.committee_rule() if recipe.committee_ks() else None
-    _write_json(run / "table.json", {"recipe": dataclasses.asdict(recipe), "committee_rule": rule, "rows": rows})
-    (run / "table.md").write_text(markdown(rows))
+    table = {"recipe": dataclasses.asdict(recipe), "committee_rule": rule, "rows": rows}
+    if decision is not None:
+        table["decision"] = decision
+    _write_json(run / "table.json", table)
+    (run / "table.md").write_text(markdown(rows) + (f"\nNew default: {decision['reason']}.\n" if decision else ""))
 
 
 if __name__ == "__main__":

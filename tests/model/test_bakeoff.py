@@ -41,6 +41,7 @@ def test_bakeoff_resumes_within_its_budget_and_tabulates(tmp_path, one_torch_thr
     args = [
         "--run", str(run), "--n-train", "300", "--n-heldout", "120", "--archs", "test-vit", "test-resnet",
         "--budget", "8", "--orientations", "1", "--search-rows", "128", "--n-meta", "120", "--no-progress",
+        "--baseline", "test-vit-s0",
     ]  # fmt: skip
     assert bakeoff.main([*args, "--prepare"]) == 0
     for store in ("train", "heldout", "meta"):
@@ -100,8 +101,11 @@ def test_bakeoff_resumes_within_its_budget_and_tabulates(tmp_path, one_torch_thr
     assert ccard["committee"]["meta"]["fitted_on"]["data"].endswith("meta.zarr")
     assert not (run / "committee-k3").exists()  # 3 members asked of 2 candidates: skipped
     assert "validation AUROC" in table["committee_rule"] and "seed 6" in table["committee_rule"]
+    decision = table["decision"]
+    assert decision["baseline"] == "test-vit-s0" and set(decision["gates"]) == {r["candidate"] for r in table["rows"]}
+    assert decision["winner"] in (None, *decision["gates"]) and decision["reason"]
     md = (run / "table.md").read_text()
-    assert md.count("\n") == 5 and "TPR @ FPR 1e-3" in md and "/10)" in md
+    assert md.count("\n") == 7 and "TPR @ FPR 1e-3" in md and "/10)" in md and "New default: " in md
     assert f"committee-k2 ({' + '.join(committee['members'])})" in md and "| – |" in md
 
     capsys.readouterr()
@@ -155,3 +159,37 @@ def test_a_call_that_is_out_of_time_starts_no_new_candidate(tmp_path, monkeypatc
     assert bakeoff.first_epoch_seconds(ledger.data["plan"]) == pytest.approx(1250.0)
     assert bakeoff.train_candidate(recipe, tmp_path, "test-vit", 0, time.perf_counter() + 60, False) is False
     assert started == [] and json.loads(ledger.path.read_text())["sessions"] == []
+
+
+def _row(name, tpr, auroc=0.98, fp=0, speed=600.0):
+    return {
+        "candidate": name, "heldout_tpr_fpr_1e-3": tpr, "heldout_auroc": auroc, "real_false_positives": fp,
+        "search_cutouts_per_s": speed,
+    }  # fmt: skip
+
+
+def test_the_default_is_chosen_by_the_written_rule():
+    choose = load_bakeoff().choose_default
+    base = _row("vit-lens-tiny-s0", 0.20, 0.980, 0, 600.0)
+    rows = [
+        base,
+        _row("vit-lens-small-s0", 0.45, 0.990, 1, 300.0),  # the best TPR, but a real false positive
+        _row("resnet-lens-s0", 0.50, 0.991, 0, 150.0),  # better still, but 4x the search cost
+        _row("convnext-lens-s0", 0.30, 0.986, 0, 700.0),
+        _row("committee-k2", 0.31, 0.984, 0, 250.0),  # within 0.02 of the best passing TPR, lower AUROC
+    ]
+    d = choose(rows, "vit-lens-tiny-s0")
+    assert d["gates"]["vit-lens-small-s0"] and d["gates"]["resnet-lens-s0"] and not d["gates"]["committee-k2"]
+    assert "real plain" in d["gates"]["vit-lens-small-s0"][0] and "cutouts/s" in d["gates"]["resnet-lens-s0"][0]
+    assert d["winner"] == "convnext-lens-s0" and d["change"]  # ties on TPR: the higher held-out AUROC
+    assert "+0.100 over vit-lens-tiny-s0: it becomes the default" in d["reason"]
+
+    rows[3] = _row("convnext-lens-s0", 0.21, 0.990, 0, 700.0)
+    rows[4] = _row("committee-k2", 0.215, 0.990, 0, 250.0)
+    d = choose(rows, "vit-lens-tiny-s0")  # the best within 0.02 of the baseline: no change
+    assert d["winner"] == "convnext-lens-s0" and not d["change"] and "the shipped default stays" in d["reason"]
+
+    assert choose(rows, "vit-lens-base-s0")["winner"] is None  # no baseline row: nothing changes
+    none_pass = [_row(r["candidate"], 0.9, fp=2) for r in rows]
+    d = choose(none_pass, "vit-lens-tiny-s0")
+    assert d["winner"] is None and not d["change"] and "no row passes" in d["reason"]
