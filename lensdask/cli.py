@@ -628,6 +628,14 @@ def _cmd_fit(a) -> int:
             client=client,
             overwrite=a.overwrite,
         )
+    ph = result.photometry
+    if ph:
+        zps = ", ".join(f"{b} {v:g}" for b, v in ph["zero_points"].items()) or "none"
+        src = {k: "config fit." + k if v == "config" else "survey profile" for k, v in ph["source"].items()}
+        print(
+            f"{ph['survey']} store, {ph['pixels']} pixels: zero points {zps} ({src['zero_points']}), "
+            f"exposure time {ph['exposure_time']:g} s ({src['exposure_time']})"
+        )
     f = result.fits
     ok = f["fit_status"] == "ok" if len(f) else f.get("fit_status", [])
     n_ok = int(ok.sum()) if len(f) else 0

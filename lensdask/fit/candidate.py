@@ -9,7 +9,8 @@ Fit columns (every one prefixed ``fit_``; per-band ones suffixed ``_<band>``)
                        inverse Hessian, marginal over every nonlinear parameter)
 ``fit_q, fit_phi``     SIE axis ratio and position angle (degrees)
 ``fit_gamma_ext, fit_phi_ext``  external shear and its angle (degrees)
-``fit_mag_lens_<b>``   lens light magnitude (AB, config ``fit.zero_points``)
+``fit_mag_lens_<b>``   lens light magnitude (AB, at the zero points of :func:`lensdask.fit.run.photometry`:
+                       config ``fit.zero_points``, else those of the store's survey and pixel units)
 ``fit_mag_source_<b>`` unlensed source magnitude
 ``fit_source_x, fit_source_y``  source position (arcsec from the stamp centre, x = RA direction)
 ``fit_source_r``       source half-light radius (arcsec, elliptical exponential)
@@ -151,8 +152,8 @@ def fit_row(
     settings : FitSettings
     conf : dict
         ``fit_radius, mask_radius, mask_snr, max_abs_dbic, restart_tolerance, zero_points``, and optionally
-        ``max_chi2nu``, ``max_source_size``
-        (``{band: mag}``, or None).
+        ``max_chi2nu``, ``max_source_size``; ``zero_points`` is ``{band: AB mag of one image unit}``
+        (a band it does not name, or None: NaN magnitudes).
 
     Notes
     -----

@@ -3,7 +3,9 @@
 Layout it adds to the run directory::
 
     RUN_DIR/fit/signature.json        the fit's settings (and their hash): a rerun with others is refused
-                                      unless overwrite=True (which removes RUN_DIR/fit first)
+                                      unless overwrite=True (which removes RUN_DIR/fit first); with the
+                                      zero points and exposure time used and where they came from
+                                      (``photometry``, :func:`photometry`)
     RUN_DIR/fit/<chunk>.parquet       one row per candidate of a finished chunk (``tile``, ``object_id``,
                                       the fit columns of :mod:`lensdask.fit.candidate`); written atomically
     RUN_DIR/fit/<chunk>.npz           the chunk's model images (lens, null, source; float32) and masks
@@ -53,21 +55,159 @@ class FitError(LensdaskError):
 @dataclass
 class FitResult:
     """What :func:`fit` did: ``fits`` (every fitted candidate, ranked), ``failures`` (chunks or candidates
-    that raised), ``fitted`` (candidates fitted by this call), ``resumed`` (found done), ``run_dir``."""
+    that raised), ``fitted`` (candidates fitted by this call), ``resumed`` (found done), ``run_dir``, and
+    ``photometry`` (the zero points and exposure time used: :func:`photometry`)."""
 
     fits: pd.DataFrame
     failures: pd.DataFrame
     fitted: int
     resumed: int
     run_dir: pathlib.Path
+    photometry: dict | None = None
 
 
-def settings_from_config() -> tuple[FitSettings, dict]:
-    """The :class:`FitSettings` and the other per-candidate options (``fit.*`` in the configuration)."""
+SIMULATED = "simulated"
+"""Pixels in e-/s of a survey's simulated instrument (:func:`pixel_units`)."""
+
+COADD = "coadd"
+"""Pixels in a survey's coadd unit, of AB magnitude its profile's ``zeropoint`` (:func:`pixel_units`)."""
+
+
+def _made_by(provenance: dict) -> dict:
+    """The provenance of the command that made a store's pixels: a converted store's original's."""
+    while isinstance(provenance.get("converted_from"), dict):
+        provenance = dict(provenance["converted_from"].get("provenance") or {})
+    return provenance
+
+
+def pixel_units(store) -> str:
+    """How a store's pixels are scaled: :data:`SIMULATED` (e-/s) or :data:`COADD` (the survey's coadd unit).
+
+    Read from what the store records of how it was made: its provenance (a converted store's original's)
+    names its ``inputs`` (ingest: :data:`COADD`), or its ``coadd_years`` (simulate, mock-survey:
+    :data:`SIMULATED`, unless simulate painted the arcs on real cutouts, ``backgrounds``, which keep
+    their own units: :data:`COADD`); else the PSF origin of its first written tile (``simulated``, or
+    one an ingest found); else, for a store that says neither, :data:`SIMULATED`, as fits were before
+    survey profiles.
+
+    Parameters
+    ----------
+    store : lensdask.store.CutoutStore
+
+    Returns
+    -------
+    str
+        :data:`SIMULATED` or :data:`COADD`.
+    """
+    made = _made_by(dict(getattr(store, "provenance", {}) or {}))
+    if "inputs" in made:
+        return COADD
+    if "coadd_years" in made or "truth" in made:  # simulate; mock-survey (its truth table)
+        return COADD if made.get("backgrounds") else SIMULATED
+    written = store.written_tiles() if getattr(store, "psf_known", False) else []
+    origins = store.psf_origins(int(written[0])) if len(written) else []
+    if any(o.startswith("simulated") for o in origins):
+        return SIMULATED
+    return COADD if any(origins) else SIMULATED
+
+
+def photometry(store=None) -> dict:
+    """The zero points and exposure time a fit of ``store`` uses, and where they come from.
+
+    Config ``fit.zero_points`` and ``fit.exposure_time`` win when set. Left null they come from the
+    store's survey profile (:mod:`lensdask.survey.profiles`) and :func:`pixel_units`:
+
+    - simulated stores (e-/s): each band's e-/s zero point of the survey's simulated instrument, and the
+      shortest of the bands' total exposures (``num_exposures x exposure_time``; the fit's Poisson term
+      takes one value for every band, and the shortest understates no band's noise):
+      :meth:`~lensdask.survey.profiles.SurveyProfile.simulated_photometry`, ``des`` at the store's
+      ``coadd_years`` (g 26.58, r 26.78, i 26.75, z 26.48 and 1800 s for 6 years);
+    - ingested coadds: the profile's ``zeropoint`` (the coadd unit's) in every band, and config
+      ``fit.coadd_exposure_time``.
+
+    Parameters
+    ----------
+    store : lensdask.store.CutoutStore, optional
+        The store fitted; None: a simulated ``des`` store of config ``survey.bands``.
+
+    Returns
+    -------
+    dict
+        ``survey``, ``pixels`` (:data:`SIMULATED` or :data:`COADD`), ``zero_points`` (``{band: AB mag of one
+        image unit}``), ``exposure_time`` (s, image units x it = counts; 0: no Poisson term),
+        ``exposure_times`` (``{band: s}`` of a simulated store's bands, else None) and ``source``
+        (``{"zero_points": "config" or "survey", "exposure_time": ...}``).
+
+    Raises
+    ------
+    LensdaskError
+        The store's survey has no profile, or no simulated instrument for a simulated store's band (set
+        ``fit.zero_points`` and ``fit.exposure_time``).
+    """
+    from ..survey.profiles import get_profile
+
+    survey = "des" if store is None else str(getattr(store, "survey", "des"))
+    units = SIMULATED if store is None else pixel_units(store)
+    zp_config, t_config = config.get("fit.zero_points"), config.get("fit.exposure_time")
+    zero_points = None if zp_config is None else {str(b): float(v) for b, v in dict(zp_config).items()}
+    exposure_time = None if t_config is None else float(t_config)
+    exposure_times: dict[str, float] | None = None
+    survey_zp: dict[str, float] = {}
+    survey_t = 0.0
+    if zero_points is None or exposure_time is None:
+        profile = get_profile(survey)
+        bands = list(profile.bands) if store is None else [str(b) for b in store.bands]
+        if units == SIMULATED:
+            years = _made_by(dict(store.provenance)).get("coadd_years") if store is not None else None
+            try:
+                per_band = {b: profile.simulated_photometry(b, years) for b in bands}
+            except LensdaskError as exc:
+                raise FitError(
+                    f"{exc}: set the zero points and exposure time of the fit (config fit.zero_points, "
+                    "fit.exposure_time)"
+                ) from None
+            survey_zp = {b: zp for b, (zp, _) in per_band.items()}
+            exposure_times = {b: t for b, (_, t) in per_band.items()}
+            survey_t = min(exposure_times.values())
+        else:
+            survey_zp = dict.fromkeys(bands, float(profile.zeropoint))
+            survey_t = float(config.get("fit.coadd_exposure_time") or 0.0)
+    return {
+        "survey": survey,
+        "pixels": units,
+        "zero_points": zero_points if zero_points is not None else survey_zp,
+        "exposure_time": exposure_time if exposure_time is not None else survey_t,
+        "exposure_times": exposure_times if exposure_time is None else None,
+        "source": {
+            "zero_points": "survey" if zp_config is None else "config",
+            "exposure_time": "survey" if t_config is None else "config",
+        },
+    }
+
+
+def settings_from_config(store=None, *, phot: dict | None = None) -> tuple[FitSettings, dict]:
+    """The :class:`FitSettings` and the other per-candidate options (``fit.*`` in the configuration).
+
+    Parameters
+    ----------
+    store : lensdask.store.CutoutStore, optional
+        The store fitted: the zero points and exposure time config leaves null come from its survey
+        (:func:`photometry`; None: a simulated ``des`` store's).
+    phot : dict, optional
+        :func:`photometry` of ``store``, when the caller has it.
+
+    Returns
+    -------
+    (FitSettings, dict)
+        The settings (``exposure_time`` in s), and ``fit_radius``, ``mask_radius`` (arcsec), ``mask_snr``,
+        ``max_abs_dbic``, ``max_chi2nu``, ``max_source_size``, ``restart_tolerance`` and ``zero_points``
+        (``{band: AB mag of one image unit}``).
+    """
+    phot = photometry(store) if phot is None else phot
     s = FitSettings(
         supersampling=int(config.get("fit.supersampling")),
         core_supersampling=int(config.get("fit.core_supersampling")),
-        exposure_time=float(config.get("fit.exposure_time") or 0.0),
+        exposure_time=float(phot["exposure_time"]),
         theta_E_grid=int(config.get("fit.theta_E_grid")),
         lens_starts=int(config.get("fit.lens_starts")),
         null_blobs=tuple(int(v) for v in config.get("fit.null_blobs")),
@@ -92,16 +232,24 @@ def settings_from_config() -> tuple[FitSettings, dict]:
         "max_chi2nu": float(config.get("fit.max_chi2nu")),
         "max_source_size": float(config.get("fit.max_source_size")),
         "restart_tolerance": float(config.get("fit.restart_tolerance")),
-        "zero_points": dict(config.get("fit.zero_points") or {}),
+        "zero_points": dict(phot["zero_points"]),
     }
     return s, conf
 
 
-def signature(settings: FitSettings, conf: dict, seed: int, psf: dict | None) -> dict:
-    """The settings a fit's results depend on, and their hash (``id``)."""
+def signature(settings: FitSettings, conf: dict, seed: int, psf: dict | None, phot: dict | None = None) -> dict:
+    """The settings a fit's results depend on, and their hash (``id``).
+
+    The zero points (``options``) and exposure time (``settings``) are the values used; ``phot``
+    (:func:`photometry`: the survey, its pixel units, where the values came from) is recorded beside
+    them as ``photometry``, outside the hash: the same values give the same fit whatever their source.
+    """
     doc = {"settings": asdict(settings), "options": conf, "seed": int(seed), "psf": psf or {}}
     text = json.dumps(doc, sort_keys=True, default=float)
-    return {**doc, "id": hashlib.sha256(text.encode()).hexdigest()[:16]}
+    out = {**doc, "id": hashlib.sha256(text.encode()).hexdigest()[:16]}
+    if phot is not None:
+        out["photometry"] = phot
+    return out
 
 
 def parse_psf(text: str | float | dict | None, bands) -> dict[str, float] | None:
@@ -244,7 +392,8 @@ def _check_signature(folder: pathlib.Path, sig: dict, overwrite: bool) -> None:
 @dataclass
 class FitPlan:
     """What :func:`check` found: the run, its store, the candidates chosen (with ``tile_index`` and ``row``),
-    every candidate, the PSF fill, seed, chunk size, settings and their signature."""
+    every candidate, the PSF fill, seed, chunk size, settings, their signature and the photometry
+    (:func:`photometry`)."""
 
     run_dir: pathlib.Path
     store: CutoutStore
@@ -256,6 +405,7 @@ class FitPlan:
     settings: FitSettings
     conf: dict
     signature: dict
+    photometry: dict
 
 
 def check(
@@ -268,6 +418,7 @@ def check(
     seed: int | None = None,
     chunk_size: int | None = None,
     overwrite: bool = False,
+    survey: str | None = None,
 ) -> FitPlan:
     """Check a fit's input and plan it, writing nothing (the CLI calls it before starting a cluster).
 
@@ -277,17 +428,22 @@ def check(
         As :func:`fit`.
     """
     from ..rundir import locate
+    from ..survey.profiles import check_store_survey, get_profile
 
+    if survey is not None:
+        get_profile(survey)  # an unknown name is refused before anything is read
     run_dir = pathlib.Path(run_dir)
     path = run_dir / CANDIDATES
     if not path.exists():
         raise FitError(f"{run_dir} has no {CANDIDATES}: run `lensdask search` first")
     opened = run_store(run_dir, store)  # one line if there is no store
+    check_store_survey(opened, survey)
     if top is None and min_score is None:
         top = int(config.get("fit.top"))
     seed = int(config.get("fit.seed", seed))
     chunk_size = max(1, int(config.get("fit.chunk_size", chunk_size)))
-    settings, conf = settings_from_config()
+    phot = photometry(opened)
+    settings, conf = settings_from_config(opened, phot=phot)
     psf_fill = parse_psf(psf, opened.bands)
     candidates = pd.read_parquet(path)
     chosen = select(candidates, top, min_score)
@@ -296,9 +452,9 @@ def check(
     where = locate(opened, chosen)
     chosen = chosen.assign(tile_index=where["tile_index"].to_numpy(), row=where["row"].to_numpy())
     _check_psf(opened, chosen, psf_fill)
-    sig = signature(settings, conf, seed, psf_fill)
+    sig = signature(settings, conf, seed, psf_fill, phot)
     _check_signature(run_dir / FIT_DIR, sig, overwrite)
-    return FitPlan(run_dir, opened, chosen, candidates, psf_fill, seed, chunk_size, settings, conf, sig)
+    return FitPlan(run_dir, opened, chosen, candidates, psf_fill, seed, chunk_size, settings, conf, sig, phot)
 
 
 def fit(
@@ -313,6 +469,7 @@ def fit(
     client=None,
     overwrite: bool = False,
     progress: bool = True,
+    survey: str | None = None,
 ) -> FitResult:
     """Fit a lens model and a null model to the best candidates of a search run, and rank them again.
 
@@ -337,18 +494,28 @@ def fit(
     overwrite : bool
         Fit again from scratch a run fitted before with other settings.
     progress : bool
+    survey : str, optional
+        The survey the store must record (CLI ``--survey``); None: whatever it records.
 
     Returns
     -------
     FitResult
 
+    Notes
+    -----
+    Magnitudes and the Poisson noise of the light take the zero points and exposure time of the store's
+    survey unless config ``fit.zero_points`` and ``fit.exposure_time`` set them (:func:`photometry`);
+    ``RUN_DIR/fit/signature.json`` records the values used and where they came from.
+
     Raises
     ------
     FitError
         No candidates, a band without PSF for some candidate (and no ``psf``), a run fitted before with
-        other settings (without ``overwrite``).
+        other settings (without ``overwrite``), no zero points for a simulated store's survey.
     LensdaskError
-        No store (a run without ``summary.json``, a store that moved).
+        No store (a run without ``summary.json``, a store that moved); a store of another survey than
+        ``survey`` (:class:`~lensdask.survey.profiles.SurveyMismatchError`), an unknown ``survey`` or store
+        survey (:class:`~lensdask.survey.profiles.UnknownSurveyError`).
     """
     from ..cluster import current_client
 
@@ -361,6 +528,7 @@ def fit(
         seed=seed,
         chunk_size=chunk_size,
         overwrite=overwrite,
+        survey=survey,
     )
     run_dir, opened, chosen, candidates = plan.run_dir, plan.store, plan.chosen, plan.candidates
     psf_fill, seed, chunk_size, settings, conf = plan.psf, plan.seed, plan.chunk_size, plan.settings, plan.conf
@@ -397,7 +565,7 @@ def fit(
         fp.unlink(missing_ok=True)
     fits = rank(run_dir, candidates)
     fitted = sum(int(cast(dict, v)["rows"]) for v in results.values())
-    return FitResult(fits, failures_table, fitted, resumed, run_dir)
+    return FitResult(fits, failures_table, fitted, resumed, run_dir, plan.photometry)
 
 
 def _check_psf(store, chosen: pd.DataFrame, psf_fill: dict | None) -> None:

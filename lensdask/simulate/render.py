@@ -29,7 +29,6 @@ would have at DES depth, and the cutout's pixels are left as they are where ther
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -348,10 +347,9 @@ class Renderer:
         conditions: str = "des",
         survey: str = "des",
     ):
-        from lenstronomy.SimulationAPI.ObservationConfig.DES import DES
         from lenstronomy.SimulationAPI.sim_api import SimAPI
 
-        from ..survey.profiles import get_profile
+        from ..survey.profiles import des_single_band, get_profile
 
         self.survey = str(survey)
         profile = None if self.survey == "des" else get_profile(self.survey)
@@ -378,10 +376,7 @@ class Renderer:
         self.seeing, self.sky = {}, {}
         for b in self.bands:
             if profile is None:
-                # DES() mutates a module-level dict, and leaves num_exposures alone for
-                # coadd_years=3: copy its output and set the exposures ourselves.
-                kw = copy.deepcopy(DES(band=b, coadd_years=self.coadd_years).kwargs_single_band())
-                kw["num_exposures"] = (self.coadd_years * 10) // 3
+                kw = des_single_band(b, self.coadd_years)
             else:
                 kw = profile.single_band(b)
             kw["pixel_scale"] = self.pixel_scale

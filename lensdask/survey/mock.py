@@ -280,6 +280,7 @@ def mock_survey(
         lookalike_fraction=lookalike_fraction,
         lookalikes=lookalikes,
         truth=os.path.abspath(truth_path) if "://" not in truth_path else truth_path,
+        coadd_years=sim_kwargs["coadd_years"],  # the depth simulated (des): lensdask fit's exposure time
     )
     create_store(
         url,

@@ -269,6 +269,39 @@ class SurveyProfile:
         kw.update(pixel_scale=self.pixel_scale, seeing=cond.seeing_median, sky_brightness=cond.sky_mean)
         return kw
 
+    def simulated_photometry(self, band: str, coadd_years: int | None = None) -> tuple[float, float]:
+        """The zero point and total exposure of ``band`` in this survey's simulations (simulate, mock-survey).
+
+        Their pixels are e-/s of the simulated instrument: ``des`` that of :func:`des_single_band`
+        (``coadd_years`` of DES coadds), any other survey that of :meth:`single_band`.
+
+        Parameters
+        ----------
+        band : str
+        coadd_years : int, optional
+            ``des`` only: the years of coadds simulated (config ``simulate.coadd_years`` when None).
+
+        Returns
+        -------
+        (float, float)
+            The AB magnitude of 1 e-/s (``magnitude_zero_point``), and the coadd's total exposure
+            ``num_exposures x exposure_time``, s (``des``, 6 years: 20 x 90 s = 1800 s in every band).
+
+        Raises
+        ------
+        LensdaskError
+            No preset to take the instrument from, or no such band in it.
+        """
+        if self.name == "des":
+            years = int(config.get("simulate.coadd_years", coadd_years))
+            try:
+                kw = des_single_band(band, years)
+            except ValueError as exc:
+                raise LensdaskError(f"survey des: lenstronomy's DES preset: {exc}") from None
+        else:
+            kw = self.single_band(band)
+        return float(kw["magnitude_zero_point"]), float(kw["num_exposures"] * kw["exposure_time"])
+
     def _condition_medians(self, median) -> dict[str, tuple[float, float]]:
         """``{band: (seeing FWHM arcsec, sky mag/arcsec^2)}`` from the lenstronomy preset or the profile."""
         if median == "lenstronomy":
@@ -276,6 +309,35 @@ class SurveyProfile:
         if not isinstance(median, Mapping) or any(b not in median for b in self.bands):
             raise LensdaskError(f"survey {self.name}: conditions.median must give [seeing, sky] for {list(self.bands)}")
         return {b: (float(median[b][0]), float(median[b][1])) for b in self.bands}
+
+
+def des_single_band(band: str, coadd_years: int) -> dict:
+    """lenstronomy's ``kwargs_single_band`` of DES ``band`` as DES simulations use it (a new dict).
+
+    lenstronomy's DES preset (read noise, gain, 90 s exposures, e-/s zero point, seeing and sky) with
+    ``10 * coadd_years // 3`` exposures (:class:`lensdask.simulate.render.Renderer` of ``des``).
+
+    Parameters
+    ----------
+    band : str
+        ``g``, ``r``, ``i``, ``z`` or ``Y``.
+    coadd_years : int
+        Years of DES coadds, 1-6 (10 exposures per 3 years).
+
+    Raises
+    ------
+    ValueError
+        A band or number of years the preset does not have.
+    """
+    import copy
+
+    from lenstronomy.SimulationAPI.ObservationConfig.DES import DES
+
+    # DES() mutates a module-level dict, and leaves num_exposures alone for coadd_years=3: copy its
+    # output and set the exposures ourselves.
+    kw = copy.deepcopy(DES(band=band, coadd_years=int(coadd_years)).kwargs_single_band())
+    kw["num_exposures"] = (int(coadd_years) * 10) // 3
+    return kw
 
 
 def lenstronomy_conditions(preset: str | None, band: str) -> tuple[float, float]:
