@@ -615,7 +615,17 @@ def _cmd_fit(a) -> int:
     from .fit.run import check
 
     # bad input (no store, no PSF for a band, other settings than the run's fit) fails before a cluster starts
-    check(a.run_dir, top=a.top, min_score=a.min_score, store=a.zarr, psf=a.psf, seed=a.seed, overwrite=a.overwrite)
+    # (and a store of another survey than --survey)
+    check(
+        a.run_dir,
+        top=a.top,
+        min_score=a.min_score,
+        store=a.zarr,
+        psf=a.psf,
+        seed=a.seed,
+        overwrite=a.overwrite,
+        survey=a.survey,
+    )
     with _with_client(a) as client:
         result = fit(
             a.run_dir,
@@ -627,6 +637,7 @@ def _cmd_fit(a) -> int:
             chunk_size=a.chunk_size,
             client=client,
             overwrite=a.overwrite,
+            survey=a.survey,
         )
     ph = result.photometry
     if ph:
@@ -756,6 +767,7 @@ def _cmd_search_tile(a) -> int:
     from .errors import LensdaskError
     from .search.run import search_tile
 
+    _check_survey(a.zarr, a.survey)
     store, zarr, main, pre = _search_inputs(a.zarr, a.model, a.prefilter)
     tile = int(a.tile) if a.tile.isdigit() else None
     if tile is None:
@@ -1368,6 +1380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="run seed (config fit.seed)")
     p.add_argument("--chunk-size", type=_arg.count, metavar="N", help="candidates per task (config fit.chunk_size)")
     p.add_argument("--overwrite", action="store_true", help="fit again from scratch a run fitted with other settings")
+    _survey_arg(p, "of the run's store, which must record it", default=None)
     _cluster_arg(p)
     p.set_defaults(func=_cmd_fit)
 
@@ -1381,6 +1394,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_arg.batch_size, help="cutouts per forward pass, or auto (config search.batch_size)"
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    _survey_arg(p, "of --zarr, which must record it", default=None)
     p.set_defaults(func=_cmd_search_tile)
 
     p = sub.add_parser("merge", help="build RUN_DIR/candidates.parquet from finished per-tile outputs")

@@ -9,6 +9,7 @@ import dask
 import numpy as np
 import pytest
 
+from lensdask.cli import main
 from lensdask.fit.run import COADD, FIT_DIR, FITS, SIMULATED, fit, photometry, pixel_units, settings_from_config
 from lensdask.model.checkpoint import untrained_checkpoint
 from lensdask.search import search
@@ -137,3 +138,33 @@ def test_an_lsst_mock_survey_is_fitted_with_lsst_zero_points(lsst_run, tmp_path)
         again = fit(run, top=1, progress=False)
     assert again.resumed == 1 and again.fitted == 0
     assert (run / FITS).exists()
+
+
+# -- --survey on fit and search-tile: the store must record that survey -------------------------------
+def test_fit_survey_option_must_match_the_store(lsst_run, tmp_path, monkeypatch, capsys):
+    import contextlib
+    import shutil
+
+    from lensdask import cli
+
+    monkeypatch.setattr(cli, "_with_client", lambda a: contextlib.nullcontext(None))  # in this process
+    run = tmp_path / "run"
+    shutil.copytree(lsst_run[2], run)
+    assert main(["fit", str(run), "--top", "1", "--survey", "des"]) == 2
+    err = capsys.readouterr().err
+    assert "holds lsst cutouts, not des (--survey)" in err and err.count("\n") == 1
+    with dask.config.set(TINY):
+        assert main(["fit", str(run), "--top", "1", "--survey", "lsst"]) == 0
+    out = capsys.readouterr().out
+    assert "lsst store, simulated pixels: zero points u 26.5, g 28.3" in out and "exposure time 2100 s" in out
+
+
+def test_search_tile_survey_option_must_match_the_store(lsst_run, tmp_path, capsys):
+    d, store, _ = lsst_run
+    argv = ["search-tile", "--zarr", str(store.url), "--tile", "0", "--model", str(d / "model")]
+    argv += ["--out", str(tmp_path / "batch")]
+    assert main([*argv, "--survey", "des"]) == 2
+    assert "holds lsst cutouts, not des (--survey)" in capsys.readouterr().err
+    assert not (tmp_path / "batch").exists()
+    assert main([*argv, "--survey", "lsst"]) == 0
+    assert len(list((tmp_path / "batch" / "tiles").glob("*.parquet"))) == 1

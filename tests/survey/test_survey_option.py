@@ -59,6 +59,8 @@ def test_mock_survey_lsst_writes_six_bands_at_0_2_arcsec(lsst_survey):
         ["evaluate", "--data", "{d}/t.zarr"],
         ["inject", "--cutouts", "{d}/t.zarr"],
         ["search", "--zarr", "{d}/t.zarr", "--out", "{d}/run"],
+        ["search-tile", "--zarr", "{d}/t.zarr", "--tile", "0", "--out", "{d}/run"],
+        ["fit", "{d}/run"],
     ],
     ids=lambda argv: argv[0],
 )
