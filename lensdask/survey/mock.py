@@ -1,6 +1,7 @@
 """A mock DES survey: tiles of galaxies with a few injected lenses, and a truth table kept apart.
 
-The store looks like an ingested survey: DES tile names, sky positions, large
+The store looks like an ingested survey: DES tile names (a mock of another survey: ``MOCK-<SURVEY>-0001``
+..., :func:`mock_tile_names`), sky positions, large
 ``object_id`` integers and ``label = -1`` (unknown) everywhere; it carries no
 simulation parameters, so a search run on it never sees the truth. The truth
 (which objects are lenses, with their parameters) goes to a separate parquet file.
@@ -67,6 +68,33 @@ def tile_name(ra: float, dec: float) -> str:
     arcmin = int(np.floor(abs(dec) * 60.0 + 1e-9))
     dd, dm = divmod(arcmin, 60)
     return f"DES{hh:02d}{mm:02d}{sign}{dd:02d}{dm:02d}"
+
+
+def mock_tile_names(survey: str, names) -> list[str]:
+    """The tile names of a mock survey of ``survey``, from the DES-style names of its tile centres.
+
+    ``des`` keeps the DES-style names (:func:`tile_name`). Another survey's tiles are named
+    ``MOCK-<SURVEY>-0001``, ``MOCK-<SURVEY>-0002`` ... in tile order (e.g. ``MOCK-LSST-0001``,
+    ``MOCK-LEGACY-DR10-0001``): the survey's own names (tract and patch, brick, MER tile index) would
+    claim real tiles, and DES's another survey's.
+
+    Parameters
+    ----------
+    survey : str
+        The survey profile simulated.
+    names : sequence of str
+        The DES-style names of the tile centres (:func:`draw_tiles`), in tile order.
+
+    Returns
+    -------
+    list of str
+        One name per tile, valid tile names (:func:`lensdask.names.check_name`).
+    """
+    names = [str(n) for n in names]
+    if survey == "des":
+        return names
+    width = max(4, len(str(len(names))))
+    return [f"MOCK-{survey.upper()}-{k:0{width}d}" for k in range(1, len(names) + 1)]
 
 
 def draw_tiles(rng: np.random.Generator, n: int, ra_range, dec_range) -> pd.DataFrame:
@@ -230,7 +258,9 @@ def mock_survey(
         Look-alike kinds to plant, drawn uniformly (config ``mock_survey.lookalikes``).
     survey : str, optional
         The survey profile simulated (:mod:`lensdask.survey.profiles`; None: ``des``, exactly as before
-        profiles): its bands, pixel scale, stamp, instrument and conditions; recorded in the store.
+        profiles): its bands, pixel scale, stamp, instrument and conditions; recorded in the store. Tiles
+        of ``des`` are named as DES names them, another survey's ``MOCK-<SURVEY>-0001`` ...
+        (:func:`mock_tile_names`).
     client : distributed.Client, optional
         Where to compute; default the current client, else the local threaded scheduler.
     overwrite : bool
@@ -271,6 +301,7 @@ def mock_survey(
     sim_kwargs = resolve_sim_kwargs(lens_fraction=lens_fraction, lookalike_fraction=0.0, survey=survey)
 
     centres = draw_tiles(row_rng(seed, 0, SURVEY_STREAM + 2), n_tiles, ra_range, dec_range)
+    centres["tile"] = mock_tile_names(sim_kwargs["survey"], centres["tile"])  # the same centres, named
     prov = make_provenance(
         None,
         seed=int(seed),

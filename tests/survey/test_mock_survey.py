@@ -117,3 +117,32 @@ def test_lookalikes_are_planted_with_their_own_truth_class(tmp_path):
     np.testing.assert_array_equal(a[lens], b[lens])
     assert all(not np.array_equal(a[k], b[k]) for k in np.flatnonzero(fp))
     assert (store.read_table(0)["label"] == -1).all()  # the store still hides the truth
+
+
+def test_mock_tile_names_of_other_surveys_are_their_own():
+    from lensdask.names import is_valid_name
+    from lensdask.survey.mock import mock_tile_names
+    from lensdask.survey.profiles import known_surveys
+
+    des = ["DES0213-3040", "DES2359-4520"]
+    assert mock_tile_names("des", des) == des  # DES mocks keep their names exactly
+    assert mock_tile_names("lsst", des) == ["MOCK-LSST-0001", "MOCK-LSST-0002"]
+    assert mock_tile_names("legacy-dr10", des[:1]) == ["MOCK-LEGACY-DR10-0001"]
+    assert mock_tile_names("euclid-vis", ["x"] * 12345)[-1] == "MOCK-EUCLID-VIS-12345"
+    for survey in known_surveys():
+        names = mock_tile_names(survey, des)
+        assert all(is_valid_name(n) for n in names) and len(set(names)) == 2
+
+
+def test_an_lsst_mock_survey_names_its_tiles_mock_lsst(tmp_path):
+    from lensdask.survey import mock_survey
+
+    kw = dict(tiles=2, per_tile=1, lens_fraction=0.0, lookalike_fraction=0.0, seed=6, progress=False)
+    lsst, truth = mock_survey(tmp_path / "lsst.zarr", survey="lsst", **kw)
+    assert lsst.tiles == ["MOCK-LSST-0001", "MOCK-LSST-0002"]
+    assert list(pd.read_parquet(truth)["tile"]) == lsst.tiles
+    des, _ = mock_survey(tmp_path / "des.zarr", **kw)
+    assert all(NAME.match(n) for n in des.tiles)
+    # the same tile centres and positions: only the names differ
+    a, b = lsst.read_catalog(), des.read_catalog()
+    np.testing.assert_array_equal(a[["ra", "dec", "object_id"]], b[["ra", "dec", "object_id"]])
