@@ -197,6 +197,16 @@ class Model:
         Sersic profiles of the lens light: 1, or 2 (a second, the *envelope*, concentric with the first, with
         its own size, index and ellipticity: real galaxies are rarely one Sersic, and light a single profile
         leaves behind would otherwise be explained by the source or the blobs).
+    core_point : bool
+        Add a point source at the lens light's centre (its amplitude linear, no parameter of its own): a
+        nucleus, and the core that a Gaussian PSF of the recorded FWHM misses on real images, which a
+        lensed source would otherwise fill with an Einstein ring.
+    ring : bool
+        Add an unlensed elliptical ring concentric with the lens light (not with ``lensed``): a Gaussian in
+        elliptical radius, ``exp(-(r - R)^2 / (2 w^2))``, its own radius ``R``, width ``w`` and
+        ellipticity: the null model's answer to ring galaxies and to ring-like structure of a galaxy's own
+        light, which a lensed source centred behind the lens would otherwise claim (YattaLens' ring model,
+        Sonnenfeld et al. 2018).
     """
 
     def __init__(
@@ -208,6 +218,8 @@ class Model:
         shear_sigma: float = 0.0,
         mass_light_sigma: float = 0.0,
         light_profiles: int = 1,
+        core_point: bool = False,
+        ring: bool = False,
     ):
         from lenstronomy.LightModel.light_model import LightModel
 
@@ -224,7 +236,13 @@ class Model:
             from lenstronomy.LensModel.lens_model import LensModel
 
             self.lens = LensModel(["SIE", "SHEAR"])
-        self.n_components = 1 + int(self.lensed) + self.blobs + self.light_profiles - 1
+        self.core_point = bool(core_point)
+        if ring and self.lensed:
+            raise ValueError("a ring is a null-model component: not with lensed=True")
+        self.ring = bool(ring)
+        self.n_components = (
+            1 + int(self.lensed) + self.blobs + int(self.ring) + int(self.core_point) + self.light_profiles - 1
+        )
 
     @property
     def envelope_component(self) -> int | None:
@@ -263,15 +281,57 @@ class Model:
         sb = self.sersic.surface_brightness(s.sub_x, s.sub_y, [{"amp": 1.0, "n_sersic": SOURCE_N, **p}])
         return s.average(sb, s.ss, (s.n, s.n))
 
+    @property
+    def core_point_amplitude(self) -> int | None:
+        """Column of the core point's amplitude in an :class:`Optimum`'s ``amps`` (before the envelope's), or
+        None."""
+        if not self.core_point:
+            return None
+        return self.n_components - 1 - (self.light_profiles == 2)
+
+    @property
+    def ring_component(self) -> int | None:
+        """Index of the ring among :meth:`components` (after the blobs, before the envelope), or None."""
+        return 1 + self.blobs if self.ring else None
+
+    def ring_light(self, p: dict, centre: dict) -> np.ndarray:
+        """The ring's (n, n) flux per pixel (unit peak surface brightness) about ``centre`` (the lens light)."""
+        from lenstronomy.Util.param_util import ellipticity2phi_q
+
+        s = self.stamp
+        phi, q = ellipticity2phi_q(p["e1"], p["e2"])
+        dx, dy = s.sub_x - centre["center_x"], s.sub_y - centre["center_y"]
+        c, sn = np.cos(phi), np.sin(phi)
+        xr, yr = c * dx + sn * dy, -sn * dx + c * dy
+        r = np.sqrt(q * xr**2 + yr**2 / q)
+        return s.average(np.exp(-0.5 * ((r - p["R_ring"]) / p["w_ring"]) ** 2), s.ss, (s.n, s.n))
+
+    def point(self, x: float, y: float) -> np.ndarray:
+        """(n, n) unit flux at (``x``, ``y``) arcsec, shared bilinearly by the four nearest pixels (no PSF)."""
+        s = self.stamp
+        col, row = s.pixel_of(x, y)
+        c0, r0 = int(np.floor(col)), int(np.floor(row))
+        fc, fr = col - c0, row - r0
+        img = np.zeros((s.n, s.n))
+        for dr, wr in ((0, 1 - fr), (1, fr)):
+            for dc, wc in ((0, 1 - fc), (1, fc)):
+                if 0 <= r0 + dr < s.n and 0 <= c0 + dc < s.n:
+                    img[r0 + dr, c0 + dc] += wr * wc
+        return img
+
     def templates(self, comps: list[dict]) -> np.ndarray:
         """(n_comp, n_bands, n, n) unit-amplitude components through each band's PSF; ``comps`` as
-        :meth:`components`."""
+        :meth:`components`. Amplitude columns: light, [source], blobs, [core point], [envelope]."""
         images = [self.light(comps[0])]
         k = 1
         if self.lensed:
             images.append(self.lensed_source(self.kwargs_lens(comps), comps[3]))
             k = 4
         images += [self.blob(c) for c in comps[k : k + self.blobs]]
+        if self.ring:
+            images.append(self.ring_light(comps[k + self.blobs], comps[0]))
+        if self.core_point:
+            images.append(self.point(comps[0]["center_x"], comps[0]["center_y"]))
         if self.light_profiles == 2:
             images.append(self.light(self.envelope(comps)))
         return np.stack([self.stamp.blur(im) for im in images])
@@ -301,8 +361,8 @@ class Model:
         return np.asarray(out, dtype=np.float64)
 
     def component_count(self) -> int:
-        """Components holding parameters: light, [SIE, shear, source], blobs, [envelope]."""
-        return 1 + (3 if self.lensed else 0) + self.blobs + self.light_profiles - 1
+        """Components holding parameters: light, [SIE, shear, source], blobs, [ring], [envelope]."""
+        return 1 + (3 if self.lensed else 0) + self.blobs + int(self.ring) + self.light_profiles - 1
 
     def components(self, params: list[Parameter], x: np.ndarray) -> list[dict]:
         comps: list[dict] = [{} for _ in range(self.component_count())]

@@ -91,6 +91,11 @@ class FitSettings:
         ellipticity: :class:`lensdask.fit.engine.Model`).
     ftol : float
         An optimisation has converged when a step changes the chi-square by less than this fraction of it.
+    core_point : bool
+        A point source at the lens light's centre in every model (:class:`lensdask.fit.engine.Model`).
+    null_ring_blobs : tuple of int
+        Null models with an unlensed ring concentric with the lens light (:class:`lensdask.fit.engine.Model`
+        ``ring``), tried with these numbers of blobs besides ``null_blobs``' variants; empty: none.
     """
 
     supersampling: int = 1
@@ -111,6 +116,8 @@ class FitSettings:
     source_r_max: float = 2.0
     light_profiles: int = 1
     ftol: float = 1e-7
+    core_point: bool = False
+    null_ring_blobs: tuple[int, ...] = ()
 
 
 LENS_CENTRE_BOX = 0.6
@@ -162,6 +169,22 @@ def _blob_parameters(component: int, x: float, y: float, r: float, half: float, 
         Parameter(component, "e2", 0.0, -0.6, 0.6, 0.05),
         Parameter(component, "center_x", x, -half, half, 0.1),
         Parameter(component, "center_y", y, -half, half, 0.1),
+    ]
+
+
+RING_WIDTH = (0.05, 1.5)
+"""arcsec: bounds of a null-model ring's width (Gaussian sigma in elliptical radius)."""
+
+
+def _ring_parameters(component: int, light: dict, radius: float, half: float) -> list[Parameter]:
+    """A null-model ring's parameters: radius started at ``radius`` (the lens model's Einstein radius, where
+    the lensed light it would replace lies), width 0.3 arcsec, the lens light's ellipticity."""
+    lo, hi = 0.2, max(half, 0.5)
+    return [
+        Parameter(component, "R_ring", float(np.clip(radius, lo * 1.01, hi * 0.99)), lo, hi, 0.1),
+        Parameter(component, "w_ring", 0.3, *RING_WIDTH, 0.05),
+        Parameter(component, "e1", float(np.clip(light["e1"], -0.5, 0.5)), -0.6, 0.6, 0.05),
+        Parameter(component, "e2", float(np.clip(light["e2"], -0.5, 0.5)), -0.6, 0.6, 0.05),
     ]
 
 
@@ -387,10 +410,10 @@ def _fit(images, noise, psf_fwhm, pixel_scale, mask, seed: int, settings: FitSet
     rng = np.random.default_rng(int(seed) % 2**63)
 
     # 1. the lens light, robustly (arcs and satellites are outliers)
-    light_model = Model(stamp, lensed=False)
+    light_model = Model(stamp, lensed=False, core_point=settings.core_point)
     light = [light_moments(stamp)]
     for profiles in range(1, settings.light_profiles + 1):  # one Sersic, then (if asked) with its envelope
-        light_model = Model(stamp, lensed=False, light_profiles=profiles)
+        light_model = Model(stamp, lensed=False, light_profiles=profiles, core_point=settings.core_point)
         first = optimise(
             light_model,
             _light_parameters(light, box=FIRST_LIGHT_BOX, envelope=light_model.envelope_component),
@@ -417,6 +440,7 @@ def _fit(images, noise, psf_fwhm, pixel_scale, mask, seed: int, settings: FitSet
             shear_sigma=settings.shear_sigma,
             mass_light_sigma=settings.mass_light_sigma,
             light_profiles=settings.light_profiles,
+            core_point=settings.core_point,
         )
         placements: list[tuple[tuple[float, float], ...]] = (
             [()]
@@ -437,14 +461,25 @@ def _fit(images, noise, psf_fwhm, pixel_scale, mask, seed: int, settings: FitSet
     lights = lights[: max(settings.null_starts, 1)]
     null: Optimum | None = None
     null_model: Model | None = None
-    for k in settings.null_blobs:
-        model = Model(stamp, lensed=False, blobs=k, light_profiles=settings.light_profiles)
+    variants = [(k, False) for k in settings.null_blobs] + [(k, True) for k in settings.null_ring_blobs]
+    theta_best = best.value("theta_E", 1)
+    for k, ring in variants:
+        model = Model(
+            stamp,
+            lensed=False,
+            blobs=k,
+            light_profiles=settings.light_profiles,
+            core_point=settings.core_point,
+            ring=ring,
+        )
         for start in lights:
             blob_params: list[Parameter] = []
             for j in range(k):
                 c0 = start[0]
                 bx, by = peaks[j] if j < len(peaks) else (c0["center_x"] + 0.8 * (j + 1), c0["center_y"])
                 blob_params += _blob_parameters(1 + j, bx, by, 0.3, half, settings.source_r_max)
+            if model.ring_component is not None:
+                blob_params += _ring_parameters(model.ring_component, start[0], theta_best, half)
             params = _light_parameters(start, envelope=model.envelope_component) + blob_params
             fit = optimise(model, params, max_iterations=settings.max_iterations, ftol=settings.ftol)
             if null is None or _bic(fit, model, stamp) < _bic(null, null_model, stamp):
@@ -477,13 +512,14 @@ def _measurements(stamp, lens_model, best, null_model, null, settings, zero_poin
     model_lens = np.einsum("cbyx,bc->byx", templates, best.amps)
     null_comps = null_model.components(null.params, null.x)
     model_null = np.einsum("cbyx,bc->byx", null_model.templates(null_comps), null.amps)
-    env = lens_model.envelope_amplitude
+    env, point = lens_model.envelope_amplitude, lens_model.core_point_amplitude
     per_band = [
         {
             "kwargs_lens": kwargs_lens,
             "kwargs_lens_light": [{**light, "amp": float(best.amps[b, 0])}]
             + ([{**lens_model.envelope(comps), "amp": float(best.amps[b, env])}] if env is not None else []),
             "kwargs_source": [{**src, "n_sersic": SOURCE_N, "amp": float(best.amps[b, 1])}],
+            "point_flux": 0.0 if point is None else float(best.amps[b, point]),
         }
         for b in range(stamp.nb)
     ]
@@ -553,7 +589,7 @@ def _photometry(per_band, zero_points):
     mag_src = np.full(nb, np.nan)
     mus = []
     for b, kw in enumerate(per_band):
-        f_lens = float(np.sum(lens_light.total_flux(kw["kwargs_lens_light"])))
+        f_lens = float(np.sum(lens_light.total_flux(kw["kwargs_lens_light"]))) + kw.get("point_flux", 0.0)
         f_src = float(np.sum(light.total_flux(kw["kwargs_source"])))
         if zero_points is not None:
             if f_lens > 0:

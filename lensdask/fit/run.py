@@ -223,6 +223,8 @@ def settings_from_config(store=None, *, phot: dict | None = None) -> tuple[FitSe
         mass_light_sigma=float(config.get("fit.priors.mass_light_sigma")),
         light_profiles=int(config.get("fit.light_profiles")),
         ftol=float(config.get("fit.ftol")),
+        core_point=bool(config.get("fit.core_point")),
+        null_ring_blobs=tuple(int(v) for v in config.get("fit.null_ring_blobs")),
     )
     conf = {
         "fit_radius": float(config.get("fit.fit_radius")),

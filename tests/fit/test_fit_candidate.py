@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import dask
 import numpy as np
 import pandas as pd
@@ -277,3 +279,51 @@ def test_the_scan_gives_its_best_minima_first_then_every_other_radius():
     order = [int(np.argmin(abs(grid - s[1]))) for s in starts]
     assert order == [3, 5, 1, 2, 0, 4, 6]  # the two best minima (as before), the third, then the rest by chi2
     assert [s[0] for s in starts] == [chi[i] for i in order]
+
+
+def _ring_galaxy(seed: int = 4):
+    """A galaxy with a narrow ring of its own (a ring galaxy, or structure two Sersics miss) at 1.2", S/N 5 at
+    its brightest pixel: light, ring and noise on two bands (arbitrary units), and the templates."""
+    n, noise = 45, np.array([0.02, 0.02])
+    stamp0 = Stamp(np.zeros((2, n, n)), noise, np.array([0.9, 0.9]), 0.263, np.ones((n, n)))
+    model = Model(stamp0, lensed=False, ring=True)
+    light = {"R_sersic": 0.5, "n_sersic": 3.0, "e1": 0.1, "e2": 0.0, "center_x": 0.05, "center_y": 0.0}
+    ring = {"R_ring": 1.2, "w_ring": 0.15, "e1": 0.1, "e2": 0.0}
+    templates = model.templates([light, ring])
+    rng = np.random.default_rng(seed)
+    peak = 0.1 / templates[1, 0].max()  # the ring's brightest pixel at S/N 5 in the first band
+    image = 40 * templates[0] + peak * np.array([1.0, 0.4])[:, None, None] * templates[1]
+    image = image + rng.normal(0, 0.02, (2, n, n))
+    return Stamp(image, noise, np.array([0.9, 0.9]), 0.263, np.ones((n, n))), templates
+
+
+def test_the_null_models_ring_and_core_point_are_concentric_with_the_lens_light():
+    stamp, templates = _ring_galaxy()
+    ring = templates[1, 0]
+    r = np.hypot(stamp.x - 0.05, stamp.y)
+    assert ring[(r > 1.1) & (r < 1.3)].mean() > 3 * ring[r < 0.5].mean()  # a ring, not a disc (through the PSF)
+    assert ring[(r > 1.1) & (r < 1.3)].mean() > 5 * ring[r > 2.0].mean()
+    point = Model(stamp, lensed=False, core_point=True)
+    assert point.n_components == 2 and point.core_point_amplitude == 1
+    both = Model(stamp, lensed=False, core_point=True, ring=True, light_profiles=2)
+    assert both.ring_component == 1 and both.envelope_component == 2  # ring, then the envelope
+    assert both.core_point_amplitude == 2 and both.envelope_amplitude == 3
+    light = {"R_sersic": 0.5, "n_sersic": 3.0, "e1": 0.0, "e2": 0.0, "center_x": 0.3, "center_y": -0.2}
+    core = point.templates([light])[1]
+    assert core.sum(axis=(1, 2)) == pytest.approx([1.0, 1.0], abs=0.01)  # unit flux through the PSF
+    row, col = np.unravel_index(np.argmax(core[0]), core[0].shape)
+    assert np.hypot(stamp.x[row, col] - 0.3, stamp.y[row, col] + 0.2) < stamp.pixel_scale
+    with pytest.raises(ValueError, match="null-model component"):
+        Model(stamp, lensed=True, ring=True)
+
+
+def test_a_ring_galaxy_goes_to_the_null_model_once_it_may_have_a_ring():
+    """Without a ring among the null models, the lens model (a source centred behind the galaxy: an Einstein
+    ring) claims a ring galaxy; with one, the null model explains it with fewer parameters."""
+    stamp, _ = _ring_galaxy()
+    settings = FitSettings(theta_E_grid=6, lens_starts=1, lens_blobs=(0,), null_blobs=(1,), null_starts=1)
+    args = (stamp.images, stamp.noise, np.array([0.9, 0.9]), 0.263, np.ones(stamp.images.shape[1:]))
+    without = fit_candidate(*args, seed=1, settings=settings)
+    with_ring = fit_candidate(*args, seed=1, settings=dataclasses.replace(settings, null_ring_blobs=(0,)))
+    assert without["dbic"] < 0 < with_ring["dbic"]
+    assert with_ring["chi2nu_null"] < without["chi2nu_null"] and with_ring["null_blobs"] == 0
