@@ -35,6 +35,10 @@ Printed (and written as JSON to ``--out``):
 PSF of both (the cubes record none) and the sky noise alone (their units are relative: no Poisson term).
 Printed: the fraction of painted stamps scoring at or above ``search.threshold`` that the fit keeps, of
 all painted stamps, and of plain stamps it rejects.
+
+With ``--out X.json``, the fit rows are written beside it as ``X.parquet`` (simulated systems: with their
+``kind`` and true ``theta_E``; real galaxies: ``kind`` plain or painted, a painted arc's true ``theta_E``,
+the network's ``score`` and ``kept``), so that flags and rules can be studied without fitting again.
 """
 
 from __future__ import annotations
@@ -72,9 +76,13 @@ def fit_all(jobs, workers: int) -> list[dict]:
     return [_fit_one(j) for j in jobs]
 
 
-def real_galaxies(directory: str, orientations: int, seed: int, workers: int, galaxies: str = "heldout") -> dict:
+def real_galaxies(
+    directory: str, orientations: int, seed: int, workers: int, galaxies: str = "heldout"
+) -> tuple[dict, pd.DataFrame]:
     """The real-galaxy figures of the module docstring, on the ``galaxies`` of ``simulate.galaxy_split``
-    (``heldout``; ``train``, the network's training galaxies, are where the fit's settings are chosen)."""
+    (``heldout``; ``train``, the network's training galaxies, are where the fit's settings are chosen), and
+    the fit rows behind them (``kind`` plain or painted, ``theta_E`` a painted arc's true Einstein radius,
+    ``score`` the network's, ``kept`` by the fit)."""
     from lensdask import config
     from lensdask.fit.candidate import candidate_seed, favours_lens
     from lensdask.model.checkpoint import load_checkpoint, read_card, resolve_model_dir
@@ -105,7 +113,13 @@ def real_galaxies(directory: str, orientations: int, seed: int, workers: int, ga
     plain, painted = rows.iloc[: len(p.oriented)], rows.iloc[len(p.oriented) :].reset_index(drop=True)
     keep_plain, keep_paint = favours_lens(plain), favours_lens(painted)
     above = s_paint >= threshold
-    return {
+    table = rows.assign(
+        kind=["plain"] * len(plain) + ["painted"] * len(painted),
+        theta_E=np.r_[np.full(len(plain), np.nan), p.table["theta_E"].to_numpy(float)],
+        score=np.r_[s_plain, s_paint],
+        kept=np.r_[keep_plain, keep_paint],
+    )
+    figures = {
         "galaxies": [int(r) for r in cut.used_rows],
         "orientations": orientations,
         "threshold": threshold,
@@ -120,6 +134,7 @@ def real_galaxies(directory: str, orientations: int, seed: int, workers: int, ga
         "converged_painted": float(painted["fit_converged"].mean()),
         "plain_flags": plain["fit_flags"].value_counts().head(8).to_dict(),
     }
+    return figures, table
 
 
 def systems(n_lenses: int, n_others: int, seed: int):
@@ -216,7 +231,10 @@ def main(argv=None) -> dict:
 
     t0 = time.perf_counter()
     if a.real:
-        return _report(real_galaxies(a.real, a.orientations, a.seed, a.workers, a.galaxies), a, t0)
+        figures, real_rows = real_galaxies(a.real, a.orientations, a.seed, a.workers, a.galaxies)
+        if a.out:
+            real_rows.to_parquet(os.path.splitext(a.out)[0] + ".parquet", index=False)
+        return _report(figures, a, t0)
     images, table = systems(a.lenses, a.others, a.seed)
     psf = table[[f"seeing_{b}" for b in "griz"]].to_numpy(float)
     jobs = [(images[i].astype(np.float64), psf[i], candidate_seed(a.seed, i), None) for i in range(len(table))]
