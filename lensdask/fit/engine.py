@@ -62,9 +62,9 @@ class Stamp:
     pixel_scale : float, arcsec/px
     mask : numpy.ndarray
         (n, n) 1 on the fitted pixels.
-    exposure_time : float or numpy.ndarray, s
+    exposure_time : float, s
         Image units x exposure time = counts: the Poisson variance of the light (0: sky noise only); one
-        value, or one per band (:func:`effective_exposure`).
+        value for every band.
     supersampling, core_supersampling : int
         Sub-pixels per side everywhere, and about the lens light's centre.
     """
