@@ -330,12 +330,14 @@ def des_single_band(band: str, coadd_years: int) -> dict:
         A band or number of years the preset does not have.
     """
     import copy
+    import importlib
 
-    from lenstronomy.SimulationAPI.ObservationConfig.DES import DES
-
+    # the preset by name, as single_band and lenstronomy_conditions read theirs (the simulation's renderer and
+    # the fit's engine are the modules that use lenstronomy's physics)
+    des = importlib.import_module("lenstronomy.SimulationAPI.ObservationConfig.DES").DES
     # DES() mutates a module-level dict, and leaves num_exposures alone for coadd_years=3: copy its
     # output and set the exposures ourselves.
-    kw = copy.deepcopy(DES(band=band, coadd_years=int(coadd_years)).kwargs_single_band())
+    kw = copy.deepcopy(des(band=band, coadd_years=int(coadd_years)).kwargs_single_band())
     kw["num_exposures"] = (int(coadd_years) * 10) // 3
     return kw
 
