@@ -20,6 +20,7 @@ Pure: arrays in, arrays out; no Dask, no files.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,15 @@ SOURCE_N = 1.0
 
 CORE_HALF_WIDTH = 3
 """Pixels about the lens light's centre (each side) sampled at ``core_supersampling``."""
+
+TEMPLATE_CACHE_PER_COMPONENT = 3
+"""Blurred component images a :class:`Model` remembers, per component (:meth:`Model._blurred`): the
+current point's, and a Jacobian column's moved one."""
+
+
+def _key(params: dict) -> tuple:
+    """A component's parameter values as a hashable key (names sorted)."""
+    return tuple(sorted(params.items()))
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,7 @@ class Stamp:
         poisson = np.clip(smooth, 0, None) / exposure_time if exposure_time > 0 else 0.0
         self.sigma = np.sqrt(self.noise[:, None, None] ** 2 + poisson)
         self.weight = np.where(self.mask[None], 1.0 / self.sigma, 0.0)
+        self.weight_fitted = self.weight[:, self.mask]  # (nb, m)
         self.data_w = (self.images * self.weight)[:, self.mask]  # (nb, m)
 
     def coordinates(self, cols, rows):
@@ -144,17 +155,21 @@ class Stamp:
             ndimage.correlate1d(out[b], kernel, axis=1, output=out[b], mode="constant")
         return out
 
-    def solve(self, templates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-band non-negative amplitudes of PSF-convolved ``templates`` (n_comp, n_bands, n, n) and the
-        weighted residuals on the fitted pixels: (amplitudes (n_bands, n_comp), residuals (n_bands * m,))."""
+    def columns(self, blurred: np.ndarray) -> np.ndarray:
+        """(n_bands, m): a component's blurred image (n_bands, n, n) on the fitted pixels, over their sigma."""
+        return blurred[:, self.mask] * self.weight_fitted
+
+    def solve(self, design: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-band non-negative amplitudes of PSF-convolved components and the weighted residuals on the
+        fitted pixels: (amplitudes (n_bands, n_comp), residuals (n_bands * m,)). ``design`` (n_bands, n_comp,
+        m): each component's :meth:`columns`, stacked per band (``Model.design``)."""
         from scipy.optimize import nnls
 
-        nc = templates.shape[0]
+        nc = design.shape[1]
         amps = np.zeros((self.nb, nc))
         res = np.empty_like(self.data_w)
-        w = self.weight[:, self.mask]
         for b in range(self.nb):
-            a_mat = templates[:, b][:, self.mask].T * w[b][:, None]
+            a_mat = design[b].T
             try:
                 amps[b], _ = nnls(a_mat, self.data_w[b], maxiter=50 * nc)
             except RuntimeError:  # nnls gave up: the unconstrained solution, clipped
@@ -243,6 +258,7 @@ class Model:
         self.n_components = (
             1 + int(self.lensed) + self.blobs + int(self.ring) + int(self.core_point) + self.light_profiles - 1
         )
+        self._template_cache: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     @property
     def envelope_component(self) -> int | None:
@@ -322,19 +338,57 @@ class Model:
     def templates(self, comps: list[dict]) -> np.ndarray:
         """(n_comp, n_bands, n, n) unit-amplitude components through each band's PSF; ``comps`` as
         :meth:`components`. Amplitude columns: light, [source], blobs, [core point], [envelope]."""
-        images = [self.light(comps[0])]
+        return np.stack([blurred for blurred, _ in self._components(comps)])
+
+    def design(self, comps: list[dict]) -> np.ndarray:
+        """(n_bands, n_comp, m): :meth:`templates` on the fitted pixels over their sigma (``Stamp.columns``),
+        what :meth:`Stamp.solve` solves."""
+        return np.stack([cols for _, cols in self._components(comps)], axis=1)
+
+    def _components(self, comps: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(blurred image, columns) of each component, in :meth:`templates`' order.
+
+        Each is remembered with the parameter values it depends on (:meth:`_blurred`): a finite-difference
+        Jacobian moves one parameter at a time, so only the components that parameter enters are computed
+        again (the same arrays either way)."""
+        light = comps[0]
+        centre = (light["center_x"], light["center_y"])
+        out = [self._blurred(("light", _key(light)), lambda: self.light(light))]
         k = 1
         if self.lensed:
-            images.append(self.lensed_source(self.kwargs_lens(comps), comps[3]))
+            kwargs_lens, source = self.kwargs_lens(comps), comps[3]
+            key = ("source", centre, _key(comps[1]), _key(comps[2]), _key(source))
+            out.append(self._blurred(key, lambda: self.lensed_source(kwargs_lens, source)))
             k = 4
-        images += [self.blob(c) for c in comps[k : k + self.blobs]]
+        for j, c in enumerate(comps[k : k + self.blobs]):
+            out.append(self._blurred(("blob", j, _key(c)), lambda c=c: self.blob(c)))
         if self.ring:
-            images.append(self.ring_light(comps[k + self.blobs], comps[0]))
+            ring = comps[k + self.blobs]
+            out.append(self._blurred(("ring", centre, _key(ring)), lambda: self.ring_light(ring, light)))
         if self.core_point:
-            images.append(self.point(comps[0]["center_x"], comps[0]["center_y"]))
+            out.append(self._blurred(("point", centre), lambda: self.point(*centre)))
         if self.light_profiles == 2:
-            images.append(self.light(self.envelope(comps)))
-        return np.stack([self.stamp.blur(im) for im in images])
+            envelope = self.envelope(comps)
+            out.append(self._blurred(("envelope", _key(envelope)), lambda: self.light(envelope)))
+        return out
+
+    def _blurred(self, key: tuple, image) -> tuple[np.ndarray, np.ndarray]:
+        """The component ``image()`` (n, n) through each band's PSF (n_bands, n, n) and its
+        :meth:`Stamp.columns`, remembered by ``key`` (its kind and the parameter values it depends on) for
+        the last few evaluations: an optimiser's Jacobian column changes one component, and a scan in
+        theta_E changes none but the source."""
+        cache = self._template_cache
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        blurred = self.stamp.blur(image())
+        cols = self.stamp.columns(blurred)
+        for a in (blurred, cols):
+            a.flags.writeable = False  # shared between evaluations
+        cache[key] = (blurred, cols)
+        while len(cache) > TEMPLATE_CACHE_PER_COMPONENT * self.n_components:
+            cache.popitem(last=False)
+        return blurred, cols
 
     def envelope(self, comps: list[dict]) -> dict:
         """The envelope's Sersic kwargs (no amplitude), centred on the lens light."""
@@ -426,7 +480,7 @@ def optimise(
 
     def residuals(x):
         comps = model.components(params, x)
-        return np.concatenate([model.stamp.solve(model.templates(comps))[1], model.prior_residuals(comps)])
+        return np.concatenate([model.stamp.solve(model.design(comps))[1], model.prior_residuals(comps)])
 
     res = least_squares(
         residuals,
@@ -442,7 +496,7 @@ def optimise(
         ftol=ftol,
     )
     comps = model.components(params, res.x)
-    amps, r = model.stamp.solve(model.templates(comps))
+    amps, r = model.stamp.solve(model.design(comps))
     cov = None if res.jac is None else covariance(np.asarray(res.jac))
     return Optimum(params, res.x.copy(), float(r @ r), amps, cov, int(res.status), int(res.nfev))
 
@@ -466,5 +520,5 @@ def covariance(jac: np.ndarray) -> np.ndarray | None:
 def chi2_at(model: Model, params: list[Parameter], x) -> float:
     """Chi-square of ``model`` at parameter values ``x`` (amplitudes solved)."""
     comps = model.components(params, np.asarray(x, float))
-    r = model.stamp.solve(model.templates(comps))[1]
+    r = model.stamp.solve(model.design(comps))[1]
     return float(r @ r)

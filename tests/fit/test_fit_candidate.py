@@ -327,3 +327,47 @@ def test_a_ring_galaxy_goes_to_the_null_model_once_it_may_have_a_ring():
     with_ring = fit_candidate(*args, seed=1, settings=dataclasses.replace(settings, null_ring_blobs=(0,)))
     assert without["dbic"] < 0 < with_ring["dbic"]
     assert with_ring["chi2nu_null"] < without["chi2nu_null"] and with_ring["null_blobs"] == 0
+
+
+def test_a_moved_parameter_recomputes_only_the_components_it_enters(monkeypatch):
+    """The blurred components are remembered by their parameter values (a Jacobian column moves one): the
+    same arrays as a fresh model's, and only the components a moved parameter enters are computed again."""
+    n = 31
+    rng = np.random.default_rng(3)
+    stamp = Stamp(rng.normal(0, 0.1, (2, n, n)), np.array([0.1, 0.1]), np.array([0.9, 1.1]), 0.263, np.ones((n, n)))
+    light = {"R_sersic": 0.6, "n_sersic": 3.0, "e1": 0.05, "e2": -0.02, "center_x": 0.02, "center_y": -0.03}
+    comps = [
+        light,
+        {"theta_E": 1.1, "e1": 0.1, "e2": 0.0},
+        {"gamma1": 0.02, "gamma2": -0.01},
+        {"R_sersic": 0.2, "e1": 0.0, "e2": 0.1, "center_x": 0.1, "center_y": 0.05},
+        {"R_sersic": 0.3, "e1": 0.0, "e2": 0.0, "center_x": -1.2, "center_y": 0.8},
+        {"R_sersic": 1.5, "n_sersic": 1.0, "e1": 0.0, "e2": 0.0},
+    ]
+    kw = dict(lensed=True, blobs=1, core_point=True, light_profiles=2)
+    model = Model(stamp, **kw)
+    calls = {"light": 0, "source": 0, "blob": 0}
+    for name, attr in (("light", "light"), ("source", "lensed_source"), ("blob", "blob")):
+        real = getattr(Model, attr)
+
+        def counted(self, *a, _real=real, _name=name):
+            calls[_name] += 1
+            return _real(self, *a)
+
+        monkeypatch.setattr(Model, attr, counted)
+    first = model.templates(comps)
+    assert calls == {"light": 2, "source": 1, "blob": 1}  # the light and its envelope
+    moved = [dict(c) for c in comps]
+    moved[3]["R_sersic"] = 0.21
+    again = model.templates(moved)
+    assert calls == {"light": 2, "source": 2, "blob": 1}  # the source alone
+    moved[0]["center_x"] = 0.03  # the light's centre: everything concentric with it, and the SIE
+    model.templates(moved)
+    assert calls == {"light": 4, "source": 3, "blob": 1}
+    fresh = Model(stamp, **kw)
+    np.testing.assert_array_equal(first, fresh.templates(comps))
+    np.testing.assert_array_equal(again[1], fresh.templates([*comps[:3], moved[3], *comps[4:]])[1])
+    assert not np.array_equal(first[1], again[1])
+    design = model.design(comps)
+    assert design.shape == (2, 5, n * n)
+    np.testing.assert_array_equal(design[1, 2], first[2, 1].ravel() * stamp.weight[1].ravel())
