@@ -103,6 +103,8 @@ class Stamp:
         self.n_pix = int(self.mask.sum()) * self.nb
         kw = data_configure_simple(self.n, self.pixel_scale)
         self.transform = np.asarray(kw["transform_pix2angle"], dtype=np.float64)
+        self._inverse_transform = np.linalg.inv(self.transform)
+        self._core_grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         self.ra0, self.dec0 = float(kw["ra_at_xy_0"]), float(kw["dec_at_xy_0"])
         self.x, self.y = self.coordinates(np.arange(self.n), np.arange(self.n))
         self.ss = int(supersampling)
@@ -137,9 +139,17 @@ class Stamp:
 
     def pixel_of(self, ra: float, dec: float) -> tuple[float, float]:
         """(col, row) of a position, arcsec."""
-        inv = np.linalg.inv(self.transform)
-        col, row = inv @ np.array([ra - self.ra0, dec - self.dec0])
+        col, row = self._inverse_transform @ np.array([ra - self.ra0, dec - self.dec0])
         return float(col), float(row)
+
+    def core_grid(self, c0: int, r0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(cols, rows, ra, dec) of the pixels within ``CORE_HALF_WIDTH`` of pixel (``c0``, ``r0``) and their
+        ``core_supersampling`` sub-pixels (:meth:`_subgrid`), remembered by centre pixel."""
+        if (c0, r0) not in self._core_grids:
+            cols = np.arange(max(c0 - CORE_HALF_WIDTH, 0), min(c0 + CORE_HALF_WIDTH + 1, self.n))
+            rows = np.arange(max(r0 - CORE_HALF_WIDTH, 0), min(r0 + CORE_HALF_WIDTH + 1, self.n))
+            self._core_grids[(c0, r0)] = (cols, rows, *self._subgrid(cols, rows, self.core_ss))
+        return self._core_grids[(c0, r0)]
 
     def average(self, values: np.ndarray, ss: int, shape) -> np.ndarray:
         """Mean over sub-pixels of values on a :meth:`_subgrid`, times the pixel area: flux per pixel."""
@@ -276,11 +286,8 @@ class Model:
         kw = [{"amp": 1.0, **p}]
         img = s.average(self.sersic.surface_brightness(s.sub_x, s.sub_y, kw), s.ss, (s.n, s.n))
         col, row = s.pixel_of(p["center_x"], p["center_y"])
-        c0, r0 = int(round(col)), int(round(row))
-        cols = np.arange(max(c0 - CORE_HALF_WIDTH, 0), min(c0 + CORE_HALF_WIDTH + 1, s.n))
-        rows = np.arange(max(r0 - CORE_HALF_WIDTH, 0), min(r0 + CORE_HALF_WIDTH + 1, s.n))
+        cols, rows, x, y = s.core_grid(int(round(col)), int(round(row)))
         if len(cols) and len(rows) and s.core_ss > s.ss:
-            x, y = s._subgrid(cols, rows, s.core_ss)
             core = s.average(self.sersic.surface_brightness(x, y, kw), s.core_ss, (len(rows), len(cols)))
             img[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = core
         return img
