@@ -79,13 +79,14 @@ def main(argv=None) -> dict:
 
     from lensdask.demo import demo
     from lensdask.fit import fit
+    from lensdask.survey.mock import default_truth_path
 
     out = pathlib.Path(a.out)
     t0 = time.perf_counter()
     with LocalCluster(n_workers=a.workers, threads_per_worker=1, processes=True) as cluster, Client(cluster) as client:
         if a.fresh or not (out / "run" / "candidates.parquet").is_file():
             demo(out, fit_top=0, real_galaxies="", client=client)
-        truth = pd.read_parquet(out / "des.truth.parquet")
+        truth = pd.read_parquet(default_truth_path(str(out / "des.zarr")))
         n_lenses = int((truth["truth_class"] == "lens").sum())
         t_fit = time.perf_counter()
         result = fit(out / "run", top=a.factor * n_lenses, client=client, overwrite=True)
