@@ -144,6 +144,7 @@ def run_tiles(
     client=None,
     progress: bool = True,
     desc: str = "tiles",
+    unit: str = "tile",
     key_prefix: str = "tile",
     retries: int = 0,
     resources: dict | None = None,
@@ -172,6 +173,8 @@ def run_tiles(
         Show a progress bar over tiles.
     desc : str
         The progress bar's label.
+    unit : str
+        What the progress bar counts (one per job): ``tile``, or e.g. ``chunk``.
     key_prefix : str
         Dask keys are ``<key_prefix>-<tile>-<n>``, so the dashboard names the tile.
     retries : int
@@ -211,7 +214,7 @@ def run_tiles(
 
     results: dict[str, object] = {}
     failures: dict[str, dict] = {}
-    bar = tqdm(total=len(jobs) + int(skipped), initial=int(skipped), desc=desc, unit="tile", disable=not progress)
+    bar = tqdm(total=len(jobs) + int(skipped), initial=int(skipped), desc=desc, unit=unit, disable=not progress)
 
     def finished(name: str, value: object) -> None:
         if isinstance(value, TileFailed):

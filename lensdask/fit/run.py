@@ -555,7 +555,9 @@ def fit(
         name = chunk_name(part)
         jobs.append((name, fit_chunk, (str(opened.url), str(folder), name, part, psf_fill, seed, settings, conf), {}))
     client = client if client is not None else current_client()
-    results, failed = run_tiles(jobs, client=client, progress=progress, desc="fit chunks", key_prefix="fit-chunk")
+    results, failed = run_tiles(
+        jobs, client=client, progress=progress, desc="fit chunks", unit="chunk", key_prefix="fit-chunk"
+    )
     failures = list(failed)
     for value in results.values():
         failures += cast(dict, value)["failures"]
