@@ -123,16 +123,9 @@ def evaluate(
     out = _ensemble_outcome(cs, m, results, scores, threshold) if m.many else _single_outcome(cs, m, results)
     result = out.result
     if roc_path is not None:
-        is_lens = scores.labels == cs.classes.index("lens")
-        fpr_tpr = [roc_curve(is_lens, s)[:2] for s, _ in out.curves]
-        roc_path = pathlib.Path(os.fspath(roc_path))
-        roc_path.parent.mkdir(parents=True, exist_ok=True)
-        plot_roc(out.reports, roc_path, fpr_tpr=fpr_tpr, title=out.title, labels=[lab for _, lab in out.curves])
-        result["roc_png"] = str(roc_path)
+        result["roc_png"] = str(_draw_roc(cs, out, scores, roc_path))
     if json_path is not None:
-        path = pathlib.Path(os.fspath(json_path))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n")
+        _write_result(result, json_path)
     if record:
         for (r, _, _), d in zip(results, m.dirs):
             record_evaluation(d, r)
@@ -354,6 +347,25 @@ def _ensemble_outcome(cs: CutoutStore, m: _Models, results: list, scores: _Score
     curves.append((ens, f"ensemble ({m.combine}) AUROC {result['auroc']:.4f}"))
     title = f"{len(ids)} models and their ensemble on {pathlib.PurePath(str(cs.url)).name}"
     return _Outcome(result, [r for r, _, _ in results] + [result], curves, title)
+
+
+def _draw_roc(cs: CutoutStore, out: _Outcome, scores: _Scores, roc_path) -> pathlib.Path:
+    """Draw ``out``'s ROC curves (log false-positive rate; truth: the store's class ``lens``) to the PNG
+    ``roc_path``, its folder made; returns its path."""
+    is_lens = scores.labels == cs.classes.index("lens")
+    fpr_tpr = [roc_curve(is_lens, s)[:2] for s, _ in out.curves]
+    path = pathlib.Path(os.fspath(roc_path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plot_roc(out.reports, path, fpr_tpr=fpr_tpr, title=out.title, labels=[lab for _, lab in out.curves])
+    return path
+
+
+def _write_result(result: dict, path) -> None:
+    """Write ``result`` as JSON (strict: no NaN) to ``path``, its folder made; :func:`evaluate` and
+    :func:`lensdask.model.inject`."""
+    path = pathlib.Path(os.fspath(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n")
 
 
 def _check_real_galaxies_unseen(card: dict, store) -> None:

@@ -16,7 +16,6 @@ Galaxies a model trained on are refused (:func:`~lensdask.simulate.galaxies.chec
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pathlib
@@ -31,6 +30,8 @@ from ..errors import LensdaskError, ModelMismatchError
 from ..simulate.galaxies import N_DIHEDRAL, check_disjoint, dihedral, fingerprints, select_rows
 
 if TYPE_CHECKING:
+    import torch
+
     from ..simulate.constraints import Constraints
 
 __all__ = ["inject", "clopper_pearson", "read_real_cutouts"]
@@ -321,53 +322,25 @@ def inject(
     TypeError
         A model where the cutouts belong (the order before: ``inject(model, cutouts)``).
     """
-    from .checkpoint import check_survey, load_checkpoint, read_card, refuse_model_as_store, resolve_model_dir
-    from .infer import resolve_batch_size, resolve_device
+    from .checkpoint import refuse_model_as_store
 
     refuse_model_as_store(cutouts, "inject(cutouts, model)")
     s = _settings(threshold, orientations, zeropoint, aperture, n_bins, top)
-    target = _cutouts_survey(cutouts, survey)
-    model_dir = resolve_model_dir(model, target.survey)
-    card = read_card(model_dir)
-    adapted = check_survey(card, target.survey, str(cutouts), adapt_survey=adapt_survey)
-    if adapted:
-        from .pretrained import adapt_to_survey
-
-        net, card = load_checkpoint(model_dir, device="cpu")
-        net, card = adapt_to_survey(net, card, target)
-    constraints = _constraints(constraints, list(card["bands"]))
-    cut = _usable_cutouts(cutouts, card, galaxies)  # everything read and checked before any work
-    dev = resolve_device(device)
-    batch_size = resolve_batch_size(config.get("search.batch_size", batch_size), dev)
-    if adapted:
-        net.to(dev)
-    else:
-        net, card = load_checkpoint(model_dir, device=dev)
-    p = _paint(cut, card, s.orientations, seed, constraints, max_draws, progress)
-    s_plain = _lens_probability(net, card, p.oriented, batch_size, dev)
-    s_paint = _lens_probability(net, card, p.painted, batch_size, dev)
+    m = _read_model(cutouts, model, survey, adapt_survey)
+    constraints = _constraints(constraints, list(m.card["bands"]))
+    cut = _usable_cutouts(cutouts, m.card, galaxies)  # everything read and checked before any work
+    sc = _on_device(m, device, batch_size)
+    p = _paint(cut, sc.card, s.orientations, seed, constraints, max_draws, progress)
+    s_plain = _lens_probability(sc.net, sc.card, p.oriented, sc.batch_size, sc.dev)
+    s_paint = _lens_probability(sc.net, sc.card, p.painted, sc.batch_size, sc.dev)
     order = np.argsort(-s_plain, kind="mergesort")[: s.top]  # the top unpainted, best first
-    result = _result(card, model_dir, galaxies, seed, cut, p, s_plain, s_paint, order, s, constraints)
-    pngs = _png_paths(png, out)
-    if pngs:
-        title = f"{result['model_id']} on {pathlib.PurePath(cut.source).name}"
-        plot_completeness(result, pngs["completeness"], title=title)
-        plot_top(
-            p.oriented[order],
-            s_plain[order],
-            [(r["row"], r["orientation"]) for r in result["top_unpainted"]],
-            list(card["bands"]),
-            pngs["top_unpainted"],
-            title=f"highest-scoring unpainted: {title}",
-            threshold=s.threshold,
-        )
-        result["completeness_png"] = str(pngs["completeness"])
-        result["top_unpainted_png"] = str(pngs["top_unpainted"])
+    result = _result(sc.card, m.model_dir, galaxies, seed, cut, p, s_plain, s_paint, order, s, constraints)
+    _draw_figures(result, _png_paths(png, out), p, s_plain, order, list(sc.card["bands"]), cut.source)
     _write_json(result, json_path, out)
     if record:
         from .evaluate import record_evaluation
 
-        record_evaluation(model_dir, result)
+        record_evaluation(m.model_dir, result)
     return result
 
 
@@ -393,6 +366,87 @@ def _cutouts_survey(cutouts, survey: str | None):
     return SimpleNamespace(
         bands=list(profile.bands), stamp=profile.stamp, pixel_scale=profile.pixel_scale, survey=profile.name
     )
+
+
+@dataclass(frozen=True)
+class _Model:
+    """The model of one :func:`inject`, read for the cutouts' survey.
+
+    Attributes
+    ----------
+    model_dir : pathlib.Path
+        Its checkpoint directory.
+    card : dict
+        Its card; adapted to the cutouts' survey when ``net`` is.
+    net : torch.nn.Module or None
+        The network adapted to the cutouts' survey, on the CPU; None when it needs no adapting (its
+        weights are loaded once the cutouts are checked).
+    """
+
+    model_dir: pathlib.Path
+    card: dict
+    net: torch.nn.Module | None
+
+
+def _read_model(cutouts, model, survey: str | None, adapt_survey: bool) -> _Model:
+    """Read :func:`inject`'s ``model`` (None: the shipped model of the cutouts' survey) and check its survey.
+
+    Raises
+    ------
+    ModelSurveyError
+        The model was trained on another survey than the cutouts', without ``adapt_survey``.
+    SurveyMismatchError, UnknownSurveyError
+        As :func:`_cutouts_survey` raises them.
+    """
+    from .checkpoint import check_survey, load_checkpoint, read_card, resolve_model_dir
+
+    target = _cutouts_survey(cutouts, survey)
+    model_dir = resolve_model_dir(model, target.survey)
+    card = read_card(model_dir)
+    if not check_survey(card, target.survey, str(cutouts), adapt_survey=adapt_survey):
+        return _Model(model_dir, card, None)
+    from .pretrained import adapt_to_survey
+
+    net, card = load_checkpoint(model_dir, device="cpu")
+    net, card = adapt_to_survey(net, card, target)
+    return _Model(model_dir, card, net)
+
+
+@dataclass(frozen=True)
+class _Scorer:
+    """The model's network on the device that scores the cutouts.
+
+    Attributes
+    ----------
+    net : torch.nn.Module
+        The network, on ``dev``.
+    card : dict
+        Its card.
+    dev : torch.device
+        Where it runs.
+    batch_size : int
+        Cutouts per forward pass.
+    """
+
+    net: torch.nn.Module
+    card: dict
+    dev: torch.device
+    batch_size: int
+
+
+def _on_device(m: _Model, device: str | None, batch_size: int | str | None) -> _Scorer:
+    """The network of ``m`` on ``device`` (config ``search.device``), with ``batch_size`` (config
+    ``search.batch_size``) resolved for it; the weights are loaded here unless ``m`` was adapted."""
+    from .checkpoint import load_checkpoint
+    from .infer import resolve_batch_size, resolve_device
+
+    dev = resolve_device(device)
+    batch_size = resolve_batch_size(config.get("search.batch_size", batch_size), dev)
+    if m.net is not None:
+        m.net.to(dev)
+        return _Scorer(m.net, m.card, dev, batch_size)
+    net, card = load_checkpoint(m.model_dir, device=dev)
+    return _Scorer(net, card, dev, batch_size)
 
 
 @dataclass(frozen=True)
@@ -759,16 +813,36 @@ def _png_paths(png, out) -> dict:
     return {}
 
 
+def _draw_figures(
+    result: dict, pngs: dict, p: _Painted, s_plain: np.ndarray, order: np.ndarray, bands: list[str], source: str
+) -> None:
+    """Draw the completeness curves and the top unpainted cutouts (``order``: their positions in ``p.oriented``,
+    ``s_plain`` their scores) to ``pngs`` (:func:`_png_paths`) and name them in ``result``; nothing for no ``pngs``."""
+    if not pngs:
+        return
+    title = f"{result['model_id']} on {pathlib.PurePath(source).name}"
+    plot_completeness(result, pngs["completeness"], title=title)
+    plot_top(
+        p.oriented[order],
+        s_plain[order],
+        [(r["row"], r["orientation"]) for r in result["top_unpainted"]],
+        bands,
+        pngs["top_unpainted"],
+        title=f"highest-scoring unpainted: {title}",
+        threshold=result["threshold"],
+    )
+    result["completeness_png"] = str(pngs["completeness"])
+    result["top_unpainted_png"] = str(pngs["top_unpainted"])
+
+
 def _write_json(result: dict, json_path, out) -> None:
     """Write ``result`` as JSON to ``json_path`` and ``out/inject.json`` (those given); ``json`` names the first."""
-    from .checkpoint import jsonable
+    from .evaluate import _write_result
 
     for path in (json_path, None if out is None else pathlib.Path(os.fspath(out)) / "inject.json"):
         if path is not None:
-            path = pathlib.Path(os.fspath(path))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            result.setdefault("json", str(path))
-            path.write_text(json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n")
+            result.setdefault("json", str(pathlib.Path(os.fspath(path))))
+            _write_result(result, path)
 
 
 def plot_completeness(result: dict, path, *, title: str = "") -> None:
