@@ -21,8 +21,9 @@ Fit columns (every one prefixed ``fit_``; per-band ones suffixed ``_<band>``)
 ``fit_null_blobs``     light blobs of the best null model
 ``fit_masked``         neighbours masked (the same pixels in both models)
 ``fit_flags``          comma-separated: ``bound:<param>`` (a main parameter at its bound),
-                       ``misfit`` (the lens model's reduced chi-square above ``fit.max_chi2nu``: it does not
-                       describe the stamp), ``implausible`` (|dBIC| above ``fit.max_abs_dbic`` from a misfit),
+                       ``misfit`` (the lens model's reduced chi-square above ``fit.max_chi2nu`` and above the
+                       null model's: it does not describe the stamp), ``implausible`` (|dBIC| above
+                       ``fit.max_abs_dbic`` from a lens model whose reduced chi-square is above ``fit.max_chi2nu``),
                        ``hessian`` (the covariance at the best fit is singular: no errors), ``optimiser``
                        (the lens model's optimisation stopped at ``fit.max_iterations``), ``restarts``
                        (optimised again from a perturbed copy, the lens model returned to an Einstein radius
@@ -108,10 +109,12 @@ def flags_of(
 ) -> list[str]:
     """The flags (see the module's columns) of one fit's measurements."""
     flags = [f"bound:{p}" for p in result["at_bound"].split(",") if p]
-    misfit = result["chi2nu_lens"] > max_chi2nu
-    if misfit:
+    poor = result["chi2nu_lens"] > max_chi2nu
+    # both models above max_chi2nu: structure neither describes (a real galaxy's arms or bar), the same pixels
+    # for both, so the evidence still compares them; only a lens model worse than the null does not describe it
+    if poor and result["chi2nu_lens"] > result.get("chi2nu_null", -np.inf):
         flags.append("misfit")
-    if misfit and abs(result["dbic"]) > max_abs_dbic:
+    if poor and abs(result["dbic"]) > max_abs_dbic:
         flags.append("implausible")
     if not result["hessian_ok"]:
         flags.append("hessian")

@@ -122,9 +122,23 @@ def test_combined_score_counts_acceptable_evidence_and_penalises_unacceptable_le
 
 
 def test_flags_say_why_a_lens_model_is_not_acceptable():
-    res = {"at_bound": "theta_E", "dbic": -9000.0, "chi2nu_lens": 2.5, "hessian_ok": True, "restart_dtheta": 0.1}
+    res = {
+        "at_bound": "theta_E",
+        "dbic": -9000.0,
+        "chi2nu_lens": 2.5,
+        "chi2nu_null": 2.4,
+        "hessian_ok": True,
+        "restart_dtheta": 0.1,
+    }
     flags = cand.flags_of(res, max_abs_dbic=5000.0, restart_tolerance=0.03, max_chi2nu=1.5)
     assert flags == ["bound:theta_E", "misfit", "implausible", "restarts"]
+    # both models above max_chi2nu, the lens model the better: structure neither describes, the evidence counts
+    galaxy = {**res, "at_bound": "", "dbic": -300.0, "chi2nu_lens": 1.8, "chi2nu_null": 2.0, "restart_dtheta": 0.0}
+    assert cand.flags_of(galaxy, max_abs_dbic=5000.0, restart_tolerance=0.03, max_chi2nu=1.5) == []
+    # ... but not when its evidence is implausibly large
+    assert cand.flags_of({**galaxy, "dbic": -9000.0}, max_abs_dbic=5000.0, restart_tolerance=0.03, max_chi2nu=1.5) == [
+        "implausible"
+    ]
     good = {**res, "at_bound": "", "chi2nu_lens": 1.1, "restart_dtheta": 0.001, "optimiser_ok": True}
     assert cand.flags_of(good, max_abs_dbic=5000.0, restart_tolerance=0.03, max_chi2nu=1.5) == []
     assert cand.flags_of(
