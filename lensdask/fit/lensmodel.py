@@ -27,7 +27,11 @@ The fitting sequence, from a cold start (each optimisation bounded trust-region 
 Uncertainties of the lens model's nonlinear parameters come from the optimiser's Jacobian at the best fit
 (Gauss-Newton covariance ``(J^T J)^-1``, marginal over every nonlinear parameter). The evidence is
 ``dBIC = chi2_lens - chi2_null + (k_lens - k_null) ln(n_pix)``, ``k`` counting nonlinear parameters and
-linear amplitudes: negative favours lensing.
+linear amplitudes: negative favours lensing. With ``evidence_noise="fitted"`` each band's noise level is a
+free parameter of both models (Gaussian noise of unknown scale, profiled out), so the chi-square difference
+becomes ``sum_b m ln(chi2_lens,b / chi2_null,b)`` over the ``m`` fitted pixels of each band: a recorded
+noise that is too high (a border crowded by neighbours) no longer dilutes the evidence, and one too low for
+the residuals of a real galaxy's structure no longer inflates it.
 
 Deterministic: the only random draw is the confirmation's perturbation, from the candidate's own seed, so
 a result does not depend on which other candidates a task fitted, or in which order.
@@ -96,6 +100,10 @@ class FitSettings:
     null_ring_blobs : tuple of int
         Null models with an unlensed ring concentric with the lens light (:class:`lensdask.fit.engine.Model`
         ``ring``), tried with these numbers of blobs besides ``null_blobs``' variants; empty: none.
+    evidence_noise : str
+        The noise of the evidence (``dbic``): ``recorded``, each band's recorded sigma (with the Poisson
+        term); ``fitted``, that sigma times a level fitted per band in each model (see the module's notes).
+        The optimisations and the choice among variants always use the recorded noise.
     """
 
     supersampling: int = 1
@@ -118,6 +126,7 @@ class FitSettings:
     ftol: float = 1e-7
     core_point: bool = False
     null_ring_blobs: tuple[int, ...] = ()
+    evidence_noise: str = "recorded"
 
 
 LENS_CENTRE_BOX = 0.6
@@ -500,6 +509,15 @@ def _bic(fit: Optimum, model: Model | None, stamp: Stamp) -> float:
     return fit.chi2 + _k(fit, model, stamp) * np.log(max(stamp.n_pix, 2))
 
 
+def _dbic_fitted_noise(stamp: Stamp, model_lens, model_null, k_lens: int, k_null: int) -> float:
+    """BIC(lens) - BIC(null) of two model images (n_bands, n, n), each band's noise level a free parameter
+    of both models (:class:`FitSettings` ``evidence_noise="fitted"``)."""
+    chi2_lens = (((stamp.images - model_lens) * stamp.weight)[:, stamp.mask] ** 2).sum(axis=1)
+    chi2_null = (((stamp.images - model_null) * stamp.weight)[:, stamp.mask] ** 2).sum(axis=1)
+    m = int(stamp.mask.sum())
+    return float(m * np.log(chi2_lens / chi2_null).sum() + (k_lens - k_null) * np.log(max(stamp.n_pix, 2)))
+
+
 def _measurements(stamp, lens_model, best, null_model, null, settings, zero_points, restart_dchi2, restart_dtheta, t0):
     from lenstronomy.Util.param_util import ellipticity2phi_q, shear_cartesian2polar
 
@@ -565,7 +583,9 @@ def _measurements(stamp, lens_model, best, null_model, null, settings, zero_poin
         "k_null": k_null,
         "n_pix": stamp.n_pix,
         "null_blobs": int(null_model.blobs),
-        "dbic": float(_bic(best, lens_model, stamp) - _bic(null, null_model, stamp)),
+        "dbic": float(_bic(best, lens_model, stamp) - _bic(null, null_model, stamp))
+        if settings.evidence_noise == "recorded"
+        else _dbic_fitted_noise(stamp, model_lens, model_null, k_lens, k_null),
         "restart_dchi2": float(restart_dchi2),
         "restart_dtheta": float(restart_dtheta),
         "optimiser_ok": bool(best.status > 0),

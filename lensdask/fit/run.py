@@ -204,6 +204,9 @@ def settings_from_config(store=None, *, phot: dict | None = None) -> tuple[FitSe
         (``{band: AB mag of one image unit}``).
     """
     phot = photometry(store) if phot is None else phot
+    noise = str(config.get("fit.evidence_noise"))
+    if noise not in ("recorded", "fitted"):
+        raise LensdaskError(f"fit.evidence_noise is {noise!r}: recorded or fitted")
     s = FitSettings(
         supersampling=int(config.get("fit.supersampling")),
         core_supersampling=int(config.get("fit.core_supersampling")),
@@ -225,6 +228,7 @@ def settings_from_config(store=None, *, phot: dict | None = None) -> tuple[FitSe
         ftol=float(config.get("fit.ftol")),
         core_point=bool(config.get("fit.core_point")),
         null_ring_blobs=tuple(int(v) for v in config.get("fit.null_ring_blobs")),
+        evidence_noise=noise,
     )
     conf = {
         "fit_radius": float(config.get("fit.fit_radius")),

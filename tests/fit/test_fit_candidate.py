@@ -385,3 +385,35 @@ def test_a_moved_parameter_recomputes_only_the_components_it_enters(monkeypatch)
     design = model.design(comps)
     assert design.shape == (2, 5, n * n)
     np.testing.assert_array_equal(design[1, 2], first[2, 1].ravel() * stamp.weight[1].ravel())
+
+
+def test_the_evidence_with_fitted_noise_does_not_depend_on_a_misrecorded_noise_level():
+    """A border crowded by neighbours records too high a sigma; the fitted-noise evidence is the same for
+    every recorded level, the recorded-noise one shrinks as its square, and both agree at the true level."""
+    from lensdask.fit.lensmodel import _dbic_fitted_noise
+
+    n, rng = 45, np.random.default_rng(3)
+    galaxy = _blob(n, 22, 22, 40.0, 3.0)
+    arc = _blob(n, 30, 22, 4.0, 1.5)
+    images = np.stack([galaxy + arc + rng.normal(0, 1.0, (n, n)) for _ in BANDS])
+    lens, null = np.stack([galaxy + arc] * 4), np.stack([galaxy] * 4)
+    mask = np.ones((n, n))
+    fitted, recorded = [], []
+    for sigma in (1.0, 1.5):
+        stamp = Stamp(images, np.full(4, sigma), np.full(4, 1.0), 0.263, mask)
+        fitted.append(_dbic_fitted_noise(stamp, lens, null, 20, 12))
+        chi2 = [(((images - m) * stamp.weight)[:, stamp.mask] ** 2).sum() for m in (lens, null)]
+        recorded.append(chi2[0] - chi2[1] + 8 * np.log(stamp.n_pix))
+    assert fitted[0] == pytest.approx(fitted[1], rel=1e-9)
+    assert recorded[1] - 8 * np.log(4 * n * n) == pytest.approx((recorded[0] - 8 * np.log(4 * n * n)) / 1.5**2)
+    assert fitted[0] < 0 and fitted[0] == pytest.approx(recorded[0], rel=0.05)
+
+
+def test_a_bad_evidence_noise_setting_is_refused():
+    from lensdask.errors import LensdaskError
+
+    with (
+        dask.config.set({"lensdask.fit.evidence_noise": "measured"}),
+        pytest.raises(LensdaskError, match="recorded or fitted"),
+    ):
+        settings_from_config()
