@@ -9,6 +9,13 @@ each resumable::
     python benchmarks/bakeoff.py --run bakeoff/ --prepare --cluster local   # the three stores (~25 min on 2 cores)
     python benchmarks/bakeoff.py --run bakeoff/ --stop-after 3600          # train for at most an hour, then exit
     python benchmarks/bakeoff.py --run bakeoff/                            # go on; score and print the table at the end
+    python benchmarks/bakeoff.py --run bakeoff/ --status                   # where each candidate stands
+
+A session's machine does not outlive it, so the issue-27 run lives in the repository,
+``benchmarks/bakeoff_run/``: its recipe, the stores' digests (``stores.json``), each candidate's
+ledger, card, weights and training state are committed at the end of a session, and the stores
+(ignored by git) are rebuilt by ``--prepare`` in the next one. The same seed gives the same rows
+whatever the chunking; the digests check it before any training goes on.
 
 ``--prepare`` simulates the training store (64,000 scene rows: lenses, plain galaxies and
 look-alikes, 30% of the lenses painted on the training ``des_galaxies`` and 30% of the plain
@@ -218,11 +225,13 @@ def _read_json(path: pathlib.Path, default=None):
 
 
 # -- the stores ---------------------------------------------------------------------------
-def prepare(recipe: Recipe, client=None, progress: bool = True) -> None:
+def prepare(recipe: Recipe, run: pathlib.Path, client=None, progress: bool = True) -> None:
     """Simulate the training, held-out and meta stores (each skipped when its ``<store>.done`` is there).
 
     The meta store (for the committees' meta-classifier; only when a committee is planned) is
     simulated as the held-out scenes, with its own seed: no real galaxies (see the module's notes).
+    Each store's digest is recorded in ``RUN/stores.json`` the first time, and checked every later
+    time (:func:`check_store`): a store rebuilt in a later session must hold the same rows.
     """
     from lensdask import simulate
 
@@ -241,11 +250,62 @@ def prepare(recipe: Recipe, client=None, progress: bool = True) -> None:
         done = pathlib.Path(out + ".done")
         if done.is_file():
             print(f"{out}: done before ({n} rows, seed {seed})")
-            continue
-        t0 = time.perf_counter()
-        simulate(out, n, seed, client=client, overwrite=True, progress=progress, **kw)
-        done.write_text(json.dumps({"n": n, "seed": seed, "seconds": time.perf_counter() - t0}) + "\n")
-        print(f"{out}: {n} rows, seed {seed}, {time.perf_counter() - t0:.0f} s")
+        else:
+            t0 = time.perf_counter()
+            simulate(out, n, seed, client=client, overwrite=True, progress=progress, **kw)
+            done.write_text(json.dumps({"n": n, "seed": seed, "seconds": time.perf_counter() - t0}) + "\n")
+            print(f"{out}: {n} rows, seed {seed}, {time.perf_counter() - t0:.0f} s")
+        check_store(run, out, n, seed)
+
+
+STORES = "stores.json"
+"""The stores' digests in ``RUN`` (kept with the run, while the stores themselves are rebuilt by ``--prepare``)."""
+DIGEST_ROWS = 32
+"""Rows of each tile whose stored pixels enter a store's digest (with every row of its catalogue)."""
+
+
+def store_digest(path: str) -> str:
+    """A SHA-256 of a store's rows: its whole catalogue and the stored pixels of each tile's first rows.
+
+    The same recipe simulates the same rows whatever the chunking, so a store rebuilt in another
+    session (on a fresh machine, from ``--prepare``) has the digest of the one it replaces.
+    """
+    import hashlib
+
+    import numpy as np
+    import pandas as pd
+
+    from lensdask import open_store
+
+    store = open_store(path)
+    h = hashlib.sha256()
+    h.update(pd.util.hash_pandas_object(store.read_catalog(), index=False).to_numpy().tobytes())
+    for t in store.written_tiles():
+        h.update(np.ascontiguousarray(store.read_images(t, 0, DIGEST_ROWS)).tobytes())
+    return h.hexdigest()
+
+
+def check_store(run: pathlib.Path, path: str, n: int, seed: int) -> None:
+    """Record a prepared store's digest in ``RUN/stores.json``, or check it against the one recorded.
+
+    Raises
+    ------
+    SystemExit
+        The store differs from the one recorded for this run: candidates trained on the other rows
+        must not go on, or be scored, on these.
+    """
+    book = _read_json(run / STORES, {})
+    key = pathlib.Path(path).name
+    now = {"n": int(n), "seed": int(seed), "digest": store_digest(path)}
+    if key in book and book[key] != now:
+        raise SystemExit(
+            f"bakeoff: {path} is not the store this run was prepared with (recorded {book[key]}, now {now}); "
+            f"delete it and its .done, and --prepare again with the recipe's library versions"
+        )
+    if key not in book:
+        book[key] = now
+        _write_json(run / STORES, book)
+        print(f"{path}: digest {now['digest'][:12]} recorded in {run / STORES}")
 
 
 # -- training -----------------------------------------------------------------------------
@@ -383,6 +443,42 @@ def train_candidate(recipe: Recipe, run: pathlib.Path, arch: str, seed: int, sto
     ledger.data["epochs_run"] = len(t["history"])
     ledger.save()
     return bool(ledger.data["done"])
+
+
+def _history(out: pathlib.Path) -> list[dict]:
+    """A candidate's epochs so far: its training state's history (newest), else its card's, else none."""
+    state = out / "train_state.pt"
+    if state.is_file():
+        import torch
+
+        return json.loads(torch.load(state, map_location="cpu", weights_only=True)["history"])
+    card = _read_json(out / "model_card.json", {})
+    return list((card.get("training") or {}).get("history") or [])
+
+
+def status(recipe: Recipe, run: pathlib.Path) -> str:
+    """Where each candidate stands, as the markdown rows of RESULTS.md's training log (validation only).
+
+    Columns: state (not started, training, done), wall seconds spent of the budget, epochs run (and
+    planned), and the best validation AUROC with its epoch. Nothing held out is read.
+    """
+    lines = ["| candidate | state | budget spent | epochs (planned) | best validation AUROC |", "|---|---|---|---|---|"]
+    for arch, seed in recipe.candidates():
+        out = run / f"{arch}-s{seed}"
+        ledger = _read_json(out / BUDGET)
+        if ledger is None:
+            lines.append(f"| `{arch}-s{seed}` | not started | 0 of {recipe.budget_s:,.0f} s | – | – |")
+            continue
+        history = _history(out)
+        scored = [h for h in history if isinstance(h.get("val_auroc"), (int, float)) and math.isfinite(h["val_auroc"])]
+        best = max(scored, key=lambda h: h["val_auroc"], default=None)
+        planned = (ledger.get("plan") or {}).get("epochs", "–")
+        lines.append(
+            f"| `{arch}-s{seed}` | {'done' if ledger.get('done') else 'training'} | "
+            f"{float(ledger['elapsed_s']):,.0f} of {float(ledger['budget_s']):,.0f} s | {len(history)} ({planned}) | "
+            + (f"{best['val_auroc']:.4f} (epoch {best['epoch']}) |" if best else "– |")
+        )
+    return "\n".join(lines) + "\n"
 
 
 # -- scoring ------------------------------------------------------------------------------
@@ -621,6 +717,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="bake-off directory (recipe, candidates, table)")
     parser.add_argument("--prepare", action="store_true", help="simulate the three stores, then stop")
+    parser.add_argument("--status", action="store_true", help="print where each candidate stands, then stop")
     parser.add_argument("--cluster", default=None, help="Dask cluster for --prepare (e.g. local); default in-process")
     parser.add_argument("--train-store", default=None, help="default RUN/train.zarr")
     parser.add_argument("--heldout-store", default=None, help="default RUN/heldout.zarr")
@@ -653,7 +750,6 @@ def main(argv=None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     a = parser.parse_args(argv)
 
-    t_start = time.perf_counter()
     run = pathlib.Path(a.run)
     recipe = load_recipe(
         run,
@@ -683,19 +779,26 @@ def main(argv=None) -> int:
     if any(k < 2 for k in recipe.committee_sizes):
         raise SystemExit(f"bakeoff: a committee needs at least two members, got sizes {list(recipe.committee_sizes)}")
     progress = not a.no_progress
+    if a.status:
+        print(status(recipe, run), end="")
+        return 0
     if a.prepare:
         if a.cluster:
             from lensdask import cluster_client
 
             with cluster_client(a.cluster) as client:
-                prepare(recipe, client, progress)
+                prepare(recipe, run, client, progress)
         else:
-            prepare(recipe, None, progress)
+            prepare(recipe, run, None, progress)
         return 0
-    for store in (recipe.train_store, recipe.heldout_store):
+    for store, n, seed in (
+        (recipe.train_store, recipe.n_train, recipe.train_sim_seed),
+        (recipe.heldout_store, recipe.n_heldout, recipe.heldout_sim_seed),
+    ):
         if not pathlib.Path(store + ".done").is_file():
             raise SystemExit(f"bakeoff: {store} is not prepared; run with --prepare first")
-    stop_at = None if a.stop_after is None else t_start + a.stop_after
+        check_store(run, store, n, seed)
+    stop_at = None if a.stop_after is None else time.perf_counter() + a.stop_after  # from here: checks excluded
     pending = [
         (arch, seed)
         for arch, seed in recipe.candidates()

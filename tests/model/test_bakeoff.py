@@ -46,6 +46,17 @@ def test_bakeoff_resumes_within_its_budget_and_tabulates(tmp_path, one_torch_thr
     assert bakeoff.main([*args, "--prepare"]) == 0
     for store in ("train", "heldout", "meta"):
         assert (run / f"{store}.zarr.done").is_file()
+    book = json.loads((run / "stores.json").read_text())
+    assert set(book) == {"train.zarr", "heldout.zarr", "meta.zarr"} and book["heldout.zarr"]["seed"] == 5
+    # a store rebuilt, as on a later session's fresh machine, holds the same rows; another store is refused
+    (run / "heldout.zarr.done").unlink()
+    assert bakeoff.main([*args, "--prepare"]) == 0
+    assert json.loads((run / "stores.json").read_text()) == book
+    tampered = {**book, "heldout.zarr": {**book["heldout.zarr"], "digest": "0" * 64}}
+    (run / "stores.json").write_text(json.dumps(tampered))
+    with pytest.raises(SystemExit, match="not the store this run was prepared with"):
+        bakeoff.main([*args, "--prepare"])
+    (run / "stores.json").write_text(json.dumps(book))
     meta_done = run / "meta.zarr.done"
     meta_done.rename(run / "meta.zarr.done.aside")  # training must not need the meta store
 
@@ -54,6 +65,9 @@ def test_bakeoff_resumes_within_its_budget_and_tabulates(tmp_path, one_torch_thr
     assert not first["done"] and 0 < first["elapsed_s"] < 8 and len(first["sessions"]) == 1
     assert (run / "test-vit-s0" / "train_state.pt").is_file()
     assert "run the same command again" in capsys.readouterr().out
+    assert bakeoff.main([*args, "--status"]) == 0
+    log = capsys.readouterr().out
+    assert "| `test-vit-s0` | training |" in log and "| `test-resnet-s0` | not started | 0 of 8 s |" in log
 
     with pytest.raises(SystemExit, match="another recipe"):
         bakeoff.main([*args, "--budget", "7"])
@@ -109,6 +123,9 @@ def test_bakeoff_resumes_within_its_budget_and_tabulates(tmp_path, one_torch_thr
     assert f"committee-k2 ({' + '.join(committee['members'])})" in md and "| – |" in md
 
     capsys.readouterr()
+    assert bakeoff.main([*args, "--status"]) == 0
+    log = capsys.readouterr().out
+    assert log.count("| done |") == 2 and f"{singles[0]['val_auroc']:.4f} (epoch" in log
     assert bakeoff.main(args) == 0  # again: nothing trained, built or scored anew
     assert "committee-k2: built before" in capsys.readouterr().out
     assert json.loads((run / "table.json").read_text())["rows"] == table["rows"]
