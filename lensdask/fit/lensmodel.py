@@ -31,7 +31,9 @@ linear amplitudes: negative favours lensing. With ``evidence_noise="fitted"`` ea
 free parameter of both models (Gaussian noise of unknown scale, profiled out), so the chi-square difference
 becomes ``sum_b m ln(chi2_lens,b / chi2_null,b)`` over the ``m`` fitted pixels of each band: a recorded
 noise that is too high (a border crowded by neighbours) no longer dilutes the evidence, and one too low for
-the residuals of a real galaxy's structure no longer inflates it.
+the residuals of a real galaxy's structure no longer inflates it. With ``evidence_penalty="laplace"`` the
+lens model's prior-bound parameters (external shear, SIE ellipticity) are charged their Occam factors under
+their priors instead of ln(n_pix) each (:func:`prior_occam`).
 
 Deterministic: the only random draw is the confirmation's perturbation, from the candidate's own seed, so
 a result does not depend on which other candidates a task fitted, or in which order.
@@ -104,6 +106,11 @@ class FitSettings:
         The noise of the evidence (``dbic``): ``recorded``, each band's recorded sigma (with the Poisson
         term); ``fitted``, that sigma times a level fitted per band in each model (see the module's notes).
         The optimisations and the choice among variants always use the recorded noise.
+    evidence_penalty : str
+        What the evidence (``dbic``) charges the lens model for its prior-bound parameters (the external
+        shear and the SIE ellipticity): ``bic``, ln(n_pix) each, as every other parameter; ``laplace``, each
+        one's Occam factor under its Gaussian prior, ``2 ln(sigma_prior / sigma_post)`` capped at ln(n_pix),
+        plus the prior's chi-square at the best fit (:func:`prior_occam`).
     """
 
     supersampling: int = 1
@@ -127,6 +134,7 @@ class FitSettings:
     core_point: bool = False
     null_ring_blobs: tuple[int, ...] = ()
     evidence_noise: str = "recorded"
+    evidence_penalty: str = "bic"
 
 
 LENS_CENTRE_BOX = 0.6
@@ -518,6 +526,54 @@ def _dbic_fitted_noise(stamp: Stamp, model_lens, model_null, k_lens: int, k_null
     return float(m * np.log(chi2_lens / chi2_null).sum() + (k_lens - k_null) * np.log(max(stamp.n_pix, 2)))
 
 
+PRIOR_BOUND = (("gamma1", 2, "shear_sigma"), ("gamma2", 2, "shear_sigma"), ("e1", 1, "mass_light_sigma"),
+               ("e2", 1, "mass_light_sigma"))  # fmt: skip
+"""The lens model's parameters under a Gaussian prior: (key, component, the FitSettings field of its sigma)."""
+
+
+def prior_occam(best: Optimum, model: Model, settings: FitSettings, n_pix: int) -> float:
+    """What the Laplace evidence charges the lens model for its prior-bound parameters, less what the BIC does
+    (-2 ln units, as ``dbic``; negative: the BIC over-charges).
+
+    The BIC charges every parameter ln(n_pix), the Occam factor of a parameter the data alone constrain. A
+    parameter under a Gaussian prior of sigma ``s_p`` is charged, in Laplace's approximation to the evidence,
+    its prior's chi-square at the best fit plus ``2 ln(s_p / s_post)``, ``s_post`` its marginal posterior
+    sigma (the optimiser's covariance, whose Jacobian holds the prior's rows): nothing where the data add
+    nothing to the prior (a faint arc says little about the shear). Each is capped at ln(n_pix); a parameter
+    whose ``s_post`` is not finite keeps the BIC's charge.
+
+    Returns
+    -------
+    float
+        ``sum_i [min(ln n, max(0, 2 ln(s_p,i / s_post,i))) - ln n] + chi2_prior`` over the prior-bound
+        parameters (0 without priors).
+    """
+    ln_n = float(np.log(max(n_pix, 2)))
+    prior = model.prior_residuals(model.components(best.params, best.x))
+    total = float(prior @ prior)
+    for key, component, field in PRIOR_BOUND:
+        s_p = float(getattr(settings, field))
+        if s_p <= 0:
+            continue
+        s_post = best.error(key, component)
+        if np.isfinite(s_post) and s_post > 0:
+            total += min(ln_n, max(0.0, 2 * np.log(s_p / s_post))) - ln_n
+    return total
+
+
+def _dbic(stamp, lens_model, best, null_model, null, settings, model_lens, model_null) -> float:
+    """BIC(lens) - BIC(null) as ``settings`` ask: the noise recorded or fitted, the priors' charge BIC's or
+    Laplace's (see :class:`FitSettings`)."""
+    k_lens, k_null = _k(best, lens_model, stamp), _k(null, null_model, stamp)
+    if settings.evidence_noise == "recorded":
+        dbic = float(_bic(best, lens_model, stamp) - _bic(null, null_model, stamp))
+    else:
+        dbic = _dbic_fitted_noise(stamp, model_lens, model_null, k_lens, k_null)
+    if settings.evidence_penalty == "laplace":
+        dbic += prior_occam(best, lens_model, settings, stamp.n_pix)
+    return dbic
+
+
 def _measurements(stamp, lens_model, best, null_model, null, settings, zero_points, restart_dchi2, restart_dtheta, t0):
     from lenstronomy.Util.param_util import ellipticity2phi_q, shear_cartesian2polar
 
@@ -583,9 +639,7 @@ def _measurements(stamp, lens_model, best, null_model, null, settings, zero_poin
         "k_null": k_null,
         "n_pix": stamp.n_pix,
         "null_blobs": int(null_model.blobs),
-        "dbic": float(_bic(best, lens_model, stamp) - _bic(null, null_model, stamp))
-        if settings.evidence_noise == "recorded"
-        else _dbic_fitted_noise(stamp, model_lens, model_null, k_lens, k_null),
+        "dbic": _dbic(stamp, lens_model, best, null_model, null, settings, model_lens, model_null),
         "restart_dchi2": float(restart_dchi2),
         "restart_dtheta": float(restart_dtheta),
         "optimiser_ok": bool(best.status > 0),

@@ -207,6 +207,9 @@ def settings_from_config(store=None, *, phot: dict | None = None) -> tuple[FitSe
     noise = str(config.get("fit.evidence_noise"))
     if noise not in ("recorded", "fitted"):
         raise LensdaskError(f"fit.evidence_noise is {noise!r}: recorded or fitted")
+    penalty = str(config.get("fit.evidence_penalty"))
+    if penalty not in ("bic", "laplace"):
+        raise LensdaskError(f"fit.evidence_penalty is {penalty!r}: bic or laplace")
     s = FitSettings(
         supersampling=int(config.get("fit.supersampling")),
         core_supersampling=int(config.get("fit.core_supersampling")),
@@ -229,6 +232,7 @@ def settings_from_config(store=None, *, phot: dict | None = None) -> tuple[FitSe
         core_point=bool(config.get("fit.core_point")),
         null_ring_blobs=tuple(int(v) for v in config.get("fit.null_ring_blobs")),
         evidence_noise=noise,
+        evidence_penalty=penalty,
     )
     conf = {
         "fit_radius": float(config.get("fit.fit_radius")),

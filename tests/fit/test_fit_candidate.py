@@ -417,3 +417,55 @@ def test_a_bad_evidence_noise_setting_is_refused():
         pytest.raises(LensdaskError, match="recorded or fitted"),
     ):
         settings_from_config()
+
+
+def _prior_optimum(values: dict, sigmas: dict):
+    """An Optimum of a lens model at ``values`` ({(component, key): value}) with marginal posterior
+    ``sigmas`` (same keys; NaN: unknown), and the Model it belongs to (shear sigma 0.05, mass-light 0.1)."""
+    from lensdask.fit.engine import Optimum, Parameter
+
+    n = 21
+    stamp = Stamp(np.zeros((4, n, n)), np.ones(4), np.ones(4), 0.263, np.ones((n, n)))
+    model = Model(stamp, lensed=True, shear_sigma=0.05, mass_light_sigma=0.1)
+    keys = [(0, "e1"), (0, "e2"), (1, "theta_E"), (1, "e1"), (1, "e2"), (2, "gamma1"), (2, "gamma2")]
+    params = [Parameter(c, k, 0.0, -1.0, 4.0, 0.1) for c, k in keys]
+    x = np.array([values.get(ck, 1.0 if ck == (1, "theta_E") else 0.0) for ck in keys])
+    cov = np.diag([sigmas.get(ck, 0.01) ** 2 for ck in keys])
+    return Optimum(params, x, 0.0, np.zeros((4, 1)), cov, 1, 1), model
+
+
+def test_the_laplace_penalty_charges_prior_bound_parameters_their_occam_factor():
+    """Where the data add nothing to a prior (a faint arc's shear) the parameter costs nothing; where they fix it,
+    the BIC's ln n; in between 2 ln(sigma_prior / sigma_post); plus the prior's chi-square at the best fit."""
+    from lensdask.fit.lensmodel import prior_occam
+
+    settings, n_pix = FitSettings(shear_sigma=0.05, mass_light_sigma=0.1), 8100
+    ln_n = np.log(n_pix)
+    prior_sigmas = {(2, "gamma1"): 0.05, (2, "gamma2"): 0.05, (1, "e1"): 0.1, (1, "e2"): 0.1}
+    best, model = _prior_optimum({}, prior_sigmas)
+    assert prior_occam(best, model, settings, n_pix) == pytest.approx(-4 * ln_n)  # the whole BIC charge refunded
+    best, model = _prior_optimum({}, {k: 1e-9 for k in prior_sigmas})
+    assert prior_occam(best, model, settings, n_pix) == pytest.approx(0.0)  # fixed by the data: BIC's charge
+    best, model = _prior_optimum({}, {k: s / 2 for k, s in prior_sigmas.items()})
+    assert prior_occam(best, model, settings, n_pix) == pytest.approx(4 * (2 * np.log(2) - ln_n))
+    # the prior's chi-square: gamma1 two sigma from 0, the SIE e1 one sigma from the light's
+    best, model = _prior_optimum({(2, "gamma1"): 0.1, (0, "e1"): 0.2, (1, "e1"): 0.3}, prior_sigmas)
+    assert prior_occam(best, model, settings, n_pix) == pytest.approx(4.0 + 1.0 - 4 * ln_n)
+    # unknown posterior sigmas keep the BIC's charge; no prior, no change
+    best, model = _prior_optimum({}, {**prior_sigmas, (2, "gamma1"): np.nan, (2, "gamma2"): np.nan})
+    assert prior_occam(best, model, settings, n_pix) == pytest.approx(-2 * ln_n)
+    best, model = _prior_optimum({}, prior_sigmas)
+    no_shear = dataclasses.replace(settings, shear_sigma=0.0)
+    assert prior_occam(best, model, no_shear, n_pix) == pytest.approx(-2 * ln_n)
+
+
+def test_a_bad_evidence_penalty_setting_is_refused_and_laplace_is_read():
+    from lensdask.errors import LensdaskError
+
+    with (
+        dask.config.set({"lensdask.fit.evidence_penalty": "aic"}),
+        pytest.raises(LensdaskError, match="bic or laplace"),
+    ):
+        settings_from_config()
+    with dask.config.set({"lensdask.fit.evidence_penalty": "laplace"}):
+        assert settings_from_config()[0].evidence_penalty == "laplace"
